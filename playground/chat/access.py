@@ -1,0 +1,27 @@
+"""Load-and-authorize: one place that decides who may see and run a conversation.
+
+HTTP views and WebSocket consumers both call these, so a permission check cannot be skipped
+by choosing the other door.
+"""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from playground.chat.models import Conversation
+
+
+def get_conversation_for_user(user, pk: int | str, *, run: bool = False) -> Conversation:
+    """The conversation if `user` may see it (and run in it, with run=True), else 404/403."""
+    try:
+        conversation = Conversation.objects.visible_to(user).get(pk=int(pk))
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such conversation") from None
+    if run and not conversation.can_run(user):
+        raise PermissionDenied("Viewers can watch but not run.")
+    return conversation
+
+
+aget_conversation_for_user = database_sync_to_async(get_conversation_for_user)

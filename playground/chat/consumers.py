@@ -1,0 +1,237 @@
+"""The WebSocket side of a conversation: watch it, send to it, stop its run.
+
+The socket never owns a run. It authorizes on connect and again on every message, renders
+the same template partials the HTTP views use, and forwards run deltas from the channel-layer
+group to the browser, applying each delta only beyond what this socket has already shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.loader import render_to_string
+from django.utils.html import escape
+
+from playground.chat import runs
+from playground.chat.access import aget_conversation_for_user
+from playground.chat.models import Message
+from playground.chat.services import TurnError, start_turn
+from playground.chat.views import transcript_context
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "chat/playground.html"
+MAX_FRAME_BYTES = 400_000
+
+
+class ConversationConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope["user"]
+        self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
+        # Per streaming message: [text length shown, reasoning length shown], or a buffer of
+        # deltas that arrived before the run's snapshot did.
+        self.shown: dict[int, list[int]] = {}
+        self.waiting: dict[int, list[dict]] = {}
+        if not await self._authorized():
+            await self.close(code=4403)
+            return
+        self.group = runs.group_name(self.conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self._send_transcript()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def _authorized(self, *, run: bool = False) -> bool:
+        if not self.user.is_authenticated:
+            return False
+        try:
+            self.conversation = await aget_conversation_for_user(
+                self.user, self.conversation_id, run=run
+            )
+        except (Http404, PermissionDenied):
+            return False
+        return True
+
+    # Browser → server
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if not await self._authorized():
+            await self.close(code=4403)
+            return
+        if text_data is None or len(text_data) > MAX_FRAME_BYTES:
+            await self._send_error("That message is too large.")
+            return
+        try:
+            data = json.loads(text_data)
+            action = data.get("action")
+        except (ValueError, AttributeError):
+            await self._send_error("The playground could not read that message.")
+            return
+        if action == "send":
+            await self._start(data)
+        elif action == "stop":
+            await self._stop()
+        else:
+            await self._send_error("Unknown action.")
+
+    async def _start(self, data: dict[str, Any]) -> None:
+        if not await self._authorized(run=True):
+            await self._send_error("You can watch this conversation but not run it.")
+            return
+        channel = await self.channel_layer.new_channel("run.")
+        try:
+            user_message, reply, request = await database_sync_to_async(start_turn)(
+                self.conversation,
+                self.user,
+                text=str(data.get("text", "")),
+                model_key=str(data.get("model", "")),
+                system_prompt=str(data.get("system_prompt", "")),
+                channel=channel,
+            )
+        except TurnError as exc:
+            await self._send_error(str(exc))
+            return
+        self.shown[reply.pk] = [0, 0]
+        await self.channel_layer.group_send(
+            self.group, {"type": "chat.append", "message_ids": [user_message.pk, reply.pk]}
+        )
+        await self.send(text_data=render_to_string(f"{TEMPLATE}#composer-sent", {}))
+        runs.start(request)
+
+    async def _stop(self) -> None:
+        if not await self._authorized(run=True):
+            await self._send_error("You can watch this conversation but not stop it.")
+            return
+        channels = [
+            channel
+            async for channel in Message.objects.filter(
+                conversation_id=self.conversation_id, status=Message.Status.STREAMING
+            ).values_list("run_channel", flat=True)
+        ]
+        for channel in channels:
+            if channel:
+                await self.channel_layer.send(channel, {"type": "run.stop"})
+
+    # Channel layer → browser
+
+    async def chat_append(self, event: dict[str, Any]) -> None:
+        messages = [
+            m
+            async for m in Message.objects.filter(
+                pk__in=event["message_ids"], conversation_id=self.conversation_id
+            ).select_related("created_by")
+        ]
+        for message in messages:
+            if message.is_streaming:
+                self.shown.setdefault(message.pk, [0, 0])
+        await self._send_partial("appended", {"messages": messages})
+
+    async def run_delta(self, event: dict[str, Any]) -> None:
+        message_id = event["message_id"]
+        if message_id in self.waiting:
+            self.waiting[message_id].append(event)
+            return
+        shown = self.shown.setdefault(message_id, [0, 0])
+        parts = []
+        for index, kind in enumerate(("text", "reasoning")):
+            piece = _beyond(shown[index], event[f"{kind}_at"], event[kind])
+            if piece is None:
+                # A gap: some frames never reached this socket. Catch up from the run.
+                await self._request_snapshot(message_id, event.get("run_channel"))
+                return
+            if piece:
+                shown[index] += len(piece)
+                parts.append(
+                    f'<span id="{kind}-{message_id}" hx-swap-oob="beforeend">{escape(piece)}</span>'
+                )
+        if parts:
+            await self.send(text_data="".join(parts))
+
+    async def run_snapshot(self, event: dict[str, Any]) -> None:
+        message_id = event["message_id"]
+        buffered = self.waiting.pop(message_id, None)
+        if buffered is None:
+            return
+        self.shown[message_id] = [len(event["text"]), len(event["reasoning"])]
+        await self._send_partial(
+            "streaming-text",
+            {"message_id": message_id, "text": event["text"], "reasoning": event["reasoning"]},
+        )
+        for delta in buffered:
+            await self.run_delta(delta)
+
+    async def run_done(self, event: dict[str, Any]) -> None:
+        message_id = event["message_id"]
+        self.shown.pop(message_id, None)
+        self.waiting.pop(message_id, None)
+        message = (
+            await Message.objects.filter(pk=message_id, conversation_id=self.conversation_id)
+            .select_related("created_by")
+            .afirst()
+        )
+        if message is not None:
+            await self._send_partial("message-oob", {"message": message})
+
+    # Helpers
+
+    async def _send_transcript(self) -> None:
+        context = await database_sync_to_async(transcript_context)(self.conversation)
+        await self._send_partial("transcript-oob", context)
+        for message in context["messages"]:
+            if message.is_streaming:
+                await self._request_snapshot(message.pk, message.run_channel)
+
+    async def _request_snapshot(self, message_id: int, run_channel: str | None) -> None:
+        if run_channel is None:
+            message = await Message.objects.filter(pk=message_id).afirst()
+            run_channel = message.run_channel if message else ""
+        if not run_channel or message_id in self.waiting:
+            return
+        self.waiting[message_id] = []
+        await self.channel_layer.send(
+            run_channel,
+            {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
+        )
+        asyncio.get_running_loop().call_later(
+            settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"],
+            lambda: asyncio.ensure_future(self._snapshot_timeout(message_id)),
+        )
+
+    async def _snapshot_timeout(self, message_id: int) -> None:
+        """The run did not answer (its process died): fall back to the saved text."""
+        if message_id not in self.waiting:
+            return
+        await Message.objects.filter(pk=message_id).amark_stale_interrupted()
+        message = await Message.objects.filter(pk=message_id).afirst()
+        if message is None:
+            self.waiting.pop(message_id, None)
+            return
+        await self.run_snapshot(
+            {"message_id": message_id, "text": message.text, "reasoning": message.reasoning}
+        )
+        if not message.is_streaming:
+            await self.run_done({"message_id": message_id})
+
+    async def _send_partial(self, name: str, context: dict[str, Any]) -> None:
+        await self.send(text_data=render_to_string(f"{TEMPLATE}#{name}", context))
+
+    async def _send_error(self, text: str) -> None:
+        await self._send_partial("composer-error", {"error": text})
+
+
+def _beyond(shown: int, at: int, piece: str) -> str | None:
+    """The part of `piece` (which starts at offset `at`) past `shown`; None for a gap."""
+    if at > shown:
+        return None
+    return piece[shown - at :]

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from playground.accounts.models import Membership
+
+
+class ConversationQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ConversationQuerySet:
+        """Own conversations plus those of the user's teams. Start every lookup here."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self.filter(Q(owner=user) | Q(team__memberships__user=user)).distinct()
+
+
+class Conversation(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    team = models.ForeignKey(
+        "accounts.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    title = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=200)
+    system_prompt = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated", "-id"]
+
+    def __str__(self) -> str:
+        return self.display_title
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New conversation"
+
+    def can_run(self, user) -> bool:
+        """Sending and stopping: the owner, or a team member who is not a viewer."""
+        if user.pk == self.owner_id:
+            return True
+        if self.team_id is None:
+            return False
+        membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
+        return bool(membership and membership.can_run())
+
+    def title_from(self, text: str) -> None:
+        if not self.title:
+            first_line = " ".join(text.split())
+            self.title = first_line[:60] + ("…" if len(first_line) > 60 else "")
+
+
+class MessageQuerySet(models.QuerySet):
+    def stale(self) -> MessageQuerySet:
+        """Streaming messages whose run stopped checkpointing: its process died."""
+        cutoff = timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
+        return self.filter(status=Message.Status.STREAMING, checkpoint_at__lt=cutoff)
+
+    def mark_stale_interrupted(self) -> int:
+        return self.stale().update(
+            status=Message.Status.INTERRUPTED,
+            error="The server stopped while this reply was streaming.",
+        )
+
+    async def amark_stale_interrupted(self) -> int:
+        return await self.stale().aupdate(
+            status=Message.Status.INTERRUPTED,
+            error="The server stopped while this reply was streaming.",
+        )
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    # Replies and edits form a tree, so regenerating keeps the old branch.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices)
+    text = models.TextField(blank=True)
+    content_parts = models.JSONField(default=list, blank=True)
+    reasoning = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=200, blank=True)
+    logprobs = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    request_body = models.JSONField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # The channel the run listens on for stop and snapshot requests, from any process.
+    run_channel = models.CharField(max_length=200, blank=True)
+    checkpoint_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created", "id"]
+        indexes = [models.Index(fields=["status", "checkpoint_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.pk}"
+
+    @property
+    def is_streaming(self) -> bool:
+        return self.status == self.Status.STREAMING
+
+    @property
+    def dom_id(self) -> str:
+        return f"msg-{self.pk}"
+
+
+class Attachment(models.Model):
+    """An image under the media root, named by its content hash."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    file = models.FileField(upload_to="attachments/")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    content_type = models.CharField(max_length=50)
+    size = models.PositiveIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)

@@ -1,0 +1,266 @@
+"""A run: one reply streaming from the upstream, owned by the server process, not the socket.
+
+The run publishes deltas to the conversation's channel-layer group (the first at once, then at
+most one frame per FRAME_INTERVAL), checkpoints the text to the database at most every
+CHECKPOINT_INTERVAL, and writes once more at the end. It listens on a channel of its own for
+"stop" and "snapshot" requests, so any socket in any process can stop it or catch up with it.
+
+Every delta carries the offset at which it starts, so a watcher that joins late asks for a
+snapshot and then applies only what lies beyond it: nothing shown twice, nothing missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from playground.chat.models import Message
+from playground.providers import client
+from playground.providers.catalog import Model
+
+log = logging.getLogger(__name__)
+
+# The process's runs, so they are not garbage-collected mid-flight and tests can await them.
+_active: dict[int, asyncio.Task] = {}
+
+
+def group_name(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}"
+
+
+@dataclass
+class RunRequest:
+    message_id: int
+    conversation_id: int
+    channel: str
+    model: Model
+    body: dict[str, Any]
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class Stream:
+    """Text shown to watchers so far, and what is waiting for the next frame."""
+
+    shown: str = ""
+    pending: str = ""
+
+    def take(self) -> tuple[int, str]:
+        at, piece = len(self.shown), self.pending
+        self.shown += piece
+        self.pending = ""
+        return at, piece
+
+
+class Run:
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self.layer = get_channel_layer()
+        self.group = group_name(request.conversation_id)
+        self.text = Stream()
+        self.reasoning = Stream()
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.logprobs: list[dict] = []
+        self.usage: dict | None = None
+        self.finish_reason = ""
+        self.error = ""
+        self.stopped = False
+        self.frames = 0
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+        self.checkpointed_at = self.started
+        self.checkpointed_len = 0
+        self._wake = asyncio.Event()
+        self._stream_task: asyncio.Task | None = None
+
+    async def main(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        publisher = asyncio.create_task(self._publish_loop())
+        self._stream_task = asyncio.create_task(self._consume())
+        try:
+            await asyncio.wait([self._stream_task])
+            if not self._stream_task.cancelled() and self._stream_task.exception():
+                log.error("run failed", exc_info=self._stream_task.exception())
+                self.error = "The playground failed while streaming this reply."
+        finally:
+            listener.cancel()
+            publisher.cancel()
+            await asyncio.gather(listener, publisher, return_exceptions=True)
+            await self._publish()
+            await self._save_final()
+            await self.layer.group_send(
+                self.group, {"type": "run.done", "message_id": self.request.message_id}
+            )
+
+    async def _consume(self) -> None:
+        params = settings.PLAYGROUND_UPSTREAM
+        timeouts = client.Timeouts(
+            connect=params["CONNECT_TIMEOUT"],
+            read=params["READ_TIMEOUT"],
+            retry_after_cap=params["RETRY_AFTER_CAP"],
+            max_retries=params["MAX_RETRIES"],
+        )
+        endpoint = self.request.model.provider.endpoint()
+        events = client.stream(endpoint, self.request.api_key, self.request.body, timeouts=timeouts)
+        try:
+            async for event in events:
+                self._apply(event)
+        finally:
+            # Closing the generator closes the upstream response, also on cancellation (stop).
+            await events.aclose()
+
+    def _apply(self, event: client.Event) -> None:
+        match event:
+            case client.TextDelta(text=text):
+                self._first_token()
+                self.text.pending += text
+            case client.ReasoningDelta(text=text):
+                self._first_token()
+                self.reasoning.pending += text
+            case client.ToolCallDelta():
+                self._first_token()
+                call = self.tool_calls.setdefault(
+                    event.index,
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = event.id or call["id"]
+                call["function"]["name"] += event.name or ""
+                call["function"]["arguments"] += event.arguments
+            case client.LogprobsDelta(content=content):
+                self.logprobs.extend(content)
+            case client.Usage(raw=raw):
+                self.usage = raw
+            case client.Finish(reason=reason):
+                self.finish_reason = reason
+            case client.StreamError(error=error):
+                self.error = str(error)
+        if self.text.pending or self.reasoning.pending:
+            self._wake.set()
+
+    def _first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self.layer.receive(self.request.channel)
+            if message.get("type") == "run.stop":
+                self.stopped = True
+                if self._stream_task is not None:
+                    self._stream_task.cancel()
+            elif message.get("type") == "run.snapshot" and message.get("reply_to"):
+                await self.layer.send(message["reply_to"], self._snapshot())
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "type": "run.snapshot",
+            "message_id": self.request.message_id,
+            "text": self.text.shown,
+            "reasoning": self.reasoning.shown,
+        }
+
+    async def _publish_loop(self) -> None:
+        interval = settings.PLAYGROUND_RUN["FRAME_INTERVAL"]
+        heartbeat = settings.PLAYGROUND_RUN["HEARTBEAT_INTERVAL"]
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=heartbeat)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._publish()
+            await self._checkpoint()
+            await asyncio.sleep(interval)
+
+    async def _publish(self) -> None:
+        if not (self.text.pending or self.reasoning.pending):
+            return
+        text_at, text = self.text.take()
+        reasoning_at, reasoning = self.reasoning.take()
+        self.frames += 1
+        await self.layer.group_send(
+            self.group,
+            {
+                "type": "run.delta",
+                "message_id": self.request.message_id,
+                "text_at": text_at,
+                "text": text,
+                "reasoning_at": reasoning_at,
+                "reasoning": reasoning,
+            },
+        )
+
+    async def _checkpoint(self) -> None:
+        run = settings.PLAYGROUND_RUN
+        now = time.monotonic()
+        shown = len(self.text.shown) + len(self.reasoning.shown)
+        changed = shown != self.checkpointed_len
+        due = now - self.checkpointed_at >= run["CHECKPOINT_INTERVAL"]
+        if (changed and due) or now - self.checkpointed_at >= run["HEARTBEAT_INTERVAL"]:
+            self.checkpointed_at, self.checkpointed_len = now, shown
+            await Message.objects.filter(pk=self.request.message_id).aupdate(
+                text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
+            )
+
+    def _status(self) -> str:
+        if self.stopped:
+            return Message.Status.STOPPED
+        if self.error:
+            return Message.Status.ERROR
+        return Message.Status.COMPLETE
+
+    async def _save_final(self) -> None:
+        ended = time.monotonic()
+        status = self._status()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        completion = (self.usage or {}).get("completion_tokens")
+        generating = ended - (self.first_token_at or ended)
+        await Message.objects.filter(pk=self.request.message_id).aupdate(
+            status=status,
+            text=self.text.shown,
+            reasoning=self.reasoning.shown,
+            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)],
+            logprobs=self.logprobs or None,
+            finish_reason=self.finish_reason,
+            error=self.error if status == Message.Status.ERROR else "",
+            usage=self.usage,
+            ttft_ms=None if ttft is None else round(ttft * 1000, 1),
+            total_ms=round((ended - self.started) * 1000, 1),
+            tokens_per_second=round(completion / generating, 1)
+            if completion and generating > 0
+            else None,
+            cost=self.request.model.cost(completed=status == Message.Status.COMPLETE),
+            checkpoint_at=timezone.now(),
+        )
+
+
+def start(request: RunRequest) -> asyncio.Task:
+    """Start the run as a task of this process; it outlives the socket that asked for it."""
+    task = asyncio.create_task(Run(request).main(), name=f"run-{request.message_id}")
+    _active[request.message_id] = task
+    task.add_done_callback(lambda _: _active.pop(request.message_id, None))
+    task.add_done_callback(_log_failure)
+    return task
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("run %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def wait(message_id: int, timeout: float = 10.0) -> None:
+    """Wait for this process's run of a message to finish (tests and shutdown)."""
+    task = _active.get(message_id)
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+def active_count() -> int:
+    return len(_active)

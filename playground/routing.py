@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from playground.chat.consumers import ConversationConsumer
+
+websocket_urlpatterns = [
+    path("ws/conversations/<int:pk>/", ConversationConsumer.as_asgi()),
+]

@@ -1,0 +1,223 @@
+"""Playground settings: one file, the environment read through helpers that fail loudly.
+
+The embedded default needs no configuration at all: SQLite under var/, the in-memory channel
+layer, and secrets generated into var/ on first run. A team that outgrows one process sets
+DATABASE_URL (PostgreSQL) and REDIS_URL (Redis) and runs several Daphne processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from playground.env import (
+    envbool,
+    envfloat,
+    envint,
+    envlist,
+    envurl,
+    new_secret_key,
+    secret_file,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("PLAYGROUND_VAR_DIR", BASE_DIR / "var")).resolve()
+
+DEBUG = envbool("DEBUG", False)
+SECRET_KEY = os.environ.get("PLAYGROUND_SECRET_KEY") or secret_file(
+    VAR_DIR / "secret_key", new_secret_key
+)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+
+def _fernet_keys(raw: list[str]) -> list[str]:
+    for position, key in enumerate(raw, start=1):
+        try:
+            ok = len(base64.urlsafe_b64decode(key.encode())) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ImproperlyConfigured(
+                f"PLAYGROUND_ENCRYPTION_KEYS entry {position} is not a Fernet key "
+                "(url-safe base64 of 32 bytes)"
+            )
+    if not raw:
+        raise ImproperlyConfigured("PLAYGROUND_ENCRYPTION_KEYS is set but empty")
+    return raw
+
+
+def _new_fernet_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+# The first key encrypts; every key decrypts, so a new key can be prepended and the old ones
+# retired after `manage.py rotate_keys`.
+if "PLAYGROUND_ENCRYPTION_KEYS" in os.environ:
+    PLAYGROUND_ENCRYPTION_KEYS = _fernet_keys(envlist("PLAYGROUND_ENCRYPTION_KEYS"))
+else:
+    PLAYGROUND_ENCRYPTION_KEYS = _fernet_keys(
+        [secret_file(VAR_DIR / "encryption_key", _new_fernet_key)]
+    )
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "playground.accounts",
+    "playground.providers",
+    "playground.chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "playground.accounts.middleware.first_run_middleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "playground.accounts.middleware.content_security_policy_middleware",
+]
+
+ROOT_URLCONF = "playground.urls"
+ASGI_APPLICATION = "playground.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = envurl("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
+if _database_url:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+else:
+    # WAL lets readers work while a run checkpoints; IMMEDIATE transactions plus a busy
+    # timeout turn lock contention into a short wait instead of "database is locked".
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "db.sqlite3",
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+_redis_url = envurl("REDIS_URL", ("redis", "rediss", "unix"))
+if _redis_url:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_redis_url], "capacity": 1000, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = Path(os.environ.get("PLAYGROUND_MEDIA_ROOT", VAR_DIR / "media"))
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if envbool("PLAYGROUND_HTTPS", False):
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Self sign-up is off: the first visitor creates the admin, who adds everyone else.
+PLAYGROUND_ALLOW_SIGNUP = envbool("PLAYGROUND_ALLOW_SIGNUP", False)
+
+
+def _base_url_overrides(raw: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in raw:
+        provider, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise ImproperlyConfigured(
+                "PLAYGROUND_PROVIDER_BASE_URLS entries look like provider=https://host/v1"
+            )
+        overrides[provider.strip()] = url.strip()
+    return overrides
+
+
+# Point a catalog provider somewhere else (a proxy, or the fake upstream in tests).
+PLAYGROUND_PROVIDER_BASE_URLS = _base_url_overrides(envlist("PLAYGROUND_PROVIDER_BASE_URLS"))
+
+# Runs: at most one frame per FRAME_INTERVAL to watchers, a database checkpoint of the text
+# at most every CHECKPOINT_INTERVAL, a heartbeat write while the upstream is silent, and a
+# streaming message without a checkpoint for STALE_AFTER seconds is marked interrupted.
+PLAYGROUND_RUN = {
+    "FRAME_INTERVAL": envfloat("PLAYGROUND_FRAME_INTERVAL", 0.05),
+    "CHECKPOINT_INTERVAL": envfloat("PLAYGROUND_CHECKPOINT_INTERVAL", 2.0),
+    "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
+    "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),
+    "SNAPSHOT_TIMEOUT": envfloat("PLAYGROUND_SNAPSHOT_TIMEOUT", 2.0),
+}
+PLAYGROUND_UPSTREAM = {
+    "CONNECT_TIMEOUT": envfloat("PLAYGROUND_CONNECT_TIMEOUT", 10.0),
+    "READ_TIMEOUT": envfloat("PLAYGROUND_READ_TIMEOUT", 120.0),
+    "RETRY_AFTER_CAP": envfloat("PLAYGROUND_RETRY_AFTER_CAP", 20.0),
+    "MAX_RETRIES": envint("PLAYGROUND_MAX_RETRIES", 2),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # httpx logs every request line at INFO; the URL carries no key, but keep it quiet.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
+}

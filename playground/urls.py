@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from playground.accounts import views as accounts
+from playground.chat import views as chat
+
+urlpatterns = [
+    path("", chat.home, name="home"),
+    path("c/new/", chat.conversation_new, name="conversation_new"),
+    path("c/<int:pk>/", chat.conversation_detail, name="conversation"),
+    path("c/<int:pk>/rename/", chat.conversation_rename, name="conversation_rename"),
+    path("c/<int:pk>/item/", chat.conversation_sidebar_item, name="conversation_item"),
+    path("c/<int:pk>/delete/", chat.conversation_delete, name="conversation_delete"),
+    path("keys/", accounts.keys, name="keys"),
+    path("keys/<slug:provider>/delete/", accounts.key_delete, name="key_delete"),
+    path("setup/", accounts.setup, name="setup"),
+    path("signup/", accounts.signup, name="signup"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="accounts/login.html"),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,164 @@
+"""Shared fixtures: the fake upstream, users with keys, and authenticated sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from tests.upstream import Behaviour, FakeUpstream
+
+SECRET_KEY_VALUE = "sk-test-LEAKCANARY-7f3a9c2e5b1d4068"
+ORIGIN = b"http://127.0.0.1:8000"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_hosts(settings) -> None:
+    """Point every catalog provider at a closed loopback port: no test reaches a real host.
+    Tests that stream set them to the fake upstream with the `upstream` fixture."""
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {
+        "empiriolabs": "http://127.0.0.1:9/v1",
+        "aimlapi": "http://127.0.0.1:9/v1",
+    }
+    settings.PLAYGROUND_UPSTREAM = {
+        "CONNECT_TIMEOUT": 2.0,
+        "READ_TIMEOUT": 5.0,
+        "RETRY_AFTER_CAP": 1.0,
+        "MAX_RETRIES": 2,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    # The in-memory layer's queues belong to one event loop; every test gets its own.
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def _reset_first_run_cache() -> Iterator[None]:
+    from playground.accounts import middleware
+
+    middleware._has_users = False
+    yield
+    middleware._has_users = False
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream, settings) -> FakeUpstream:
+    fake_upstream.reset()
+    fake_upstream.default = Behaviour(n_tokens=5)
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {
+        "empiriolabs": fake_upstream.base_url,
+        "aimlapi": fake_upstream.base_url,
+    }
+    return fake_upstream
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("ada", password="correct horse battery")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("eve", password="correct horse battery")
+
+
+@pytest.fixture
+def api_key(user):
+    from playground.accounts.models import ApiKey
+
+    return ApiKey.store(provider="empiriolabs", plaintext=SECRET_KEY_VALUE, user=user)
+
+
+@pytest.fixture
+def conversation(user):
+    from playground.chat.models import Conversation
+
+    return Conversation.objects.create(owner=user, model="empiriolabs:gemma-4-e4b")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+class Socket:
+    """A WebsocketCommunicator that speaks the htmx ws extension's JSON and keeps every
+    frame it received, so tests can assert over the whole conversation."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.frames: list[str] = []
+
+    async def send(self, **data: Any) -> None:
+        data.setdefault("HEADERS", {"HX-Request": "true"})
+        await self.communicator.send_to(text_data=json.dumps(data))
+
+    async def send_prompt(self, text: str, model: str = "empiriolabs:gemma-4-e4b", **extra):
+        await self.send(action="send", text=text, model=model, system_prompt="", **extra)
+
+    async def receive(self, timeout: float = 5.0) -> str:
+        frame = await self.communicator.receive_from(timeout=timeout)
+        self.frames.append(frame)
+        return frame
+
+    async def until(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.receive(timeout=max(0.01, deadline - loop.time()))
+            if predicate(frame):
+                return frame
+
+    async def drain(self, quiet: float = 0.2) -> None:
+        try:
+            while True:
+                await self.receive(timeout=quiet)
+        except (asyncio.TimeoutError, TimeoutError):
+            return
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+@pytest.fixture
+def connect():
+    """connect(user, conversation) -> (connected, Socket)"""
+    from playground.asgi import application
+
+    opened: list[WebsocketCommunicator] = []
+
+    async def _connect(user, conversation_id, *, origin: bytes | None = ORIGIN, cookie=None):
+        headers = [(b"host", b"127.0.0.1:8000")]
+        if origin is not None:
+            headers.append((b"origin", origin))
+        if cookie is None and user is not None:
+            from channels.db import database_sync_to_async
+
+            cookie = await database_sync_to_async(session_cookie)(user)
+        if cookie:
+            headers.append((b"cookie", cookie))
+        communicator = WebsocketCommunicator(
+            application, f"/ws/conversations/{conversation_id}/", headers=headers
+        )
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=5)
+        return connected, Socket(communicator)
+
+    return _connect

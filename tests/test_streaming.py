@@ -1,0 +1,314 @@
+"""A reply streams from the upstream through a run to every socket watching it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from playground.chat import runs
+from playground.chat.models import Message
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def streamed_text(frames: list[str], message_id: int, kind: str = "text") -> str:
+    """The text a browser would show: appended deltas, reset by snapshot frames."""
+    shown = ""
+    append = re.compile(rf'<span id="{kind}-{message_id}" hx-swap-oob="beforeend">(.*?)</span>', re.S)
+    replace = re.compile(rf'<div id="{kind}-{message_id}" hx-swap-oob="innerHTML">(.*?)</div>', re.S)
+    for frame in frames:
+        for match in replace.finditer(frame):
+            shown = match.group(1)
+        for match in append.finditer(frame):
+            shown += match.group(1)
+    return shown
+
+
+async def reply_of(conversation) -> Message:
+    return await Message.objects.filter(conversation=conversation, role="assistant").alast()
+
+
+async def test_it_streams_a_reply_and_saves_it(upstream, user, api_key, conversation, connect):
+    upstream.default = Behaviour(tokens=["Hello", ",", " world", "!"], interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Say hello")
+    await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "Hello, world!"
+    assert streamed_text(socket.frames, reply.pk) == "Hello, world!"
+    assert reply.finish_reason == "stop"
+    assert reply.usage["completion_tokens"] == 4
+    assert reply.ttft_ms is not None and reply.total_ms >= reply.ttft_ms
+    assert str(reply.cost) == "0.030000"
+    body = upstream.requests[-1].body
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["model"] == "gemma-4-e4b"
+    assert body["messages"] == [{"role": "user", "content": "Say hello"}]
+    assert reply.request_body == body
+    await socket.close()
+
+
+async def test_it_sends_the_first_delta_at_once_then_coalesces_frames(
+    upstream, user, api_key, conversation, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "FRAME_INTERVAL": 0.05}
+    upstream.default = Behaviour(n_tokens=60, interval=0.005)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    delta_frames = [f for f in socket.frames if f'id="text-{reply.pk}" hx-swap-oob="beforeend"' in f]
+    # 60 tokens over ~0.3 s: at most one frame per 50 ms (plus the first and the last).
+    assert 2 <= len(delta_frames) <= 12
+    assert delta_frames[0].count("tok") == 1, "the first token goes out on its own, at once"
+    assert streamed_text(socket.frames, reply.pk) == reply.text == upstream.default.text
+
+
+async def test_frames_carry_deltas_never_the_whole_message_again(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=40, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    deltas = [f for f in socket.frames if f.startswith(f'<span id="text-{reply.pk}"')]
+    assert deltas
+    overhead = len(f'<span id="text-{reply.pk}" hx-swap-oob="beforeend"></span>')
+    assert sum(len(f) for f in deltas) == len(reply.text) + overhead * len(deltas)
+
+
+async def test_closing_the_tab_mid_reply_loses_nothing(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=30, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Keep going")
+    await socket.until(lambda f: "beforeend" in f)
+    await socket.close()
+    reply = await reply_of(conversation)
+    await runs.wait(reply.pk)
+    await reply.arefresh_from_db()
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == upstream.default.text
+    assert upstream.disconnects == []
+
+
+async def test_a_second_tab_joining_mid_reply_sees_everything_exactly_once(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=60, interval=0.01)
+    ok, first = await connect(user, conversation.pk)
+    await first.send_prompt("Keep going")
+    await first.until(lambda f: "beforeend" in f)
+    await first.until(lambda f: "beforeend" in f)
+    ok, second = await connect(user, conversation.pk)
+    assert ok
+    await second.until(lambda f: "status-complete" in f)
+    await first.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    expected = upstream.default.text
+    assert reply.text == expected
+    assert streamed_text(first.frames, reply.pk) == expected
+    assert streamed_text(second.frames, reply.pk) == expected
+    # The late tab got a snapshot (replace) and then only what came after it.
+    assert any('hx-swap-oob="innerHTML"' in f for f in second.frames)
+
+
+async def test_reopening_after_the_tab_closed_resumes_live(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=60, interval=0.01)
+    ok, first = await connect(user, conversation.pk)
+    await first.send_prompt("Keep going")
+    await first.until(lambda f: "beforeend" in f)
+    await first.close()
+    ok, again = await connect(user, conversation.pk)
+    await again.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert streamed_text(again.frames, reply.pk) == upstream.default.text == reply.text
+
+
+async def test_stop_closes_the_upstream_and_saves_what_was_shown(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=500, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Go on forever")
+    for _ in range(3):
+        await socket.until(lambda f: "beforeend" in f)
+    await socket.send(action="stop")
+    await socket.until(lambda f: "status-stopped" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.STOPPED
+    assert reply.text and len(reply.text) < len(upstream.default.text)
+    assert streamed_text(socket.frames, reply.pk) == reply.text
+    assert await asyncio.to_thread(upstream.wait_for_disconnect, 5)
+    assert upstream.disconnects[-1].tokens_sent < 500
+
+
+async def test_stop_works_before_the_first_token(upstream, user, api_key, conversation, connect):
+    upstream.default = Behaviour(n_tokens=5, silence=3.0)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Think hard")
+    await socket.until(lambda f: "Streaming" in f)
+    assert await asyncio.to_thread(upstream.wait_for_requests, 1)
+    await socket.send(action="stop")
+    await socket.until(lambda f: "status-stopped" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.STOPPED and reply.text == ""
+    assert await asyncio.to_thread(upstream.wait_for_disconnect, 5)
+
+
+async def test_reasoning_streams_apart_from_the_answer(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(reasoning=["Let me ", "think."], tokens=["Four", "."])
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("2+2?")
+    final = await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.reasoning == "Let me think." and reply.text == "Four."
+    assert streamed_text(socket.frames, reply.pk, "reasoning") == "Let me think."
+    assert '<details class="reasoning">' in final and "Let me think." in final
+
+
+async def test_an_upstream_error_shows_a_plain_message_and_keeps_partial_text(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=10, interval=0.01, cut_after=4)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Go")
+    final = await socket.until(lambda f: "status-error" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.ERROR
+    assert reply.text == "".join(upstream.default.token_list()[:4])
+    assert reply.error and reply.error in final.replace("&#x27;", "'")
+
+
+async def test_a_bad_key_is_a_plain_message(upstream, user, api_key, conversation, connect):
+    upstream.default = Behaviour(status=401)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Hi")
+    final = await socket.until(lambda f: "status-error" in f)
+    assert "API key" in final
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.ERROR and reply.text == ""
+
+
+async def test_it_refuses_to_send_without_a_key(upstream, user, conversation, connect):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Hi")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "Add your EmpirioLabs API key" in frame
+    assert await Message.objects.filter(conversation=conversation).acount() == 0
+    assert upstream.requests == []
+
+
+async def test_it_refuses_an_empty_message_and_an_unknown_model(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("   ")
+    assert "Write a message first" in await socket.until(lambda f: "composer-error" in f)
+    await socket.send_prompt("Hi", model="nope:nope")
+    assert "Pick a model" in await socket.until(lambda f: "composer-error" in f)
+    await socket.send(action="dance")
+    assert "Unknown action" in await socket.until(lambda f: "composer-error" in f)
+    await socket.communicator.send_to(text_data="{not json")
+    assert "could not read" in await socket.until(lambda f: "composer-error" in f)
+    assert await Message.objects.filter(conversation=conversation).acount() == 0
+
+
+async def test_model_output_is_sanitized_while_streaming_and_when_done(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(
+        tokens=["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))"]
+    )
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Be evil")
+    await socket.until(lambda f: "status-complete" in f)
+    for frame in socket.frames:
+        assert "<script>alert" not in frame
+        assert "<img src=x" not in frame
+        assert 'href="javascript:' not in frame
+
+
+async def test_the_history_and_system_prompt_go_upstream(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(tokens=["One"])
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send(action="send", text="First", model="empiriolabs:gemma-4-e4b",
+                      system_prompt="Be brief.")
+    await socket.until(lambda f: "status-complete" in f)
+    await socket.send(action="send", text="Second", model="empiriolabs:gemma-4-e4b",
+                      system_prompt="Be brief.")
+    await socket.until(lambda f: "status-complete" in f)
+    assert upstream.requests[-1].body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "First"},
+        {"role": "assistant", "content": "One"},
+        {"role": "user", "content": "Second"},
+    ]
+    await conversation.arefresh_from_db()
+    assert conversation.title == "First" and conversation.system_prompt == "Be brief."
+
+
+async def test_a_model_without_a_system_role_gets_it_merged_into_the_first_turn(
+    upstream, user, conversation, connect
+):
+    from channels.db import database_sync_to_async
+
+    from playground.accounts.models import ApiKey
+
+    await database_sync_to_async(ApiKey.store)(provider="aimlapi", plaintext="aiml-key-123456", user=user)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send(action="send", text="Hi", model="aimlapi:google/gemma-3n-e4b-it",
+                      system_prompt="Answer in French.")
+    await socket.until(lambda f: "status-complete" in f)
+    body = upstream.requests[-1].body
+    assert body["model"] == "google/gemma-3n-e4b-it"
+    assert body["messages"] == [{"role": "user", "content": "Answer in French.\n\nHi"}]
+    assert upstream.requests[-1].headers["authorization"] == "Bearer aiml-key-123456"
+
+
+async def test_a_second_send_while_streaming_is_refused(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(n_tokens=100, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("One")
+    await socket.until(lambda f: "beforeend" in f)
+    await socket.send_prompt("Two")
+    assert "still streaming" in await socket.until(lambda f: "composer-error" in f)
+    await socket.send(action="stop")
+    await socket.until(lambda f: "status-stopped" in f)
+
+
+async def test_checkpoints_are_written_at_most_every_interval(
+    upstream, user, api_key, conversation, connect, settings, monkeypatch
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "CHECKPOINT_INTERVAL": 0.25}
+    writes = []
+    original = runs.Run._checkpoint
+
+    async def counting(self):
+        before = self.checkpointed_at
+        await original(self)
+        if self.checkpointed_at != before:
+            writes.append(self.checkpointed_at)
+
+    monkeypatch.setattr(runs.Run, "_checkpoint", counting)
+    upstream.default = Behaviour(n_tokens=100, interval=0.01)  # about one second
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Go")
+    await socket.until(lambda f: "status-complete" in f)
+    assert 1 <= len(writes) <= 6
+    assert all(b - a >= 0.24 for a, b in zip(writes, writes[1:], strict=False))
