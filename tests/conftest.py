@@ -127,11 +127,10 @@ class Socket:
                 return frame
 
     async def drain(self, quiet: float = 0.2) -> None:
-        try:
-            while True:
-                await self.receive(timeout=quiet)
-        except (asyncio.TimeoutError, TimeoutError):
-            return
+        """Read until the socket has been quiet for `quiet` seconds. (receive_from's own
+        timeout would cancel the application, so wait with receive_nothing instead.)"""
+        while not await self.communicator.receive_nothing(timeout=quiet):
+            await self.receive()
 
     async def close(self) -> None:
         await self.communicator.disconnect()

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts import crypto
 
@@ -87,6 +88,7 @@ class ApiKey(models.Model):
     __repr__ = __str__
 
     @classmethod
+    @sensitive_variables("plaintext")
     def store(cls, *, provider: str, plaintext: str, user=None, team=None) -> ApiKey:
         """Save (or replace) the key for this provider and owner, encrypted."""
         plaintext = plaintext.strip()

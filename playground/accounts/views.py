@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_not_required, login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -58,6 +58,7 @@ def _provider_rows(user) -> list[dict]:
 
 
 @login_required
+@sensitive_variables("form")
 @sensitive_post_parameters("key")
 @require_http_methods(["GET", "POST"])
 def keys(request: HttpRequest) -> HttpResponse:

@@ -15,7 +15,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.html import escape
@@ -56,10 +56,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated:
             return False
         try:
+            # The user loaded at connect may since have been deactivated or deleted.
+            await self.user.arefresh_from_db(fields=["is_active"])
             self.conversation = await aget_conversation_for_user(
                 self.user, self.conversation_id, run=run
             )
-        except (Http404, PermissionDenied):
+        except (Http404, PermissionDenied, ObjectDoesNotExist):
             return False
         return True
 

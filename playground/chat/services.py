@@ -6,6 +6,7 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
@@ -22,6 +23,7 @@ class TurnError(Exception):
     """A plain message for the person who pressed Send; nothing was saved."""
 
 
+@sensitive_variables("plaintext")
 def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
     """The user's own key for the provider, else the conversation's team key."""
     key = ApiKey.objects.filter(provider=provider.slug, user=user).first()
@@ -83,6 +85,7 @@ def build_body(model: Model, messages: list[dict], params: dict[str, Any]) -> di
     return body
 
 
+@sensitive_variables("api_key", "request")
 def start_turn(
     conversation: Conversation,
     user,

@@ -1,0 +1,131 @@
+"""The sidebar and the saved transcript: newest first, titles, rename, delete, stale runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from playground.chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def test_home_opens_an_empty_conversation_instead_of_piling_up_new_ones(client, user):
+    client.force_login(user)
+    first = client.get("/")
+    second = client.get("/")
+    assert first["Location"] == second["Location"]
+    assert Conversation.objects.count() == 1
+
+
+def test_home_starts_a_new_conversation_once_the_newest_has_messages(client, user, conversation):
+    Message.objects.create(conversation=conversation, role="user", text="Hi")
+    client.force_login(user)
+    response = client.get("/")
+    assert Conversation.objects.count() == 2
+    assert response["Location"] != f"/c/{conversation.pk}/"
+
+
+def test_the_sidebar_is_newest_first(client, user):
+    old = Conversation.objects.create(owner=user, title="Older", model="x")
+    new = Conversation.objects.create(owner=user, title="Newer", model="x")
+    Conversation.objects.filter(pk=old.pk).update(updated=timezone.now() - timedelta(days=1))
+    client.force_login(user)
+    page = client.get(f"/c/{new.pk}/").content.decode()
+    assert page.index("Newer") < page.index("Older")
+
+
+def test_the_title_comes_from_the_first_message():
+    conversation = Conversation(model="x")
+    conversation.title_from("  Explain   the\nCAP theorem " + "x" * 100)
+    assert conversation.title.startswith("Explain the CAP theorem") and conversation.title.endswith("…")
+    conversation.title_from("Something else")
+    assert conversation.title.startswith("Explain")
+
+
+def test_a_conversation_is_renamed(client, user, conversation):
+    client.force_login(user)
+    form = client.get(f"/c/{conversation.pk}/rename/", headers={"HX-Request": "true"})
+    assert b'name="title"' in form.content
+    response = client.post(
+        f"/c/{conversation.pk}/rename/", {"title": "  Gemma   tests "}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200 and b"Gemma tests" in response.content
+    conversation.refresh_from_db()
+    assert conversation.title == "Gemma tests"
+
+
+def test_an_empty_title_is_refused(client, user, conversation):
+    client.force_login(user)
+    response = client.post(f"/c/{conversation.pk}/rename/", {"title": "   "})
+    assert b"cannot be empty" in response.content
+    conversation.refresh_from_db()
+    assert conversation.title == ""
+
+
+def test_delete_asks_for_confirmation_and_removes_everything(client, user, conversation):
+    Message.objects.create(conversation=conversation, role="user", text="Hi")
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'hx-post="/c/{conversation.pk}/delete/"' in page and "hx-confirm=" in page
+    response = client.post(
+        f"/c/{conversation.pk}/delete/",
+        headers={"HX-Request": "true", "HX-Current-URL": f"http://testserver/c/{conversation.pk}/"},
+    )
+    assert response["HX-Redirect"] == "/"
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_delete_needs_post(client, user, conversation):
+    client.force_login(user)
+    assert client.get(f"/c/{conversation.pk}/delete/").status_code == 405
+    assert Conversation.objects.exists()
+
+
+def test_a_reply_whose_run_died_is_marked_interrupted(client, user, conversation, settings):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "STALE_AFTER": 60}
+    stale = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status="streaming",
+        text="Half a rep",
+        checkpoint_at=timezone.now() - timedelta(seconds=61),
+    )
+    fresh = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status="streaming",
+        checkpoint_at=timezone.now(),
+    )
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.status == "interrupted" and stale.text == "Half a rep"
+    assert fresh.status == "streaming"
+    assert "The server stopped while this reply was streaming." in page
+
+
+def test_the_page_shows_the_figures_under_a_reply(client, user, conversation):
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status="complete",
+        text="**Hi**",
+        reasoning="Thinking about it",
+        finish_reason="stop",
+        usage={"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46},
+        ttft_ms=123.4,
+        total_ms=2000,
+        tokens_per_second=18.5,
+        cost="0.03",
+        model="empiriolabs:gemma-4-e4b",
+    )
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    for expected in ["<strong>Hi</strong>", "12 + 34 tokens", "TTFT 123 ms", "2000 ms total",
+                     "18.5 tok/s", "$0.0300", "finish: stop", "Gemma 4 E4B",
+                     '<details class="reasoning">', "Thinking about it"]:
+        assert expected in page, expected

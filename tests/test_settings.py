@@ -1,0 +1,85 @@
+"""The environment is read through helpers that fail loudly; secrets are made on first run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from playground.env import envbool, envint, envlist, envurl, secret_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_envbool_reads_the_usual_spellings_and_refuses_others(monkeypatch):
+    monkeypatch.setenv("FLAG", "yes")
+    assert envbool("FLAG") is True
+    monkeypatch.setenv("FLAG", "0")
+    assert envbool("FLAG") is False
+    monkeypatch.setenv("FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="FLAG"):
+        envbool("FLAG")
+
+
+def test_envint_and_envurl_refuse_bad_values(monkeypatch):
+    monkeypatch.setenv("N", "ten")
+    with pytest.raises(ImproperlyConfigured, match="N must be a whole number"):
+        envint("N", 1)
+    monkeypatch.setenv("DATABASE_URL", "mysql://x")
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
+        envurl("DATABASE_URL", ("postgres", "postgresql"))
+
+
+def test_envlist_splits_on_commas(monkeypatch):
+    monkeypatch.setenv("HOSTS", "a.example, b.example,,")
+    assert envlist("HOSTS") == ["a.example", "b.example"]
+
+
+def test_secrets_are_generated_once_with_mode_0600(tmp_path):
+    path = tmp_path / "var" / "secret"
+    first = secret_file(path, lambda: "generated")
+    second = secret_file(path, lambda: "other")
+    assert first == second == "generated"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def run_settings(tmp_path, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environ.update(PLAYGROUND_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="playground.settings")
+    environ.update(env)
+    code = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
+    )
+
+
+def test_the_embedded_default_generates_its_secrets_into_var(tmp_path):
+    result = run_settings(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # DEBUG is off unless asked
+    for name in ("secret_key", "encryption_key"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+
+
+def test_a_bad_encryption_key_stops_start_up_without_echoing_it(tmp_path):
+    result = run_settings(tmp_path, PLAYGROUND_ENCRYPTION_KEYS="not-a-key-SECRETVALUE")
+    assert result.returncode != 0
+    assert "PLAYGROUND_ENCRYPTION_KEYS entry 1" in result.stderr
+    assert "SECRETVALUE" not in result.stderr
+
+
+def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
+    code = (
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE']); print(s.CHANNEL_LAYERS['default']['BACKEND'])"
+    )
+    environ = dict(os.environ, PLAYGROUND_VAR_DIR=str(tmp_path),
+                   DATABASE_URL="postgres://u@127.0.0.1:5432/test", REDIS_URL="redis://127.0.0.1:6379/0")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["django.db.backends.postgresql", "channels_redis.core.RedisChannelLayer"]
