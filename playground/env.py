@@ -61,7 +61,9 @@ def envurl(name: str, schemes: tuple[str, ...]) -> str | None:
         return None
     scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
     if scheme not in schemes:
-        raise ImproperlyConfigured(f"{name} must be a URL starting with one of: {', '.join(schemes)}")
+        raise ImproperlyConfigured(
+            f"{name} must be a URL starting with one of: {', '.join(schemes)}"
+        )
     return raw
 
 

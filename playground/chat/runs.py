@@ -12,6 +12,7 @@ snapshot and then applies only what lies beyond it: nothing shown twice, nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -170,10 +171,9 @@ class Run:
         interval = settings.PLAYGROUND_RUN["FRAME_INTERVAL"]
         heartbeat = settings.PLAYGROUND_RUN["HEARTBEAT_INTERVAL"]
         while True:
-            try:
+            # Wake for new text, or after a quiet spell to write a heartbeat checkpoint.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=heartbeat)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self._publish()
             await self._checkpoint()

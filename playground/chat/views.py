@@ -44,9 +44,7 @@ def _last_model(user) -> str:
 @require_POST
 @login_required
 def conversation_new(request: HttpRequest) -> HttpResponse:
-    conversation = Conversation.objects.create(
-        owner=request.user, model=_last_model(request.user)
-    )
+    conversation = Conversation.objects.create(owner=request.user, model=_last_model(request.user))
     return redirect("conversation", pk=conversation.pk)
 
 
@@ -75,9 +73,7 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
             conversation.save(update_fields=["title"])
             return render(request, f"{TEMPLATE}#sidebar-item", {"c": conversation})
         error = "A title cannot be empty."
-    return render(
-        request, f"{TEMPLATE}#rename-form", {"c": conversation, "error": error}
-    )
+    return render(request, f"{TEMPLATE}#rename-form", {"c": conversation, "error": error})
 
 
 @require_GET

@@ -6,77 +6,167 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Attachment',
+            name="Attachment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('file', models.FileField(upload_to='attachments/')),
-                ('sha256', models.CharField(db_index=True, max_length=64)),
-                ('content_type', models.CharField(max_length=50)),
-                ('size', models.PositiveIntegerField()),
-                ('width', models.PositiveIntegerField()),
-                ('height', models.PositiveIntegerField()),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("file", models.FileField(upload_to="attachments/")),
+                ("sha256", models.CharField(db_index=True, max_length=64)),
+                ("content_type", models.CharField(max_length=50)),
+                ("size", models.PositiveIntegerField()),
+                ("width", models.PositiveIntegerField()),
+                ("height", models.PositiveIntegerField()),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Conversation',
+            name="Conversation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('title', models.CharField(blank=True, max_length=200)),
-                ('model', models.CharField(max_length=200)),
-                ('system_prompt', models.TextField(blank=True)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to=settings.AUTH_USER_MODEL)),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to='accounts.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("title", models.CharField(blank=True, max_length=200)),
+                ("model", models.CharField(max_length=200)),
+                ("system_prompt", models.TextField(blank=True)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to="accounts.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-updated', '-id'],
+                "ordering": ["-updated", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('system', 'System'), ('user', 'User'), ('assistant', 'Assistant'), ('tool', 'Tool')], max_length=10)),
-                ('text', models.TextField(blank=True)),
-                ('content_parts', models.JSONField(blank=True, default=list)),
-                ('reasoning', models.TextField(blank=True)),
-                ('tool_calls', models.JSONField(blank=True, default=list)),
-                ('tool_call_id', models.CharField(blank=True, max_length=200)),
-                ('logprobs', models.JSONField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('streaming', 'Streaming'), ('complete', 'Complete'), ('stopped', 'Stopped'), ('error', 'Error'), ('interrupted', 'Interrupted')], default='complete', max_length=12)),
-                ('finish_reason', models.CharField(blank=True, max_length=40)),
-                ('error', models.TextField(blank=True)),
-                ('model', models.CharField(blank=True, max_length=200)),
-                ('request_body', models.JSONField(blank=True, null=True)),
-                ('usage', models.JSONField(blank=True, null=True)),
-                ('ttft_ms', models.FloatField(blank=True, null=True)),
-                ('total_ms', models.FloatField(blank=True, null=True)),
-                ('tokens_per_second', models.FloatField(blank=True, null=True)),
-                ('cost', models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True)),
-                ('run_channel', models.CharField(blank=True, max_length=200)),
-                ('checkpoint_at', models.DateTimeField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='chat.conversation')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='children', to='chat.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("system", "System"),
+                            ("user", "User"),
+                            ("assistant", "Assistant"),
+                            ("tool", "Tool"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("text", models.TextField(blank=True)),
+                ("content_parts", models.JSONField(blank=True, default=list)),
+                ("reasoning", models.TextField(blank=True)),
+                ("tool_calls", models.JSONField(blank=True, default=list)),
+                ("tool_call_id", models.CharField(blank=True, max_length=200)),
+                ("logprobs", models.JSONField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("streaming", "Streaming"),
+                            ("complete", "Complete"),
+                            ("stopped", "Stopped"),
+                            ("error", "Error"),
+                            ("interrupted", "Interrupted"),
+                        ],
+                        default="complete",
+                        max_length=12,
+                    ),
+                ),
+                ("finish_reason", models.CharField(blank=True, max_length=40)),
+                ("error", models.TextField(blank=True)),
+                ("model", models.CharField(blank=True, max_length=200)),
+                ("request_body", models.JSONField(blank=True, null=True)),
+                ("usage", models.JSONField(blank=True, null=True)),
+                ("ttft_ms", models.FloatField(blank=True, null=True)),
+                ("total_ms", models.FloatField(blank=True, null=True)),
+                ("tokens_per_second", models.FloatField(blank=True, null=True)),
+                (
+                    "cost",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True),
+                ),
+                ("run_channel", models.CharField(blank=True, max_length=200)),
+                ("checkpoint_at", models.DateTimeField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="chat.conversation",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="children",
+                        to="chat.message",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created', 'id'],
-                'indexes': [models.Index(fields=['status', 'checkpoint_at'], name='chat_messag_status_124295_idx')],
+                "ordering": ["created", "id"],
+                "indexes": [
+                    models.Index(
+                        fields=["status", "checkpoint_at"], name="chat_messag_status_124295_idx"
+                    )
+                ],
             },
         ),
     ]

@@ -4,26 +4,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='CustomEndpoint',
+            name="CustomEndpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(help_text='Short id, used to store API keys for it.', max_length=40, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('base_url', models.URLField(help_text='Up to and including /v1, e.g. http://gpu-box:8000/v1')),
-                ('model_ids', models.TextField(help_text='One model id per line, as the server names them.')),
-                ('requires_key', models.BooleanField(default=False, help_text="Send the user's stored key as a Bearer token.")),
-                ('context_window', models.PositiveIntegerField(blank=True, null=True)),
-                ('max_output', models.PositiveIntegerField(blank=True, null=True)),
-                ('supports_images', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "slug",
+                    models.SlugField(
+                        help_text="Short id, used to store API keys for it.",
+                        max_length=40,
+                        unique=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "base_url",
+                    models.URLField(
+                        help_text="Up to and including /v1, e.g. http://gpu-box:8000/v1"
+                    ),
+                ),
+                (
+                    "model_ids",
+                    models.TextField(help_text="One model id per line, as the server names them."),
+                ),
+                (
+                    "requires_key",
+                    models.BooleanField(
+                        default=False, help_text="Send the user's stored key as a Bearer token."
+                    ),
+                ),
+                ("context_window", models.PositiveIntegerField(blank=True, null=True)),
+                ("max_output", models.PositiveIntegerField(blank=True, null=True)),
+                ("supports_images", models.BooleanField(default=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
         ),
     ]

@@ -1,0 +1,777 @@
+"""All outbound HTTP of the project: streaming Chat Completions from OpenAI-compatible providers.
+
+Pure Python + httpx on purpose: nothing here reads Django settings or models, so it can be used
+from views, consumers, management commands and benchmarks alike, and tested without a database.
+Everything (endpoint, key, timeouts, client) comes in as arguments.
+
+`stream()` is an async generator of typed events. It never raises for upstream problems: any
+failure ends the stream with exactly one `StreamError` whose message is short, plain and safe to
+show in a transcript (the API key is scrubbed from everything derived from a provider body).
+
+Note on `django.views.decorators.debug.sensitive_variables`: it is not used. For an async
+*generator* Django wraps it in a plain sync function whose frame is gone by the time the
+generator body runs, so the marker would protect nothing (and importing Django here would break
+the "pure Python" contract). Instead the key is never put into an exception, a dataclass or a
+log line; only `build_headers()` and the local `headers` dict hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import email.utils
+import json
+import logging
+import math
+import random
+import re
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "Endpoint",
+    "Event",
+    "Finish",
+    "LogprobsDelta",
+    "ReasoningDelta",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamError",
+    "TextDelta",
+    "Timeouts",
+    "ToolCallDelta",
+    "UpstreamError",
+    "Usage",
+    "aclose_clients",
+    "build_headers",
+    "get_client",
+    "scrub",
+    "stream",
+]
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+_MAX_PROVIDER_MESSAGE = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobsDelta:
+    content: list[dict]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    raw: dict = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str
+
+
+class UpstreamError(Exception):
+    """A provider problem, phrased for the person reading the transcript.
+
+    `message` must already be scrubbed of the API key; `str(exc) == exc.message`.
+    """
+
+    KINDS = frozenset(
+        {
+            "auth",
+            "not_found",
+            "bad_request",
+            "rate_limited",
+            "server",
+            "connection",
+            "timeout",
+            "stream",
+        }
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown UpstreamError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.message = message
+        # Seconds the provider asked us to wait (429 only); lets callers show a countdown.
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple:
+        # Keyword-only attributes would otherwise be lost (or break) when pickled.
+        state = {"status": self.status, "retry_after": self.retry_after}
+        return (_rebuild_upstream_error, (self.kind, self.message, state))
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(kind={self.kind!r}, status={self.status!r}, message={self.message!r})"
+        )
+
+
+def _rebuild_upstream_error(kind: str, message: str, state: dict) -> UpstreamError:
+    return UpstreamError(kind, message, **state)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    error: UpstreamError
+
+
+Event = TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Usage | Finish | StreamError
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    base_url: str
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 120.0  # per read, so it also bounds a model's silent "thinking" pause
+    write: float = 30.0
+    pool: float = 10.0
+    retry_after_cap: float = 20.0
+    max_retries: int = 2
+    backoff_base: float = 0.5
+
+    def as_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Replace every occurrence of `secret` in `text` (providers echo keys in error bodies)."""
+    if not secret or not text:
+        return text
+    return text.replace(secret, REDACTED)
+
+
+def build_headers(endpoint: Endpoint, api_key: str | None) -> dict[str, str]:
+    """Request headers; no auth header at all when there is no key (self-hosted llama.cpp)."""
+    headers = {"Accept": "text/event-stream"}
+    if api_key:
+        scheme = endpoint.auth_scheme.strip()
+        headers[endpoint.auth_header] = f"{scheme} {api_key}" if scheme else api_key
+    return headers
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled clients
+# ---------------------------------------------------------------------------------------------
+
+# One client per event loop: an httpx.AsyncClient's connections are bound to the loop that opened
+# them, and tests (and Daphne vs. management commands) run several loops in one process.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+_LIMITS = httpx.Limits(max_connections=500, max_keepalive_connections=100, keepalive_expiry=30.0)
+
+
+def get_client() -> httpx.AsyncClient:
+    """The shared AsyncClient of the running event loop (created on first use)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        # Forget clients of loops that are gone; their sockets die with the loop.
+        for old in [lp for lp in _clients if lp.is_closed()]:
+            _clients.pop(old, None)
+        client = httpx.AsyncClient(
+            limits=_LIMITS, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
+        )
+        _clients[loop] = client
+    return client
+
+
+async def aclose_clients() -> None:
+    """Close the running loop's shared client (call at shutdown / end of a test)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-sent events
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class SSEDecoder:
+    """Incremental WHATWG event-stream decoder fed with raw bytes.
+
+    Handles LF, CRLF and lone CR line endings (also a CRLF split across two feeds), UTF-8
+    characters split across feeds, comments, multi-line data and the event/id/retry fields.
+
+    Deliberate deviation: the spec (and the OpenAI SDK) drop a final event that lacks its blank
+    line at EOF; `flush()` dispatches it instead. Losing the last chunk (often finish_reason or
+    usage) to a sloppy proxy is worse than acting on it — a truncated JSON payload fails to parse
+    and becomes a StreamError anyway.
+    """
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""  # text after the last line ending
+        self._skip_lf = False  # previous feed ended with CR: a leading LF belongs to it
+        self._started = False
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None  # persists across events, per spec
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return self._process(self._utf8.decode(chunk))
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: treat leftover text as a last line and dispatch a pending event."""
+        events = self._process(self._utf8.decode(b"", final=True))
+        if self._buffer:
+            events.extend(self._line(self._buffer))
+            self._buffer = ""
+        events.extend(self._line(""))
+        return events
+
+    def _process(self, text: str) -> list[SSEEvent]:
+        if not text:
+            return []  # keep _skip_lf: the decoder may be holding half a character
+        if not self._started:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._skip_lf:
+            self._skip_lf = False
+            text = text.removeprefix("\n")
+        buffer = self._buffer + text
+        events: list[SSEEvent] = []
+        start = 0
+        for match in _EOL.finditer(buffer):
+            events.extend(self._line(buffer[start : match.start()]))
+            start = match.end()
+        # A CR at the very end may be the first half of a CRLF split across feeds.
+        self._skip_lf = start == len(buffer) and buffer.endswith("\r")
+        self._buffer = buffer[start:]
+        return events
+
+    def _line(self, line: str) -> Iterator[SSEEvent]:
+        if not line:
+            yield from self._dispatch()
+            return
+        if line.startswith(":"):
+            return  # comment / keep-alive
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+
+    def _dispatch(self) -> Iterator[SSEEvent]:
+        data, event = self._data, self._event
+        self._data, self._event = [], ""
+        if data:  # per spec an empty data buffer dispatches nothing
+            yield SSEEvent("\n".join(data), event or "message", self._last_id, self._retry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk → events
+# ---------------------------------------------------------------------------------------------
+
+
+class _Done(Exception):
+    """Internal: `data: [DONE]` was received."""
+
+
+def _events_from_chunk(chunk: dict) -> list[Event]:
+    """Map one chat.completion.chunk (or a whole chat.completion) to events."""
+    events: list[Event] = []
+    choices = chunk.get("choices") or []
+    if choices:
+        choice = choices[0] or {}
+        # A non-streamed completion carries "message" where a chunk carries "delta".
+        delta = choice.get("delta") or choice.get("message") or {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(ReasoningDelta(reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            events.append(TextDelta(content))
+        for position, call in enumerate(delta.get("tool_calls") or []):
+            events.append(_tool_call_delta(position, call))
+        logprobs = (choice.get("logprobs") or {}).get("content")
+        if logprobs:
+            events.append(LogprobsDelta(list(logprobs)))
+        if choice.get("finish_reason"):
+            events.append(Finish(str(choice["finish_reason"])))
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        events.append(_usage(usage))
+    return events
+
+
+def _tool_call_delta(position: int, call: dict) -> ToolCallDelta:
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = ""
+    elif not isinstance(arguments, str):
+        arguments = json.dumps(arguments)  # a few servers send parsed objects
+    index = call.get("index")
+    return ToolCallDelta(
+        index=index if isinstance(index, int) else position,
+        id=call.get("id") or None,
+        name=function.get("name") or None,
+        arguments=arguments,
+    )
+
+
+def _usage(usage: dict) -> Usage:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    total = int(usage.get("total_tokens") or prompt + completion)
+    return Usage(prompt, completion, total, usage)
+
+
+def _events_from_sse(sse: SSEEvent, api_key: str | None) -> list[Event]:
+    """Decode one SSE event; raises _Done at [DONE]. Errors come back as a StreamError event."""
+    if sse.data.strip() == "[DONE]":
+        raise _Done
+    try:
+        payload = json.loads(sse.data)
+    except ValueError:
+        if sse.event == "error":
+            return [StreamError(UpstreamError("stream", _clean(sse.data, api_key)))]
+        return [StreamError(UpstreamError("stream", "The provider sent data that is not JSON."))]
+    if not isinstance(payload, dict):
+        return [StreamError(UpstreamError("stream", "The provider sent an unexpected chunk."))]
+    if payload.get("error"):
+        return [StreamError(_mid_stream_error(payload["error"], api_key))]
+    try:
+        return _events_from_chunk(payload)
+    except (AttributeError, TypeError, ValueError):
+        # Wrong shapes (e.g. "choices" as a string) must not crash the consumer.
+        return [StreamError(UpstreamError("stream", "The provider sent a malformed chunk."))]
+
+
+def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("type") or "The provider reported an error."
+        code = str(error.get("code") or error.get("type") or "")
+    else:
+        message, code = str(error), ""
+    kind = "stream"
+    if "rate_limit" in code or code == "429":
+        kind = "rate_limited"
+    elif code in {"invalid_api_key", "401", "403"}:
+        kind = "auth"
+    return UpstreamError(kind, _clean(str(message), api_key))
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _clean(text: str, api_key: str | None) -> str:
+    """Scrubbed, single-line, truncated provider text."""
+    text = " ".join(scrub(text, api_key).split())
+    if len(text) > _MAX_PROVIDER_MESSAGE:
+        text = text[: _MAX_PROVIDER_MESSAGE - 1].rstrip() + "…"
+    return text
+
+
+def _provider_message(raw: bytes, api_key: str | None) -> str:
+    """The provider's own error message from an OpenAI/FastAPI/plain-text error body."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return _clean(text, api_key)
+    message: Any = payload
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message = error.get("message") or error
+        elif error:
+            message = error
+        else:
+            message = payload.get("message") or payload.get("detail") or payload
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)
+    return _clean(message, api_key)
+
+
+def _parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    seconds = headers.get("retry-after")
+    if not seconds:
+        return None
+    try:
+        value = float(seconds)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(seconds)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One failed attempt: the error to report and, if retryable, how long to wait first."""
+
+    error: UpstreamError
+    retry_in: float | None = None
+
+    def final(self, attempts: int) -> UpstreamError:
+        if self.error.kind != "server":
+            return self.error
+        plural = "attempt" if attempts == 1 else "attempts"
+        return UpstreamError(
+            "server",
+            f"The provider failed ({self.error.status}) after {attempts} {plural}.",
+            status=self.error.status,
+        )
+
+
+def _backoff(timeouts: Timeouts, attempt: int) -> float:
+    # Full jitter: spreads out the retries of many streams hitting the same outage.
+    return random.uniform(0, timeouts.backoff_base * 2 ** (attempt - 1))
+
+
+def _fmt_seconds(value: float) -> str:
+    return f"{round(value, 1):g}"
+
+
+def _failure_from_status(
+    status: int,
+    headers: httpx.Headers,
+    raw: bytes,
+    api_key: str | None,
+    timeouts: Timeouts,
+    attempt: int,
+) -> _Failure:
+    message = _provider_message(raw, api_key)
+    suffix = f": {message}" if message else "."
+    if status == 401:
+        return _Failure(
+            UpstreamError(
+                "auth",
+                "The provider rejected the API key (401). Check the key on the Keys page.",
+                status=status,
+            )
+        )
+    if status == 403:
+        text = (
+            f"The provider denied access (403): {message}"
+            if message
+            else ("The provider denied access (403). Check the key on the Keys page.")
+        )
+        return _Failure(UpstreamError("auth", text, status=status))
+    if status == 404:
+        return _Failure(UpstreamError("not_found", f"Unknown model (404){suffix}", status=status))
+    if status == 429:
+        wait = _parse_retry_after(headers)
+        if wait is None:
+            text = "Rate limited (429); try again in a moment."
+        else:
+            text = f"Rate limited (429); retry in {max(1, math.ceil(wait))} s."
+        error = UpstreamError("rate_limited", text, status=status, retry_after=wait)
+        retryable = wait is not None and wait <= timeouts.retry_after_cap
+        return _Failure(error, wait if retryable else None)
+    if status >= 500:
+        wait = _parse_retry_after(headers)
+        if wait is None or wait > timeouts.retry_after_cap:
+            wait = _backoff(timeouts, attempt)
+        return _Failure(UpstreamError("server", "", status=status), wait)
+    return _Failure(
+        UpstreamError(
+            "bad_request", f"The provider refused the request ({status}){suffix}", status=status
+        )
+    )
+
+
+def _failure_from_transport(exc: Exception, timeouts: Timeouts, attempt: int) -> _Failure:
+    """A transport problem before any body byte arrived (so retrying cannot duplicate output)."""
+    retry = _backoff(timeouts, attempt)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return _Failure(
+            UpstreamError(
+                "timeout",
+                "Could not connect to the provider "
+                f"(no answer in {_fmt_seconds(timeouts.connect)} s).",
+            ),
+            retry,
+        )
+    if isinstance(exc, httpx.ReadTimeout):
+        # Not retried: the provider may still be working and a retry would triple the wait.
+        return _Failure(UpstreamError("timeout", _silence_message(timeouts)))
+    if isinstance(exc, httpx.PoolTimeout):
+        return _Failure(
+            UpstreamError(
+                "timeout", "Too many requests to the provider are in flight; try again shortly."
+            )
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        text = "The provider did not accept the request in time."
+        return _Failure(UpstreamError("timeout", text))
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return _Failure(
+            UpstreamError(
+                "connection", "The provider URL is not valid; check the endpoint's base URL."
+            )
+        )
+    return _Failure(UpstreamError("connection", "Could not connect to the provider."), retry)
+
+
+def _silence_message(timeouts: Timeouts) -> str:
+    return f"The provider stopped sending data (no data for {_fmt_seconds(timeouts.read)} s)."
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------
+
+
+class _BodyState:
+    """What arrived so far on one response; decides between retry and partial-reply errors."""
+
+    __slots__ = ("received", "finished", "stopped", "saw_done")
+
+    def __init__(self) -> None:
+        self.received = False  # any body byte: from here on, never retry
+        self.finished = False  # a finish_reason was seen: the reply itself is complete
+        self.stopped = False  # [DONE] or an error event: ignore anything after it
+        self.saw_done = False
+
+
+_DRAIN_SECONDS = 0.25
+
+
+def _stream_body(body: dict) -> dict:
+    payload = dict(body)
+    payload["stream"] = True
+    payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return payload
+
+
+async def stream(
+    endpoint: Endpoint,
+    api_key: str | None,
+    body: dict,
+    *,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    client: httpx.AsyncClient | None = None,
+) -> AsyncIterator[Event]:
+    """Stream a chat completion as typed events; failures end it with one StreamError.
+
+    Retries (429 with a short Retry-After, 5xx, connection errors) happen only before the first
+    body byte. Cancelling the consuming task or calling `aclose()` closes the HTTP response
+    promptly, because the request lives inside `async with client.stream(...)`. A consumer that
+    merely `break`s out of its loop should wrap the generator in `contextlib.aclosing()` so the
+    connection is released at once rather than when the generator is garbage-collected.
+
+    Events per chunk come in this order: ReasoningDelta, TextDelta, ToolCallDelta...,
+    LogprobsDelta, Finish, Usage. Usage normally arrives once, in a final chunk after Finish;
+    servers that report usage on every chunk yield several (the last one wins).
+    """
+    http = client if client is not None else get_client()
+    headers = build_headers(endpoint, api_key)
+    payload = _stream_body(body)
+    attempts = timeouts.max_retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            async with http.stream(
+                "POST",
+                endpoint.chat_url,
+                json=payload,
+                headers=headers,
+                timeout=timeouts.as_httpx(),
+            ) as response:
+                if response.is_success:
+                    async for event in _read_success(response, api_key, timeouts):
+                        yield event
+                    return
+                raw = await response.aread()
+                failure = _failure_from_status(
+                    response.status_code, response.headers, raw, api_key, timeouts, attempt
+                )
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            # _read_success re-raises transport errors only when no body byte has arrived.
+            failure = _failure_from_transport(exc, timeouts, attempt)
+        if failure.retry_in is None or attempt == attempts:
+            yield StreamError(failure.final(attempt))
+            return
+        logger.warning(
+            "provider attempt %d/%d failed (%s, status %s); retrying in %.2f s",
+            attempt,
+            attempts,
+            failure.error.kind,
+            failure.error.status,
+            failure.retry_in,
+        )
+        await asyncio.sleep(failure.retry_in)
+
+
+async def _read_success(
+    response: httpx.Response, api_key: str | None, timeouts: Timeouts
+) -> AsyncIterator[Event]:
+    if "application/json" in response.headers.get("content-type", ""):
+        # Some servers ignore stream=true and answer with one chat.completion object.
+        raw = await response.aread()
+        try:
+            events = _events_from_sse(SSEEvent(raw.decode("utf-8", errors="replace")), api_key)
+        except _Done:
+            events = []
+        for event in events:
+            yield event
+        return
+    state = _BodyState()
+    try:
+        async for event in _read_sse(response, api_key, state):
+            yield event
+    except httpx.TransportError as exc:
+        if not state.received:
+            raise  # nothing arrived yet: the caller may retry
+        if state.finished:
+            return  # cut after finish_reason (e.g. before usage): the reply is complete
+        if isinstance(exc, httpx.TimeoutException):
+            yield StreamError(UpstreamError("timeout", _silence_message(timeouts)))
+        else:
+            yield StreamError(
+                UpstreamError("stream", "The stream was cut before the reply finished.")
+            )
+
+
+async def _read_sse(
+    response: httpx.Response, api_key: str | None, state: _BodyState
+) -> AsyncIterator[Event]:
+    decoder = SSEDecoder()
+    chunks = response.aiter_bytes()
+    async for chunk in chunks:
+        state.received = state.received or bool(chunk)
+        for event in _decode(decoder.feed(chunk), api_key, state):
+            yield event
+        if state.stopped:
+            break
+    else:
+        for event in _decode(decoder.flush(), api_key, state):
+            yield event
+    if state.saw_done:
+        await _drain(chunks)
+    elif not state.stopped and not state.finished:
+        yield StreamError(UpstreamError("stream", "The stream ended before the reply finished."))
+
+
+def _decode(events: list[SSEEvent], api_key: str | None, state: _BodyState) -> Iterator[Event]:
+    for sse in events:
+        if state.stopped:
+            return
+        try:
+            mapped = _events_from_sse(sse, api_key)
+        except _Done:
+            state.stopped = state.saw_done = True
+            return
+        for event in mapped:
+            if isinstance(event, Finish):
+                state.finished = True
+            elif isinstance(event, StreamError):
+                state.stopped = True
+            yield event
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Best effort: read the tail after [DONE] so the connection returns to the pool.
+
+    Bounded, because a server that keeps the connection open after [DONE] must not delay the
+    end of the reply; on timeout the response is simply closed. No yield happens in here, so
+    the deadline can never fire while the consumer holds control.
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
