@@ -38,7 +38,11 @@ def test_set_up_shows_errors_and_creates_nothing_on_bad_input(client):
 def test_set_up_is_closed_once_someone_exists(client, user):
     response = client.post(
         "/setup/",
-        {"username": "mallory", "password1": "a long pass phrase", "password2": "a long pass phrase"},
+        {
+            "username": "mallory",
+            "password1": "a long pass phrase",
+            "password2": "a long pass phrase",
+        },
     )
     assert response.status_code == 302
     assert not User.objects.filter(username="mallory").exists()

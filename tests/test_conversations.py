@@ -40,7 +40,9 @@ def test_the_sidebar_is_newest_first(client, user):
 def test_the_title_comes_from_the_first_message():
     conversation = Conversation(model="x")
     conversation.title_from("  Explain   the\nCAP theorem " + "x" * 100)
-    assert conversation.title.startswith("Explain the CAP theorem") and conversation.title.endswith("…")
+    assert conversation.title.startswith("Explain the CAP theorem") and conversation.title.endswith(
+        "…"
+    )
     conversation.title_from("Something else")
     assert conversation.title.startswith("Explain")
 
@@ -50,7 +52,9 @@ def test_a_conversation_is_renamed(client, user, conversation):
     form = client.get(f"/c/{conversation.pk}/rename/", headers={"HX-Request": "true"})
     assert b'name="title"' in form.content
     response = client.post(
-        f"/c/{conversation.pk}/rename/", {"title": "  Gemma   tests "}, headers={"HX-Request": "true"}
+        f"/c/{conversation.pk}/rename/",
+        {"title": "  Gemma   tests "},
+        headers={"HX-Request": "true"},
     )
     assert response.status_code == 200 and b"Gemma tests" in response.content
     conversation.refresh_from_db()
@@ -125,7 +129,16 @@ def test_the_page_shows_the_figures_under_a_reply(client, user, conversation):
     )
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
-    for expected in ["<strong>Hi</strong>", "12 + 34 tokens", "TTFT 123 ms", "2000 ms total",
-                     "18.5 tok/s", "$0.0300", "finish: stop", "Gemma 4 E4B",
-                     '<details class="reasoning">', "Thinking about it"]:
+    for expected in [
+        "<strong>Hi</strong>",
+        "12 + 34 tokens",
+        "TTFT 123 ms",
+        "2000 ms total",
+        "18.5 tok/s",
+        "$0.0300",
+        "finish: stop",
+        "Gemma 4 E4B",
+        '<details class="reasoning">',
+        "Thinking about it",
+    ]:
         assert expected in page, expected

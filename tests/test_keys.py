@@ -74,7 +74,9 @@ def test_rotate_keys_reports_keys_it_cannot_decrypt(settings, user, api_key):
 def test_a_tampered_key_gives_a_clear_error_not_an_empty_key(user, api_key):
     token = api_key.ciphertext
     middle = len(token) // 2
-    api_key.ciphertext = token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+    api_key.ciphertext = (
+        token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+    )
     api_key.save()
     with pytest.raises(crypto.KeyDecryptionError, match="cannot be decrypted"):
         api_key.reveal()

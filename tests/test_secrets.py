@@ -36,8 +36,12 @@ async def test_the_key_never_reaches_a_page_frame_log_or_error(
         Behaviour(tokens=["a", "b", "c"], mid_stream_error={"message": "boom"}, error_after=1),
     )
     ok, socket = await connect(user, conversation.pk)
-    for prompt, status in [("one", "complete"), ("two", "error"), ("three", "error"),
-                           ("four", "error")]:
+    for prompt, status in [
+        ("one", "complete"),
+        ("two", "error"),
+        ("three", "error"),
+        ("four", "error"),
+    ]:
         await socket.send_prompt(prompt)
         await socket.until(lambda f, s=status: f"status-{s}" in f)
     # The upstream really got the key, and really echoed it back.
@@ -46,7 +50,9 @@ async def test_the_key_never_reaches_a_page_frame_log_or_error(
     for frame in socket.frames:
         assert_clean("a WebSocket frame", frame)
     async for message in Message.objects.filter(conversation=conversation):
-        assert_clean("a saved message", json.dumps(message.request_body) + message.error + message.text)
+        assert_clean(
+            "a saved message", json.dumps(message.request_body) + message.error + message.text
+        )
     errors = [m.error async for m in Message.objects.exclude(error="")]
     assert len(errors) == 3 and any("API key" in e for e in errors)
 
@@ -55,8 +61,12 @@ async def test_the_key_never_reaches_a_page_frame_log_or_error(
     )
     web = AsyncClient()
     await web.aforce_login(user)
-    for path in [f"/c/{conversation.pk}/", "/keys/", "/admin/accounts/apikey/",
-                 f"/admin/accounts/apikey/{api_key.pk}/change/"]:
+    for path in [
+        f"/c/{conversation.pk}/",
+        "/keys/",
+        "/admin/accounts/apikey/",
+        f"/admin/accounts/apikey/{api_key.pk}/change/",
+    ]:
         response = await web.get(path)
         assert response.status_code == 200, path
         assert_clean(f"the page {path}", response.content.decode())
@@ -100,8 +110,14 @@ def test_the_key_is_not_on_the_debug_page_when_a_send_fails(settings, user, api_
     monkeypatch.setattr(services.Message.objects, "create", broken)
     settings.DEBUG = True
     try:
-        services.start_turn(conversation, user, text="hi", model_key=conversation.model,
-                            system_prompt="", channel="run.x")
+        services.start_turn(
+            conversation,
+            user,
+            text="hi",
+            model_key=conversation.model,
+            system_prompt="",
+            channel="run.x",
+        )
     except RuntimeError as exc:
         import sys
 

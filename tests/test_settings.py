@@ -78,8 +78,18 @@ def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
         "import django; django.setup(); from django.conf import settings as s;"
         "print(s.DATABASES['default']['ENGINE']); print(s.CHANNEL_LAYERS['default']['BACKEND'])"
     )
-    environ = dict(os.environ, PLAYGROUND_VAR_DIR=str(tmp_path),
-                   DATABASE_URL="postgres://u@127.0.0.1:5432/test", REDIS_URL="redis://127.0.0.1:6379/0")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ,
-                         capture_output=True, text=True, check=True).stdout.split()
+    environ = dict(
+        os.environ,
+        PLAYGROUND_VAR_DIR=str(tmp_path),
+        DATABASE_URL="postgres://u@127.0.0.1:5432/test",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["django.db.backends.postgresql", "channels_redis.core.RedisChannelLayer"]

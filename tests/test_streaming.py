@@ -17,8 +17,12 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 def streamed_text(frames: list[str], message_id: int, kind: str = "text") -> str:
     """The text a browser would show: appended deltas, reset by snapshot frames."""
     shown = ""
-    append = re.compile(rf'<span id="{kind}-{message_id}" hx-swap-oob="beforeend">(.*?)</span>', re.S)
-    replace = re.compile(rf'<div id="{kind}-{message_id}" hx-swap-oob="innerHTML">(.*?)</div>', re.S)
+    append = re.compile(
+        rf'<span id="{kind}-{message_id}" hx-swap-oob="beforeend">(.*?)</span>', re.S
+    )
+    replace = re.compile(
+        rf'<div id="{kind}-{message_id}" hx-swap-oob="innerHTML">(.*?)</div>', re.S
+    )
     for frame in frames:
         for match in replace.finditer(frame):
             shown = match.group(1)
@@ -62,7 +66,9 @@ async def test_it_sends_the_first_delta_at_once_then_coalesces_frames(
     await socket.send_prompt("Count")
     await socket.until(lambda f: "status-complete" in f)
     reply = await reply_of(conversation)
-    delta_frames = [f for f in socket.frames if f'id="text-{reply.pk}" hx-swap-oob="beforeend"' in f]
+    delta_frames = [
+        f for f in socket.frames if f'id="text-{reply.pk}" hx-swap-oob="beforeend"' in f
+    ]
     # 60 tokens over ~0.3 s: at most one frame per 50 ms (plus the first and the last).
     assert 2 <= len(delta_frames) <= 12
     assert delta_frames[0].count("tok") == 1, "the first token goes out on its own, at once"
@@ -229,7 +235,11 @@ async def test_model_output_is_sanitized_while_streaming_and_when_done(
     upstream, user, api_key, conversation, connect
 ):
     upstream.default = Behaviour(
-        tokens=["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))"]
+        tokens=[
+            "<script>alert(1)</script>",
+            "<img src=x onerror=alert(1)>",
+            "[x](javascript:alert(1))",
+        ]
     )
     ok, socket = await connect(user, conversation.pk)
     await socket.send_prompt("Be evil")
@@ -245,11 +255,13 @@ async def test_the_history_and_system_prompt_go_upstream(
 ):
     upstream.default = Behaviour(tokens=["One"])
     ok, socket = await connect(user, conversation.pk)
-    await socket.send(action="send", text="First", model="empiriolabs:gemma-4-e4b",
-                      system_prompt="Be brief.")
+    await socket.send(
+        action="send", text="First", model="empiriolabs:gemma-4-e4b", system_prompt="Be brief."
+    )
     await socket.until(lambda f: "status-complete" in f)
-    await socket.send(action="send", text="Second", model="empiriolabs:gemma-4-e4b",
-                      system_prompt="Be brief.")
+    await socket.send(
+        action="send", text="Second", model="empiriolabs:gemma-4-e4b", system_prompt="Be brief."
+    )
     await socket.until(lambda f: "status-complete" in f)
     assert upstream.requests[-1].body["messages"] == [
         {"role": "system", "content": "Be brief."},
@@ -268,10 +280,16 @@ async def test_a_model_without_a_system_role_gets_it_merged_into_the_first_turn(
 
     from playground.accounts.models import ApiKey
 
-    await database_sync_to_async(ApiKey.store)(provider="aimlapi", plaintext="aiml-key-123456", user=user)
+    await database_sync_to_async(ApiKey.store)(
+        provider="aimlapi", plaintext="aiml-key-123456", user=user
+    )
     ok, socket = await connect(user, conversation.pk)
-    await socket.send(action="send", text="Hi", model="aimlapi:google/gemma-3n-e4b-it",
-                      system_prompt="Answer in French.")
+    await socket.send(
+        action="send",
+        text="Hi",
+        model="aimlapi:google/gemma-3n-e4b-it",
+        system_prompt="Answer in French.",
+    )
     await socket.until(lambda f: "status-complete" in f)
     body = upstream.requests[-1].body
     assert body["model"] == "google/gemma-3n-e4b-it"
