@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -110,6 +111,9 @@ class Message(models.Model):
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)
     logprobs = models.JSONField(null=True, blank=True)
+    reasoning_ms = models.FloatField(null=True, blank=True)
+    # For structured output: {"valid": bool, "path": "$.a[0]", "message": "..."}.
+    schema_check = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     finish_reason = models.CharField(max_length=40, blank=True)
     error = models.TextField(blank=True)
@@ -144,6 +148,84 @@ class Message(models.Model):
     @property
     def dom_id(self) -> str:
         return f"msg-{self.pk}"
+
+    @property
+    def awaits_tool_results(self) -> bool:
+        return (
+            self.role == self.Role.ASSISTANT
+            and self.status == self.Status.COMPLETE
+            and bool(self.tool_calls)
+        )
+
+    def token_view(self) -> list[dict]:
+        """Each generated token with its probability and alternatives, for shading."""
+        tokens = []
+        for entry in self.logprobs or []:
+            probability = math.exp(entry.get("logprob", -100))
+            alternatives = [
+                {"token": alt.get("token", ""), "percent": _percent(alt.get("logprob"))}
+                for alt in entry.get("top_logprobs") or []
+                if alt.get("token") != entry.get("token")
+            ]
+            tokens.append(
+                {
+                    "token": entry.get("token", ""),
+                    "percent": _percent(entry.get("logprob")),
+                    "bucket": min(9, int(probability * 10)),
+                    "alternatives": alternatives,
+                }
+            )
+        return tokens
+
+
+def _percent(logprob: float | None) -> str:
+    if logprob is None:
+        return "?"
+    return f"{math.exp(logprob) * 100:.1f}"
+
+
+class Preset(models.Model):
+    """A named model + parameters + system prompt a user can load again."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets"
+    )
+    name = models.CharField(max_length=100)
+    model = models.CharField(max_length=200)
+    params = models.JSONField(default=dict, blank=True)
+    system_prompt = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="preset_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LastSettings(models.Model):
+    """The settings a user last used, so a new conversation starts from them."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="last_settings"
+    )
+    model = models.CharField(max_length=200)
+    params = models.JSONField(default=dict, blank=True)
+    system_prompt = models.TextField(blank=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    @classmethod
+    def remember(cls, user, conversation: Conversation) -> None:
+        cls.objects.update_or_create(
+            user=user,
+            defaults={
+                "model": conversation.model,
+                "params": conversation.params,
+                "system_prompt": conversation.system_prompt,
+            },
+        )
 
 
 class Attachment(models.Model):

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from playground.chat.models import Message
+from playground.chat.structured import check_reply
 from playground.providers import client
 from playground.providers.catalog import Model
 
@@ -76,6 +77,8 @@ class Run:
         self.frames = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        self.first_reasoning_at: float | None = None
+        self.first_text_at: float | None = None
         self.checkpointed_at = self.started
         self.checkpointed_len = 0
         self._wake = asyncio.Event()
@@ -121,9 +124,11 @@ class Run:
         match event:
             case client.TextDelta(text=text):
                 self._first_token()
+                self.first_text_at = self.first_text_at or time.monotonic()
                 self.text.pending += text
             case client.ReasoningDelta(text=text):
                 self._first_token()
+                self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
                 self.reasoning.pending += text
             case client.ToolCallDelta():
                 self._first_token()
@@ -172,8 +177,11 @@ class Run:
         heartbeat = settings.PLAYGROUND_RUN["HEARTBEAT_INTERVAL"]
         while True:
             # Wake for new text, or after a quiet spell to write a heartbeat checkpoint.
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+            # that ends this loop when the event fires at the same moment.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=heartbeat)
+                async with asyncio.timeout(heartbeat):
+                    await self._wake.wait()
             self._wake.clear()
             await self._publish()
             await self._checkpoint()
@@ -222,6 +230,13 @@ class Run:
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
         completion = (self.usage or {}).get("completion_tokens")
         generating = ended - (self.first_token_at or ended)
+        reasoning_ms = None
+        if self.first_reasoning_at is not None:
+            thought = (self.first_text_at or ended) - self.first_reasoning_at
+            reasoning_ms = round(thought * 1000, 1)
+        schema_check = None
+        if status == Message.Status.COMPLETE and not self.tool_calls:
+            schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
         await Message.objects.filter(pk=self.request.message_id).aupdate(
             status=status,
             text=self.text.shown,
@@ -237,6 +252,8 @@ class Run:
             if completion and generating > 0
             else None,
             cost=self.request.model.cost(completed=status == Message.Status.COMPLETE),
+            reasoning_ms=reasoning_ms,
+            schema_check=schema_check,
             checkpoint_at=timezone.now(),
         )
 

@@ -1,0 +1,37 @@
+"""The run's own machinery, below the socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+from playground.chat import runs
+from playground.providers.catalog import GEMMA_4_E4B
+
+
+def make_run() -> runs.Run:
+    return runs.Run(runs.RunRequest(1, 1, "run.test", GEMMA_4_E4B, {"messages": []}, "k"))
+
+
+async def test_the_publisher_stops_when_cancelled_just_as_new_text_arrives():
+    # On Python 3.11 asyncio.wait_for swallows a cancellation that lands while the awaited
+    # event fires; the run then waited forever and never saved its reply.
+    run = make_run()
+    publisher = asyncio.create_task(run._publish_loop())
+    await asyncio.sleep(0)
+    run._wake.set()
+    publisher.cancel()
+    done, _ = await asyncio.wait([publisher], timeout=1)
+    assert publisher in done
+
+
+def test_the_key_is_not_in_the_run_requests_repr():
+    assert "'k'" not in repr(make_run().request) and "api_key" not in repr(make_run().request)
+
+
+def test_a_delta_is_split_at_what_a_socket_has_shown():
+    from playground.chat.consumers import _beyond
+
+    assert _beyond(0, 0, "abc") == "abc"
+    assert _beyond(2, 0, "abc") == "c"
+    assert _beyond(5, 0, "abc") == ""
+    assert _beyond(1, 3, "def") is None  # a gap: frames were lost, ask for a snapshot
