@@ -142,3 +142,12 @@ def test_the_page_shows_the_figures_under_a_reply(client, user, conversation):
         "Thinking about it",
     ]:
         assert expected in page, expected
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_sidebar_learns_the_title_live(upstream, user, api_key, conversation, connect):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Plan a trip to Oslo")
+    frame = await socket.until(lambda f: f'id="conv-{conversation.pk}"' in f)
+    assert 'hx-swap-oob="true"' in frame and "Plan a trip to Oslo" in frame
+    await socket.until(lambda f: "status-complete" in f)

@@ -22,9 +22,11 @@ from django.utils.html import escape
 
 from playground.chat import runs
 from playground.chat.access import aget_conversation_for_user
-from playground.chat.models import Message
-from playground.chat.services import TurnError, start_turn
-from playground.chat.views import transcript_context
+from playground.chat.models import Conversation, Message
+from playground.chat.panel import settings_context
+from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
+from playground.chat.views import model_or_default, transcript_context
+from playground.providers import params
 
 log = logging.getLogger(__name__)
 
@@ -84,32 +86,63 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._start(data)
         elif action == "stop":
             await self._stop()
+        elif action == "tool_results":
+            await self._tool_results(data)
+        elif action == "rerun":
+            await self._rerun(data)
         else:
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
+        await self._run_turn(
+            start_turn,
+            text=str(data.get("text", "")),
+            model_key=str(data.get("model", "")),
+            system_prompt=str(data.get("system_prompt", "")),
+            values=params.from_form(data),
+        )
+
+    async def _tool_results(self, data: dict[str, Any]) -> None:
+        results = {
+            key.removeprefix("result:"): str(value)
+            for key, value in data.items()
+            if key.startswith("result:")
+        }
+        await self._run_turn(
+            submit_tool_results, message_id=_int(data.get("message_id")), results=results
+        )
+
+    async def _rerun(self, data: dict[str, Any]) -> None:
+        await self._run_turn(rerun, message_id=_int(data.get("message_id")))
+
+    async def _run_turn(self, service, **kwargs) -> None:
+        """Create the rows through `service`, show them to every watcher, start the run."""
         if not await self._authorized(run=True):
             await self._send_error("You can watch this conversation but not run it.")
             return
         channel = await self.channel_layer.new_channel("run.")
         try:
-            user_message, reply, request = await database_sync_to_async(start_turn)(
-                self.conversation,
-                self.user,
-                text=str(data.get("text", "")),
-                model_key=str(data.get("model", "")),
-                system_prompt=str(data.get("system_prompt", "")),
-                channel=channel,
+            turn = await database_sync_to_async(service)(
+                self.conversation, self.user, channel=channel, **kwargs
             )
         except TurnError as exc:
             await self._send_error(str(exc))
             return
+        except params.InvalidParams as exc:
+            context = await database_sync_to_async(_errors_context)(kwargs, exc.errors)
+            context["error"] = "Fix the highlighted settings: nothing was sent."
+            context["status"] = ""
+            await self._send_partial("param-errors", context)
+            return
+        reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
         await self.channel_layer.group_send(
-            self.group, {"type": "chat.append", "message_ids": [user_message.pk, reply.pk]}
+            self.group, {"type": "chat.append", "message_ids": [m.pk for m in turn.messages]}
         )
-        await self.send(text_data=render_to_string(f"{TEMPLATE}#composer-sent", {}))
-        runs.start(request)
+        if service is start_turn:
+            await self.send(text_data=render_to_string(f"{TEMPLATE}#composer-sent", {}))
+            await self.channel_layer.group_send(self.group, {"type": "chat.title"})
+        runs.start(turn.run)
 
     async def _stop(self) -> None:
         if not await self._authorized(run=True):
@@ -137,7 +170,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         for message in messages:
             if message.is_streaming:
                 self.shown.setdefault(message.pk, [0, 0])
-        await self._send_partial("appended", {"messages": messages})
+        await self._send_partial("appended", {"transcript": messages})
+
+    async def chat_title(self, event: dict[str, Any]) -> None:
+        conversation = await Conversation.objects.filter(pk=self.conversation_id).afirst()
+        if conversation is not None:
+            context = {"c": conversation, "conversation": conversation}
+            await self._send_partial("sidebar-item-oob", context)
 
     async def run_delta(self, event: dict[str, Any]) -> None:
         message_id = event["message_id"]
@@ -183,14 +222,17 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             .afirst()
         )
         if message is not None:
-            await self._send_partial("message-oob", {"message": message})
+            awaiting = message.pk if message.awaits_tool_results else None
+            await self._send_partial(
+                "message-oob", {"message": message, "awaiting_tools": awaiting}
+            )
 
     # Helpers
 
     async def _send_transcript(self) -> None:
         context = await database_sync_to_async(transcript_context)(self.conversation)
         await self._send_partial("transcript-oob", context)
-        for message in context["messages"]:
+        for message in context["transcript"]:
             if message.is_streaming:
                 await self._request_snapshot(message.pk, message.run_channel)
 
@@ -230,6 +272,18 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _send_error(self, text: str) -> None:
         await self._send_partial("composer-error", {"error": text})
+
+
+def _errors_context(turn: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+    model = model_or_default(turn.get("model_key", ""))
+    return settings_context(model, turn.get("values", {}), errors)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _beyond(shown: int, at: int, piece: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
@@ -10,17 +11,26 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat.models import Conversation, Message
+from playground.chat.models import Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
-from playground.providers import catalog
+from playground.providers import catalog, params
 from playground.providers.catalog import Model, Provider
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
+MAX_TOOL_RESULT_CHARS = 200_000
 
 
 class TurnError(Exception):
     """A plain message for the person who pressed Send; nothing was saved."""
+
+
+@dataclass
+class Turn:
+    """What a send created: rows to show, and the run to start."""
+
+    messages: list[Message]
+    run: RunRequest
 
 
 @sensitive_variables("plaintext")
@@ -41,6 +51,13 @@ def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str
     return plaintext
 
 
+def get_model(model_key: str) -> Model:
+    try:
+        return catalog.get_model(model_key)
+    except catalog.UnknownModel:
+        raise TurnError("Pick a model from the list.") from None
+
+
 def history(conversation: Conversation) -> list[Message]:
     """The linear branch ending at the newest message: what the model sees as context."""
     by_id = {m.pk: m for m in conversation.messages.all()}
@@ -54,15 +71,25 @@ def history(conversation: Conversation) -> list[Message]:
     return branch[::-1]
 
 
+def as_openai(message: Message) -> dict[str, Any] | None:
+    if message.role == Message.Role.ASSISTANT:
+        if message.tool_calls:
+            return {
+                "role": "assistant",
+                "content": message.text or None,
+                "tool_calls": message.tool_calls,
+            }
+        # A failed or stopped-before-any-token reply adds no context.
+        return {"role": "assistant", "content": message.text} if message.text else None
+    if message.role == Message.Role.TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text}
+    if message.role == Message.Role.USER:
+        return {"role": "user", "content": message.text}
+    return None
+
+
 def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> list[dict]:
-    messages: list[dict[str, Any]] = []
-    for message in branch:
-        if message.role == Message.Role.ASSISTANT:
-            if not message.text:
-                continue  # a failed or stopped-before-any-token reply adds no context
-            messages.append({"role": "assistant", "content": message.text})
-        elif message.role == Message.Role.USER:
-            messages.append({"role": "user", "content": message.text})
+    messages = [m for m in map(as_openai, branch) if m is not None]
     system_prompt = system_prompt.strip()
     if system_prompt:
         if model.supports(catalog.SYSTEM_ROLE):
@@ -76,16 +103,48 @@ def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> l
     return messages
 
 
-def build_body(model: Model, messages: list[dict], params: dict[str, Any]) -> dict[str, Any]:
-    known = {p.name for p in model.params}
-    body: dict[str, Any] = {"model": model.id, "messages": messages}
-    body.update({k: v for k, v in params.items() if k in known and v is not None})
+def build_body(model: Model, messages: list[dict], cleaned: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model.id, "messages": messages, **cleaned}
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
 
 
-@sensitive_variables("api_key", "request")
+def apply_settings(
+    conversation: Conversation, user, *, model_key: str, system_prompt: str, values: dict
+) -> Model:
+    """Validate and store the conversation's model, system prompt and parameters."""
+    model = get_model(model_key)
+    if len(system_prompt) > MAX_SYSTEM_CHARS:
+        raise TurnError(f"The system prompt is too long (over {MAX_SYSTEM_CHARS:,} characters).")
+    conversation.params = params.clean(model, values)  # raises params.InvalidParams
+    conversation.model = model.key
+    conversation.system_prompt = system_prompt
+    return model
+
+
+def _reply(conversation: Conversation, user, parent: Message, model: Model, body, channel):
+    return Message.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=model.key,
+        request_body=body,
+        created_by=user,
+        run_channel=channel,
+        checkpoint_at=timezone.now(),
+    )
+
+
+def _locked(conversation: Conversation) -> Conversation:
+    conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+    if conversation.messages.filter(status=Message.Status.STREAMING).exists():
+        raise TurnError("A reply is still streaming: stop it or wait for it to finish.")
+    return conversation
+
+
+@sensitive_variables("api_key")
 def start_turn(
     conversation: Conversation,
     user,
@@ -94,55 +153,91 @@ def start_turn(
     model_key: str,
     system_prompt: str,
     channel: str,
-) -> tuple[Message, Message, RunRequest]:
+    values: dict[str, Any] | None = None,
+) -> Turn:
     text = text.strip()
     if not text:
         raise TurnError("Write a message first.")
     if len(text) > MAX_PROMPT_CHARS:
         raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
-    if len(system_prompt) > MAX_SYSTEM_CHARS:
-        raise TurnError(f"The system prompt is too long (over {MAX_SYSTEM_CHARS:,} characters).")
-    try:
-        model = catalog.get_model(model_key)
-    except catalog.UnknownModel:
-        raise TurnError("Pick a model from the list.") from None
+    model = apply_settings(
+        conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
+    )
     api_key = resolve_api_key(user, conversation, model.provider)
-
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
-        if conversation.messages.filter(status=Message.Status.STREAMING).exists():
-            raise TurnError("A reply is still streaming: stop it or wait for it to finish.")
-        branch = history(conversation)
-        user_message = Message.objects.create(
-            conversation=conversation,
+        locked = _locked(conversation)
+        branch = history(locked)
+        prompt = Message.objects.create(
+            conversation=locked,
             parent=branch[-1] if branch else None,
             role=Message.Role.USER,
             text=text,
             created_by=user,
         )
-        messages = build_messages(model, system_prompt, [*branch, user_message])
+        messages = build_messages(model, system_prompt, [*branch, prompt])
         body = build_body(model, messages, conversation.params)
-        reply = Message.objects.create(
-            conversation=conversation,
-            parent=user_message,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.STREAMING,
-            model=model.key,
-            request_body=body,
-            created_by=user,
-            run_channel=channel,
-            checkpoint_at=timezone.now(),
-        )
-        conversation.model = model.key
-        conversation.system_prompt = system_prompt
-        conversation.title_from(text)
-        conversation.save()
-    request = RunRequest(
-        message_id=reply.pk,
-        conversation_id=conversation.pk,
-        channel=channel,
-        model=model,
-        body=body,
-        api_key=api_key,
-    )
-    return user_message, reply, request
+        reply = _reply(locked, user, prompt, model, body, channel)
+        locked.model, locked.params = conversation.model, conversation.params
+        locked.system_prompt = conversation.system_prompt
+        locked.title_from(text)
+        locked.save()
+        LastSettings.remember(user, locked)
+    return Turn([prompt, reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))
+
+
+@sensitive_variables("api_key")
+def submit_tool_results(
+    conversation: Conversation, user, *, message_id: int, results: dict[str, str], channel: str
+) -> Turn:
+    """The user's result for each tool call of a reply, sent back to continue it."""
+    with transaction.atomic():
+        locked = _locked(conversation)
+        branch = history(locked)
+        asking = branch[-1] if branch else None
+        if asking is None or asking.pk != message_id or not asking.tool_calls:
+            raise TurnError("Only the latest reply's tool calls can be answered.")
+        model = get_model(asking.model)
+        missing = [c["function"]["name"] for c in asking.tool_calls if not results.get(c["id"])]
+        if missing:
+            raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
+        if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
+            raise TurnError("A tool result is too long.")
+        api_key = resolve_api_key(user, locked, model.provider)
+        parent, created = asking, []
+        for call in asking.tool_calls:
+            parent = Message.objects.create(
+                conversation=locked,
+                parent=parent,
+                role=Message.Role.TOOL,
+                tool_call_id=call["id"],
+                text=results[call["id"]],
+                created_by=user,
+            )
+            created.append(parent)
+        messages = build_messages(model, locked.system_prompt, [*branch, *created])
+        body = build_body(model, messages, _params_of(asking, model))
+        reply = _reply(locked, user, parent, model, body, channel)
+        locked.save()
+    return Turn([*created, reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))
+
+
+def _params_of(message: Message, model: Model) -> dict[str, Any]:
+    names = {p.name for p in model.params}
+    return {k: v for k, v in (message.request_body or {}).items() if k in names}
+
+
+@sensitive_variables("api_key")
+def rerun(conversation: Conversation, user, *, message_id: int, channel: str) -> Turn:
+    """Ask again with exactly the request a reply came from: same parameters, same seed.
+    The new reply is a sibling of the old one, so both branches are kept."""
+    with transaction.atomic():
+        locked = _locked(conversation)
+        original = locked.messages.filter(pk=message_id, role=Message.Role.ASSISTANT).first()
+        if original is None or not original.request_body:
+            raise TurnError("That reply cannot be re-run.")
+        model = get_model(original.model)
+        api_key = resolve_api_key(user, locked, model.provider)
+        body = original.request_body
+        reply = _reply(locked, user, original.parent, model, body, channel)
+        locked.save()
+    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))

@@ -3,27 +3,58 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.db import IntegrityError
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from playground.chat import export
 from playground.chat.access import get_conversation_for_user
-from playground.chat.models import Conversation, Message
-from playground.providers import catalog
+from playground.chat.models import Conversation, LastSettings, Message, Preset
+from playground.chat.panel import settings_context
+from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
 
 
 def transcript_context(conversation: Conversation) -> dict[str, Any]:
     Message.objects.filter(conversation=conversation).mark_stale_interrupted()
-    messages = list(conversation.messages.select_related("created_by"))
-    return {"conversation": conversation, "messages": messages}
+    transcript = list(conversation.messages.select_related("created_by"))
+    latest = transcript[-1] if transcript else None
+    awaiting = latest.pk if latest and latest.awaits_tool_results else None
+    return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
+
+
+def model_or_default(key: str) -> catalog.Model:
+    try:
+        return catalog.get_model(key)
+    except catalog.UnknownModel:
+        return catalog.get_model(catalog.DEFAULT_MODEL_KEY)
+
+
+def conversation_settings_context(conversation: Conversation, errors=None) -> dict[str, Any]:
+    model = model_or_default(conversation.model)
+    context = settings_context(
+        model, conversation.params, errors, system_prompt=conversation.system_prompt
+    )
+    context["conversation"] = conversation
+    return context
 
 
 def _sidebar(user) -> list[Conversation]:
     return list(Conversation.objects.visible_to(user).only("id", "title", "updated")[:200])
+
+
+def _new_conversation(user) -> Conversation:
+    """A fresh conversation that starts from the settings the user last used."""
+    last = LastSettings.objects.filter(user=user).first()
+    if last is None:
+        return Conversation.objects.create(owner=user, model=catalog.DEFAULT_MODEL_KEY)
+    return Conversation.objects.create(
+        owner=user, model=last.model, params=last.params, system_prompt=last.system_prompt
+    )
 
 
 @require_GET
@@ -32,20 +63,14 @@ def home(request: HttpRequest) -> HttpResponse:
     """Open the newest conversation if it is still empty, else start a fresh one."""
     newest = Conversation.objects.filter(owner=request.user).first()
     if newest is None or newest.messages.exists():
-        newest = Conversation.objects.create(owner=request.user, model=_last_model(request.user))
+        newest = _new_conversation(request.user)
     return redirect("conversation", pk=newest.pk)
-
-
-def _last_model(user) -> str:
-    last = Conversation.objects.filter(owner=user).exclude(model="").first()
-    return last.model if last else catalog.DEFAULT_MODEL_KEY
 
 
 @require_POST
 @login_required
 def conversation_new(request: HttpRequest) -> HttpResponse:
-    conversation = Conversation.objects.create(owner=request.user, model=_last_model(request.user))
-    return redirect("conversation", pk=conversation.pk)
+    return redirect("conversation", pk=_new_conversation(request.user).pk)
 
 
 @require_GET
@@ -53,12 +78,142 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     context = transcript_context(conversation)
+    context.update(conversation_settings_context(conversation))
     context.update(
         conversations=_sidebar(request.user),
-        models=catalog.all_models(),
         can_run=conversation.can_run(request.user),
+        presets=Preset.objects.filter(owner=request.user),
     )
     return render(request, TEMPLATE, context)
+
+
+def form_values(post: QueryDict) -> dict[str, Any]:
+    return {key: vals if len(vals) > 1 else vals[0] for key, vals in post.lists()}
+
+
+@require_POST
+@login_required
+def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
+    """The panel changed: validate, save what is valid, answer with per-field errors.
+
+    Switching models redraws the panel, keeping the values that still apply."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
+    data = form_values(request.POST)
+    model = model_or_default(str(data.get("model", "")))
+    values = params.from_form(data)
+    switched = model.key != conversation.model
+    conversation.model = model.key
+    conversation.system_prompt = str(data.get("system_prompt", ""))[:50_000]
+    errors: dict[str, str] = {}
+    try:
+        conversation.params = params.clean(model, values)
+    except params.InvalidParams as exc:
+        errors = {} if switched else exc.errors
+        conversation.params = params.applicable(model, values)
+    conversation.save(update_fields=["model", "system_prompt", "params", "updated"])
+    LastSettings.remember(request.user, conversation)
+    if switched:
+        context = conversation_settings_context(conversation)
+        return render(request, f"{TEMPLATE}#settings-oob", context)
+    context = settings_context(model, values, errors, system_prompt=conversation.system_prompt)
+    context["status"] = "Some settings need fixing." if errors else "Saved."
+    context["error"] = ""
+    return render(request, f"{TEMPLATE}#param-errors", context)
+
+
+def _presets(request: HttpRequest, conversation: Conversation, error: str = "") -> HttpResponse:
+    context = {
+        "conversation": conversation,
+        "presets": Preset.objects.filter(owner=request.user),
+        "preset_error": error,
+    }
+    return render(request, f"{TEMPLATE}#presets", context)
+
+
+@require_POST
+@login_required
+def preset_save(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, pk)
+    data = form_values(request.POST)
+    name = " ".join(str(data.get("preset_name", "")).split())[:100]
+    if not name:
+        return _presets(request, conversation, "Give the preset a name.")
+    model = model_or_default(str(data.get("model", "")))
+    try:
+        cleaned = params.clean(model, params.from_form(data))
+    except params.InvalidParams as exc:
+        return _presets(request, conversation, "Fix these first: " + "; ".join(exc.errors.values()))
+    Preset.objects.update_or_create(
+        owner=request.user,
+        name=name,
+        defaults={
+            "model": model.key,
+            "params": cleaned,
+            "system_prompt": str(data.get("system_prompt", ""))[:50_000],
+        },
+    )
+    return _presets(request, conversation)
+
+
+@require_POST
+@login_required
+def preset_load(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, pk, run=True)
+    preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
+    model = model_or_default(preset.model)
+    conversation.model = model.key
+    conversation.params = params.applicable(model, preset.params)
+    conversation.system_prompt = preset.system_prompt
+    conversation.save(update_fields=["model", "params", "system_prompt", "updated"])
+    LastSettings.remember(request.user, conversation)
+    return render(request, f"{TEMPLATE}#settings-oob", conversation_settings_context(conversation))
+
+
+@require_POST
+@login_required
+def preset_rename(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, pk)
+    preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
+    name = " ".join((request.headers.get("HX-Prompt") or request.POST.get("name", "")).split())
+    if not name:
+        return _presets(request, conversation, "A preset needs a name.")
+    preset.name = name[:100]
+    try:
+        preset.save(update_fields=["name", "updated"])
+    except IntegrityError:
+        return _presets(request, conversation, f"There is already a preset called {name}.")
+    return _presets(request, conversation)
+
+
+@require_POST
+@login_required
+def preset_delete(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, pk)
+    get_object_or_404(Preset, pk=preset_pk, owner=request.user).delete()
+    return _presets(request, conversation)
+
+
+@require_GET
+@login_required
+def message_code(request: HttpRequest, pk: int) -> HttpResponse:
+    """The exact request of a reply as curl and Python, the key as a placeholder."""
+    message = get_object_or_404(
+        Message.objects.filter(conversation__in=Conversation.objects.visible_to(request.user)),
+        pk=pk,
+        role=Message.Role.ASSISTANT,
+    )
+    if not message.request_body:
+        raise Http404("This reply has no saved request.")
+    try:
+        provider = catalog.get_model(message.model).provider
+    except catalog.UnknownModel:
+        raise Http404("The endpoint of this reply no longer exists.") from None
+    context = {
+        "message": message,
+        "snippets": export.snippets(message.request_body, provider),
+        "key_variable": export.key_variable(provider),
+    }
+    return render(request, f"{TEMPLATE}#code", context)
 
 
 @require_http_methods(["GET", "POST"])

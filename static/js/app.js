@@ -47,6 +47,67 @@
     }
   }
 
+  // A slider and its number box show one value. Native inputs cannot mirror each other and
+  // htmx only moves HTML between server and page, so this is a few lines of script.
+  function onInput(event) {
+    const el = event.target;
+    if (el.type === "range" && el.dataset.number) {
+      const box = document.getElementById(el.dataset.number);
+      if (box) box.value = el.value;
+    } else if (el.type === "number" && el.id) {
+      const slider = document.querySelector('input[type=range][data-number="' + el.id + '"]');
+      if (slider && el.value !== "") slider.value = el.value;
+    }
+  }
+
+  // "unset" empties a control so the parameter is left out of the request. The settings
+  // panel saves on "change", so the click announces one.
+  function unset(button) {
+    const control = document.getElementById(button.dataset.unset);
+    if (!control) return;
+    control.querySelectorAll("input, select, textarea").forEach(function (el) {
+      if (el.type === "range") return;
+      if (el.type === "radio") el.checked = el.value === "";
+      else el.value = "";
+    });
+    control.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  // List editors (stop strings, logit bias) grow by cloning their last row.
+  function addRow(button) {
+    const editor = button.closest(".list-editor");
+    const rows = editor.querySelectorAll(":scope > input, :scope > .row");
+    const max = parseInt(editor.dataset.max || "0", 10);
+    if (max && rows.length >= max) return;
+    const row = rows[rows.length - 1].cloneNode(true);
+    row.removeAttribute("id");
+    (row.matches("input") ? [row] : row.querySelectorAll("input")).forEach(function (el) {
+      el.value = "";
+      el.removeAttribute("id");
+    });
+    editor.insertBefore(row, button);
+    (row.matches("input") ? row : row.querySelector("input")).focus();
+  }
+
+  // Copying to the clipboard is a browser API; htmx has no attribute for it.
+  function copy(button) {
+    const source = document.getElementById(button.dataset.copy);
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.textContent).then(function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.dataset.unset) unset(button);
+    else if (button.classList.contains("add-row")) addRow(button);
+    else if (button.dataset.copy) copy(button);
+  });
+  document.addEventListener("input", onInput);
+
   document.addEventListener("keydown", function (event) {
     if (event.target && event.target.id === "prompt") onPromptKeydown(event);
     onDocumentKeydown(event);

@@ -21,3 +21,10 @@ def model_label(key: str) -> str:
     if key in _LABELS:
         return _LABELS[key]
     return key.split(":", 1)[-1] if key else "Assistant"
+
+
+@register.filter
+def seconds(milliseconds: float | None) -> str:
+    if milliseconds is None:
+        return ""
+    return f"{milliseconds / 1000:.1f} s"

@@ -1,0 +1,117 @@
+"""The settings panel: one control per documented parameter, built from the catalog spec."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from playground.providers import catalog
+from playground.providers.catalog import Model, Param
+
+SECTIONS = [
+    (None, "Sampling"),
+    (catalog.THINKING, "Thinking"),
+    (catalog.LOGPROBS, "Log probabilities"),
+    (catalog.TOOLS, "Function tools"),
+    (catalog.JSON_OUTPUT, "Structured output"),
+]
+
+
+def _default_label(param: Param) -> str:
+    if param.default is None:
+        return ""
+    if isinstance(param.default, bool):
+        return "on" if param.default else "off"
+    return str(param.default)
+
+
+def _display_stop(text: str) -> str:
+    return text.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def _json_text(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, indent=2)
+
+
+def _tool_names(tools: Any) -> list[str]:
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            return []
+    if not isinstance(tools, list):
+        return []
+    return [
+        t["function"]["name"]
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
+
+
+def control(param: Param, value: Any, error: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What the template needs to draw one parameter's control with its current value."""
+    shown: dict[str, Any] = {
+        "param": param,
+        "error": error,
+        "default_label": _default_label(param),
+        "value": "",
+    }
+    if param.is_numeric:
+        shown["value"] = "" if value in (None, "") else str(value)
+        fallback = param.default if param.default is not None else param.slider_min or 0
+        shown["placeholder"] = shown["default_label"] or "unset"
+        shown["slider_value"] = shown["value"] or fallback
+    elif param.type == "boolean":
+        shown["value"] = "" if value in (None, "") else str(value).lower()
+    elif param.type == "string_list":
+        items = value if isinstance(value, list) else ([value] if value else [])
+        shown["items"] = [_display_stop(str(item)) for item in items] + [""]
+    elif param.type == "token_bias":
+        pairs = list(value.items()) if isinstance(value, dict) else []
+        shown["items"] = [*pairs, ("", "")]
+    elif param.type == "tools":
+        shown["value"] = _json_text(value)
+    elif param.type == "tool_choice":
+        if isinstance(value, dict):
+            value = value.get("function", {}).get("name", "")
+        shown["value"] = value or ""
+        shown["choices"] = ["auto", "none", "required", *_tool_names(values.get("tools"))]
+    elif param.type == "response_format":
+        spec = value if isinstance(value, dict) else {}
+        schema = spec.get("json_schema") or {}
+        shown["value"] = {
+            "type": spec.get("type", ""),
+            "name": schema.get("name", ""),
+            "schema": _json_text(schema.get("schema")),
+        }
+    else:
+        shown["value"] = "" if value is None else value
+    return shown
+
+
+def settings_context(
+    model: Model,
+    values: dict[str, Any],
+    errors: dict[str, str] | None = None,
+    *,
+    system_prompt: str = "",
+) -> dict[str, Any]:
+    errors = errors or {}
+    controls = [
+        control(p, values.get(p.name), errors.get(p.name, ""), values) for p in model.params
+    ]
+    sections = []
+    for capability, title in SECTIONS:
+        members = [c for c in controls if c["param"].capability == capability]
+        if members:
+            sections.append({"title": title, "controls": members})
+    return {
+        "model": model,
+        "models": catalog.all_models(),
+        "system_prompt": system_prompt,
+        "model_has_system_role": model.supports(catalog.SYSTEM_ROLE),
+        "sections": sections,
+        "controls": controls,
+    }

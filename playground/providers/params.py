@@ -1,0 +1,282 @@
+"""Validate parameter values against a model's specs, and build the request body.
+
+The same code serves the page (per-field errors as the panel changes), the socket (a send is
+refused before anything goes upstream) and stored settings (presets, re-runs). A parameter
+that is unset is left out of the body, so the provider's default applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from playground.providers.catalog import Model, Param
+
+FORM_PREFIX = "param:"
+MAX_STOP_LENGTH = 200
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class InvalidParams(Exception):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def _unset(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_unset(item) for item in value)
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _number(param: Param, value: Any) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    if param.type == "integer":
+        if number != int(number):
+            raise ValueError("must be a whole number")
+        number = int(number)
+    low, high = param.min, param.max
+    if low is not None and high is not None and not low <= number <= high:
+        raise ValueError(f"must be between {_fmt(low)} and {_fmt(high)} (got {_fmt(number)})")
+    if low is not None and number < low:
+        raise ValueError(f"must be at least {_fmt(low)} (got {_fmt(number)})")
+    if high is not None and number > high:
+        raise ValueError(f"must be at most {_fmt(high)} (got {_fmt(number)})")
+    return number
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _boolean(param: Param, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "on", "1"):
+        return True
+    if text in ("false", "off", "0"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _enum(param: Param, value: Any) -> str:
+    if value not in param.choices:
+        raise ValueError(f"must be one of {', '.join(param.choices)}")
+    return value
+
+
+def _unescape(text: str) -> str:
+    # Stop strings are often control characters: let people type \n and \t.
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _string_list(param: Param, value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("must be text")
+    items = [_unescape(item) for item in items if item != ""]
+    if not items:
+        raise ValueError("add at least one stop string")
+    if param.max_items is not None and len(items) > param.max_items:
+        raise ValueError(f"takes at most {param.max_items} stop strings (got {len(items)})")
+    if any(len(item) > MAX_STOP_LENGTH for item in items):
+        raise ValueError(f"each stop string is at most {MAX_STOP_LENGTH} characters")
+    return items
+
+
+def _token_bias(param: Param, value: Any) -> dict[str, float]:
+    if isinstance(value, str):
+        value = _json(value)
+    if not isinstance(value, dict):
+        raise ValueError("must map token ids to biases")
+    low, high = param.ui_min, param.ui_max
+    cleaned = {}
+    for token, bias in value.items():
+        token = str(token).strip()
+        if not token.isdigit():
+            raise ValueError(f"token ids are whole numbers (got {token!r})")
+        try:
+            bias = float(bias)
+        except (TypeError, ValueError):
+            raise ValueError(f"the bias for token {token} must be a number") from None
+        if low is not None and high is not None and not low <= bias <= high:
+            raise ValueError(f"biases are between {_fmt(low)} and {_fmt(high)}")
+        cleaned[token] = int(bias) if bias.is_integer() else bias
+    if not cleaned:
+        raise ValueError("add at least one token id")
+    return cleaned
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _tools(param: Param, value: Any) -> list[dict]:
+    if isinstance(value, str):
+        value = _json(value)
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a JSON array of tool definitions")
+    for index, tool in enumerate(value):
+        where = f"tool {index + 1}"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise ValueError(f'{where}: needs "type": "function"')
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise ValueError(f'{where}: needs a "function" object')
+        if not TOOL_NAME.match(str(function.get("name", ""))):
+            raise ValueError(f"{where}: the name must be 1-64 letters, digits, _ or -")
+        if "description" in function and not isinstance(function["description"], str):
+            raise ValueError(f"{where}: the description must be text")
+        parameters = function.get("parameters")
+        if parameters is not None:
+            if not isinstance(parameters, dict) or parameters.get("type") != "object":
+                raise ValueError(f'{where}: "parameters" must be a JSON schema of type object')
+            _check_schema(parameters, where)
+    names = [tool["function"]["name"] for tool in value]
+    if len(set(names)) != len(names):
+        raise ValueError("tool names must be unique")
+    return value
+
+
+def _check_schema(schema: dict, where: str) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"{where}: invalid JSON schema ({exc.message})") from None
+
+
+def _tool_choice(param: Param, value: Any) -> str | dict:
+    if isinstance(value, dict):
+        name = (value.get("function") or {}).get("name", "")
+    elif value in ("auto", "none", "required"):
+        return value
+    else:
+        name = str(value).removeprefix("function:")
+    if not TOOL_NAME.match(name):
+        raise ValueError("must be auto, none, required or a tool's name")
+    return {"type": "function", "function": {"name": name}}
+
+
+def _response_format(param: Param, value: Any) -> dict:
+    if isinstance(value, str):
+        value = {"type": value}
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise ValueError("must be json_object or json_schema")
+    spec = value.get("json_schema") or {}
+    schema = spec.get("schema")
+    if isinstance(schema, str):
+        schema = _json(schema) if schema.strip() else None
+    if not isinstance(schema, dict):
+        raise ValueError("json_schema needs a schema (a JSON object)")
+    _check_schema(schema, "the schema")
+    name = str(spec.get("name") or "reply").strip()
+    if not TOOL_NAME.match(name):
+        raise ValueError("the schema name must be 1-64 letters, digits, _ or -")
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": bool(spec.get("strict", True))},
+    }
+
+
+CLEANERS = {
+    "number": _number,
+    "integer": _number,
+    "boolean": _boolean,
+    "enum": _enum,
+    "string_list": _string_list,
+    "token_bias": _token_bias,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+}
+
+
+def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -> dict[str, Any]:
+    """The values that are set, typed and within the documented bounds.
+
+    Raises InvalidParams with one plain message per field. Names the model does not document
+    are dropped (keep_unknown=False), so switching models keeps only what still applies.
+    """
+    specs = {p.name: p for p in model.params}
+    cleaned: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, value in values.items():
+        param = specs.get(name)
+        if param is None:
+            if keep_unknown:
+                errors[name] = "is not a parameter of this model"
+            continue
+        if _unset(value):
+            continue
+        try:
+            cleaned[name] = CLEANERS[param.type](param, value)
+        except ValueError as exc:
+            errors[name] = f"{name} {exc}"
+    if "tool_choice" in cleaned and "tools" not in cleaned:
+        errors["tool_choice"] = "tool_choice needs tool definitions"
+    if errors:
+        raise InvalidParams(errors)
+    return cleaned
+
+
+def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:
+    """What survives a model switch: every value that is still a valid parameter."""
+    kept = {}
+    for name, value in values.items():
+        try:
+            kept.update(clean(model, {name: value}))
+        except InvalidParams:
+            continue
+    return kept
+
+
+def from_form(data: dict[str, Any]) -> dict[str, Any]:
+    """Parameter values from the panel's fields (`param:<name>`, composite editors joined)."""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if not key.startswith(FORM_PREFIX) or key.count(":") != 1:
+            continue
+        values[key.removeprefix(FORM_PREFIX)] = value
+    if "stop" in values and not isinstance(values["stop"], list):
+        values["stop"] = [values["stop"]]
+    tokens = _as_list(data.get("param:logit_bias:token"))
+    biases = _as_list(data.get("param:logit_bias:bias"))
+    pairs = {t.strip(): b for t, b in zip(tokens, biases, strict=False) if t.strip() or b.strip()}
+    if pairs:
+        values["logit_bias"] = pairs
+    kind = data.get("param:response_format:type", "")
+    if kind:
+        values["response_format"] = {
+            "type": kind,
+            "json_schema": {
+                "name": data.get("param:response_format:name", ""),
+                "schema": data.get("param:response_format:schema", ""),
+            },
+        }
+    return values
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]

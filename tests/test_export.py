@@ -1,0 +1,96 @@
+"""View code: each snippet, run for real against the fake upstream, sends the same body."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from playground.chat import export
+from playground.providers.catalog import EMPIRIOLABS
+from tests.conftest import SECRET_KEY_VALUE
+
+BODY = {
+    "model": "gemma-4-e4b",
+    "messages": [
+        {"role": "system", "content": "Be brief. Quote 'single' and \"double\"; $HOME stays."},
+        {"role": "user", "content": "Ünïcode ✓ and a\nnewline"},
+    ],
+    "temperature": 0.3,
+    "seed": 42,
+    "stop": ["\n\n", "END"],
+    "enable_thinking": False,
+    "min_p": 0.05,
+    "logprobs": True,
+    "top_logprobs": 3,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+def run_snippet(kind: str, code: str, base_url: str) -> subprocess.CompletedProcess:
+    code = code.replace("https://api.empiriolabs.ai/v1", base_url)
+    env = dict(os.environ, EMPIRIOLABS_API_KEY="env-key-123")
+    command = ["bash", "-c", code] if kind == "curl" else [sys.executable, "-c", code]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["curl", "openai", "httpx"])
+def test_each_snippet_sends_exactly_the_saved_request(kind, upstream, settings):
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    code = {k: c for k, _, c in export.snippets(BODY, EMPIRIOLABS)}[kind]
+    assert "$EMPIRIOLABS_API_KEY" in code or "EMPIRIOLABS_API_KEY" in code
+    result = run_snippet(kind, code, upstream.base_url)
+    assert result.returncode == 0, result.stderr
+    received = upstream.requests[-1]
+    assert received.body == BODY
+    assert received.headers["authorization"] == "Bearer env-key-123"
+    if kind != "curl":
+        assert result.stdout.strip() == upstream.default.text
+
+
+def test_no_snippet_contains_a_key(settings):
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    for _, _, code in export.snippets(BODY, EMPIRIOLABS):
+        assert SECRET_KEY_VALUE not in code
+        assert "https://api.empiriolabs.ai/v1" in code
+
+
+def test_a_custom_endpoint_gets_its_own_variable_name():
+    from playground.providers.catalog import Provider
+
+    assert export.key_variable(Provider("lab-vllm", "Lab", "http://x/v1")) == "LAB_VLLM_API_KEY"
+
+
+@pytest.mark.django_db
+def test_view_code_shows_all_three_snippets_for_a_reply(client, user, conversation, settings):
+    from playground.chat.models import Message
+
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    reply = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        model="empiriolabs:gemma-4-e4b",
+        request_body=BODY,
+    )
+    client.force_login(user)
+    page = client.get(f"/m/{reply.pk}/code/", headers={"HX-Request": "true"}).content.decode()
+    assert page.count('class="snippet"') == 3
+    assert "$EMPIRIOLABS_API_KEY" in page and 'data-copy="code-' in page
+    assert "extra_body" in page  # enable_thinking and min_p are not openai SDK keywords
+
+
+@pytest.mark.django_db
+def test_view_code_of_another_users_reply_is_404(client, other_user, conversation):
+    from playground.chat.models import Message
+
+    reply = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        model="empiriolabs:gemma-4-e4b",
+        request_body=BODY,
+    )
+    client.force_login(other_user)
+    assert client.get(f"/m/{reply.pk}/code/").status_code == 404

@@ -1,0 +1,155 @@
+"""The settings panel: saved as it changes, per-field errors, model switches, presets."""
+
+from __future__ import annotations
+
+import pytest
+
+from playground.chat.models import Conversation, LastSettings, Preset
+
+pytestmark = pytest.mark.django_db
+HX = {"HX-Request": "true"}
+
+
+def post_settings(client, conversation, **fields):
+    data = {"model": "empiriolabs:gemma-4-e4b", "system_prompt": "", **fields}
+    return client.post(f"/c/{conversation.pk}/settings/", data, headers=HX)
+
+
+def test_the_panel_has_a_control_for_every_parameter_of_the_model(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    for name in [
+        "temperature",
+        "top_p",
+        "min_p",
+        "max_tokens",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "top_logprobs",
+    ]:
+        assert f'name="param:{name}"' in page and f'data-number="p-{name}"' in page, name
+    for name in ["enable_thinking", "logprobs"]:
+        assert f'name="param:{name}" form="composer" value="true"' in page
+    assert 'name="param:reasoning_effort"' in page and 'name="param:stop"' in page
+    assert 'name="param:tools"' in page and 'name="param:tool_choice"' in page
+    assert 'name="param:response_format:type"' in page
+    assert "default 0.7" in page and 'min="0"' in page and 'max="2"' in page
+
+
+def test_a_valid_change_is_saved_and_remembered(client, user, conversation):
+    client.force_login(user)
+    response = post_settings(
+        client, conversation, **{"param:temperature": "0.2", "param:stop": ["END", ""]}
+    )
+    assert b"Saved." in response.content
+    conversation.refresh_from_db()
+    assert conversation.params == {"temperature": 0.2, "stop": ["END"]}
+    assert LastSettings.objects.get(user=user).params == {"temperature": 0.2, "stop": ["END"]}
+
+
+def test_an_out_of_range_value_gets_a_field_error_and_is_not_saved(client, user, conversation):
+    client.force_login(user)
+    response = post_settings(
+        client, conversation, **{"param:temperature": "3", "param:top_p": "0.5"}
+    )
+    page = response.content.decode()
+    assert (
+        'id="param-error-temperature" hx-swap-oob="true">temperature must be between 0 and 2'
+        in page
+    )
+    assert 'id="param-error-top_p" hx-swap-oob="true"></p>' in page
+    conversation.refresh_from_db()
+    assert conversation.params == {"top_p": 0.5}
+
+
+def test_switching_models_redraws_the_panel_and_keeps_what_applies(client, user, conversation):
+    conversation.params = {"temperature": 1.5, "enable_thinking": False, "top_p": 0.005}
+    conversation.save()
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/settings/",
+        {
+            "model": "aimlapi:google/gemma-3n-e4b-it",
+            "param:temperature": "1.5",
+            "param:enable_thinking": "false",
+            "param:top_p": "0.005",
+        },
+        headers=HX,
+    )
+    page = response.content.decode()
+    assert 'id="settings"' in page and 'hx-swap-oob="true"' in page
+    assert 'name="param:top_k"' in page and 'name="param:enable_thinking"' not in page
+    assert "takes no system role" in page
+    conversation.refresh_from_db()
+    assert conversation.model == "aimlapi:google/gemma-3n-e4b-it"
+    assert conversation.params == {"temperature": 1.5}
+
+
+def test_a_viewer_cannot_change_settings(client, other_user, conversation):
+    client.force_login(other_user)
+    assert post_settings(client, conversation, **{"param:temperature": "1"}).status_code == 404
+
+
+def test_a_new_conversation_starts_from_the_last_used_settings(client, user, conversation):
+    client.force_login(user)
+    post_settings(client, conversation, system_prompt="Terse.", **{"param:seed": "7"})
+    client.post("/c/new/")
+    newest = Conversation.objects.first()
+    assert newest.pk != conversation.pk
+    assert newest.params == {"seed": 7} and newest.system_prompt == "Terse."
+
+
+def test_presets_are_saved_loaded_renamed_and_deleted(client, user, conversation):
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/presets/",
+        {
+            "preset_name": "Cold",
+            "model": "empiriolabs:gemma-4-e4b",
+            "system_prompt": "Be exact.",
+            "param:temperature": "0",
+        },
+        headers=HX,
+    )
+    assert b"Cold" in response.content
+    preset = Preset.objects.get(owner=user)
+    assert preset.params == {"temperature": 0} and preset.system_prompt == "Be exact."
+
+    response = client.post(f"/c/{conversation.pk}/presets/{preset.pk}/load/", headers=HX)
+    assert b'id="settings"' in response.content and b'value="0"' in response.content
+    conversation.refresh_from_db()
+    assert conversation.params == {"temperature": 0} and conversation.system_prompt == "Be exact."
+
+    client.post(
+        f"/c/{conversation.pk}/presets/{preset.pk}/rename/", headers={**HX, "HX-Prompt": "Frozen"}
+    )
+    preset.refresh_from_db()
+    assert preset.name == "Frozen"
+
+    client.post(f"/c/{conversation.pk}/presets/{preset.pk}/delete/", headers=HX)
+    assert not Preset.objects.exists()
+
+
+def test_a_preset_with_invalid_values_is_refused(client, user, conversation):
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/presets/",
+        {"preset_name": "Hot", "model": "empiriolabs:gemma-4-e4b", "param:temperature": "9"},
+        headers=HX,
+    )
+    assert b"temperature must be between 0 and 2" in response.content
+    assert not Preset.objects.exists()
+
+
+def test_another_users_preset_cannot_be_touched(client, user, other_user, conversation):
+    preset = Preset.objects.create(owner=other_user, name="Eve's", model="x")
+    client.force_login(user)
+    for action in ("load", "rename", "delete"):
+        response = client.post(
+            f"/c/{conversation.pk}/presets/{preset.pk}/{action}/",
+            headers={**HX, "HX-Prompt": "Mine"},
+        )
+        assert response.status_code == 404
+    assert Preset.objects.get().name == "Eve's"

@@ -1,0 +1,271 @@
+"""Every documented parameter: typed, bounded, unset when untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from playground.providers import params
+from playground.providers.catalog import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
+
+# A value inside the documented range for every parameter of both models, as the panel would
+# send it (strings from number boxes, lists from list editors), and what the body must carry.
+IN_RANGE = {
+    GEMMA_4_E4B: {
+        "temperature": ("1.3", 1.3),
+        "top_p": ("0.5", 0.5),
+        "min_p": ("0.05", 0.05),
+        "max_tokens": ("256", 256),
+        "stop": (["END", "\\n\\n"], ["END", "\n\n"]),
+        "seed": ("2147483647", 2147483647),
+        "presence_penalty": ("-2", -2),
+        "frequency_penalty": ("1.5", 1.5),
+        "repetition_penalty": ("0.1", 0.1),
+        "enable_thinking": ("false", False),
+        "reasoning_effort": ("high", "high"),
+        "logprobs": ("true", True),
+        "top_logprobs": ("20", 20),
+        "tools": (
+            '[{"type": "function", "function": {"name": "get_weather", '
+            '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]',
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    },
+                }
+            ],
+        ),
+        "tool_choice": ("get_weather", {"type": "function", "function": {"name": "get_weather"}}),
+        "response_format": ({"type": "json_object"}, {"type": "json_object"}),
+    },
+    GEMMA_3N_E4B: {
+        "max_completion_tokens": ("1", 1),
+        "max_tokens": ("100000", 100000),
+        "temperature": ("2", 2),
+        "top_p": ("0.01", 0.01),
+        "seed": ("1", 1),
+        "min_p": ("1", 1),
+        "top_k": ("40", 40),
+        "repetition_penalty": ("1.1", 1.1),
+        "top_a": ("1", 1),
+        "stop": (["a", "b", "c", "d"], ["a", "b", "c", "d"]),
+        "logit_bias": ({"50256": "-100", "13": "5.5"}, {"50256": -100, "13": 5.5}),
+    },
+}
+
+# The value just outside each documented bound.
+OUTSIDE = {
+    GEMMA_4_E4B: [
+        ("temperature", "-0.01"),
+        ("temperature", "2.01"),
+        ("top_p", "1.01"),
+        ("top_p", "-0.01"),
+        ("min_p", "1.01"),
+        ("min_p", "-0.01"),
+        ("max_tokens", "0"),
+        ("max_tokens", "4097"),
+        ("seed", "-1"),
+        ("seed", "2147483648"),
+        ("presence_penalty", "-2.01"),
+        ("presence_penalty", "2.01"),
+        ("frequency_penalty", "-2.01"),
+        ("frequency_penalty", "2.01"),
+        ("repetition_penalty", "0.09"),
+        ("repetition_penalty", "2.01"),
+        ("top_logprobs", "-1"),
+        ("top_logprobs", "21"),
+        ("reasoning_effort", "extreme"),
+        ("enable_thinking", "maybe"),
+    ],
+    GEMMA_3N_E4B: [
+        ("max_completion_tokens", "0"),
+        ("max_tokens", "0"),
+        ("temperature", "2.01"),
+        ("temperature", "-0.01"),
+        ("top_p", "0.009"),
+        ("top_p", "1.01"),
+        ("seed", "0"),
+        ("min_p", "1.01"),
+        ("top_a", "1.01"),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("logit_bias", {"1": "101"}),
+    ],
+}
+
+
+def test_every_documented_parameter_has_a_spec():
+    assert {p.name for p in GEMMA_4_E4B.params} >= {
+        "temperature",
+        "top_p",
+        "min_p",
+        "max_tokens",
+        "stop",
+        "seed",
+        "enable_thinking",
+        "reasoning_effort",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+    }
+    assert {p.name for p in GEMMA_3N_E4B.params} == {
+        "max_completion_tokens",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "min_p",
+        "top_k",
+        "repetition_penalty",
+        "top_a",
+        "stop",
+        "logit_bias",
+    }
+
+
+@pytest.mark.parametrize("model", [GEMMA_4_E4B, GEMMA_3N_E4B], ids=lambda m: m.id)
+def test_every_parameter_is_cleaned_to_its_body_value(model: Model):
+    cases = IN_RANGE[model]
+    assert set(cases) == {p.name for p in model.params}, "a parameter has no round-trip case"
+    cleaned = params.clean(model, {name: raw for name, (raw, _) in cases.items()})
+    assert cleaned == {name: expected for name, (_, expected) in cases.items()}
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "value"),
+    [(m, n, v) for m, cases in OUTSIDE.items() for n, v in cases],
+    ids=lambda x: getattr(x, "id", str(x)),
+)
+def test_the_value_just_outside_each_bound_is_refused(model: Model, name: str, value):
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(model, {name: value})
+    message = caught.value.errors[name]
+    assert message.startswith(name) and len(message) < 120
+
+
+def test_the_message_names_the_range_and_the_value():
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"temperature": "2.5"})
+    assert caught.value.errors == {"temperature": "temperature must be between 0 and 2 (got 2.5)"}
+
+
+def test_unset_values_are_left_out():
+    assert params.clean(GEMMA_4_E4B, {"temperature": "", "stop": [], "seed": None}) == {}
+    # An empty row of the list editor is not a stop string.
+    assert params.clean(GEMMA_4_E4B, {"stop": ["", ""]}) == {}
+
+
+def test_type_errors_are_plain():
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"max_tokens": "1.5", "temperature": "warm", "tools": "[oops"})
+    errors = caught.value.errors
+    assert errors["max_tokens"] == "max_tokens must be a whole number"
+    assert errors["temperature"] == "temperature must be a number"
+    assert errors["tools"].startswith("tools is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("tools", "fragment"),
+    [
+        ('{"type": "function"}', "JSON array"),
+        ('[{"type": "retrieval"}]', '"type": "function"'),
+        ('[{"type": "function", "function": {"name": "has space"}}]', "name must be"),
+        (
+            '[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]',
+            "type object",
+        ),
+        (
+            '[{"type": "function", "function": {"name": "f", "parameters": '
+            '{"type": "object", "properties": 3}}}]',
+            "invalid JSON schema",
+        ),
+        (
+            '[{"type": "function", "function": {"name": "f"}}, '
+            '{"type": "function", "function": {"name": "f"}}]',
+            "unique",
+        ),
+    ],
+)
+def test_tool_definitions_are_checked_against_the_openai_shape(tools, fragment):
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"tools": tools})
+    assert fragment in caught.value.errors["tools"]
+
+
+def test_tool_choice_needs_tools():
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"tool_choice": "auto"})
+    assert "needs tool definitions" in caught.value.errors["tool_choice"]
+
+
+def test_a_json_schema_response_format_is_checked():
+    schema = '{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}'
+    cleaned = params.clean(
+        GEMMA_4_E4B,
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "count", "schema": schema},
+            }
+        },
+    )
+    assert cleaned["response_format"]["json_schema"]["schema"]["required"] == ["n"]
+    with pytest.raises(params.InvalidParams):
+        params.clean(
+            GEMMA_4_E4B,
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": '{"type": 12}'}}},
+        )
+
+
+def test_switching_models_keeps_what_still_applies():
+    kept = params.applicable(
+        GEMMA_3N_E4B,
+        {
+            "temperature": 1.5,
+            "max_tokens": 4096,
+            "enable_thinking": False,
+            "top_p": 0.005,
+            "stop": ["a", "b", "c", "d", "e"],
+        },
+    )
+    assert kept == {"temperature": 1.5, "max_tokens": 4096}
+
+
+def test_the_panel_form_is_read_into_values():
+    values = params.from_form(
+        {
+            "param:temperature": "0.4",
+            "param:stop": "END",
+            "param:logit_bias:token": ["13", "", "7"],
+            "param:logit_bias:bias": ["-5", "", "2"],
+            "param:response_format:type": "json_object",
+            "text": "not a parameter",
+        }
+    )
+    assert values == {
+        "temperature": "0.4",
+        "stop": ["END"],
+        "logit_bias": {"13": "-5", "7": "2"},
+        "response_format": {"type": "json_object", "json_schema": {"name": "", "schema": ""}},
+    }
+
+
+def test_a_parameter_the_model_does_not_document_is_dropped_or_refused():
+    assert params.clean(GEMMA_3N_E4B, {"enable_thinking": "true"}) == {}
+    with pytest.raises(params.InvalidParams):
+        params.clean(GEMMA_3N_E4B, {"enable_thinking": "true"}, keep_unknown=True)
+
+
+def test_a_slider_range_is_given_where_the_page_gives_none():
+    top_k = next(p for p in GEMMA_3N_E4B.params if p.name == "top_k")
+    assert (top_k.min, top_k.max) == (None, None)
+    assert (top_k.slider_min, top_k.slider_max) == (0, 200)
+    assert "No range is documented" in top_k.help
+    assert isinstance(top_k, Param)
