@@ -1,0 +1,212 @@
+"""Browser fixtures: the real server `make run` runs, and Debian's Chromium driven by Playwright.
+
+`live_server` migrates a fresh SQLite database in a temp dir and starts Daphne as a subprocess,
+with both catalog providers pointed at a FakeUpstream that runs in this (the test) process, so
+tests script the model's replies and observe what the server sent and when it hung up.
+
+Everything here is plain sync code: Playwright's sync API refuses to run inside an event loop,
+and pytest-asyncio (auto mode) must not get one into this fixture chain.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.upstream import Behaviour, FakeUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv the tests run in: same python, same daphne
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-gpu",
+]
+ASGI_APP = "playground.asgi:application"
+STARTUP_TIMEOUT = 20.0
+STDERR_TAIL_LINES = 60
+
+
+@dataclass
+class LiveServer:
+    url: str  # http://127.0.0.1:PORT, no trailing slash
+    upstream: FakeUpstream
+    process: subprocess.Popen
+    log_path: Path
+    var_dir: Path
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no daphne log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(daphne wrote nothing)"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_env(var_dir: Path, upstream: FakeUpstream) -> dict[str, str]:
+    env = dict(os.environ)
+    # The embedded default, whatever the caller's shell says: a fresh SQLite file and the
+    # in-memory channel layer, so the first visitor really is the first.
+    isolate = ("DATABASE_URL", "REDIS_URL", "PLAYGROUND_SECRET_KEY", "PLAYGROUND_ENCRYPTION_KEYS")
+    for name in isolate:
+        env.pop(name, None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="playground.settings",
+        PLAYGROUND_VAR_DIR=str(var_dir),
+        PLAYGROUND_PROVIDER_BASE_URLS=(
+            f"empiriolabs={upstream.base_url},aimlapi={upstream.base_url}"
+        ),
+        PLAYGROUND_CONNECT_TIMEOUT="2",
+        PLAYGROUND_READ_TIMEOUT="10",
+        PLAYGROUND_MAX_RETRIES="0",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _wait_until_serving(server: LiveServer) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"daphne exited with {server.process.returncode} before serving:\n"
+                + server.stderr_tail(),
+                pytrace=False,
+            )
+        try:
+            # Any HTTP answer counts (the first-run redirect is a 302): the port is serving.
+            urllib.request.urlopen(server.url + "/static/css/app.css", timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(
+        f"daphne did not answer on {server.url} within {STARTUP_TIMEOUT:.0f}s:\n"
+        + server.stderr_tail(),
+        pytrace=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _live_server_helper() -> None:
+    """Shadows pytest-django's autouse helper of the same name: it sees a fixture called
+    `live_server` and would set up its test database and in-process server for it. This
+    server is a separate Daphne process with its own SQLite file; the tests use no test DB."""
+
+
+@pytest.fixture(scope="session")
+def e2e_upstream() -> Iterator[FakeUpstream]:
+    """Separate from tests/conftest.py's `fake_upstream`: Daphne keeps this one's URL."""
+    with FakeUpstream() as server:
+        server.default = Behaviour(n_tokens=5)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
+    """What `make run` runs: `manage.py migrate`, then Daphne, on a free loopback port."""
+    var_dir = Path(tempfile.mkdtemp(prefix="playground-e2e-"))
+    env = _server_env(var_dir, e2e_upstream)
+    migrate = subprocess.run(
+        [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if migrate.returncode != 0:
+        shutil.rmtree(var_dir, ignore_errors=True)
+        pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
+
+    port = _free_port()
+    log_path = var_dir / "daphne.log"
+    with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall Daphne
+        process = subprocess.Popen(
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", e2e_upstream, process, log_path, var_dir)
+    try:
+        _wait_until_serving(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing browser test shows the tail of Daphne's log next to its traceback."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("live_server")
+    if report.failed and isinstance(server, LiveServer):
+        report.sections.append(("daphne log (tail)", server.stderr_tail()))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Module scope, never session: while Playwright's sync driver runs, this thread has a
+    running event loop, and every later async test or sync ORM call in the session would
+    fail ("cannot be called from a running event loop", SynchronousOnlyOperation)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        reason = f"{CHROMIUM} is missing: install Debian's 'chromium' package (make browser)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser, live_server: LiveServer):
+    """A fresh browser context (no cookies) at the screenshot size, with short default waits."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=live_server.url)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()
