@@ -203,6 +203,14 @@ PLAYGROUND_RUN = {
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),
     "SNAPSHOT_TIMEOUT": envfloat("PLAYGROUND_SNAPSHOT_TIMEOUT", 2.0),
 }
+# Image attachments: a byte cap, a pixel cap checked before decoding (decompression bombs),
+# and the longest side images are downscaled to before they are sent.
+PLAYGROUND_IMAGES = {
+    "MAX_BYTES": envint("PLAYGROUND_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+    "MAX_PIXELS": envint("PLAYGROUND_MAX_IMAGE_PIXELS", 50_000_000),
+    "MAX_SIDE": envint("PLAYGROUND_IMAGE_MAX_SIDE", 1536),
+    "MAX_PER_MESSAGE": envint("PLAYGROUND_MAX_IMAGES_PER_MESSAGE", 8),
+}
 PLAYGROUND_UPSTREAM = {
     "CONNECT_TIMEOUT": envfloat("PLAYGROUND_CONNECT_TIMEOUT", 10.0),
     "READ_TIMEOUT": envfloat("PLAYGROUND_READ_TIMEOUT", 120.0),

@@ -100,6 +100,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             model_key=str(data.get("model", "")),
             system_prompt=str(data.get("system_prompt", "")),
             values=params.from_form(data),
+            attachment_ids=_ints(data.get("attachment")),
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
@@ -140,7 +141,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.group, {"type": "chat.append", "message_ids": [m.pk for m in turn.messages]}
         )
         if service is start_turn:
-            await self.send(text_data=render_to_string(f"{TEMPLATE}#composer-sent", {}))
+            await self._send_partial("composer-sent", {})
             await self.channel_layer.group_send(self.group, {"type": "chat.title"})
         runs.start(turn.run)
 
@@ -277,6 +278,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 def _errors_context(turn: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
     model = model_or_default(turn.get("model_key", ""))
     return settings_context(model, turn.get("values", {}), errors)
+
+
+def _ints(value: Any) -> list[int]:
+    values = value if isinstance(value, list) else [] if value in (None, "") else [value]
+    return [number for number in map(_int, values) if number > 0]
 
 
 def _int(value: Any) -> int:

@@ -107,6 +107,7 @@ class Message(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     text = models.TextField(blank=True)
     content_parts = models.JSONField(default=list, blank=True)
+    attachments = models.ManyToManyField("Attachment", blank=True, related_name="messages")
     reasoning = models.TextField(blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)
@@ -228,8 +229,19 @@ class LastSettings(models.Model):
         )
 
 
+class AttachmentQuerySet(models.QuerySet):
+    def visible_to(self, user) -> AttachmentQuerySet:
+        """Your own uploads, and images in conversations you can see."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        seen = Conversation.objects.visible_to(user)
+        return self.filter(Q(owner=user) | Q(messages__conversation__in=seen)).distinct()
+
+
 class Attachment(models.Model):
     """An image under the media root, named by its content hash."""
+
+    objects = AttachmentQuerySet.as_manager()
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     file = models.FileField(upload_to="attachments/")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat.models import Conversation, LastSettings, Message
+from playground.chat import images
+from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
 from playground.providers.catalog import Model, Provider
@@ -19,6 +22,7 @@ from playground.providers.catalog import Model, Provider
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
 MAX_TOOL_RESULT_CHARS = 200_000
+ATTACHMENT_SCHEME = "attachment:"
 
 
 class TurnError(Exception):
@@ -84,8 +88,59 @@ def as_openai(message: Message) -> dict[str, Any] | None:
     if message.role == Message.Role.TOOL:
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text}
     if message.role == Message.Role.USER:
-        return {"role": "user", "content": message.text}
+        images = [p["attachment"] for p in message.content_parts if p.get("type") == "image"]
+        if not images:
+            return {"role": "user", "content": message.text}
+        # The saved request refers to each image; the run sends it as a data URL.
+        parts: list[dict[str, Any]] = []
+        if message.text:
+            parts.append({"type": "text", "text": message.text})
+        parts += [
+            {"type": "image_url", "image_url": {"url": f"{ATTACHMENT_SCHEME}{pk}"}} for pk in images
+        ]
+        return {"role": "user", "content": parts}
     return None
+
+
+def with_image_data(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as sent: each `attachment:<id>` reference replaced by the image's data URL."""
+    refs = [
+        part
+        for message in body.get("messages", [])
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+        and str(part["image_url"].get("url", "")).startswith(ATTACHMENT_SCHEME)
+    ]
+    if not refs:
+        return body
+    ids = {int(part["image_url"]["url"].removeprefix(ATTACHMENT_SCHEME)) for part in refs}
+    found = {a.pk: a for a in Attachment.objects.filter(pk__in=ids)}
+    if len(found) != len(ids):
+        raise TurnError("An image in this conversation is no longer stored.")
+    sent = copy.deepcopy(body)
+    for message in sent["messages"]:
+        if not isinstance(message.get("content"), list):
+            continue
+        for part in message["content"]:
+            url = part.get("image_url", {}).get("url", "")
+            if url.startswith(ATTACHMENT_SCHEME):
+                part["image_url"]["url"] = images.data_url(found[int(url.split(":", 1)[1])])
+    return sent
+
+
+def attachments_for(user, model: Model, ids: list[int]) -> list[Attachment]:
+    if not ids:
+        return []
+    if not model.supports(catalog.IMAGES):
+        raise TurnError(f"{model.label} does not accept images: remove them or pick another model.")
+    limit = settings.PLAYGROUND_IMAGES["MAX_PER_MESSAGE"]
+    if len(ids) > limit:
+        raise TurnError(f"Attach at most {limit} images to one message.")
+    found = {a.pk: a for a in Attachment.objects.filter(owner=user, pk__in=ids)}
+    if len(found) != len(set(ids)):
+        raise TurnError("An attached image is no longer available: attach it again.")
+    return [found[pk] for pk in dict.fromkeys(ids)]
 
 
 def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> list[dict]:
@@ -154,15 +209,17 @@ def start_turn(
     system_prompt: str,
     channel: str,
     values: dict[str, Any] | None = None,
+    attachment_ids: list[int] | None = None,
 ) -> Turn:
     text = text.strip()
-    if not text:
+    if not text and not attachment_ids:
         raise TurnError("Write a message first.")
     if len(text) > MAX_PROMPT_CHARS:
         raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
     model = apply_settings(
         conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
     )
+    attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
     with transaction.atomic():
         locked = _locked(conversation)
@@ -172,17 +229,20 @@ def start_turn(
             parent=branch[-1] if branch else None,
             role=Message.Role.USER,
             text=text,
+            content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
             created_by=user,
         )
+        prompt.attachments.set(attached)
         messages = build_messages(model, system_prompt, [*branch, prompt])
         body = build_body(model, messages, conversation.params)
         reply = _reply(locked, user, prompt, model, body, channel)
         locked.model, locked.params = conversation.model, conversation.params
         locked.system_prompt = conversation.system_prompt
-        locked.title_from(text)
+        locked.title_from(text or "Image")
         locked.save()
         LastSettings.remember(user, locked)
-    return Turn([prompt, reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))
+        sent = with_image_data(body)
+    return Turn([prompt, reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))
 
 
 @sensitive_variables("api_key")
@@ -218,7 +278,8 @@ def submit_tool_results(
         body = build_body(model, messages, _params_of(asking, model))
         reply = _reply(locked, user, parent, model, body, channel)
         locked.save()
-    return Turn([*created, reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))
+        sent = with_image_data(body)
+    return Turn([*created, reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -240,4 +301,5 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         body = original.request_body
         reply = _reply(locked, user, original.parent, model, body, channel)
         locked.save()
-    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, body, api_key))
+        sent = with_image_data(body)
+    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))

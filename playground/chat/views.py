@@ -2,18 +2,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from playground.chat import export
+from playground.chat import export, images
 from playground.chat.access import get_conversation_for_user
-from playground.chat.models import Conversation, LastSettings, Message, Preset
+from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
+from playground.chat.services import TurnError, with_image_data
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
@@ -208,12 +210,49 @@ def message_code(request: HttpRequest, pk: int) -> HttpResponse:
         provider = catalog.get_model(message.model).provider
     except catalog.UnknownModel:
         raise Http404("The endpoint of this reply no longer exists.") from None
+    try:
+        # The saved request refers to images; the code carries them, as it was sent.
+        body = with_image_data(message.request_body)
+    except TurnError as exc:
+        raise Http404(str(exc)) from None
     context = {
         "message": message,
-        "snippets": export.snippets(message.request_body, provider),
+        "snippets": export.snippets(body, provider),
         "key_variable": export.key_variable(provider),
     }
     return render(request, f"{TEMPLATE}#code", context)
+
+
+@require_POST
+@login_required
+def attachment_upload(request: HttpRequest) -> HttpResponse:
+    """Images from the file picker, a paste or a drop: each becomes a thumbnail to send."""
+    limit = settings.PLAYGROUND_IMAGES["MAX_PER_MESSAGE"]
+    uploads = request.FILES.getlist("images")
+    stored, errors = [], []
+    if not uploads:
+        errors.append("Choose an image to attach.")
+    for upload in uploads[:limit]:
+        try:
+            stored.append(images.store(request.user, images.clean(images.read_upload(upload))))
+        except images.ImageRejected as exc:
+            errors.append(f"{(upload.name or 'image')[:80]}: {exc}")
+    if len(uploads) > limit:
+        errors.append(f"Attach at most {limit} images to one message.")
+    return render(request, f"{TEMPLATE}#thumbnails", {"attachments": stored, "errors": errors})
+
+
+@require_GET
+@login_required
+def attachment_file(request: HttpRequest, pk: int) -> FileResponse:
+    """An image, only to someone who may see it, never sniffed into something else."""
+    attachment = get_object_or_404(Attachment.objects.visible_to(request.user), pk=pk)
+    response = FileResponse(attachment.file.open("rb"), content_type=attachment.content_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = "inline"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
 
 
 @require_http_methods(["GET", "POST"])

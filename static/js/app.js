@@ -99,10 +99,46 @@
     });
   }
 
+  // Pasted and dropped images go through the same htmx upload as the file picker: the
+  // browser only hands them to script, so script puts them into the picker and fires it.
+  function attach(files) {
+    const input = document.getElementById("image-input");
+    const images = Array.from(files || []).filter(function (f) { return f.type.startsWith("image/"); });
+    if (!input || images.length === 0) return false;
+    const transfer = new DataTransfer();
+    images.forEach(function (f) { transfer.items.add(f); });
+    input.files = transfer.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+    return true;
+  }
+  document.addEventListener("paste", function (event) {
+    if (event.clipboardData && attach(event.clipboardData.files)) event.preventDefault();
+  });
+  document.addEventListener("dragover", function (event) {
+    if (document.getElementById("image-input") && event.dataTransfer.types.includes("Files")) {
+      event.preventDefault();
+      document.body.classList.add("dropping");
+    }
+  });
+  document.addEventListener("dragleave", function (event) {
+    if (!event.relatedTarget) document.body.classList.remove("dropping");
+  });
+  document.addEventListener("drop", function (event) {
+    document.body.classList.remove("dropping");
+    if (attach(event.dataTransfer.files)) event.preventDefault();
+  });
+  // Let the same file be picked again after an upload.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (event.target.id === "image-input") event.target.value = "";
+  });
+
   document.addEventListener("click", function (event) {
     const button = event.target.closest("button");
     if (!button) return;
-    if (button.dataset.unset) unset(button);
+    if (button.dataset.remove) {
+      const item = document.getElementById(button.dataset.remove);
+      if (item) item.remove();
+    } else if (button.dataset.unset) unset(button);
     else if (button.classList.contains("add-row")) addRow(button);
     else if (button.dataset.copy) copy(button);
   });
