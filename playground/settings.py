@@ -115,7 +115,9 @@ TEMPLATES = [
 
 _database_url = envurl("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
 if _database_url:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+    DATABASES = {
+        "default": dj_database_url.parse(_database_url, conn_max_age=600, conn_health_checks=True)
+    }
 else:
     # WAL lets readers work while a run checkpoints; IMMEDIATE transactions plus a busy
     # timeout turn lock contention into a short wait instead of "database is locked".
@@ -123,6 +125,8 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "db.sqlite3",
+            # Reconnecting (and re-running the PRAGMAs) per ORM call cost a fifth of the CPU.
+            "CONN_MAX_AGE": None,
             "OPTIONS": {
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
                 "transaction_mode": "IMMEDIATE",
@@ -136,11 +140,22 @@ if _redis_url:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_redis_url], "capacity": 1000, "expiry": 30},
+            # redis-py's default 5 s read timeout equals the layer's blocking-pop timeout and
+            # closed idle sockets; give the socket room above it.
+            "CONFIG": {
+                "hosts": [{"address": _redis_url, "socket_timeout": 15}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "playground.layers.EmbeddedChannelLayer",
+            "CONFIG": {"capacity": 1000},
+        }
+    }
 
 DEFAULT_EXCEPTION_REPORTER_FILTER = "playground.debug.AlwaysSafeExceptionReporterFilter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -202,6 +217,10 @@ PLAYGROUND_RUN = {
     "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),
     "SNAPSHOT_TIMEOUT": envfloat("PLAYGROUND_SNAPSHOT_TIMEOUT", 2.0),
+    # How often a socket that only watches re-checks that its user may still see it.
+    "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
+    # Replies one user may have streaming at once, across all conversations.
+    "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
 }
 # Image attachments: a byte cap, a pixel cap checked before decoding (decompression bombs),
 # and the longest side images are downscaled to before they are sent.

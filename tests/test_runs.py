@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from playground.chat import runs
 from playground.providers.catalog import GEMMA_4_E4B
 
@@ -35,3 +37,38 @@ def test_a_delta_is_split_at_what_a_socket_has_shown():
     assert _beyond(2, 0, "abc") == "c"
     assert _beyond(5, 0, "abc") == ""
     assert _beyond(1, 3, "def") is None  # a gap: frames were lost, ask for a snapshot
+
+
+async def test_a_stop_after_the_reply_finished_changes_nothing():
+    run = make_run()
+    run._stream_task = asyncio.create_task(asyncio.sleep(5))  # still draining the connection
+    run.finish_reason = "tool_calls"
+    await run.layer.send("run.test", {"type": "run.stop"})
+    await run.layer.send("run.test", {"type": "run.end"})
+    await run._listen()
+    assert run.stopped is False and not run._stream_task.cancelled()
+    run._stream_task.cancel()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_failed_final_save_still_ends_the_reply_and_tells_the_watchers(
+    conversation, monkeypatch
+):
+    from playground.chat.models import Message
+
+    reply = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming"
+    )
+    run = runs.Run(runs.RunRequest(reply.pk, conversation.pk, "run.t", GEMMA_4_E4B, {}, None))
+    run.text.shown = "partial"
+    watcher = await run.layer.new_channel()
+    await run.layer.group_add(run.group, watcher)
+
+    async def broken():
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(run, "_save_final", broken)
+    await run._finish()
+    await reply.arefresh_from_db()
+    assert reply.status == "error" and reply.text == "partial"
+    assert (await run.layer.receive(watcher))["type"] == "run.done"

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404
 from django.template.loader import render_to_string
-from django.utils.html import escape
+from django.utils.crypto import constant_time_compare
 
 from playground.chat import runs
 from playground.chat.access import aget_conversation_for_user
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = "chat/playground.html"
 MAX_FRAME_BYTES = 400_000
+RATE, BURST = 5.0, 20  # messages per second per socket, and the burst allowed
+render = sync_to_async(render_to_string, thread_sensitive=False)
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -42,6 +47,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # deltas that arrived before the run's snapshot did.
         self.shown: dict[int, list[int]] = {}
         self.waiting: dict[int, list[dict]] = {}
+        self.tokens, self.refilled = float(BURST), time.monotonic()
         if not await self._authorized():
             await self.close(code=4403)
             return
@@ -58,18 +64,54 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated:
             return False
         try:
-            # The user loaded at connect may since have been deactivated or deleted.
-            await self.user.arefresh_from_db(fields=["is_active"])
+            # The user loaded at connect may since have been deactivated, deleted, logged
+            # out or given a new password (which ends their other sessions).
+            await self.user.arefresh_from_db(fields=["is_active", "password"])
+            if not await self._session_valid():
+                return False
             self.conversation = await aget_conversation_for_user(
                 self.user, self.conversation_id, run=run
             )
         except (Http404, PermissionDenied, ObjectDoesNotExist):
             return False
+        self.checked_at = time.monotonic()
         return True
+
+    async def _session_valid(self) -> bool:
+        session = self.scope.get("session")
+        if session is None or not session.session_key:
+            return False
+        if not await session.aexists(session.session_key):
+            return False
+        stored = await session.aget(HASH_SESSION_KEY, "")
+        return constant_time_compare(stored, self.user.get_session_auth_hash())
+
+    async def _still_allowed(self) -> bool:
+        """Pushes re-check access now and then, so a user removed from a team (or logged
+        out) stops receiving its conversations without having to send anything."""
+        interval = settings.PLAYGROUND_RUN["REAUTH_INTERVAL"]
+        if time.monotonic() - self.checked_at < interval or await self._authorized():
+            return True
+        await self.close(code=4403)
+        return False
+
+    def _rate_limited(self) -> bool:
+        """A token bucket per socket: a client looping sends cannot starve everyone's
+        database work, which shares one thread."""
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE)
+        self.refilled = now
+        if self.tokens < 1:
+            return True
+        self.tokens -= 1
+        return False
 
     # Browser → server
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if self._rate_limited():
+            await self._send_error("Too many messages at once: slow down a little.")
+            return
         if not await self._authorized():
             await self.close(code=4403)
             return
@@ -79,7 +121,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         try:
             data = json.loads(text_data)
             action = data.get("action")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             await self._send_error("The playground could not read that message.")
             return
         if action == "send":
@@ -121,7 +163,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not await self._authorized(run=True):
             await self._send_error("You can watch this conversation but not run it.")
             return
-        channel = await self.channel_layer.new_channel("run.")
+        # The default prefix: channels_redis serves all of a process's channels of one
+        # prefix from one receive loop; a prefix of its own starved the sockets.
+        channel = await self.channel_layer.new_channel()
         try:
             turn = await database_sync_to_async(service)(
                 self.conversation, self.user, channel=channel, **kwargs
@@ -162,6 +206,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # Channel layer → browser
 
     async def chat_append(self, event: dict[str, Any]) -> None:
+        if not await self._still_allowed():
+            return
         messages = [
             m
             async for m in Message.objects.filter(
@@ -174,18 +220,22 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_partial("appended", {"transcript": messages})
 
     async def chat_title(self, event: dict[str, Any]) -> None:
+        if not await self._still_allowed():
+            return
         conversation = await Conversation.objects.filter(pk=self.conversation_id).afirst()
         if conversation is not None:
             context = {"c": conversation, "conversation": conversation}
             await self._send_partial("sidebar-item-oob", context)
 
     async def run_delta(self, event: dict[str, Any]) -> None:
+        if not await self._still_allowed():
+            return
         message_id = event["message_id"]
         if message_id in self.waiting:
             self.waiting[message_id].append(event)
             return
         shown = self.shown.setdefault(message_id, [0, 0])
-        parts = []
+        frames = []
         for index, kind in enumerate(("text", "reasoning")):
             piece = _beyond(shown[index], event[f"{kind}_at"], event[kind])
             if piece is None:
@@ -194,13 +244,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
                 return
             if piece:
                 shown[index] += len(piece)
-                parts.append(
-                    f'<span id="{kind}-{message_id}" hx-swap-oob="beforeend">{escape(piece)}</span>'
-                )
-        if parts:
-            await self.send(text_data="".join(parts))
+                frames.append(delta_frame(kind, message_id, piece))
+        for frame in frames:
+            await self.send(text_data=frame)
 
     async def run_snapshot(self, event: dict[str, Any]) -> None:
+        if not await self._still_allowed():
+            return
         message_id = event["message_id"]
         buffered = self.waiting.pop(message_id, None)
         if buffered is None:
@@ -214,6 +264,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.run_delta(delta)
 
     async def run_done(self, event: dict[str, Any]) -> None:
+        if not await self._still_allowed():
+            return
         message_id = event["message_id"]
         self.shown.pop(message_id, None)
         self.waiting.pop(message_id, None)
@@ -239,7 +291,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _request_snapshot(self, message_id: int, run_channel: str | None) -> None:
         if run_channel is None:
-            message = await Message.objects.filter(pk=message_id).afirst()
+            message = await Message.objects.filter(
+                pk=message_id, conversation_id=self.conversation_id
+            ).afirst()
             run_channel = message.run_channel if message else ""
         if not run_channel or message_id in self.waiting:
             return
@@ -257,8 +311,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         """The run did not answer (its process died): fall back to the saved text."""
         if message_id not in self.waiting:
             return
-        await Message.objects.filter(pk=message_id).amark_stale_interrupted()
-        message = await Message.objects.filter(pk=message_id).afirst()
+        mine = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id)
+        await mine.amark_stale_interrupted()
+        message = await mine.afirst()
         if message is None:
             self.waiting.pop(message_id, None)
             return
@@ -269,7 +324,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.run_done({"message_id": message_id})
 
     async def _send_partial(self, name: str, context: dict[str, Any]) -> None:
-        await self.send(text_data=render_to_string(f"{TEMPLATE}#{name}", context))
+        # Markdown and templates cost CPU; a long transcript must not stall every socket.
+        html = await render(f"{TEMPLATE}#{name}", context)
+        await self.send(text_data=html)
 
     async def _send_error(self, text: str) -> None:
         await self._send_partial("composer-error", {"error": text})
@@ -290,6 +347,12 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def delta_frame(kind: str, message_id: int, piece: str) -> str:
+    """`+t42:piece` appends text to message 42 (`+r` reasoning). app.js inserts it as a text
+    node, so it needs no escaping; an htmx fragment cost 3.3x the text in bytes."""
+    return f"+{kind[0]}{message_id}:{piece}"
 
 
 def _beyond(shown: int, at: int, piece: str) -> str | None:

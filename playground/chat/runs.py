@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,7 @@ class Run:
         self.checkpointed_at = self.started
         self.checkpointed_len = 0
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._stream_task: asyncio.Task | None = None
 
     async def main(self) -> None:
@@ -89,19 +91,42 @@ class Run:
         publisher = asyncio.create_task(self._publish_loop())
         self._stream_task = asyncio.create_task(self._consume())
         try:
-            await asyncio.wait([self._stream_task])
-            if not self._stream_task.cancelled() and self._stream_task.exception():
+            # If the publisher dies (channel layer or database down), watchers and
+            # checkpoints would stop while the upstream goes on: end the run instead.
+            await asyncio.wait([self._stream_task, publisher], return_when=FIRST_COMPLETED)
+            if publisher.done() and not self._stream_task.done():
+                log.error("run publisher failed", exc_info=publisher.exception())
+                self._stream_task.cancel()
+                await asyncio.wait([self._stream_task])
+                self.error = "The playground lost this reply's stream."
+            elif not self._stream_task.cancelled() and self._stream_task.exception():
                 log.error("run failed", exc_info=self._stream_task.exception())
                 self.error = "The playground failed while streaming this reply."
         finally:
-            listener.cancel()
-            publisher.cancel()
-            await asyncio.gather(listener, publisher, return_exceptions=True)
+            await self._stop_publishing(publisher)
+            await self._stop_listening(listener)
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """The last frame, the final write and the done signal: each is tried even if the one
+        before failed, so no reply stays "streaming" while its run is gone."""
+        try:
             await self._publish()
+        except Exception:
+            log.exception("run %s: the last frame failed", self.request.message_id)
+        try:
             await self._save_final()
-            await self.layer.group_send(
-                self.group, {"type": "run.done", "message_id": self.request.message_id}
+        except Exception:
+            log.exception("run %s: the final save failed", self.request.message_id)
+            await Message.objects.filter(pk=self.request.message_id).aupdate(
+                status=Message.Status.ERROR,
+                text=self.text.shown,
+                reasoning=self.reasoning.shown,
+                error="The playground failed while saving this reply.",
             )
+        await self.layer.group_send(
+            self.group, {"type": "run.done", "message_id": self.request.message_id}
+        )
 
     async def _consume(self) -> None:
         params = settings.PLAYGROUND_UPSTREAM
@@ -154,13 +179,27 @@ class Run:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
 
+    async def _stop_listening(self, listener: asyncio.Task) -> None:
+        """End the listener with a message, not a cancellation: channels_redis shares one
+        receive loop per process, and cancelling it mid-read loses a message that had
+        already been popped for some other socket of this process."""
+        await self.layer.send(self.request.channel, {"type": "run.end"})
+        done, _ = await asyncio.wait([listener], timeout=5)
+        if not done:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
     async def _listen(self) -> None:
         while True:
             message = await self.layer.receive(self.request.channel)
+            if message.get("type") == "run.end":
+                return
             if message.get("type") == "run.stop":
-                self.stopped = True
-                if self._stream_task is not None:
-                    self._stream_task.cancel()
+                # A stop that lands after the reply finished (while the connection drains)
+                # changes nothing: the reply is complete, its tool calls still answerable.
+                task = self._stream_task
+                if task is not None and not task.done() and not self.finish_reason:
+                    self.stopped = task.cancel()
             elif message.get("type") == "run.snapshot" and message.get("reply_to"):
                 await self.layer.send(message["reply_to"], self._snapshot())
 
@@ -172,20 +211,35 @@ class Run:
             "reasoning": self.reasoning.shown,
         }
 
+    async def _stop_publishing(self, publisher: asyncio.Task) -> None:
+        """Let the publisher finish the frame it is sending: cancelled inside a group_send,
+        it would lose text that it had already counted as shown."""
+        self._closing.set()
+        self._wake.set()
+        done, _ = await asyncio.wait([publisher], timeout=5)
+        if not done:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+
     async def _publish_loop(self) -> None:
         interval = settings.PLAYGROUND_RUN["FRAME_INTERVAL"]
         heartbeat = settings.PLAYGROUND_RUN["HEARTBEAT_INTERVAL"]
-        while True:
+        while not self._closing.is_set():
             # Wake for new text, or after a quiet spell to write a heartbeat checkpoint.
-            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
-            # that ends this loop when the event fires at the same moment.)
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands when the event fires at the same moment.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(heartbeat):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closing.is_set():
+                return
             await self._publish()
             await self._checkpoint()
-            await asyncio.sleep(interval)
+            # At most one frame per interval; closing ends the pause early.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._closing.wait()
 
     async def _publish(self) -> None:
         if not (self.text.pending or self.reasoning.pending):
@@ -213,7 +267,11 @@ class Run:
         due = now - self.checkpointed_at >= run["CHECKPOINT_INTERVAL"]
         if (changed and due) or now - self.checkpointed_at >= run["HEARTBEAT_INTERVAL"]:
             self.checkpointed_at, self.checkpointed_len = now, shown
-            await Message.objects.filter(pk=self.request.message_id).aupdate(
+            # Only while it is still streaming: a sweep that wrongly marked it interrupted
+            # is not silently undone by a checkpoint.
+            await Message.objects.filter(
+                pk=self.request.message_id, status=Message.Status.STREAMING
+            ).aupdate(
                 text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
             )
 

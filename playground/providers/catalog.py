@@ -7,6 +7,7 @@ page's controls, server-side validation, the request body and the cost shown und
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -303,13 +304,33 @@ GEMMA_3N_E4B = Model(
 
 BUILTIN_MODELS = (GEMMA_4_E4B, GEMMA_3N_E4B)
 DEFAULT_MODEL_KEY = GEMMA_4_E4B.key
+_BUILTIN_BY_KEY = {m.key: m for m in BUILTIN_MODELS}
 
 
 class UnknownModel(LookupError):
     pass
 
 
+# Custom endpoints change rarely and are read on every send: keep them for a few seconds in
+# each process (saving one in the admin clears this process's copy at once).
+CUSTOM_MODELS_TTL = 10.0
+_custom_cache: tuple[float, list[Model]] | None = None
+
+
+def forget_custom_models(**kwargs: Any) -> None:
+    global _custom_cache
+    _custom_cache = None
+
+
 def _custom_models() -> list[Model]:
+    global _custom_cache
+    now = time.monotonic()
+    if _custom_cache is None or now - _custom_cache[0] > CUSTOM_MODELS_TTL:
+        _custom_cache = (now, _load_custom_models())
+    return _custom_cache[1]
+
+
+def _load_custom_models() -> list[Model]:
     from playground.providers.models import CustomEndpoint
 
     found = []
@@ -342,6 +363,8 @@ def all_models() -> list[Model]:
 
 
 def get_model(key: str) -> Model:
+    if key in _BUILTIN_BY_KEY:
+        return _BUILTIN_BY_KEY[key]
     for model in all_models():
         if model.key == key:
             return model

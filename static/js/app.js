@@ -148,6 +148,21 @@
     if (event.target && event.target.id === "prompt") onPromptKeydown(event);
     onDocumentKeydown(event);
   });
+  // Streaming deltas arrive as "+t42:text" (or "+r42:" for reasoning) rather than as htmx
+  // fragments: the wrapper of an out-of-band swap cost three times the text it carried.
+  // The text goes in as a text node, so nothing in it is ever parsed as HTML.
+  function onSocketMessage(event) {
+    const message = event.detail.message;
+    if (typeof message !== "string" || message.charAt(0) !== "+") return;
+    event.preventDefault();
+    const colon = message.indexOf(":");
+    const kind = message.charAt(1) === "r" ? "reasoning-" : "text-";
+    const target = document.getElementById(kind + message.slice(2, colon));
+    if (target) target.appendChild(document.createTextNode(message.slice(colon + 1)));
+    follow();
+  }
+
+  document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);
   document.addEventListener("DOMContentLoaded", function () {

@@ -66,3 +66,33 @@ def test_dropped_and_pasted_images_are_sent_as_image_parts(page, live_server):
         "() => [...document.querySelectorAll('.message.user .images img')]"
         ".every((img) => img.complete && img.naturalWidth > 0)"
     )
+
+
+@pytest.mark.e2e
+def test_markup_in_model_output_never_runs_while_streaming_or_after(page, live_server):
+    upstream = live_server.upstream
+    upstream.reset()
+    evil = [
+        '<img src=x onerror="window.pwned=1">',
+        "<script>window.pwned=2</script>",
+        '<svg onload="window.pwned=3"></svg>',
+        "[click](javascript:window.pwned=4)",
+    ]
+    upstream.default = Behaviour(tokens=[*evil, *[" tok"] * 40], interval=0.05)
+    sign_in(page, live_server.url)
+    sockets = Sockets(page)
+    with sockets.transcript_loaded():
+        page.goto("/")
+    page.fill("#prompt", "Be evil.")
+    page.press("#prompt", "Enter")
+    # While streaming, the markup shows as text.
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.message.assistant.streaming .body');"
+        " return b && b.textContent.includes('<svg onload'); }"
+    )
+    assert page.locator(".message.assistant .body img, .message.assistant .body svg").count() == 0
+    page.locator(".message.assistant.complete").wait_for()
+    body = page.locator(".message.assistant.complete .body")
+    assert body.locator("img, svg, script").count() == 0
+    assert body.locator("a[href^='javascript']").count() == 0
+    assert page.evaluate("() => window.pwned") is None

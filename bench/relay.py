@@ -1,0 +1,578 @@
+"""Relay benchmark: N WebSocket conversations against a real Daphne fed by the fake upstream.
+
+    .venv/bin/python -m bench.relay                       # everything, embedded default
+    .venv/bin/python -m bench.relay --streams 200 --tokens 100 --rate 50
+    .venv/bin/python -m bench.relay --processes 2 \\
+        --database-url postgres://postgres@127.0.0.1:5432/postgres --redis-url redis://127.0.0.1:6379/14
+
+It starts everything itself (fresh var dir or fresh PostgreSQL database, migrate, a user with a
+key, the fake upstream in its own process, Daphne), runs the scenarios and prints one table.
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import client
+from bench.client import StreamResult
+from bench.stack import (
+    BIN,
+    Stack,
+    cpu_seconds,
+    create_pg_database,
+    drop_pg_database,
+    flush_redis,
+    rss_bytes,
+)
+
+CHECKPOINT_INTERVAL = 2.0  # the target: at most one write per 2 s per stream, plus the final
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class ProcessMeter:
+    """CPU seconds and peak RSS of some processes over a stretch of time."""
+
+    pids: list[int]
+    cpu0: float = 0.0
+    cpu: float = 0.0
+    rss0: int = 0
+    rss_peak: int = 0
+    _task: asyncio.Task | None = None
+
+    def rss(self) -> int:
+        return sum(rss_bytes(p) for p in self.pids)
+
+    def cpu_now(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
+    async def __aenter__(self) -> ProcessMeter:
+        self.cpu0, self.rss0 = self.cpu_now(), self.rss()
+        self.rss_peak = self.rss0
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self) -> None:
+        while True:
+            self.rss_peak = max(self.rss_peak, self.rss())
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.rss_peak = max(self.rss_peak, self.rss())
+        self.cpu = self.cpu_now() - self.cpu0
+
+
+# -- running streams ----------------------------------------------------------------------------
+
+
+async def run_streams(
+    targets: list[tuple[str, int]],
+    cookie: str,
+    *,
+    tag_prefix: str,
+    ramp: float = 0.0,
+    timeout: float = 120.0,
+) -> list[StreamResult]:
+    """One stream per (server URL, conversation id): connect them all, then send the prompts
+    spread evenly over `ramp` seconds, and read every reply to its end."""
+    gate = asyncio.Event()
+    waiting = len(targets)
+
+    def ready() -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0:
+            gate.set()
+
+    n = len(targets)
+    tasks = [
+        asyncio.create_task(
+            client.run_stream(
+                url,
+                conversation_id,
+                cookie,
+                f"{tag_prefix}-{i}",
+                gate=gate,
+                delay=ramp * i / n if n > 1 else 0.0,
+                on_ready=ready,
+                timeout=timeout,
+            )
+        )
+        for i, (url, conversation_id) in enumerate(targets)
+    ]
+    return list(await asyncio.gather(*tasks))
+
+
+@dataclass
+class StreamStats:
+    """Figures for one batch of streams; see bench/README.md."""
+
+    streams: int
+    ok: int
+    lost: int
+    duplicated: int
+    wrong_text: int
+    added_ttft_ms: list[float]
+    client_ttft_ms: list[float]
+    tokens: int
+    makespan_s: float
+    frames_per_reply: list[int]
+    delta_frames_per_reply: list[int]
+    delta_fps: list[float]
+    delta_wire_ratio: float
+    all_wire_ratio: float
+    message_updates: list[int]
+    writes_over_budget: int
+    row_writes_per_turn: float
+    writes_by_table: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def analyse(
+    results: list[StreamResult],
+    records: list[dict[str, Any]],
+    n_tokens: int,
+    writes: list[tuple[str, str, str]] | None = None,
+) -> StreamStats:
+    by_tag = {r["tag"]: r for r in records if r.get("tag")}
+    expected = client.expected_text(n_tokens)
+    lost = duplicated = wrong = 0
+    added, from_send, fps = [], [], []
+    for r in results:
+        lost_r, dup_r = client.check_tokens(r.text, n_tokens)
+        lost, duplicated = lost + lost_r, duplicated + dup_r
+        wrong += r.text != expected
+        rec = by_tag.get(r.tag)
+        if r.first_text_at and rec and rec.get("first_token_sent_wall"):
+            added.append((r.first_text_at - rec["first_token_sent_wall"]) * 1000)
+        if r.first_text_at:
+            from_send.append((r.first_text_at - r.sent_at) * 1000)
+        if r.first_text_at and r.last_text_at and r.last_text_at > r.first_text_at:
+            fps.append((r.delta_frames - 1) / (r.last_text_at - r.first_text_at))
+    done = [r for r in results if r.done_at]
+    makespan = (max(r.done_at for r in done) - min(r.sent_at for r in done)) if done else math.nan
+    content = sum(r.content_bytes for r in results) or 1
+
+    updates: list[int] = []
+    over = 0
+    by_table: Counter[str] = Counter()
+    row_writes = 0.0
+    if writes is not None:
+        message_updates = Counter(
+            row for tbl, op, row in writes if tbl == "chat_message" and op == "U"
+        )
+        for r in results:
+            if r.reply_id is None:
+                continue
+            count = message_updates.get(str(r.reply_id), 0)
+            updates.append(count)
+            duration = (r.done_at or r.sent_at) - r.sent_at
+            if count > math.floor(duration / CHECKPOINT_INTERVAL) + 1:
+                over += 1
+        by_table = Counter(f"{tbl}:{op}" for tbl, op, _ in writes)
+        row_writes = len(writes) / max(1, len(results))
+    return StreamStats(
+        streams=len(results),
+        ok=sum(1 for r in results if r.status == "complete" and not r.error),
+        lost=lost,
+        duplicated=duplicated,
+        wrong_text=wrong,
+        added_ttft_ms=added,
+        client_ttft_ms=from_send,
+        tokens=sum(n_tokens - client.check_tokens(r.text, n_tokens)[0] for r in results),
+        makespan_s=makespan,
+        frames_per_reply=[r.frames for r in results],
+        delta_frames_per_reply=[r.delta_frames for r in results],
+        delta_fps=fps,
+        delta_wire_ratio=sum(r.delta_wire_bytes for r in results) / content,
+        all_wire_ratio=sum(r.wire_bytes for r in results) / content,
+        message_updates=updates,
+        writes_over_budget=over,
+        row_writes_per_turn=row_writes,
+        writes_by_table=dict(by_table),
+        errors=[f"{r.tag}: {r.error}" for r in results if r.error][:5],
+    )
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    upstream: Any  # UpstreamProcess (or anything with records/set_default/reset/pid)
+    cookie: str
+    conversations: list[int]
+    profile_dir: Path | None = None
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.stack.servers]
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.stack.servers]
+
+    def take(self, n: int) -> list[tuple[str, int]]:
+        """n fresh conversations, spread round-robin over the Daphne processes."""
+        ids, self.conversations = self.conversations[:n], self.conversations[n:]
+        if len(ids) < n:
+            raise RuntimeError("not enough seeded conversations")
+        return [(self.urls[i % len(self.urls)], cid) for i, cid in enumerate(ids)]
+
+    def row(self, scenario: str, figure: str, value: str, target: str = "") -> None:
+        self.rows.append((scenario, figure, value, target))
+        print(f"  {figure}: {value}" + (f"   (target {target})" if target else ""), flush=True)
+
+    @contextlib.contextmanager
+    def profiling(self, name: str):
+        if self.profile_dir is None:
+            yield
+            return
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        spies = [
+            subprocess.Popen(
+                [
+                    str(BIN / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(self.profile_dir / f"{name}-{pid}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for pid in self.pids
+        ]
+        time.sleep(0.5)
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                try:
+                    spy.wait(20)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+
+    async def streams(
+        self, name: str, n: int, tokens: int, interval: float, ramp: float
+    ) -> tuple[StreamStats, ProcessMeter]:
+        self.upstream.set_default(tokens, interval)
+        self.upstream.reset()
+        writes_before = len(self.stack.writes())
+        targets = self.take(n)
+        with self.profiling(name):
+            async with ProcessMeter(self.pids) as meter:
+                results = await run_streams(
+                    targets, self.cookie, tag_prefix=f"bench-{name}", ramp=ramp
+                )
+        await asyncio.sleep(0.3)  # let the final writes land
+        writes = self.stack.writes()[writes_before:]
+        stats = analyse(results, self.upstream.records(), tokens, writes)
+        self.raw[name] = {
+            "stats": stats.__dict__,
+            "cpu_s": meter.cpu,
+            "rss0": meter.rss0,
+            "rss_peak": meter.rss_peak,
+        }
+        return stats, meter
+
+    async def single(self, reps: int, tokens: int, interval: float) -> None:
+        print(f"[single] {reps} sequential 1-stream replies, {tokens} tokens", flush=True)
+        added: list[float] = []
+        stats = None
+        for i in range(reps):
+            stats, _ = await self.streams(f"single{i}", 1, tokens, interval, 0.0)
+            added += stats.added_ttft_ms
+        assert stats is not None
+        self.row(
+            "1 stream",
+            "added TTFT p50 / p99",
+            f"{percentile(added, 50):.1f} / {percentile(added, 99):.1f} ms (n={len(added)})",
+            "≤ 5 / ≤ 25 ms",
+        )
+
+    async def concurrent(self, n: int, tokens: int, rate: float, ramp: float) -> None:
+        label = f"{n} streams"
+        print(
+            f"[{label}] {tokens} tokens at {rate:g} tok/s, sends spread over {ramp:g}s", flush=True
+        )
+        s, meter = await self.streams("concurrent", n, tokens, 1 / rate if rate else 0, ramp)
+        self.row(
+            label,
+            "completed / lost / duplicated deltas",
+            f"{s.ok}/{s.streams} / {s.lost} / {s.duplicated}",
+            "all / 0 / 0",
+        )
+        if s.errors:
+            self.row(label, "errors", "; ".join(s.errors))
+        self.row(
+            label,
+            "added TTFT p50 / p99 / max",
+            f"{percentile(s.added_ttft_ms, 50):.1f} / {percentile(s.added_ttft_ms, 99):.1f}"
+            f" / {max(s.added_ttft_ms, default=math.nan):.1f} ms",
+            "p99 ≤ 100 ms",
+        )
+        self.row(
+            label,
+            "TTFT from send p50 / p99",
+            f"{percentile(s.client_ttft_ms, 50):.1f} / {percentile(s.client_ttft_ms, 99):.1f} ms",
+        )
+        self.row(
+            label,
+            "aggregate tokens/s delivered",
+            f"{s.tokens / s.makespan_s:,.0f} ({s.tokens:,} tokens in {s.makespan_s:.2f} s)",
+        )
+        self.row(
+            label,
+            "delta frames/s per stream p50 / max",
+            f"{percentile(s.delta_fps, 50):.1f} / {max(s.delta_fps, default=math.nan):.1f}",
+            "≤ 20",
+        )
+        self.row(
+            label,
+            "frames per reply p50 (deltas / all)",
+            f"{percentile(s.delta_frames_per_reply, 50):.0f} / "
+            f"{percentile(s.frames_per_reply, 50):.0f}",
+        )
+        self.row(
+            label,
+            "wire bytes ÷ content bytes (deltas / all frames)",
+            f"{s.delta_wire_ratio:.2f} / {s.all_wire_ratio:.2f}",
+            "≤ 1.5",
+        )
+        self.row(
+            label,
+            "chat_message UPDATEs per reply p50 / max (over budget)",
+            f"{percentile(s.message_updates, 50):.0f} / {max(s.message_updates, default=0)}"
+            f" ({s.writes_over_budget} replies)",
+            "≤ 1 per 2 s + final",
+        )
+        self.row(label, "row writes per turn, all tables", f"{s.row_writes_per_turn:.1f}")
+        self.row(
+            label,
+            "RSS per open stream",
+            f"{(meter.rss_peak - meter.rss0) / n / 1024:.0f} KB "
+            f"(peak {meter.rss_peak / 2**20:.0f} MB)",
+        )
+        self.row(
+            label,
+            "Daphne CPU s per 1,000 tokens",
+            f"{meter.cpu / max(1, s.tokens) * 1000:.3f} ({meter.cpu:.1f} s total)",
+        )
+
+    async def ceiling(self, n: int, tokens: int) -> None:
+        label = f"ceiling ({n}×{tokens})"
+        print(f"[{label}] upstream interval 0", flush=True)
+        s, meter = await self.streams("ceiling", n, tokens, 0.0, 0.0)
+        up = self.upstream
+        self.row(
+            label,
+            "relay ceiling, tokens/s delivered",
+            f"{s.tokens / s.makespan_s:,.0f} ({s.ok}/{s.streams} ok, lost {s.lost}, "
+            f"dup {s.duplicated})",
+        )
+        self.row(
+            label,
+            "Daphne CPU s per 1,000 tokens",
+            f"{meter.cpu / max(1, s.tokens) * 1000:.3f} (Daphne busy "
+            f"{meter.cpu / s.makespan_s:.0%} of one core)",
+        )
+        self.raw["ceiling"]["upstream_pid"] = getattr(up, "pid", None)
+
+    async def idle(self, k: int) -> None:
+        label = f"{k} idle sockets"
+        print(f"[{label}]", flush=True)
+        targets = self.take(k + 50)
+        warm, targets = targets[:50], targets[50:]
+        # Warm up: the first sockets pay for imports, caches and pools, not per socket.
+        warm_socks = [await client.hold_idle(u, c, self.cookie) for u, c in warm]
+        for ws in warm_socks:
+            await ws.close()
+        await asyncio.sleep(1.0)
+        meter = ProcessMeter(self.pids)
+        rss0, cpu0 = meter.rss(), meter.cpu_now()
+        limit = asyncio.Semaphore(20)
+
+        async def one(url: str, cid: int):
+            async with limit:
+                return await client.hold_idle(url, cid, self.cookie)
+
+        socks = await asyncio.gather(*(one(u, c) for u, c in targets), return_exceptions=True)
+        opened = [s for s in socks if not isinstance(s, BaseException)]
+        await asyncio.sleep(2.0)
+        rss1 = meter.rss()
+        cpu_idle0 = meter.cpu_now()
+        await asyncio.sleep(5.0)
+        idle_cpu = (meter.cpu_now() - cpu_idle0) / 5.0
+        self.row(
+            label,
+            "RSS growth per idle socket",
+            f"{(rss1 - rss0) / max(1, len(opened)) / 1024:.1f} KB "
+            f"({len(opened)}/{k} open, {rss0 / 2**20:.0f} → {rss1 / 2**20:.0f} MB)",
+            "≤ 100 KB",
+        )
+        self.row(
+            label,
+            "CPU while idle; CPU per socket opened",
+            f"{idle_cpu:.1%} of a core; {(cpu_idle0 - cpu0) / max(1, len(opened)) * 1000:.1f} ms",
+        )
+        for ws in opened:
+            await ws.close()
+
+    def table(self) -> str:
+        lines = ["| scenario | figure | measured | target |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{model}, {os.cpu_count()} cores, {mem:.0f} GB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n")[0])
+    p.add_argument("--streams", type=int, default=200, help="concurrent streams")
+    p.add_argument("--tokens", type=int, default=100, help="tokens per concurrent reply")
+    p.add_argument("--rate", type=float, default=50, help="upstream tokens/s per stream")
+    p.add_argument("--ramp", type=float, default=1.0, help="spread the sends over this many s")
+    p.add_argument("--single-reps", type=int, default=40, help="sequential 1-stream replies")
+    p.add_argument("--single-tokens", type=int, default=10)
+    p.add_argument("--ceiling-streams", type=int, default=20)
+    p.add_argument("--ceiling-tokens", type=int, default=2000)
+    p.add_argument("--idle", type=int, default=1000, help="idle sockets to open")
+    p.add_argument(
+        "--only", default="single,concurrent,ceiling,idle", help="comma-separated scenarios to run"
+    )
+    p.add_argument("--processes", type=int, default=1, help="Daphne processes")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL server: a fresh database is created on "
+        "it (and dropped); default: SQLite in a fresh var dir",
+    )
+    p.add_argument("--redis-url", help="Redis for the channel layer; its db is FLUSHED")
+    p.add_argument("--frame-interval", type=float, help="PLAYGROUND_FRAME_INTERVAL for Daphne")
+    p.add_argument("--profile", type=Path, help="py-spy each scenario into this directory")
+    p.add_argument("--json", type=Path, help="write the raw figures here")
+    p.add_argument("--keep", action="store_true", help="keep the var dir / database")
+    args = p.parse_args(argv)
+    if args.processes > 1 and not (args.database_url and args.redis_url):
+        p.error("--processes > 1 needs --database-url (PostgreSQL) and --redis-url")
+    return args
+
+
+async def main_async(args: argparse.Namespace, bench: Bench) -> None:
+    only = set(args.only.split(","))
+    if "single" in only:
+        await bench.single(args.single_reps, args.single_tokens, 1 / args.rate)
+    if "concurrent" in only:
+        await bench.concurrent(args.streams, args.tokens, args.rate, args.ramp)
+    if "ceiling" in only:
+        await bench.ceiling(args.ceiling_streams, args.ceiling_tokens)
+    if "idle" in only:
+        await bench.idle(args.idle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.upstream_proc import UpstreamProcess
+
+    args = parse_args(argv)
+    only = set(args.only.split(","))
+    needed = (
+        ("single" in only) * args.single_reps
+        + ("concurrent" in only) * args.streams
+        + ("ceiling" in only) * args.ceiling_streams
+        + ("idle" in only) * (args.idle + 50)
+    )
+    upstream = UpstreamProcess(args.tokens, 1 / args.rate)
+    database_url = create_pg_database(args.database_url) if args.database_url else None
+    if args.redis_url:
+        flush_redis(args.redis_url)
+    extra = {}
+    if args.frame_interval is not None:
+        extra["PLAYGROUND_FRAME_INTERVAL"] = str(args.frame_interval)
+    stack = Stack(upstream.base_url, database_url, args.redis_url, extra_env=extra)
+    mode = f"{args.processes} Daphne process(es), " + (
+        "PostgreSQL + Redis" if database_url else "SQLite + in-memory channel layer"
+    )
+    print(f"machine: {machine()}\nmode: {mode}\nvar dir: {stack.var_dir}", flush=True)
+    try:
+        seed = stack.prepare(needed)
+        stack.start_servers(args.processes)
+        bench = Bench(stack, upstream, seed.cookie, seed.conversations, args.profile)
+        asyncio.run(main_async(args, bench))
+        print()
+        print(f"Machine: {machine()}; {mode}; client, upstream and Daphne on the same host.")
+        print(f"Command: python -m bench.relay {' '.join(sys.argv[1:] if argv is None else argv)}")
+        print()
+        print(bench.table())
+        if args.json:
+            args.json.write_text(json.dumps(bench.raw, indent=1, default=str))
+        return 0
+    except Exception:
+        print(stack.log_tails(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+        upstream.stop()
+        if not args.keep:
+            stack.cleanup()
+            if database_url:
+                drop_pg_database(args.database_url, database_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

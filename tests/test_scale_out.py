@@ -1,0 +1,136 @@
+"""Multi-process mode: PostgreSQL, Redis and two Daphne processes, driven by real WebSockets.
+
+Any process serves any socket: a run started through process A is watched and stopped through
+process B, and a socket that moves from A to B mid-reply resumes without loss or duplication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from bench import client
+from bench.client import View
+from bench.relay import analyse, run_streams
+from bench.upstream_proc import record_rows
+from tests.scaleout import ScaledOut, scaled_out
+from tests.upstream import Behaviour
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ScaledOut]:
+    yield from scaled_out()
+
+
+@pytest.fixture(autouse=True)
+def _server_logs_on_failure(request, cluster: ScaledOut) -> Iterator[None]:
+    failed_before = request.session.testsfailed
+    cluster.upstream.reset()
+    yield
+    if request.session.testsfailed > failed_before:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"\n{request.node.name}: Daphne logs\n{cluster.stack.log_tails()}")
+
+
+def reply_id(view: View) -> int | None:
+    return view.streaming_reply()
+
+
+def tokens_shown(view: View) -> int:
+    reply = reply_id(view)
+    return view.texts.get(reply, "").count("tok") if reply else 0
+
+
+def finished(view: View) -> bool:
+    reply = reply_id(view)
+    return reply is not None and view.finished(reply)
+
+
+async def test_a_run_started_on_one_process_is_watched_and_stopped_from_the_other(cluster):
+    cluster.upstream.script(Behaviour(n_tokens=400, interval=0.02))
+    conversation = cluster.conversation()
+    cookie = cluster.seed.cookie
+    on_a = await client.open_socket(cluster.a.url, conversation, cookie)
+    on_b = await client.open_socket(cluster.b.url, conversation, cookie)
+    seen_a, seen_b = View(), View()
+    try:
+        await client.read_until(on_a, seen_a, lambda v: v.frames >= 1, 10)
+        await client.read_until(on_b, seen_b, lambda v: v.frames >= 1, 10)
+
+        await on_a.send(client.send_payload("Count for me"))
+        await client.read_until(on_b, seen_b, lambda v: tokens_shown(v) >= 10, 10)
+        assert not finished(seen_b), "B saw the deltas live, before the reply completed"
+
+        await on_b.send(client.STOP)
+        await client.read_until(on_b, seen_b, finished, 10)
+        await client.read_until(on_a, seen_a, finished, 10)
+    finally:
+        await on_a.close()
+        await on_b.close()
+
+    reply = reply_id(seen_b)
+    assert reply == reply_id(seen_a)
+    assert seen_a.statuses[reply] == seen_b.statuses[reply] == "stopped"
+    assert await asyncio.to_thread(cluster.upstream.wait_for_disconnect, 5.0)
+    assert cluster.upstream.disconnects[0].tokens_sent < 400
+    status, text = cluster.stack.saved_messages([reply])[reply]
+    assert status == "stopped"
+    assert text == seen_b.texts[reply] == seen_a.texts[reply]
+    assert text.count("tok") >= 10
+
+
+async def test_a_socket_that_reconnects_to_the_other_process_resumes_without_loss(cluster):
+    cluster.upstream.script(Behaviour(n_tokens=150, interval=0.02))
+    conversation = cluster.conversation()
+    cookie = cluster.seed.cookie
+
+    on_a = await client.open_socket(cluster.a.url, conversation, cookie)
+    first = View()
+    try:
+        await client.read_until(on_a, first, lambda v: v.frames >= 1, 10)
+        await on_a.send(client.send_payload("Count for me"))
+        await client.read_until(on_a, first, lambda v: tokens_shown(v) >= 20, 10)
+        assert not finished(first), "A got the deltas live, not all at the end"
+    finally:
+        await on_a.close()  # the tab loses its connection mid-reply
+    await asyncio.sleep(0.3)  # deltas go out while nobody watches
+
+    on_b = await client.open_socket(cluster.b.url, conversation, cookie)
+    again = View()
+    try:
+        await client.read_until(on_b, again, lambda v: v.frames >= 1, 10)
+        reply = reply_id(again)
+        assert reply == reply_id(first)
+        assert again.statuses[reply] == "streaming", "B joined mid-reply"
+        await client.read_until(on_b, again, finished, 15)
+    finally:
+        await on_b.close()
+
+    expected = Behaviour(n_tokens=150).text
+    status, saved = cluster.stack.saved_messages([reply])[reply]
+    assert (status, saved) == ("complete", expected)
+    assert again.texts[reply] == saved  # transcript, then snapshot, then deltas: exactly once
+    assert client.check_tokens(again.texts[reply], 150) == (0, 0)
+
+
+async def test_the_benchmark_runs_across_both_processes(cluster):
+    tokens = 40
+    cluster.upstream.default = Behaviour(n_tokens=tokens, interval=0.02)
+    servers = [cluster.a.url, cluster.b.url]
+    targets = [(servers[i % 2], cluster.conversation()) for i in range(10)]
+    writes_before = len(cluster.stack.writes())
+
+    results = await run_streams(
+        targets, cluster.seed.cookie, tag_prefix="bench-t", ramp=0.2, timeout=20
+    )
+
+    await asyncio.sleep(0.2)
+    writes = cluster.stack.writes()[writes_before:]
+    stats = analyse(results, record_rows(cluster.upstream), tokens, writes)
+    assert stats.errors == []
+    assert (stats.ok, stats.lost, stats.duplicated, stats.wrong_text) == (10, 0, 0, 0)
+    assert len(stats.added_ttft_ms) == 10
+    assert stats.writes_over_budget == 0
+    assert {r.server for r in results} == set(servers)
