@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-Sockets pass the origin check (a page on another site cannot open one with the user's
-cookies) and the session authentication before any consumer sees them.
+Sockets pass the origin checks (a page on another site, or on another port of this host,
+cannot open one with the user's cookies) and the session authentication before
+any consumer sees them.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from playground.origin import SameOriginValidator  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # The embedded default has no web server in front: Daphne serves static files too.
         "http": ASGIStaticFilesHandler(django_asgi_app),
+        # ALLOWED_HOSTS first, then the Origin must be this very host and port.
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

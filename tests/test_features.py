@@ -237,7 +237,7 @@ async def test_thinking_is_shown_apart_with_its_time(
     )
     frame = await socket.until(lambda f: "status-complete" in f)
     reply = await reply_of(conversation)
-    assert reply.reasoning == "Hmm…" and reply.reasoning_ms >= 20
+    assert reply.reasoning == "Hmm…" and reply.reasoning_ms > 0
     assert "<summary>Reasoning · 0." in frame
     body = upstream.requests[-1].body
     assert body["enable_thinking"] is True and body["reasoning_effort"] == "high"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from playground.accounts.models import Membership, Team
 from playground.chat.models import Conversation, LastSettings, Preset
 
 pytestmark = pytest.mark.django_db
@@ -87,9 +88,17 @@ def test_switching_models_redraws_the_panel_and_keeps_what_applies(client, user,
     assert conversation.params == {"temperature": 1.5}
 
 
-def test_a_viewer_cannot_change_settings(client, other_user, conversation):
+def test_a_viewer_cannot_change_settings(client, user, other_user, conversation):
+    team = Team.objects.create(name="Lab")
+    Membership.objects.create(team=team, user=user, role=Membership.Role.OWNER)
+    Membership.objects.create(team=team, user=other_user, role=Membership.Role.VIEWER)
+    conversation.team = team
+    conversation.save()
     client.force_login(other_user)
-    assert post_settings(client, conversation, **{"param:temperature": "1"}).status_code == 404
+    # The viewer sees the conversation, so it is refused (403), not hidden (404).
+    assert post_settings(client, conversation, **{"param:temperature": "1"}).status_code == 403
+    conversation.refresh_from_db()
+    assert conversation.params == {}
 
 
 def test_a_new_conversation_starts_from_the_last_used_settings(client, user, conversation):

@@ -26,6 +26,29 @@ async def test_it_rejects_null_origin(user, conversation, connect):
     assert not ok
 
 
+async def test_it_rejects_another_port_on_the_same_host(user, conversation, connect):
+    # The host is allowed, but a page on :3000 is another site than the one on :8000.
+    ok, _ = await connect(user, conversation.pk, origin=b"http://127.0.0.1:3000")
+    assert not ok
+
+
+async def test_it_rejects_an_origin_without_its_port(user, conversation, connect):
+    ok, _ = await connect(user, conversation.pk, origin=b"http://127.0.0.1")
+    assert not ok
+
+
+async def test_it_accepts_an_origin_listed_in_csrf_trusted_origins(
+    settings, user, conversation, connect
+):
+    # Behind a proxy that rewrites Host, the public origin is the one trusted for CSRF.
+    settings.CSRF_TRUSTED_ORIGINS = ["https://localhost:8443"]
+    ok, socket = await connect(user, conversation.pk, origin=b"https://localhost:8443")
+    assert ok
+    await socket.close()
+    ok, _ = await connect(user, conversation.pk, origin=b"https://localhost:9443")
+    assert not ok
+
+
 async def test_it_rejects_a_socket_without_origin(user, conversation, connect):
     ok, _ = await connect(user, conversation.pk, origin=None)
     assert not ok
@@ -131,3 +154,41 @@ def test_the_sidebar_lists_only_visible_conversations(client, user, other_user, 
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
     assert "Eve&#x27;s secret plans" not in page and "Eve's secret plans" not in page
+
+
+async def test_a_watcher_removed_from_the_team_stops_receiving_pushes(
+    upstream, user, other_user, api_key, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "REAUTH_INTERVAL": 0}
+    shared = await team_conversation(user, other_user, Membership.Role.MEMBER)
+    ok, mate = await connect(other_user, shared.pk)
+    await mate.drain()
+    await Membership.objects.filter(user=other_user).adelete()
+    ok, owner = await connect(user, shared.pk)
+    await owner.send_prompt("Confidential plan")
+    await owner.until(lambda f: "status-complete" in f)
+    output = await mate.communicator.receive_output(timeout=2)
+    assert output["type"] == "websocket.close"
+    assert not any("Confidential" in f for f in mate.frames)
+
+
+async def test_logging_out_ends_the_sockets_rights(upstream, user, api_key, conversation, connect):
+    from channels.db import database_sync_to_async
+    from django.contrib.sessions.models import Session
+
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    await database_sync_to_async(Session.objects.all().delete)()  # what logout does
+    await socket.send_prompt("Still me?")
+    output = await socket.communicator.receive_output(timeout=2)
+    assert output["type"] == "websocket.close"
+    assert upstream.requests == []
+
+
+async def test_a_socket_that_floods_is_told_to_slow_down(user, conversation, connect):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    for _ in range(25):
+        await socket.send(action="nothing")
+    frame = await socket.until(lambda f: "slow down" in f)
+    assert "Too many messages" in frame

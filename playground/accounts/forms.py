@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+
+KEY_SHAPE = re.compile(r"[\x21-\x7e]{8,500}")
 
 
 class AdminCreationForm(UserCreationForm):
@@ -19,6 +23,8 @@ class ApiKeyForm(forms.Form):
 
     def clean_key(self) -> str:
         key = self.cleaned_data["key"]
-        if len(key) < 8 or any(ch.isspace() for ch in key):
+        # The key goes into an Authorization header: printable ASCII without spaces only, so
+        # a pasted control character or lookalike letter cannot break (or split) the header.
+        if not KEY_SHAPE.fullmatch(key):
             raise forms.ValidationError("That does not look like an API key.")
         return key

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -13,10 +16,15 @@ from playground.accounts.models import Membership
 
 class ConversationQuerySet(models.QuerySet):
     def visible_to(self, user) -> ConversationQuerySet:
-        """Own conversations plus those of the user's teams. Start every lookup here."""
+        """Own personal conversations plus those of the user's teams. Start every lookup here.
+
+        A team conversation is reached through the membership alone: its creator loses it on
+        leaving the team, like anyone else."""
         if not user.is_authenticated or not user.is_active:
             return self.none()
-        return self.filter(Q(owner=user) | Q(team__memberships__user=user)).distinct()
+        return self.filter(
+            Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
+        ).distinct()
 
 
 class Conversation(models.Model):
@@ -50,13 +58,21 @@ class Conversation(models.Model):
         return self.title or "New conversation"
 
     def can_run(self, user) -> bool:
-        """Sending and stopping: the owner, or a team member who is not a viewer."""
-        if user.pk == self.owner_id:
-            return True
+        """Sending, stopping and changing: a personal conversation's owner; in a team
+        conversation, a member who is not a viewer (the role decides, not who created it)."""
         if self.team_id is None:
-            return False
+            return user.pk == self.owner_id
         membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
         return bool(membership and membership.can_run())
+
+    def stop_runs(self) -> None:
+        """Ask every run still streaming here to stop (it may live in another process)."""
+        layer = get_channel_layer()
+        for channel in self.messages.filter(status=Message.Status.STREAMING).values_list(
+            "run_channel", flat=True
+        ):
+            if channel:
+                async_to_sync(layer.send)(channel, {"type": "run.stop"})
 
     def title_from(self, text: str) -> None:
         if not self.title:
@@ -162,16 +178,19 @@ class Message(models.Model):
         """Each generated token with its probability and alternatives, for shading."""
         tokens = []
         for entry in self.logprobs or []:
-            probability = math.exp(entry.get("logprob", -100))
+            if not isinstance(entry, dict):
+                continue
+            logprob = _logprob(entry.get("logprob"))
+            probability = math.exp(logprob) if logprob is not None else 0.0
             alternatives = [
                 {"token": alt.get("token", ""), "percent": _percent(alt.get("logprob"))}
                 for alt in entry.get("top_logprobs") or []
-                if alt.get("token") != entry.get("token")
+                if isinstance(alt, dict) and alt.get("token") != entry.get("token")
             ]
             tokens.append(
                 {
                     "token": entry.get("token", ""),
-                    "percent": _percent(entry.get("logprob")),
+                    "percent": _percent(logprob),
                     "bucket": min(9, int(probability * 10)),
                     "alternatives": alternatives,
                 }
@@ -179,7 +198,20 @@ class Message(models.Model):
         return tokens
 
 
-def _percent(logprob: float | None) -> str:
+def _logprob(value: Any) -> float | None:
+    """A usable log-probability, or None. The upstream's numbers are not trusted: text or NaN
+    would break int(), and anything above 709 overflows math.exp; a probability is at most 1,
+    so a positive logprob is clamped to 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    return min(value, 0.0)
+
+
+def _percent(logprob: Any) -> str:
+    logprob = _logprob(logprob)
     if logprob is None:
         return "?"
     return f"{math.exp(logprob) * 100:.1f}"

@@ -39,9 +39,13 @@ class Turn:
 
 @sensitive_variables("plaintext")
 def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
-    """The user's own key for the provider, else the conversation's team key."""
+    """The user's own key for the provider, else the conversation's team key.
+
+    The team key is the team's money: only a member who may run in the team spends it, checked
+    here too so that no caller can skip it."""
     key = ApiKey.objects.filter(provider=provider.slug, user=user).first()
-    if key is None and conversation.team_id:
+    # can_run of a team conversation is exactly "a member who is not a viewer".
+    if key is None and conversation.team_id and conversation.can_run(user):
         key = ApiKey.objects.filter(provider=provider.slug, team_id=conversation.team_id).first()
     if key is None:
         if provider.requires_key:
@@ -64,7 +68,8 @@ def get_model(model_key: str) -> Model:
 
 def history(conversation: Conversation) -> list[Message]:
     """The linear branch ending at the newest message: what the model sees as context."""
-    by_id = {m.pk: m for m in conversation.messages.all()}
+    # Saved requests and logprobs are the bulk of a long conversation and never context.
+    by_id = {m.pk: m for m in conversation.messages.defer("request_body", "logprobs")}
     if not by_id:
         return []
     node: Message | None = max(by_id.values(), key=lambda m: (m.created, m.pk))
@@ -192,10 +197,18 @@ def _reply(conversation: Conversation, user, parent: Message, model: Model, body
     )
 
 
-def _locked(conversation: Conversation) -> Conversation:
+def _locked(conversation: Conversation, user) -> Conversation:
     conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+    # A run whose process died must not block the conversation until someone reloads.
+    conversation.messages.mark_stale_interrupted()
     if conversation.messages.filter(status=Message.Status.STREAMING).exists():
         raise TurnError("A reply is still streaming: stop it or wait for it to finish.")
+    limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
+    running = Message.objects.filter(created_by=user, status=Message.Status.STREAMING).count()
+    if running >= limit:
+        raise TurnError(
+            f"{running} of your replies are streaming already: stop one or wait for it."
+        )
     return conversation
 
 
@@ -222,7 +235,7 @@ def start_turn(
     attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
     with transaction.atomic():
-        locked = _locked(conversation)
+        locked = _locked(conversation, user)
         branch = history(locked)
         prompt = Message.objects.create(
             conversation=locked,
@@ -251,7 +264,7 @@ def submit_tool_results(
 ) -> Turn:
     """The user's result for each tool call of a reply, sent back to continue it."""
     with transaction.atomic():
-        locked = _locked(conversation)
+        locked = _locked(conversation, user)
         branch = history(locked)
         asking = branch[-1] if branch else None
         if asking is None or asking.pk != message_id or not asking.tool_calls:
@@ -292,7 +305,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
     """Ask again with exactly the request a reply came from: same parameters, same seed.
     The new reply is a sibling of the old one, so both branches are kept."""
     with transaction.atomic():
-        locked = _locked(conversation)
+        locked = _locked(conversation, user)
         original = locked.messages.filter(pk=message_id, role=Message.Role.ASSISTANT).first()
         if original is None or not original.request_body:
             raise TurnError("That reply cannot be re-run.")

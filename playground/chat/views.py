@@ -283,6 +283,7 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     if conversation.owner_id != request.user.pk:
         return HttpResponse("Only the owner can delete a conversation.", status=403)
+    conversation.stop_runs()
     conversation.delete()
     current = request.headers.get("HX-Current-URL", "")
     if not request.htmx:

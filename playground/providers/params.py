@@ -18,6 +18,15 @@ FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
+# We evaluate response_format schemas against every reply: a regular expression could take
+# exponential time on a crafted reply (ReDoS), and a remote $ref would fetch or fail.
+REGEX_KEYWORDS = frozenset({"pattern", "patternProperties"})
+REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+# Their values are maps from names to subschemas: a property may be called "pattern".
+NAME_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
+# Their values are instance data, not schemas: {"default": {"pattern": "x"}} is harmless.
+DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples"})
+
 
 class InvalidParams(Exception):
     def __init__(self, errors: dict[str, str]) -> None:
@@ -124,6 +133,9 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        # The parser recurses once per level: "[[[[..." past the interpreter's limit.
+        raise ValueError("is nested too deeply") from None
 
 
 def _tools(param: Param, value: Any) -> list[dict]:
@@ -160,6 +172,33 @@ def _check_schema(schema: dict, where: str) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"{where}: invalid JSON schema ({exc.message})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: the JSON schema is nested too deeply") from None
+
+
+def unsafe_schema(schema: Any) -> str | None:
+    """Why a response_format schema is not safe for us to evaluate, or None if it is.
+
+    Iterative, so a deeply nested schema cannot exhaust the stack while being checked."""
+    stack: list[tuple[Any, bool]] = [(schema, False)]
+    while stack:
+        node, is_name_map = stack.pop()
+        if isinstance(node, list):
+            stack.extend((item, False) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if is_name_map:
+                stack.append((value, False))
+                continue
+            if key in REGEX_KEYWORDS:
+                return f"regular-expression keywords ({key}) are not supported"
+            if key in REF_KEYWORDS and not (isinstance(value, str) and value.startswith("#")):
+                return f'only local references ({key} starting with "#") are supported'
+            if key not in DATA_KEYWORDS:
+                stack.append((value, key in NAME_MAPS))
+    return None
 
 
 def _tool_choice(param: Param, value: Any) -> str | dict:
@@ -188,6 +227,9 @@ def _response_format(param: Param, value: Any) -> dict:
         schema = _json(schema) if schema.strip() else None
     if not isinstance(schema, dict):
         raise ValueError("json_schema needs a schema (a JSON object)")
+    problem = unsafe_schema(schema)
+    if problem:
+        raise ValueError(f"the schema: {problem}")
     _check_schema(schema, "the schema")
     name = str(spec.get("name") or "reply").strip()
     if not TOOL_NAME.match(name):
