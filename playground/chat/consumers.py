@@ -25,7 +25,7 @@ from django.utils.crypto import constant_time_compare
 
 from playground.chat import runs
 from playground.chat.access import aget_conversation_for_user
-from playground.chat.models import Conversation, Message
+from playground.chat.models import Message
 from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
 from playground.chat.views import model_or_default, transcript_context
@@ -158,9 +158,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _rerun(self, data: dict[str, Any]) -> None:
         await self._run_turn(rerun, message_id=_int(data.get("message_id")))
 
+    async def _may_run(self) -> bool:
+        """receive() has just re-read the user, session and conversation: only the role is
+        left to check."""
+        return await database_sync_to_async(self.conversation.can_run)(self.user)
+
     async def _run_turn(self, service, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run."""
-        if not await self._authorized(run=True):
+        if not await self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
         # The default prefix: channels_redis serves all of a process's channels of one
@@ -181,16 +186,19 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
+        html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         await self.channel_layer.group_send(
-            self.group, {"type": "chat.append", "message_ids": [m.pk for m in turn.messages]}
+            self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         )
         if service is start_turn:
             await self._send_partial("composer-sent", {})
-            await self.channel_layer.group_send(self.group, {"type": "chat.title"})
+            context = {"c": turn.conversation, "conversation": turn.conversation}
+            html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
+            await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
         runs.start(turn.run)
 
     async def _stop(self) -> None:
-        if not await self._authorized(run=True):
+        if not await self._may_run():
             await self._send_error("You can watch this conversation but not stop it.")
             return
         channels = [
@@ -205,27 +213,29 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     # Channel layer → browser
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every handler, a hop to the one
+        # database thread. The relay's handlers touch no database (their HTML is rendered
+        # once, by the sender): under load that hop queued each frame behind other
+        # sockets' queries.
+        handler = RELAY_HANDLERS.get(message.get("type", ""))
+        if handler is not None:
+            await handler(self, message)
+        else:
+            await super().dispatch(message)
+
     async def chat_append(self, event: dict[str, Any]) -> None:
+        """New rows, rendered once by the socket that created them."""
         if not await self._still_allowed():
             return
-        messages = [
-            m
-            async for m in Message.objects.filter(
-                pk__in=event["message_ids"], conversation_id=self.conversation_id
-            ).select_related("created_by")
-        ]
-        for message in messages:
-            if message.is_streaming:
-                self.shown.setdefault(message.pk, [0, 0])
-        await self._send_partial("appended", {"transcript": messages})
+        for message_id in event["streaming_ids"]:
+            self.shown.setdefault(message_id, [0, 0])
+        await self.send(text_data=event["html"])
 
     async def chat_title(self, event: dict[str, Any]) -> None:
         if not await self._still_allowed():
             return
-        conversation = await Conversation.objects.filter(pk=self.conversation_id).afirst()
-        if conversation is not None:
-            context = {"c": conversation, "conversation": conversation}
-            await self._send_partial("sidebar-item-oob", context)
+        await self.send(text_data=event["html"])
 
     async def run_delta(self, event: dict[str, Any]) -> None:
         if not await self._still_allowed():
@@ -264,21 +274,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.run_delta(delta)
 
     async def run_done(self, event: dict[str, Any]) -> None:
+        """The finished reply, rendered once by its run."""
         if not await self._still_allowed():
             return
         message_id = event["message_id"]
         self.shown.pop(message_id, None)
         self.waiting.pop(message_id, None)
-        message = (
-            await Message.objects.filter(pk=message_id, conversation_id=self.conversation_id)
-            .select_related("created_by")
-            .afirst()
-        )
-        if message is not None:
-            awaiting = message.pk if message.awaits_tool_results else None
-            await self._send_partial(
-                "message-oob", {"message": message, "awaiting_tools": awaiting}
-            )
+        await self.send(text_data=event["html"])
 
     # Helpers
 
@@ -360,3 +362,12 @@ def _beyond(shown: int, at: int, piece: str) -> str | None:
     if at > shown:
         return None
     return piece[shown - at :]
+
+
+# Handlers that only forward what the channel layer brought: no database, no lookups.
+RELAY_HANDLERS = {
+    "run.delta": ConversationConsumer.run_delta,
+    "chat.append": ConversationConsumer.chat_append,
+    "chat.title": ConversationConsumer.chat_title,
+    "run.done": ConversationConsumer.run_done,
+}

@@ -19,8 +19,10 @@ from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from playground.chat.models import Message
@@ -29,6 +31,8 @@ from playground.providers import client
 from playground.providers.catalog import Model
 
 log = logging.getLogger(__name__)
+
+render = sync_to_async(render_to_string, thread_sensitive=False)
 
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
 _active: dict[int, asyncio.Task] = {}
@@ -125,8 +129,18 @@ class Run:
                 error="The playground failed while saving this reply.",
             )
         await self.layer.group_send(
-            self.group, {"type": "run.done", "message_id": self.request.message_id}
+            self.group,
+            {"type": "run.done", "message_id": self.request.message_id, "html": await self._html()},
         )
+
+    async def _html(self) -> str:
+        """The finished reply as every watcher will show it, rendered once here."""
+        message = await Message.objects.filter(pk=self.request.message_id).afirst()
+        if message is None:  # the conversation was deleted meanwhile
+            return ""
+        awaiting = message.pk if message.awaits_tool_results else None
+        context = {"message": message, "awaiting_tools": awaiting}
+        return await render("chat/playground.html#message-oob", context)
 
     async def _consume(self) -> None:
         params = settings.PLAYGROUND_UPSTREAM

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -35,6 +36,7 @@ class Turn:
 
     messages: list[Message]
     run: RunRequest
+    conversation: Conversation
 
 
 @sensitive_variables("plaintext")
@@ -55,7 +57,9 @@ def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str
         plaintext = key.reveal()
     except KeyDecryptionError as exc:
         raise TurnError(f"{provider.name}: {exc}") from None
-    ApiKey.objects.filter(pk=key.pk).update(last_used=timezone.now())
+    now = timezone.now()
+    if key.last_used is None or now - key.last_used > timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used=now)  # to the minute is enough
     return plaintext
 
 
@@ -229,9 +233,11 @@ def start_turn(
         raise TurnError("Write a message first.")
     if len(text) > MAX_PROMPT_CHARS:
         raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+    before = (conversation.model, conversation.params, conversation.system_prompt)
     model = apply_settings(
         conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
     )
+    changed = before != (conversation.model, conversation.params, conversation.system_prompt)
     attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
     with transaction.atomic():
@@ -245,7 +251,8 @@ def start_turn(
             content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
             created_by=user,
         )
-        prompt.attachments.set(attached)
+        if attached:
+            prompt.attachments.set(attached)
         messages = build_messages(model, system_prompt, [*branch, prompt])
         body = build_body(model, messages, conversation.params)
         reply = _reply(locked, user, prompt, model, body, channel)
@@ -253,9 +260,11 @@ def start_turn(
         locked.system_prompt = conversation.system_prompt
         locked.title_from(text or "Image")
         locked.save()
-        LastSettings.remember(user, locked)
+        if changed or not LastSettings.objects.filter(user=user).exists():
+            LastSettings.remember(user, locked)
         sent = with_image_data(body)
-    return Turn([prompt, reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))
+    run = RunRequest(reply.pk, locked.pk, channel, model, sent, api_key)
+    return Turn([prompt, reply], run, locked)
 
 
 @sensitive_variables("api_key")
@@ -292,7 +301,8 @@ def submit_tool_results(
         reply = _reply(locked, user, parent, model, body, channel)
         locked.save()
         sent = with_image_data(body)
-    return Turn([*created, reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))
+    run = RunRequest(reply.pk, locked.pk, channel, model, sent, api_key)
+    return Turn([*created, reply], run, locked)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -315,4 +325,4 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         reply = _reply(locked, user, original.parent, model, body, channel)
         locked.save()
         sent = with_image_data(body)
-    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key))
+    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key), locked)
