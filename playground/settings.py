@@ -137,16 +137,14 @@ else:
 
 _redis_url = envurl("REDIS_URL", ("redis", "rediss", "unix"))
 if _redis_url:
+    # Redis publish/subscribe: a group message is published once and each process hands it
+    # to its own sockets. The list-based layer popped one message per round trip for all
+    # of a process's sockets; at 200 streams its per-process list overflowed and dropped
+    # frames (bench/relay.py, two processes).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py's default 5 s read timeout equals the layer's blocking-pop timeout and
-            # closed idle sockets; give the socket room above it.
-            "CONFIG": {
-                "hosts": [{"address": _redis_url, "socket_timeout": 15}],
-                "capacity": 1000,
-                "expiry": 30,
-            },
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": _redis_url, "socket_timeout": 15}]},
         }
     }
 else:

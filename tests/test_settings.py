@@ -92,4 +92,7 @@ def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
         text=True,
         check=True,
     ).stdout.split()
-    assert out == ["django.db.backends.postgresql", "channels_redis.core.RedisChannelLayer"]
+    assert out == [
+        "django.db.backends.postgresql",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    ]

@@ -390,3 +390,21 @@ async def test_deleting_a_conversation_stops_its_run(
     assert response.status_code == 302
     assert await asyncio.to_thread(upstream.wait_for_disconnect, 5)
     assert upstream.disconnects[-1].tokens_sent < 500
+
+
+async def test_a_repeated_stop_never_stops_the_next_reply(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    from playground.chat import consumers
+
+    monkeypatch.setattr(consumers, "STOP_REPEAT_AFTER", 0.3)
+    upstream.default = Behaviour(n_tokens=60, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("First")
+    await socket.until(is_delta)
+    await socket.send(action="stop")
+    await socket.until(lambda f: "status-stopped" in f)
+    await socket.send_prompt("Second")  # starts before the stop is said again
+    await socket.until(lambda f: "status-complete" in f or "status-stopped" in f)
+    replies = [m.status async for m in Message.objects.filter(role="assistant")]
+    assert replies == ["stopped", "complete"]
