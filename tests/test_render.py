@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from django.utils.safestring import SafeString
 
-from playground.chat.render import ALLOWED_TAGS, render_markdown, render_streaming_text
+from playground.chat.render import ALLOWED_TAGS, render_markdown
 
 SAFE_SCHEMES = {"http", "https", "mailto"}
 URL_ATTRIBUTES = {"href", "src", "action", "formaction", "xlink:href", "background", "poster"}
@@ -242,9 +242,3 @@ def test_classic_xss_payloads_stay_inert(payload: str) -> None:
     html = render_markdown(payload)
     assert_safe(html)
     assert not {"script", "img", "svg", "iframe", "style"} & set(tags(html))
-
-
-def test_streaming_text_is_escaped() -> None:
-    escaped = render_streaming_text("<b>x</b> & \"'")
-    assert escaped == "&lt;b&gt;x&lt;/b&gt; &amp; &quot;&#x27;"
-    assert parse(escaped) == []

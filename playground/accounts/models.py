@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts import crypto
@@ -107,6 +106,3 @@ class ApiKey(models.Model):
     def rotate(self) -> None:
         self.ciphertext = crypto.rotate(self.ciphertext)
         self.save(update_fields=["ciphertext"])
-
-    async def amark_used(self) -> None:
-        await ApiKey.objects.filter(pk=self.pk).aupdate(last_used=timezone.now())

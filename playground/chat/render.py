@@ -11,7 +11,6 @@ import re
 from functools import lru_cache
 
 import nh3
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
@@ -82,8 +81,3 @@ def render_markdown(text: str) -> SafeString:
     """Render model output as sanitized HTML, ready for a template without ``|safe``."""
     html = _markdown().render(text)
     return mark_safe(_cleaner().clean(html))  # sanitized by nh3 just above
-
-
-def render_streaming_text(text: str) -> SafeString:
-    """Escape a streamed delta; the full message is re-rendered as markdown when it ends."""
-    return escape(text)

@@ -349,7 +349,3 @@ async def wait(message_id: int, timeout: float = 10.0) -> None:
     task = _active.get(message_id)
     if task is not None:
         await asyncio.wait_for(asyncio.shield(task), timeout)
-
-
-def active_count() -> int:
-    return len(_active)
