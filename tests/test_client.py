@@ -709,3 +709,16 @@ async def test_the_official_openai_sdk_assembles_the_same_reply(upstream: FakeUp
         == json.loads("".join(d.arguments for d in deltas))
         == calls[0]["arguments"]
     )
+
+
+async def test_concurrent_streams_spread_over_small_pools(upstream: FakeUpstream) -> None:
+    # One httpcore pool rescans all its connections on every request start and end; spread
+    # over several clients, each scan stays short.
+    from playground.providers import client as module
+
+    upstream.default = Behaviour(n_tokens=3, interval=0.05)
+    results = await asyncio.gather(*(collect(upstream) for _ in range(module.SHARD_STREAMS + 5)))
+    assert all(text_of(r) == upstream.default.text for r in results)
+    shards = module._loop_shards()
+    assert len(shards.clients) == 2 and shards.active == [0, 0]
+    await aclose_clients()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import email.utils
 import json
 import logging
@@ -217,34 +218,67 @@ def build_headers(endpoint: Endpoint, api_key: str | None) -> dict[str, str]:
 # Pooled clients
 # ---------------------------------------------------------------------------------------------
 
-# One client per event loop: an httpx.AsyncClient's connections are bound to the loop that opened
+# Clients per event loop: an httpx.AsyncClient's connections are bound to the loop that opened
 # them, and tests (and Daphne vs. management commands) run several loops in one process.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
+#
+# Each loop has a few clients, filled in order. httpcore's pool scans every connection it holds
+# whenever a request starts or ends, so one pool of 200 streaming connections spent a fifth of
+# the relay's CPU in that scan (py-spy, bench.relay with 200 streams). Quiet traffic stays on
+# the first client and keeps reusing its warm connections.
+SHARD_STREAMS = 32
+_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=32, keepalive_expiry=30.0)
 
-_LIMITS = httpx.Limits(max_connections=500, max_keepalive_connections=100, keepalive_expiry=30.0)
+
+@dataclass
+class _Shards:
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    active: list[int] = field(default_factory=list)
+
+    def lease(self) -> int:
+        for index, count in enumerate(self.active):
+            if count < SHARD_STREAMS and not self.clients[index].is_closed:
+                self.active[index] += 1
+                return index
+        self.clients.append(_new_client())
+        self.active.append(1)
+        return len(self.clients) - 1
+
+    def release(self, index: int) -> None:
+        self.active[index] -= 1
+
+
+_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = weakref.WeakKeyDictionary()
+
+
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        limits=_LIMITS, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
+    )
+
+
+def _loop_shards() -> _Shards:
+    loop = asyncio.get_running_loop()
+    shards = _shards.get(loop)
+    if shards is None:
+        # Forget clients of loops that are gone; their sockets die with the loop.
+        for old in [lp for lp in _shards if lp.is_closed()]:
+            _shards.pop(old, None)
+        shards = _shards[loop] = _Shards()
+    if not shards.clients or shards.clients[0].is_closed:
+        shards.clients[:1] = [_new_client()]
+        shards.active[:1] = [0]
+    return shards
 
 
 def get_client() -> httpx.AsyncClient:
-    """The shared AsyncClient of the running event loop (created on first use)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        # Forget clients of loops that are gone; their sockets die with the loop.
-        for old in [lp for lp in _clients if lp.is_closed()]:
-            _clients.pop(old, None)
-        client = httpx.AsyncClient(
-            limits=_LIMITS, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
-        )
-        _clients[loop] = client
-    return client
+    """The running event loop's first shared AsyncClient (created on first use)."""
+    return _loop_shards().clients[0]
 
 
 async def aclose_clients() -> None:
-    """Close the running loop's shared client (call at shutdown / end of a test)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
+    """Close the running loop's shared clients (call at shutdown / end of a test)."""
+    shards = _shards.pop(asyncio.get_running_loop(), None)
+    for client in shards.clients if shards else []:
         await client.aclose()
 
 
@@ -657,7 +691,22 @@ async def stream(
     LogprobsDelta, Finish, Usage. Usage normally arrives once, in a final chunk after Finish;
     servers that report usage on every chunk yield several (the last one wins).
     """
-    http = client if client is not None else get_client()
+    shards = None if client is not None else _loop_shards()
+    index = shards.lease() if shards else 0
+    http = client if shards is None else shards.clients[index]
+    # aclosing: a stop closes this generator, and that must close the upstream response now.
+    try:
+        async with contextlib.aclosing(_stream(http, endpoint, api_key, body, timeouts)) as events:
+            async for event in events:
+                yield event
+    finally:
+        if shards is not None:
+            shards.release(index)
+
+
+async def _stream(
+    http: httpx.AsyncClient, endpoint: Endpoint, api_key: str | None, body: dict, timeouts
+) -> AsyncIterator[Event]:
     headers = build_headers(endpoint, api_key)
     payload = _stream_body(body)
     attempts = timeouts.max_retries + 1
