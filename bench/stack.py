@@ -216,6 +216,8 @@ class Stack:
             env["DATABASE_URL"] = self.database_url
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
+            # Publish/subscribe channels are server-wide: keep this run's apart.
+            env["PLAYGROUND_REDIS_PREFIX"] = f"bench-{secrets.token_hex(4)}"
         env.update(self.extra_env)
         return env
 

@@ -144,7 +144,12 @@ if _redis_url:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": _redis_url, "socket_timeout": 15}]},
+            # Publish/subscribe ignores Redis database numbers: deployments that share a
+            # Redis server need prefixes of their own.
+            "CONFIG": {
+                "hosts": [{"address": _redis_url, "socket_timeout": 15}],
+                "prefix": os.environ.get("PLAYGROUND_REDIS_PREFIX", "playground"),
+            },
         }
     }
 else:

@@ -96,3 +96,25 @@ def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
         "django.db.backends.postgresql",
         "channels_redis.pubsub.RedisPubSubChannelLayer",
     ]
+
+
+def test_the_redis_prefix_keeps_deployments_apart(tmp_path):
+    code = (
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.CHANNEL_LAYERS['default']['CONFIG']['prefix'])"
+    )
+    environ = dict(
+        os.environ,
+        PLAYGROUND_VAR_DIR=str(tmp_path),
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        PLAYGROUND_REDIS_PREFIX="team-a",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["team-a"]
