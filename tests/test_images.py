@@ -280,3 +280,14 @@ def test_view_code_carries_the_images_as_they_were_sent(client, user, conversati
     )
     page = client.get(f"/m/{reply.pk}/code/").content.decode()
     assert "data:image/png;base64," in page and "attachment:" not in page
+
+
+@pytest.mark.django_db
+def test_uploads_are_limited_per_minute(client, user, settings):
+    settings.PLAYGROUND_IMAGES = {**settings.PLAYGROUND_IMAGES, "MAX_PER_MINUTE": 2}
+    client.force_login(user)
+    upload(client, image_bytes("PNG", size=(10, 10)))
+    upload(client, image_bytes("PNG", size=(11, 10)))
+    response = upload(client, image_bytes("PNG", size=(12, 10)))
+    assert "Too many images in the last minute" in response.content.decode()
+    assert Attachment.objects.count() == 2

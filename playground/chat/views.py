@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -8,6 +9,7 @@ from django.db import IntegrityError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -232,6 +234,12 @@ def attachment_upload(request: HttpRequest) -> HttpResponse:
     stored, errors = [], []
     if not uploads:
         errors.append("Choose an image to attach.")
+    recent = Attachment.objects.filter(
+        owner=request.user, created__gte=timezone.now() - timedelta(minutes=1)
+    ).count()
+    if recent + len(uploads) > settings.PLAYGROUND_IMAGES["MAX_PER_MINUTE"]:
+        # Decoding and re-encoding images is real work: one user cannot keep a process busy.
+        uploads, errors = [], ["Too many images in the last minute: wait a moment."]
     for upload in uploads[:limit]:
         try:
             stored.append(images.store(request.user, images.clean(images.read_upload(upload))))
