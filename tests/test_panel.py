@@ -162,3 +162,17 @@ def test_another_users_preset_cannot_be_touched(client, user, other_user, conver
         )
         assert response.status_code == 404
     assert Preset.objects.get().name == "Eve's"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sending_in_another_conversation_makes_its_settings_the_last_used(
+    upstream, user, api_key, connect
+):
+    older = await Conversation.objects.acreate(
+        owner=user, model="empiriolabs:gemma-4-e4b", params={"seed": 3}, system_prompt="Old."
+    )
+    ok, socket = await connect(user, older.pk)
+    await socket.send_prompt("Hi", **{"param:seed": "3"})
+    await socket.until(lambda f: "status-complete" in f)
+    last = await LastSettings.objects.aget(user=user)
+    assert (last.model, last.params) == ("empiriolabs:gemma-4-e4b", {"seed": 3})

@@ -251,14 +251,14 @@ class LastSettings(models.Model):
 
     @classmethod
     def remember(cls, user, conversation: Conversation) -> None:
-        cls.objects.update_or_create(
-            user=user,
-            defaults={
-                "model": conversation.model,
-                "params": conversation.params,
-                "system_prompt": conversation.system_prompt,
-            },
-        )
+        wanted = {
+            "model": conversation.model,
+            "params": conversation.params,
+            "system_prompt": conversation.system_prompt,
+        }
+        saved = cls.objects.filter(user=user).values(*wanted).first()
+        if saved != wanted:  # one read on every send; a write only when they changed
+            cls.objects.update_or_create(user=user, defaults=wanted)
 
 
 class AttachmentQuerySet(models.QuerySet):

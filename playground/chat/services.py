@@ -203,10 +203,12 @@ def _reply(conversation: Conversation, user, parent: Message, model: Model, body
 
 def _locked(conversation: Conversation, user) -> Conversation:
     conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
-    # A run whose process died must not block the conversation until someone reloads.
-    conversation.messages.mark_stale_interrupted()
-    if conversation.messages.filter(status=Message.Status.STREAMING).exists():
-        raise TurnError("A reply is still streaming: stop it or wait for it to finish.")
+    streaming = conversation.messages.filter(status=Message.Status.STREAMING)
+    if any(streaming.values_list("pk", flat=True)):
+        # A run whose process died must not block the conversation until someone reloads.
+        streaming.mark_stale_interrupted()
+        if streaming.exists():
+            raise TurnError("A reply is still streaming: stop it or wait for it to finish.")
     limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
     running = Message.objects.filter(created_by=user, status=Message.Status.STREAMING).count()
     if running >= limit:
@@ -233,11 +235,9 @@ def start_turn(
         raise TurnError("Write a message first.")
     if len(text) > MAX_PROMPT_CHARS:
         raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
-    before = (conversation.model, conversation.params, conversation.system_prompt)
     model = apply_settings(
         conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
     )
-    changed = before != (conversation.model, conversation.params, conversation.system_prompt)
     attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
     with transaction.atomic():
@@ -260,8 +260,7 @@ def start_turn(
         locked.system_prompt = conversation.system_prompt
         locked.title_from(text or "Image")
         locked.save()
-        if changed or not LastSettings.objects.filter(user=user).exists():
-            LastSettings.remember(user, locked)
+        LastSettings.remember(user, locked)
         sent = with_image_data(body)
     run = RunRequest(reply.pk, locked.pk, channel, model, sent, api_key)
     return Turn([prompt, reply], run, locked)
