@@ -73,25 +73,26 @@ def test_a_bad_encryption_key_stops_start_up_without_echoing_it(tmp_path):
     assert "SECRETVALUE" not in result.stderr
 
 
-def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
-    code = (
-        "import django; django.setup(); from django.conf import settings as s;"
-        "print(s.DATABASES['default']['ENGINE']); print(s.CHANNEL_LAYERS['default']['BACKEND'])"
+def settings_values(tmp_path, *expressions: str, **env: str) -> list[str]:
+    """Each expression (over `s`, the settings) as a fresh process sees it with `env`."""
+    prints = "".join(f"print({e});" for e in expressions)
+    code = f"import django; django.setup(); from django.conf import settings as s; {prints}"
+    environ = dict(os.environ, PLAYGROUND_VAR_DIR=str(tmp_path), **env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
     )
-    environ = dict(
-        os.environ,
-        PLAYGROUND_VAR_DIR=str(tmp_path),
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
+    out = settings_values(
+        tmp_path,
+        "s.DATABASES['default']['ENGINE']",
+        "s.CHANNEL_LAYERS['default']['BACKEND']",
         DATABASE_URL="postgres://u@127.0.0.1:5432/test",
         REDIS_URL="redis://127.0.0.1:6379/0",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
     assert out == [
         "django.db.backends.postgresql",
         "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -99,22 +100,10 @@ def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
 
 
 def test_the_redis_prefix_keeps_deployments_apart(tmp_path):
-    code = (
-        "import django; django.setup(); from django.conf import settings as s;"
-        "print(s.CHANNEL_LAYERS['default']['CONFIG']['prefix'])"
-    )
-    environ = dict(
-        os.environ,
-        PLAYGROUND_VAR_DIR=str(tmp_path),
+    out = settings_values(
+        tmp_path,
+        "s.CHANNEL_LAYERS['default']['CONFIG']['prefix']",
         REDIS_URL="redis://127.0.0.1:6379/0",
         PLAYGROUND_REDIS_PREFIX="team-a",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
     assert out == ["team-a"]
