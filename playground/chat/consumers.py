@@ -290,7 +290,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         message_id = event["message_id"]
         self.shown.pop(message_id, None)
         self.waiting.pop(message_id, None)
-        await self.send(text_data=event["html"])
+        if event["html"]:
+            await self.send(text_data=event["html"])
 
     # Helpers
 

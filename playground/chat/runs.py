@@ -128,9 +128,13 @@ class Run:
                 reasoning=self.reasoning.shown,
                 error="The playground failed while saving this reply.",
             )
+        try:
+            html = await self._html()
+        except Exception:
+            log.exception("run %s: rendering the reply failed", self.request.message_id)
+            html = ""  # the watchers still learn the run ended; a reload shows the reply
         await self.layer.group_send(
-            self.group,
-            {"type": "run.done", "message_id": self.request.message_id, "html": await self._html()},
+            self.group, {"type": "run.done", "message_id": self.request.message_id, "html": html}
         )
 
     async def _html(self) -> str:
@@ -194,9 +198,9 @@ class Run:
             self.first_token_at = time.monotonic()
 
     async def _stop_listening(self, listener: asyncio.Task) -> None:
-        """End the listener with a message, not a cancellation: channels_redis shares one
-        receive loop per process, and cancelling it mid-read loses a message that had
-        already been popped for some other socket of this process."""
+        """End the listener with a message, not a cancellation: with channels_redis's list
+        layer a cancelled receive could lose a message already popped for another socket of
+        this process, and a message ends it cleanly with every layer."""
         await self.layer.send(self.request.channel, {"type": "run.end"})
         done, _ = await asyncio.wait([listener], timeout=5)
         if not done:
