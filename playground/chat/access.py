@@ -6,7 +6,6 @@ by choosing the other door.
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
@@ -22,6 +21,3 @@ def get_conversation_for_user(user, pk: int | str, *, run: bool = False) -> Conv
     if run and not conversation.can_run(user):
         raise PermissionDenied("Viewers can watch but not run.")
     return conversation
-
-
-aget_conversation_for_user = database_sync_to_async(get_conversation_for_user)

@@ -24,7 +24,7 @@ from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 
 from playground.chat import runs
-from playground.chat.access import aget_conversation_for_user
+from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
 from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
@@ -64,28 +64,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _authorized(self, *, run: bool = False) -> bool:
         if not self.user.is_authenticated:
             return False
-        try:
-            # The user loaded at connect may since have been deactivated, deleted, logged
-            # out or given a new password (which ends their other sessions).
-            await self.user.arefresh_from_db(fields=["is_active", "password"])
-            if not await self._session_valid():
-                return False
-            self.conversation = await aget_conversation_for_user(
-                self.user, self.conversation_id, run=run
-            )
-        except (Http404, PermissionDenied, ObjectDoesNotExist):
+        conversation = await database_sync_to_async(check_access)(
+            self.user, self.scope.get("session"), self.conversation_id, run=run
+        )
+        if conversation is None:
             return False
+        self.conversation = conversation
         self.checked_at = time.monotonic()
         return True
-
-    async def _session_valid(self) -> bool:
-        session = self.scope.get("session")
-        if session is None or not session.session_key:
-            return False
-        if not await session.aexists(session.session_key):
-            return False
-        stored = await session.aget(HASH_SESSION_KEY, "")
-        return constant_time_compare(stored, self.user.get_session_auth_hash())
 
     async def _still_allowed(self) -> bool:
         """Pushes re-check access now and then, so a user removed from a team (or logged
@@ -161,7 +147,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _may_run(self) -> bool:
         """receive() has just re-read the user, session and conversation: only the role is
-        left to check."""
+        left to check, and only a team conversation needs the database for it."""
+        if self.conversation.team_id is None:
+            return self.conversation.owner_id == self.user.pk
         return await database_sync_to_async(self.conversation.can_run)(self.user)
 
     async def _run_turn(self, service, **kwargs) -> None:
@@ -343,6 +331,24 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _send_error(self, text: str) -> None:
         await self._send_partial("composer-error", {"error": text})
+
+
+def check_access(user, session, conversation_id: int, *, run: bool = False):
+    """The conversation if this socket's user may still see it (and run it), else None.
+
+    One trip to the database thread: the user may since have been deactivated, deleted,
+    logged out or given a new password (which ends their other sessions)."""
+    try:
+        user.refresh_from_db(fields=["is_active", "password"])
+        if session is None or not session.session_key or not session.exists(session.session_key):
+            return None
+        if not constant_time_compare(
+            session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
+        ):
+            return None
+        return get_conversation_for_user(user, conversation_id, run=run)
+    except (Http404, PermissionDenied, ObjectDoesNotExist):
+        return None
 
 
 def _errors_context(turn: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
