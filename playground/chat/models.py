@@ -4,7 +4,7 @@ import math
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import models
@@ -87,16 +87,17 @@ class MessageQuerySet(models.QuerySet):
         return self.filter(status=Message.Status.STREAMING, checkpoint_at__lt=cutoff)
 
     def mark_stale_interrupted(self) -> int:
+        # Called on every page view and send: read first, so the usual case (nothing stale)
+        # never takes SQLite's write lock.
+        if not self.stale().exists():
+            return 0
         return self.stale().update(
             status=Message.Status.INTERRUPTED,
             error="The server stopped while this reply was streaming.",
         )
 
     async def amark_stale_interrupted(self) -> int:
-        return await self.stale().aupdate(
-            status=Message.Status.INTERRUPTED,
-            error="The server stopped while this reply was streaming.",
-        )
+        return await sync_to_async(self.mark_stale_interrupted)()
 
 
 class Message(models.Model):

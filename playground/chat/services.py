@@ -187,6 +187,26 @@ def apply_settings(
     return model
 
 
+@sensitive_variables("api_key", "run")
+def _turn(
+    conversation: Conversation,
+    user,
+    created: list[Message],
+    model: Model,
+    body: dict[str, Any],
+    channel: str,
+    api_key: str | None,
+    parent: Message | None = None,
+) -> Turn:
+    """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
+
+    Inside the turn's transaction: a missing image aborts the whole turn."""
+    reply = _reply(conversation, user, created[-1] if created else parent, model, body, channel)
+    conversation.save()  # bumps `updated`: the sidebar is newest first
+    run = RunRequest(reply.pk, conversation.pk, channel, model, with_image_data(body), api_key)
+    return Turn([*created, reply], run, conversation)
+
+
 def _reply(conversation: Conversation, user, parent: Message, model: Model, body, channel):
     return Message.objects.create(
         conversation=conversation,
@@ -204,7 +224,7 @@ def _reply(conversation: Conversation, user, parent: Message, model: Model, body
 def _locked(conversation: Conversation, user) -> Conversation:
     conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
     streaming = conversation.messages.filter(status=Message.Status.STREAMING)
-    if any(streaming.values_list("pk", flat=True)):
+    if streaming.exists():
         # A run whose process died must not block the conversation until someone reloads.
         streaming.mark_stale_interrupted()
         if streaming.exists():
@@ -255,15 +275,11 @@ def start_turn(
             prompt.attachments.set(attached)
         messages = build_messages(model, system_prompt, [*branch, prompt])
         body = build_body(model, messages, conversation.params)
-        reply = _reply(locked, user, prompt, model, body, channel)
         locked.model, locked.params = conversation.model, conversation.params
         locked.system_prompt = conversation.system_prompt
         locked.title_from(text or "Image")
-        locked.save()
         LastSettings.remember(user, locked)
-        sent = with_image_data(body)
-    run = RunRequest(reply.pk, locked.pk, channel, model, sent, api_key)
-    return Turn([prompt, reply], run, locked)
+        return _turn(locked, user, [prompt], model, body, channel, api_key)
 
 
 @sensitive_variables("api_key")
@@ -297,11 +313,7 @@ def submit_tool_results(
             created.append(parent)
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
         body = build_body(model, messages, _params_of(asking, model))
-        reply = _reply(locked, user, parent, model, body, channel)
-        locked.save()
-        sent = with_image_data(body)
-    run = RunRequest(reply.pk, locked.pk, channel, model, sent, api_key)
-    return Turn([*created, reply], run, locked)
+        return _turn(locked, user, created, model, body, channel, api_key)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -320,8 +332,6 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
         api_key = resolve_api_key(user, locked, model.provider)
-        body = original.request_body
-        reply = _reply(locked, user, original.parent, model, body, channel)
-        locked.save()
-        sent = with_image_data(body)
-    return Turn([reply], RunRequest(reply.pk, locked.pk, channel, model, sent, api_key), locked)
+        return _turn(
+            locked, user, [], model, original.request_body, channel, api_key, original.parent
+        )
