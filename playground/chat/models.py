@@ -164,10 +164,6 @@ class Message(models.Model):
         return self.status == self.Status.STREAMING
 
     @property
-    def dom_id(self) -> str:
-        return f"msg-{self.pk}"
-
-    @property
     def awaits_tool_results(self) -> bool:
         return (
             self.role == self.Role.ASSISTANT
