@@ -79,6 +79,9 @@ INSTALLED_APPS = [
     "playground.accounts",
     "playground.providers",
     "playground.chat",
+    "playground.review",
+    "playground.prompts",
+    "playground.experiments",
 ]
 
 MIDDLEWARE = [

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from playground.accounts import views as accounts
 from playground.chat import views as chat
@@ -32,5 +32,8 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("review/", include("playground.review.urls")),
+    path("prompts/", include("playground.prompts.urls")),
+    path("experiments/", include("playground.experiments.urls")),
     path("admin/", admin.site.urls),
 ]
