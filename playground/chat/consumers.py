@@ -25,10 +25,9 @@ from django.utils.crypto import constant_time_compare
 
 from playground.chat import runs
 from playground.chat.access import get_conversation_for_user
+from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
-from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
-from playground.chat.views import model_or_default, transcript_context
 from playground.providers import params
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._send_error(str(exc))
             return
         except params.InvalidParams as exc:
-            context = await database_sync_to_async(_errors_context)(kwargs, exc.errors)
+            context = await database_sync_to_async(turn_errors_context)(
+                kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
+            )
             context["error"] = "Fix the highlighted settings: nothing was sent."
             context["status"] = ""
             await self._send_partial("param-errors", context)
@@ -349,11 +350,6 @@ def check_access(user, session, conversation_id: int, *, run: bool = False):
         return get_conversation_for_user(user, conversation_id, run=run)
     except (Http404, PermissionDenied, ObjectDoesNotExist):
         return None
-
-
-def _errors_context(turn: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
-    model = model_or_default(turn.get("model_key", ""))
-    return settings_context(model, turn.get("values", {}), errors)
 
 
 def _ints(value: Any) -> list[int]:

@@ -15,36 +15,17 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from playground.chat import export, images
 from playground.chat.access import get_conversation_for_user
+from playground.chat.contexts import (
+    conversation_settings_context,
+    model_or_default,
+    transcript_context,
+)
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, with_image_data
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
-
-
-def transcript_context(conversation: Conversation) -> dict[str, Any]:
-    Message.objects.filter(conversation=conversation).mark_stale_interrupted()
-    transcript = list(conversation.messages.select_related("created_by"))
-    latest = transcript[-1] if transcript else None
-    awaiting = latest.pk if latest and latest.awaits_tool_results else None
-    return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
-
-
-def model_or_default(key: str) -> catalog.Model:
-    try:
-        return catalog.get_model(key)
-    except catalog.UnknownModel:
-        return catalog.get_model(catalog.DEFAULT_MODEL_KEY)
-
-
-def conversation_settings_context(conversation: Conversation, errors=None) -> dict[str, Any]:
-    model = model_or_default(conversation.model)
-    context = settings_context(
-        model, conversation.params, errors, system_prompt=conversation.system_prompt
-    )
-    context["conversation"] = conversation
-    return context
 
 
 def _sidebar(user) -> list[Conversation]:
