@@ -395,9 +395,9 @@ async def test_deleting_a_conversation_stops_its_run(
 async def test_a_repeated_stop_never_stops_the_next_reply(
     upstream, user, api_key, conversation, connect, monkeypatch
 ):
-    from playground.chat import consumers
+    from playground.chat import runs
 
-    monkeypatch.setattr(consumers, "STOP_REPEAT_AFTER", 0.3)
+    monkeypatch.setattr(runs, "STOP_REPEAT_AFTER", 0.3)
     upstream.default = Behaviour(n_tokens=60, interval=0.01)
     ok, socket = await connect(user, conversation.pk)
     await socket.send_prompt("First")

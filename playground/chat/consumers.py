@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = "chat/playground.html"
 MAX_FRAME_BYTES = 400_000
-STOP_REPEAT_AFTER = 1.0  # seconds
 RATE, BURST = 5.0, 20  # messages per second per socket, and the burst allowed
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
@@ -191,24 +190,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not await self._may_run():
             await self._send_error("You can watch this conversation but not stop it.")
             return
-        channels = await self._send_stops()
-        # Redis publish/subscribe drops a message nobody listens to yet: a stop sent in the
-        # first milliseconds of a run in another process could be lost. Say it once more,
-        # to the same runs only (a new reply may have started since).
-        asyncio.get_running_loop().call_later(
-            STOP_REPEAT_AFTER, lambda: asyncio.ensure_future(self._send_stops(channels))
-        )
-
-    async def _send_stops(self, only: list[str] | None = None) -> list[str]:
-        streaming = Message.objects.filter(
-            conversation_id=self.conversation_id, status=Message.Status.STREAMING
-        ).exclude(run_channel="")
-        if only is not None:
-            streaming = streaming.filter(run_channel__in=only)
-        channels = [c async for c in streaming.values_list("run_channel", flat=True)]
-        for channel in channels:
-            await self.channel_layer.send(channel, {"type": "run.stop"})
-        return channels
+        await runs.stop(Message.objects.filter(conversation_id=self.conversation_id))
 
     # Channel layer → browser
 

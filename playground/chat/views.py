@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from playground.chat import export, images
+from playground.chat import export, images, runs
 from playground.chat.access import get_conversation_for_user
 from playground.chat.contexts import (
     conversation_settings_context,
@@ -272,7 +272,7 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     if conversation.owner_id != request.user.pk:
         return HttpResponse("Only the owner can delete a conversation.", status=403)
-    conversation.stop_runs()
+    runs.stop_sync(conversation.messages.all())
     conversation.delete()
     current = request.headers.get("HX-Current-URL", "")
     if not request.htmx:
