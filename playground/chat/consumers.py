@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -39,6 +40,12 @@ render = sync_to_async(render_to_string, thread_sensitive=False)
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Timers this socket started: kept so they are not garbage-collected, and cancelled
+        # on disconnect so none of them touches a closed socket or the database afterwards.
+        self.tasks: set[asyncio.Task] = set()
+
     async def connect(self) -> None:
         self.user = self.scope["user"]
         self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
@@ -56,8 +63,23 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_transcript()
 
     async def disconnect(self, code: int) -> None:
+        pending = list(self.tasks)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    def _later(self, delay: float, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `work(*args)` after `delay` seconds, unless the socket closes first."""
+
+        async def after() -> None:
+            await asyncio.sleep(delay)
+            await work(*args)
+
+        task = asyncio.create_task(after(), name=f"{type(self).__name__}.{work.__name__}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _authorized(self, *, run: bool = False) -> bool:
         if not self.user.is_authenticated:
@@ -286,10 +308,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             run_channel,
             {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
         )
-        asyncio.get_running_loop().call_later(
-            settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"],
-            lambda: asyncio.ensure_future(self._snapshot_timeout(message_id)),
-        )
+        self._later(settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"], self._snapshot_timeout, message_id)
 
     async def _snapshot_timeout(self, message_id: int) -> None:
         """The run did not answer (its process died): fall back to the saved text."""
