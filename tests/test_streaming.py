@@ -441,6 +441,19 @@ async def run_process_dies(reply: Message) -> None:
     await Message.objects.filter(pk=reply.pk).aupdate(checkpoint_at=long_ago)
 
 
+async def test_a_socket_falls_back_to_the_saved_text_when_the_run_does_not_answer(
+    user, conversation, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "SNAPSHOT_TIMEOUT": 0.2}
+    reply = await orphaned_reply(conversation)
+    ok, socket = await connect(user, conversation.pk)
+    await run_process_dies(reply)
+    await socket.until(lambda f: "status-interrupted" in f)
+    assert streamed_text(socket.frames, reply.pk) == "Half a rep"
+    assert (await Message.objects.aget(pk=reply.pk)).status == "interrupted"
+    await socket.close()
+
+
 async def test_a_closed_socket_leaves_no_timer_behind(user, conversation, connect, settings):
     settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "SNAPSHOT_TIMEOUT": 0.3}
     reply = await orphaned_reply(conversation)

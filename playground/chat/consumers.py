@@ -324,7 +324,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             {"message_id": message_id, "text": message.text, "reasoning": message.reasoning}
         )
         if not message.is_streaming:
-            await self.run_done({"message_id": message_id})
+            # Its run is gone, so nobody else renders the finished reply for this socket.
+            html = await render(f"{TEMPLATE}#message-oob", {"message": message})
+            await self.run_done({"message_id": message_id, "html": html})
 
     async def _send_partial(self, name: str, context: dict[str, Any]) -> None:
         # Markdown and templates cost CPU; a long transcript must not stall every socket.
