@@ -22,7 +22,7 @@ from playground.chat.contexts import (
 )
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
-from playground.chat.services import TurnError, with_image_data
+from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
@@ -81,20 +81,27 @@ def form_values(post: QueryDict) -> dict[str, Any]:
 def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
     """The panel changed: validate, save what is valid, answer with per-field errors.
 
-    Switching models redraws the panel, keeping the values that still apply."""
+    Switching models redraws the panel, keeping the values that still apply. A system prompt
+    over the limit saves nothing: the user is still typing it, and sees why beside it."""
     conversation = get_conversation_for_user(request.user, pk, run=True)
     data = form_values(request.POST)
     model = model_or_default(str(data.get("model", "")))
     values = params.from_form(data)
+    system_prompt = str(data.get("system_prompt", ""))
     switched = model.key != conversation.model
-    conversation.model = model.key
-    conversation.system_prompt = str(data.get("system_prompt", ""))[:50_000]
     errors: dict[str, str] = {}
     try:
-        conversation.params = params.clean(model, values)
+        conversation.params = clean_settings(model, system_prompt, values)
     except params.InvalidParams as exc:
+        if SYSTEM_PROMPT in exc.errors:
+            context = settings_context(model, values, exc.errors, system_prompt=system_prompt)
+            context["status"] = "Nothing was saved: the system prompt is too long."
+            context["error"] = ""
+            return render(request, f"{TEMPLATE}#param-errors", context)
         errors = {} if switched else exc.errors
         conversation.params = params.applicable(model, values)
+    conversation.model = model.key
+    conversation.system_prompt = system_prompt
     conversation.save(update_fields=["model", "system_prompt", "params", "updated"])
     LastSettings.remember(request.user, conversation)
     if switched:
@@ -124,18 +131,15 @@ def preset_save(request: HttpRequest, pk: int) -> HttpResponse:
     if not name:
         return _presets(request, conversation, "Give the preset a name.")
     model = model_or_default(str(data.get("model", "")))
+    system_prompt = str(data.get("system_prompt", ""))
     try:
-        cleaned = params.clean(model, params.from_form(data))
+        cleaned = clean_settings(model, system_prompt, params.from_form(data))
     except params.InvalidParams as exc:
         return _presets(request, conversation, "Fix these first: " + "; ".join(exc.errors.values()))
     Preset.objects.update_or_create(
         owner=request.user,
         name=name,
-        defaults={
-            "model": model.key,
-            "params": cleaned,
-            "system_prompt": str(data.get("system_prompt", ""))[:50_000],
-        },
+        defaults={"model": model.key, "params": cleaned, "system_prompt": system_prompt},
     )
     return _presets(request, conversation)
 
