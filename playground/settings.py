@@ -82,7 +82,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "playground.accounts.middleware.content_security_policy_middleware",
+    "playground.security.content_security_policy_middleware",
 ]
 
 ROOT_URLCONF = "playground.urls"
