@@ -7,14 +7,13 @@ DATABASE_URL (PostgreSQL) and REDIS_URL (Redis) and runs several Daphne processe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from playground.accounts import crypto
 from playground.env import (
     envbool,
     envfloat,
@@ -37,23 +36,14 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 
 
 def _fernet_keys(raw: list[str]) -> list[str]:
-    for position, key in enumerate(raw, start=1):
-        try:
-            ok = len(base64.urlsafe_b64decode(key.encode())) == 32
-        except (binascii.Error, ValueError):
-            ok = False
-        if not ok:
-            raise ImproperlyConfigured(
-                f"PLAYGROUND_ENCRYPTION_KEYS entry {position} is not a Fernet key "
-                "(url-safe base64 of 32 bytes)"
-            )
-    if not raw:
-        raise ImproperlyConfigured("PLAYGROUND_ENCRYPTION_KEYS is set but empty")
-    return raw
-
-
-def _new_fernet_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    try:
+        return crypto.validate_keys(raw)
+    except crypto.InvalidMasterKey as exc:
+        if exc.position is None:
+            raise ImproperlyConfigured(f"PLAYGROUND_ENCRYPTION_KEYS: {exc}") from None
+        raise ImproperlyConfigured(
+            f"PLAYGROUND_ENCRYPTION_KEYS entry {exc.position + 1} {crypto.NOT_A_KEY}"
+        ) from None
 
 
 # The first key encrypts; every key decrypts, so a new key can be prepended and the old ones
@@ -62,7 +52,7 @@ if "PLAYGROUND_ENCRYPTION_KEYS" in os.environ:
     PLAYGROUND_ENCRYPTION_KEYS = _fernet_keys(envlist("PLAYGROUND_ENCRYPTION_KEYS"))
 else:
     PLAYGROUND_ENCRYPTION_KEYS = _fernet_keys(
-        [secret_file(VAR_DIR / "encryption_key", _new_fernet_key)]
+        [secret_file(VAR_DIR / "encryption_key", crypto.generate_key)]
     )
 
 INSTALLED_APPS = [
@@ -95,7 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "playground.accounts.middleware.content_security_policy_middleware",
+    "playground.security.content_security_policy_middleware",
 ]
 
 ROOT_URLCONF = "playground.urls"

@@ -82,9 +82,3 @@ def test_sign_up_works_when_the_setting_allows_it(client, user, settings):
     assert response.status_code == 302
     sam = User.objects.get(username="sam")
     assert not sam.is_staff
-
-
-def test_pages_carry_a_strict_content_security_policy(client, user):
-    client.force_login(user)
-    csp = client.get("/keys/")["Content-Security-Policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp

@@ -73,6 +73,43 @@ def test_a_bad_encryption_key_stops_start_up_without_echoing_it(tmp_path):
     assert "SECRETVALUE" not in result.stderr
 
 
+def test_an_empty_encryption_key_list_stops_start_up(tmp_path):
+    result = run_settings(tmp_path, PLAYGROUND_ENCRYPTION_KEYS=" , ")
+    assert result.returncode != 0
+    assert "PLAYGROUND_ENCRYPTION_KEYS: No encryption keys are configured" in result.stderr
+
+
+def test_the_second_of_two_keys_is_named_when_it_is_bad(tmp_path):
+    from playground.accounts import crypto
+
+    result = run_settings(
+        tmp_path, PLAYGROUND_ENCRYPTION_KEYS=f"{crypto.generate_key()},x-SECRETVALUE"
+    )
+    assert result.returncode != 0
+    assert "PLAYGROUND_ENCRYPTION_KEYS entry 2 is not a valid Fernet key" in result.stderr
+    assert "SECRETVALUE" not in result.stderr
+
+
+def test_the_generated_encryption_key_is_one_crypto_accepts(tmp_path):
+    from playground.accounts import crypto
+
+    assert run_settings(tmp_path).returncode == 0
+    key = (tmp_path / "encryption_key").read_text().strip()
+    assert crypto.validate_keys([key]) == [key]
+    assert crypto.decrypt(crypto.encrypt("hello", keys=[key]), keys=[key]) == "hello"
+
+
+def test_crypto_imports_before_django_is_set_up():
+    # settings.py imports it while settings are still being read.
+    code = "import playground.accounts.crypto as c; print(len(c.validate_keys([c.generate_key()])))"
+    environ = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
 def settings_values(tmp_path, *expressions: str, **env: str) -> list[str]:
     """Each expression (over `s`, the settings) as a fresh process sees it with `env`."""
     prints = "".join(f"print({e});" for e in expressions)

@@ -395,9 +395,9 @@ async def test_deleting_a_conversation_stops_its_run(
 async def test_a_repeated_stop_never_stops_the_next_reply(
     upstream, user, api_key, conversation, connect, monkeypatch
 ):
-    from playground.chat import consumers
+    from playground.chat import runs
 
-    monkeypatch.setattr(consumers, "STOP_REPEAT_AFTER", 0.3)
+    monkeypatch.setattr(runs, "STOP_REPEAT_AFTER", 0.3)
     upstream.default = Behaviour(n_tokens=60, interval=0.01)
     ok, socket = await connect(user, conversation.pk)
     await socket.send_prompt("First")
@@ -408,3 +408,63 @@ async def test_a_repeated_stop_never_stops_the_next_reply(
     await socket.until(lambda f: "status-complete" in f or "status-stopped" in f)
     replies = [m.status async for m in Message.objects.filter(role="assistant")]
     assert replies == ["stopped", "complete"]
+
+
+def snapshot_timers() -> list[asyncio.Task]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name() == "ConversationConsumer._snapshot_timeout" and not task.done()
+    ]
+
+
+async def orphaned_reply(conversation) -> Message:
+    """A reply still marked streaming whose run never answers (its process died)."""
+    from django.utils import timezone
+
+    return await Message.objects.acreate(
+        conversation=conversation,
+        role="assistant",
+        status="streaming",
+        text="Half a rep",
+        run_channel="run.gone",
+        checkpoint_at=timezone.now(),
+    )
+
+
+async def run_process_dies(reply: Message) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(hours=1)
+    await Message.objects.filter(pk=reply.pk).aupdate(checkpoint_at=long_ago)
+
+
+async def test_a_socket_falls_back_to_the_saved_text_when_the_run_does_not_answer(
+    user, conversation, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "SNAPSHOT_TIMEOUT": 0.2}
+    reply = await orphaned_reply(conversation)
+    ok, socket = await connect(user, conversation.pk)
+    await run_process_dies(reply)
+    await socket.until(lambda f: "status-interrupted" in f)
+    assert streamed_text(socket.frames, reply.pk) == "Half a rep"
+    assert (await Message.objects.aget(pk=reply.pk)).status == "interrupted"
+    await socket.close()
+
+
+async def test_a_closed_socket_leaves_no_timer_behind(user, conversation, connect, settings):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "SNAPSHOT_TIMEOUT": 0.3}
+    reply = await orphaned_reply(conversation)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.until(lambda f: 'id="transcript"' in f)
+    assert len(snapshot_timers()) == 1  # the socket holds on to the timer it started
+    await run_process_dies(reply)
+
+    await socket.close()
+    assert snapshot_timers() == []
+    await asyncio.sleep(0.5)  # past the timeout: a timer left running would act now
+
+    # A timer left running would have marked the reply interrupted for a socket long gone.
+    assert (await Message.objects.aget(pk=reply.pk)).status == "streaming"

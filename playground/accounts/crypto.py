@@ -12,10 +12,20 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+NOT_A_KEY = "is not a valid Fernet key (expected url-safe base64 encoding of 32 bytes)"
 DECRYPTION_FAILED = (
     "This stored API key cannot be decrypted: it was changed, or it was encrypted under a "
     "master key that is no longer configured. Save the key again."
 )
+
+
+class InvalidMasterKey(ValueError):
+    """A configured master key is unusable. ``position`` (from 0) says which one, if one does:
+    the key itself is never repeated."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class KeyDecryptionError(Exception):
@@ -30,31 +40,33 @@ def generate_key() -> str:
 
 
 def validate_keys(raw: Sequence[str]) -> list[str]:
-    """Return the keys stripped of surrounding whitespace, or raise ``ValueError``.
+    """Return the keys stripped of surrounding whitespace, or raise ``InvalidMasterKey``.
 
-    Messages name the position only: a near-miss key is still secret material.
+    Messages name the position only: a near-miss key is still secret material. Settings call
+    this before Django's apps are loaded, so this module imports nothing of Django at the top.
     """
     if isinstance(raw, str):
         # A bare string would be iterated character by character.
-        raise ValueError("Encryption keys must be a list of Fernet keys, not a single string.")
+        raise InvalidMasterKey(
+            "Encryption keys must be a list of Fernet keys, not a single string."
+        )
     keys = [_validate_key(position, entry) for position, entry in enumerate(raw)]
     if not keys:
-        raise ValueError("No encryption keys are configured; at least one Fernet key is needed.")
+        raise InvalidMasterKey(
+            "No encryption keys are configured; at least one Fernet key is needed."
+        )
     return keys
 
 
 def _validate_key(position: int, entry: object) -> str:
-    problem = (
-        f"Encryption key at position {position} is not a valid Fernet key "
-        "(expected url-safe base64 encoding of 32 bytes)."
-    )
+    problem = InvalidMasterKey(f"Encryption key at position {position} {NOT_A_KEY}.", position)
     if not isinstance(entry, str):
-        raise ValueError(problem)
+        raise problem
     key = entry.strip()
     try:
         Fernet(key)
     except ValueError:  # binascii.Error is a ValueError too
-        raise ValueError(problem) from None  # the cause may quote the key
+        raise problem from None  # the cause may quote the key
     return key
 
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -25,22 +26,26 @@ from django.utils.crypto import constant_time_compare
 
 from playground.chat import runs
 from playground.chat.access import get_conversation_for_user
+from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
-from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
-from playground.chat.views import model_or_default, transcript_context
 from playground.providers import params
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "chat/playground.html"
 MAX_FRAME_BYTES = 400_000
-STOP_REPEAT_AFTER = 1.0  # seconds
 RATE, BURST = 5.0, 20  # messages per second per socket, and the burst allowed
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Timers this socket started: kept so they are not garbage-collected, and cancelled
+        # on disconnect so none of them touches a closed socket or the database afterwards.
+        self.tasks: set[asyncio.Task] = set()
+
     async def connect(self) -> None:
         self.user = self.scope["user"]
         self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
@@ -58,8 +63,23 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_transcript()
 
     async def disconnect(self, code: int) -> None:
+        pending = list(self.tasks)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    def _later(self, delay: float, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `work(*args)` after `delay` seconds, unless the socket closes first."""
+
+        async def after() -> None:
+            await asyncio.sleep(delay)
+            await work(*args)
+
+        task = asyncio.create_task(after(), name=f"{type(self).__name__}.{work.__name__}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _authorized(self, *, run: bool = False) -> bool:
         if not self.user.is_authenticated:
@@ -168,7 +188,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._send_error(str(exc))
             return
         except params.InvalidParams as exc:
-            context = await database_sync_to_async(_errors_context)(kwargs, exc.errors)
+            context = await database_sync_to_async(turn_errors_context)(
+                kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
+            )
             context["error"] = "Fix the highlighted settings: nothing was sent."
             context["status"] = ""
             await self._send_partial("param-errors", context)
@@ -190,24 +212,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not await self._may_run():
             await self._send_error("You can watch this conversation but not stop it.")
             return
-        channels = await self._send_stops()
-        # Redis publish/subscribe drops a message nobody listens to yet: a stop sent in the
-        # first milliseconds of a run in another process could be lost. Say it once more,
-        # to the same runs only (a new reply may have started since).
-        asyncio.get_running_loop().call_later(
-            STOP_REPEAT_AFTER, lambda: asyncio.ensure_future(self._send_stops(channels))
-        )
-
-    async def _send_stops(self, only: list[str] | None = None) -> list[str]:
-        streaming = Message.objects.filter(
-            conversation_id=self.conversation_id, status=Message.Status.STREAMING
-        ).exclude(run_channel="")
-        if only is not None:
-            streaming = streaming.filter(run_channel__in=only)
-        channels = [c async for c in streaming.values_list("run_channel", flat=True)]
-        for channel in channels:
-            await self.channel_layer.send(channel, {"type": "run.stop"})
-        return channels
+        await runs.stop(Message.objects.filter(conversation_id=self.conversation_id))
 
     # Channel layer → browser
 
@@ -303,10 +308,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             run_channel,
             {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
         )
-        asyncio.get_running_loop().call_later(
-            settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"],
-            lambda: asyncio.ensure_future(self._snapshot_timeout(message_id)),
-        )
+        self._later(settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"], self._snapshot_timeout, message_id)
 
     async def _snapshot_timeout(self, message_id: int) -> None:
         """The run did not answer (its process died): fall back to the saved text."""
@@ -322,7 +324,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             {"message_id": message_id, "text": message.text, "reasoning": message.reasoning}
         )
         if not message.is_streaming:
-            await self.run_done({"message_id": message_id})
+            # Its run is gone, so nobody else renders the finished reply for this socket.
+            html = await render(f"{TEMPLATE}#message-oob", {"message": message})
+            await self.run_done({"message_id": message_id, "html": html})
 
     async def _send_partial(self, name: str, context: dict[str, Any]) -> None:
         # Markdown and templates cost CPU; a long transcript must not stall every socket.
@@ -349,11 +353,6 @@ def check_access(user, session, conversation_id: int, *, run: bool = False):
         return get_conversation_for_user(user, conversation_id, run=run)
     except (Http404, PermissionDenied, ObjectDoesNotExist):
         return None
-
-
-def _errors_context(turn: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
-    model = model_or_default(turn.get("model_key", ""))
-    return settings_context(model, turn.get("values", {}), errors)
 
 
 def _ints(value: Any) -> list[int]:

@@ -4,8 +4,7 @@ import math
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -64,15 +63,6 @@ class Conversation(models.Model):
             return user.pk == self.owner_id
         membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
         return bool(membership and membership.can_run())
-
-    def stop_runs(self) -> None:
-        """Ask every run still streaming here to stop (it may live in another process)."""
-        layer = get_channel_layer()
-        for channel in self.messages.filter(status=Message.Status.STREAMING).values_list(
-            "run_channel", flat=True
-        ):
-            if channel:
-                async_to_sync(layer.send)(channel, {"type": "run.stop"})
 
     def title_from(self, text: str) -> None:
         if not self.title:

@@ -111,6 +111,7 @@ def settings_context(
         "model": model,
         "models": catalog.all_models(),
         "system_prompt": system_prompt,
+        "system_prompt_error": errors.get("system_prompt", ""),
         "model_has_system_role": model.supports(catalog.SYSTEM_ROLE),
         "model_accepts_images": model.supports(catalog.IMAGES),
         "sections": sections,

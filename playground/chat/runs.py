@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from playground.chat.models import Message
+from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import client
 from playground.providers.catalog import Model
@@ -34,8 +36,12 @@ log = logging.getLogger(__name__)
 
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
+STOP_REPEAT_AFTER = 1.0  # seconds
+
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
 _active: dict[int, asyncio.Task] = {}
+# Stops waiting to be said again (see stop()), kept for the same reason.
+_repeats: set[asyncio.Task] = set()
 
 
 def group_name(conversation_id: int) -> str:
@@ -353,3 +359,48 @@ async def wait(message_id: int, timeout: float = 10.0) -> None:
     task = _active.get(message_id)
     if task is not None:
         await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+async def stop(where: QuerySet[Message] | QuerySet[Conversation]) -> list[str]:
+    """Ask every run still streaming among these messages (or in these conversations) to
+    stop, in whatever process it lives. Returns the run channels that were told.
+
+    Stop, delete, team removal, budgets and experiments all stop runs through here."""
+    messages = where if where.model is Message else Message.objects.filter(conversation__in=where)
+    streaming = messages.filter(status=Message.Status.STREAMING).exclude(run_channel="")
+    channels = [c async for c in streaming.values_list("run_channel", flat=True)]
+    if not channels:
+        return []
+    await _send_stop(channels)
+    # Redis publish/subscribe drops a message nobody listens to yet: a stop sent in the first
+    # milliseconds of a run in another process could be lost. Say it once more, to the same
+    # runs only (a new reply may have started since), even if their rows are gone (delete).
+    # A context of its own: called from a sync view, the caller's context names that request's
+    # thread executor, which is gone by the time the repeat queries the database.
+    task = asyncio.create_task(
+        _repeat_stop(channels), name="run-stop-repeat", context=contextvars.Context()
+    )
+    _repeats.add(task)
+    task.add_done_callback(_repeats.discard)
+    return channels
+
+
+def stop_sync(where: QuerySet[Message] | QuerySet[Conversation]) -> list[str]:
+    """stop() for sync views. Under Daphne the repeat is scheduled on the server's loop, so it
+    outlives the request; with no server loop (a management command) only the first is sent."""
+    return async_to_sync(stop)(where)
+
+
+async def _repeat_stop(channels: list[str]) -> None:
+    await asyncio.sleep(STOP_REPEAT_AFTER)
+    ended = Message.objects.filter(run_channel__in=channels).exclude(
+        status=Message.Status.STREAMING
+    )
+    finished = {c async for c in ended.values_list("run_channel", flat=True)}
+    await _send_stop([c for c in channels if c not in finished])
+
+
+async def _send_stop(channels: list[str]) -> None:
+    layer = get_channel_layer()
+    for channel in channels:
+        await layer.send(channel, {"type": "run.stop"})

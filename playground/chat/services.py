@@ -22,6 +22,8 @@ from playground.providers.catalog import Model, Provider
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
+SYSTEM_PROMPT = "system_prompt"  # its key among the settings' field errors
+SYSTEM_PROMPT_TOO_LONG = f"The system prompt is too long: at most {MAX_SYSTEM_CHARS:,} characters."
 MAX_TOOL_RESULT_CHARS = 200_000
 ATTACHMENT_SCHEME = "attachment:"
 
@@ -174,14 +176,29 @@ def build_body(model: Model, messages: list[dict], cleaned: dict[str, Any]) -> d
     return body
 
 
+def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters, typed and within bounds, or InvalidParams naming every field to fix.
+
+    A system prompt over MAX_SYSTEM_CHARS is refused (error key SYSTEM_PROMPT), never cut short:
+    whoever saves or sends it would not know its end was gone."""
+    errors: dict[str, str] = {}
+    if len(system_prompt) > MAX_SYSTEM_CHARS:
+        errors[SYSTEM_PROMPT] = SYSTEM_PROMPT_TOO_LONG
+    try:
+        cleaned = params.clean(model, values)
+    except params.InvalidParams as exc:
+        errors = {**exc.errors, **errors}
+    if errors:
+        raise params.InvalidParams(errors)
+    return cleaned
+
+
 def apply_settings(
     conversation: Conversation, user, *, model_key: str, system_prompt: str, values: dict
 ) -> Model:
     """Validate and store the conversation's model, system prompt and parameters."""
     model = get_model(model_key)
-    if len(system_prompt) > MAX_SYSTEM_CHARS:
-        raise TurnError(f"The system prompt is too long (over {MAX_SYSTEM_CHARS:,} characters).")
-    conversation.params = params.clean(model, values)  # raises params.InvalidParams
+    conversation.params = clean_settings(model, system_prompt, values)
     conversation.model = model.key
     conversation.system_prompt = system_prompt
     return model

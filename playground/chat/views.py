@@ -13,38 +13,19 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from playground.chat import export, images
+from playground.chat import export, images, runs
 from playground.chat.access import get_conversation_for_user
+from playground.chat.contexts import (
+    conversation_settings_context,
+    model_or_default,
+    transcript_context,
+)
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
-from playground.chat.services import TurnError, with_image_data
+from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
-
-
-def transcript_context(conversation: Conversation) -> dict[str, Any]:
-    Message.objects.filter(conversation=conversation).mark_stale_interrupted()
-    transcript = list(conversation.messages.select_related("created_by"))
-    latest = transcript[-1] if transcript else None
-    awaiting = latest.pk if latest and latest.awaits_tool_results else None
-    return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
-
-
-def model_or_default(key: str) -> catalog.Model:
-    try:
-        return catalog.get_model(key)
-    except catalog.UnknownModel:
-        return catalog.get_model(catalog.DEFAULT_MODEL_KEY)
-
-
-def conversation_settings_context(conversation: Conversation, errors=None) -> dict[str, Any]:
-    model = model_or_default(conversation.model)
-    context = settings_context(
-        model, conversation.params, errors, system_prompt=conversation.system_prompt
-    )
-    context["conversation"] = conversation
-    return context
 
 
 def _sidebar(user) -> list[Conversation]:
@@ -100,20 +81,27 @@ def form_values(post: QueryDict) -> dict[str, Any]:
 def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
     """The panel changed: validate, save what is valid, answer with per-field errors.
 
-    Switching models redraws the panel, keeping the values that still apply."""
+    Switching models redraws the panel, keeping the values that still apply. A system prompt
+    over the limit saves nothing: the user is still typing it, and sees why beside it."""
     conversation = get_conversation_for_user(request.user, pk, run=True)
     data = form_values(request.POST)
     model = model_or_default(str(data.get("model", "")))
     values = params.from_form(data)
+    system_prompt = str(data.get("system_prompt", ""))
     switched = model.key != conversation.model
-    conversation.model = model.key
-    conversation.system_prompt = str(data.get("system_prompt", ""))[:50_000]
     errors: dict[str, str] = {}
     try:
-        conversation.params = params.clean(model, values)
+        conversation.params = clean_settings(model, system_prompt, values)
     except params.InvalidParams as exc:
+        if SYSTEM_PROMPT in exc.errors:
+            context = settings_context(model, values, exc.errors, system_prompt=system_prompt)
+            context["status"] = "Nothing was saved: the system prompt is too long."
+            context["error"] = ""
+            return render(request, f"{TEMPLATE}#param-errors", context)
         errors = {} if switched else exc.errors
         conversation.params = params.applicable(model, values)
+    conversation.model = model.key
+    conversation.system_prompt = system_prompt
     conversation.save(update_fields=["model", "system_prompt", "params", "updated"])
     LastSettings.remember(request.user, conversation)
     if switched:
@@ -143,18 +131,15 @@ def preset_save(request: HttpRequest, pk: int) -> HttpResponse:
     if not name:
         return _presets(request, conversation, "Give the preset a name.")
     model = model_or_default(str(data.get("model", "")))
+    system_prompt = str(data.get("system_prompt", ""))
     try:
-        cleaned = params.clean(model, params.from_form(data))
+        cleaned = clean_settings(model, system_prompt, params.from_form(data))
     except params.InvalidParams as exc:
         return _presets(request, conversation, "Fix these first: " + "; ".join(exc.errors.values()))
     Preset.objects.update_or_create(
         owner=request.user,
         name=name,
-        defaults={
-            "model": model.key,
-            "params": cleaned,
-            "system_prompt": str(data.get("system_prompt", ""))[:50_000],
-        },
+        defaults={"model": model.key, "params": cleaned, "system_prompt": system_prompt},
     )
     return _presets(request, conversation)
 
@@ -291,7 +276,7 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     if conversation.owner_id != request.user.pk:
         return HttpResponse("Only the owner can delete a conversation.", status=403)
-    conversation.stop_runs()
+    runs.stop_sync(conversation.messages.all())
     conversation.delete()
     current = request.headers.get("HX-Current-URL", "")
     if not request.htmx:

@@ -1,0 +1,47 @@
+"""Template contexts that the HTTP views and the socket both render.
+
+The page and the socket draw the same partials, so they build the same context here: neither
+side imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playground.chat.models import Conversation, Message
+from playground.chat.panel import settings_context
+from playground.providers import catalog
+
+
+def transcript_context(conversation: Conversation) -> dict[str, Any]:
+    Message.objects.filter(conversation=conversation).mark_stale_interrupted()
+    transcript = list(conversation.messages.select_related("created_by"))
+    latest = transcript[-1] if transcript else None
+    awaiting = latest.pk if latest and latest.awaits_tool_results else None
+    return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
+
+
+def model_or_default(key: str) -> catalog.Model:
+    """A conversation or form may name a model the catalog no longer has: draw the default."""
+    try:
+        return catalog.get_model(key)
+    except catalog.UnknownModel:
+        return catalog.get_model(catalog.DEFAULT_MODEL_KEY)
+
+
+def conversation_settings_context(
+    conversation: Conversation, errors: dict[str, str] | None = None
+) -> dict[str, Any]:
+    model = model_or_default(conversation.model)
+    context = settings_context(
+        model, conversation.params, errors, system_prompt=conversation.system_prompt
+    )
+    context["conversation"] = conversation
+    return context
+
+
+def turn_errors_context(
+    model_key: str, values: dict[str, Any], errors: dict[str, str]
+) -> dict[str, Any]:
+    """The panel redrawn with the errors of a send that was refused."""
+    return settings_context(model_or_default(model_key), values, errors)
