@@ -14,6 +14,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from playground.accounts.forms import AdminCreationForm, ApiKeyForm
 from playground.accounts.middleware import has_users
 from playground.accounts.models import ApiKey
+from playground.http import HtmxHttpRequest
 from playground.providers import catalog
 
 
@@ -80,7 +81,7 @@ def keys(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def key_delete(request: HttpRequest, provider: str) -> HttpResponse:
+def key_delete(request: HtmxHttpRequest, provider: str) -> HttpResponse:
     deleted, _ = ApiKey.objects.for_user(request.user).filter(provider=provider).delete()
     if deleted:
         messages.success(request, "Key deleted.")

@@ -23,6 +23,7 @@ from playground.chat.contexts import (
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
 from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
+from playground.http import HtmxHttpRequest
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
@@ -272,7 +273,7 @@ def conversation_sidebar_item(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     if conversation.owner_id != request.user.pk:
         return HttpResponse("Only the owner can delete a conversation.", status=403)
