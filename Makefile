@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test install-bench browser lint bench lock clean
+.PHONY: run test install install-test install-bench browser lint typecheck bench lock clean
 
 # Dependencies are installed from the pinned, hashed lock files in requirements/ (pip, so the
 # machine's pip configuration applies), then the project itself without its dependencies.
@@ -75,10 +75,14 @@ test: install-test browser
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: install-test
+	$(BIN)/mypy
 
 # The relay benchmark with its defaults; see bench/README.md for the options.
 bench: install-bench
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
