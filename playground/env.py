@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -67,7 +68,7 @@ def envurl(name: str, schemes: tuple[str, ...]) -> str | None:
     return raw
 
 
-def secret_file(path: Path, make: callable) -> str:
+def secret_file(path: Path, make: Callable[[], str]) -> str:
     """Return the secret stored at `path`, creating it (mode 0600) on first run.
 
     The embedded default needs no configuration: the first start generates the secrets into

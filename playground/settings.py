@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from playground.accounts import crypto
@@ -23,6 +24,10 @@ from playground.env import (
     new_secret_key,
     secret_file,
 )
+
+# Lets Django's generic classes be subscripted at run time as their type stubs are
+# (admin.ModelAdmin[Team], UserCreationForm[User]).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PLAYGROUND_VAR_DIR", BASE_DIR / "var")).resolve()

@@ -1,30 +1,33 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from playground.accounts.models import ApiKey, Membership, Team
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(admin.TabularInline[Membership, Team]):
     model = Membership
     extra = 1
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(admin.ModelAdmin[Team]):
     inlines = [MembershipInline]
 
 
+# Everything about a key but its secret, and none of it editable.
+KEY_FIELDS = ("provider", "user", "team", "last_four", "created", "last_used")
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     """Keys can be seen to exist and be deleted here; never read or edited."""
 
-    list_display = ["provider", "user", "team", "last_four", "created", "last_used"]
-    fields = ["provider", "user", "team", "last_four", "created", "last_used"]
-    readonly_fields = fields
+    list_display = fields = readonly_fields = KEY_FIELDS
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
         return False

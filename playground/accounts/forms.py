@@ -4,11 +4,12 @@ import re
 
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 
 KEY_SHAPE = re.compile(r"[\x21-\x7e]{8,500}")
 
 
-class AdminCreationForm(UserCreationForm):
+class AdminCreationForm(UserCreationForm[User]):
     """The first account: an admin who can add everyone else."""
 
 
@@ -22,7 +23,7 @@ class ApiKeyForm(forms.Form):
     )
 
     def clean_key(self) -> str:
-        key = self.cleaned_data["key"]
+        key: str = self.cleaned_data["key"]
         # The key goes into an Authorization header: printable ASCII without spaces only, so
         # a pasted control character or lookalike letter cannot break (or split) the header.
         if not KEY_SHAPE.fullmatch(key):

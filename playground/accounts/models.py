@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -7,11 +9,14 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts import crypto
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
 
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     created = models.DateTimeField(auto_now_add=True)
-    members = models.ManyToManyField(
+    members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="teams"
     )
 
@@ -39,8 +44,10 @@ class Membership(models.Model):
         return self.role != self.Role.VIEWER
 
 
-class ApiKeyQuerySet(models.QuerySet):
-    def for_user(self, user) -> ApiKeyQuerySet:
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def for_user(self, user: User | AnonymousUser) -> ApiKeyQuerySet:
+        if not user.is_authenticated:
+            return self.none()  # an anonymous user owns no keys
         return self.filter(user=user)
 
 
@@ -88,8 +95,17 @@ class ApiKey(models.Model):
 
     @classmethod
     @sensitive_variables("plaintext")
-    def store(cls, *, provider: str, plaintext: str, user=None, team=None) -> ApiKey:
+    def store(
+        cls,
+        *,
+        provider: str,
+        plaintext: str,
+        user: User | AnonymousUser | None = None,
+        team: Team | None = None,
+    ) -> ApiKey:
         """Save (or replace) the key for this provider and owner, encrypted."""
+        if user is not None and not user.is_authenticated:
+            raise ValueError("an anonymous user cannot own an API key")
         plaintext = plaintext.strip()
         key, _ = cls.objects.update_or_create(
             provider=provider,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -16,6 +18,9 @@ from playground.accounts.middleware import has_users
 from playground.accounts.models import ApiKey
 from playground.http import HtmxHttpRequest
 from playground.providers import catalog
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 
 @login_not_required
@@ -50,7 +55,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/signup.html", {"form": form})
 
 
-def _provider_rows(user) -> list[dict]:
+def _provider_rows(user: User | AnonymousUser) -> list[dict[str, Any]]:
     saved = {k.provider: k for k in ApiKey.objects.for_user(user)}
     return [
         {"provider": p, "key": saved.get(p.slug), "form": ApiKeyForm(initial={"provider": p.slug})}
@@ -85,6 +90,6 @@ def key_delete(request: HtmxHttpRequest, provider: str) -> HttpResponse:
     deleted, _ = ApiKey.objects.for_user(request.user).filter(provider=provider).delete()
     if deleted:
         messages.success(request, "Key deleted.")
-    if request.htmx:
+    if request.htmx:  # type: ignore[attr-defined]  # until views take HtmxHttpRequest
         return HttpResponseClientRedirect(reverse("keys"))
     return redirect("keys")

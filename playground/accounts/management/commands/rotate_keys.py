@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -13,7 +15,7 @@ class Command(BaseCommand):
         "Run it after prepending a new master key; then the old keys can be removed."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         rotated, failed = 0, []
         with transaction.atomic():
             for key in ApiKey.objects.select_for_update().order_by("pk"):
