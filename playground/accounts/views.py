@@ -90,6 +90,6 @@ def key_delete(request: HtmxHttpRequest, provider: str) -> HttpResponse:
     deleted, _ = ApiKey.objects.for_user(request.user).filter(provider=provider).delete()
     if deleted:
         messages.success(request, "Key deleted.")
-    if request.htmx:  # type: ignore[attr-defined]  # until views take HtmxHttpRequest
+    if request.htmx:
         return HttpResponseClientRedirect(reverse("keys"))
     return redirect("keys")
