@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+GetResponse = Callable[[HttpRequest], HttpResponse]
+
 CSP = "; ".join(
     [
         "default-src 'self'",
@@ -21,7 +23,7 @@ CSP = "; ".join(
 )
 
 
-def content_security_policy_middleware(get_response: Callable) -> Callable:
+def content_security_policy_middleware(get_response: GetResponse) -> GetResponse:
     """No inline script or style, no other origin: model output cannot run, even if a
     sanitizer bug let markup through."""
 

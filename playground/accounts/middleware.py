@@ -7,6 +7,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
+GetResponse = Callable[[HttpRequest], HttpResponse]
+
 # Once somebody has an account it stays that way; skip the query from then on.
 _has_users = False
 
@@ -18,7 +20,7 @@ def has_users() -> bool:
     return _has_users
 
 
-def first_run_middleware(get_response: Callable) -> Callable:
+def first_run_middleware(get_response: GetResponse) -> GetResponse:
     """Until the first admin exists, every page leads to the set-up form."""
 
     def middleware(request: HttpRequest) -> HttpResponse:
