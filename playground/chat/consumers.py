@@ -19,6 +19,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404
 from django.template.loader import render_to_string
@@ -47,7 +48,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.tasks: set[asyncio.Task] = set()
 
     async def connect(self) -> None:
-        self.user = self.scope["user"]
+        # AuthMiddlewareStack sets the user; without it the socket is simply anonymous.
+        self.user = self.scope.get("user") or AnonymousUser()
         self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
         # Per streaming message: [text length shown, reasoning length shown], or a buffer of
         # deltas that arrived before the run's snapshot did.

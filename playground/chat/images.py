@@ -59,6 +59,7 @@ def read_upload(upload: UploadedFile) -> bytes:
 def clean(data: bytes) -> CleanImage:
     """Decode, check, orient, downscale and re-encode without metadata."""
     limits = _limits()
+    image: Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

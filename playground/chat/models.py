@@ -114,7 +114,9 @@ class Message(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     text = models.TextField(blank=True)
     content_parts = models.JSONField(default=list, blank=True)
-    attachments = models.ManyToManyField("Attachment", blank=True, related_name="messages")
+    attachments: models.ManyToManyField[Attachment, Any] = models.ManyToManyField(
+        "Attachment", blank=True, related_name="messages"
+    )
     reasoning = models.TextField(blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)

@@ -224,7 +224,7 @@ def _turn(
     return Turn([*created, reply], run, conversation)
 
 
-def _reply(conversation: Conversation, user, parent: Message, model: Model, body, channel):
+def _reply(conversation: Conversation, user, parent: Message | None, model: Model, body, channel):
     return Message.objects.create(
         conversation=conversation,
         parent=parent,

@@ -29,7 +29,7 @@ def check_reply(text: str, response_format: dict[str, Any] | None) -> dict[str, 
         return None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return {"valid": False, "path": "$", "message": f"Not JSON: {exc.msg} at line {exc.lineno}"}
     except RecursionError:
         return {"valid": False, "path": "$", "message": "Not JSON: nested too deeply."}

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import FileResponse, Http404, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +23,7 @@ from playground.chat.contexts import (
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import settings_context
 from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
-from playground.http import HtmxHttpRequest
+from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
@@ -45,7 +45,7 @@ def _new_conversation(user) -> Conversation:
 
 @require_GET
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Open the newest conversation if it is still empty, else start a fresh one."""
     newest = Conversation.objects.filter(owner=request.user).first()
     if newest is None or newest.messages.exists():
@@ -55,13 +55,13 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
-def conversation_new(request: HttpRequest) -> HttpResponse:
+def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     return redirect("conversation", pk=_new_conversation(request.user).pk)
 
 
 @require_GET
 @login_required
-def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     context = transcript_context(conversation)
     context.update(conversation_settings_context(conversation))
@@ -79,7 +79,7 @@ def form_values(post: QueryDict) -> dict[str, Any]:
 
 @require_POST
 @login_required
-def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The panel changed: validate, save what is valid, answer with per-field errors.
 
     Switching models redraws the panel, keeping the values that still apply. A system prompt
@@ -114,7 +114,9 @@ def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, f"{TEMPLATE}#param-errors", context)
 
 
-def _presets(request: HttpRequest, conversation: Conversation, error: str = "") -> HttpResponse:
+def _presets(
+    request: AuthenticatedHttpRequest, conversation: Conversation, error: str = ""
+) -> HttpResponse:
     context = {
         "conversation": conversation,
         "presets": Preset.objects.filter(owner=request.user),
@@ -125,7 +127,7 @@ def _presets(request: HttpRequest, conversation: Conversation, error: str = "") 
 
 @require_POST
 @login_required
-def preset_save(request: HttpRequest, pk: int) -> HttpResponse:
+def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     data = form_values(request.POST)
     name = " ".join(str(data.get("preset_name", "")).split())[:100]
@@ -147,7 +149,7 @@ def preset_save(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def preset_load(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+def preset_load(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
     model = model_or_default(preset.model)
@@ -161,7 +163,7 @@ def preset_load(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def preset_rename(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+def preset_rename(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
     name = " ".join((request.headers.get("HX-Prompt") or request.POST.get("name", "")).split())
@@ -177,7 +179,7 @@ def preset_rename(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse
 
 @require_POST
 @login_required
-def preset_delete(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse:
+def preset_delete(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     get_object_or_404(Preset, pk=preset_pk, owner=request.user).delete()
     return _presets(request, conversation)
@@ -185,7 +187,7 @@ def preset_delete(request: HttpRequest, pk: int, preset_pk: int) -> HttpResponse
 
 @require_GET
 @login_required
-def message_code(request: HttpRequest, pk: int) -> HttpResponse:
+def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The exact request of a reply as curl and Python, the key as a placeholder."""
     message = get_object_or_404(
         Message.objects.filter(conversation__in=Conversation.objects.visible_to(request.user)),
@@ -213,7 +215,7 @@ def message_code(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def attachment_upload(request: HttpRequest) -> HttpResponse:
+def attachment_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Images from the file picker, a paste or a drop: each becomes a thumbnail to send."""
     limit = settings.PLAYGROUND_IMAGES["MAX_PER_MESSAGE"]
     uploads = request.FILES.getlist("images")
@@ -238,7 +240,7 @@ def attachment_upload(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
-def attachment_file(request: HttpRequest, pk: int) -> FileResponse:
+def attachment_file(request: AuthenticatedHttpRequest, pk: int) -> FileResponse:
     """An image, only to someone who may see it, never sniffed into something else."""
     attachment = get_object_or_404(Attachment.objects.visible_to(request.user), pk=pk)
     response = FileResponse(attachment.file.open("rb"), content_type=attachment.content_type)
@@ -251,7 +253,7 @@ def attachment_file(request: HttpRequest, pk: int) -> FileResponse:
 
 @require_http_methods(["GET", "POST"])
 @login_required
-def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_rename(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
     error = ""
     if request.method == "POST":
@@ -266,7 +268,7 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @login_required
-def conversation_sidebar_item(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_sidebar_item(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
     return render(request, f"{TEMPLATE}#sidebar-item", {"c": conversation})
 
