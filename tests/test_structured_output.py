@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pytest_django.asserts import assertInHTML
 
 from playground.chat.structured import check_reply
 from playground.providers import params
@@ -51,7 +52,7 @@ async def test_a_structured_reply_is_checked_and_the_page_says_so(
     assert upstream.requests[-1].body["response_format"]["json_schema"]["schema"] == SCHEMA
     await socket.send_prompt("Again", **fields)
     frame = await socket.until(lambda f: "status-complete" in f and "Does not match" in f)
-    assert "<code>$.n</code>" in frame
+    assertInHTML("<code>$.n</code>", frame)
 
 
 @pytest.mark.parametrize(

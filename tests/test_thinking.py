@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import reply_of
+from tests.html import find, text
 from tests.upstream import Behaviour
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -21,6 +22,7 @@ async def test_thinking_is_shown_apart_with_its_time(
     frame = await socket.until(lambda f: "status-complete" in f)
     reply = await reply_of(conversation)
     assert reply.reasoning == "Hmm…" and reply.reasoning_ms > 0
-    assert "<summary>Reasoning · 0." in frame
+    summary = find(find(frame, "details", class_="reasoning"), "summary")
+    assert text(summary).startswith("Reasoning · 0.")
     body = upstream.requests[-1].body
     assert body["enable_thinking"] is True and body["reasoning_effort"] == "high"

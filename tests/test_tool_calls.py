@@ -12,6 +12,7 @@ from playground.providers import client as upstream_client
 from playground.providers import params
 from playground.providers.catalog import GEMMA_4_E4B
 from tests.conftest import reply_of
+from tests.html import find_all, has, text
 from tests.upstream import Behaviour
 
 DEEP = "[" * 100_000
@@ -47,8 +48,10 @@ async def test_tool_calls_are_assembled_shown_and_answered(
         "Weather?", **{"param:tools": json.dumps(WEATHER_TOOL), "param:tool_choice": "auto"}
     )
     frame = await socket.until(lambda f: "status-complete" in f)
-    assert "get_weather({&quot;city&quot;: &quot;Paris&quot;})" in frame
-    assert 'name="result:call_a"' in frame and 'name="result:call_b"' in frame
+    shown = [text(call) for call in find_all(frame, "pre", class_="tool-call")]
+    assert shown == ['get_weather({"city": "Paris"})', 'get_weather({"city": "Oslo"})']
+    assert has(frame, "textarea", name="result:call_a")
+    assert has(frame, "textarea", name="result:call_b")
     asking = await reply_of(conversation)
     assert asking.finish_reason == "tool_calls"
     assert [c["function"]["arguments"] for c in asking.tool_calls] == [
