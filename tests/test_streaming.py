@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 
 from playground.chat import runs
 from playground.chat.models import Message
+from tests.conftest import reply_of
 from tests.html import find, has, text
 from tests.upstream import Behaviour
 
@@ -35,10 +36,6 @@ def streamed_text(frames: list[str], message_id: int, kind: str = "text") -> str
 
 def is_delta(frame: str) -> bool:
     return frame.startswith("+t")
-
-
-async def reply_of(conversation) -> Message:
-    return await Message.objects.filter(conversation=conversation, role="assistant").alast()
 
 
 async def test_it_streams_a_reply_and_saves_it(upstream, user, api_key, conversation, connect):
