@@ -92,6 +92,13 @@ def conversation(user):
     return Conversation.objects.create(owner=user, model="empiriolabs:gemma-4-e4b")
 
 
+async def reply_of(conversation):
+    """The conversation's newest assistant message."""
+    from playground.chat.models import Message
+
+    return await Message.objects.filter(conversation=conversation, role="assistant").alast()
+
+
 def session_cookie(user) -> bytes:
     client = Client()
     client.force_login(user)

@@ -11,6 +11,7 @@ import pytest
 from playground.chat import export
 from playground.providers.catalog import EMPIRIOLABS
 from tests.conftest import SECRET_KEY_VALUE
+from tests.html import attr, find_all
 
 BODY = {
     "model": "gemma-4-e4b",
@@ -77,8 +78,10 @@ def test_view_code_shows_all_three_snippets_for_a_reply(client, user, conversati
     )
     client.force_login(user)
     page = client.get(f"/m/{reply.pk}/code/", headers={"HX-Request": "true"}).content.decode()
-    assert page.count('class="snippet"') == 3
-    assert "$EMPIRIOLABS_API_KEY" in page and 'data-copy="code-' in page
+    assert len(find_all(page, "div", class_="snippet")) == 3
+    copies = [attr(button, "data-copy") for button in find_all(page, "button", data_copy=True)]
+    assert "$EMPIRIOLABS_API_KEY" in page and copies
+    assert all(copy.startswith(f"code-{reply.pk}-") for copy in copies)
     assert "extra_body" in page  # enable_thinking and min_p are not openai SDK keywords
 
 

@@ -15,6 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from playground.chat.models import Attachment, Conversation, Message
+from tests.html import has
 
 HX = {"HX-Request": "true"}
 
@@ -59,8 +60,8 @@ def test_each_accepted_format_is_stored_and_shown_as_a_thumbnail(client, user, d
     attachment = Attachment.objects.get()
     assert attachment.content_type == stored_type and attachment.owner == user
     page = response.content.decode()
-    assert f'name="attachment" value="{attachment.pk}"' in page
-    assert f'src="/attachments/{attachment.pk}/"' in page
+    assert has(page, "input", name="attachment", value=str(attachment.pk))
+    assert has(page, "img", src=f"/attachments/{attachment.pk}/")
     assert attachment.file.name.startswith(f"attachments/{attachment.sha256[:2]}/")
     with Image.open(attachment.file.open("rb")) as stored:
         assert getattr(stored, "n_frames", 1) == 1  # a GIF keeps its first frame
@@ -191,16 +192,16 @@ def test_a_teammate_sees_the_images_of_a_shared_conversation(client, user, other
     client.force_login(other_user)
     assert client.get(f"/attachments/{attachment.pk}/").status_code == 200
     page = client.get(f"/c/{shared.pk}/").content.decode()
-    assert f'<img src="/attachments/{attachment.pk}/"' in page
+    assert has(page, "img", src=f"/attachments/{attachment.pk}/")
 
 
 @pytest.mark.django_db
 def test_the_attach_control_follows_the_models_capability(client, user, conversation):
     client.force_login(user)
-    assert 'id="image-input"' in client.get(f"/c/{conversation.pk}/").content.decode()
+    assert has(client.get(f"/c/{conversation.pk}/").content, "input", id="image-input")
     conversation.model = "aimlapi:google/gemma-3n-e4b-it"
     conversation.save()
-    assert 'id="image-input"' not in client.get(f"/c/{conversation.pk}/").content.decode()
+    assert not has(client.get(f"/c/{conversation.pk}/").content, id="image-input")
 
 
 @database_sync_to_async

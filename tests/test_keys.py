@@ -92,3 +92,12 @@ async def test_a_key_under_an_unknown_master_key_is_a_clear_error_in_the_page(
     frame = await socket.until(lambda f: "composer-error" in f)
     assert "cannot be decrypted" in frame and "Save the key again" in frame
     assert upstream.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("key", ["sk-tëst-0123456789", "sk-test\x1b0123456789", "sk-test\t0123"])
+def test_a_key_with_a_non_ascii_or_control_character_is_refused(client, user, key):
+    client.force_login(user)
+    response = client.post("/keys/", {"provider": "empiriolabs", "key": key})
+    assert b"does not look like an API key" in response.content
+    assert not ApiKey.objects.exists()

@@ -1,11 +1,18 @@
-"""Every documented parameter: typed, bounded, unset when untouched."""
+"""Every documented parameter: typed, bounded, unset when untouched, and carried from the panel
+to the request body."""
 
 from __future__ import annotations
 
 import pytest
+from channels.db import database_sync_to_async
 
+from playground.accounts.models import ApiKey
+from playground.chat.models import Message
 from playground.providers import params
 from playground.providers.catalog import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
+
+GEMMA_4 = "empiriolabs:gemma-4-e4b"
+GEMMA_3N = "aimlapi:google/gemma-3n-e4b-it"
 
 # A value inside the documented range for every parameter of both models, as the panel would
 # send it (strings from number boxes, lists from list editors), and what the body must carry.
@@ -269,3 +276,74 @@ def test_a_slider_range_is_given_where_the_page_gives_none():
     assert (top_k.slider_min, top_k.slider_max) == (0, 200)
     assert "No range is documented" in top_k.help
     assert isinstance(top_k, Param)
+
+
+# End to end: the panel's fields through the socket to the upstream's request body
+
+
+def as_form_fields(values: dict) -> dict:
+    """Values as the panel's controls submit them."""
+    fields = {}
+    for name, value in values.items():
+        if name == "logit_bias":
+            fields["param:logit_bias:token"] = list(value)
+            fields["param:logit_bias:bias"] = list(value.values())
+        elif name == "response_format":
+            fields["param:response_format:type"] = value["type"]
+        else:
+            fields[f"param:{name}"] = value
+    return fields
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model_key", [GEMMA_4, GEMMA_3N])
+async def test_every_control_reaches_the_request_body(
+    model_key, upstream, user, api_key, conversation, connect
+):
+    await database_sync_to_async(ApiKey.store)(
+        provider="aimlapi", plaintext="aiml-key-123456", user=user
+    )
+    model = next(m for m in IN_RANGE if m.key == model_key)
+    cases = IN_RANGE[model]
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Hi", model=model_key, **as_form_fields({n: raw for n, (raw, _) in cases.items()})
+    )
+    await socket.until(lambda f: "status-" in f and "streaming" not in f)
+    body = upstream.requests[-1].body
+    for name, (_, expected) in cases.items():
+        assert body[name] == expected, name
+    # Nothing else: the untouched parameters are absent, so the provider's defaults apply.
+    assert set(body) == {"model", "messages", "stream", "stream_options", *cases}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_unset_parameters_are_absent_from_the_body(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Hi",
+        **{
+            "param:temperature": "",
+            "param:stop": ["", ""],
+            "param:enable_thinking": "",
+            "param:tools": "",
+        },
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    assert set(upstream.requests[-1].body) == {"model", "messages", "stream", "stream_options"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_out_of_range_value_is_refused_over_the_socket(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Hi", **{"param:temperature": "2.01", "param:max_tokens": "4097"})
+    frame = await socket.until(lambda f: "param-error-temperature" in f)
+    assert "temperature must be between 0 and 2 (got 2.01)" in frame
+    assert "max_tokens must be between 1 and 4096 (got 4097)" in frame
+    assert "nothing was sent" in frame
+    assert upstream.requests == []
+    assert await Message.objects.acount() == 0

@@ -1,4 +1,4 @@
-"""A known key goes through every path; it must come out of none of them."""
+"""A known key, and the passwords in URL settings, go through every path; none comes out."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ NEEDLES = (SECRET_KEY_VALUE, SECRET_KEY_VALUE[:-4])
 def assert_clean(where: str, text: str) -> None:
     for needle in NEEDLES:
         assert needle not in text, f"the API key leaked into {where}"
+
+
+def broken_encrypt(plaintext, keys=None):
+    # Far from the test's own lines: the debug page shows source around every frame.
+    raise RuntimeError("disk on fire")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -127,3 +132,25 @@ def test_the_key_is_not_on_the_debug_page_when_a_send_fails(settings, user, api_
         assert_clean("the exception", repr(exc))
     else:
         pytest.fail("start_turn should have failed")
+
+
+@pytest.mark.django_db
+def test_credentials_in_url_settings_are_not_on_the_debug_page(settings, user, monkeypatch):
+    settings.DEBUG = True
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://:hunter2-REDIS@redis.internal:6379/0"}]},
+        }
+    }
+    settings.PLAYGROUND_ARCHIVE_URL = "postgres://ada:hunter2-PG@db.internal/archive"
+
+    monkeypatch.setattr(crypto, "encrypt", broken_encrypt)
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    response = client.post("/keys/", {"provider": "empiriolabs", "key": "sk-valid-looking-key"})
+    page = response.content.decode()
+    assert response.status_code == 500 and "disk on fire" in page
+    # The settings really are on the page, only without their passwords.
+    assert "redis.internal:6379" in page and "db.internal/archive" in page
+    assert "hunter2" not in page

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import time
 
 import pytest
+from channels.layers import get_channel_layer
 
 from playground.chat import runs
 from playground.chat.models import Message
+from tests.conftest import reply_of
+from tests.html import find, has, text
 from tests.upstream import Behaviour
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -34,10 +38,6 @@ def is_delta(frame: str) -> bool:
     return frame.startswith("+t")
 
 
-async def reply_of(conversation) -> Message:
-    return await Message.objects.filter(conversation=conversation, role="assistant").alast()
-
-
 async def test_it_streams_a_reply_and_saves_it(upstream, user, api_key, conversation, connect):
     upstream.default = Behaviour(tokens=["Hello", ",", " world", "!"], interval=0.01)
     ok, socket = await connect(user, conversation.pk)
@@ -60,19 +60,57 @@ async def test_it_streams_a_reply_and_saves_it(upstream, user, api_key, conversa
     await socket.close()
 
 
-async def test_it_sends_the_first_delta_at_once_then_coalesces_frames(
+def record_deltas(monkeypatch) -> list[tuple[float, str]]:
+    """(time.monotonic(), text) for every delta the run publishes, taken as it hands the frame
+    to the channel layer: where the pace is set, so the receiving test's own delays don't count."""
+    sent: list[tuple[float, str]] = []
+    layer = get_channel_layer()
+    original = layer.group_send
+
+    async def recording(group, message):
+        if message.get("type") == "run.delta" and message["text"]:
+            sent.append((time.monotonic(), message["text"]))
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording)
+    return sent
+
+
+async def test_it_sends_the_first_delta_at_once(
     upstream, user, api_key, conversation, connect, settings
 ):
-    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "FRAME_INTERVAL": 0.05}
+    # A frame interval far longer than the upstream's pause after its first token: a run that
+    # waited the interval before its first frame would send the first two tokens together.
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "FRAME_INTERVAL": 2.0}
+    upstream.default = Behaviour(n_tokens=5, silence=0.5, silence_after=1)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Count")
+    first = await socket.until(is_delta)
+    assert upstream.requests[-1].tokens_sent <= 1, "the first frame came before the 2nd token"
+    await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert first == f"+t{reply.pk}:tok0"
+    assert streamed_text(socket.frames, reply.pk) == reply.text == upstream.default.text
+
+
+async def test_frames_of_a_reply_are_never_closer_than_the_frame_interval(
+    upstream, user, api_key, conversation, connect, settings, monkeypatch
+):
+    interval = 0.05
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "FRAME_INTERVAL": interval}
     upstream.default = Behaviour(n_tokens=60, interval=0.005)
+    sent = record_deltas(monkeypatch)
     ok, socket = await connect(user, conversation.pk)
     await socket.send_prompt("Count")
     await socket.until(lambda f: "status-complete" in f)
     reply = await reply_of(conversation)
-    delta_frames = [f for f in socket.frames if f.startswith(f"+t{reply.pk}:")]
-    # 60 tokens over ~0.3 s: at most one frame per 50 ms (plus the first and the last).
-    assert 2 <= len(delta_frames) <= 12
-    assert delta_frames[0].count("tok") == 1, "the first token goes out on its own, at once"
+    # The last frame is exempt: the end of the stream flushes what is left at once. asyncio may
+    # end a pause one clock tick early (it runs timers due within its clock resolution).
+    tick = time.get_clock_info("monotonic").resolution
+    times = [at for at, _ in sent[:-1]]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(gap >= interval - tick for gap in gaps), gaps
+    assert "".join(text for _, text in sent) == upstream.default.text
     assert streamed_text(socket.frames, reply.pk) == reply.text == upstream.default.text
 
 
@@ -124,7 +162,7 @@ async def test_a_second_tab_joining_mid_reply_sees_everything_exactly_once(
     assert streamed_text(first.frames, reply.pk) == expected
     assert streamed_text(second.frames, reply.pk) == expected
     # The late tab got a snapshot (replace) and then only what came after it.
-    assert any('hx-swap-oob="innerHTML"' in f for f in second.frames)
+    assert any(has(f, hx_swap_oob="innerHTML") for f in second.frames)
 
 
 async def test_reopening_after_the_tab_closed_resumes_live(
@@ -182,7 +220,7 @@ async def test_reasoning_streams_apart_from_the_answer(
     reply = await reply_of(conversation)
     assert reply.reasoning == "Let me think." and reply.text == "Four."
     assert streamed_text(socket.frames, reply.pk, "reasoning") == "Let me think."
-    assert '<details class="reasoning">' in final and "Let me think." in final
+    assert "Let me think." in text(find(final, "details", class_="reasoning"))
 
 
 async def test_an_upstream_error_shows_a_plain_message_and_keeps_partial_text(
@@ -195,7 +233,7 @@ async def test_an_upstream_error_shows_a_plain_message_and_keeps_partial_text(
     reply = await reply_of(conversation)
     assert reply.status == Message.Status.ERROR
     assert reply.text == "".join(upstream.default.token_list()[:4])
-    assert reply.error and reply.error in final.replace("&#x27;", "'")
+    assert reply.error and reply.error in html.unescape(final)
 
 
 async def test_a_bad_key_is_a_plain_message(upstream, user, api_key, conversation, connect):
@@ -316,7 +354,8 @@ async def test_a_second_send_while_streaming_is_refused(
 async def test_checkpoints_are_written_at_most_every_interval(
     upstream, user, api_key, conversation, connect, settings, monkeypatch
 ):
-    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "CHECKPOINT_INTERVAL": 0.25}
+    interval = 0.25
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "CHECKPOINT_INTERVAL": interval}
     writes = []
     original = runs.Run._checkpoint
 
@@ -324,15 +363,24 @@ async def test_checkpoints_are_written_at_most_every_interval(
         before = self.checkpointed_at
         await original(self)
         if self.checkpointed_at != before:
-            writes.append(self.checkpointed_at)
+            writes.append((self.checkpointed_at, self.text.shown))
 
     monkeypatch.setattr(runs.Run, "_checkpoint", counting)
     upstream.default = Behaviour(n_tokens=100, interval=0.01)  # about one second
     ok, socket = await connect(user, conversation.pk)
     await socket.send_prompt("Go")
     await socket.until(lambda f: "status-complete" in f)
-    assert 1 <= len(writes) <= 6
-    assert all(b - a >= 0.24 for a, b in zip(writes, writes[1:], strict=False))
+    # The run's own clock readings as it decides to write: no tolerance needed, these are the
+    # very values it compares with the interval.
+    times = [at for at, _ in writes]
+    assert writes, "a one-second reply is checkpointed while it streams"
+    assert all(b - a >= interval for a, b in zip(times, times[1:], strict=False)), times
+    # Each checkpoint holds a longer prefix of the reply; the final write holds all of it.
+    texts = [text for _, text in writes]
+    assert all(upstream.default.text.startswith(text) for text in texts)
+    assert texts == sorted(texts, key=len)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE and reply.text == upstream.default.text
 
 
 async def test_one_user_cannot_stream_more_than_the_cap_at_once(
