@@ -24,11 +24,12 @@ import json
 import logging
 import math
 import random
+import string
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -461,6 +462,52 @@ def _fmt_seconds(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
+@dataclass(frozen=True, slots=True)
+class _StatusRule:
+    """What a failed HTTP status means for the transcript, and whether to try again."""
+
+    kind: str
+    # May name {status}, {detail} (the provider's own message) and {wait} (seconds asked for).
+    text: str
+    # Used instead when a value `text` names is missing (an empty body, no Retry-After).
+    fallback: str = ""
+    # "if_told": only when Retry-After asks for a wait within the cap; "always": that wait, or
+    # backoff; None: the same request would fail the same way again.
+    retry: Literal["if_told", "always"] | None = None
+
+
+# Exact statuses first, then "5xx", then "other": any other refusal, and redirects, which the
+# client never follows.
+_STATUS_RULES: dict[int | str, _StatusRule] = {
+    401: _StatusRule(
+        "auth", "The provider rejected the API key ({status}). Check the key on the Keys page."
+    ),
+    403: _StatusRule(
+        "auth",
+        "The provider denied access ({status}): {detail}",
+        "The provider denied access ({status}). Check the key on the Keys page.",
+    ),
+    404: _StatusRule(
+        "not_found",
+        "Unknown model ({status}): {detail}",
+        "Unknown model ({status}).",
+    ),
+    429: _StatusRule(
+        "rate_limited",
+        "Rate limited ({status}); retry in {wait} s.",
+        "Rate limited ({status}); try again in a moment.",
+        retry="if_told",
+    ),
+    # The number of attempts is known only at the end: _Failure.final() words that message.
+    "5xx": _StatusRule("server", "The provider failed ({status}).", retry="always"),
+    "other": _StatusRule(
+        "bad_request",
+        "The provider refused the request ({status}): {detail}",
+        "The provider refused the request ({status}).",
+    ),
+}
+
+
 def _failure_from_status(
     status: int,
     headers: httpx.Headers,
@@ -469,44 +516,26 @@ def _failure_from_status(
     timeouts: Timeouts,
     attempt: int,
 ) -> _Failure:
-    message = _provider_message(raw, api_key)
-    suffix = f": {message}" if message else "."
-    if status == 401:
-        return _Failure(
-            UpstreamError(
-                "auth",
-                "The provider rejected the API key (401). Check the key on the Keys page.",
-                status=status,
-            )
-        )
-    if status == 403:
-        text = (
-            f"The provider denied access (403): {message}"
-            if message
-            else ("The provider denied access (403). Check the key on the Keys page.")
-        )
-        return _Failure(UpstreamError("auth", text, status=status))
-    if status == 404:
-        return _Failure(UpstreamError("not_found", f"Unknown model (404){suffix}", status=status))
-    if status == 429:
-        wait = _parse_retry_after(headers)
-        if wait is None:
-            text = "Rate limited (429); try again in a moment."
-        else:
-            text = f"Rate limited (429); retry in {max(1, math.ceil(wait))} s."
-        error = UpstreamError("rate_limited", text, status=status, retry_after=wait)
-        retryable = wait is not None and wait <= timeouts.retry_after_cap
-        return _Failure(error, wait if retryable else None)
-    if status >= 500:
-        wait = _parse_retry_after(headers)
-        if wait is None or wait > timeouts.retry_after_cap:
-            wait = _backoff(timeouts, attempt)
-        return _Failure(UpstreamError("server", "", status=status), wait)
-    return _Failure(
-        UpstreamError(
-            "bad_request", f"The provider refused the request ({status}){suffix}", status=status
-        )
+    rule = _STATUS_RULES.get(status) or _STATUS_RULES["5xx" if status >= 500 else "other"]
+    wait = _parse_retry_after(headers) if rule.retry else None
+    values = {
+        "status": status,
+        "detail": _provider_message(raw, api_key),
+        "wait": None if wait is None else max(1, math.ceil(wait)),
+    }
+    named = [name for _, name, _, _ in string.Formatter().parse(rule.text) if name]
+    text = rule.text if all(values[name] for name in named) else rule.fallback
+    error = UpstreamError(
+        rule.kind,
+        text.format_map(values),
+        status=status,
+        retry_after=wait if rule.retry == "if_told" else None,
     )
+    if rule.retry is None:
+        return _Failure(error)
+    if wait is not None and wait <= timeouts.retry_after_cap:
+        return _Failure(error, wait)
+    return _Failure(error, _backoff(timeouts, attempt) if rule.retry == "always" else None)
 
 
 def _failure_from_transport(exc: Exception, timeouts: Timeouts, attempt: int) -> _Failure:
