@@ -13,7 +13,7 @@ from playground.chat import runs
 from playground.chat.models import Message
 from playground.chat.structured import check_reply
 from playground.providers import client as upstream_client
-from playground.providers.catalog import GEMMA_4_E4B
+from playground.providers.specs import GEMMA_4_E4B
 from tests.test_params import IN_RANGE
 from tests.upstream import Behaviour
 

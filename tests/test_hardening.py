@@ -10,7 +10,7 @@ from playground.accounts.models import ApiKey
 from playground.chat.models import Message
 from playground.chat.structured import check_reply
 from playground.providers import params
-from playground.providers.catalog import GEMMA_4_E4B
+from playground.providers.specs import GEMMA_4_E4B
 
 DEEP = "[" * 100_000
 

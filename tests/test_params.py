@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from playground.providers import params
-from playground.providers.catalog import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
+from playground.providers.specs import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
 
 # A value inside the documented range for every parameter of both models, as the panel would
 # send it (strings from number boxes, lists from list editors), and what the body must carry.

@@ -19,6 +19,7 @@ from playground.chat.models import Attachment, Conversation, LastSettings, Messa
 from playground.chat.panel import settings_context
 from playground.chat.services import TurnError, with_image_data
 from playground.providers import catalog, params
+from playground.providers.specs import Model
 
 TEMPLATE = "chat/playground.html"
 
@@ -31,7 +32,7 @@ def transcript_context(conversation: Conversation) -> dict[str, Any]:
     return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
 
 
-def model_or_default(key: str) -> catalog.Model:
+def model_or_default(key: str) -> Model:
     try:
         return catalog.get_model(key)
     except catalog.UnknownModel:
