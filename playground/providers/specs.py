@@ -115,7 +115,7 @@ GEMMA_4_E4B = Model(
             min=0,
             max=2,
             step=0.01,
-            help="Sampling temperature. Lower is more deterministic.",
+            help="Sampling temperature. Lower values are more deterministic.",
         ),
         Param(
             name="top_p",
@@ -202,7 +202,7 @@ GEMMA_4_E4B = Model(
             name="logprobs",
             type="boolean",
             default=False,
-            help="Return token log probabilities.",
+            help="Return token log probabilities when supported.",
             capability=LOGPROBS,
         ),
         Param(
