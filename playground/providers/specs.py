@@ -1,10 +1,10 @@
 """What a provider, a model and a request parameter are, and the built-in ones, as plain data.
 
-Transcribed from the provider pages in shared/seeds/, which win where this file disagrees.
-Django-free on purpose, like client.py and params.py: the specs drive the page's controls,
-validation, the request body and the cost under a reply, and all of that can be used and
-tested without settings or a database. Looking models up, custom endpoints and per-deployment
-base URLs are catalog.py's job.
+Transcribed from the provider pages in shared/seeds/, which win where this file disagrees;
+tests/test_catalog.py reads the pages and compares. Django-free on purpose, like client.py and
+params.py: the specs drive the page's controls, validation, the request body and the cost under
+a reply, and all of that can be used and tested without settings or a database. Looking models
+up, custom endpoints and per-deployment base URLs are catalog.py's job.
 """
 
 from __future__ import annotations
