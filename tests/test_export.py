@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from playground.chat import export
-from playground.providers.catalog import EMPIRIOLABS
+from playground.providers.specs import EMPIRIOLABS
 from tests.conftest import SECRET_KEY_VALUE
 from tests.html import attr, find_all
 
@@ -60,7 +60,7 @@ def test_no_snippet_contains_a_key(settings):
 
 
 def test_a_custom_endpoint_gets_its_own_variable_name():
-    from playground.providers.catalog import Provider
+    from playground.providers.specs import Provider
 
     assert export.key_variable(Provider("lab-vllm", "Lab", "http://x/v1")) == "LAB_VLLM_API_KEY"
 

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from playground.accounts.models import ApiKey
 from playground.chat.models import Message
 from playground.providers import params
-from playground.providers.catalog import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
+from playground.providers.specs import GEMMA_3N_E4B, GEMMA_4_E4B, Model, Param
 
 GEMMA_4 = "empiriolabs:gemma-4-e4b"
 GEMMA_3N = "aimlapi:google/gemma-3n-e4b-it"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from playground.chat import runs
-from playground.providers.catalog import GEMMA_4_E4B
+from playground.providers.specs import GEMMA_4_E4B
 
 
 def make_run() -> runs.Run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from playground.providers.client import SSEDecoder, SSEEvent
+from playground.providers.sse import SSEDecoder, SSEEvent
 
 
 def decode(*chunks: bytes, flush: bool = True) -> list[SSEEvent]:

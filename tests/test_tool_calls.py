@@ -10,7 +10,7 @@ import pytest
 from playground.chat import runs
 from playground.providers import client as upstream_client
 from playground.providers import params
-from playground.providers.catalog import GEMMA_4_E4B
+from playground.providers.specs import GEMMA_4_E4B
 from tests.conftest import reply_of
 from tests.html import find_all, has, text
 from tests.upstream import Behaviour

@@ -11,6 +11,7 @@ from typing import Any
 from playground.chat.models import Conversation, Message
 from playground.chat.panel import settings_context
 from playground.providers import catalog
+from playground.providers.specs import Model
 
 
 def transcript_context(conversation: Conversation) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def transcript_context(conversation: Conversation) -> dict[str, Any]:
     return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
 
 
-def model_or_default(key: str) -> catalog.Model:
+def model_or_default(key: str) -> Model:
     """A conversation or form may name a model the catalog no longer has: draw the default."""
     try:
         return catalog.get_model(key)

@@ -10,7 +10,8 @@ import pprint
 import re
 from typing import Any
 
-from playground.providers.catalog import Provider
+from playground.providers import catalog
+from playground.providers.specs import Provider
 
 # Parameters the openai SDK takes as keyword arguments; anything else (enable_thinking, min_p,
 # top_k, ...) has to travel in extra_body.
@@ -27,7 +28,7 @@ def key_variable(provider: Provider) -> str:
 
 
 def _url(provider: Provider) -> str:
-    return provider.endpoint().base_url.rstrip("/")
+    return catalog.endpoint(provider).base_url.rstrip("/")
 
 
 def as_curl(body: dict[str, Any], provider: Provider) -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from playground.providers import catalog
-from playground.providers.catalog import Model, Param
+from playground.providers import catalog, specs
+from playground.providers.specs import Model, Param
 
 SECTIONS = [
     (None, "Sampling"),
-    (catalog.THINKING, "Thinking"),
-    (catalog.LOGPROBS, "Log probabilities"),
-    (catalog.TOOLS, "Function tools"),
-    (catalog.JSON_OUTPUT, "Structured output"),
+    (specs.THINKING, "Thinking"),
+    (specs.LOGPROBS, "Log probabilities"),
+    (specs.TOOLS, "Function tools"),
+    (specs.JSON_OUTPUT, "Structured output"),
 ]
 
 
@@ -112,8 +112,8 @@ def settings_context(
         "models": catalog.all_models(),
         "system_prompt": system_prompt,
         "system_prompt_error": errors.get("system_prompt", ""),
-        "model_has_system_role": model.supports(catalog.SYSTEM_ROLE),
-        "model_accepts_images": model.supports(catalog.IMAGES),
+        "model_has_system_role": model.supports(specs.SYSTEM_ROLE),
+        "model_accepts_images": model.supports(specs.IMAGES),
         "sections": sections,
         "controls": controls,
     }

@@ -29,8 +29,8 @@ from django.utils import timezone
 
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
-from playground.providers import client
-from playground.providers.catalog import Model
+from playground.providers import catalog, client
+from playground.providers.specs import Model
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Run:
             retry_after_cap=params["RETRY_AFTER_CAP"],
             max_retries=params["MAX_RETRIES"],
         )
-        endpoint = self.request.model.provider.endpoint()
+        endpoint = catalog.endpoint(self.request.model.provider)
         events = client.stream(endpoint, self.request.api_key, self.request.body, timeouts=timeouts)
         try:
             async for event in events:

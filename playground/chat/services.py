@@ -18,7 +18,7 @@ from playground.chat import images
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
-from playground.providers.catalog import Model, Provider
+from playground.providers.specs import IMAGES, SYSTEM_ROLE, Model, Provider
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
@@ -143,7 +143,7 @@ def with_image_data(body: dict[str, Any]) -> dict[str, Any]:
 def attachments_for(user, model: Model, ids: list[int]) -> list[Attachment]:
     if not ids:
         return []
-    if not model.supports(catalog.IMAGES):
+    if not model.supports(IMAGES):
         raise TurnError(f"{model.label} does not accept images: remove them or pick another model.")
     limit = settings.PLAYGROUND_IMAGES["MAX_PER_MESSAGE"]
     if len(ids) > limit:
@@ -158,7 +158,7 @@ def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> l
     messages = [m for m in map(as_openai, branch) if m is not None]
     system_prompt = system_prompt.strip()
     if system_prompt:
-        if model.supports(catalog.SYSTEM_ROLE):
+        if model.supports(SYSTEM_ROLE):
             messages.insert(0, {"role": "system", "content": system_prompt})
         else:
             # Some Gemma deployments reject a system role: fold it into the first user turn.

@@ -1,310 +1,23 @@
-"""The providers, models and parameters the playground knows, as data.
+"""Which models a user can pick, and where their requests go, in this deployment.
 
-Built from the provider pages in shared/seeds/ (they win where this file disagrees), plus the
-custom OpenAI-compatible endpoints an admin adds in the database. The same specs drive the
-page's controls, server-side validation, the request body and the cost shown under a reply.
+The built-in providers and models are plain data in specs.py. This module adds what needs
+Django: the custom OpenAI-compatible endpoints an admin adds in the database, and the base URL
+a deployment (or the test suite) points a provider at instead of the documented one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 
+from playground.providers import specs
 from playground.providers.client import Endpoint
+from playground.providers.specs import Model, Provider
 
-IMAGES = "images"
-TOOLS = "tools"
-JSON_OUTPUT = "json_output"
-THINKING = "thinking"
-LOGPROBS = "logprobs"
-SYSTEM_ROLE = "system_role"
-
-
-@dataclass(frozen=True)
-class Param:
-    """One documented request parameter.
-
-    `min`/`max` are the documented bounds the server enforces (`None`: the page gives none);
-    `ui_min`/`ui_max` bound the slider where the page is silent, and the help text says so.
-    """
-
-    name: str
-    type: str  # number | integer | boolean | enum | string_list | token_bias | tools | ...
-    default: Any = None
-    min: float | None = None
-    max: float | None = None
-    step: float | None = None
-    choices: tuple[str, ...] = ()
-    max_items: int | None = None
-    help: str = ""
-    ui_min: float | None = None
-    ui_max: float | None = None
-    capability: str | None = None  # the panel section it belongs to
-
-    @property
-    def slider_min(self) -> float | None:
-        return self.min if self.min is not None else self.ui_min
-
-    @property
-    def slider_max(self) -> float | None:
-        return self.max if self.max is not None else self.ui_max
-
-    @property
-    def is_numeric(self) -> bool:
-        return self.type in ("number", "integer")
-
-
-@dataclass(frozen=True)
-class Provider:
-    slug: str
-    name: str
-    base_url: str
-    requires_key: bool = True
-    custom: bool = False
-
-    def endpoint(self) -> Endpoint:
-        base_url = settings.PLAYGROUND_PROVIDER_BASE_URLS.get(self.slug, self.base_url)
-        return Endpoint(base_url=base_url)
-
-
-@dataclass(frozen=True)
-class Model:
-    provider: Provider
-    id: str
-    label: str
-    capabilities: frozenset[str] = frozenset()
-    context_window: int | None = None
-    max_output: int | None = None
-    price_per_message: Decimal | None = None
-    params: tuple[Param, ...] = field(default=())
-    notes: str = ""
-
-    @property
-    def key(self) -> str:
-        """Stable id across providers: two servers may serve the same model id."""
-        return f"{self.provider.slug}:{self.id}"
-
-    def supports(self, capability: str) -> bool:
-        return capability in self.capabilities
-
-    def cost(self, completed: bool) -> Decimal | None:
-        # EmpirioLabs bills per successful message; nothing is documented per token.
-        if self.price_per_message is None:
-            return None
-        return self.price_per_message if completed else Decimal("0")
-
-
-EMPIRIOLABS = Provider("empiriolabs", "EmpirioLabs", "https://api.empiriolabs.ai/v1")
-AIMLAPI = Provider("aimlapi", "AI/ML API", "https://api.aimlapi.com/v1")
-BUILTIN_PROVIDERS = {p.slug: p for p in (EMPIRIOLABS, AIMLAPI)}
-
-GEMMA_4_E4B = Model(
-    provider=EMPIRIOLABS,
-    id="gemma-4-e4b",
-    label="Gemma 4 E4B",
-    capabilities=frozenset({IMAGES, TOOLS, JSON_OUTPUT, THINKING, LOGPROBS, SYSTEM_ROLE}),
-    context_window=8192,
-    max_output=4096,
-    price_per_message=Decimal("0.03"),
-    params=(
-        Param(
-            "temperature",
-            "number",
-            0.7,
-            0,
-            2,
-            0.01,
-            help="Sampling temperature. Lower is more deterministic.",
-        ),
-        Param("top_p", "number", 0.95, 0, 1, 0.01, help="Nucleus sampling probability mass."),
-        Param("min_p", "number", 0, 0, 1, 0.01, help="Minimum token probability filter."),
-        Param("max_tokens", "integer", 4096, 1, 4096, 1, help="Maximum output tokens."),
-        Param("stop", "string_list", help="One or more stop strings."),
-        Param(
-            "seed", "integer", None, 0, 2147483647, 1, help="Optional deterministic sampling seed."
-        ),
-        Param(
-            "presence_penalty",
-            "number",
-            0,
-            -2,
-            2,
-            0.01,
-            help="Penalize tokens that already appeared.",
-        ),
-        Param(
-            "frequency_penalty",
-            "number",
-            0,
-            -2,
-            2,
-            0.01,
-            help="Penalize repeated tokens by frequency.",
-        ),
-        Param(
-            "repetition_penalty", "number", 1, 0.1, 2, 0.01, help="Discourage exact repeated text."
-        ),
-        Param(
-            "enable_thinking",
-            "boolean",
-            True,
-            capability=THINKING,
-            help="Enable the model reasoning channel before final output.",
-        ),
-        Param(
-            "reasoning_effort",
-            "enum",
-            None,
-            choices=("low", "medium", "high"),
-            capability=THINKING,
-            help="OpenAI-compatible hint. Medium and high enable thinking mode.",
-        ),
-        Param(
-            "logprobs",
-            "boolean",
-            False,
-            capability=LOGPROBS,
-            help="Return token log probabilities.",
-        ),
-        Param(
-            "top_logprobs",
-            "integer",
-            None,
-            0,
-            20,
-            1,
-            capability=LOGPROBS,
-            help="Number of alternate token log probabilities to return.",
-        ),
-        Param(
-            "tools",
-            "tools",
-            capability=TOOLS,
-            help="OpenAI-compatible function tool definitions (a JSON array).",
-        ),
-        Param(
-            "tool_choice",
-            "tool_choice",
-            capability=TOOLS,
-            help="auto, none, required, or the name of one function.",
-        ),
-        Param(
-            "response_format",
-            "response_format",
-            capability=JSON_OUTPUT,
-            help="Structured JSON output: any JSON object, or one matching a schema.",
-        ),
-    ),
-    notes="Billed $0.03 per successful message. Thinking is on by default.",
-)
-
-GEMMA_3N_E4B = Model(
-    provider=AIMLAPI,
-    id="google/gemma-3n-e4b-it",
-    label="Gemma 3n E4B",
-    capabilities=frozenset(),
-    # The AI/ML API page documents no context window, output cap or price.
-    params=(
-        Param(
-            "max_completion_tokens",
-            "integer",
-            512,
-            1,
-            None,
-            1,
-            ui_max=8192,
-            help="Upper bound for visible output plus reasoning tokens. No upper bound is "
-            "documented; the slider stops at 8192.",
-        ),
-        Param(
-            "max_tokens",
-            "integer",
-            512,
-            1,
-            None,
-            1,
-            ui_max=8192,
-            help="Maximum tokens generated. No upper bound is documented; the slider stops "
-            "at 8192.",
-        ),
-        Param(
-            "temperature", "number", None, 0, 2, 0.01, help="Sampling temperature, between 0 and 2."
-        ),
-        Param("top_p", "number", None, 0.01, 1, 0.01, help="Nucleus sampling probability mass."),
-        Param(
-            "seed",
-            "integer",
-            None,
-            1,
-            None,
-            1,
-            ui_max=2147483647,
-            help="Best-effort deterministic sampling (beta). No upper bound is documented; "
-            "the slider stops at 2147483647.",
-        ),
-        Param(
-            "min_p",
-            "number",
-            None,
-            0,
-            1,
-            0.01,
-            help="Between 0 and 1; an alternative to top_p and top_k.",
-        ),
-        Param(
-            "top_k",
-            "number",
-            None,
-            None,
-            None,
-            1,
-            ui_min=0,
-            ui_max=200,
-            help="Sample from the top K tokens. No range is documented; the slider covers "
-            "0 to 200.",
-        ),
-        Param(
-            "repetition_penalty",
-            "number",
-            None,
-            None,
-            None,
-            0.01,
-            ui_min=0,
-            ui_max=2,
-            help="Higher values reduce repetition. No range is documented; the slider "
-            "covers 0 to 2.",
-        ),
-        Param(
-            "top_a",
-            "number",
-            None,
-            None,
-            1,
-            0.01,
-            ui_min=0,
-            help="Alternate top sampling, at most 1. No lower bound is documented; the "
-            "slider starts at 0.",
-        ),
-        Param("stop", "string_list", max_items=4, help="Up to 4 sequences where generation stops."),
-        Param(
-            "logit_bias",
-            "token_bias",
-            ui_min=-100,
-            ui_max=100,
-            help="Token id → bias added to its logit. No range is documented; the editor "
-            "takes -100 to 100.",
-        ),
-    ),
-)
-
-BUILTIN_MODELS = (GEMMA_4_E4B, GEMMA_3N_E4B)
-DEFAULT_MODEL_KEY = GEMMA_4_E4B.key
-_BUILTIN_BY_KEY = {m.key: m for m in BUILTIN_MODELS}
+DEFAULT_MODEL_KEY = specs.GEMMA_4_E4B.key
+_BUILTIN_BY_KEY = {m.key: m for m in specs.BUILTIN_MODELS}
 
 
 class UnknownModel(LookupError):
@@ -334,24 +47,24 @@ def _load_custom_models() -> list[Model]:
     from playground.providers.models import CustomEndpoint
 
     found = []
-    for endpoint in CustomEndpoint.objects.order_by("name"):
+    for custom in CustomEndpoint.objects.order_by("name"):
         provider = Provider(
-            endpoint.slug,
-            endpoint.name,
-            endpoint.base_url,
-            requires_key=endpoint.requires_key,
+            custom.slug,
+            custom.name,
+            custom.base_url,
+            requires_key=custom.requires_key,
             custom=True,
         )
-        caps = frozenset({SYSTEM_ROLE} | ({IMAGES} if endpoint.supports_images else set()))
-        for model_id in endpoint.model_list():
+        caps = {specs.SYSTEM_ROLE} | ({specs.IMAGES} if custom.supports_images else set())
+        for model_id in custom.model_list():
             found.append(
                 Model(
                     provider,
                     model_id,
-                    f"{model_id} ({endpoint.name})",
-                    capabilities=caps,
-                    context_window=endpoint.context_window,
-                    max_output=endpoint.max_output,
+                    f"{model_id} ({custom.name})",
+                    capabilities=frozenset(caps),
+                    context_window=custom.context_window,
+                    max_output=custom.max_output,
                 )
             )
     return found
@@ -359,7 +72,7 @@ def _load_custom_models() -> list[Model]:
 
 def all_models() -> list[Model]:
     """Every model a user can pick. Reads the database: call from sync code."""
-    return [*BUILTIN_MODELS, *_custom_models()]
+    return [*specs.BUILTIN_MODELS, *_custom_models()]
 
 
 def get_model(key: str) -> Model:
@@ -369,6 +82,12 @@ def get_model(key: str) -> Model:
         if model.key == key:
             return model
     raise UnknownModel(key)
+
+
+def endpoint(provider: Provider) -> Endpoint:
+    """Where requests for `provider` go: its documented URL unless settings point elsewhere."""
+    base_url = settings.PLAYGROUND_PROVIDER_BASE_URLS.get(provider.slug, provider.base_url)
+    return Endpoint(base_url=base_url)
 
 
 def providers() -> list[Provider]:

@@ -18,21 +18,22 @@ log line; only `build_headers()` and the local `headers` dict hold it.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import email.utils
 import json
 import logging
 import math
 import random
-import re
+import string
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+
+from playground.providers.sse import SSEDecoder, SSEEvent
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -41,8 +42,6 @@ __all__ = [
     "Finish",
     "LogprobsDelta",
     "ReasoningDelta",
-    "SSEDecoder",
-    "SSEEvent",
     "StreamError",
     "TextDelta",
     "Timeouts",
@@ -283,102 +282,6 @@ async def aclose_clients() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Server-sent events
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    data: str
-    event: str = "message"
-    id: str | None = None
-    retry: int | None = None
-
-
-_EOL = re.compile(r"\r\n|\r|\n")
-
-
-class SSEDecoder:
-    """Incremental WHATWG event-stream decoder fed with raw bytes.
-
-    Handles LF, CRLF and lone CR line endings (also a CRLF split across two feeds), UTF-8
-    characters split across feeds, comments, multi-line data and the event/id/retry fields.
-
-    Deliberate deviation: the spec (and the OpenAI SDK) drop a final event that lacks its blank
-    line at EOF; `flush()` dispatches it instead. Losing the last chunk (often finish_reason or
-    usage) to a sloppy proxy is worse than acting on it — a truncated JSON payload fails to parse
-    and becomes a StreamError anyway.
-    """
-
-    def __init__(self) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""  # text after the last line ending
-        self._skip_lf = False  # previous feed ended with CR: a leading LF belongs to it
-        self._started = False
-        self._data: list[str] = []
-        self._event = ""
-        self._last_id: str | None = None  # persists across events, per spec
-        self._retry: int | None = None
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        return self._process(self._utf8.decode(chunk))
-
-    def flush(self) -> list[SSEEvent]:
-        """End of stream: treat leftover text as a last line and dispatch a pending event."""
-        events = self._process(self._utf8.decode(b"", final=True))
-        if self._buffer:
-            events.extend(self._line(self._buffer))
-            self._buffer = ""
-        events.extend(self._line(""))
-        return events
-
-    def _process(self, text: str) -> list[SSEEvent]:
-        if not text:
-            return []  # keep _skip_lf: the decoder may be holding half a character
-        if not self._started:
-            self._started = True
-            text = text.removeprefix("\ufeff")
-        if self._skip_lf:
-            self._skip_lf = False
-            text = text.removeprefix("\n")
-        buffer = self._buffer + text
-        events: list[SSEEvent] = []
-        start = 0
-        for match in _EOL.finditer(buffer):
-            events.extend(self._line(buffer[start : match.start()]))
-            start = match.end()
-        # A CR at the very end may be the first half of a CRLF split across feeds.
-        self._skip_lf = start == len(buffer) and buffer.endswith("\r")
-        self._buffer = buffer[start:]
-        return events
-
-    def _line(self, line: str) -> Iterator[SSEEvent]:
-        if not line:
-            yield from self._dispatch()
-            return
-        if line.startswith(":"):
-            return  # comment / keep-alive
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            if "\0" not in value:
-                self._last_id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self._retry = int(value)
-
-    def _dispatch(self) -> Iterator[SSEEvent]:
-        data, event = self._data, self._event
-        self._data, self._event = [], ""
-        if data:  # per spec an empty data buffer dispatches nothing
-            yield SSEEvent("\n".join(data), event or "message", self._last_id, self._retry)
-
-
-# ---------------------------------------------------------------------------------------------
 # Chunk → events
 # ---------------------------------------------------------------------------------------------
 
@@ -559,6 +462,52 @@ def _fmt_seconds(value: float) -> str:
     return f"{round(value, 1):g}"
 
 
+@dataclass(frozen=True, slots=True)
+class _StatusRule:
+    """What a failed HTTP status means for the transcript, and whether to try again."""
+
+    kind: str
+    # May name {status}, {detail} (the provider's own message) and {wait} (seconds asked for).
+    text: str
+    # Used instead when a value `text` names is missing (an empty body, no Retry-After).
+    fallback: str = ""
+    # "if_told": only when Retry-After asks for a wait within the cap; "always": that wait, or
+    # backoff; None: the same request would fail the same way again.
+    retry: Literal["if_told", "always"] | None = None
+
+
+# Exact statuses first, then "5xx", then "other": any other refusal, and redirects, which the
+# client never follows.
+_STATUS_RULES: dict[int | str, _StatusRule] = {
+    401: _StatusRule(
+        "auth", "The provider rejected the API key ({status}). Check the key on the Keys page."
+    ),
+    403: _StatusRule(
+        "auth",
+        "The provider denied access ({status}): {detail}",
+        "The provider denied access ({status}). Check the key on the Keys page.",
+    ),
+    404: _StatusRule(
+        "not_found",
+        "Unknown model ({status}): {detail}",
+        "Unknown model ({status}).",
+    ),
+    429: _StatusRule(
+        "rate_limited",
+        "Rate limited ({status}); retry in {wait} s.",
+        "Rate limited ({status}); try again in a moment.",
+        retry="if_told",
+    ),
+    # The number of attempts is known only at the end: _Failure.final() words that message.
+    "5xx": _StatusRule("server", "The provider failed ({status}).", retry="always"),
+    "other": _StatusRule(
+        "bad_request",
+        "The provider refused the request ({status}): {detail}",
+        "The provider refused the request ({status}).",
+    ),
+}
+
+
 def _failure_from_status(
     status: int,
     headers: httpx.Headers,
@@ -567,44 +516,26 @@ def _failure_from_status(
     timeouts: Timeouts,
     attempt: int,
 ) -> _Failure:
-    message = _provider_message(raw, api_key)
-    suffix = f": {message}" if message else "."
-    if status == 401:
-        return _Failure(
-            UpstreamError(
-                "auth",
-                "The provider rejected the API key (401). Check the key on the Keys page.",
-                status=status,
-            )
-        )
-    if status == 403:
-        text = (
-            f"The provider denied access (403): {message}"
-            if message
-            else ("The provider denied access (403). Check the key on the Keys page.")
-        )
-        return _Failure(UpstreamError("auth", text, status=status))
-    if status == 404:
-        return _Failure(UpstreamError("not_found", f"Unknown model (404){suffix}", status=status))
-    if status == 429:
-        wait = _parse_retry_after(headers)
-        if wait is None:
-            text = "Rate limited (429); try again in a moment."
-        else:
-            text = f"Rate limited (429); retry in {max(1, math.ceil(wait))} s."
-        error = UpstreamError("rate_limited", text, status=status, retry_after=wait)
-        retryable = wait is not None and wait <= timeouts.retry_after_cap
-        return _Failure(error, wait if retryable else None)
-    if status >= 500:
-        wait = _parse_retry_after(headers)
-        if wait is None or wait > timeouts.retry_after_cap:
-            wait = _backoff(timeouts, attempt)
-        return _Failure(UpstreamError("server", "", status=status), wait)
-    return _Failure(
-        UpstreamError(
-            "bad_request", f"The provider refused the request ({status}){suffix}", status=status
-        )
+    rule = _STATUS_RULES.get(status) or _STATUS_RULES["5xx" if status >= 500 else "other"]
+    wait = _parse_retry_after(headers) if rule.retry else None
+    values = {
+        "status": status,
+        "detail": _provider_message(raw, api_key),
+        "wait": None if wait is None else max(1, math.ceil(wait)),
+    }
+    named = [name for _, name, _, _ in string.Formatter().parse(rule.text) if name]
+    text = rule.text if all(values[name] for name in named) else rule.fallback
+    error = UpstreamError(
+        rule.kind,
+        text.format_map(values),
+        status=status,
+        retry_after=wait if rule.retry == "if_told" else None,
     )
+    if rule.retry is None:
+        return _Failure(error)
+    if wait is not None and wait <= timeouts.retry_after_cap:
+        return _Failure(error, wait)
+    return _Failure(error, _backoff(timeouts, attempt) if rule.retry == "always" else None)
 
 
 def _failure_from_transport(exc: Exception, timeouts: Timeouts, attempt: int) -> _Failure:

@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from playground.providers.specs import BUILTIN_PROVIDERS
+
 
 class CustomEndpoint(models.Model):
     """An OpenAI-compatible server an admin adds: a team's own vLLM or llama.cpp."""
@@ -25,8 +27,6 @@ class CustomEndpoint(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from playground.providers.catalog import BUILTIN_PROVIDERS
-
         if self.slug in BUILTIN_PROVIDERS:
             raise ValidationError({"slug": "That id belongs to a built-in provider."})
         if not self.model_list():

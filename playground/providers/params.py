@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from playground.providers.catalog import Model, Param
+from playground.providers.specs import Model, Param
 
 FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200

@@ -4,7 +4,7 @@ from django import template
 from django.utils.safestring import SafeString
 
 from playground.chat.render import render_markdown
-from playground.providers.catalog import BUILTIN_MODELS
+from playground.providers.specs import BUILTIN_MODELS
 
 register = template.Library()
 _LABELS = {m.key: m.label for m in BUILTIN_MODELS}
