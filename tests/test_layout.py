@@ -121,3 +121,65 @@ def test_specs_client_sse_and_params_need_no_django() -> None:
         if within(imported, "django")
     }
     assert django == set()
+
+
+# The Wave 2 domains plug into chat, accounts and providers, never the other way round.
+DOMAINS = ("playground.review", "playground.prompts", "playground.experiments")
+FOUNDATIONS = ("playground.chat", "playground.accounts", "playground.providers")
+
+
+def test_chat_accounts_and_providers_import_none_of_the_domains_built_on_them() -> None:
+    backwards = {
+        f"{name} imports {imported}"
+        for name in modules()
+        if any(within(name, base) for base in FOUNDATIONS)
+        for imported in imports_of(name)
+        if any(within(imported, domain) for domain in DOMAINS)
+    }
+    assert backwards == set()
+
+
+def python_files_outside_playground() -> list[Path]:
+    return [
+        path for folder in ("tests", "bench") for path in sorted((ROOT / folder).rglob("*.py"))
+    ] + [ROOT / "manage.py"]
+
+
+def test_only_url_maps_import_a_views_module() -> None:
+    views = {name for name in modules() if name.endswith(".views")}
+    importers = {name: imports_of(name) for name in modules()}
+    for path in python_files_outside_playground():
+        tree = ast.parse(path.read_text(), str(path))
+        found = {
+            alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        importers[str(path.relative_to(ROOT))] = frozenset(found)
+    offenders = {
+        f"{name} imports {imported}"
+        for name, imported_names in importers.items()
+        if not name.endswith("urls")
+        for imported in imported_names & views
+    }
+    assert offenders == set()
+
+
+def test_each_domain_app_is_installed_and_mounted(settings) -> None:
+    from django.urls import URLResolver, get_resolver
+
+    for domain in DOMAINS:
+        assert domain in settings.INSTALLED_APPS
+        for part in ("models", "views", "urls"):
+            assert f"{domain}.{part}" in modules()
+        assert (ROOT / "templates" / domain.rpartition(".")[2]).is_dir()
+    mounted = {
+        str(entry.pattern): entry.app_name
+        for entry in get_resolver().url_patterns
+        if isinstance(entry, URLResolver)
+    }
+    for domain in DOMAINS:
+        app = domain.rpartition(".")[2]
+        assert mounted.get(f"{app}/") == app
