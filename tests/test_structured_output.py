@@ -10,7 +10,7 @@ from pytest_django.asserts import assertInHTML
 
 from playground.chat.structured import check_reply
 from playground.providers import params
-from playground.providers.catalog import GEMMA_4_E4B
+from playground.providers.specs import GEMMA_4_E4B
 from tests.upstream import Behaviour
 
 DEEP = "[" * 100_000
