@@ -18,11 +18,12 @@ import logging
 import time
 from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -46,6 +47,14 @@ _repeats: set[asyncio.Task] = set()
 
 def group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
+
+
+def channel_layer() -> BaseChannelLayer:
+    """The default channel layer: runs publish, listen and stop through it, so it must exist."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise ImproperlyConfigured("Runs need a channel layer; CHANNEL_LAYERS has no default.")
+    return layer
 
 
 @dataclass
@@ -75,7 +84,7 @@ class Stream:
 class Run:
     def __init__(self, request: RunRequest) -> None:
         self.request = request
-        self.layer = get_channel_layer()
+        self.layer = channel_layer()
         self.group = group_name(request.conversation_id)
         self.text = Stream()
         self.reasoning = Stream()
@@ -158,7 +167,8 @@ class Run:
             connect=params["CONNECT_TIMEOUT"],
             read=params["READ_TIMEOUT"],
             retry_after_cap=params["RETRY_AFTER_CAP"],
-            max_retries=params["MAX_RETRIES"],
+            # The settings dict mixes floats with this one whole number, so it reads as float.
+            max_retries=int(params["MAX_RETRIES"]),
         )
         endpoint = catalog.endpoint(self.request.model.provider)
         events = client.stream(endpoint, self.request.api_key, self.request.body, timeouts=timeouts)
@@ -366,7 +376,7 @@ async def stop(where: QuerySet[Message] | QuerySet[Conversation]) -> list[str]:
     stop, in whatever process it lives. Returns the run channels that were told.
 
     Stop, delete, team removal, budgets and experiments all stop runs through here."""
-    messages = where if where.model is Message else Message.objects.filter(conversation__in=where)
+    messages = _messages(where)
     streaming = messages.filter(status=Message.Status.STREAMING).exclude(run_channel="")
     channels = [c async for c in streaming.values_list("run_channel", flat=True)]
     if not channels:
@@ -385,6 +395,14 @@ async def stop(where: QuerySet[Message] | QuerySet[Conversation]) -> list[str]:
     return channels
 
 
+def _messages(where: QuerySet[Message] | QuerySet[Conversation]) -> QuerySet[Message]:
+    """The messages themselves, or every message of the conversations."""
+    if where.model is Message:
+        # mypy cannot narrow the union through .model; this queryset is of messages.
+        return cast("QuerySet[Message]", where)
+    return Message.objects.filter(conversation__in=where)
+
+
 def stop_sync(where: QuerySet[Message] | QuerySet[Conversation]) -> list[str]:
     """stop() for sync views. Under Daphne the repeat is scheduled on the server's loop, so it
     outlives the request; with no server loop (a management command) only the first is sent."""
@@ -401,6 +419,6 @@ async def _repeat_stop(channels: list[str]) -> None:
 
 
 async def _send_stop(channels: list[str]) -> None:
-    layer = get_channel_layer()
+    layer = channel_layer()
     for channel in channels:
         await layer.send(channel, {"type": "run.stop"})

@@ -6,5 +6,5 @@ from playground.providers.models import CustomEndpoint
 
 
 @admin.register(CustomEndpoint)
-class CustomEndpointAdmin(admin.ModelAdmin):
+class CustomEndpointAdmin(admin.ModelAdmin[CustomEndpoint]):
     list_display = ["name", "slug", "base_url", "requires_key"]

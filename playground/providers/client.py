@@ -26,7 +26,7 @@ import math
 import random
 import string
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -86,7 +86,7 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, slots=True)
 class LogprobsDelta:
-    content: list[dict]
+    content: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    raw: dict = field(compare=False)
+    raw: dict[str, Any] = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class UpstreamError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Callable[..., UpstreamError], tuple[str, str, dict[str, Any]]]:
         # Keyword-only attributes would otherwise be lost (or break) when pickled.
         state = {"status": self.status, "retry_after": self.retry_after}
         return (_rebuild_upstream_error, (self.kind, self.message, state))
@@ -152,7 +152,7 @@ class UpstreamError(Exception):
         )
 
 
-def _rebuild_upstream_error(kind: str, message: str, state: dict) -> UpstreamError:
+def _rebuild_upstream_error(kind: str, message: str, state: dict[str, Any]) -> UpstreamError:
     return UpstreamError(kind, message, **state)
 
 
@@ -290,7 +290,7 @@ class _Done(Exception):
     """Internal: `data: [DONE]` was received."""
 
 
-def _events_from_chunk(chunk: dict) -> list[Event]:
+def _events_from_chunk(chunk: dict[str, Any]) -> list[Event]:
     """Map one chat.completion.chunk (or a whole chat.completion) to events."""
     events: list[Event] = []
     choices = chunk.get("choices") or []
@@ -317,7 +317,7 @@ def _events_from_chunk(chunk: dict) -> list[Event]:
     return events
 
 
-def _tool_call_delta(position: int, call: dict) -> ToolCallDelta:
+def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
     function = call.get("function") or {}
     arguments = function.get("arguments")
     if arguments is None:
@@ -333,7 +333,7 @@ def _tool_call_delta(position: int, call: dict) -> ToolCallDelta:
     )
 
 
-def _usage(usage: dict) -> Usage:
+def _usage(usage: dict[str, Any]) -> Usage:
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     total = int(usage.get("total_tokens") or prompt + completion)
@@ -411,7 +411,8 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
 
 def _parse_retry_after(headers: httpx.Headers) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
+    # httpx types Headers.get() as Any; header values are str.
+    millis: str | None = headers.get("retry-after-ms")
     if millis:
         try:
             value = float(millis) / 1000
@@ -419,7 +420,7 @@ def _parse_retry_after(headers: httpx.Headers) -> float | None:
             value = math.nan
         if math.isfinite(value) and value >= 0:
             return value
-    seconds = headers.get("retry-after")
+    seconds: str | None = headers.get("retry-after")
     if not seconds:
         return None
     try:
@@ -595,7 +596,7 @@ class _BodyState:
 _DRAIN_SECONDS = 0.25
 
 
-def _stream_body(body: dict) -> dict:
+def _stream_body(body: dict[str, Any]) -> dict[str, Any]:
     payload = dict(body)
     payload["stream"] = True
     payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -605,11 +606,11 @@ def _stream_body(body: dict) -> dict:
 async def stream(
     endpoint: Endpoint,
     api_key: str | None,
-    body: dict,
+    body: dict[str, Any],
     *,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     client: httpx.AsyncClient | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Stream a chat completion as typed events; failures end it with one StreamError.
 
     Retries (429 with a short Retry-After, 5xx, connection errors) happen only before the first
@@ -622,9 +623,14 @@ async def stream(
     LogprobsDelta, Finish, Usage. Usage normally arrives once, in a final chunk after Finish;
     servers that report usage on every chunk yield several (the last one wins).
     """
-    shards = None if client is not None else _loop_shards()
-    index = shards.lease() if shards else 0
-    http = client if shards is None else shards.clients[index]
+    shards: _Shards | None = None
+    index = 0
+    if client is None:
+        shards = _loop_shards()
+        index = shards.lease()
+        http = shards.clients[index]
+    else:
+        http = client
     # aclosing: a stop closes this generator, and that must close the upstream response now.
     try:
         async with contextlib.aclosing(_stream(http, endpoint, api_key, body, timeouts)) as events:
@@ -636,8 +642,12 @@ async def stream(
 
 
 async def _stream(
-    http: httpx.AsyncClient, endpoint: Endpoint, api_key: str | None, body: dict, timeouts
-) -> AsyncIterator[Event]:
+    http: httpx.AsyncClient,
+    endpoint: Endpoint,
+    api_key: str | None,
+    body: dict[str, Any],
+    timeouts: Timeouts,
+) -> AsyncGenerator[Event, None]:
     headers = build_headers(endpoint, api_key)
     payload = _stream_body(body)
     attempts = timeouts.max_retries + 1

@@ -81,7 +81,7 @@ def _boolean(param: Param, value: Any) -> bool:
 
 
 def _enum(param: Param, value: Any) -> str:
-    if value not in param.choices:
+    if not isinstance(value, str) or value not in param.choices:
         raise ValueError(f"must be one of {', '.join(param.choices)}")
     return value
 
@@ -131,14 +131,14 @@ def _token_bias(param: Param, value: Any) -> dict[str, float]:
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
         # The parser recurses once per level: "[[[[..." past the interpreter's limit.
         raise ValueError("is nested too deeply") from None
 
 
-def _tools(param: Param, value: Any) -> list[dict]:
+def _tools(param: Param, value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         value = _json(value)
     if not isinstance(value, list) or not value:
@@ -165,7 +165,7 @@ def _tools(param: Param, value: Any) -> list[dict]:
     return value
 
 
-def _check_schema(schema: dict, where: str) -> None:
+def _check_schema(schema: dict[str, Any], where: str) -> None:
     import jsonschema
 
     try:
@@ -201,10 +201,10 @@ def unsafe_schema(schema: Any) -> str | None:
     return None
 
 
-def _tool_choice(param: Param, value: Any) -> str | dict:
+def _tool_choice(param: Param, value: Any) -> str | dict[str, Any]:
     if isinstance(value, dict):
         name = (value.get("function") or {}).get("name", "")
-    elif value in ("auto", "none", "required"):
+    elif isinstance(value, str) and value in ("auto", "none", "required"):
         return value
     else:
         name = str(value).removeprefix("function:")
@@ -213,7 +213,7 @@ def _tool_choice(param: Param, value: Any) -> str | dict:
     return {"type": "function", "function": {"name": name}}
 
 
-def _response_format(param: Param, value: Any) -> dict:
+def _response_format(param: Param, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"type": value}
     kind = value.get("type") if isinstance(value, dict) else None
