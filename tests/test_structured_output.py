@@ -113,6 +113,15 @@ def test_a_reply_nested_past_the_parsers_limit_is_reported_not_raised(response_f
     assert result is not None and result["valid"] is False
 
 
+def test_a_reply_with_a_number_too_long_for_python_is_reported_not_raised():
+    result = check_reply("9" * 5_000, {"type": "json_object"})
+    assert result == {
+        "valid": False,
+        "path": "$",
+        "message": "Not JSON Python can read: a number is too long.",
+    }
+
+
 def test_a_reply_nested_past_the_validators_limit_is_reported_not_raised():
     # Parses, but validating each level against a recursive schema takes several frames.
     nested = "[" * 500 + "]" * 500

@@ -120,3 +120,9 @@ def test_deeply_nested_json_in_the_tools_box_is_a_field_error():
     with pytest.raises(params.InvalidParams) as caught:
         params.clean(GEMMA_4_E4B, {"tools": DEEP})
     assert caught.value.errors["tools"] == "tools is nested too deeply"
+
+
+def test_a_number_too_long_for_python_in_the_tools_box_is_a_field_error():
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"tools": "[" + "9" * 5_000 + "]"})
+    assert caught.value.errors["tools"] == "tools has a number too long to read"

@@ -31,6 +31,13 @@ def check_reply(text: str, response_format: dict[str, Any] | None) -> dict[str, 
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return {"valid": False, "path": "$", "message": f"Not JSON: {exc.msg} at line {exc.lineno}"}
+    except ValueError:
+        # Python refuses integers longer than sys.get_int_max_str_digits() with a plain error.
+        return {
+            "valid": False,
+            "path": "$",
+            "message": "Not JSON Python can read: a number is too long.",
+        }
     except RecursionError:
         return {"valid": False, "path": "$", "message": "Not JSON: nested too deeply."}
     if response_format["type"] == "json_object":

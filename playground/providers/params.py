@@ -133,6 +133,9 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError:
+        # Python refuses integers longer than sys.get_int_max_str_digits() with a plain error.
+        raise ValueError("has a number too long to read") from None
     except RecursionError:
         # The parser recurses once per level: "[[[[..." past the interpreter's limit.
         raise ValueError("is nested too deeply") from None
