@@ -183,7 +183,7 @@ class StreamStats:
     lost: int
     duplicated: int
     wrong_text: int
-    added_ttft_ms: list[float]
+    added_ttft_ms: list[float]  # the return leg: upstream first chunk → socket
     client_ttft_ms: list[float]
     tokens: int
     makespan_s: float
