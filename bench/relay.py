@@ -24,12 +24,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import client
+import httpx
+
+from bench import client, direct
 from bench.client import StreamResult
+from bench.direct import DirectResult
+from bench.seed import API_KEY
 from bench.stack import (
     BIN,
     Stack,
@@ -53,6 +58,28 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def added_from_send(from_send_ms: list[float], direct_ms: list[float], p: float) -> float:
+    """Added TTFT from the send at percentile p: the playground client's TTFT from its send
+    minus a direct client's TTFT to the same upstream, percentile against percentile (the two
+    sets are different requests, so there is no pairing to subtract within)."""
+    return percentile(from_send_ms, p) - percentile(direct_ms, p)
+
+
+def cpu_ms_per_token(cpu_s: float, turns: int, cpu_ms_per_turn: float, tokens: int) -> float:
+    """Daphne CPU over a scenario of long replies, minus what its turns cost (turns × the CPU
+    of a 1-token turn), per token delivered."""
+    if tokens <= 0:
+        return math.nan
+    return (cpu_s * 1000 - turns * cpu_ms_per_turn) / tokens
+
+
+def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """after − before, per key, leaving out zeros."""
+    keys = sorted(set(after) | set(before))
+    diff = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+    return {k: v for k, v in diff.items() if v}
 
 
 @dataclass
@@ -102,17 +129,28 @@ async def run_streams(
     tag_prefix: str,
     ramp: float = 0.0,
     timeout: float = 120.0,
+    before_send: Callable[[], Awaitable[None]] | None = None,
 ) -> list[StreamResult]:
     """One stream per (server URL, conversation id): connect them all, then send the prompts
-    spread evenly over `ramp` seconds, and read every reply to its end."""
+    spread evenly over `ramp` seconds, and read every reply to its end. `before_send` runs once
+    every socket has its transcript, just before the first prompt goes out."""
     gate = asyncio.Event()
+    all_ready = asyncio.Event()
     waiting = len(targets)
 
     def ready() -> None:
         nonlocal waiting
         waiting -= 1
         if waiting == 0:
-            gate.set()
+            all_ready.set()
+
+    async def open_gate() -> None:
+        await all_ready.wait()
+        if before_send is not None:
+            await before_send()
+        gate.set()
+
+    opener = asyncio.create_task(open_gate())
 
     n = len(targets)
     tasks = [
@@ -130,7 +168,10 @@ async def run_streams(
         )
         for i, (url, conversation_id) in enumerate(targets)
     ]
-    return list(await asyncio.gather(*tasks))
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        opener.cancel()
 
 
 @dataclass
@@ -142,7 +183,7 @@ class StreamStats:
     lost: int
     duplicated: int
     wrong_text: int
-    added_ttft_ms: list[float]
+    added_ttft_ms: list[float]  # the return leg: upstream first chunk → socket
     client_ttft_ms: list[float]
     tokens: int
     makespan_s: float
@@ -228,6 +269,21 @@ def analyse(
 
 
 @dataclass
+class Window:
+    """Daphne CPU seconds and SQL statements from the first prompt sent to the replies done
+    (plus a short settle for the last writes): socket connects are outside it."""
+
+    cpu0: float = 0.0
+    cpu_s: float = 0.0
+    queries0: dict[str, int] = field(default_factory=dict)
+    queries: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def statements(self) -> int:
+        return sum(self.queries.values())
+
+
+@dataclass
 class Bench:
     stack: Stack
     upstream: Any  # UpstreamProcess (or anything with records/set_default/reset/pid)
@@ -236,6 +292,9 @@ class Bench:
     profile_dir: Path | None = None
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    template: dict[str, Any] | None = None  # a body the playground sent upstream
+    http: httpx.AsyncClient | None = None  # the direct client's
+    cpu_ms_per_turn: float | None = None  # from the `turns` scenario
 
     @property
     def urls(self) -> list[str]:
@@ -296,48 +355,128 @@ class Bench:
 
     async def streams(
         self, name: str, n: int, tokens: int, interval: float, ramp: float
-    ) -> tuple[StreamStats, ProcessMeter]:
+    ) -> tuple[StreamStats, ProcessMeter, Window]:
         self.upstream.set_default(tokens, interval)
         self.upstream.reset()
         writes_before = len(self.stack.writes())
         targets = self.take(n)
+        window = Window()
+        meter = ProcessMeter(self.pids)
+
+        async def at_send() -> None:
+            window.queries0 = await asyncio.to_thread(self.stack.queries)
+            window.cpu0 = meter.cpu_now()
+
         with self.profiling(name):
-            async with ProcessMeter(self.pids) as meter:
+            async with meter:
                 results = await run_streams(
-                    targets, self.cookie, tag_prefix=f"bench-{name}", ramp=ramp
+                    targets,
+                    self.cookie,
+                    tag_prefix=f"bench-{name}",
+                    ramp=ramp,
+                    before_send=at_send,
                 )
-        await asyncio.sleep(0.3)  # let the final writes land
+                await asyncio.sleep(0.3)  # let the final writes land
+                window.cpu_s = meter.cpu_now() - window.cpu0
+        window.queries = count_delta(await asyncio.to_thread(self.stack.queries), window.queries0)
         writes = self.stack.writes()[writes_before:]
-        stats = analyse(results, self.upstream.records(), tokens, writes)
+        records = self.upstream.records()
+        if self.template is None:
+            self.template = next((r["body"] for r in records if isinstance(r["body"], dict)), None)
+        stats = analyse(results, records, tokens, writes)
         self.raw[name] = {
             "stats": stats.__dict__,
             "cpu_s": meter.cpu,
             "rss0": meter.rss0,
             "rss_peak": meter.rss_peak,
+            "window_cpu_s": window.cpu_s,
+            "window_queries": window.queries,
         }
-        return stats, meter
+        return stats, meter, window
+
+    async def direct(self, name: str, n: int, ramp: float) -> list[DirectResult]:
+        """n requests of the direct client at the pace the playground streams were sent, to
+        the upstream as it is set now (the same tokens and interval)."""
+        if self.template is None:
+            raise RuntimeError("no playground request recorded to replay")
+        if self.http is None:
+            self.http = direct.new_client()
+        results = await direct.run_direct(
+            self.http,
+            self.upstream.base_url + "/chat/completions",
+            self.template,
+            API_KEY,
+            n,
+            tag_prefix=f"direct-{name}",
+            ramp=ramp,
+        )
+        self.raw.setdefault(name, {})["direct"] = [r.__dict__ for r in results]
+        return results
+
+    def ttft_rows(
+        self,
+        label: str,
+        from_send: list[float],
+        return_leg: list[float],
+        direct_results: list[DirectResult],
+        target: str = "",
+    ) -> None:
+        direct_ms = [r.ttft_ms for r in direct_results if r.ttft_ms is not None]
+        self.row(
+            label,
+            "added TTFT from send p50 / p99",
+            f"{added_from_send(from_send, direct_ms, 50):.1f} / "
+            f"{added_from_send(from_send, direct_ms, 99):.1f} ms",
+            target,
+        )
+        self.row(
+            label,
+            "TTFT from send: playground / direct client, p50 / p99",
+            f"{percentile(from_send, 50):.1f} / {percentile(from_send, 99):.1f} ms"
+            f" (n={len(from_send)}); {percentile(direct_ms, 50):.1f} /"
+            f" {percentile(direct_ms, 99):.1f} ms (n={len(direct_ms)})",
+        )
+        self.row(
+            label,
+            "return leg: upstream first chunk → socket p50 / p99",
+            f"{percentile(return_leg, 50):.1f} / {percentile(return_leg, 99):.1f} ms",
+        )
+        errors = [f"{r.tag}: {r.error}" for r in direct_results if r.error][:3]
+        if errors:
+            self.row(label, "direct client errors", "; ".join(errors))
 
     async def single(self, reps: int, tokens: int, interval: float) -> None:
-        print(f"[single] {reps} sequential 1-stream replies, {tokens} tokens", flush=True)
-        added: list[float] = []
-        stats = None
-        for i in range(reps):
-            stats, _ = await self.streams(f"single{i}", 1, tokens, interval, 0.0)
-            added += stats.added_ttft_ms
-        assert stats is not None
+        print(
+            f"[single] {reps} sequential 1-stream replies of {tokens} tokens, each followed by"
+            " one direct request",
+            flush=True,
+        )
+        # The first turn after start pays imports, template loading and the first upstream
+        # connection: shown on its own, left out of the percentiles (and so for the direct
+        # client's first request).
+        warm, _, _ = await self.streams("single-warmup", 1, tokens, interval, 0.0)
+        warm_direct = await self.direct("single-warmup", 1, 0.0)
         self.row(
             "1 stream",
-            "added TTFT p50 / p99",
-            f"{percentile(added, 50):.1f} / {percentile(added, 99):.1f} ms (n={len(added)})",
-            "≤ 5 / ≤ 25 ms",
+            "first turn after start (not in the figures): playground / direct TTFT",
+            f"{percentile(warm.client_ttft_ms, 50):.1f} / "
+            f"{percentile([r.ttft_ms for r in warm_direct if r.ttft_ms], 50):.1f} ms",
         )
+        from_send: list[float] = []
+        return_leg: list[float] = []
+        direct_results: list[DirectResult] = []
+        for i in range(reps):
+            stats, _, _ = await self.streams(f"single{i}", 1, tokens, interval, 0.0)
+            from_send += stats.client_ttft_ms
+            return_leg += stats.added_ttft_ms
+            direct_results += await self.direct(f"single{i}", 1, 0.0)
+        self.ttft_rows("1 stream", from_send, return_leg, direct_results, "≤ 5 / ≤ 25 ms")
 
-    async def concurrent(self, n: int, tokens: int, rate: float, ramp: float) -> None:
-        label = f"{n} streams"
-        print(
-            f"[{label}] {tokens} tokens at {rate:g} tok/s, sends spread over {ramp:g}s", flush=True
-        )
-        s, meter = await self.streams("concurrent", n, tokens, 1 / rate if rate else 0, ramp)
+    async def burst(self, n: int, tokens: int, rate: float) -> None:
+        label = f"{n} streams at once"
+        print(f"[{label}] {tokens} tokens at {rate:g} tok/s, then {n} direct requests", flush=True)
+        s, _, _ = await self.streams("burst", n, tokens, 1 / rate if rate else 0, 0.0)
+        direct_results = await self.direct("burst", n, 0.0)
         self.row(
             label,
             "completed / lost / duplicated deltas",
@@ -346,18 +485,26 @@ class Bench:
         )
         if s.errors:
             self.row(label, "errors", "; ".join(s.errors))
+        self.ttft_rows(label, s.client_ttft_ms, s.added_ttft_ms, direct_results)
+
+    async def concurrent(self, n: int, tokens: int, rate: float, ramp: float) -> None:
+        label = f"{n} streams over {ramp:g} s"
+        print(
+            f"[{label}] {tokens} tokens at {rate:g} tok/s, sends spread over {ramp:g}s, then"
+            f" {n} direct requests at the same pace",
+            flush=True,
+        )
+        s, meter, _ = await self.streams("concurrent", n, tokens, 1 / rate if rate else 0, ramp)
+        direct_results = await self.direct("concurrent", n, ramp)
         self.row(
             label,
-            "added TTFT p50 / p99 / max",
-            f"{percentile(s.added_ttft_ms, 50):.1f} / {percentile(s.added_ttft_ms, 99):.1f}"
-            f" / {max(s.added_ttft_ms, default=math.nan):.1f} ms",
-            "p99 ≤ 100 ms",
+            "completed / lost / duplicated deltas",
+            f"{s.ok}/{s.streams} / {s.lost} / {s.duplicated}",
+            "all / 0 / 0",
         )
-        self.row(
-            label,
-            "TTFT from send p50 / p99",
-            f"{percentile(s.client_ttft_ms, 50):.1f} / {percentile(s.client_ttft_ms, 99):.1f} ms",
-        )
+        if s.errors:
+            self.row(label, "errors", "; ".join(s.errors))
+        self.ttft_rows(label, s.client_ttft_ms, s.added_ttft_ms, direct_results, "p99 ≤ 100 ms")
         self.row(
             label,
             "aggregate tokens/s delivered",
@@ -401,10 +548,54 @@ class Bench:
             f"{meter.cpu / max(1, s.tokens) * 1000:.3f} ({meter.cpu:.1f} s total)",
         )
 
+    async def turns(self, k: int, spacing: float) -> None:
+        label = f"{k} 1-token turns"
+        print(f"[{label}] one sent every {spacing:g} s", flush=True)
+        s, _, window = await self.streams("turns", k, 1, 0.0, spacing * k)
+        if s.ok != k:
+            self.row(label, "completed", f"{s.ok}/{k}; " + "; ".join(s.errors))
+        self.cpu_ms_per_turn = window.cpu_s * 1000 / k
+        self.row(
+            label,
+            "Daphne CPU ms per turn start (1-token turn)",
+            f"{self.cpu_ms_per_turn:.1f} ({window.cpu_s:.2f} s for {k} turns)",
+        )
+        by_kind = ", ".join(f"{kind} {n / k:g}" for kind, n in window.queries.items())
+        self.row(
+            label,
+            "SQL statements per turn",
+            f"{window.statements / k:g} ({by_kind})",
+        )
+
+    async def long(self, n: int, tokens: int, rate: float, ramp: float) -> None:
+        label = f"{n} long replies"
+        print(f"[{label}] {tokens} tokens at {rate:g} tok/s, sends over {ramp:g} s", flush=True)
+        s, _, window = await self.streams("long", n, tokens, 1 / rate if rate else 0, ramp)
+        if s.ok != n or s.lost or s.duplicated:
+            self.row(
+                label,
+                "completed / lost / duplicated deltas",
+                f"{s.ok}/{s.streams} / {s.lost} / {s.duplicated}",
+            )
+        if self.cpu_ms_per_turn is None:
+            per_token = "(needs the turns scenario)"
+        else:
+            ms = cpu_ms_per_token(window.cpu_s, n, self.cpu_ms_per_turn, s.tokens)
+            per_token = (
+                f"{ms:.3f} (({window.cpu_s:.2f} s − {n} × {self.cpu_ms_per_turn:.1f} ms)"
+                f" ÷ {s.tokens:,} tokens)"
+            )
+        self.row(label, "Daphne CPU ms per token", per_token)
+        self.row(
+            label,
+            "SQL statements per turn",
+            f"{window.statements / n:g} (UPDATE {window.queries.get('UPDATE', 0) / n:g})",
+        )
+
     async def ceiling(self, n: int, tokens: int) -> None:
         label = f"ceiling ({n}×{tokens})"
         print(f"[{label}] upstream interval 0", flush=True)
-        s, meter = await self.streams("ceiling", n, tokens, 0.0, 0.0)
+        s, meter, _ = await self.streams("ceiling", n, tokens, 0.0, 0.0)
         up = self.upstream
         self.row(
             label,
@@ -491,11 +682,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0, help="spread the sends over this many s")
     p.add_argument("--single-reps", type=int, default=40, help="sequential 1-stream replies")
     p.add_argument("--single-tokens", type=int, default=10)
+    p.add_argument("--turns", type=int, default=50, help="1-token turns for the per-turn CPU")
+    p.add_argument("--turn-spacing", type=float, default=0.1, help="s between 1-token turns")
+    p.add_argument("--long-streams", type=int, default=20, help="long replies (CPU per token)")
+    p.add_argument("--long-tokens", type=int, default=500)
     p.add_argument("--ceiling-streams", type=int, default=20)
     p.add_argument("--ceiling-tokens", type=int, default=2000)
     p.add_argument("--idle", type=int, default=1000, help="idle sockets to open")
     p.add_argument(
-        "--only", default="single,concurrent,ceiling,idle", help="comma-separated scenarios to run"
+        "--only",
+        default="single,burst,concurrent,turns,long,ceiling,idle",
+        help="comma-separated scenarios to run",
     )
     p.add_argument("--processes", type=int, default=1, help="Daphne processes")
     p.add_argument(
@@ -516,14 +713,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace, bench: Bench) -> None:
     only = set(args.only.split(","))
-    if "single" in only:
-        await bench.single(args.single_reps, args.single_tokens, 1 / args.rate)
-    if "concurrent" in only:
-        await bench.concurrent(args.streams, args.tokens, args.rate, args.ramp)
-    if "ceiling" in only:
-        await bench.ceiling(args.ceiling_streams, args.ceiling_tokens)
-    if "idle" in only:
-        await bench.idle(args.idle)
+    try:
+        if "single" in only:
+            await bench.single(args.single_reps, args.single_tokens, 1 / args.rate)
+        if "burst" in only:
+            await bench.burst(args.streams, args.tokens, args.rate)
+        if "concurrent" in only:
+            await bench.concurrent(args.streams, args.tokens, args.rate, args.ramp)
+        if "turns" in only:
+            await bench.turns(args.turns, args.turn_spacing)
+        if "long" in only:
+            await bench.long(args.long_streams, args.long_tokens, args.rate, args.ramp)
+        if "ceiling" in only:
+            await bench.ceiling(args.ceiling_streams, args.ceiling_tokens)
+        if "idle" in only:
+            await bench.idle(args.idle)
+    finally:
+        if bench.http is not None:
+            await bench.http.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,8 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only.split(","))
     needed = (
-        ("single" in only) * args.single_reps
+        ("single" in only) * (args.single_reps + 1)
+        + ("burst" in only) * args.streams
         + ("concurrent" in only) * args.streams
+        + ("turns" in only) * args.turns
+        + ("long" in only) * args.long_streams
         + ("ceiling" in only) * args.ceiling_streams
         + ("idle" in only) * (args.idle + 50)
     )
@@ -544,7 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     if args.frame_interval is not None:
         extra["PLAYGROUND_FRAME_INTERVAL"] = str(args.frame_interval)
-    stack = Stack(upstream.base_url, database_url, args.redis_url, extra_env=extra)
+    stack = Stack(
+        upstream.base_url,
+        database_url,
+        args.redis_url,
+        extra_env=extra,
+        asgi_app="bench.asgi:application",  # adds the SQL statement count
+    )
     mode = f"{args.processes} Daphne process(es), " + (
         "PostgreSQL + Redis" if database_url else "SQLite + in-memory channel layer"
     )

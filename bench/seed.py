@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+API_KEY = "sk-bench-not-a-real-key-0000"  # the fake upstream accepts any key
+
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1
@@ -26,7 +28,7 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench")
     user.set_password("bench benchmark password")
     user.save()
-    ApiKey.store(provider="empiriolabs", plaintext="sk-bench-not-a-real-key-0000", user=user)
+    ApiKey.store(provider="empiriolabs", plaintext=API_KEY, user=user)
     conversations = Conversation.objects.bulk_create(
         [Conversation(owner=user, model="empiriolabs:gemma-4-e4b") for _ in range(count)]
     )

@@ -186,6 +186,8 @@ class Stack:
     var_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pg-bench-")))
     servers: list[Daphne] = field(default_factory=list)
     daphne_command: list[str] = field(default_factory=lambda: [str(BIN / "daphne")])
+    # bench.relay serves "bench.asgi:application": the same app plus a SQL statement counter.
+    asgi_app: str = ASGI_APP
 
     def __post_init__(self) -> None:
         self.env = self._env()
@@ -261,7 +263,7 @@ class Stack:
             log_path = self.var_dir / f"daphne-{port}.log"
             with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe stalls Daphne
                 process = subprocess.Popen(
-                    [*self.daphne_command, "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
+                    [*self.daphne_command, "-b", "127.0.0.1", "-p", str(port), self.asgi_app],
                     cwd=ROOT,
                     env=self.env,
                     stdout=log,
@@ -309,6 +311,16 @@ class Stack:
             ]
         finally:
             conn.close()
+
+    def queries(self) -> dict[str, int]:
+        """SQL statements executed so far, by first word, summed over the Daphne processes
+        (needs asgi_app="bench.asgi:application")."""
+        total: dict[str, int] = {}
+        for server in self.servers:
+            with urllib.request.urlopen(server.url + "/__bench__/queries", timeout=10) as r:
+                for kind, n in json.load(r).items():
+                    total[kind] = total.get(kind, 0) + n
+        return total
 
     def saved_messages(self, ids: list[int]) -> dict[int, tuple[str, str]]:
         """{message id: (status, text)} straight from the database."""

@@ -45,6 +45,7 @@ def record_rows(upstream: FakeUpstream) -> list[dict[str, Any]]:
             "tokens_sent": r.tokens_sent,
             "completed": r.completed,
             "disconnected": r.index in gone,
+            "body": r.body,  # what the playground sent: bench.direct replays it
         }
         for r in requests
         if r.method == "POST"

@@ -1,0 +1,86 @@
+"""The benchmark's arithmetic on fixed numbers, and its direct client against the fake upstream.
+
+The relay's headline figures are differences of percentiles and CPU shares: a helper that
+silently changed (or vanished) would change the published figures without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import direct
+from bench.relay import added_from_send, count_delta, cpu_ms_per_token, percentile
+from tests.upstream import Behaviour, FakeUpstream
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(100, 0, -1)]  # 1..100, unordered
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0, 3.0, 5.0], 50) == 5.0
+    assert percentile([7.0, 3.0, 5.0], 99) == 7.0
+    assert percentile([4.0], 0) == 4.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_added_from_send_subtracts_the_direct_clients_percentile():
+    # Playground TTFT from send 10..109 ms, direct client 2..101 ms: 8 ms added at every rank.
+    playground = [float(v) for v in range(10, 110)]
+    direct_ms = [float(v) for v in range(2, 102)]
+    assert added_from_send(playground, direct_ms, 50) == 59.0 - 51.0 == 8.0
+    assert added_from_send(playground, direct_ms, 99) == 108.0 - 100.0
+    # Percentile against percentile, not pair by pair: the order of either list is irrelevant.
+    assert added_from_send(playground[::-1], direct_ms, 99) == 8.0
+    # One slow direct request raises only the direct p99, so the added p99 drops.
+    assert added_from_send([20.0] * 100, [5.0] * 99 + [500.0], 50) == 15.0
+    assert added_from_send([20.0] * 100, [5.0] * 98 + [500.0] * 2, 99) == 20.0 - 500.0
+    assert math.isnan(added_from_send([1.0], [], 50))
+
+
+def test_cpu_per_token_takes_the_turns_off_first():
+    # 2.5 s of Daphne CPU for 20 replies of 500 tokens, a turn costing 25 ms: 2 s for tokens.
+    assert cpu_ms_per_token(2.5, 20, 25.0, 10_000) == pytest.approx(0.2)
+    assert cpu_ms_per_token(2.5, 0, 25.0, 10_000) == pytest.approx(0.25)
+    assert math.isnan(cpu_ms_per_token(1.0, 1, 1.0, 0))
+
+
+def test_count_delta_per_statement_kind():
+    before = {"SELECT": 10, "INSERT": 2, "UPDATE": 5}
+    after = {"SELECT": 25, "INSERT": 2, "UPDATE": 8, "BEGIN": 1}
+    assert count_delta(after, before) == {"BEGIN": 1, "SELECT": 15, "UPDATE": 3}
+
+
+def test_the_direct_client_replays_the_playground_body_with_its_own_tag():
+    template = {
+        "model": "gemma-3-27b-it",
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "benchmark stream [bench-burst-7]: say something"},
+        ],
+    }
+    body = direct.body_for(template, "direct-burst-3")
+    assert body["messages"][1]["content"] == "benchmark stream [direct-burst-3]: say something"
+    assert body["messages"][0] == template["messages"][0]
+    assert template["messages"][1]["content"].endswith("[bench-burst-7]: say something")
+    assert direct.DirectResult("t", sent_at=100.0, first_text_at=100.25).ttft_ms == 250.0
+    assert direct.DirectResult("t", sent_at=100.0).ttft_ms is None
+
+
+async def test_the_direct_client_times_the_first_content_delta():
+    with FakeUpstream() as upstream:
+        upstream.default = Behaviour(n_tokens=5, interval=0.05)
+        template = {"model": "gemma-3-27b-it", "stream": True, "messages": []}
+        async with direct.new_client() as http:
+            results = await direct.run_direct(
+                http, upstream.base_url + "/chat/completions", template, "sk-x", 2, tag_prefix="d"
+            )
+    assert [r.error for r in results] == ["", ""]
+    assert [r.text for r in results] == [Behaviour(n_tokens=5).text] * 2
+    for r in results:
+        # The first token goes out at once, the remaining four 50 ms apart.
+        assert r.ttft_ms is not None and 0 < r.ttft_ms < 150
+        assert r.done_at is not None and r.done_at - r.first_text_at >= 0.15
