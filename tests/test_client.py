@@ -658,6 +658,43 @@ async def test_keep_alive_connections_are_reused_across_streams(upstream: FakeUp
     assert len(upstream.requests) == 3 and len(ports) == 1
 
 
+# --- keep-alive connections the server has closed ------------------------------------------
+# The fake drops a request arriving on a connection idle longer than its keepalive_timeout,
+# as uvicorn (vLLM) does after 5 s when the request crosses its close on the wire.
+
+IDLE_TIMEOUT = 0.5
+NO_RETRIES = replace(FAST, max_retries=0)
+
+
+async def two_turns_apart(upstream: FakeUpstream, timeouts: Timeouts) -> list[Event]:
+    """A turn, a pause past the server's keep-alive timeout, and the second turn's events."""
+    upstream.keepalive_timeout = IDLE_TIMEOUT
+    assert text_of(await collect(upstream, timeouts=timeouts)) == Behaviour().text
+    await asyncio.sleep(IDLE_TIMEOUT + 0.3)
+    return await collect(upstream, timeouts=timeouts)
+
+
+def test_idle_connections_expire_before_uvicorns_keepalive_timeout() -> None:
+    assert Timeouts().keepalive_expiry < 5
+
+
+async def test_the_pool_expires_idle_connections_as_timeouts_say() -> None:
+    from playground.providers import client as module
+
+    for expiry in (Timeouts().keepalive_expiry, 0.2):
+        pool = module._loop_shards(expiry).clients[0]._transport._pool
+        assert pool._keepalive_expiry == expiry
+
+
+async def test_a_connection_idle_past_the_expiry_is_not_reused(upstream: FakeUpstream) -> None:
+    events = await two_turns_apart(upstream, replace(NO_RETRIES, keepalive_expiry=0.2))
+    assert text_of(events) == Behaviour().text
+    assert not any(isinstance(e, StreamError) for e in events)
+    # Closed on our side before the server's timeout: nothing was sent on a dead connection.
+    assert upstream.dropped == []
+    assert len(upstream.requests) == 2 and upstream.requests[0].peer != upstream.requests[1].peer
+
+
 # --- the fake stays honest ---------------------------------------------------------------------
 
 

@@ -189,6 +189,12 @@ class Timeouts:
     retry_after_cap: float = 20.0
     max_retries: int = 2
     backoff_base: float = 0.5
+    # Idle pooled connections are closed after this long. Servers close them as well: uvicorn
+    # (so vLLM), llama.cpp's server and Node after 5 s, and a request sent on a connection the
+    # server has just closed fails. 4 s stays a second under those 5 s because the server's
+    # clock starts when it wrote the end of a response and ours only when that arrived; turns
+    # further apart pay one new connection.
+    keepalive_expiry: float = 4.0
 
     def as_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
@@ -225,11 +231,11 @@ def build_headers(endpoint: Endpoint, api_key: str | None) -> dict[str, str]:
 # the relay's CPU in that scan (py-spy, bench.relay with 200 streams). Quiet traffic stays on
 # the first client and keeps reusing its warm connections.
 SHARD_STREAMS = 32
-_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=32, keepalive_expiry=30.0)
 
 
 @dataclass
 class _Shards:
+    keepalive_expiry: float
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     active: list[int] = field(default_factory=list)
 
@@ -238,7 +244,7 @@ class _Shards:
             if count < SHARD_STREAMS and not self.clients[index].is_closed:
                 self.active[index] += 1
                 return index
-        self.clients.append(_new_client())
+        self.clients.append(_new_client(self.keepalive_expiry))
         self.active.append(1)
         return len(self.clients) - 1
 
@@ -246,25 +252,36 @@ class _Shards:
         self.active[index] -= 1
 
 
-_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = weakref.WeakKeyDictionary()
+# Per loop, one set of shards per keep-alive expiry: the expiry belongs to a client's pool, so
+# a request asking for another one must not borrow a pool built with the first. In practice a
+# process uses one value (the setting) and this dict has one entry.
+_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Shards]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _new_client() -> httpx.AsyncClient:
+def _new_client(keepalive_expiry: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=200, max_keepalive_connections=32, keepalive_expiry=keepalive_expiry
+    )
     return httpx.AsyncClient(
-        limits=_LIMITS, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
+        limits=limits, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
     )
 
 
-def _loop_shards() -> _Shards:
+def _loop_shards(keepalive_expiry: float = DEFAULT_TIMEOUTS.keepalive_expiry) -> _Shards:
     loop = asyncio.get_running_loop()
-    shards = _shards.get(loop)
-    if shards is None:
+    pools = _shards.get(loop)
+    if pools is None:
         # Forget clients of loops that are gone; their sockets die with the loop.
         for old in [lp for lp in _shards if lp.is_closed()]:
             _shards.pop(old, None)
-        shards = _shards[loop] = _Shards()
+        pools = _shards[loop] = {}
+    shards = pools.get(keepalive_expiry)
+    if shards is None:
+        shards = pools[keepalive_expiry] = _Shards(keepalive_expiry)
     if not shards.clients or shards.clients[0].is_closed:
-        shards.clients[:1] = [_new_client()]
+        shards.clients[:1] = [_new_client(keepalive_expiry)]
         shards.active[:1] = [0]
     return shards
 
@@ -276,9 +293,10 @@ def get_client() -> httpx.AsyncClient:
 
 async def aclose_clients() -> None:
     """Close the running loop's shared clients (call at shutdown / end of a test)."""
-    shards = _shards.pop(asyncio.get_running_loop(), None)
-    for client in shards.clients if shards else []:
-        await client.aclose()
+    pools = _shards.pop(asyncio.get_running_loop(), {})
+    for shards in pools.values():
+        for client in shards.clients:
+            await client.aclose()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,7 +644,7 @@ async def stream(
     shards: _Shards | None = None
     index = 0
     if client is None:
-        shards = _loop_shards()
+        shards = _loop_shards(timeouts.keepalive_expiry)
         index = shards.lease()
         http = shards.clients[index]
     else:
