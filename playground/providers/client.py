@@ -193,7 +193,8 @@ class Timeouts:
     # (so vLLM), llama.cpp's server and Node after 5 s, and a request sent on a connection the
     # server has just closed fails. 4 s stays a second under those 5 s because the server's
     # clock starts when it wrote the end of a response and ours only when that arrived; turns
-    # further apart pay one new connection.
+    # further apart pay one new connection. Servers with shorter timeouts (gunicorn's 2 s) are
+    # covered by the retry on a dead reused connection in _stream().
     keepalive_expiry: float = 4.0
 
     def as_httpx(self) -> httpx.Timeout:
@@ -613,6 +614,37 @@ class _BodyState:
 
 _DRAIN_SECONDS = 0.25
 
+# How a pooled connection the server has closed fails a request sent on it: a FIN gives h11's
+# "Server disconnected without sending a response", an RST a read or write error. ConnectError
+# is not here: it only happens while opening a connection, never on a reused one.
+_DEAD_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _ConnectionWatch:
+    """httpcore `trace` callback: learns whether a request opened a new connection.
+
+    httpcore reports `connection.connect_tcp` (or `connect_unix_socket`, or the same under a
+    SOCKS proxy) only when it opens a socket for the request; a request on a pooled
+    connection goes straight to `http11.send_request_headers`.
+    """
+
+    __slots__ = ("opened",)
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith((".connect_tcp.started", ".connect_unix_socket.started")):
+            self.opened = True
+
+    def reused_and_dead(self, exc: Exception) -> bool:
+        """The request died with the pooled connection it was sent on."""
+        if self.opened or not isinstance(exc, _DEAD_CONNECTION):
+            return False
+        # Other protocol errors mean the server did answer, with something malformed. Matching
+        # httpcore's wording fails safe: if it changes, this retry stops, nothing is duplicated.
+        return not isinstance(exc, httpx.RemoteProtocolError) or "disconnected" in str(exc)
+
 
 def _stream_body(body: dict[str, Any]) -> dict[str, Any]:
     payload = dict(body)
@@ -632,9 +664,12 @@ async def stream(
     """Stream a chat completion as typed events; failures end it with one StreamError.
 
     Retries (429 with a short Retry-After, 5xx, connection errors) happen only before the first
-    body byte. Cancelling the consuming task or calling `aclose()` closes the HTTP response
-    promptly, because the request lives inside `async with client.stream(...)`. A consumer that
-    merely `break`s out of its loop should wrap the generator in `contextlib.aclosing()` so the
+    body byte. A request lost with a pooled connection the server had closed is sent once more
+    whatever `max_retries` says, but only if no response head had arrived.
+
+    Cancelling the consuming task or calling `aclose()` closes the HTTP response promptly,
+    because the request lives inside `async with client.stream(...)`. A consumer that merely
+    `break`s out of its loop should wrap the generator in `contextlib.aclosing()` so the
     connection is released at once rather than when the generator is garbage-collected.
 
     Events per chunk come in this order: ReasoningDelta, TextDelta, ToolCallDelta...,
@@ -669,7 +704,18 @@ async def _stream(
     headers = build_headers(endpoint, api_key)
     payload = _stream_body(body)
     attempts = timeouts.max_retries + 1
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    # A server may close an idle keep-alive connection just as we reuse it (see Timeouts.
+    # keepalive_expiry); the request then dies before any answer. It gets one more go outside
+    # the retry policy, so MAX_RETRIES=0 does not turn that race into a failed turn, and
+    # without a wait: the pool drops the dead connection and the next attempt opens a fresh
+    # one. Only when no response head arrived: once the server answered, it is generating and
+    # a retry could duplicate that. Only on a reused connection: a fresh connection that dies
+    # unanswered points at the server, which the retry policy handles.
+    stale_retry = True
+    while True:
+        watch = _ConnectionWatch()
+        answered = False
         try:
             async with http.stream(
                 "POST",
@@ -677,7 +723,9 @@ async def _stream(
                 json=payload,
                 headers=headers,
                 timeout=timeouts.as_httpx(),
+                extensions={"trace": watch},
             ) as response:
+                answered = True
                 if response.is_success:
                     async for event in _read_success(response, api_key, timeouts):
                         yield event
@@ -687,6 +735,12 @@ async def _stream(
                     response.status_code, response.headers, raw, api_key, timeouts, attempt
                 )
         except (httpx.TransportError, httpx.InvalidURL) as exc:
+            if stale_retry and not answered and watch.reused_and_dead(exc):
+                stale_retry = False
+                logger.info(
+                    "provider closed a pooled connection (%s); sending again", type(exc).__name__
+                )
+                continue
             # _read_success re-raises transport errors only when no body byte has arrived.
             failure = _failure_from_transport(exc, timeouts, attempt)
         if failure.retry_in is None or attempt == attempts:
@@ -701,6 +755,7 @@ async def _stream(
             failure.retry_in,
         )
         await asyncio.sleep(failure.retry_in)
+        attempt += 1
 
 
 async def _read_success(
