@@ -658,6 +658,25 @@ async def test_keep_alive_connections_are_reused_across_streams(upstream: FakeUp
     assert len(upstream.requests) == 3 and len(ports) == 1
 
 
+async def test_every_shard_shares_one_ssl_context_that_verifies(
+    upstream: FakeUpstream,
+) -> None:
+    import ssl
+
+    from playground.providers import client as module
+
+    upstream.default = Behaviour(n_tokens=3, interval=0.05)
+    await asyncio.gather(*(collect(upstream) for _ in range(module.SHARD_STREAMS + 5)))
+    clients = module._loop_shards().clients
+    contexts = {id(c._transport._pool._ssl_context) for c in clients}
+    assert len(clients) == 2 and len(contexts) == 1
+    context = clients[0]._transport._pool._ssl_context
+    assert context is module._ssl_context()
+    # Verification as httpx's own default: certificates and host names are checked.
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
+
+
 # --- keep-alive connections the server has closed ------------------------------------------
 # The fake drops a request arriving on a connection idle longer than its keepalive_timeout,
 # as uvicorn (vLLM) does after 5 s when the request crosses its close on the wire.
