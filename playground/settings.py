@@ -237,6 +237,9 @@ PLAYGROUND_UPSTREAM = {
     "READ_TIMEOUT": envfloat("PLAYGROUND_READ_TIMEOUT", 120.0),
     "RETRY_AFTER_CAP": envfloat("PLAYGROUND_RETRY_AFTER_CAP", 20.0),
     "MAX_RETRIES": envint("PLAYGROUND_MAX_RETRIES", 2),
+    # Seconds an idle upstream connection is kept for reuse; keep it under the providers' own
+    # keep-alive timeout (5 s for uvicorn-based servers such as vLLM). See client.Timeouts.
+    "KEEPALIVE_EXPIRY": envfloat("PLAYGROUND_KEEPALIVE_EXPIRY", 4.0),
 }
 
 LOGGING = {

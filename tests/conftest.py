@@ -31,6 +31,7 @@ def _no_real_hosts(settings) -> None:
         "READ_TIMEOUT": 5.0,
         "RETRY_AFTER_CAP": 1.0,
         "MAX_RETRIES": 2,
+        "KEEPALIVE_EXPIRY": 4.0,
     }
 
 

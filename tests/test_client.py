@@ -658,6 +658,126 @@ async def test_keep_alive_connections_are_reused_across_streams(upstream: FakeUp
     assert len(upstream.requests) == 3 and len(ports) == 1
 
 
+async def test_every_shard_shares_one_ssl_context_that_verifies(
+    upstream: FakeUpstream,
+) -> None:
+    import ssl
+
+    from playground.providers import client as module
+
+    upstream.default = Behaviour(n_tokens=3, interval=0.05)
+    await asyncio.gather(*(collect(upstream) for _ in range(module.SHARD_STREAMS + 5)))
+    clients = module._loop_shards().clients
+    contexts = {id(c._transport._pool._ssl_context) for c in clients}
+    assert len(clients) == 2 and len(contexts) == 1
+    context = clients[0]._transport._pool._ssl_context
+    assert context is module._ssl_context()
+    # Verification as httpx's own default: certificates and host names are checked.
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
+
+
+# --- keep-alive connections the server has closed ------------------------------------------
+# The fake drops a request arriving on a connection idle longer than its keepalive_timeout,
+# as uvicorn (vLLM) does after 5 s when the request crosses its close on the wire.
+
+IDLE_TIMEOUT = 0.5
+NO_RETRIES = replace(FAST, max_retries=0)
+
+
+async def two_turns_apart(upstream: FakeUpstream, timeouts: Timeouts) -> list[Event]:
+    """A turn, a pause past the server's keep-alive timeout, and the second turn's events."""
+    upstream.keepalive_timeout = IDLE_TIMEOUT
+    assert text_of(await collect(upstream, timeouts=timeouts)) == Behaviour().text
+    await asyncio.sleep(IDLE_TIMEOUT + 0.3)
+    return await collect(upstream, timeouts=timeouts)
+
+
+def test_idle_connections_expire_before_uvicorns_keepalive_timeout() -> None:
+    assert Timeouts().keepalive_expiry < 5
+
+
+async def test_the_pool_expires_idle_connections_as_timeouts_say() -> None:
+    from playground.providers import client as module
+
+    for expiry in (Timeouts().keepalive_expiry, 0.2):
+        pool = module._loop_shards(expiry).clients[0]._transport._pool
+        assert pool._keepalive_expiry == expiry
+
+
+async def test_a_connection_idle_past_the_expiry_is_not_reused(upstream: FakeUpstream) -> None:
+    events = await two_turns_apart(upstream, replace(NO_RETRIES, keepalive_expiry=0.2))
+    assert text_of(events) == Behaviour().text
+    assert not any(isinstance(e, StreamError) for e in events)
+    # Closed on our side before the server's timeout: nothing was sent on a dead connection.
+    assert upstream.dropped == []
+    assert len(upstream.requests) == 2 and upstream.requests[0].peer != upstream.requests[1].peer
+
+
+@pytest.mark.parametrize("drop", ["close", "reset"])
+async def test_a_request_on_a_reused_connection_the_server_closed_is_sent_again_once(
+    upstream: FakeUpstream, drop: str
+) -> None:
+    upstream.keepalive_drop = drop
+    # An expiry longer than the server's timeout, so the dead connection is reused.
+    events = await two_turns_apart(upstream, replace(NO_RETRIES, keepalive_expiry=30.0))
+    assert text_of(events) == Behaviour().text
+    assert not any(isinstance(e, StreamError) for e in events)
+    first, second = upstream.requests  # one answered request per turn: nothing generated twice
+    assert upstream.dropped == [first.peer] and second.peer != first.peer
+
+
+async def test_the_retry_on_a_dead_pooled_connection_leaves_the_retry_budget_alone(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.script(Behaviour(), Behaviour(status=503))
+    timeouts = replace(FAST, max_retries=1, keepalive_expiry=30.0)
+    events = await two_turns_apart(upstream, timeouts)
+    assert text_of(events) == Behaviour().text
+    assert len(upstream.dropped) == 1
+    assert [r.index for r in upstream.requests] == [0, 1, 2]  # the 503 and its one retry
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [Behaviour(cut_after_head=True), Behaviour(cut_after=0), Behaviour(cut_after=2)],
+    ids=["after-the-head", "after-the-role-chunk", "after-two-tokens"],
+)
+async def test_a_reused_connection_cut_after_the_server_answered_is_not_retried(
+    upstream: FakeUpstream, cut: Behaviour
+) -> None:
+    # The server answered, so it is generating: sending again would generate twice.
+    upstream.script(Behaviour(), cut)
+    assert text_of(await collect(upstream, timeouts=NO_RETRIES)) == Behaviour().text
+    error_of(await collect(upstream, timeouts=NO_RETRIES))
+    first, second = upstream.requests
+    assert second.peer == first.peer  # it was the pooled connection
+    assert upstream.dropped == []
+
+
+async def test_a_new_connection_closed_unanswered_is_not_sent_again_without_retries() -> None:
+    # Only a reused connection can have been closed for idling; a new one that dies points at
+    # the server, and MAX_RETRIES=0 asked for one attempt.
+    connections = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        endpoint = Endpoint(f"http://127.0.0.1:{port}/v1")
+        events = [e async for e in stream(endpoint, KEY, BODY, timeouts=NO_RETRIES)]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert error_of(events).kind == "connection"
+    assert connections == 1
+
+
 # --- the fake stays honest ---------------------------------------------------------------------
 
 

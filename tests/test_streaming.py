@@ -516,3 +516,31 @@ async def test_a_closed_socket_leaves_no_timer_behind(user, conversation, connec
 
     # A timer left running would have marked the reply interrupted for a socket long gone.
     assert (await Message.objects.aget(pk=reply.pk)).status == "streaming"
+
+
+@pytest.mark.parametrize(
+    ("expiry", "dropped"),
+    [(0.2, 0), (30.0, 1)],
+    ids=["expired-before-the-server-timeout", "reused-dead-then-sent-again"],
+)
+async def test_a_turn_after_the_providers_keepalive_timeout_succeeds_without_retries(
+    upstream, user, api_key, conversation, connect, settings, expiry, dropped
+):
+    # uvicorn-based servers (vLLM) close idle keep-alive connections after 5 s; here after 0.5 s.
+    settings.PLAYGROUND_UPSTREAM = {
+        **settings.PLAYGROUND_UPSTREAM,
+        "MAX_RETRIES": 0,
+        "KEEPALIVE_EXPIRY": expiry,
+    }
+    upstream.keepalive_timeout = 0.5
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("First")
+    await socket.until(lambda f: "status-complete" in f)
+    await asyncio.sleep(0.8)
+    await socket.send_prompt("Second")
+    await socket.until(lambda f: "status-complete" in f or "status-error" in f)
+    statuses = [m.status async for m in Message.objects.filter(role="assistant")]
+    assert statuses == ["complete", "complete"]
+    assert len(upstream.requests) == 2  # one answered request per turn
+    assert len(upstream.dropped) == dropped
+    await socket.close()

@@ -20,6 +20,8 @@ import asyncio
 import collections
 import contextlib
 import json
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ class Behaviour:
     no_done: bool = False  # EOF without data: [DONE]
     echo_key_in_error: bool = False  # error message contains the caller's API key
     chunked: bool = True  # Transfer-Encoding: chunked; False → Connection: close + EOF
+    cut_after_head: bool = False  # abort the TCP connection right after the 200 head
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -136,6 +139,15 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.disconnects: list[Disconnect] = []
         self._queue: collections.deque[Behaviour] = collections.deque()
+        # Like uvicorn's timeout_keep_alive: a keep-alive connection idle longer than this is
+        # dead. A real server closes it when its timer fires, and httpcore notices a close that
+        # has already arrived (the idle socket turns readable) and connects afresh. What fails
+        # is the race where the client's next request crosses the server's close on the wire.
+        # The fake makes that race certain: it leaves the idle socket open and drops a request
+        # arriving on it after the timeout, closing with a FIN ("close") or an RST ("reset").
+        self.keepalive_timeout: float | None = None
+        self.keepalive_drop: str = "close"
+        self.dropped: list[tuple | None] = []  # peers of requests dropped that way, unanswered
         self._generation = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,6 +233,9 @@ class FakeUpstream:
             self._queue.clear()
             self.requests.clear()
             self.disconnects.clear()
+            self.keepalive_timeout = None
+            self.keepalive_drop = "close"
+            self.dropped.clear()
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
         with self._cond:
@@ -259,8 +274,9 @@ class FakeUpstream:
         assert task is not None
         self._tasks.add(task)
         try:
-            while await self._serve_one(reader, writer):
-                pass
+            idle_since: float | None = None  # when the previous response on it ended
+            while await self._serve_one(reader, writer, idle_since):
+                idle_since = time.monotonic()
         except (_Abort, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             writer.transport.abort()  # abrupt on purpose: the client must see a cut
         except asyncio.CancelledError:
@@ -272,7 +288,12 @@ class FakeUpstream:
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _serve_one(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        idle_since: float | None = None,
+    ) -> bool:
         """Serve one request; True when the connection may be reused."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -280,6 +301,11 @@ class FakeUpstream:
             return False  # client closed an idle keep-alive connection
         method, path, headers = _parse_head(head)
         raw = await reader.readexactly(int(headers.get("content-length") or 0))
+        timeout = self.keepalive_timeout
+        idle = None if idle_since is None else time.monotonic() - idle_since
+        if idle is not None and timeout is not None and idle > timeout:
+            self._drop(writer)
+            return False
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -298,6 +324,18 @@ class FakeUpstream:
         error = {"error": {"message": f"No route for {method} {path}", "type": "not_found"}}
         await _send_json(writer, 404, error, keep_alive=keep_alive)
         return keep_alive
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        """Leave a request on a timed-out keep-alive connection unanswered, as if it was late."""
+        with self._cond:
+            self.dropped.append(writer.get_extra_info("peername"))
+            self._cond.notify_all()
+        if self.keepalive_drop == "reset":
+            # Linger 0: close() sends an RST instead of a FIN.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        # "close": _handle closes the connection normally, a FIN with no response.
 
     def _models_body(self) -> dict:
         data = [
@@ -368,6 +406,9 @@ class _SSEWriter:
         watcher = asyncio.create_task(self._watch_reader())
         try:
             await self._write_head()
+            if self.b.cut_after_head:
+                await _flush(self.writer)
+                raise _Abort
             await self._write_body(request)
             if self.b.chunked:
                 self.writer.write(b"0\r\n\r\n")  # last-chunk: never split or framed

@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import logging
 import math
 import random
+import ssl
 import string
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -189,6 +191,13 @@ class Timeouts:
     retry_after_cap: float = 20.0
     max_retries: int = 2
     backoff_base: float = 0.5
+    # Idle pooled connections are closed after this long. Servers close them as well: uvicorn
+    # (so vLLM), llama.cpp's server and Node after 5 s, and a request sent on a connection the
+    # server has just closed fails. 4 s stays a second under those 5 s because the server's
+    # clock starts when it wrote the end of a response and ours only when that arrived; turns
+    # further apart pay one new connection. Servers with shorter timeouts (gunicorn's 2 s) are
+    # covered by the retry on a dead reused connection in _stream().
+    keepalive_expiry: float = 4.0
 
     def as_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
@@ -225,11 +234,11 @@ def build_headers(endpoint: Endpoint, api_key: str | None) -> dict[str, str]:
 # the relay's CPU in that scan (py-spy, bench.relay with 200 streams). Quiet traffic stays on
 # the first client and keeps reusing its warm connections.
 SHARD_STREAMS = 32
-_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=32, keepalive_expiry=30.0)
 
 
 @dataclass
 class _Shards:
+    keepalive_expiry: float
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     active: list[int] = field(default_factory=list)
 
@@ -238,7 +247,7 @@ class _Shards:
             if count < SHARD_STREAMS and not self.clients[index].is_closed:
                 self.active[index] += 1
                 return index
-        self.clients.append(_new_client())
+        self.clients.append(_new_client(self.keepalive_expiry))
         self.active.append(1)
         return len(self.clients) - 1
 
@@ -246,25 +255,49 @@ class _Shards:
         self.active[index] -= 1
 
 
-_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = weakref.WeakKeyDictionary()
+# Per loop, one set of shards per keep-alive expiry: the expiry belongs to a client's pool, so
+# a request asking for another one must not borrow a pool built with the first. In practice a
+# process uses one value (the setting) and this dict has one entry.
+_shards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Shards]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _new_client() -> httpx.AsyncClient:
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Left to itself, every AsyncClient builds its own context and loads the CA bundle into it
+    # (about 25 ms of CPU here, for each shard of each loop, even for http:// base URLs). This
+    # is the very call httpx makes for verify=True (certifi's bundle, or SSL_CERT_FILE /
+    # SSL_CERT_DIR), once per process, so verification is unchanged. httpcore sets ALPN on it
+    # at each connect; every client here speaks HTTP/1.1 only, so that value never varies.
+    return httpx.create_ssl_context()
+
+
+def _new_client(keepalive_expiry: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=200, max_keepalive_connections=32, keepalive_expiry=keepalive_expiry
+    )
     return httpx.AsyncClient(
-        limits=_LIMITS, timeout=DEFAULT_TIMEOUTS.as_httpx(), follow_redirects=False
+        limits=limits,
+        timeout=DEFAULT_TIMEOUTS.as_httpx(),
+        follow_redirects=False,
+        verify=_ssl_context(),
     )
 
 
-def _loop_shards() -> _Shards:
+def _loop_shards(keepalive_expiry: float = DEFAULT_TIMEOUTS.keepalive_expiry) -> _Shards:
     loop = asyncio.get_running_loop()
-    shards = _shards.get(loop)
-    if shards is None:
+    pools = _shards.get(loop)
+    if pools is None:
         # Forget clients of loops that are gone; their sockets die with the loop.
         for old in [lp for lp in _shards if lp.is_closed()]:
             _shards.pop(old, None)
-        shards = _shards[loop] = _Shards()
+        pools = _shards[loop] = {}
+    shards = pools.get(keepalive_expiry)
+    if shards is None:
+        shards = pools[keepalive_expiry] = _Shards(keepalive_expiry)
     if not shards.clients or shards.clients[0].is_closed:
-        shards.clients[:1] = [_new_client()]
+        shards.clients[:1] = [_new_client(keepalive_expiry)]
         shards.active[:1] = [0]
     return shards
 
@@ -276,9 +309,10 @@ def get_client() -> httpx.AsyncClient:
 
 async def aclose_clients() -> None:
     """Close the running loop's shared clients (call at shutdown / end of a test)."""
-    shards = _shards.pop(asyncio.get_running_loop(), None)
-    for client in shards.clients if shards else []:
-        await client.aclose()
+    pools = _shards.pop(asyncio.get_running_loop(), {})
+    for shards in pools.values():
+        for client in shards.clients:
+            await client.aclose()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +629,37 @@ class _BodyState:
 
 _DRAIN_SECONDS = 0.25
 
+# How a pooled connection the server has closed fails a request sent on it: a FIN gives h11's
+# "Server disconnected without sending a response", an RST a read or write error. ConnectError
+# is not here: it only happens while opening a connection, never on a reused one.
+_DEAD_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _ConnectionWatch:
+    """httpcore `trace` callback: learns whether a request opened a new connection.
+
+    httpcore reports `connection.connect_tcp` (or `connect_unix_socket`, or the same under a
+    SOCKS proxy) only when it opens a socket for the request; a request on a pooled
+    connection goes straight to `http11.send_request_headers`.
+    """
+
+    __slots__ = ("opened",)
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith((".connect_tcp.started", ".connect_unix_socket.started")):
+            self.opened = True
+
+    def reused_and_dead(self, exc: Exception) -> bool:
+        """The request died with the pooled connection it was sent on."""
+        if self.opened or not isinstance(exc, _DEAD_CONNECTION):
+            return False
+        # Other protocol errors mean the server did answer, with something malformed. Matching
+        # httpcore's wording fails safe: if it changes, this retry stops, nothing is duplicated.
+        return not isinstance(exc, httpx.RemoteProtocolError) or "disconnected" in str(exc)
+
 
 def _stream_body(body: dict[str, Any]) -> dict[str, Any]:
     payload = dict(body)
@@ -614,9 +679,12 @@ async def stream(
     """Stream a chat completion as typed events; failures end it with one StreamError.
 
     Retries (429 with a short Retry-After, 5xx, connection errors) happen only before the first
-    body byte. Cancelling the consuming task or calling `aclose()` closes the HTTP response
-    promptly, because the request lives inside `async with client.stream(...)`. A consumer that
-    merely `break`s out of its loop should wrap the generator in `contextlib.aclosing()` so the
+    body byte. A request lost with a pooled connection the server had closed is sent once more
+    whatever `max_retries` says, but only if no response head had arrived.
+
+    Cancelling the consuming task or calling `aclose()` closes the HTTP response promptly,
+    because the request lives inside `async with client.stream(...)`. A consumer that merely
+    `break`s out of its loop should wrap the generator in `contextlib.aclosing()` so the
     connection is released at once rather than when the generator is garbage-collected.
 
     Events per chunk come in this order: ReasoningDelta, TextDelta, ToolCallDelta...,
@@ -626,7 +694,7 @@ async def stream(
     shards: _Shards | None = None
     index = 0
     if client is None:
-        shards = _loop_shards()
+        shards = _loop_shards(timeouts.keepalive_expiry)
         index = shards.lease()
         http = shards.clients[index]
     else:
@@ -651,7 +719,18 @@ async def _stream(
     headers = build_headers(endpoint, api_key)
     payload = _stream_body(body)
     attempts = timeouts.max_retries + 1
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    # A server may close an idle keep-alive connection just as we reuse it (see Timeouts.
+    # keepalive_expiry); the request then dies before any answer. It gets one more go outside
+    # the retry policy, so MAX_RETRIES=0 does not turn that race into a failed turn, and
+    # without a wait: the pool drops the dead connection and the next attempt opens a fresh
+    # one. Only when no response head arrived: once the server answered, it is generating and
+    # a retry could duplicate that. Only on a reused connection: a fresh connection that dies
+    # unanswered points at the server, which the retry policy handles.
+    stale_retry = True
+    while True:
+        watch = _ConnectionWatch()
+        answered = False
         try:
             async with http.stream(
                 "POST",
@@ -659,7 +738,9 @@ async def _stream(
                 json=payload,
                 headers=headers,
                 timeout=timeouts.as_httpx(),
+                extensions={"trace": watch},
             ) as response:
+                answered = True
                 if response.is_success:
                     async for event in _read_success(response, api_key, timeouts):
                         yield event
@@ -669,6 +750,12 @@ async def _stream(
                     response.status_code, response.headers, raw, api_key, timeouts, attempt
                 )
         except (httpx.TransportError, httpx.InvalidURL) as exc:
+            if stale_retry and not answered and watch.reused_and_dead(exc):
+                stale_retry = False
+                logger.info(
+                    "provider closed a pooled connection (%s); sending again", type(exc).__name__
+                )
+                continue
             # _read_success re-raises transport errors only when no body byte has arrived.
             failure = _failure_from_transport(exc, timeouts, attempt)
         if failure.retry_in is None or attempt == attempts:
@@ -683,6 +770,7 @@ async def _stream(
             failure.retry_in,
         )
         await asyncio.sleep(failure.retry_in)
+        attempt += 1
 
 
 async def _read_success(
