@@ -14,7 +14,7 @@ from django.utils import timezone
 from playground.accounts.models import Membership, Team
 from playground.chat import sidebar
 from playground.chat.models import Conversation
-from tests.html import attr, find, find_all, has
+from tests.html import attr, find, find_all, has, text
 
 pytestmark = pytest.mark.django_db
 
@@ -193,3 +193,14 @@ def test_a_cursor_names_its_row_to_the_microsecond(user):
     cursor = sidebar.Cursor.after(c)
     assert sidebar.Cursor.parse(str(cursor)) == cursor
     assert Conversation.objects.filter(updated=cursor.updated, pk=cursor.pk).exists()
+
+
+def test_a_long_title_is_shortened_in_the_sidebar_only(client, user, conversation):
+    conversation.title = "A very long title " * 10
+    conversation.save()
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    row = find(page, "li", id=f"conv-{conversation.pk}")
+    link = text(find(row, "a"))
+    assert len(link) == 60 and link.endswith("…")
+    assert conversation.title.strip() in page.decode()  # the page's own title is whole
