@@ -83,7 +83,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files, before anything that needs a session or a database. In the embedded
     # default nothing stands in front of Daphne, so this serves them: gzipped when the
-    # browser accepts it, and cached for a year under their hashed names.
+    # browser accepts it, and cached for ten years (immutable) under their hashed names.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
