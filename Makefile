@@ -54,9 +54,11 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) --extra test --extra bench -c requirements/test.txt -o requirements/bench.txt
 
 # The embedded default: SQLite under var/, the in-memory channel layer, secrets generated
-# into var/ on first run, one Daphne process.
+# into var/ on first run, one Daphne process. collectstatic writes the hashed and gzipped
+# static files into var/static, which WhiteNoise serves.
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/daphne -b $(HOST) -p $(PORT) playground.asgi:application
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).

@@ -17,15 +17,14 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from playground.origin import SameOriginValidator  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # The embedded default has no web server in front: Daphne serves static files too.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Static files are served by WhiteNoise's middleware inside Django (settings.py).
+        "http": django_asgi_app,
         # ALLOWED_HOSTS first, then the Origin must be this very host and port.
         "websocket": AllowedHostsOriginValidator(
             SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))

@@ -9,6 +9,7 @@ from playground.chat import views as chat
 
 urlpatterns = [
     path("", chat.home, name="home"),
+    path("c/", chat.conversation_page, name="conversation_page"),
     path("c/new/", chat.conversation_new, name="conversation_new"),
     path("c/<int:pk>/", chat.conversation_detail, name="conversation"),
     path("c/<int:pk>/rename/", chat.conversation_rename, name="conversation_rename"),

@@ -10,12 +10,30 @@ from typing import Any
 import pytest
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
-from django.test import Client
+from django.conf import settings as django_settings
+from django.test import Client, override_settings
 
 from tests.upstream import Behaviour, FakeUpstream
 
 SECRET_KEY_VALUE = "sk-test-LEAKCANARY-7f3a9c2e5b1d4068"
 ORIGIN = b"http://127.0.0.1:8000"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _static_files_without_collectstatic() -> Iterator[None]:
+    """Pages rendered in this process link static files by their plain names.
+
+    The manifest storage of settings.py needs `collectstatic` first, which is not part of
+    test set-up; Django's documentation of ManifestStaticFilesStorage advises the plain
+    storage in tests. Without a STATIC_ROOT, WhiteNoise does not scan the developer's var/.
+    The browser tests run `collectstatic` for their server, as `make run` does, and so
+    check the real thing."""
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    with override_settings(
+        STORAGES={"default": django_settings.STORAGES["default"], "staticfiles": plain},
+        STATIC_ROOT=None,
+    ):
+        yield
 
 
 @pytest.fixture(autouse=True)

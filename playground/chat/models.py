@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -24,6 +24,11 @@ class ConversationQuerySet(models.QuerySet):
         return self.filter(
             Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
         ).distinct()
+
+    def older_than(self, updated: datetime, pk: int) -> ConversationQuerySet:
+        """The rows after (updated, pk) in the newest-first order: a keyset page boundary.
+        Ties in `updated` are broken by id, as `Meta.ordering` breaks them."""
+        return self.filter(Q(updated__lt=updated) | Q(updated=updated, pk__lt=pk))
 
 
 class Conversation(models.Model):

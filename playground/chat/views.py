@@ -6,14 +6,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError
-from django.http import FileResponse, Http404, HttpResponse, QueryDict
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from playground.chat import export, images, runs
+from playground.chat import export, images, runs, sidebar
 from playground.chat.access import get_conversation_for_user
 from playground.chat.contexts import (
     conversation_settings_context,
@@ -27,10 +27,6 @@ from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 
 TEMPLATE = "chat/playground.html"
-
-
-def _sidebar(user) -> list[Conversation]:
-    return list(Conversation.objects.visible_to(user).only("id", "title", "updated")[:200])
 
 
 def _new_conversation(user) -> Conversation:
@@ -66,11 +62,27 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     context = transcript_context(conversation)
     context.update(conversation_settings_context(conversation))
     context.update(
-        conversations=_sidebar(request.user),
+        sidebar=sidebar.first_page(request.user, conversation),
         can_run=conversation.can_run(request.user),
         presets=Preset.objects.filter(owner=request.user),
     )
     return render(request, TEMPLATE, context)
+
+
+@require_GET
+@login_required
+def conversation_page(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The sidebar's next page, asked for by the "Show more" item at the end of the last one.
+
+    A cursor that is not one of ours is refused (400) rather than answered with the first
+    page, which the sidebar would append below the pages it already shows."""
+    try:
+        after = sidebar.Cursor.parse(request.GET.get("after", ""))
+        pinned = int(request.GET["pinned"]) if "pinned" in request.GET else None
+    except ValueError:
+        return HttpResponseBadRequest("Not a page of this sidebar.")
+    page = sidebar.page(request.user, after, pinned=pinned)
+    return render(request, f"{TEMPLATE}#sidebar-page", {"sidebar": page})
 
 
 def form_values(post: QueryDict) -> dict[str, Any]:

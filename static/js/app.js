@@ -162,6 +162,24 @@
     follow();
   }
 
+  // The sidebar's "Show more" item replaces itself with the next page of rows. If it had the
+  // focus (a keyboard user reached it), carry on at the first new row: htmx can only give
+  // the focus back to an element with the same id, the new "Show more" past those rows.
+  let rowBeforeMore = null;
+  function onBeforeSwap(event) {
+    const target = event.detail.target;
+    const focused = target && target.matches("li.more") && target.contains(document.activeElement);
+    rowBeforeMore = focused ? target.previousElementSibling : null;
+  }
+  function onAfterSwap() {
+    const row = rowBeforeMore && rowBeforeMore.nextElementSibling;
+    rowBeforeMore = null;
+    const link = row && row.querySelector("a");
+    if (link) link.focus();
+  }
+
+  document.addEventListener("htmx:beforeSwap", onBeforeSwap);
+  document.addEventListener("htmx:afterSwap", onAfterSwap);
   document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);

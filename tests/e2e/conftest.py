@@ -49,6 +49,11 @@ class LiveServer:
     process: subprocess.Popen
     log_path: Path
     var_dir: Path
+    env: dict[str, str]
+
+    def manage(self, *args: str) -> str:
+        """Run a management command against this server's database, as `make run` would."""
+        return _manage(self.env, *args)
 
     def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
         try:
@@ -83,6 +88,20 @@ def _server_env(var_dir: Path, upstream: FakeUpstream) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "python"), "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
 
 
 def _wait_until_serving(server: LiveServer) -> None:
@@ -126,20 +145,16 @@ def e2e_upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="session")
 def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
-    """What `make run` runs: `manage.py migrate`, then Daphne, on a free loopback port."""
+    """What `make run` runs: `manage.py migrate` and `collectstatic` (into the temp var dir),
+    then Daphne, on a free loopback port."""
     var_dir = Path(tempfile.mkdtemp(prefix="playground-e2e-"))
     env = _server_env(var_dir, e2e_upstream)
-    migrate = subprocess.run(
-        [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if migrate.returncode != 0:
+    try:
+        _manage(env, "migrate", "--noinput")
+        _manage(env, "collectstatic", "--noinput", "--verbosity", "0")
+    except RuntimeError as exc:
         shutil.rmtree(var_dir, ignore_errors=True)
-        pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
+        pytest.fail(str(exc), pytrace=False)
 
     port = _free_port()
     log_path = var_dir / "daphne.log"
@@ -151,7 +166,7 @@ def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", e2e_upstream, process, log_path, var_dir)
+    server = LiveServer(f"http://127.0.0.1:{port}", e2e_upstream, process, log_path, var_dir, env)
     try:
         _wait_until_serving(server)
         yield server

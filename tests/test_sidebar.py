@@ -1,0 +1,206 @@
+"""The sidebar a page at a time: 50 newest first, then the next page on scroll or "Show more",
+keyset cursors on (updated, id), only conversations the user may see."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from html import unescape
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from playground.accounts.models import Membership, Team
+from playground.chat import sidebar
+from playground.chat.models import Conversation
+from tests.html import attr, find, find_all, has, text
+
+pytestmark = pytest.mark.django_db
+
+MODEL = "empiriolabs:gemma-4-e4b"
+
+
+def make_conversations(owner, n: int, *, tie_every: int = 1, team=None) -> list[Conversation]:
+    """n conversations, newest first; `tie_every` of them in a row share one `updated`."""
+    made = Conversation.objects.bulk_create(
+        Conversation(owner=owner, team=team, model=MODEL, title=f"Chat {i}") for i in range(n)
+    )
+    start = timezone.now() - timedelta(days=1)
+    for i, c in enumerate(made):
+        c.updated = start + timedelta(seconds=i // tie_every)
+        Conversation.objects.filter(pk=c.pk).update(updated=c.updated)
+    return sorted(made, key=lambda c: (c.updated, c.pk), reverse=True)
+
+
+def items(markup) -> list[int]:
+    rows = find_all(markup, "li", class_="conv")
+    return [int(attr(li, "id").removeprefix("conv-")) for li in rows]
+
+
+def more_url(markup) -> str | None:
+    buttons = find_all(markup, "button", id="conversation-more")
+    return unescape(attr(buttons[0], "hx-get")) if buttons else None
+
+
+def walk(client, first_markup) -> list[int]:
+    """Every item the sidebar shows after loading page after page, in order."""
+    seen = items(first_markup)
+    url = more_url(first_markup)
+    while url:
+        response = client.get(url, headers={"HX-Request": "true"})
+        assert response.status_code == 200
+        seen += items(response.content)
+        url = more_url(response.content)
+    return seen
+
+
+def test_the_first_page_is_the_50_newest_and_asks_for_more_on_scroll(client, user):
+    made = make_conversations(user, 120)
+    client.force_login(user)
+    page = client.get(f"/c/{made[0].pk}/").content
+    assert items(page) == [c.pk for c in made[:50]]
+    more = find(page, "button", id="conversation-more")
+    assert "intersect" in attr(more, "hx-trigger") and "click" in attr(more, "hx-trigger")
+    assert attr(more, "type") == "button"  # reachable and pressable from the keyboard
+
+
+def test_pages_follow_each_other_without_gaps_or_repeats_across_ties(client, user):
+    # Seven conversations share each `updated`, so ties straddle every page boundary.
+    made = make_conversations(user, 173, tie_every=7)
+    client.force_login(user)
+    seen = walk(client, client.get(f"/c/{made[0].pk}/").content)
+    assert seen == [c.pk for c in made]
+
+
+def test_the_next_page_is_a_fragment_that_starts_after_the_cursor(client, user):
+    made = make_conversations(user, 70, tie_every=3)
+    client.force_login(user)
+    cursor = sidebar.Cursor.after(made[49])
+    response = client.get(f"/c/?after={cursor}", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert items(response.content) == [c.pk for c in made[50:]]
+    assert not has(response.content, "ul") and not has(response.content, "main")
+    assert more_url(response.content) is None
+
+
+def test_pages_use_a_keyset_not_an_offset(client, user):
+    make_conversations(user, 120)
+    client.force_login(user)
+    first = client.get(f"/c/{Conversation.objects.first().pk}/").content
+    with CaptureQueriesContext(connection) as queries:
+        client.get(more_url(first), headers={"HX-Request": "true"})
+    pages = [q["sql"] for q in queries if "chat_conversation" in q["sql"]]
+    assert len(pages) == 1
+    assert "OFFSET" not in pages[0].upper()
+
+
+def test_foreign_conversations_never_appear(client, user, other_user):
+    mine = make_conversations(user, 60, tie_every=2)
+    theirs = make_conversations(other_user, 60, tie_every=2)
+    their_team = Team.objects.create(name="Not ada's")
+    Membership.objects.create(team=their_team, user=other_user, role=Membership.Role.OWNER)
+    team_only = make_conversations(other_user, 30, team=their_team)
+    our_team = Team.objects.create(name="Lab")
+    Membership.objects.create(team=our_team, user=user, role=Membership.Role.MEMBER)
+    Membership.objects.create(team=our_team, user=other_user, role=Membership.Role.OWNER)
+    shared = make_conversations(other_user, 10, team=our_team)
+    client.force_login(user)
+
+    seen = walk(client, client.get(f"/c/{mine[0].pk}/").content)
+    assert sorted(seen) == sorted(c.pk for c in mine + shared)
+    assert len(seen) == len(set(seen))
+
+    # A cursor aimed just above someone else's conversations shows ada's only.
+    foreign = theirs + team_only
+    for target in (foreign[0], foreign[-1]):
+        above = sidebar.Cursor(target.updated + timedelta(microseconds=1), target.pk + 1)
+        response = client.get(f"/c/?after={above}", headers={"HX-Request": "true"})
+        assert not set(items(response.content)) & {c.pk for c in foreign}
+    # Naming a foreign conversation as the pinned one reveals nothing either.
+    url = f"/c/?after={sidebar.Cursor.after(mine[10])}&pinned={theirs[0].pk}"
+    assert theirs[0].pk not in items(client.get(url).content)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "after=",
+        "after=abc",
+        "after=12_",
+        "after=_12",
+        "after=1.5_2",
+        "after=-5_2",
+        "after=12345678901234567_1",  # seventeen digits: past the year 2286
+        "after=1700000000000000_1&pinned=x",
+    ],
+)
+def test_a_cursor_that_is_not_ours_is_refused(client, user, query):
+    make_conversations(user, 60)
+    client.force_login(user)
+    response = client.get(f"/c/?{query}", headers={"HX-Request": "true"})
+    assert response.status_code == 400
+    assert not items(response.content)
+
+
+def test_the_more_item_is_there_only_when_there_is_more(client, user):
+    made = make_conversations(user, 50)
+    client.force_login(user)
+    page = client.get(f"/c/{made[0].pk}/").content
+    assert len(items(page)) == 50 and more_url(page) is None
+
+    extra = Conversation.objects.create(owner=user, model=MODEL)
+    page = client.get(f"/c/{extra.pk}/").content
+    assert len(items(page)) == 50 and more_url(page)
+    last = client.get(more_url(page)).content
+    assert items(last) == [made[-1].pk] and more_url(last) is None
+
+
+def test_an_open_conversation_older_than_the_first_page_stays_in_view_and_highlighted(client, user):
+    made = make_conversations(user, 120)
+    oldest = made[-1]
+    client.force_login(user)
+    page = client.get(f"/c/{oldest.pk}/").content
+
+    # It comes first, as it would after its next message; the 50 newest follow.
+    assert items(page) == [oldest.pk] + [c.pk for c in made[:50]]
+    current = find(page, "li", class_="conv current")
+    assert attr(current, "id") == f"conv-{oldest.pk}"
+    assert has(current, "a", aria_current="page")
+    # Later pages leave it out, so no conversation is listed twice.
+    assert walk(client, page) == [oldest.pk] + [c.pk for c in made[:-1]]
+
+
+def test_an_open_conversation_among_the_newest_keeps_its_place(client, user):
+    made = make_conversations(user, 120)
+    client.force_login(user)
+    page = client.get(f"/c/{made[7].pk}/").content
+    assert items(page) == [c.pk for c in made[:50]]
+    assert attr(find(page, "li", class_="conv current"), "id") == f"conv-{made[7].pk}"
+    assert "pinned" not in more_url(page)
+
+
+def test_the_next_page_needs_a_login(client, user):
+    made = make_conversations(user, 60)
+    response = client.get(f"/c/?after={sidebar.Cursor.after(made[10])}")
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_a_cursor_names_its_row_to_the_microsecond(user):
+    (c,) = make_conversations(user, 1)
+    c.refresh_from_db()
+    cursor = sidebar.Cursor.after(c)
+    assert sidebar.Cursor.parse(str(cursor)) == cursor
+    assert Conversation.objects.filter(updated=cursor.updated, pk=cursor.pk).exists()
+
+
+def test_a_long_title_is_shortened_in_the_sidebar_only(client, user, conversation):
+    conversation.title = "A very long title " * 10
+    conversation.save()
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    row = find(page, "li", id=f"conv-{conversation.pk}")
+    link = text(find(row, "a"))
+    assert len(link) == 60 and link.endswith("…")
+    assert conversation.title.strip() in page.decode()  # the page's own title is whole
