@@ -59,7 +59,7 @@ lock: | $(BIN)/python
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/daphne -b $(HOST) -p $(PORT) playground.asgi:application
+	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=4096 --websocket_connect_timeout 30 playground.asgi:application
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 browser:

@@ -82,6 +82,15 @@ def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]
     return {k: v for k, v in diff.items() if v}
 
 
+def gaps_in(arrivals: list[list[float]], start: float, end: float) -> list[float]:
+    """Seconds between consecutive frames of each stream, for the frames that arrived in
+    [start, end) (the gap is counted where it ends, so a stall the window ends is in it)."""
+    gaps = []
+    for times in arrivals:
+        gaps += [b - a for a, b in zip(times, times[1:], strict=False) if start <= b < end]
+    return gaps
+
+
 @dataclass
 class ProcessMeter:
     """CPU seconds and peak RSS of some processes over a stretch of time."""
@@ -651,6 +660,110 @@ class Bench:
         for ws in opened:
             await ws.close()
 
+    async def storm(self, n: int, streams: int, rate: float, timeout: float) -> None:
+        """n sockets that all start their handshake at once, while `streams` replies stream:
+        how many get in, how long they wait, and whether the running replies stall."""
+        label = f"storm of {n} sockets"
+        print(f"[{label}] while {streams} replies stream at {rate:g} tok/s", flush=True)
+        before_s = 3.0
+        # Long enough to outlast the storm; stopped once it is over.
+        tokens = int(rate * (before_s + timeout + 10))
+        self.upstream.set_default(tokens, 1 / rate)
+        self.upstream.reset()
+        stream_targets, storm_targets = self.take(streams), self.take(n)
+        arrivals: list[list[float]] = [[] for _ in stream_targets]
+        storm_over = asyncio.Event()
+        meter = ProcessMeter(self.pids)
+
+        async def stream(i: int, url: str, cid: int) -> None:
+            ws = await client.open_socket(url, cid, self.cookie)
+            try:
+                await asyncio.wait_for(ws.recv(), 10)  # the transcript
+                await ws.send(client.send_payload(client.prompt_for(f"bench-storm-{i}")))
+                while not storm_over.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        frame = await asyncio.wait_for(ws.recv(), 0.5)
+                        if isinstance(frame, str) and frame.startswith("+t"):
+                            arrivals[i].append(time.monotonic())
+                await ws.send(client.STOP)
+            finally:
+                await ws.close()
+
+        gate = asyncio.Event()
+
+        async def handshake(url: str, cid: int) -> tuple[str, float, Any]:
+            """("ok" | what failed, seconds from the start to the transcript, the socket)."""
+            await gate.wait()
+            started = time.monotonic()
+            try:
+                ws = await client.open_socket(url, cid, self.cookie, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - counted by kind
+                return f"handshake: {type(exc).__name__}", time.monotonic() - started, None
+            try:
+                await asyncio.wait_for(ws.recv(), timeout)
+            except Exception as exc:  # noqa: BLE001
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                kind = f"closed {code}" if code else f"transcript: {type(exc).__name__}"
+                await ws.close()
+                return kind, time.monotonic() - started, None
+            return "ok", time.monotonic() - started, ws
+
+        running = [asyncio.create_task(stream(i, u, c)) for i, (u, c) in enumerate(stream_targets)]
+        try:
+            await asyncio.sleep(1.0 + before_s)  # first tokens, then the quiet baseline
+            storm_tasks = [asyncio.create_task(handshake(u, c)) for u, c in storm_targets]
+            await asyncio.sleep(0)  # every task is parked at the gate
+            async with meter:
+                storm_start = time.monotonic()
+                gate.set()
+                outcomes = await asyncio.wait_for(asyncio.gather(*storm_tasks), timeout + 10)
+                storm_end = time.monotonic()
+            # Streams keep running a little past the storm, so its last gaps have an end.
+            await asyncio.sleep(1.0)
+            storm_over.set()
+            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 20)
+        finally:
+            storm_over.set()
+            for task in running:
+                task.cancel()
+        opened = [ws for kind, _, ws in outcomes if ws is not None]
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+
+        ok_times = [t * 1000 for kind, t, _ in outcomes if kind == "ok"]
+        failures = Counter(kind for kind, _, _ in outcomes if kind != "ok")
+        why = ", ".join(f"{kind} {count}" for kind, count in failures.most_common())
+        self.row(
+            label,
+            "handshakes ok / failed",
+            f"{len(ok_times)} / {n - len(ok_times)}" + (f" ({why})" if why else ""),
+            f"{n} / 0",
+        )
+        self.row(
+            label,
+            "connect to transcript p50 / p99 / max",
+            f"{percentile(ok_times, 50):,.0f} / {percentile(ok_times, 99):,.0f} / "
+            f"{max(ok_times, default=math.nan):,.0f} ms (storm {storm_end - storm_start:.1f} s)",
+        )
+        quiet = gaps_in(arrivals, storm_start - before_s, storm_start)
+        during = gaps_in(arrivals, storm_start, storm_end)
+        self.row(
+            label,
+            f"{streams} running streams: delta gap p99 / stall max, before → during",
+            f"{percentile(quiet, 99) * 1000:.0f} / {max(quiet, default=math.nan) * 1000:.0f} ms"
+            f" → {percentile(during, 99) * 1000:.0f} / "
+            f"{max(during, default=math.nan) * 1000:.0f} ms",
+        )
+        self.row(
+            label,
+            "Daphne CPU during the storm; per socket",
+            f"{meter.cpu:.1f} s; {meter.cpu / max(1, len(ok_times)) * 1000:.1f} ms",
+        )
+        self.raw["storm"] = {
+            "outcomes": [(kind, t) for kind, t, _ in outcomes],
+            "arrivals": arrivals,
+            "storm": [storm_start, storm_end],
+        }
+
     def table(self) -> str:
         lines = ["| scenario | figure | measured | target |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
@@ -689,12 +802,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ceiling-streams", type=int, default=20)
     p.add_argument("--ceiling-tokens", type=int, default=2000)
     p.add_argument("--idle", type=int, default=1000, help="idle sockets to open")
+    p.add_argument("--storm", type=int, default=1000, help="sockets that connect at once")
+    p.add_argument("--storm-streams", type=int, default=20, help="replies streaming meanwhile")
+    p.add_argument("--storm-timeout", type=float, default=60, help="s a storm socket may wait")
     p.add_argument(
         "--only",
-        default="single,burst,concurrent,turns,long,ceiling,idle",
+        default="single,burst,concurrent,turns,long,ceiling,idle,storm",
         help="comma-separated scenarios to run",
     )
     p.add_argument("--processes", type=int, default=1, help="Daphne processes")
+    # Keep these two in step with `make run` and docs/deploy.md: the bench measures them.
+    p.add_argument("--backlog", type=int, default=4096, help="Daphne's listen backlog")
+    p.add_argument(
+        "--websocket-connect-timeout",
+        type=int,
+        default=30,
+        help="Daphne's --websocket_connect_timeout, s",
+    )
     p.add_argument(
         "--database-url",
         help="PostgreSQL server: a fresh database is created on "
@@ -728,6 +852,8 @@ async def main_async(args: argparse.Namespace, bench: Bench) -> None:
             await bench.ceiling(args.ceiling_streams, args.ceiling_tokens)
         if "idle" in only:
             await bench.idle(args.idle)
+        if "storm" in only:
+            await bench.storm(args.storm, args.storm_streams, args.rate, args.storm_timeout)
     finally:
         if bench.http is not None:
             await bench.http.aclose()
@@ -746,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("long" in only) * args.long_streams
         + ("ceiling" in only) * args.ceiling_streams
         + ("idle" in only) * (args.idle + 50)
+        + ("storm" in only) * (args.storm + args.storm_streams)
     )
     upstream = UpstreamProcess(args.tokens, 1 / args.rate)
     database_url = create_pg_database(args.database_url) if args.database_url else None
@@ -760,9 +887,13 @@ def main(argv: list[str] | None = None) -> int:
         args.redis_url,
         extra_env=extra,
         asgi_app="bench.asgi:application",  # adds the SQL statement count
+        backlog=args.backlog,
+        websocket_connect_timeout=args.websocket_connect_timeout,
     )
-    mode = f"{args.processes} Daphne process(es), " + (
-        "PostgreSQL + Redis" if database_url else "SQLite + in-memory channel layer"
+    mode = (
+        f"{args.processes} Daphne process(es) (backlog {args.backlog}, websocket connect "
+        f"timeout {args.websocket_connect_timeout} s), "
+        + ("PostgreSQL + Redis" if database_url else "SQLite + in-memory channel layer")
     )
     print(f"machine: {machine()}\nmode: {mode}\nvar dir: {stack.var_dir}", flush=True)
     try:

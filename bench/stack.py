@@ -188,6 +188,9 @@ class Stack:
     daphne_command: list[str] = field(default_factory=lambda: [str(BIN / "daphne")])
     # bench.relay serves "bench.asgi:application": the same app plus a SQL statement counter.
     asgi_app: str = ASGI_APP
+    # Daphne's listen backlog and WebSocket connect timeout (None: Daphne's own, 50 and 5 s).
+    backlog: int | None = None
+    websocket_connect_timeout: int | None = None
 
     def __post_init__(self) -> None:
         self.env = self._env()
@@ -241,8 +244,11 @@ class Stack:
         return done.stdout
 
     def prepare(self, conversations: int) -> Seed:
-        """Migrate, add the write counters, create a user with a key and its conversations."""
+        """Migrate, collect the static files WhiteNoise serves (its manifest storage answers
+        500 without them), add the write counters, create a user with a key and its
+        conversations."""
         self.manage("migrate", "--noinput")
+        self.manage("collectstatic", "--noinput", "--verbosity", "0")
         install_write_counters(self.database_url, self.sqlite_path)
         done = subprocess.run(
             [str(BIN / "python"), "-m", "bench.seed", str(conversations)],
@@ -263,7 +269,7 @@ class Stack:
             log_path = self.var_dir / f"daphne-{port}.log"
             with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe stalls Daphne
                 process = subprocess.Popen(
-                    [*self.daphne_command, "-b", "127.0.0.1", "-p", str(port), self.asgi_app],
+                    [*self.daphne_command, *self.daphne_options(port), self.asgi_app],
                     cwd=ROOT,
                     env=self.env,
                     stdout=log,
@@ -273,6 +279,16 @@ class Stack:
         for server in self.servers[-n:]:
             _wait_until_serving(server, timeout)
         return self.servers[-n:]
+
+    def daphne_options(self, port: int) -> list[str]:
+        """Where Daphne listens and its handshake limits: `make run`'s flags, when set."""
+        if self.backlog is None:
+            options = ["-b", "127.0.0.1", "-p", str(port)]
+        else:
+            options = ["-e", f"tcp:port={port}:interface=127.0.0.1:backlog={self.backlog}"]
+        if self.websocket_connect_timeout is not None:
+            options += ["--websocket_connect_timeout", str(self.websocket_connect_timeout)]
+        return options
 
     def stop(self) -> None:
         for server in self.servers:

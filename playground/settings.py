@@ -234,6 +234,13 @@ PLAYGROUND_RUN = {
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
 }
+# Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
+# with code 4503, which the page shows and retries after a backoff, instead of the handshake
+# timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:
+# size it from memory and from how many sockets one process can connect within its timeout.
+PLAYGROUND_MAX_SOCKETS = envint("PLAYGROUND_MAX_SOCKETS", 5000)
+if PLAYGROUND_MAX_SOCKETS < 1:
+    raise ImproperlyConfigured("PLAYGROUND_MAX_SOCKETS must be at least 1")
 # Image attachments: a byte cap, a pixel cap checked before decoding (decompression bombs),
 # and the longest side images are downscaled to before they are sent.
 PLAYGROUND_IMAGES = {

@@ -79,6 +79,12 @@ def test_an_empty_encryption_key_list_stops_start_up(tmp_path):
     assert "PLAYGROUND_ENCRYPTION_KEYS: No encryption keys are configured" in result.stderr
 
 
+def test_a_socket_cap_below_one_stops_start_up(tmp_path):
+    result = run_settings(tmp_path, PLAYGROUND_MAX_SOCKETS="0")
+    assert result.returncode != 0
+    assert "PLAYGROUND_MAX_SOCKETS must be at least 1" in result.stderr
+
+
 def test_the_second_of_two_keys_is_named_when_it_is_bad(tmp_path):
     from playground.accounts import crypto
 

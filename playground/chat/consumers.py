@@ -38,6 +38,31 @@ TEMPLATE = "chat/playground.html"
 MAX_FRAME_BYTES = 400_000
 RATE, BURST = 5.0, 20  # messages per second per socket, and the burst allowed
 render = sync_to_async(render_to_string, thread_sensitive=False)
+# Over PLAYGROUND_MAX_SOCKETS: accepted and closed at once with this code, so the browser
+# learns why (a refused handshake reaches page script as a bare 1006) and retries later.
+# Daphne only sends application codes 1000 and 3000-4999, so not the standard 1013.
+AT_CAPACITY = 4503
+
+
+class SocketSlots:
+    """Open sockets of this process, against PLAYGROUND_MAX_SOCKETS. One event loop serves
+    every consumer, so a plain counter is enough; each consumer takes at most one slot and
+    gives it back exactly once."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= settings.PLAYGROUND_MAX_SOCKETS:
+            return False
+        self.taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
+slots = SocketSlots()
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -46,8 +71,34 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # Timers this socket started: kept so they are not garbage-collected, and cancelled
         # on disconnect so none of them touches a closed socket or the database afterwards.
         self.tasks: set[asyncio.Task] = set()
+        self.has_slot = False
 
     async def connect(self) -> None:
+        # Before any database work: a connect storm past the cap costs no queries.
+        if not slots.take():
+            await self.accept()
+            await self.close(code=AT_CAPACITY)
+            return
+        self.has_slot = True
+        if not await self._open():
+            self._give_back_slot()  # refused: the slot is free now, not when the server says
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Every way out (disconnect, an exception in a handler, the server cancelling an
+        # instance that outlived its socket) ends here, so no slot is ever lost.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._give_back_slot()
+
+    def _give_back_slot(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            slots.give_back()
+
+    async def _open(self) -> bool:
+        """Authorize, join the conversation's group, accept and send the transcript; False
+        (and the socket refused) for a user who may not watch it."""
         # AuthMiddlewareStack sets the user; without it the socket is simply anonymous.
         self.user = self.scope.get("user") or AnonymousUser()
         self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
@@ -58,13 +109,15 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.tokens, self.refilled = float(BURST), time.monotonic()
         if not await self._authorized():
             await self.close(code=4403)
-            return
+            return False
         self.group = runs.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await self._send_transcript()
+        return True
 
     async def disconnect(self, code: int) -> None:
+        self._give_back_slot()
         pending = list(self.tasks)
         for task in pending:
             task.cancel()
@@ -118,6 +171,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # Browser → server
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if not self.has_slot:
+            return  # turned away at capacity (or gone): the close frame is on its way
         if self._rate_limited():
             await self._send_error("Too many messages at once: slow down a little.")
             return

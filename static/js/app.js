@@ -180,6 +180,36 @@
 
   document.addEventListener("htmx:beforeSwap", onBeforeSwap);
   document.addEventListener("htmx:afterSwap", onAfterSwap);
+
+  // A process at its socket cap accepts and at once closes with 4503. The ws extension
+  // retries only 1006/1011-1013, which Daphne cannot send, and htmx has no attribute to
+  // show why a socket closed, so script says so and reconnects with a jittered backoff
+  // (2, 4, … 60 s) that keeps a thousand waiting tabs from coming back at once.
+  let capacityRetries = 0;
+  function onSocketClose(event) {
+    if (event.detail.event.code !== 4503) return;
+    const seconds = Math.ceil(Math.min(60, 2 ** ++capacityRetries) * (0.5 + Math.random() / 2));
+    const status = document.getElementById("composer-error");
+    if (status) {
+      status.textContent = "The server is at capacity; retrying in " + seconds + " s…";
+      status.dataset.capacity = "1";
+    }
+    const socketElt = event.target;
+    setTimeout(function () {
+      if (document.body.contains(socketElt)) event.detail.socketWrapper.reconnect();
+    }, seconds * 1000);
+  }
+  function onSocketOpen() {
+    capacityRetries = 0;
+    const status = document.getElementById("composer-error");
+    if (status && status.dataset.capacity) {
+      status.textContent = "";
+      delete status.dataset.capacity;
+    }
+  }
+
+  document.addEventListener("htmx:wsClose", onSocketClose);
+  document.addEventListener("htmx:wsOpen", onSocketOpen);
   document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);
