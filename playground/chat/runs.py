@@ -169,10 +169,7 @@ class Run:
             retry_after_cap=params["RETRY_AFTER_CAP"],
             # The settings dict mixes floats with this one whole number, so it reads as float.
             max_retries=int(params["MAX_RETRIES"]),
-            # .get: settings written before this key existed still work.
-            keepalive_expiry=params.get(
-                "KEEPALIVE_EXPIRY", client.DEFAULT_TIMEOUTS.keepalive_expiry
-            ),
+            keepalive_expiry=params["KEEPALIVE_EXPIRY"],
         )
         endpoint = catalog.endpoint(self.request.model.provider)
         events = client.stream(endpoint, self.request.api_key, self.request.body, timeouts=timeouts)
