@@ -73,6 +73,8 @@ def test_an_empty_title_is_refused(client, user, conversation):
 
 def test_delete_asks_for_confirmation_and_removes_everything(client, user, conversation):
     Message.objects.create(conversation=conversation, role="user", text="Hi")
+    conversation.title_from("Hi")
+    conversation.save()
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
     assert has(page, hx_post=f"/c/{conversation.pk}/delete/", hx_confirm=True)

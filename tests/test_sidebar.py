@@ -150,7 +150,7 @@ def test_the_more_item_is_there_only_when_there_is_more(client, user):
     page = client.get(f"/c/{made[0].pk}/").content
     assert len(items(page)) == 50 and more_url(page) is None
 
-    extra = Conversation.objects.create(owner=user, model=MODEL)
+    extra = Conversation.objects.create(owner=user, model=MODEL, title="Extra")
     page = client.get(f"/c/{extra.pk}/").content
     assert len(items(page)) == 50 and more_url(page)
     last = client.get(more_url(page)).content
@@ -201,6 +201,8 @@ def test_a_long_title_is_shortened_in_the_sidebar_only(client, user, conversatio
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content
     row = find(page, "li", id=f"conv-{conversation.pk}")
-    link = text(find(row, "a"))
+    link = text(find(row, "span", class_="t"))
     assert len(link) == 60 and link.endswith("…")
+    # Wrapped to two lines in the column, and whole on hover.
+    assert attr(find(row, "a"), "title") == conversation.title
     assert conversation.title.strip() in page.decode()  # the page's own title is whole
