@@ -6,7 +6,7 @@ import pytest
 
 from playground.accounts.models import Membership, Team
 from playground.chat.models import Conversation, LastSettings, Preset
-from tests.html import attr, find, has, text
+from tests.html import attr, find, find_all, has, text
 
 pytestmark = pytest.mark.django_db
 HX = {"HX-Request": "true"}
@@ -233,3 +233,56 @@ async def test_sending_in_another_conversation_makes_its_settings_the_last_used(
     await socket.until(lambda f: "status-complete" in f)
     last = await LastSettings.objects.aget(user=user)
     assert (last.model, last.params) == ("empiriolabs:gemma-4-e4b", {"seed": 3})
+
+
+def test_an_unset_slider_stands_at_the_provider_default_not_at_zero(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    slider = find(page, "input", type="range", data_number="p-temperature")
+    assert attr(slider, "value") == "0.7" and attr(slider, "data-ghost") == "0.7"
+    box = find(page, "input", id="p-temperature")
+    assert attr(box, "value") == "" and attr(box, "placeholder") == "0.7"
+    # The AI/ML API documents no default temperature: no position to show, so no thumb.
+    conversation.model = "aimlapi:google/gemma-3n-e4b-it"
+    conversation.save()
+    page = client.get(f"/c/{conversation.pk}/").content
+    row = find(find(page, "div", id="param-temperature"), "div", class_="slider-row")
+    assert "no-default" in attr(row, "class").split()
+    assert attr(find(page, "input", id="p-temperature"), "placeholder") == "unset"
+
+
+def test_folded_sections_are_drawn_folded_from_the_cookie(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    sections = {attr(d, "data-section"): d for d in find_all(page, "details", class_="params")}
+    assert set(sections) == {"sampling", "thinking", "logprobs", "tools", "structured"}
+    assert all("open" in dict(d.attributes) for d in sections.values())
+    client.cookies["panel_closed"] = "tools.logprobs.bogus"
+    page = client.get(f"/c/{conversation.pk}/").content
+    folded = {
+        attr(d, "data-section")
+        for d in find_all(page, "details", class_="params")
+        if "open" not in dict(d.attributes)
+    }
+    assert folded == {"tools", "logprobs"}
+    # A model switch redraws the panel folded the same way.
+    Conversation.objects.filter(pk=conversation.pk).update(model="aimlapi:google/gemma-3n-e4b-it")
+    response = post_settings(client, conversation)
+    redrawn = {
+        attr(d, "data-section")
+        for d in find_all(response.content, "details", class_="params")
+        if "open" not in dict(d.attributes)
+    }
+    assert redrawn == {"tools", "logprobs"}
+
+
+def test_the_panel_has_a_filter_box_and_skip_links(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    assert has(page, "input", type="search", id="param-filter", aria_label=True)
+    links = find_all(find(page, "nav", class_="skip-links"), "a")
+    assert [attr(a, "href") for a in links] == ["#prompt", "#model"]
+    # The schema's name and editor sit in one box that app.css shows for "JSON schema" only.
+    fields = find(page, "div", class_="schema-fields")
+    assert has(fields, name="param:response_format:name")
+    assert has(fields, name="param:response_format:schema")
