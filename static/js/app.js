@@ -136,7 +136,7 @@
     if (event.target.id === "image-input") event.target.value = "";
   });
 
-  // The filter box shows only the parameters whose name holds what was typed, opening the
+  // The filter box shows only the parameters whose name has what was typed, opening the
   // sections they are in. It works on controls already in the page, as they are being
   // edited: a server round trip per keystroke would redraw them, and htmx has no filter.
   function filterParams(box) {
@@ -145,7 +145,8 @@
     document.querySelectorAll("#settings details.params").forEach(function (section) {
       let shown = 0;
       section.querySelectorAll(".param").forEach(function (param) {
-        param.hidden = query !== "" && !param.id.slice(6).includes(query);
+        // From the start of a word of the name: "top" finds top_p, not stop.
+        param.hidden = query !== "" && !("_" + param.id.slice(6)).includes("_" + query);
         if (!param.hidden) shown++;
       });
       section.hidden = shown === 0;
