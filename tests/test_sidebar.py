@@ -204,8 +204,6 @@ def test_a_long_title_is_shortened_in_the_sidebar_only(client, user, conversatio
     row = find(page, "li", id=f"conv-{conversation.pk}")
     link = text(find(row, "span", class_="t"))
     assert len(link) == 60 and link.endswith("…")
-    # Wrapped to two lines in the column, and whole on hover.
-    assert attr(find(row, "a"), "title") == conversation.title
     assert conversation.title.strip() in page.decode()  # the page's own title is whole
 
 
