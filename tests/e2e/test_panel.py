@@ -22,6 +22,13 @@ def wait_for_closed_cookie(page, expected: str) -> None:
     assert closed_cookie(page) == expected
 
 
+def saved_after(page, action) -> None:
+    """Do `action` and wait for the panel to say this change (not an earlier one) was saved."""
+    page.locator("#settings-status").evaluate("el => { el.textContent = ''; }")
+    action()
+    page.locator("#settings-status", has_text="Saved.").wait_for()
+
+
 def opacity(page, selector: str) -> float:
     return float(page.locator(selector).evaluate("el => getComputedStyle(el).opacity"))
 
@@ -79,16 +86,20 @@ def test_the_filter_box_finds_a_parameter_by_name(page, live_server):
 @pytest.mark.e2e
 def test_an_unset_slider_is_a_faint_ghost_until_it_is_set(page, live_server):
     open_conversation(page, live_server)
-    page.locator(".param#param-temperature button[data-unset]").click()
+    unset = page.locator(".param#param-temperature button[data-unset]")
     slider = 'input[type=range][data-number="p-temperature"]'
+    saved_after(page, unset.click)
     assert page.input_value("#p-temperature") == ""
     assert page.input_value(slider) == "0.7"  # at the provider's default, not at 0
     assert opacity(page, slider) < 0.5
-    page.fill("#p-temperature", "1.2")
+    box = page.locator("#p-temperature")
+    box.fill("1.2")
+    saved_after(page, lambda: box.dispatch_event("change"))  # as leaving the box would
     assert opacity(page, slider) == 1
     assert page.input_value(slider) == "1.2"
-    # Unset again: back to the default's place, faint.
-    page.locator(".param#param-temperature button[data-unset]").click()
+    # Unset again: back to the default's place, faint, and saved so (later tests start from
+    # the settings this one leaves).
+    saved_after(page, unset.click)
     assert page.input_value(slider) == "0.7" and opacity(page, slider) < 0.5
     # The seed is a number box, without a slider.
     assert page.locator('input[type=range][data-number="p-seed"]').count() == 0
