@@ -1,16 +1,11 @@
 """Layout in a real browser: nothing widens the page past the viewport, narrow screens get
-drawers, and the keyboard reaches the message box, Send and the model picker at once.
-
-Set PLAYGROUND_SCREENSHOT_NARROW=docs/screenshot-narrow.png to also save the README's
-narrow-screen screenshot (390×844, the settings drawer open)."""
+drawers, and the keyboard reaches the message box, Send and the model picker at once."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.e2e.test_browser import ROOT, Sockets
+from tests.e2e.test_browser import Sockets
 from tests.e2e.test_parameters import sign_in
 from tests.upstream import Behaviour
 
@@ -113,11 +108,6 @@ def test_at_390_px_the_sidebar_and_panel_are_drawers_from_the_header(page, live_
     last.scroll_into_view_if_needed()
     assert inside_viewport(page, "#presets button >> nth=-1")
     assert page_overflow(page) == 0
-
-    screenshot = os.environ.get("PLAYGROUND_SCREENSHOT_NARROW")
-    if screenshot:
-        page.locator("#panel").evaluate("el => { el.scrollTop = 0; }")
-        page.screenshot(path=str(ROOT / screenshot), caret="initial")
 
     # Its close button hands the focus back to the header.
     page.locator('#panel .drawer-head button[data-drawer="panel"]').click()
