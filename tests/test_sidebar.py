@@ -266,3 +266,16 @@ def test_the_day_labels():
     assert sidebar.day_label(today - timedelta(days=7), today) != "Yesterday"
     older = today - timedelta(days=800)
     assert sidebar.day_label(older, today).endswith(str(older.year))
+
+
+@pytest.mark.parametrize(
+    ("cookie", "offset"),
+    [("Asia/Tokyo", "+0900"), ("../../etc/passwd", "+0000"), ("Not/AZone", "+0000"), ("", "+0000")],
+)
+def test_dates_are_in_the_readers_time_zone_from_the_cookie(client, user, cookie, offset):
+    (c,) = make_conversations(user, 1)
+    client.force_login(user)
+    client.cookies["tz"] = cookie
+    page = client.get(f"/c/{c.pk}/").content
+    stamp = attr(find(find(page, "li", id=f"conv-{c.pk}"), "time"), "datetime")
+    assert stamp.endswith(offset)

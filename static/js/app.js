@@ -185,7 +185,10 @@
     const drawer = document.getElementById(id);
     if (!drawer) return;
     drawer.classList.toggle("open", open);
-    document.body.classList.toggle("drawer-open", !!document.querySelector(".drawer.open"));
+    const anyOpen = !!document.querySelector(".drawer.open");
+    document.body.classList.toggle("drawer-open", anyOpen);
+    // Behind an open drawer the chat is dimmed: keep the keyboard and screen readers out too.
+    document.querySelector("main").inert = anyOpen;
     const toggle = document.querySelector('.drawer-toggle[data-drawer="' + id + '"]');
     if (toggle) toggle.setAttribute("aria-expanded", String(open));
     if (open) {
@@ -296,6 +299,13 @@
   document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);
+  // The server groups the sidebar by the reader's days, and only the browser knows the
+  // reader's time zone: it goes to the server in a cookie, read from the next page on.
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && !document.cookie.split("; ").includes("tz=" + zone)) {
+    document.cookie = "tz=" + zone + "; path=/; max-age=31536000; samesite=lax";
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const el = transcript();
     if (el) {

@@ -94,9 +94,11 @@ def test_at_390_px_the_sidebar_and_panel_are_drawers_from_the_header(page, live_
     assert inside_viewport(page, "#conversation-list .conv.current a")
     assert "A conversation to find" in current.inner_text()
     assert inside_viewport(page, "#sidebar button.primary")  # + New conversation
+    assert page.locator("main").evaluate("el => el.inert")  # the chat behind is out of reach
     page.keyboard.press("Escape")
     assert conversations.get_attribute("aria-expanded") == "false"
     page.locator("#sidebar").wait_for(state="hidden")
+    assert not page.locator("main").evaluate("el => el.inert")
 
     settings = page.locator('.drawer-toggle[data-drawer="panel"]')
     settings.click()
