@@ -174,7 +174,9 @@
     const section = event.target;
     const box = document.getElementById("param-filter");
     if (!section.matches || !section.matches("details.params") || (box && box.value)) return;
-    const closed = closedSections().filter(function (key) { return key && key !== section.dataset.section; });
+    const closed = closedSections().filter(function (key) {
+      return key && key !== section.dataset.section;
+    });
     if (!section.open) closed.push(section.dataset.section);
     document.cookie = "panel_closed=" + closed.join(".") + "; path=/; max-age=31536000; samesite=lax";
   }
@@ -199,6 +201,8 @@
   function closeDrawers() {
     document.querySelectorAll(".drawer.open").forEach(function (d) { setDrawer(d.id, false); });
   }
+  // A window widened past the drawers' breakpoint shows both columns: none stays "open".
+  window.matchMedia("(min-width: 801px)").addEventListener("change", closeDrawers);
 
   document.addEventListener("toggle", onToggle, true);  // toggle does not bubble
   document.addEventListener("input", function (event) {
@@ -210,8 +214,15 @@
   }, true);
 
   document.addEventListener("click", function (event) {
-    if (document.body.classList.contains("drawer-open") && !event.target.closest(".drawer, .drawer-toggle")) {
-      closeDrawers();
+    if (document.body.classList.contains("drawer-open") && !event.target.closest(".drawer")) {
+      closeDrawers();  // a click on the dimmed page beside the drawer
+      return;
+    }
+    // "Skip to model" on a narrow screen: the model picker is in the closed settings drawer.
+    const panel = document.getElementById("panel");
+    if (event.target.closest('a[href="#model"]') && panel && getComputedStyle(panel).visibility === "hidden") {
+      event.preventDefault();
+      setDrawer("panel", true);
       return;
     }
     const button = event.target.closest("button");

@@ -111,10 +111,18 @@ def test_at_390_px_the_sidebar_and_panel_are_drawers_from_the_header(page, live_
     assert inside_viewport(page, "#presets button >> nth=-1")
     assert page_overflow(page) == 0
 
-    # Its close button hands the focus back to the header.
+    # Its close button closes it.
     page.locator('#panel .drawer-head button[data-drawer="panel"]').click()
     page.locator("#panel").wait_for(state="hidden")
     assert settings.get_attribute("aria-expanded") == "false"
+
+    # "Skip to model" reaches the model picker in the closed drawer: it opens the drawer.
+    page.locator(".skip-links a", has_text="Skip to model").focus()
+    page.keyboard.press("Enter")
+    page.locator("#model").wait_for(state="visible")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.activeElement.id") == "model"
+    assert inside_viewport(page, "#model")
 
 
 @pytest.mark.e2e
