@@ -2,9 +2,16 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from playground.providers.models import CustomEndpoint
+from playground.providers.models import CustomEndpoint, EndpointModel
+
+
+class EndpointModelInline(admin.TabularInline[EndpointModel, CustomEndpoint]):
+    model = EndpointModel
+    extra = 0
+    fields = ["model_id", "offered", "context_window", "max_output", "price_per_message"]
 
 
 @admin.register(CustomEndpoint)
 class CustomEndpointAdmin(admin.ModelAdmin[CustomEndpoint]):
     list_display = ["name", "slug", "base_url", "requires_key"]
+    inlines = [EndpointModelInline]
