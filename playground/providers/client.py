@@ -27,6 +27,7 @@ import math
 import random
 import ssl
 import string
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -947,3 +948,102 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx.HTTPError):
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# One-shot requests (endpoint set-up: test, discover, probe, token counts)
+# ---------------------------------------------------------------------------------------------
+
+_MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a model listing is a few KB; never hold more than this
+
+
+class ConnectionProblem(UpstreamError):
+    """No HTTP answer, with the exact reason: dns, refused, tls, timeout, address, url, other."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__("timeout" if reason == "timeout" else "connection", message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer to a one-shot request, whatever its status."""
+
+    status: int
+    payload: Any  # the parsed JSON body, or None
+    detail: str  # the provider's own message (scrubbed) when the status is not 2xx
+    elapsed_ms: float
+    location: str = ""  # where a 3xx pointed (never followed)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def request_json(
+    endpoint: Endpoint,
+    api_key: str | None,
+    method: str,
+    url: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    timeout: float = 10.0,
+) -> Answer:
+    """Send one request and read a JSON answer; raises ConnectionProblem when none came.
+
+    Not retried and not pooled: these run when an admin presses a button, and the answer
+    (including how long it took) must describe one plain attempt."""
+    headers = build_headers(endpoint, api_key)
+    headers["Accept"] = "application/json"
+    limit = httpx.Timeout(timeout)
+    if endpoint.policy is not None:
+        http = netpolicy.guarded_client(endpoint.policy, timeout=limit)
+    else:
+        http = httpx.AsyncClient(follow_redirects=False, verify=_ssl_context(), timeout=limit)
+    started = time.monotonic()
+    try:
+        async with http, http.stream(method, url, json=payload, headers=headers) as response:
+            raw = bytearray()
+            async for chunk in response.aiter_bytes():
+                raw += chunk
+                if len(raw) > _MAX_ANSWER_BYTES:
+                    break
+            elapsed = (time.monotonic() - started) * 1000
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise _connection_problem(exc, timeout) from None
+    try:
+        parsed = json.loads(bytes(raw))
+    except ValueError:
+        parsed = None
+    ok = 200 <= response.status_code < 300
+    return Answer(
+        status=response.status_code,
+        payload=parsed,
+        detail="" if ok else _provider_message(bytes(raw), api_key),
+        elapsed_ms=round(elapsed, 1),
+        location=response.headers.get("location", "") if response.is_redirect else "",
+    )
+
+
+def _connection_problem(exc: Exception, timeout: float) -> ConnectionProblem:
+    refused = _cause(exc, netpolicy.AddressRefused)
+    if refused is not None:
+        return ConnectionProblem("address", str(refused))
+    unresolved = _cause(exc, netpolicy.NameNotResolved)
+    if unresolved is not None:
+        return ConnectionProblem("dns", str(unresolved))
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectionProblem("timeout", f"Timeout: no connection within {timeout:g} s.")
+    if isinstance(exc, httpx.TimeoutException):
+        return ConnectionProblem("timeout", f"Timeout: no answer within {timeout:g} s.")
+    tls = _cause(exc, ssl.SSLError)
+    if tls is not None:
+        why = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
+        return ConnectionProblem("tls", f"TLS: the secure connection failed ({why}).")
+    if _cause(exc, ConnectionRefusedError) is not None:
+        return ConnectionProblem("refused", "Refused: nothing accepts connections at that port.")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return ConnectionProblem("url", "The base URL is not a valid http(s) URL.")
+    if _cause(exc, httpx.RemoteProtocolError) is not None:
+        return ConnectionProblem("other", "The server did not answer in HTTP.")
+    return ConnectionProblem("other", f"Could not connect ({type(exc).__name__}).")

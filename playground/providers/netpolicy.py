@@ -26,6 +26,7 @@ import ssl
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpcore
 import httpx
@@ -128,7 +129,7 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def _addresses(infos: list[tuple]) -> list[IPAddress]:
+def _addresses(infos: list[tuple[Any, ...]]) -> list[IPAddress]:
     found: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
