@@ -65,7 +65,7 @@ async def test_connection(endpoint: Endpoint, api_key: str | None) -> Verdict:
         answer = await request_json(endpoint, api_key, "GET", endpoint.url("models"))
     except ConnectionProblem as problem:
         return Verdict(False, problem.reason, problem.message)
-    reached = {"reachable": True, "rtt_ms": answer.elapsed_ms}
+    reached: dict[str, Any] = {"reachable": True, "rtt_ms": answer.elapsed_ms}
     if answer.status in (401, 403):
         said = f": {answer.detail}" if answer.detail else "."
         return Verdict(
@@ -160,7 +160,10 @@ def _probe_bodies(model_id: str) -> dict[str, dict[str, Any]]:
             "parameters": {"type": "object", "properties": {}},
         },
     }
-    image = [{"type": "text", "text": "Say OK."}, {"type": "image_url", "image_url": {"url": _PIXEL}}]
+    image = [
+        {"type": "text", "text": "Say OK."},
+        {"type": "image_url", "image_url": {"url": _PIXEL}},
+    ]
     return {
         "basic": base,
         specs.IMAGES: {**base, "messages": [{"role": "user", "content": image}]},

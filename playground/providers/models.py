@@ -45,8 +45,10 @@ class CustomEndpoint(models.Model):
             raise ValidationError({"param_groups": f"Unknown groups: {', '.join(unknown)}."})
         if specs.GROUP_VLLM in groups and specs.GROUP_LLAMACPP in groups:
             raise ValidationError(
-                {"param_groups": "Tick the vLLM or the llama.cpp extras, not both: they send "
-                "the repetition penalty under different names."}
+                {
+                    "param_groups": "Tick the vLLM or the llama.cpp extras, not both: they send "
+                    "the repetition penalty under different names."
+                }
             )
         parts = urlsplit(self.base_url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -92,9 +94,7 @@ class EndpointModel(models.Model):
     thinking = models.BooleanField(default=False)
     logprobs = models.BooleanField(default=False)
     # Only a price its admin entered is ever shown: a self-hosted model has none by default.
-    price_per_message = models.DecimalField(
-        max_digits=10, decimal_places=6, null=True, blank=True
-    )
+    price_per_message = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     # What Probe found: {capability: {"ok": bool, "detail": str}}, and whether the server
     # counts tokens for us ("tokenize": {"ok": ...}).
     probe_results = models.JSONField(default=dict, blank=True)

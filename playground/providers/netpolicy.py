@@ -279,5 +279,5 @@ def pooled_client(policy: AddressPolicy, keepalive_expiry: float) -> httpx.Async
 
 async def aclose_clients() -> None:
     entry = _per_loop.pop(asyncio.get_running_loop(), None)
-    for client in (entry.clients.values() if entry else []):
+    for client in entry.clients.values() if entry else []:
         await client.aclose()
