@@ -40,6 +40,12 @@ class ApiKeyForm(forms.Form):
 class EndpointForm(forms.ModelForm[CustomEndpoint]):
     """Add or edit a custom endpoint. The id is fixed once saved: stored keys are filed under it."""
 
+    base_url = forms.URLField(
+        label="Base URL",
+        assume_scheme="http",  # a team's own server usually speaks plain HTTP on its LAN
+        max_length=200,
+        help_text="Up to and including /v1, e.g. http://gpu-box:8000/v1",
+    )
     param_groups = forms.MultipleChoiceField(
         label="Parameters the server takes",
         choices=list(specs.PARAM_GROUPS.items()),
