@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_browser import Sockets, chat_requests
+from tests.e2e.test_browser import PASSWORD, Sockets, chat_requests
 from tests.e2e.test_parameters import sign_in
 from tests.upstream import Behaviour
 
 MODEL_ID = "gemma-3-4b-it"
+ADMIN = "endpoint-admin"
+ADMIN_SCRIPT = (
+    "from django.contrib.auth.models import User; "
+    "User.objects.filter(username='{username}').exists() or "
+    "User.objects.create_superuser('{username}', password='{password}')"
+)
 
 
 @pytest.mark.e2e
@@ -19,7 +25,16 @@ def test_an_admin_sets_up_a_llama_cpp_endpoint_and_its_parameters_reach_it(page,
     # Like llama-cpp-python: no JSON schema, no usage chunk, but a /tokenize.
     upstream.refuse = {"json_schema": "Input should be 'text' or 'json_object'"}
     upstream.default = Behaviour(tokens=["Local", " reply", "."], usage=False)
+    # An admin of its own: a new conversation starts from its user's last settings, and the
+    # other browser tests expect the first admin's to be the defaults.
     sign_in(page, live_server.url)
+    page.get_by_role("button", name="Log out").click()
+    live_server.manage("shell", "-c", ADMIN_SCRIPT.format(username=ADMIN, password=PASSWORD))
+    page.goto("/login/")
+    page.fill("#id_username", ADMIN)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(lambda url: "/login/" not in url)
 
     page.get_by_role("link", name="Endpoints").click()
     page.fill("#id_name", "Lab llama")
