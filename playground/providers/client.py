@@ -631,7 +631,6 @@ _INVALID_CODES = frozenset({"400", "422", "invalid_request_error"})
 _INVALID_WORDS = (
     "input should be",
     "invalid request",
-    "is not supported",
     "not supported",
     "unsupported",
     "failed to parse",
