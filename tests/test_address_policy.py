@@ -226,3 +226,77 @@ def test_the_setting_defaults_on_only_in_the_embedded_default() -> None:
     assert read(embedded) == "True"
     assert read(team) == "False"
     assert read({**team, "PLAYGROUND_ENDPOINT_ALLOW_PRIVATE": "on"}) == "True"
+
+
+def self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """A certificate for `name` only (not for 127.0.0.1), and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_tls_to_the_checked_address_still_verifies_the_urls_name(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket goes to the checked IP, but SNI and certificate checks use the URL's host."""
+    import asyncio
+    import ssl
+
+    cert, key = self_signed(tmp_path, "gpu-box.test")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    seen_sni: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, ctx: seen_sni.append(name)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def to_loopback(host: str, port: int) -> list[netpolicy.IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    monkeypatch.setattr(netpolicy, "resolve", to_loopback)
+    trusting = ssl.create_default_context(cafile=cert)
+    async with server:
+        async with netpolicy.guarded_client(OPEN, verify=trusting) as client:
+            response = await client.get(f"https://gpu-box.test:{port}/v1/models")
+        assert response.status_code == 200 and response.text == "ok"
+        assert seen_sni == ["gpu-box.test"]
+        # The same server by its IP fails verification: the name, not the address, is checked.
+        async with netpolicy.guarded_client(OPEN, verify=trusting) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"https://127.0.0.1:{port}/v1/models")

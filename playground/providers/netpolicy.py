@@ -227,16 +227,18 @@ def guarded_client(
     *,
     keepalive_expiry: float = 4.0,
     timeout: httpx.Timeout | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient whose every new connection goes through the policy. No redirects are
     followed (a 3xx could point anywhere) and no proxy from the environment is used (the
     proxy, not us, would then pick the address)."""
-    transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), trust_env=False)
+    context = verify or _ssl_context()
+    transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False)
     # httpx takes no network backend; its transport is a thin wrapper around this pool (and
     # maps httpcore's errors to its own), so the pool is replaced with one that uses ours.
     # tests/test_address_policy.py fails if a future httpx stops routing through it.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=_ssl_context(),
+        ssl_context=context,
         max_connections=200,
         max_keepalive_connections=32,
         keepalive_expiry=keepalive_expiry,
