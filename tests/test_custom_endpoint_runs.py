@@ -138,3 +138,30 @@ async def test_a_500_that_blames_the_request_is_not_retried(
     assert "Failed to parse grammar" in reply.error
     chats = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
     assert len(chats) == 1
+
+
+async def test_json_schema_is_refused_before_sending_when_the_probe_found_it_unsupported(
+    upstream, user, conversation, connect
+) -> None:
+    await lab_model(upstream, ["openai"], json_schema=False)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "hi",
+        model=MODEL,
+        **{
+            "param:response_format:type": "json_schema",
+            "param:response_format:schema": '{"type": "object"}',
+        },
+    )
+    frame = await socket.until(lambda f: "json_schema is not accepted" in f)
+    assert "json_schema is not accepted by this model" in frame
+    await socket.close()
+    assert not [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+
+
+def test_the_endpoints_link_is_shown_to_admins_only(client, user, django_user_model) -> None:
+    client.force_login(user)
+    assert "/endpoints/" not in client.get("/keys/").content.decode()
+    admin = django_user_model.objects.create_superuser("root", password="x")
+    client.force_login(admin)
+    assert 'href="/endpoints/"' in client.get("/keys/").content.decode()
