@@ -243,3 +243,9 @@ def test_the_panel_shows_a_custom_models_parameters_from_the_spec(lab) -> None:
     assert max_tokens.max == 2048
     top_k = next(p for p in model.params if p.name == "top_k")
     assert top_k.max is None and top_k.ui_max == 200 and "slider covers" in top_k.help
+
+
+def test_the_django_admin_still_edits_endpoints_with_their_models(admin_client, lab) -> None:
+    EndpointModel.objects.create(endpoint=lab, model_id="inline-model")
+    page = admin_client.get(f"/admin/providers/customendpoint/{lab.pk}/change/")
+    assert page.status_code == 200 and "inline-model" in page.content.decode()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 
 from playground.providers.models import CustomEndpoint, EndpointModel
 
@@ -14,4 +15,6 @@ class EndpointModelInline(admin.TabularInline[EndpointModel, CustomEndpoint]):
 @admin.register(CustomEndpoint)
 class CustomEndpointAdmin(admin.ModelAdmin[CustomEndpoint]):
     list_display = ["name", "slug", "base_url", "requires_key"]
+    # The servers teams run on their own network mostly speak plain HTTP.
+    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
     inlines = [EndpointModelInline]
