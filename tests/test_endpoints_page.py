@@ -249,3 +249,17 @@ def test_the_django_admin_still_edits_endpoints_with_their_models(admin_client, 
     EndpointModel.objects.create(endpoint=lab, model_id="inline-model")
     page = admin_client.get(f"/admin/providers/customendpoint/{lab.pk}/change/")
     assert page.status_code == 200 and "inline-model" in page.content.decode()
+
+
+def test_the_views_that_wait_on_the_endpoint_do_not_hold_the_sync_thread() -> None:
+    """Under Daphne every sync view shares one thread: a slow probe would stall the process."""
+    from asgiref.sync import iscoroutinefunction
+
+    from playground.accounts import endpoints
+
+    for view in (
+        endpoints.endpoint_test,
+        endpoints.endpoint_discover,
+        endpoints.endpoint_model_probe,
+    ):
+        assert iscoroutinefunction(view), view

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -159,14 +159,24 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("endpoints")
 
 
+# Test, Discover and Probe wait on the endpoint (Probe: several requests). They are async
+# views: a sync view would hold Daphne's one thread for sync views the whole time, and every
+# other page of the process would wait with it. The database work runs in sync_to_async.
+
+
+@sensitive_variables("key")
+def _load(request: HttpRequest, pk: int) -> tuple[CustomEndpoint, str | None]:
+    custom = endpoint_for_admin(request.user, pk)
+    return custom, _admins_key(request.user, custom)
+
+
 @login_required
 @require_POST
 @sensitive_variables("key")
-def endpoint_test(request: HttpRequest, pk: int) -> HttpResponse:
+async def endpoint_test(request: HttpRequest, pk: int) -> HttpResponse:
     """Test connection: one request, and a verdict naming what worked or the exact failure."""
-    custom = endpoint_for_admin(request.user, pk)
-    key = _admins_key(request.user, custom)
-    verdict = async_to_sync(discovery.test_connection)(_target(custom), key)
+    custom, key = await sync_to_async(_load)(request, pk)
+    verdict = await discovery.test_connection(_target(custom), key)
     if custom.requires_key and key is None and verdict.ok:
         verdict = discovery.Verdict(
             True,
@@ -177,23 +187,24 @@ def endpoint_test(request: HttpRequest, pk: int) -> HttpResponse:
             models=verdict.models,
             rtt_ms=verdict.rtt_ms,
         )
-    return _page(request, custom, verdict=verdict)
+    return await sync_to_async(_page)(request, custom, verdict=verdict)
 
 
 @login_required
 @require_POST
 @sensitive_variables("key")
-def endpoint_discover(request: HttpRequest, pk: int) -> HttpResponse:
+async def endpoint_discover(request: HttpRequest, pk: int) -> HttpResponse:
     """Discover models: GET /models fills the list the admin picks from."""
-    custom = endpoint_for_admin(request.user, pk)
-    key = _admins_key(request.user, custom)
+    custom, key = await sync_to_async(_load)(request, pk)
     try:
-        listed = async_to_sync(discovery.discover)(_target(custom), key)
+        listed = await discovery.discover(_target(custom), key)
     except (ConnectionProblem, ValueError) as exc:
-        return _page(request, custom, discover_error=str(exc))
-    known = set(custom.models.values_list("model_id", flat=True))
+        return await sync_to_async(_page)(request, custom, discover_error=str(exc))
+    known = {m async for m in custom.models.values_list("model_id", flat=True)}
     ids_form = ModelIdsForm(listed=[m.id for m in listed], initial={"pick": []})
-    return _page(request, custom, listed=listed, known=known, ids_form=ids_form)
+    return await sync_to_async(_page)(
+        request, custom, listed=listed, known=known, ids_form=ids_form
+    )
 
 
 @login_required
@@ -254,21 +265,30 @@ def endpoint_model_delete(request: HttpRequest, pk: int, model_pk: int) -> HttpR
     return redirect("endpoint", pk)
 
 
-@login_required
-@require_POST
 @sensitive_variables("key")
-def endpoint_model_probe(request: HttpRequest, pk: int, model_pk: int) -> HttpResponse:
-    """Probe: tiny requests find out what the server accepts for this model; recorded."""
+def _load_model(request: HttpRequest, pk: int, model_pk: int) -> tuple[EndpointModel, str | None]:
     row = model_for_admin(request.user, pk, model_pk)
-    key = _admins_key(request.user, row.endpoint)
-    results = async_to_sync(discovery.probe)(_target(row.endpoint), key, row.model_id)
+    return row, _admins_key(request.user, row.endpoint)
+
+
+def _record_probe(request: HttpRequest, row: EndpointModel, results: dict[str, Any]) -> None:
     if not results.get("basic", {}).get("ok"):
         messages.error(request, f"{row.model_id}: {results['basic']['detail']}")
-        return redirect("endpoint", pk)
+        return
     row.record_probe(results)
     row.save()
     accepted = [label for name, label in EndpointModel.CAPABILITIES if results[name]["ok"]]
     messages.success(
         request, f"{row.model_id} probed: accepts {', '.join(accepted) or 'plain chat only'}."
     )
+
+
+@login_required
+@require_POST
+@sensitive_variables("key")
+async def endpoint_model_probe(request: HttpRequest, pk: int, model_pk: int) -> HttpResponse:
+    """Probe: tiny requests find out what the server accepts for this model; recorded."""
+    row, key = await sync_to_async(_load_model)(request, pk, model_pk)
+    results = await discovery.probe(_target(row.endpoint), key, row.model_id)
+    await sync_to_async(_record_probe)(request, row, results)
     return redirect("endpoint", pk)
