@@ -233,6 +233,9 @@ PLAYGROUND_RUN = {
     "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
+    # A reply's text plus reasoning is cut here (finish reason "length", with a note): far
+    # above any catalog model's max output, it bounds a run's memory against a runaway stream.
+    "MAX_REPLY_CHARS": envint("PLAYGROUND_MAX_REPLY_CHARS", 2_000_000),
 }
 # Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
 # with code 4503, which the page shows and retries after a backoff, instead of the handshake

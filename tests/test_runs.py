@@ -68,6 +68,7 @@ async def test_a_failed_final_save_still_ends_the_reply_and_tells_the_watchers(
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(run, "_save_final", broken)
+    monkeypatch.setattr(runs, "SAVE_RETRIES", ())
     await run._finish()
     await reply.arefresh_from_db()
     assert reply.status == "error" and reply.text == "partial"

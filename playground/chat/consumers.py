@@ -361,10 +361,15 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not run_channel or message_id in self.waiting:
             return
         self.waiting[message_id] = []
-        await self.channel_layer.send(
-            run_channel,
-            {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
-        )
+        try:
+            await self.channel_layer.send(
+                run_channel,
+                {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
+            )
+        except Exception:
+            # The channel layer is away (Redis restarting): the timeout below falls back to
+            # the saved text, and the next gap asks again.
+            log.warning("snapshot request for message %s failed", message_id, exc_info=True)
         self._later(settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"], self._snapshot_timeout, message_id)
 
     async def _snapshot_timeout(self, message_id: int) -> None:

@@ -132,6 +132,8 @@ class Message(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     finish_reason = models.CharField(max_length=40, blank=True)
     error = models.TextField(blank=True)
+    # Warnings shown under a reply that still finished: lines skipped, the size cap reached.
+    notes = models.JSONField(default=list, blank=True)
     model = models.CharField(max_length=200, blank=True)
     request_body = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)

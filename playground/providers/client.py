@@ -48,6 +48,7 @@ __all__ = [
     "TextDelta",
     "Timeouts",
     "ToolCallDelta",
+    "Unreadable",
     "UpstreamError",
     "Usage",
     "aclose_clients",
@@ -163,7 +164,24 @@ class StreamError:
     error: UpstreamError
 
 
-Event = TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Usage | Finish | StreamError
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """One `data:` line that is not a chunk (not JSON, or the wrong shape). It is skipped and
+    the stream goes on: one garbled line must not throw away the reply around it."""
+
+    reason: str
+
+
+Event = (
+    TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | LogprobsDelta
+    | Usage
+    | Finish
+    | StreamError
+    | Unreadable
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,16 +401,17 @@ def _events_from_sse(sse: SSEEvent, api_key: str | None) -> list[Event]:
     except ValueError:
         if sse.event == "error":
             return [StreamError(UpstreamError("stream", _clean(sse.data, api_key)))]
-        return [StreamError(UpstreamError("stream", "The provider sent data that is not JSON."))]
+        return [Unreadable("The provider sent data that is not JSON.")]
     if not isinstance(payload, dict):
-        return [StreamError(UpstreamError("stream", "The provider sent an unexpected chunk."))]
+        return [Unreadable("The provider sent an unexpected chunk.")]
+    # An error object ends the reply: the provider says it stopped generating.
     if payload.get("error"):
         return [StreamError(_mid_stream_error(payload["error"], api_key))]
     try:
         return _events_from_chunk(payload)
     except (AttributeError, TypeError, ValueError):
         # Wrong shapes (e.g. "choices" as a string) must not crash the consumer.
-        return [StreamError(UpstreamError("stream", "The provider sent a malformed chunk."))]
+        return [Unreadable("The provider sent a malformed chunk.")]
 
 
 def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
@@ -784,6 +803,9 @@ async def _read_success(
         except _Done:
             events = []
         for event in events:
+            # The whole answer in one body: nothing is left to keep going with.
+            if isinstance(event, Unreadable):
+                event = StreamError(UpstreamError("stream", event.reason))
             yield event
         return
     state = _BodyState()

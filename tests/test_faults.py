@@ -1,0 +1,125 @@
+"""Faults inside a run: garbled stream lines, runaway replies, a channel layer that fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+
+from playground.chat import runs
+from playground.chat.models import Message
+from tests.conftest import reply_of
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+async def test_an_unreadable_stream_line_is_skipped_and_noted_under_the_reply(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(tokens=["one", " two", " three"], bad_line_after=1)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    frame = await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "one two three"  # the chunks after the bad line are kept
+    assert reply.error == "" and reply.finish_reason == "stop"
+    note = "The provider sent 1 line the playground could not read; skipped."
+    assert reply.notes == [note]
+    assert note in frame  # shown under the reply
+    await socket.close()
+
+
+async def test_a_reply_past_the_size_cap_ends_with_finish_reason_length_and_a_note(
+    upstream, user, api_key, conversation, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "MAX_REPLY_CHARS": 50}
+    upstream.default = Behaviour(tokens=["0123456789"] * 200, interval=0.001)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Go on forever")
+    frame = await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.text == "0123456789" * 5
+    assert reply.finish_reason == "length"
+    note = "The reply reached the playground's limit of 50 characters and was cut off."
+    assert reply.notes == [note]
+    assert "limit of 50 characters" in frame
+    assert await asyncio.to_thread(upstream.wait_for_disconnect, 5.0)  # the upstream was closed
+    assert upstream.disconnects[-1].tokens_sent < 200
+    await socket.close()
+
+
+class FlakyLayer:
+    """Wraps the test's channel layer: while `down`, every send and group_send raises, as
+    channels_redis does while Redis restarts."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.down = False
+        self.failed = 0
+
+    def wrap(self, method):
+        async def flaky(*args, **kwargs):
+            if self.down:
+                self.failed += 1
+                raise ConnectionError("Redis is restarting")
+            return await method(*args, **kwargs)
+
+        return flaky
+
+
+@pytest.fixture
+def flaky(monkeypatch) -> FlakyLayer:
+    layer = get_channel_layer()
+    wrapper = FlakyLayer(layer)
+    monkeypatch.setattr(layer, "send", wrapper.wrap(layer.send))
+    monkeypatch.setattr(layer, "group_send", wrapper.wrap(layer.group_send))
+    monkeypatch.setattr(runs, "PUBLISH_RETRIES", (0.01,))
+    return wrapper
+
+
+async def test_the_final_save_does_not_depend_on_the_channel_layer(
+    upstream, user, api_key, conversation, connect, flaky, monkeypatch
+):
+    monkeypatch.setattr(runs, "DONE_RETRIES", (0.01,))
+    upstream.default = Behaviour(n_tokens=30, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: f.startswith("+t"))
+    flaky.down = True  # and it never comes back
+    reply = await reply_of(conversation)
+    await runs.wait(reply.pk)
+    await reply.arefresh_from_db()
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == Behaviour(n_tokens=30).text
+    assert flaky.failed > 0
+    await socket.close()
+
+
+async def test_a_watcher_that_missed_deltas_resyncs_when_the_layer_comes_back(
+    upstream, user, api_key, conversation, connect, flaky
+):
+    upstream.default = Behaviour(n_tokens=60, interval=0.02)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: f.startswith("+t"))
+    flaky.down = True
+    await asyncio.sleep(0.3)  # deltas published meanwhile are lost
+    flaky.down = False
+    # The next delta shows a gap; the socket asks the run for a snapshot and goes on from it.
+    await socket.until(lambda f: 'hx-swap-oob="innerHTML"' in f)
+    await socket.until(lambda f: "status-complete" in f, timeout=10)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == Behaviour(n_tokens=60).text
+    assert flaky.failed > 0
+    from tests.test_streaming import streamed_text
+
+    assert streamed_text(socket.frames, reply.pk) == reply.text  # nothing lost, nothing twice
+    await socket.close()
