@@ -270,7 +270,7 @@ class Run:
     def _over_cap(self) -> bool:
         """A reply past PLAYGROUND_MAX_REPLY_CHARS ends here, cut at the cap, as "length":
         the upstream connection closes and memory stays bounded."""
-        cap = settings.PLAYGROUND_RUN["MAX_REPLY_CHARS"]
+        cap = int(settings.PLAYGROUND_RUN["MAX_REPLY_CHARS"])  # the dict reads as floats
         text, reasoning = self.text, self.reasoning
         used = len(text.shown) + len(text.pending) + len(reasoning.shown) + len(reasoning.pending)
         if used <= cap:
@@ -421,7 +421,10 @@ class Run:
                 0,
                 f"The provider sent {self.skipped} {lines} the playground could not read; skipped.",
             )
-        error = {Message.Status.ERROR: self.error, Message.Status.INTERRUPTED: RESTARTED}
+        error: dict[str, str] = {
+            Message.Status.ERROR: self.error,
+            Message.Status.INTERRUPTED: RESTARTED,
+        }
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
