@@ -237,6 +237,14 @@ PLAYGROUND_RUN = {
     # above any catalog model's max output, it bounds a run's memory against a runaway stream.
     "MAX_REPLY_CHARS": envint("PLAYGROUND_MAX_REPLY_CHARS", 2_000_000),
 }
+# The largest WebSocket message (and frame) Daphne takes, in bytes. Anything larger closes the
+# socket with 1009 and a reason the page shows (playground/serving.py). The consumer answers
+# messages over 400,000 characters, below this, with "That message is too large".
+PLAYGROUND_MAX_SOCKET_MESSAGE_BYTES = envint("PLAYGROUND_MAX_SOCKET_MESSAGE_BYTES", 1024 * 1024)
+# Seconds a Daphne process that got SIGTERM/SIGINT gives running replies to finish before it
+# saves them as interrupted and exits (playground/chat/shutdown.py). Keep the deployment's stop
+# timeout a few seconds longer.
+PLAYGROUND_SHUTDOWN_GRACE = envfloat("PLAYGROUND_SHUTDOWN_GRACE", 10.0)
 # Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
 # with code 4503, which the page shows and retries after a backoff, instead of the handshake
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:

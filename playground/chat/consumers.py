@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 
-from playground.chat import runs
+from playground.chat import runs, shutdown
 from playground.chat.access import get_conversation_for_user
 from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
@@ -63,6 +64,8 @@ class SocketSlots:
 
 
 slots = SocketSlots()
+# Accepted sockets of this process, so a shutdown can tell each one (see shutdown.py).
+open_sockets: weakref.WeakSet[ConversationConsumer] = weakref.WeakSet()
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -113,10 +116,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.group = runs.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        open_sockets.add(self)
         await self._send_transcript()
         return True
 
     async def disconnect(self, code: int) -> None:
+        open_sockets.discard(self)
         self._give_back_slot()
         pending = list(self.tasks)
         for task in pending:
@@ -231,6 +236,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _run_turn(self, service, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run."""
+        if shutdown.draining:
+            await self._send_error(shutdown.RESTARTING)
+            return
         if not await self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
@@ -343,6 +351,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if event["html"]:
             await self.send(text_data=event["html"])
 
+    async def server_restarting(self, event: dict[str, Any]) -> None:
+        """The process is shutting down: this arrives after the run's last "done" frame (same
+        channel, in order), so the page shows the saved reply and then why it lost the
+        socket."""
+        await self.close(code=shutdown.RESTART_CLOSE)
+
     # Helpers
 
     async def _send_transcript(self) -> None:
@@ -397,6 +411,20 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _send_error(self, text: str) -> None:
         await self._send_partial("composer-error", {"error": text})
+
+
+async def close_all(code: int, wait: float) -> None:
+    """Close every socket of this process with `code`, each after the frames already queued
+    for it; wait up to `wait` seconds for them to go."""
+    sockets = list(open_sockets)
+    for socket in sockets:
+        try:
+            await socket.channel_layer.send(socket.channel_name, {"type": "server.restarting"})
+        except Exception:
+            await socket.close(code=code)  # the channel layer is away: close it directly
+    deadline = time.monotonic() + wait
+    while open_sockets and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def check_access(user, session, conversation_id: int, *, run: bool = False):
