@@ -25,4 +25,4 @@ class PlaygroundWebSocketFactory(WebSocketFactory):
 
 def install() -> None:
     """Before Daphne's Server.run() builds its factory (the ASGI app is imported first)."""
-    server.WebSocketFactory = PlaygroundWebSocketFactory  # type: ignore[misc]
+    server.WebSocketFactory = PlaygroundWebSocketFactory

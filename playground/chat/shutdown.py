@@ -23,6 +23,7 @@ import logging
 import signal
 import time
 from types import FrameType
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -45,10 +46,16 @@ _task: asyncio.Task | None = None
 def install() -> None:
     """Take over SIGTERM and SIGINT once Daphne's reactor runs. Elsewhere (tests, management
     commands) the reactor never runs, so nothing changes."""
+    # After Twisted installed its own handlers at startup, which these replace.
+    _reactor().callWhenRunning(_take_signals)
+
+
+def _reactor() -> Any:
+    """Twisted's global reactor: Daphne's AsyncioSelectorReactor on this event loop. (Its
+    module attribute is typed as the module, so typing sees none of its methods.)"""
     from twisted.internet import reactor
 
-    # After Twisted installed its own handlers at startup, which these replace.
-    reactor.callWhenRunning(_take_signals)  # type: ignore[attr-defined]
+    return cast(Any, reactor)
 
 
 def _take_signals() -> None:
@@ -79,10 +86,9 @@ async def _shut_down(hurry: asyncio.Event) -> None:
     except Exception:
         log.exception("graceful shutdown failed; stopping anyway")
     finally:
-        from twisted.internet import reactor
-
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        reactor = _reactor()
+        if reactor.running:
+            reactor.stop()
 
 
 async def drain(hurry: asyncio.Event | None = None) -> None:
@@ -99,7 +105,7 @@ async def drain(hurry: asyncio.Event | None = None) -> None:
         grace if pending else 0,
     )
     if pending:
-        waits = [asyncio.ensure_future(asyncio.wait(pending))]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(pending))]
         if hurry is not None:
             waits.append(asyncio.ensure_future(hurry.wait()))
         await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
