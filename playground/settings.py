@@ -162,6 +162,22 @@ else:
         }
     }
 
+# The cache holds what every process must agree on: failed-login counts and which runs are
+# alive. With Redis it is shared (keys under the same prefix as the channel layer); the
+# embedded default is one process, so its memory is enough.
+PLAYGROUND_SHARED_CACHE = bool(_redis_url)
+if _redis_url:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_url,
+            "KEY_PREFIX": os.environ.get("PLAYGROUND_REDIS_PREFIX", "playground"),
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 DEFAULT_EXCEPTION_REPORTER_FILTER = "playground.debug.AlwaysSafeExceptionReporterFilter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -233,6 +249,10 @@ PLAYGROUND_RUN = {
     "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
+    # Redis mode: each process renews a key per running reply that expires after ALIVE_TTL
+    # seconds, so a reply whose process was killed is marked interrupted after that, not
+    # after STALE_AFTER (playground/chat/liveness.py).
+    "ALIVE_TTL": envfloat("PLAYGROUND_ALIVE_TTL", 10.0),
     # A reply's text plus reasoning is cut here (finish reason "length", with a note): far
     # above any catalog model's max output, it bounds a run's memory against a runaway stream.
     "MAX_REPLY_CHARS": envint("PLAYGROUND_MAX_REPLY_CHARS", 2_000_000),
@@ -245,6 +265,9 @@ PLAYGROUND_MAX_SOCKET_MESSAGE_BYTES = envint("PLAYGROUND_MAX_SOCKET_MESSAGE_BYTE
 # saves them as interrupted and exits (playground/chat/shutdown.py). Keep the deployment's stop
 # timeout a few seconds longer.
 PLAYGROUND_SHUTDOWN_GRACE = envfloat("PLAYGROUND_SHUTDOWN_GRACE", 10.0)
+if PLAYGROUND_RUN["ALIVE_TTL"] <= PLAYGROUND_RUN["CHECKPOINT_INTERVAL"]:
+    # A run streaming text checkpoints that often; only quieter ones are checked for a key.
+    raise ImproperlyConfigured("PLAYGROUND_ALIVE_TTL must exceed PLAYGROUND_CHECKPOINT_INTERVAL")
 # Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
 # with code 4503, which the page shows and retries after a backoff, instead of the handshake
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:

@@ -28,6 +28,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from playground.chat import liveness
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client
@@ -119,10 +120,12 @@ class Run:
 
     async def main(self) -> None:
         _running[self.request.message_id] = self
+        liveness.track(self.request.message_id)
         try:
             await self._main()
         finally:
             _running.pop(self.request.message_id, None)
+            liveness.untrack(self.request.message_id)
 
     def interrupt(self) -> None:
         """End the reply now because the server is shutting down: it is saved as shown, with

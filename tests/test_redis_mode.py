@@ -1,4 +1,6 @@
-"""Redis stops for a few seconds mid-reply: the reply is saved whole, watchers catch up.
+"""Redis mode under faults: Redis stops for a few seconds mid-reply (the reply is saved whole,
+watchers catch up); a process is killed mid-reply (its reply is marked interrupted within
+seconds, with a message that says so, and the conversation takes new messages).
 
 Runs its own redis-server on a free port (the machine's shared Redis is never touched), a
 Daphne process over SQLite that uses it as its channel layer, and the fake upstream.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -70,7 +73,7 @@ def redis_stack() -> Iterator[tuple[Stack, FakeUpstream, Seed, OwnRedis]]:
     redis = OwnRedis()
     redis.start()
     upstream = FakeUpstream().start()
-    stack = Stack(upstream.base_url, redis_url=redis.url)
+    stack = Stack(upstream.base_url, redis_url=redis.url, extra_env={"PLAYGROUND_ALIVE_TTL": "3"})
     try:
         seed = stack.prepare(3)
         stack.start_servers(1)
@@ -114,3 +117,51 @@ async def test_a_redis_restart_mid_reply_loses_nothing(redis_stack):
     assert view.statuses[reply] == "complete"
     # What the socket showed while streaming: re-synced from a snapshot after the outage.
     assert view.texts[reply] == expected, stack.log_tails()
+
+
+async def test_a_killed_process_s_reply_is_marked_interrupted_once_its_liveness_key_expires(
+    redis_stack,
+):
+    stack, upstream, seed, redis = redis_stack
+    upstream.default = Behaviour(n_tokens=1000, interval=0.02)
+    server = stack.servers[0]
+    conversation = seed.conversations[0]
+    ws = await client.open_socket(server.url, conversation, seed.cookie)
+    view = View()
+    try:
+        await client.read_until(ws, view, lambda v: v.frames >= 1, 10)
+        await ws.send(client.send_payload("Count for me"))
+        await client.read_until(ws, view, lambda v: shown(v) > 20, 10)
+        await asyncio.sleep(2.5)  # past a checkpoint (every 2 s), and SINCE is set
+        server.process.kill()
+        killed_at = time.monotonic()
+    finally:
+        await ws.close()
+    reply = reply_of(view)
+    assert reply is not None
+
+    (other,) = stack.start_servers(1)
+    upstream.default = Behaviour(n_tokens=3)
+    while True:  # the sweep runs as the socket opens: the key is gone after ALIVE_TTL (3 s)
+        ws = await client.open_socket(other.url, conversation, seed.cookie)
+        view = View()
+        await client.read_until(ws, view, lambda v: v.frames >= 1, 10)
+        if view.statuses.get(reply) == "interrupted":
+            break
+        await ws.close()
+        assert time.monotonic() - killed_at < 20, "not found before STALE_AFTER (60 s)"
+        await asyncio.sleep(0.5)
+    try:
+        status, text = stack.saved_messages([reply])[reply]
+        assert status == "interrupted" and len(text) > 0  # the last checkpoint is kept
+        with sqlite3.connect(stack.sqlite_path) as db:
+            (saved_error,) = db.execute(
+                "SELECT error FROM chat_message WHERE id = ?", (reply,)
+            ).fetchone()
+        assert "The server process writing this reply stopped" in saved_error
+        await ws.send(client.send_payload("Again"))
+        await client.read_until(
+            ws, view, lambda v: v.streaming_reply() not in (None, reply) and v.final - {reply}, 10
+        )
+    finally:
+        await ws.close()
