@@ -186,6 +186,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Django's backend behind the failed-login limits (playground/accounts/backends.py).
+AUTHENTICATION_BACKENDS = ["playground.accounts.backends.ThrottledModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -216,6 +218,15 @@ X_FRAME_OPTIONS = "DENY"
 if envbool("PLAYGROUND_HTTPS", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Failed sign-ins per username and per client address (and first-run / sign-up submissions per
+# address) within LOCKOUT seconds, after which that name or address waits LOCKOUT seconds
+# (playground/accounts/throttle.py).
+PLAYGROUND_THROTTLE = {
+    "PER_USERNAME": envint("PLAYGROUND_LOGIN_FAILURES_PER_USERNAME", 5),
+    "PER_ADDRESS": envint("PLAYGROUND_LOGIN_FAILURES_PER_ADDRESS", 20),
+    "LOCKOUT": envint("PLAYGROUND_LOGIN_LOCKOUT", 900),
+}
 
 # Self sign-up is off: the first visitor creates the admin, who adds everyone else.
 PLAYGROUND_ALLOW_SIGNUP = envbool("PLAYGROUND_ALLOW_SIGNUP", False)
