@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 
 import pytest
 from channels.layers import get_channel_layer
@@ -122,4 +123,53 @@ async def test_a_watcher_that_missed_deltas_resyncs_when_the_layer_comes_back(
     from tests.test_streaming import streamed_text
 
     assert streamed_text(socket.frames, reply.pk) == reply.text  # nothing lost, nothing twice
+    await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("text", {"content": "hi"}, "an object"),
+        ("text", ["hi"], "a list"),
+        ("system_prompt", 3, "a number"),
+        ("model", True, "true or false"),
+    ],
+)
+async def test_a_field_of_the_wrong_type_is_refused_not_stringified(
+    upstream, user, api_key, conversation, connect, field, value, kind
+):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    data = {"action": "send", "text": "hi", "model": "empiriolabs:gemma-4-e4b"}
+    data[field] = value
+    await socket.send(**data)
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert f"“{field}” must be text, not {kind}: nothing was sent." in html.unescape(frame)
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert upstream.requests == []
+    await socket.close()
+
+
+async def test_an_unknown_parameter_name_is_refused_not_dropped(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    await socket.send_prompt("hi", **{"param:temprature": "0.5", "param:temperature": "0.5"})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "has no parameter temprature: nothing was sent." in frame
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert upstream.requests == []
+    await socket.close()
+
+
+async def test_a_tool_result_that_is_not_text_is_refused(user, conversation, connect):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    await socket.send(action="tool_results", message_id=1, **{"result:call_1": {"t": 21}})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "“result:call_1” must be text, not an object" in html.unescape(frame)
     await socket.close()

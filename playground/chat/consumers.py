@@ -205,21 +205,36 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
+        # Refused, not stringified: an object sent as the text would reach the model as
+        # "{'a': 1}", and a misspelt parameter would be left out without a word.
+        try:
+            text, model_key, system_prompt = (
+                _text_field(data, name) for name in ("text", "model", "system_prompt")
+            )
+            values = params.from_form(data)
+            params.refuse_unknown(model_key, values)
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
         await self._run_turn(
             start_turn,
-            text=str(data.get("text", "")),
-            model_key=str(data.get("model", "")),
-            system_prompt=str(data.get("system_prompt", "")),
-            values=params.from_form(data),
+            text=text,
+            model_key=model_key,
+            system_prompt=system_prompt,
+            values=values,
             attachment_ids=_ints(data.get("attachment")),
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
-        results = {
-            key.removeprefix("result:"): str(value)
-            for key, value in data.items()
-            if key.startswith("result:")
-        }
+        try:
+            results = {
+                key.removeprefix("result:"): _text_field(data, key)
+                for key in data
+                if key.startswith("result:")
+            }
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
         await self._run_turn(
             submit_tool_results, message_id=_int(data.get("message_id")), results=results
         )
@@ -443,6 +458,20 @@ def check_access(user, session, conversation_id: int, *, run: bool = False):
         return get_conversation_for_user(user, conversation_id, run=run)
     except (Http404, PermissionDenied, ObjectDoesNotExist):
         return None
+
+
+JSON_KINDS = {dict: "an object", list: "a list", bool: "true or false", int: "a number"}
+
+
+def _text_field(data: dict[str, Any], name: str) -> str:
+    """A field that must be text (missing or null: empty); ValueError naming it otherwise."""
+    value = data.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    kind = JSON_KINDS.get(type(value), "a number" if isinstance(value, float) else "not text")
+    raise ValueError(f"“{name}” must be text, not {kind}: nothing was sent.")
 
 
 def _ints(value: Any) -> list[int]:

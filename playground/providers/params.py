@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from playground.providers import catalog
 from playground.providers.specs import Model, Param
 
 FORM_PREFIX = "param:"
@@ -293,6 +294,20 @@ def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:
         except InvalidParams:
             continue
     return kept
+
+
+def refuse_unknown(model_key: str, values: dict[str, Any]) -> None:
+    """ValueError naming every parameter the model does not document: a send must not drop
+    a misspelt name silently. (An unknown model is left to the caller's own message.)"""
+    try:
+        model = catalog.get_model(model_key)
+    except catalog.UnknownModel:
+        return
+    known = {p.name for p in model.params}
+    unknown = sorted(name for name in values if name not in known)
+    if unknown:
+        names = ", ".join(unknown)
+        raise ValueError(f"{model.label} has no parameter {names}: nothing was sent.")
 
 
 def from_form(data: dict[str, Any]) -> dict[str, Any]:
