@@ -44,7 +44,7 @@ STOP_REPEAT_AFTER = 1.0  # seconds
 # longer, because a watcher that misses it keeps showing the reply as streaming.
 PUBLISH_RETRIES = (0.1, 0.3, 0.6)
 DONE_RETRIES = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)
-SAVE_RETRIES = (0.5, 1.0, 2.0)
+SAVE_RETRIES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s, see below
 RESTARTED = "The server restarted while this reply was being written."
 
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
@@ -170,17 +170,29 @@ class Run:
         await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
 
     async def _save_final_retrying(self) -> None:
-        """A database that blips (a failover, a locked SQLite file) gets a few more tries;
-        if it stays away, the stale sweep marks the reply later, from its last checkpoint."""
-        for pause in (*SAVE_RETRIES, None):
+        """A database that blips (a failover, a restart, a locked SQLite file) is tried again
+        with growing pauses for up to STALE_AFTER: the reply is kept whole if it comes back,
+        and meanwhile the run's liveness key says it is still alive. After that the stale
+        sweep marks the reply from its last checkpoint."""
+        deadline = time.monotonic() + settings.PLAYGROUND_RUN["STALE_AFTER"]
+        pauses = iter(SAVE_RETRIES)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self._save_final()
                 return
             except Exception:
-                log.exception("run %s: the final save failed", self.request.message_id)
-                if pause is None:
-                    break
-                await asyncio.sleep(pause)
+                log.warning(
+                    "run %s: the final save failed (attempt %d)",
+                    self.request.message_id,
+                    attempt,
+                    exc_info=attempt == 1,
+                )
+            pause = next(pauses, SAVE_RETRIES[-1] if SAVE_RETRIES else None)
+            if pause is None or time.monotonic() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
         with contextlib.suppress(Exception):
             await Message.objects.filter(pk=self.request.message_id).aupdate(
                 status=Message.Status.ERROR,
