@@ -113,3 +113,17 @@ def test_the_sign_up_form_is_limited_per_address(client, settings):
     assert response.status_code == 429
     assert "Try again in 15 minutes" in response.content.decode()
     assert not User.objects.filter(username="sam").exists()
+
+
+def test_an_unreachable_cache_lets_people_sign_in_rather_than_locking_everyone_out(
+    client, user, monkeypatch
+):
+    from django.core.cache import cache
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Redis is away")
+
+    for name in ("get_many", "add", "incr", "set", "delete"):
+        monkeypatch.setattr(cache, name, unreachable)
+    assert attempt(client, "ada", "wrong").status_code == 200
+    assert attempt(client, "ada", RIGHT).status_code == 302

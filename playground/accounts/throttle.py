@@ -15,12 +15,15 @@ The client address is REMOTE_ADDR. Behind a reverse proxy, start Daphne with --p
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
+
+log = logging.getLogger(__name__)
 
 LOGIN = "login"
 SIGNUP = "signup"  # the first-run form and the sign-up form
@@ -42,13 +45,27 @@ def _keys(scope: str, request: HttpRequest, username: str | None) -> list[tuple[
 
 
 def locked_for(scope: str, request: HttpRequest, username: str | None = None) -> int:
-    """Seconds until this username and address may try again; 0 when they may now."""
-    locks = cache.get_many([f"{key}:locked" for key, _ in _keys(scope, request, username)])
+    """Seconds until this username and address may try again; 0 when they may now.
+
+    With Redis away, signing in still works (unlimited until it is back) rather than failing
+    for everyone: the passwords are still checked."""
+    try:
+        locks = cache.get_many([f"{key}:locked" for key, _ in _keys(scope, request, username)])
+    except Exception as exc:
+        log.warning("sign-in limits not checked, the cache is unreachable: %r", exc)
+        return 0
     until = max(locks.values(), default=0.0)
     return max(0, math.ceil(until - time.time()))
 
 
 def failed(scope: str, request: HttpRequest, username: str | None = None) -> None:
+    try:
+        _count(scope, request, username)
+    except Exception as exc:
+        log.warning("a failed sign-in was not counted, the cache is unreachable: %r", exc)
+
+
+def _count(scope: str, request: HttpRequest, username: str | None) -> None:
     lockout = settings.PLAYGROUND_THROTTLE["LOCKOUT"]
     for key, limit in _keys(scope, request, username):
         cache.add(key, 0, timeout=lockout)
@@ -64,7 +81,10 @@ def succeeded(scope: str, request: HttpRequest, username: str) -> None:
     """A right password clears that name's count (not the address's: one address trying
     many names is what the address limit is for)."""
     key, _ = _keys(scope, request, username)[-1]
-    cache.delete(key)
+    try:
+        cache.delete(key)
+    except Exception as exc:
+        log.warning("a sign-in count was not cleared, the cache is unreachable: %r", exc)
 
 
 def message(seconds: int) -> str:

@@ -536,4 +536,9 @@ async def _repeat_stop(channels: list[str]) -> None:
 async def _send_stop(channels: list[str]) -> None:
     layer = channel_layer()
     for channel in channels:
-        await layer.send(channel, {"type": "run.stop"})
+        try:
+            await layer.send(channel, {"type": "run.stop"})
+        except Exception as exc:
+            # The channel layer is away: the repeat a second later may get through; the
+            # caller (a socket, a view) must not fail because of it.
+            log.warning("stop for %s not sent: %r", channel, exc)
