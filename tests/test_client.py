@@ -21,6 +21,7 @@ from playground.providers.client import (
     Finish,
     LogprobsDelta,
     ReasoningDelta,
+    ResponseId,
     StreamError,
     TextDelta,
     Timeouts,
@@ -548,6 +549,33 @@ async def test_an_unreadable_data_line_is_skipped_and_the_stream_goes_on() -> No
     ]
 
 
+async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
+    sse = (
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
+        b"data: {oops\n\n"
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "b"}}]}\n\n'
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert [e for e in events if isinstance(e, ResponseId)] == [ResponseId("chatcmpl-1")]
+    assert events[0] == ResponseId("chatcmpl-1") and text_of(events) == "ab"
+
+
+async def test_the_x_request_id_header_is_the_reply_s_id_when_sent() -> None:
+    sse = b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200,
+            content=sse,
+            headers={"content-type": "text/event-stream", "x-request-id": "req_42"},
+        )
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert [e for e in events if isinstance(e, ResponseId)] == [ResponseId("req_42")]
+
+
 async def test_an_error_object_after_an_unreadable_line_still_ends_the_stream() -> None:
     sse = (
         b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
@@ -623,6 +651,7 @@ async def test_aclose_on_the_generator_closes_the_upstream_response(
 ) -> None:
     upstream.script(Behaviour(n_tokens=200, interval=0.02))
     events = stream(Endpoint(upstream.base_url), KEY, BODY, timeouts=FAST)
+    assert isinstance(await anext(events), ResponseId)
     assert isinstance(await anext(events), TextDelta)
     await events.aclose()
     assert await asyncio.to_thread(upstream.wait_for_disconnect, 2.0)

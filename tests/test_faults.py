@@ -31,6 +31,8 @@ async def test_an_unreadable_stream_line_is_skipped_and_noted_under_the_reply(
     note = "The provider sent 1 line the playground could not read; skipped."
     assert reply.notes == [note]
     assert note in frame  # shown under the reply
+    assert reply.response_id.startswith("chatcmpl-")  # the provider's id is kept
+    assert f"id {reply.response_id}" in frame
     await socket.close()
 
 
@@ -159,7 +161,7 @@ async def test_an_unknown_parameter_name_is_refused_not_dropped(
     await socket.drain()
     await socket.send_prompt("hi", **{"param:temprature": "0.5", "param:temperature": "0.5"})
     frame = await socket.until(lambda f: "composer-error" in f)
-    assert "has no parameter temprature: nothing was sent." in frame
+    assert "Unknown parameter temprature: nothing was sent." in frame
     assert not await Message.objects.filter(conversation=conversation).aexists()
     assert upstream.requests == []
     await socket.close()

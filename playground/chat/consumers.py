@@ -211,8 +211,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             text, model_key, system_prompt = (
                 _text_field(data, name) for name in ("text", "model", "system_prompt")
             )
-            values = params.from_form(data)
-            params.refuse_unknown(model_key, values)
         except ValueError as exc:
             await self._send_error(str(exc))
             return
@@ -221,7 +219,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             text=text,
             model_key=model_key,
             system_prompt=system_prompt,
-            values=values,
+            values=params.from_form(data),
             attachment_ids=_ints(data.get("attachment")),
         )
 
@@ -271,7 +269,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             context = await database_sync_to_async(turn_errors_context)(
                 kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
             )
-            context["error"] = "Fix the highlighted settings: nothing was sent."
+            unknown = params.unknown_names(exc.errors)
+            context["error"] = (
+                f"Unknown parameter {', '.join(unknown)}: nothing was sent."
+                if unknown
+                else "Fix the highlighted settings: nothing was sent."
+            )
             context["status"] = ""
             await self._send_partial("param-errors", context)
             return

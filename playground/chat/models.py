@@ -165,6 +165,8 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     # Warnings shown under a reply that still finished: lines skipped, the size cap reached.
     notes = models.JSONField(default=list, blank=True)
+    # The provider's id for the reply (x-request-id, else the chunks' id): for its support.
+    response_id = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True)
     request_body = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)

@@ -107,6 +107,7 @@ class Run:
         self.interrupted = False  # by a server shutdown, see interrupt()
         self.notes: list[str] = []  # shown under the reply (skipped lines, size cap)
         self.skipped = 0  # unreadable stream lines passed over
+        self.response_id = ""
         self.frames = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
@@ -279,6 +280,8 @@ class Run:
                 self.error = str(error)
             case client.Unreadable():
                 self.skipped += 1
+            case client.ResponseId(id=response_id):
+                self.response_id = response_id
         if self.text.pending or self.reasoning.pending:
             self._wake.set()
 
@@ -452,6 +455,7 @@ class Run:
             finish_reason=self.finish_reason,
             error=error.get(status, ""),
             notes=notes,
+            response_id=self.response_id,
             usage=self.usage,
             ttft_ms=None if ttft is None else round(ttft * 1000, 1),
             total_ms=round((ended - self.started) * 1000, 1),

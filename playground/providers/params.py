@@ -12,7 +12,6 @@ import math
 import re
 from typing import Any
 
-from playground.providers import catalog
 from playground.providers.specs import Model, Param
 
 FORM_PREFIX = "param:"
@@ -257,6 +256,9 @@ CLEANERS = {
 }
 
 
+NOT_A_PARAMETER = "is not a parameter of this model"
+
+
 def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -> dict[str, Any]:
     """The values that are set, typed and within the documented bounds.
 
@@ -270,7 +272,7 @@ def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -
         param = specs.get(name)
         if param is None:
             if keep_unknown:
-                errors[name] = "is not a parameter of this model"
+                errors[name] = NOT_A_PARAMETER
             continue
         if _unset(value):
             continue
@@ -296,18 +298,9 @@ def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def refuse_unknown(model_key: str, values: dict[str, Any]) -> None:
-    """ValueError naming every parameter the model does not document: a send must not drop
-    a misspelt name silently. (An unknown model is left to the caller's own message.)"""
-    try:
-        model = catalog.get_model(model_key)
-    except catalog.UnknownModel:
-        return
-    known = {p.name for p in model.params}
-    unknown = sorted(name for name in values if name not in known)
-    if unknown:
-        names = ", ".join(unknown)
-        raise ValueError(f"{model.label} has no parameter {names}: nothing was sent.")
+def unknown_names(errors: dict[str, str]) -> list[str]:
+    """The names clean(keep_unknown=True) refused as no parameter of the model."""
+    return sorted(name for name, error in errors.items() if error == NOT_A_PARAMETER)
 
 
 def from_form(data: dict[str, Any]) -> dict[str, Any]:
