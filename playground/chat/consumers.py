@@ -431,7 +431,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_partial("composer-error", {"error": text})
 
 
-async def close_all(code: int, wait: float) -> None:
+async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.CLOSE_WAIT) -> None:
     """Close every socket of this process with `code`, each after the frames already queued
     for it; wait up to `wait` seconds for them to go."""
     sockets = list(open_sockets)
@@ -443,6 +443,9 @@ async def close_all(code: int, wait: float) -> None:
     deadline = time.monotonic() + wait
     while open_sockets and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+
+
+shutdown.when_draining(close_all)
 
 
 def check_access(user, session, conversation_id: int, *, run: bool = False):

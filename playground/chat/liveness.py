@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 
@@ -67,8 +68,7 @@ async def _beat_forever(wake: asyncio.Event) -> None:
         if _tracked:
             keys = {key(i): 1 for i in _tracked}
             try:
-                await cache.aset_many(keys, timeout=max(1, round(ttl())))
-                await cache.aadd(SINCE, time.time(), timeout=None)
+                await _renew(keys)
             except Exception as exc:
                 # Redis is away: other processes cannot read the keys either, and their
                 # sweep then falls back to the checkpoint alone.
@@ -76,6 +76,12 @@ async def _beat_forever(wake: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ttl() / 3):
                 await wake.wait()
+
+
+@sync_to_async(thread_sensitive=False)  # not on the one thread the database calls share
+def _renew(keys: dict[str, int]) -> None:
+    cache.set_many(keys, timeout=max(1, round(ttl())))
+    cache.add(SINCE, time.time(), timeout=None)
 
 
 def gone(message_ids: list[int]) -> list[int]:

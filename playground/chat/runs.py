@@ -51,7 +51,7 @@ RESTARTED = "The server restarted while this reply was being written."
 _active: dict[int, asyncio.Task] = {}
 # Stops waiting to be said again (see stop()), kept for the same reason.
 _repeats: set[asyncio.Task] = set()
-# The Run objects behind _active, so a shutdown can interrupt them (see interrupt_all()).
+# The Run objects behind _active, so a shutdown can interrupt them (see shutdown.py).
 _running: dict[int, Run] = {}
 
 

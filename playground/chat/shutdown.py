@@ -22,6 +22,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, cast
 
@@ -39,8 +40,14 @@ SAVE_WAIT = 5.0
 CLOSE_WAIT = 2.0
 
 _signals = 0
+# Called at step 4 to close the sockets (the consumer registers it: it imports this module).
+_closers: list[Callable[[], Awaitable[None]]] = []
 _hurry: asyncio.Event | None = None
 _task: asyncio.Task | None = None
+
+
+def when_draining(close: Callable[[], Awaitable[None]]) -> None:
+    _closers.append(close)
 
 
 def install() -> None:
@@ -94,7 +101,7 @@ async def _shut_down(hurry: asyncio.Event) -> None:
 async def drain(hurry: asyncio.Event | None = None) -> None:
     """Steps 1-4 above; the caller stops the server."""
     global draining
-    from playground.chat import consumers, runs
+    from playground.chat import runs
 
     draining = True
     grace = settings.PLAYGROUND_SHUTDOWN_GRACE
@@ -112,7 +119,8 @@ async def drain(hurry: asyncio.Event | None = None) -> None:
         for waiting in waits:
             waiting.cancel()
     await _interrupt_all(runs)
-    await consumers.close_all(RESTART_CLOSE, CLOSE_WAIT)
+    for close in _closers:
+        await close()
 
 
 async def _interrupt_all(runs) -> None:
