@@ -189,7 +189,9 @@ def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> 
     if len(system_prompt) > MAX_SYSTEM_CHARS:
         errors[SYSTEM_PROMPT] = SYSTEM_PROMPT_TOO_LONG
     try:
-        cleaned = params.clean(model, values)
+        # A name the model does not document is refused, not dropped: it is a typo or a
+        # client out of date, and leaving it out silently would change the run unseen.
+        cleaned = params.clean(model, values, keep_unknown=True)
     except params.InvalidParams as exc:
         errors = {**exc.errors, **errors}
     if errors:
