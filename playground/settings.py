@@ -229,7 +229,8 @@ PLAYGROUND_RUN = {
     "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),
     "SNAPSHOT_TIMEOUT": envfloat("PLAYGROUND_SNAPSHOT_TIMEOUT", 2.0),
-    # How often a socket that only watches re-checks that its user may still see it.
+    # How long a socket trusts its access decision. Signals revoke it at once on every change
+    # they see (chat/signals.py); this catches those they cannot (QuerySet.update, raw SQL).
     "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
