@@ -28,7 +28,15 @@ from django.utils.crypto import constant_time_compare
 from playground.chat import access, runs
 from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
-from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
+from playground.chat.services import (
+    Turn,
+    TurnError,
+    prepare_turn,
+    rerun,
+    start_turn,
+    submit_tool_results,
+    write_turn,
+)
 from playground.providers import params
 
 log = logging.getLogger(__name__)
@@ -253,10 +261,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
+        run = None
         try:
-            turn = await database_sync_to_async(service)(
-                self.conversation, self.user, channel=channel, **kwargs
-            )
+            if service is start_turn:
+                run, turn = await self._send_turn(channel, **kwargs)
+            else:
+                turn = await database_sync_to_async(service)(
+                    self.conversation, self.user, channel=channel, **kwargs
+                )
         except TurnError as exc:
             await self._send_error(str(exc))
             return
@@ -274,12 +286,28 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(
             self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         )
+        # Every watcher has the reply's row now (a group delivers in order): deltas may
+        # follow, before the composer and the sidebar, which no delta depends on.
+        runs.start(turn.run, run)
         if service is start_turn:
             await self._send_partial("composer-sent", {})
             context = {"c": turn.conversation, "conversation": turn.conversation}
             html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
             await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
-        runs.start(turn.run)
+
+    async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn]:
+        """A send: read and build the request, send it upstream, and write the rows while
+        the provider works on its first token. If the write fails, the request is closed."""
+        prepared = await database_sync_to_async(prepare_turn)(
+            self.conversation, self.user, channel=channel, **kwargs
+        )
+        run = runs.begin(prepared.run)
+        try:
+            turn = await database_sync_to_async(write_turn)(prepared, self.user)
+        except BaseException:
+            await run.abandon()
+            raise
+        return run, turn
 
     async def _stop(self) -> None:
         if not self._may_run():

@@ -254,6 +254,18 @@ class LastSettings(models.Model):
         if saved != wanted:  # one read on every send; a write only when they changed
             cls.objects.update_or_create(user=user, defaults=wanted)
 
+    @classmethod
+    def remember_now(cls, user, conversation: Conversation) -> None:
+        """remember() inside a transaction that writes anyway: one UPDATE instead of a read
+        and, when they changed, a write."""
+        wanted = {
+            "model": conversation.model,
+            "params": conversation.params,
+            "system_prompt": conversation.system_prompt,
+        }
+        if not cls.objects.filter(user=user).update(**wanted, updated=timezone.now()):
+            cls.objects.create(user=user, **wanted)
+
 
 class AttachmentQuerySet(models.QuerySet):
     def visible_to(self, user) -> AttachmentQuerySet:
