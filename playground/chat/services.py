@@ -8,9 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -355,35 +353,35 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
 
 def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
     """Lock the conversation's row and check, in one query, that a turn may start; its
-    current title (another tab may have renamed it)."""
-    mine = Message.objects.filter(conversation=OuterRef("pk"))
-    running = (
-        Message.objects.filter(created_by=user, status=Message.Status.STREAMING)
-        .order_by()
-        .values("created_by")
-        .annotate(n=Count("pk"))
-        .values("n")
+    current title (another tab may have renamed it).
+
+    Plain SQL: built with the ORM (three subqueries), this query cost a seventh of a turn's
+    CPU in the profile, more than running it."""
+    quote = connection.ops.quote_name
+    conversations, messages = (quote(Conversation._meta.db_table), quote(Message._meta.db_table))
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    sql = (
+        f"SELECT title,"
+        f" EXISTS(SELECT 1 FROM {messages} WHERE conversation_id = %s AND status = %s),"
+        f" EXISTS(SELECT 1 FROM {messages} WHERE conversation_id = %s AND id > %s),"
+        f" (SELECT COUNT(*) FROM {messages} WHERE created_by_id = %s AND status = %s)"
+        f" FROM {conversations} WHERE id = %s{lock}"
     )
-    state = (
-        Conversation.objects.select_for_update()
-        .filter(pk=conversation.pk)
-        .annotate(
-            busy=Exists(mine.filter(status=Message.Status.STREAMING)),
-            moved=Exists(mine.filter(pk__gt=seen)),
-            running=Coalesce(Subquery(running), 0),
-        )
-        .values("title", "busy", "moved", "running")
-        .first()
-    )
-    if state is None:
+    streaming = Message.Status.STREAMING.value
+    pk = conversation.pk
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pk, streaming, pk, seen, user.pk, streaming, pk])
+        row = cursor.fetchone()
+    if row is None:
         raise TurnError("This conversation no longer exists.")
-    if state["busy"]:
+    title, busy, moved, running = row
+    if busy:
         _locked(conversation, user)  # interrupts a dead run's reply, or says one is streaming
-    elif state["running"] >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]:
+    elif running >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]:
         _locked(conversation, user)  # says so, in the same words as every other turn
-    if state["moved"]:
+    if moved:
         raise TurnError("The conversation changed while you sent: send again.")
-    return state["title"]
+    return title
 
 
 @sensitive_variables("api_key")
