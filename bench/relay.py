@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import signal
@@ -692,35 +693,23 @@ class Bench:
             finally:
                 await ws.close()
 
-        gate = asyncio.Event()
-
-        async def handshake(url: str, cid: int) -> tuple[str, float, Any]:
-            """("ok" | what failed, seconds from the start to the transcript, the socket)."""
-            await gate.wait()
-            started = time.monotonic()
-            try:
-                ws = await client.open_socket(url, cid, self.cookie, timeout=timeout)
-            except Exception as exc:  # noqa: BLE001 - counted by kind
-                return f"handshake: {type(exc).__name__}", time.monotonic() - started, None
-            try:
-                await asyncio.wait_for(ws.recv(), timeout)
-            except Exception as exc:  # noqa: BLE001
-                code = getattr(getattr(exc, "rcvd", None), "code", None)
-                kind = f"closed {code}" if code else f"transcript: {type(exc).__name__}"
-                await ws.close()
-                return kind, time.monotonic() - started, None
-            return "ok", time.monotonic() - started, ws
-
+        # The storm's handshakes run in a process of their own (see client.storm_process).
+        spawn = multiprocessing.get_context("spawn")
+        parent, child = spawn.Pipe()
+        storm = spawn.Process(
+            target=client.storm_process, args=(storm_targets, self.cookie, timeout, child)
+        )
         running = [asyncio.create_task(stream(i, u, c)) for i, (u, c) in enumerate(stream_targets)]
+        storm.start()
         try:
             await asyncio.sleep(1.0 + before_s)  # first tokens, then the quiet baseline
-            storm_tasks = [asyncio.create_task(handshake(u, c)) for u, c in storm_targets]
-            await asyncio.sleep(0)  # every task is parked at the gate
+            assert await asyncio.to_thread(parent.recv) == "ready"
             async with meter:
                 storm_start = time.monotonic()
-                gate.set()
-                outcomes = await asyncio.wait_for(asyncio.gather(*storm_tasks), timeout + 10)
-                storm_end = time.monotonic()
+                parent.send("go")
+                outcomes, storm_end = await asyncio.wait_for(
+                    asyncio.to_thread(parent.recv), timeout + 10
+                )
             # Streams keep running a little past the storm, so its last gaps have an end.
             await asyncio.sleep(1.0)
             storm_over.set()
@@ -729,11 +718,14 @@ class Bench:
             storm_over.set()
             for task in running:
                 task.cancel()
-        opened = [ws for kind, _, ws in outcomes if ws is not None]
-        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+            with contextlib.suppress(OSError):
+                parent.send("close")
+            await asyncio.to_thread(storm.join, 30)
+            if storm.is_alive():
+                storm.kill()
 
-        ok_times = [t * 1000 for kind, t, _ in outcomes if kind == "ok"]
-        failures = Counter(kind for kind, _, _ in outcomes if kind != "ok")
+        ok_times = [t * 1000 for kind, t in outcomes if kind == "ok"]
+        failures = Counter(kind for kind, _ in outcomes if kind != "ok")
         why = ", ".join(f"{kind} {count}" for kind, count in failures.most_common())
         self.row(
             label,
@@ -762,7 +754,7 @@ class Bench:
             f"{meter.cpu:.1f} s; {meter.cpu / max(1, len(ok_times)) * 1000:.1f} ms",
         )
         self.raw["storm"] = {
-            "outcomes": [(kind, t) for kind, t, _ in outcomes],
+            "outcomes": outcomes,
             "arrivals": arrivals,
             "storm": [storm_start, storm_end],
         }

@@ -240,6 +240,11 @@ PLAYGROUND_RUN = {
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:
 # size it from memory and from how many sockets one process can connect within its timeout.
 PLAYGROUND_MAX_SOCKETS = envint("PLAYGROUND_MAX_SOCKETS", 5000)
+# Sockets of a process that may be opening (auth, transcript) at once; the rest wait, so a
+# connect storm leaves the event loop free for the replies streaming meanwhile (pacing.py).
+PLAYGROUND_OPENING_SOCKETS = envint("PLAYGROUND_OPENING_SOCKETS", 4)
+if PLAYGROUND_OPENING_SOCKETS < 1:
+    raise ImproperlyConfigured("PLAYGROUND_OPENING_SOCKETS must be at least 1")
 if PLAYGROUND_MAX_SOCKETS < 1:
     raise ImproperlyConfigured("PLAYGROUND_MAX_SOCKETS must be at least 1")
 # Image attachments: a byte cap, a pixel cap checked before decoding (decompression bombs),

@@ -29,6 +29,7 @@ from playground.chat import access, runs
 from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
 from playground.chat.services import (
+    PreparedTurn,
     Turn,
     TurnError,
     prepare_turn,
@@ -261,10 +262,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
-        run = None
+        run, html = None, None
         try:
             if service is start_turn:
-                run, turn = await self._send_turn(channel, **kwargs)
+                run, turn, html = await self._send_turn(channel, **kwargs)
             else:
                 turn = await database_sync_to_async(service)(
                     self.conversation, self.user, channel=channel, **kwargs
@@ -282,7 +283,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
-        html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+        if html is None:
+            html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         await self.channel_layer.group_send(
             self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         )
@@ -295,19 +297,21 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
             await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
 
-    async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn]:
+    async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
         """A send: read and build the request, send it upstream, and write the rows while
-        the provider works on its first token. If the write fails, the request is closed."""
+        the provider works on its first token. If the write fails, the request is closed.
+        The new rows are rendered in the same trip to the database thread: one hop fewer
+        between the send and the first token."""
         prepared = await database_sync_to_async(prepare_turn)(
             self.conversation, self.user, channel=channel, **kwargs
         )
         run = runs.begin(prepared.run)
         try:
-            turn = await database_sync_to_async(write_turn)(prepared, self.user)
+            turn, html = await database_sync_to_async(_write_and_render)(prepared, self.user)
         except BaseException:
             await run.abandon()
             raise
-        return run, turn
+        return run, turn, html
 
     async def _stop(self) -> None:
         if not self._may_run():
@@ -468,6 +472,11 @@ def check_access(user, session, conversation_id: int, *, fresh: bool = False):
         return access.get_conversation_and_role(user, conversation_id)
     except (Http404, ObjectDoesNotExist):
         return None
+
+
+def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
+    turn = write_turn(prepared, user)
+    return turn, render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
 
 
 def _ints(value: Any) -> list[int]:

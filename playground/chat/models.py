@@ -78,8 +78,9 @@ class Conversation(models.Model):
 class MessageQuerySet(models.QuerySet):
     def stale(self) -> MessageQuerySet:
         """Streaming messages whose run stopped checkpointing: its process died."""
-        cutoff = timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
-        return self.filter(status=Message.Status.STREAMING, checkpoint_at__lt=cutoff)
+        return self.filter(
+            status=Message.Status.STREAMING, checkpoint_at__lt=Message.stale_cutoff()
+        )
 
     def mark_stale_interrupted(self) -> int:
         # Called on every page view and send: read first, so the usual case (nothing stale)
@@ -155,6 +156,11 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk}"
+
+    @staticmethod
+    def stale_cutoff() -> datetime:
+        """A streaming reply not checkpointed since then has lost its run."""
+        return timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
 
     @property
     def is_streaming(self) -> bool:
