@@ -21,10 +21,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
 from django.http import Http404
 
-from playground.accounts.models import Membership
 from playground.chat.models import Conversation
 from playground.chat.runs import group_name
 
@@ -53,17 +51,11 @@ def get_conversation_for_user(user, pk: int | str, *, run: bool = False) -> Conv
 
 def get_conversation_and_role(user, pk: int | str) -> tuple[Conversation, bool]:
     """The conversation if `user` may see it, and whether they may run in it; else 404.
-    One query: the user's role in the conversation's team comes along with it."""
-    role = Membership.objects.filter(team=OuterRef("team"), user=user).values("role")[:1]
-    try:
-        conversation = (
-            Conversation.objects.visible_to(user).annotate(my_role=Subquery(role)).get(pk=int(pk))
-        )
-    except (Conversation.DoesNotExist, ValueError, TypeError):
-        raise Http404("No such conversation") from None
+    A personal conversation needs no second query (and every socket opens through here)."""
+    conversation = get_conversation_for_user(user, pk)
     if conversation.team_id is None:
         return conversation, conversation.owner_id == user.pk
-    return conversation, Membership(role=conversation.my_role).can_run()
+    return conversation, conversation.can_run(user)
 
 
 def user_group(user_id: int) -> str:

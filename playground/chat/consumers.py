@@ -8,6 +8,7 @@ group to the browser, applying each delta only beyond what this socket has alrea
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -81,6 +82,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # on disconnect so none of them touches a closed socket or the database afterwards.
         self.tasks: set[asyncio.Task] = set()
         self.has_slot = False
+        self.cut_off = False  # told it lost access, and closed
 
     async def connect(self) -> None:
         # Before any database work: a connect storm past the cap costs no queries.
@@ -176,12 +178,18 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _still_allowed(self) -> bool:
         """Pushes check the kept decision too, so a user removed from a team (or logged out)
         stops receiving its conversations without having to send anything."""
+        if self.cut_off:
+            return False
         if await self._authorized():
             return True
         await self._cut_off()
         return False
 
     async def _cut_off(self) -> None:
+        # Once: handlers already queued (a push, a revocation) must not say it again.
+        if self.cut_off:
+            return
+        self.cut_off = True
         await self._send_error(NO_ACCESS)
         await self.close(code=4403)
 
@@ -204,7 +212,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self._rate_limited():
             await self._send_error("Too many messages at once: slow down a little.")
             return
-        if not await self._authorized():
+        if self.cut_off or not await self._authorized():
             await self._cut_off()
             return
         if text_data is None or len(text_data) > MAX_FRAME_BYTES:
@@ -292,7 +300,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # follow, before the composer and the sidebar, which no delta depends on.
         runs.start(turn.run, run)
         if service is start_turn:
-            await self._send_partial("composer-sent", {})
+            await self.send(text_data=composer_sent_html())
             context = {"c": turn.conversation, "conversation": turn.conversation}
             html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
             await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
@@ -472,6 +480,13 @@ def check_access(user, session, conversation_id: int, *, fresh: bool = False):
         return access.get_conversation_and_role(user, conversation_id)
     except (Http404, ObjectDoesNotExist):
         return None
+
+
+@functools.cache
+def composer_sent_html() -> str:
+    """The composer cleared after a send: the same for everyone, so rendered once (a trip to
+    a render thread per send, saved)."""
+    return render_to_string(f"{TEMPLATE}#composer-sent", {})
 
 
 def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
