@@ -297,13 +297,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         )
         # Every watcher has the reply's row now (a group delivers in order): deltas may
-        # follow, before the composer and the sidebar, which no delta depends on.
+        # follow, before the composer, which no delta depends on.
         runs.start(turn.run, run)
         if service is start_turn:
             await self.send(text_data=composer_sent_html())
-            context = {"c": turn.conversation, "conversation": turn.conversation}
-            html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
-            await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
 
     async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
         """A send: read and build the request, send it upstream, and write the rows while
@@ -356,11 +353,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
-        await self.send(text_data=event["html"])
-
-    async def chat_title(self, event: dict[str, Any]) -> None:
-        if not await self._still_allowed():
-            return
         await self.send(text_data=event["html"])
 
     async def run_delta(self, event: dict[str, Any]) -> None:
@@ -490,8 +482,12 @@ def composer_sent_html() -> str:
 
 
 def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
+    """The rows, and one frame for every watcher: them, and the sidebar row with its title
+    (a send gives a new conversation its title, and moves it to the top)."""
     turn = write_turn(prepared, user)
-    return turn, render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    rows = render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    context = {"c": turn.conversation, "conversation": turn.conversation}
+    return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
 
 
 def _ints(value: Any) -> list[int]:
@@ -523,6 +519,5 @@ def _beyond(shown: int, at: int, piece: str) -> str | None:
 RELAY_HANDLERS = {
     "run.delta": ConversationConsumer.run_delta,
     "chat.append": ConversationConsumer.chat_append,
-    "chat.title": ConversationConsumer.chat_title,
     "run.done": ConversationConsumer.run_done,
 }
