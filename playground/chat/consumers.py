@@ -486,7 +486,12 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
     (a send gives a new conversation its title, and moves it to the top)."""
     turn = write_turn(prepared, user)
     rows = render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
-    context = {"c": turn.conversation, "conversation": turn.conversation}
+    context = {
+        "c": turn.conversation,
+        "conversation": turn.conversation,
+        # The first message gives the conversation its sidebar row, under "Today".
+        "first_message": turn.messages[0].parent_id is None,
+    }
     return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
 
 

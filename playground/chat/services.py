@@ -177,7 +177,11 @@ def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> l
 
 
 def build_body(model: Model, messages: list[dict], cleaned: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model.id, "messages": messages, **cleaned}
+    body: dict[str, Any] = {
+        "model": model.id,
+        "messages": messages,
+        **params.to_body(model, cleaned),
+    }
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
@@ -198,6 +202,26 @@ def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> 
     if errors:
         raise params.InvalidParams(errors)
     return cleaned
+
+
+# A seed is sampling's, but carried into a new chat it would repeat the last one's replies.
+NOT_CARRIED = frozenset({"seed"})
+
+
+def sampling_values(model_key: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The numeric sampling parameters among `values` (temperature, top_p, penalties, …):
+    what a new conversation keeps of the last one. Stop strings, logit bias, thinking, tools,
+    logprobs and structured output describe one task, not a taste, and stay behind."""
+    try:
+        model = catalog.get_model(model_key)
+    except catalog.UnknownModel:
+        return {}
+    kept = {
+        p.name
+        for p in model.params
+        if p.capability is None and p.is_numeric and p.name not in NOT_CARRIED
+    }
+    return {name: value for name, value in values.items() if name in kept}
 
 
 def apply_settings(
@@ -446,8 +470,7 @@ def submit_tool_results(
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
-    names = {p.name for p in model.params}
-    return {k: v for k, v in (message.request_body or {}).items() if k in names}
+    return params.from_body(model, message.request_body or {})
 
 
 @sensitive_variables("api_key")
