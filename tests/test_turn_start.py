@@ -7,7 +7,9 @@ import asyncio
 import threading
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
+from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -161,3 +163,38 @@ def test_a_title_given_meanwhile_in_another_tab_is_kept(user, api_key, conversat
     assert turn.conversation.title == "Renamed elsewhere"
     conversation.refresh_from_db()
     assert conversation.title == "Renamed elsewhere"
+
+
+def test_the_final_save_is_one_update_and_renders_the_reply_without_reading_it_back(
+    user, api_key, conversation
+):
+    turn = services.start_turn(
+        conversation, user, text="Hi", model_key=MODEL, system_prompt="", channel="run.x"
+    )
+    reply = turn.run.reply
+    assert reply is turn.messages[-1]
+    run = runs.Run(turn.run)
+    run.text.shown = "**Hello** there"
+    run.usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    run.finish_reason = "stop"
+    run.first_token_at = run.started
+    values = async_to_sync(run._final_values)()
+    with CaptureQueriesContext(connection) as saved:
+        html = runs._save_and_render(reply, values)
+    assert [q["sql"].split()[0] for q in saved.captured_queries] == ["UPDATE"]
+    # The same HTML as the row read back renders: nothing the page shows is stale.
+    fresh = Message.objects.get(pk=reply.pk)
+    assert fresh.status == "complete" and fresh.text == "**Hello** there"
+    assert html == render_to_string("chat/playground.html#message-oob", runs._reply_context(fresh))
+    assert "<strong>Hello</strong>" in html and "status-complete" in html
+
+
+def test_the_final_save_of_a_reply_deleted_meanwhile_renders_nothing(user, api_key, conversation):
+    turn = services.start_turn(
+        conversation, user, text="Hi", model_key=MODEL, system_prompt="", channel="run.x"
+    )
+    run = runs.Run(turn.run)
+    values = async_to_sync(run._final_values)()
+    conversation.delete()
+    assert runs._save_and_render(turn.run.reply, values) == ""
+    assert not Message.objects.exists()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -75,6 +76,9 @@ class RunRequest:
     model: Model
     body: dict[str, Any]
     api_key: str | None = field(default=None, repr=False)
+    # The reply's row as the turn wrote it: the final save updates it by pk and renders it
+    # without reading it back. None (a request built elsewhere): the row is read.
+    reply: Message | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -179,28 +183,30 @@ class Run:
         before failed, so no reply stays "streaming" while its run is gone. The final write
         never waits for the channel layer: publishing only ever logs its failures."""
         await self._publish()
-        await self._save_final_retrying()
-        try:
-            html = await self._html()
-        except Exception:
-            log.exception("run %s: rendering the reply failed", self.request.message_id)
-            html = ""  # the watchers still learn the run ended; a reload shows the reply
+        html = await self._save_final_retrying()
+        if html is None:
+            try:
+                html = await self._html()
+            except Exception:
+                log.exception("run %s: rendering the reply failed", self.request.message_id)
+                html = ""  # the watchers still learn the run ended; a reload shows the reply
         done = {"type": "run.done", "message_id": self.request.message_id, "html": html}
         await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
 
-    async def _save_final_retrying(self) -> None:
+    async def _save_final_retrying(self) -> str | None:
         """A database that blips (a failover, a restart, a locked SQLite file) is tried again
         with growing pauses for up to STALE_AFTER: the reply is kept whole if it comes back,
         and meanwhile the run's liveness key says it is still alive. After that the stale
-        sweep marks the reply from its last checkpoint."""
+        sweep marks the reply from its last checkpoint.
+
+        The finished reply's HTML when the save rendered it too, else None."""
         deadline = time.monotonic() + settings.PLAYGROUND_RUN["STALE_AFTER"]
         pauses = iter(SAVE_RETRIES)
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._save_final()
-                return
+                return await self._save_final()
             except Exception:
                 log.warning(
                     "run %s: the final save failed (attempt %d)",
@@ -219,6 +225,7 @@ class Run:
                 reasoning=self.reasoning.shown,
                 error="The playground failed while saving this reply.",
             )
+        return None
 
     async def _send_retrying(self, send: Any, to: str, message: dict, pauses: tuple) -> bool:
         """Send through the channel layer, trying again after each pause; never raises (but
@@ -244,9 +251,7 @@ class Run:
         message = await Message.objects.filter(pk=self.request.message_id).afirst()
         if message is None:  # the conversation was deleted meanwhile
             return ""
-        awaiting = message.pk if message.awaits_tool_results else None
-        context = {"message": message, "awaiting_tools": awaiting}
-        return await render("chat/playground.html#message-oob", context)
+        return await render("chat/playground.html#message-oob", _reply_context(message))
 
     async def _consume(self) -> None:
         params = settings.PLAYGROUND_UPSTREAM
@@ -471,7 +476,18 @@ class Run:
             "estimated": "chunks",
         }
 
-    async def _save_final(self) -> None:
+    async def _save_final(self) -> str | None:
+        """Write the reply's final state; with the row the turn wrote, render it in the same
+        trip to the database thread (one hop, no read back). The HTML, "" for a reply deleted
+        meanwhile, or None if it was not rendered here."""
+        values = await self._final_values()
+        reply = self.request.reply
+        if reply is None:
+            await Message.objects.filter(pk=self.request.message_id).aupdate(**values)
+            return None
+        return await database_sync_to_async(_save_and_render)(reply, values)
+
+    async def _final_values(self) -> dict[str, Any]:
         if self.usage is None:
             try:
                 self.usage = await self._estimated_usage()
@@ -500,7 +516,7 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
-        await Message.objects.filter(pk=self.request.message_id).aupdate(
+        return dict(
             status=status,
             text=self.text.shown,
             reasoning=self.reasoning.shown,
@@ -521,6 +537,26 @@ class Run:
             schema_check=schema_check,
             checkpoint_at=timezone.now(),
         )
+
+
+def _save_and_render(reply: Message, values: dict[str, Any]) -> str:
+    """The final UPDATE by pk, then the reply rendered from the row the turn wrote with the
+    values just saved: what a read back would return, without the read (a full Message row
+    cost more CPU than the UPDATE). "" if the reply was deleted meanwhile."""
+    if not Message.objects.filter(pk=reply.pk).update(**values):
+        return ""
+    for name, value in values.items():
+        setattr(reply, name, value)
+    try:
+        return render_to_string("chat/playground.html#message-oob", _reply_context(reply))
+    except Exception:
+        log.exception("run %s: rendering the reply failed", reply.pk)
+        return ""  # the watchers still learn the run ended; a reload shows the reply
+
+
+def _reply_context(message: Message) -> dict[str, Any]:
+    awaiting = message.pk if message.awaits_tool_results else None
+    return {"message": message, "awaiting_tools": awaiting}
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

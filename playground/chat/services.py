@@ -253,7 +253,8 @@ def _turn(
     Inside the turn's transaction: a missing image aborts the whole turn."""
     reply = _reply(conversation, user, created[-1] if created else parent, model, body, channel)
     conversation.save()  # bumps `updated`: the sidebar is newest first
-    run = RunRequest(reply.pk, conversation.pk, channel, model, with_image_data(body), api_key)
+    sent = with_image_data(body)
+    run = RunRequest(reply.pk, conversation.pk, channel, model, sent, api_key, reply)
     return Turn([*created, reply], run, conversation)
 
 
@@ -374,7 +375,9 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             conversation, user, prompt, prepared.model, prepared.body, prepared.run.channel
         )
         LastSettings.remember_now(user, conversation)
-    return Turn([prompt, reply], replace(prepared.run, message_id=reply.pk), conversation)
+    return Turn(
+        [prompt, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
+    )
 
 
 def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
