@@ -516,27 +516,27 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
-        return dict(
-            status=status,
-            text=self.text.shown,
-            reasoning=self.reasoning.shown,
-            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)],
-            logprobs=self.logprobs or None,
-            finish_reason=self.finish_reason,
-            error=error.get(status, ""),
-            notes=notes,
-            response_id=self.response_id,
-            usage=self.usage,
-            ttft_ms=None if ttft is None else round(ttft * 1000, 1),
-            total_ms=round((ended - self.started) * 1000, 1),
-            tokens_per_second=round(completion / generating, 1)
+        return {
+            "status": status,
+            "text": self.text.shown,
+            "reasoning": self.reasoning.shown,
+            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)],
+            "logprobs": self.logprobs or None,
+            "finish_reason": self.finish_reason,
+            "error": error.get(status, ""),
+            "notes": notes,
+            "response_id": self.response_id,
+            "usage": self.usage,
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+            "total_ms": round((ended - self.started) * 1000, 1),
+            "tokens_per_second": round(completion / generating, 1)
             if completion and generating > 0
             else None,
-            cost=self.request.model.cost(completed=status == Message.Status.COMPLETE),
-            reasoning_ms=reasoning_ms,
-            schema_check=schema_check,
-            checkpoint_at=timezone.now(),
-        )
+            "cost": self.request.model.cost(completed=status == Message.Status.COMPLETE),
+            "reasoning_ms": reasoning_ms,
+            "schema_check": schema_check,
+            "checkpoint_at": timezone.now(),
+        }
 
 
 def _save_and_render(reply: Message, values: dict[str, Any]) -> str:
