@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from playground.chat import runs, services
 from playground.chat.models import Conversation, LastSettings, Message
+from tests.conftest import SECRET_KEY_VALUE
 from tests.upstream import Behaviour
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -198,3 +200,26 @@ def test_the_final_save_of_a_reply_deleted_meanwhile_renders_nothing(user, api_k
     conversation.delete()
     assert runs._save_and_render(turn.run.reply, values) == ""
     assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("last_used", "recorded"),
+    [(None, True), (timedelta(minutes=5), True), (timedelta(seconds=5), False)],
+)
+def test_a_keys_use_is_recorded_once_a_minute(user, api_key, conversation, last_used, recorded):
+    from playground.accounts.models import ApiKey
+
+    before = None if last_used is None else timezone.now() - last_used
+    ApiKey.objects.filter(pk=api_key.pk).update(last_used=before)
+    with CaptureQueriesContext(connection) as read:
+        prepared = prepare(conversation, user)
+    assert prepared.run.api_key == SECRET_KEY_VALUE
+    kinds = [q["sql"].split()[0] for q in read.captured_queries]
+    assert kinds == ["SELECT", "UPDATE", "SELECT"] if recorded else ["SELECT", "SELECT"]
+    api_key.refresh_from_db()
+    assert (api_key.last_used != before) is recorded
+
+
+def test_without_a_key_of_ones_own_the_send_says_where_to_add_it(user, conversation):
+    with pytest.raises(services.TurnError, match="API key on the Keys page"):
+        prepare(conversation, user)
