@@ -223,3 +223,39 @@ def test_a_keys_use_is_recorded_once_a_minute(user, api_key, conversation, last_
 def test_without_a_key_of_ones_own_the_send_says_where_to_add_it(user, conversation):
     with pytest.raises(services.TurnError, match="API key on the Keys page"):
         prepare(conversation, user)
+
+
+def test_a_request_is_built_from_the_same_branch_as_the_history(user, api_key, conversation):
+    """The send reads its context in plain SQL: the same messages, in the same order, as
+    history() (the newest message's branch), whatever the tree looks like."""
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    first = Message.objects.create(conversation=conversation, role="user", text="Q")
+    asked = Message.objects.create(
+        conversation=conversation, parent=first, role="assistant", text="", tool_calls=calls
+    )
+    answer = Message.objects.create(
+        conversation=conversation, parent=asked, role="tool", tool_call_id="c1", text="42"
+    )
+    Message.objects.create(conversation=conversation, parent=answer, role="assistant", text="A")
+    # A re-run: a sibling branch, newer, which is the one that counts.
+    rerun = Message.objects.create(
+        conversation=conversation, parent=answer, role="assistant", text="B"
+    )
+    Message.objects.create(conversation=conversation, parent=first, role="assistant", text="X")
+    Message.objects.filter(pk=rerun.pk).update(created=timezone.now() + timedelta(hours=1))
+    branch, seen = services._context_of(conversation)
+    expected = services.history(conversation)
+    assert (
+        [m.pk for m in branch]
+        == [m.pk for m in expected]
+        == [first.pk, asked.pk, answer.pk, rerun.pk]
+    )
+    assert [services.as_openai(m) for m in branch] == [services.as_openai(m) for m in expected]
+    assert seen == Message.objects.latest("pk").pk
+    prepared = prepare(conversation, user, text="Next")
+    assert prepared.parent.pk == rerun.pk
+    assert prepared.body["messages"][-3:] == [
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "assistant", "content": "B"},
+        {"role": "user", "content": "Next"},
+    ]

@@ -108,12 +108,58 @@ def _messages_of(conversation: Conversation) -> dict[int, Message]:
 def _branch(by_id: dict[int, Message]) -> list[Message]:
     if not by_id:
         return []
-    node: Message | None = max(by_id.values(), key=lambda m: (m.created, m.pk))
+    return _walk(by_id, max(by_id.values(), key=lambda m: (m.created, m.pk)))
+
+
+def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
+    node: Message | None = newest
     branch = []
     while node is not None:
         branch.append(node)
         node = by_id.get(node.parent_id) if node.parent_id is not None else None
     return branch[::-1]
+
+
+# What a request is built from (as_openai) and the branch walked by.
+CONTEXT_FIELDS = ("id", "parent_id", "role", "text", "content_parts", "tool_calls", "tool_call_id")
+
+
+def _context_of(conversation: Conversation) -> tuple[list[Message], int]:
+    """history() for building a request, and the newest message id: the messages hold only
+    CONTEXT_FIELDS (any other field is read when first used, as with defer()).
+
+    Plain SQL: every send runs it before its upstream request goes out, and the ORM's query
+    (a related manager, defer(), model rows) cost more CPU than SQLite took to run it. JSON
+    columns go through the field's own from_db_value(), as the ORM does."""
+    sql, names, decoders = _context_sql(connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [conversation.pk])
+        rows = cursor.fetchall()
+    if not rows:
+        return [], 0
+    by_id = {}
+    for row in rows:
+        values = [
+            v if d is None else d(v, None, connection) for v, d in zip(row, decoders, strict=True)
+        ]
+        by_id[row[0]] = Message.from_db(connection.alias, names, values)
+    # Ordered as Message.Meta.ordering: the last row is the newest, as in history().
+    return _walk(by_id, by_id[rows[-1][0]]), max(by_id)
+
+
+@functools.cache
+def _context_sql(vendor: str) -> tuple[str, list[str], list]:
+    """The query, its columns' names and their decoders, in the model's field order (which
+    Model.from_db() expects); the id first."""
+    quote = connection.ops.quote_name
+    fields = [f for f in Message._meta.concrete_fields if f.attname in CONTEXT_FIELDS]
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"SELECT {columns} FROM {quote(Message._meta.db_table)}"
+        f" WHERE {quote('conversation_id')} = %s ORDER BY {quote('created')}, {quote('id')}"
+    )
+    names = [f.attname for f in fields]
+    return sql, names, [getattr(f, "from_db_value", None) for f in fields]
 
 
 def as_openai(message: Message) -> dict[str, Any] | None:
@@ -389,8 +435,7 @@ def prepare_turn(
     )
     attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
-    by_id = _messages_of(conversation)
-    branch = _branch(by_id)
+    branch, seen = _context_of(conversation)
     prompt = Message(
         role=Message.Role.USER,
         text=text,
@@ -400,9 +445,7 @@ def prepare_turn(
     body = build_body(model, messages, conversation.params)
     run = RunRequest(0, conversation.pk, channel, model, with_image_data(body), api_key)
     parent = branch[-1] if branch else None
-    return PreparedTurn(
-        conversation, model, text, attached, parent, max(by_id, default=0), body, run
-    )
+    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run)
 
 
 def write_turn(prepared: PreparedTurn, user) -> Turn:
