@@ -118,8 +118,13 @@ def test_it_filters_conversations_with_images_and_with_tool_calls(client, user, 
     with_image = conv(user, "has image")
     message = Message.objects.create(conversation=with_image, role="user", text="look")
     image = Attachment.objects.create(
-        owner=user, file="attachments/x.png", sha256="0" * 64, content_type="image/png",
-        size=1, width=1, height=1,
+        owner=user,
+        file="attachments/x.png",
+        sha256="0" * 64,
+        content_type="image/png",
+        size=1,
+        width=1,
+        height=1,
     )
     message.attachments.add(image)
     with_tools = conv(user, "has tools")
@@ -176,7 +181,8 @@ def test_a_filter_change_from_htmx_answers_the_results_fragment(client, user):
     conv(user, "one")
     client.force_login(user)
     response = client.get(
-        URL, {"space": "personal"},
+        URL,
+        {"space": "personal"},
         headers={"HX-Request": "true", "HX-Target": "history-results"},
     )
     assert response.status_code == 200

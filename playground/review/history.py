@@ -19,12 +19,12 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from playground.accounts.models import Team
-from playground.chat.models import Conversation, Message
+from playground.chat.models import Conversation, ConversationQuerySet, Message
 from playground.chat.sidebar import Cursor, InvalidCursor
 from playground.providers import catalog
 from playground.review import search
@@ -37,7 +37,7 @@ PERSONAL = "personal"
 class Filter:
     name: str
     field: Callable[[Any], forms.Field]  # user -> the form field, choices limited to the user
-    apply: Callable[[QuerySet[Conversation], Any], QuerySet[Conversation]]
+    apply: Callable[[ConversationQuerySet, Any], ConversationQuerySet]
 
 
 def _choice(label: str, choices: list[tuple[str, str]]) -> forms.ChoiceField:
@@ -56,7 +56,7 @@ def _space_field(user: Any) -> forms.Field:
     return _choice("Space", [(PERSONAL, "Personal"), *((str(t.pk), t.name) for t in teams)])
 
 
-def _space_apply(conversations: QuerySet[Conversation], value: str) -> QuerySet[Conversation]:
+def _space_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
     if value == PERSONAL:
         return conversations.filter(team__isnull=True)
     return conversations.filter(team_id=int(value))
@@ -67,10 +67,7 @@ def _space_apply(conversations: QuerySet[Conversation], value: str) -> QuerySet[
 
 def _models_seen(user: Any) -> list[str]:
     return sorted(
-        Conversation.objects.visible_to(user)
-        .order_by()
-        .values_list("model", flat=True)
-        .distinct()
+        Conversation.objects.visible_to(user).order_by().values_list("model", flat=True).distinct()
     )
 
 
@@ -98,7 +95,7 @@ def _author_field(user: Any) -> forms.Field:
     return _choice("Author", [(str(p.pk), p.get_username()) for p in people])
 
 
-def _author_apply(conversations: QuerySet[Conversation], value: str) -> QuerySet[Conversation]:
+def _author_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
     """Started the conversation or sent a message in it (teammates write in team ones)."""
     author = int(value)
     return conversations.filter(Q(owner_id=author) | _with_message(created_by_id=author))
@@ -107,12 +104,12 @@ def _author_apply(conversations: QuerySet[Conversation], value: str) -> QuerySet
 # -- dates ------------------------------------------------------------------------------------
 
 
-def _since_apply(conversations: QuerySet[Conversation], day: date) -> QuerySet[Conversation]:
+def _since_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
     start = timezone.make_aware(datetime.combine(day, time.min))
     return conversations.filter(updated__gte=start)
 
 
-def _until_apply(conversations: QuerySet[Conversation], day: date) -> QuerySet[Conversation]:
+def _until_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
     end = timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
     return conversations.filter(updated__lt=end)
 
@@ -149,9 +146,7 @@ FILTERS: list[Filter] = [
         "images",
         _flag_field("Has images"),
         lambda qs, v: qs.filter(
-            Exists(
-                Message.attachments.through.objects.filter(message__conversation=OuterRef("pk"))
-            )
+            Exists(Message.attachments.through.objects.filter(message__conversation=OuterRef("pk")))
         ),
     ),
     Filter(
