@@ -65,21 +65,14 @@ def _space_apply(conversations: ConversationQuerySet, value: str) -> Conversatio
 # -- model and endpoint -----------------------------------------------------------------------
 
 
-def _models_seen(user: Any) -> list[str]:
-    return sorted(
-        Conversation.objects.visible_to(user).order_by().values_list("model", flat=True).distinct()
-    )
-
-
 def _model_field(user: Any) -> forms.Field:
-    labels = {m.key: m.label for m in catalog.all_models()}
-    return _choice("Model", [(key, labels.get(key, key)) for key in _models_seen(user)])
+    # The catalog's models, not the distinct models of every visible conversation: that
+    # scan cost more than the rest of the page at 10k conversations.
+    return _choice("Model", [(m.key, m.label) for m in catalog.all_models()])
 
 
 def _endpoint_field(user: Any) -> forms.Field:
-    names = {p.slug: p.name for p in catalog.providers()}
-    slugs = sorted({key.partition(":")[0] for key in _models_seen(user)})
-    return _choice("Endpoint", [(slug, names.get(slug, slug)) for slug in slugs])
+    return _choice("Endpoint", [(p.slug, p.name) for p in catalog.providers()])
 
 
 # -- author -----------------------------------------------------------------------------------

@@ -32,6 +32,13 @@ _SQLITE_TABLES = [
     f"""CREATE VIRTUAL TABLE IF NOT EXISTS review_conversation_fts USING fts5(
         title, system_prompt, content='chat_conversation', content_rowid='id',
         tokenize='{SQLITE_TOKENIZE}')""",
+    # Which conversation each message is in, in rows of two integers: a common word matches
+    # most messages, and looking their conversation up in chat_message (whose rows carry
+    # the whole text) read five times the pages.
+    """CREATE TABLE IF NOT EXISTS review_message_conversation (
+        message_id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS review_message_conversation_conversation
+        ON review_message_conversation (conversation_id)""",
 ]
 
 # External content: a 'delete' must be given the values the row was indexed with (old.*).
@@ -43,22 +50,28 @@ _SQLITE_TRIGGERS = {
         BEGIN
             INSERT INTO review_message_fts (rowid, text, reasoning)
             VALUES (new.id, new.text, new.reasoning);
+            INSERT OR REPLACE INTO review_message_conversation (message_id, conversation_id)
+            VALUES (new.id, new.conversation_id);
         END""",
     "review_message_fts_delete": """
         CREATE TRIGGER IF NOT EXISTS review_message_fts_delete AFTER DELETE ON chat_message
         BEGIN
             INSERT INTO review_message_fts (review_message_fts, rowid, text, reasoning)
             VALUES ('delete', old.id, old.text, old.reasoning);
+            DELETE FROM review_message_conversation WHERE message_id = old.id;
         END""",
     "review_message_fts_update": """
         CREATE TRIGGER IF NOT EXISTS review_message_fts_update AFTER UPDATE ON chat_message
         WHEN old.text IS NOT new.text OR old.reasoning IS NOT new.reasoning
-            OR old.id IS NOT new.id
+            OR old.id IS NOT new.id OR old.conversation_id IS NOT new.conversation_id
         BEGIN
             INSERT INTO review_message_fts (review_message_fts, rowid, text, reasoning)
             VALUES ('delete', old.id, old.text, old.reasoning);
             INSERT INTO review_message_fts (rowid, text, reasoning)
             VALUES (new.id, new.text, new.reasoning);
+            DELETE FROM review_message_conversation WHERE message_id = old.id;
+            INSERT OR REPLACE INTO review_message_conversation (message_id, conversation_id)
+            VALUES (new.id, new.conversation_id);
         END""",
     "review_conversation_fts_insert": """
         CREATE TRIGGER IF NOT EXISTS review_conversation_fts_insert
@@ -204,6 +217,7 @@ def uninstall(connection: BaseDatabaseWrapper) -> None:
             for name in _SQLITE_TRIGGERS:
                 cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
             cursor.execute("DROP TABLE IF EXISTS review_message_fts")
+            cursor.execute("DROP TABLE IF EXISTS review_message_conversation")
             cursor.execute("DROP TABLE IF EXISTS review_conversation_fts")
 
 
@@ -258,6 +272,11 @@ def rebuild(connection: BaseDatabaseWrapper) -> int:
             cursor.execute("INSERT INTO review_message_fts (review_message_fts) VALUES ('rebuild')")
             cursor.execute(
                 "INSERT INTO review_conversation_fts (review_conversation_fts) VALUES ('rebuild')"
+            )
+            cursor.execute("DELETE FROM review_message_conversation")
+            cursor.execute(
+                "INSERT INTO review_message_conversation (message_id, conversation_id) "
+                "SELECT id, conversation_id FROM chat_message"
             )
         cursor.execute("SELECT count(*) FROM chat_message")
         return int(cursor.fetchone()[0])

@@ -21,7 +21,7 @@ from django.db.models.expressions import RawSQL
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from playground.chat.models import Message
+from playground.chat.models import Conversation, Message
 from playground.review import schema
 from playground.review.models import ConversationSearch, MessageSearch
 
@@ -125,20 +125,32 @@ def _keep(found: dict[int, list[Snippet]], conversation_id: int, snippet: Snippe
         found[conversation_id].append(snippet)
 
 
+def _choose(found: dict[int, list[Snippet]], matches: list[tuple[int, int]]) -> list[int]:
+    """The newest matching messages of each conversation, as many as it has room for after
+    its title and system prompt snippets; `matches` are (message id, conversation id)."""
+    taken: dict[int, int] = defaultdict(int)
+    chosen = []
+    for message_id, conversation_id in matches:
+        if taken[conversation_id] + len(found[conversation_id]) < SNIPPETS_PER_CONVERSATION:
+            taken[conversation_id] += 1
+            chosen.append(message_id)
+    return chosen
+
+
 class Fts5Backend:
     def matching(self, query: Query) -> Q:
         text = query.fts5()
-        messages = RawSQL(
-            "SELECT m.conversation_id FROM review_message_fts "
-            "JOIN chat_message m ON m.id = review_message_fts.rowid "
-            "WHERE review_message_fts MATCH %s",
-            (text,),
+        # One UNION subquery, not two ORed: SQLite ran each subquery of an OR twice.
+        return Q(
+            pk__in=RawSQL(
+                "SELECT d.conversation_id FROM review_message_fts "
+                "JOIN review_message_conversation d ON d.message_id = review_message_fts.rowid "
+                "WHERE review_message_fts MATCH %s "
+                "UNION SELECT rowid FROM review_conversation_fts "
+                "WHERE review_conversation_fts MATCH %s",
+                (text, text),
+            )
         )
-        conversations = RawSQL(
-            "SELECT rowid FROM review_conversation_fts WHERE review_conversation_fts MATCH %s",
-            (text,),
-        )
-        return Q(pk__in=messages) | Q(pk__in=conversations)
 
     def snippets(self, query: Query, conversation_ids: list[int]) -> dict[int, list[Snippet]]:
         found: dict[int, list[Snippet]] = defaultdict(list)
@@ -161,28 +173,36 @@ class Fts5Backend:
                 if _highlighted(system_prompt):
                     snippet = Snippet(None, "system prompt", "", render_snippet(system_prompt))
                     _keep(found, conversation_id, snippet)
+            # Which messages first, then snippets only for those shown: snippet() re-reads
+            # and re-tokenizes each text, and a common word matches many per conversation.
+            cursor.execute(
+                "SELECT d.message_id, d.conversation_id FROM review_message_fts "
+                "JOIN review_message_conversation d ON d.message_id = review_message_fts.rowid "
+                f"WHERE review_message_fts MATCH %s AND d.conversation_id IN ({placeholders}) "
+                "ORDER BY d.message_id DESC",
+                (text, *conversation_ids),
+            )
+            chosen = _choose(found, cursor.fetchall())
+            if not chosen:
+                return found
             cursor.execute(
                 "SELECT m.id, m.conversation_id, m.role, "
                 "snippet(review_message_fts, 0, %s, %s, %s, %s), "
                 "snippet(review_message_fts, 1, %s, %s, %s, %s) "
                 "FROM review_message_fts JOIN chat_message m ON m.id = review_message_fts.rowid "
-                f"WHERE review_message_fts MATCH %s AND m.conversation_id IN ({placeholders}) "
+                "WHERE review_message_fts MATCH %s "
+                f"AND review_message_fts.rowid IN ({', '.join(['%s'] * len(chosen))}) "
                 "ORDER BY m.id DESC",
-                (*marks, *marks, text, *conversation_ids),
+                (*marks, *marks, text, *chosen),
             )
             for message_id, conversation_id, role, text_snippet, reasoning in cursor.fetchall():
                 if _highlighted(text_snippet):
-                    _keep(
-                        found,
-                        conversation_id,
-                        Snippet(message_id, "text", role, render_snippet(text_snippet)),
-                    )
+                    snippet = Snippet(message_id, "text", role, render_snippet(text_snippet))
                 elif _highlighted(reasoning):
-                    _keep(
-                        found,
-                        conversation_id,
-                        Snippet(message_id, "reasoning", role, render_snippet(reasoning)),
-                    )
+                    snippet = Snippet(message_id, "reasoning", role, render_snippet(reasoning))
+                else:
+                    continue
+                _keep(found, conversation_id, snippet)
         return found
 
 
@@ -214,7 +234,6 @@ class PostgresBackend:
         if not conversation_ids:
             return found
         tsquery = query.tsquery()
-        from playground.chat.models import Conversation
 
         for row in Conversation.objects.filter(
             pk__in=ConversationSearch.objects.filter(
@@ -232,18 +251,14 @@ class PostgresBackend:
                 _keep(found, row["pk"], snippet)
         # Which messages first (cheap: the GIN index and the stored documents), then headlines
         # only for those shown, since ts_headline parses the whole text again.
-        chosen: dict[int, int] = {}
-        per_conversation: dict[int, int] = defaultdict(int)
-        for message_id, conversation_id in (
-            MessageSearch.objects.filter(document=tsquery, conversation_id__in=conversation_ids)
-            .order_by("-message_id")
-            .values_list("message_id", "conversation_id")
-        ):
-            if per_conversation[conversation_id] + len(found[conversation_id]) < (
-                SNIPPETS_PER_CONVERSATION
-            ):
-                per_conversation[conversation_id] += 1
-                chosen[message_id] = conversation_id
+        chosen = _choose(
+            found,
+            list(
+                MessageSearch.objects.filter(document=tsquery, conversation_id__in=conversation_ids)
+                .order_by("-message_id")
+                .values_list("message_id", "conversation_id")
+            ),
+        )
         rows = (
             Message.objects.filter(pk__in=chosen)
             .order_by("-pk")
