@@ -260,3 +260,38 @@ def test_query_parsing_keeps_words_and_phrases_only():
 def test_render_snippet_escapes_and_balances():
     raw = f"<i>{search.MARK_OPEN}x{search.MARK_CLOSE}</i>{search.MARK_CLOSE}{search.MARK_OPEN}y"
     assert search.render_snippet(raw) == "&lt;i&gt;<mark>x</mark>&lt;/i&gt;<mark>y</mark>"
+
+
+@pytest.mark.parametrize("pattern", ["all", "old only", "sparse", "new only"])
+def test_paging_through_search_results_gives_every_match_once_in_order(
+    client, user, monkeypatch, pattern
+):
+    """Small pages and a small PostgreSQL window, so both of its plans are taken: matches
+    found among the newest candidates, and matches only the index finds further down."""
+    from datetime import UTC, datetime, timedelta
+
+    from playground.review import history
+
+    monkeypatch.setattr(history, "PAGE_SIZE", 2)
+    monkeypatch.setattr(search.PostgresBackend, "WINDOW", 3)
+    matches = {
+        "all": range(12),
+        "old only": range(9),
+        "sparse": [0, 5, 11],
+        "new only": [10, 11],
+    }[pattern]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(12):
+        c = conv(user, f"c{i}")
+        say(c, "ibex grazing" if i in matches else "goat grazing")
+        Conversation.objects.filter(pk=c.pk).update(updated=start + timedelta(days=i))
+    client.force_login(user)
+    seen: list[str] = []
+    url = f"{URL}?q=ibex"
+    while url:
+        response = client.get(url, headers={"HX-Request": "true"})
+        assert response.status_code == 200
+        seen += titles(response)
+        more = find_all(response.content, "button", class_="history-more")
+        url = dict(more[0].attributes)["hx-get"] if more else ""
+    assert seen == [f"c{i}" for i in sorted(matches, reverse=True)]

@@ -209,10 +209,10 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
             conversations = item.apply(conversations, value)
     query: search.Query | None = form.cleaned_data.get("q")
     engine = search.backend()
-    if query is not None:
-        conversations = conversations.filter(engine.matching(query))
     if after is not None:
         conversations = conversations.older_than(after.updated, after.pk)
+    if query is not None:
+        conversations = engine.matching(query, conversations, PAGE_SIZE + 1)
     # One row more than shown says whether there is another page, without a COUNT.
     found = list(
         conversations.select_related("owner", "team").only(

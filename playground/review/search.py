@@ -21,7 +21,7 @@ from django.db.models.expressions import RawSQL
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from playground.chat.models import Conversation, Message
+from playground.chat.models import Conversation, ConversationQuerySet, Message
 from playground.review import schema
 from playground.review.models import ConversationSearch, MessageSearch
 
@@ -113,8 +113,11 @@ def _highlighted(raw: str | None) -> bool:
 
 
 class SearchBackend(Protocol):
-    def matching(self, query: Query) -> Q:
-        """A filter on Conversation: the conversations with a match anywhere."""
+    def matching(
+        self, query: Query, candidates: ConversationQuerySet, wanted: int
+    ) -> ConversationQuerySet:
+        """The candidates with a match anywhere, in the candidates' order. Only the first
+        `wanted` rows are asked for (a page and one more), and only they must be exact."""
 
     def snippets(self, query: Query, conversation_ids: list[int]) -> dict[int, list[Snippet]]:
         """Highlighted snippets of the matches in these conversations, newest first."""
@@ -138,10 +141,13 @@ def _choose(found: dict[int, list[Snippet]], matches: list[tuple[int, int]]) -> 
 
 
 class Fts5Backend:
-    def matching(self, query: Query) -> Q:
+    def matching(
+        self, query: Query, candidates: ConversationQuerySet, wanted: int
+    ) -> ConversationQuerySet:
         text = query.fts5()
-        # One UNION subquery, not two ORed: SQLite ran each subquery of an OR twice.
-        return Q(
+        # One UNION subquery, not two ORed: SQLite ran each subquery of an OR twice. The
+        # common-word case stays cheap through review_message_conversation (schema.py).
+        return candidates.filter(
             pk__in=RawSQL(
                 "SELECT d.conversation_id FROM review_message_fts "
                 "JOIN review_message_conversation d ON d.message_id = review_message_fts.rowid "
@@ -221,13 +227,38 @@ def _headline(field: str, query: SearchQuery) -> SearchHeadline:
 
 
 class PostgresBackend:
-    def matching(self, query: Query) -> Q:
+    # How many of the newest candidates are tried before asking the index for all matches.
+    WINDOW = 500
+
+    def matching(
+        self, query: Query, candidates: ConversationQuerySet, wanted: int
+    ) -> ConversationQuerySet:
+        """A word in most messages matches tens of thousands of documents: collecting all
+        their conversations (a scan of every stored document) cost 100 ms at 100k messages.
+        The page only needs the newest few, so first look among the newest WINDOW
+        candidates (by their conversation index); only when those hold less than a page
+        does the GIN index find every match, which is then a rare word and cheap."""
         tsquery = query.tsquery()
+        window = list(candidates.values_list("pk", flat=True)[: self.WINDOW])
+        found = set(
+            MessageSearch.objects.filter(conversation_id__in=window, document=tsquery)
+            .values_list("conversation_id", flat=True)
+            .distinct()
+        )
+        found |= set(
+            ConversationSearch.objects.filter(
+                conversation_id__in=window, document=tsquery
+            ).values_list("conversation_id", flat=True)
+        )
+        # Matches outside the window all come after it: when it holds `wanted` of them, they
+        # are the first ones; when it held every candidate, they are all there are.
+        if len(found) >= wanted or len(window) < self.WINDOW:
+            return candidates.filter(pk__in=found)
         messages = MessageSearch.objects.filter(document=tsquery).values("conversation_id")
         conversations = ConversationSearch.objects.filter(document=tsquery).values(
             "conversation_id"
         )
-        return Q(pk__in=messages) | Q(pk__in=conversations)
+        return candidates.filter(Q(pk__in=messages) | Q(pk__in=conversations))
 
     def snippets(self, query: Query, conversation_ids: list[int]) -> dict[int, list[Snippet]]:
         found: dict[int, list[Snippet]] = defaultdict(list)
