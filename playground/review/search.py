@@ -227,18 +227,33 @@ def _headline(field: str, query: SearchQuery) -> SearchHeadline:
 
 
 class PostgresBackend:
-    # How many of the newest candidates are tried before asking the index for all matches.
+    # A word matched by fewer documents than this is "rare": the GIN index lists them all.
+    RARE = 1000
+    # How many of the newest candidates a common word is looked for among first.
     WINDOW = 500
 
     def matching(
         self, query: Query, candidates: ConversationQuerySet, wanted: int
     ) -> ConversationQuerySet:
-        """A word in most messages matches tens of thousands of documents: collecting all
-        their conversations (a scan of every stored document) cost 100 ms at 100k messages.
-        The page only needs the newest few, so first look among the newest WINDOW
-        candidates (by their conversation index); only when those hold less than a page
-        does the GIN index find every match, which is then a rare word and cheap."""
+        """Two plans. A rare word: the GIN index lists its few documents, whose conversations
+        filter the candidates. A word in most messages matches tens of thousands of documents,
+        and collecting all their conversations (a read of every stored document) cost 100 ms
+        at 100k messages; the page only needs the newest few, so look among the newest WINDOW
+        candidates (through the conversation index) and ask the index for every match only
+        when those hold less than a page."""
         tsquery = query.tsquery()
+        documents = list(
+            MessageSearch.objects.filter(document=tsquery).values_list(
+                "conversation_id", flat=True
+            )[: self.RARE]
+        )
+        titled = list(
+            ConversationSearch.objects.filter(document=tsquery).values_list(
+                "conversation_id", flat=True
+            )[: self.RARE]
+        )
+        if len(documents) < self.RARE and len(titled) < self.RARE:
+            return candidates.filter(pk__in={*documents, *titled})
         window = list(candidates.values_list("pk", flat=True)[: self.WINDOW])
         found = set(
             MessageSearch.objects.filter(conversation_id__in=window, document=tsquery)
