@@ -262,23 +262,27 @@ def test_render_snippet_escapes_and_balances():
     assert search.render_snippet(raw) == "&lt;i&gt;<mark>x</mark>&lt;/i&gt;<mark>y</mark>"
 
 
-@pytest.mark.parametrize("pattern", ["all", "old only", "sparse", "new only"])
+@pytest.mark.parametrize("rare", [2, 1000])
+@pytest.mark.parametrize("pattern", ["all", "old only", "sparse", "new only", "one"])
 def test_paging_through_search_results_gives_every_match_once_in_order(
-    client, user, monkeypatch, pattern
+    client, user, monkeypatch, pattern, rare
 ):
-    """Small pages and a small PostgreSQL window, so both of its plans are taken: matches
-    found among the newest candidates, and matches only the index finds further down."""
+    """Small pages and small PostgreSQL thresholds, so each of its plans is taken: a rare
+    word's documents from the index, a common word found among the newest candidates, and
+    a common word whose matches only the index finds further down."""
     from datetime import UTC, datetime, timedelta
 
     from playground.review import history
 
     monkeypatch.setattr(history, "PAGE_SIZE", 2)
     monkeypatch.setattr(search.PostgresBackend, "WINDOW", 3)
+    monkeypatch.setattr(search.PostgresBackend, "RARE", rare)
     matches = {
         "all": range(12),
         "old only": range(9),
         "sparse": [0, 5, 11],
         "new only": [10, 11],
+        "one": [4],
     }[pattern]
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(12):
