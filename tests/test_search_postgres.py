@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.stack import ServiceUnavailable, _with_db
 from tests.scaleout import PG_ADMIN_URL, service_unavailable
 
@@ -59,3 +61,13 @@ def test_search_passes_on_postgresql(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+def test_a_missing_postgresql_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "PG_ADMIN_URL", "postgres://x@127.0.0.1:9/x")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="need PostgreSQL"):
+        test_search_passes_on_postgresql(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        test_search_passes_on_postgresql(tmp_path)

@@ -13,9 +13,13 @@ from django.contrib.auth import get_user_model
 from playground.chat.models import Conversation, Message
 user = get_user_model().objects.get(username={USERNAME!r})
 for i in range(30):
-    c = Conversation.objects.create(owner=user, title=f"marsupial {{i}}", model="empiriolabs:gemma-4-e4b")
+    c = Conversation.objects.create(
+        owner=user, title=f"marsupial {{i}}", model="empiriolabs:gemma-4-e4b"
+    )
     Message.objects.create(conversation=c, role="user", text="Tell me about them.")
-    Message.objects.create(conversation=c, role="assistant", text=f"The <quokka> number {{i}} smiles.")
+    Message.objects.create(
+        conversation=c, role="assistant", text=f"The <quokka> number {{i}} smiles."
+    )
 """
 
 
