@@ -17,6 +17,7 @@ urlpatterns = [
     path("c/<int:pk>/item/", chat.conversation_sidebar_item, name="conversation_item"),
     path("c/<int:pk>/delete/", chat.conversation_delete, name="conversation_delete"),
     path("c/<int:pk>/settings/", chat.conversation_settings, name="conversation_settings"),
+    path("c/<int:pk>/reset/", chat.conversation_reset, name="conversation_reset"),
     path("c/<int:pk>/presets/", chat.preset_save, name="preset_save"),
     path("c/<int:pk>/presets/<int:preset_pk>/load/", chat.preset_load, name="preset_load"),
     path("c/<int:pk>/presets/<int:preset_pk>/rename/", chat.preset_rename, name="preset_rename"),

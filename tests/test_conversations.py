@@ -9,7 +9,7 @@ from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
 from playground.chat.models import Conversation, Message
-from tests.html import find, has, text
+from tests.html import attr, find, has, text
 
 pytestmark = pytest.mark.django_db
 
@@ -73,6 +73,8 @@ def test_an_empty_title_is_refused(client, user, conversation):
 
 def test_delete_asks_for_confirmation_and_removes_everything(client, user, conversation):
     Message.objects.create(conversation=conversation, role="user", text="Hi")
+    conversation.title_from("Hi")
+    conversation.save()
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
     assert has(page, hx_post=f"/c/{conversation.pk}/delete/", hx_confirm=True)
@@ -153,4 +155,22 @@ async def test_the_sidebar_learns_the_title_live(upstream, user, api_key, conver
     frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
     item = find(frame, "li", id=f"conv-{conversation.pk}", hx_swap_oob="true")
     assert "Plan a trip to Oslo" in text(item)
+    await socket.until(lambda f: "status-complete" in f)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_first_send_fills_the_hidden_row_under_today(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Plan a trip to Oslo")
+    frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
+    item = find(frame, "li", id=f"conv-{conversation.pk}", hx_swap_oob="true")
+    assert "current" in attr(item, "class").split()
+    assert text(find(frame, "li", id="day-today", hx_swap_oob="true")) == "Today"
+    await socket.until(lambda f: "status-complete" in f)
+    # Later sends only update the row.
+    await socket.send_prompt("And Bergen?")
+    frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
+    assert not has(frame, id="day-today")
     await socket.until(lambda f: "status-complete" in f)

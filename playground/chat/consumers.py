@@ -260,7 +260,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         )
         if service is start_turn:
             await self._send_partial("composer-sent", {})
+            # The first message gives the conversation its sidebar row, under "Today".
+            first = turn.messages[0].parent_id is None
             context = {"c": turn.conversation, "conversation": turn.conversation}
+            context["first_message"] = first
             html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
             await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
         runs.start(turn.run)

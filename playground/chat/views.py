@@ -21,8 +21,14 @@ from playground.chat.contexts import (
     transcript_context,
 )
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
-from playground.chat.panel import settings_context
-from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
+from playground.chat.panel import closed_sections, settings_context
+from playground.chat.services import (
+    SYSTEM_PROMPT,
+    TurnError,
+    clean_settings,
+    sampling_values,
+    with_image_data,
+)
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 
@@ -30,12 +36,17 @@ TEMPLATE = "chat/playground.html"
 
 
 def _new_conversation(user) -> Conversation:
-    """A fresh conversation that starts from the settings the user last used."""
+    """A fresh conversation with the model, system prompt and sampling values the user last
+    used, and nothing else: tools, a schema, logprobs or a seed made for the last chat would
+    make the next one fail or repeat itself. A preset carries a whole setup on purpose."""
     last = LastSettings.objects.filter(user=user).first()
     if last is None:
         return Conversation.objects.create(owner=user, model=catalog.DEFAULT_MODEL_KEY)
     return Conversation.objects.create(
-        owner=user, model=last.model, params=last.params, system_prompt=last.system_prompt
+        owner=user,
+        model=last.model,
+        params=sampling_values(last.model, last.params),
+        system_prompt=last.system_prompt,
     )
 
 
@@ -65,6 +76,7 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         sidebar=sidebar.first_page(request.user, conversation),
         can_run=conversation.can_run(request.user),
         presets=Preset.objects.filter(owner=request.user),
+        closed_sections=closed_sections(request),
     )
     return render(request, TEMPLATE, context)
 
@@ -119,11 +131,27 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
     LastSettings.remember(request.user, conversation)
     if switched:
         context = conversation_settings_context(conversation)
+        context["closed_sections"] = closed_sections(request)
         return render(request, f"{TEMPLATE}#settings-oob", context)
     context = settings_context(model, values, errors, system_prompt=conversation.system_prompt)
     context["status"] = "Some settings need fixing." if errors else "Saved."
     context["error"] = ""
     return render(request, f"{TEMPLATE}#param-errors", context)
+
+
+@require_POST
+@login_required
+def conversation_reset(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Every parameter back to the provider's default (left out of the request); the model
+    and the system prompt stay, as they are chosen rather than tuned."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
+    conversation.params = {}
+    conversation.save(update_fields=["params", "updated"])
+    LastSettings.remember(request.user, conversation)
+    context = conversation_settings_context(conversation)
+    context["closed_sections"] = closed_sections(request)
+    context["status"] = "Parameters reset to the provider's defaults."
+    return render(request, f"{TEMPLATE}#settings-oob", context)
 
 
 def _presets(
@@ -170,7 +198,9 @@ def preset_load(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> H
     conversation.system_prompt = preset.system_prompt
     conversation.save(update_fields=["model", "params", "system_prompt", "updated"])
     LastSettings.remember(request.user, conversation)
-    return render(request, f"{TEMPLATE}#settings-oob", conversation_settings_context(conversation))
+    context = conversation_settings_context(conversation)
+    context["closed_sections"] = closed_sections(request)
+    return render(request, f"{TEMPLATE}#settings-oob", context)
 
 
 @require_POST
