@@ -299,3 +299,13 @@ def test_paging_through_search_results_gives_every_match_once_in_order(
         more = find_all(response.content, "button", class_="history-more")
         url = dict(more[0].attributes)["hx-get"] if more else ""
     assert seen == [f"c{i}" for i in sorted(matches, reverse=True)]
+
+
+def test_migrate_puts_back_triggers_a_table_rebuild_dropped(client, user):
+    from django.core.management.sql import emit_post_migrate_signal
+
+    _drop_message_triggers()
+    say(conv(user, "during the migration"), "pangolin")
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert schema.missing_triggers(connection) == []
+    assert titles(hits(client, user, "pangolin")) == ["during the migration"]
