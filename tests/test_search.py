@@ -277,6 +277,7 @@ def test_paging_through_search_results_gives_every_match_once_in_order(
     monkeypatch.setattr(history, "PAGE_SIZE", 2)
     monkeypatch.setattr(search.PostgresBackend, "WINDOW", 3)
     monkeypatch.setattr(search.PostgresBackend, "RARE", rare)
+    monkeypatch.setattr(search.Fts5Backend, "RARE", rare)
     matches = {
         "all": range(12),
         "old only": range(9),
@@ -296,6 +297,9 @@ def test_paging_through_search_results_gives_every_match_once_in_order(
         response = client.get(url, headers={"HX-Request": "true"})
         assert response.status_code == 200
         seen += titles(response)
+        # Each row shows its one matching reply, highlighted.
+        marks = [text(m) for m in find_all(response.content, "mark")]
+        assert marks == ["ibex"] * len(titles(response))
         more = find_all(response.content, "button", class_="history-more")
         url = dict(more[0].attributes)["hx-get"] if more else ""
     assert seen == [f"c{i}" for i in sorted(matches, reverse=True)]

@@ -141,6 +141,9 @@ def _choose(found: dict[int, list[Snippet]], matches: list[tuple[int, int]]) -> 
 
 
 class Fts5Backend:
+    # A word in at least this many messages is "common" (see `snippets`).
+    RARE = 1000
+
     def matching(
         self, query: Query, candidates: ConversationQuerySet, wanted: int
     ) -> ConversationQuerySet:
@@ -181,9 +184,26 @@ class Fts5Backend:
                     _keep(found, conversation_id, snippet)
             # Which messages first, then snippets only for those shown: snippet() re-reads
             # and re-tokenizes each text, and a common word matches many per conversation.
+            # A rare word: walk its few documents. A common one: walk the shown
+            # conversations' messages and ask the index about each (CROSS JOIN fixes that
+            # order in SQLite), instead of all of its tens of thousands of documents.
             cursor.execute(
-                "SELECT d.message_id, d.conversation_id FROM review_message_fts "
-                "JOIN review_message_conversation d ON d.message_id = review_message_fts.rowid "
+                "SELECT count(*) FROM (SELECT 1 FROM review_message_fts "
+                "WHERE review_message_fts MATCH %s LIMIT %s)",
+                (text, self.RARE),
+            )
+            if cursor.fetchone()[0] < self.RARE:
+                plan = (
+                    "FROM review_message_fts JOIN review_message_conversation d "
+                    "ON d.message_id = review_message_fts.rowid"
+                )
+            else:
+                plan = (
+                    "FROM review_message_conversation d CROSS JOIN review_message_fts "
+                    "ON review_message_fts.rowid = d.message_id"
+                )
+            cursor.execute(
+                f"SELECT d.message_id, d.conversation_id {plan} "
                 f"WHERE review_message_fts MATCH %s AND d.conversation_id IN ({placeholders}) "
                 "ORDER BY d.message_id DESC",
                 (text, *conversation_ids),
