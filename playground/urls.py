@@ -50,11 +50,7 @@ urlpatterns = [
     ),
     path("setup/", accounts.setup, name="setup"),
     path("signup/", accounts.signup, name="signup"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(template_name="accounts/login.html"),
-        name="login",
-    ),
+    path("login/", accounts.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("review/", include("playground.review.urls")),
     path("prompts/", include("playground.prompts.urls")),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
-from playground.chat.models import Conversation, Message
+from playground.chat.models import NO_PROGRESS, PROCESS_GONE, Conversation, Message
 from tests.html import attr, find, has, text
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +115,34 @@ def test_a_reply_whose_run_died_is_marked_interrupted(client, user, conversation
     fresh.refresh_from_db()
     assert stale.status == "interrupted" and stale.text == "Half a rep"
     assert fresh.status == "streaming"
-    assert "The server stopped while this reply was streaming." in page
+    # Nothing tells whether its process died or hangs: the message says no more than that.
+    assert "This reply stopped making progress" in page
+    assert stale.error == NO_PROGRESS
+
+
+def test_with_a_shared_cache_a_reply_whose_liveness_key_expired_is_marked_sooner(
+    client, user, conversation, settings
+):
+    from playground.chat import liveness
+
+    settings.PLAYGROUND_SHARED_CACHE = True  # the test's LocMem cache stands in for Redis
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "STALE_AFTER": 60, "ALIVE_TTL": 10}
+    quiet = timezone.now() - timedelta(seconds=11)
+    gone, alive = (
+        Message.objects.create(
+            conversation=conversation, role="assistant", status="streaming", checkpoint_at=quiet
+        )
+        for _ in range(2)
+    )
+    cache.set(liveness.key(alive.pk), 1, 10)
+    cache.set(liveness.SINCE, time.time() - 60)  # the keys have been kept for a while
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    gone.refresh_from_db()
+    alive.refresh_from_db()
+    assert (gone.status, gone.error) == ("interrupted", PROCESS_GONE)
+    assert alive.status == "streaming"
+    assert "The server process writing this reply stopped before it finished." in page
 
 
 def test_the_page_shows_the_figures_under_a_reply(client, user, conversation):

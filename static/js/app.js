@@ -278,18 +278,26 @@
   document.addEventListener("htmx:beforeSwap", onBeforeSwap);
   document.addEventListener("htmx:afterSwap", onAfterSwap);
 
-  // A process at its socket cap accepts and at once closes with 4503. The ws extension
-  // retries only 1006/1011-1013, which Daphne cannot send, and htmx has no attribute to
-  // show why a socket closed, so script says so and reconnects with a jittered backoff
-  // (2, 4, … 60 s) that keeps a thousand waiting tabs from coming back at once.
-  let capacityRetries = 0;
+  // Closes the server explains. A process at its socket cap accepts and at once closes with
+  // 4503; a process shutting down closes with 4012 after sending the saved replies; a
+  // message over the size limit gets 1009. The ws extension retries only 1006/1011-1013 and
+  // htmx has no attribute to show why a socket closed, so script says so and reconnects with
+  // a jittered backoff (2, 4, … 60 s) that keeps a thousand waiting tabs from coming back at
+  // once.
+  const CLOSES = {
+    4503: "The server is at capacity; retrying in ",
+    4012: "The server is restarting; reconnecting in ",
+    1009: "That message is larger than the server accepts; nothing was sent. Reconnecting in ",
+  };
+  let closeRetries = 0;
   function onSocketClose(event) {
-    if (event.detail.event.code !== 4503) return;
-    const seconds = Math.ceil(Math.min(60, 2 ** ++capacityRetries) * (0.5 + Math.random() / 2));
+    const said = CLOSES[event.detail.event.code];
+    if (!said) return;
+    const seconds = Math.ceil(Math.min(60, 2 ** ++closeRetries) * (0.5 + Math.random() / 2));
     const status = document.getElementById("composer-error");
     if (status) {
-      status.textContent = "The server is at capacity; retrying in " + seconds + " s…";
-      status.dataset.capacity = "1";
+      status.textContent = said + seconds + " s…";
+      status.dataset.closed = "1";
     }
     const socketElt = event.target;
     setTimeout(function () {
@@ -297,11 +305,11 @@
     }, seconds * 1000);
   }
   function onSocketOpen() {
-    capacityRetries = 0;
+    closeRetries = 0;
     const status = document.getElementById("composer-error");
-    if (status && status.dataset.capacity) {
+    if (status && status.dataset.closed) {
       status.textContent = "";
-      delete status.dataset.capacity;
+      delete status.dataset.closed;
     }
   }
 
