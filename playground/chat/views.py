@@ -254,7 +254,7 @@ def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if not message.request_body:
         raise Http404("This reply has no saved request.")
     try:
-        provider = catalog.get_model(message.model).provider
+        model = catalog.get_model(message.model)
     except catalog.UnknownModel:
         raise Http404("The endpoint of this reply no longer exists.") from None
     try:
@@ -264,8 +264,8 @@ def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         raise Http404(str(exc)) from None
     context = {
         "message": message,
-        "snippets": export.snippets(body, provider),
-        "key_variable": export.key_variable(provider),
+        "snippets": export.snippets(body, model, message.wire_format),
+        "key_variable": export.key_variable(model.provider),
     }
     return render(request, f"{TEMPLATE}#code", context)
 
