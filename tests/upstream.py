@@ -177,6 +177,8 @@ class FakeUpstream:
         self.refuse_status = 400
         # Every route answers 401 unless the request carries this Bearer key.
         self.require_key: str | None = None
+        # The wire formats served; another format's path answers 404, like a server without it.
+        self.formats = set(_ROUTES)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -351,7 +353,7 @@ class FakeUpstream:
             await _send_json(writer, 200, self._tokenize_body(body), keep_alive=keep_alive)
             return keep_alive
         fmt = next((f for f, end in _ROUTES.items() if route.endswith(end)), None)
-        if method == "POST" and fmt is not None:
+        if method == "POST" and fmt in self.formats:
             rec = self._record(method, path, headers, body, peer)
             refused = self._refusal(body)
             if refused is not None:
@@ -436,7 +438,9 @@ class FakeUpstream:
             return keep_alive
         request = rec.body if isinstance(rec.body, dict) else {}
         if not request.get("stream"):
-            await _send_json(writer, 200, _completion(b, request), b.headers, keep_alive=keep_alive)
+            whole = {"chat": _completion, "responses": _response_object, "messages": _message}
+            body = whole[fmt](b, request)
+            await _send_json(writer, 200, body, b.headers, keep_alive=keep_alive)
             return keep_alive
         writers = {"chat": _SSEWriter, "responses": _ResponsesWriter, "messages": _MessagesWriter}
         stream = writers[fmt](reader, writer, b, rec)
@@ -1042,6 +1046,90 @@ def _completion(b: Behaviour, request: dict) -> dict:
     if b.usage:
         body["usage"] = _usage(request, b)
     return body
+
+
+def _response_object(b: Behaviour, request: dict) -> dict:
+    """A non-streamed Responses answer: a Response object with its output items."""
+    output: list[dict] = []
+    if b.reasoning:
+        text = "".join(b.reasoning)
+        output.append(
+            {
+                "type": "reasoning",
+                "id": "rs_fake",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": text}],
+            }
+        )
+    part = {"type": "output_text", "text": b.text, "annotations": []}
+    output.append(
+        {
+            "type": "message",
+            "id": "msg_fake",
+            "role": "assistant",
+            "status": "completed",
+            "content": [part],
+        }
+    )
+    for i, call in enumerate(b.tool_calls):
+        arguments = call.get("arguments", "")
+        output.append(
+            {
+                "type": "function_call",
+                "id": f"fc_fake_{i}",
+                "call_id": call.get("id") or f"call_fake_{i}",
+                "name": call["name"],
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                "status": "completed",
+            }
+        )
+    usage = _usage(request, b)
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": str(request.get("model") or DEFAULT_MODEL),
+        "status": "completed",
+        "output": output,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        },
+    }
+
+
+def _message(b: Behaviour, request: dict) -> dict:
+    """A non-streamed Messages answer: a Message with its content blocks."""
+    content: list[dict] = []
+    if b.reasoning:
+        content.append({"type": "thinking", "thinking": "".join(b.reasoning), "signature": "x"})
+    content.append({"type": "text", "text": b.text})
+    for i, call in enumerate(b.tool_calls):
+        arguments = call.get("arguments") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_fake_{i}",
+                "name": call["name"],
+                "input": json.loads(arguments) if isinstance(arguments, str) else arguments,
+            }
+        )
+    usage = _usage(request, b)
+    stop = _MessagesWriter.STOP.get(b.resolved_finish_reason(), b.resolved_finish_reason())
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": str(request.get("model") or DEFAULT_MODEL),
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1080,12 +1080,14 @@ async def request_json(
     payload: dict[str, Any] | None = None,
     *,
     timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
     """Send one request and read a JSON answer; raises ConnectionProblem when none came.
 
     Not retried and not pooled: these run when an admin presses a button, and the answer
-    (including how long it took) must describe one plain attempt."""
-    headers = build_headers(endpoint, api_key)
+    (including how long it took) must describe one plain attempt. `headers` replaces the
+    Chat Completions ones (formats.Wire.headers for the other formats)."""
+    headers = dict(headers) if headers is not None else build_headers(endpoint, api_key)
     headers["Accept"] = "application/json"
     limit = httpx.Timeout(timeout)
     if endpoint.policy is not None:
