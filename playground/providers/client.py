@@ -32,15 +32,12 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
 from playground.providers import netpolicy
 from playground.providers.sse import SSEDecoder, SSEEvent
-
-if TYPE_CHECKING:
-    from playground.providers.formats import Decoder, Wire
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -197,6 +194,32 @@ Event = (
     | StreamError
     | Unreadable
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Other wire formats (formats.py implements these; this module must not import it)
+# ---------------------------------------------------------------------------------------------
+
+
+class Decoder(Protocol):
+    """Reads one response of a wire format into events; raises Done at its end marker."""
+
+    def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[Event]: ...
+
+    def whole(self, payload: dict[str, Any]) -> list[Event]: ...
+
+
+class Wire(Protocol):
+    """How a request in another wire format travels: path, headers, body, decoder."""
+
+    @property
+    def path(self) -> str: ...
+
+    def headers(self, endpoint: Endpoint, api_key: str | None) -> dict[str, str]: ...
+
+    def stream_body(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def decoder(self) -> Decoder: ...
 
 
 # ---------------------------------------------------------------------------------------------
