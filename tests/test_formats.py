@@ -500,3 +500,34 @@ def test_a_failed_response_and_a_messages_error_event_become_stream_errors() -> 
     events = formats.MessagesDecoder().events(SSEEvent(json.dumps(error), "error"), KEY, False)
     assert isinstance(events[0], StreamError)
     assert KEY not in str(events[0].error) and "busy" in str(events[0].error)
+
+
+@BOTH
+async def test_a_key_echoed_in_an_error_body_is_scrubbed(upstream, fmt) -> None:
+    upstream.script(Behaviour(status=401, echo_key_in_error=True))
+    events = await collect(upstream, fmt)
+    assert isinstance(events[-1], StreamError) and events[-1].error.kind == "auth"
+    upstream.script(Behaviour(status=400, echo_key_in_error=True))
+    events = await collect(upstream, fmt)
+    assert KEY not in str(events[-1].error) and "[redacted]" in str(events[-1].error)
+    upstream.script(Behaviour(tokens=["a", "b"], mid_stream_error={}, echo_key_in_error=True))
+    events = await collect(upstream, fmt)
+    assert KEY not in str(events[-1].error)
+
+
+def test_a_server_that_ignores_stream_true_is_read_whole_in_each_format() -> None:
+    from tests.upstream import _message, _response_object
+
+    behaviour = Behaviour(
+        tokens=["Hi"], reasoning=["hm"], tool_calls=[{"id": "c1", "name": "f", "arguments": {}}]
+    )
+    request = {"input": [{"role": "user", "content": "x y"}], "messages": []}
+    for decoder, payload in [
+        (formats.ResponsesDecoder(), _response_object(behaviour, request)),
+        (formats.MessagesDecoder(), _message(behaviour, request)),
+    ]:
+        events = decoder.whole(payload)
+        assert isinstance(events[0], ResponseId)
+        assert [type(e) for e in events[1:4]] == [ReasoningDelta, TextDelta, ToolCallDelta]
+        assert Finish("tool_calls") in events
+        assert [e for e in events if isinstance(e, Usage)][0].completion_tokens == 2
