@@ -29,3 +29,23 @@ class ApiKeyForm(forms.Form):
         if not KEY_SHAPE.fullmatch(key):
             raise forms.ValidationError("That does not look like an API key.")
         return key
+
+
+ROLE_CHOICES = [
+    ("viewer", "Viewer: reads and watches"),
+    ("member", "Member: runs and changes settings"),
+    ("admin", "Admin: also manages members and keys"),
+    ("owner", "Owner: also manages owners"),
+]
+
+
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=100, strip=True)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
+class AddMemberForm(RoleForm):
+    username = forms.CharField(max_length=150, strip=True)

@@ -15,6 +15,7 @@ from django.views.decorators.debug import sensitive_variables
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
 from playground.chat import images
+from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
@@ -42,19 +43,18 @@ class Turn:
 
 
 @sensitive_variables("plaintext")
-def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
-    """The user's own key for the provider, else the conversation's team key.
+def resolve_api_key(
+    user, conversation: Conversation, provider: Provider
+) -> tuple[str | None, ApiKey | None]:
+    """The plaintext of the key that pays (see keys.paying_key for the rule), and the key.
 
-    The team key is the team's money: only a member who may run in the team spends it, checked
-    here too so that no caller can skip it."""
-    key = ApiKey.objects.filter(provider=provider.slug, user=user).first()
-    # can_run of a team conversation is exactly "a member who is not a viewer".
-    if key is None and conversation.team_id and conversation.can_run(user):
-        key = ApiKey.objects.filter(provider=provider.slug, team_id=conversation.team_id).first()
+    The team key is the team's money: only a member who may run in the team spends it,
+    checked in paying_key so that no caller can skip it."""
+    key = paying_key(user, conversation, provider.slug)
     if key is None:
         if provider.requires_key:
             raise TurnError(f"Add your {provider.name} API key on the Keys page first.")
-        return None
+        return None, None
     try:
         plaintext = key.reveal()
     except KeyDecryptionError as exc:
@@ -62,7 +62,7 @@ def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str
     now = timezone.now()
     if key.last_used is None or now - key.last_used > timedelta(minutes=1):
         ApiKey.objects.filter(pk=key.pk).update(last_used=now)  # to the minute is enough
-    return plaintext
+    return plaintext, key
 
 
 def get_model(model_key: str) -> Model:
@@ -214,18 +214,26 @@ def _turn(
     channel: str,
     api_key: str | None,
     parent: Message | None = None,
+    *,
+    key: ApiKey | None,
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
     Inside the turn's transaction: a missing image aborts the whole turn."""
-    reply = _reply(conversation, user, created[-1] if created else parent, model, body, channel)
+    parent = created[-1] if created else parent
+    reply = _reply(conversation, user, parent, model, body, channel, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
     run = RunRequest(reply.pk, conversation.pk, channel, model, with_image_data(body), api_key)
     return Turn([*created, reply], run, conversation)
 
 
-def _reply(conversation: Conversation, user, parent: Message | None, model: Model, body, channel):
+def _reply(
+    conversation: Conversation, user, parent: Message | None, model: Model, body, channel, key
+):
     return Message.objects.create(
+        key_id=key.pk if key else None,
+        key_owner=owner_kind(key),
+        key_last_four=key.last_four if key else "",
         conversation=conversation,
         parent=parent,
         role=Message.Role.ASSISTANT,
@@ -276,7 +284,7 @@ def start_turn(
         conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
     )
     attached = attachments_for(user, model, attachment_ids or [])
-    api_key = resolve_api_key(user, conversation, model.provider)
+    api_key, key = resolve_api_key(user, conversation, model.provider)
     with transaction.atomic():
         locked = _locked(conversation, user)
         branch = history(locked)
@@ -296,7 +304,7 @@ def start_turn(
         locked.system_prompt = conversation.system_prompt
         locked.title_from(text or "Image")
         LastSettings.remember(user, locked)
-        return _turn(locked, user, [prompt], model, body, channel, api_key)
+        return _turn(locked, user, [prompt], model, body, channel, api_key, key=key)
 
 
 @sensitive_variables("api_key")
@@ -316,7 +324,7 @@ def submit_tool_results(
             raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
         if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
             raise TurnError("A tool result is too long.")
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         parent, created = asking, []
         for call in asking.tool_calls:
             parent = Message.objects.create(
@@ -330,7 +338,7 @@ def submit_tool_results(
             created.append(parent)
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
         body = build_body(model, messages, _params_of(asking, model))
-        return _turn(locked, user, created, model, body, channel, api_key)
+        return _turn(locked, user, created, model, body, channel, api_key, key=key)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -348,7 +356,15 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         if original is None or not original.request_body:
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         return _turn(
-            locked, user, [], model, original.request_body, channel, api_key, original.parent
+            locked,
+            user,
+            [],
+            model,
+            original.request_body,
+            channel,
+            api_key,
+            original.parent,
+            key=key,
         )
