@@ -4,7 +4,7 @@ Every team page calls this, so no view can forget the object-level check."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -24,7 +24,8 @@ def get_team_for_user(
         team = Team.objects.visible_to(user).get(pk=int(pk))
     except (Team.DoesNotExist, ValueError, TypeError):
         raise Http404("No such team") from None
-    membership = team.memberships.select_related("user").get(user_id=user.pk)
+    # visible_to found the team through this user's membership: the user is an account.
+    membership = team.memberships.select_related("user").get(user=cast("User", user))
     if manage and not membership.can_manage():
         raise PermissionDenied("Only the team's owners and admins can do that.")
     return team, membership
