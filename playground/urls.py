@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from playground.accounts import teams
 from playground.accounts import views as accounts
+from playground.chat import activity
 from playground.chat import views as chat
 
 urlpatterns = [
@@ -35,6 +36,7 @@ urlpatterns = [
         teams.member_remove,
         name="member_remove",
     ),
+    path("teams/<int:pk>/activity/", activity.activity_page, name="team_activity"),
     path("teams/<int:pk>/leave/", teams.team_leave, name="team_leave"),
     path("teams/<int:pk>/invitations/", teams.invite_create, name="invite_create"),
     path(

@@ -49,6 +49,11 @@ def group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
+def activity_group(team_id: int) -> str:
+    """Where a team's runs say that they started, progressed and ended (the Activity page)."""
+    return f"team-activity-{team_id}"
+
+
 def channel_layer() -> BaseChannelLayer:
     """The default channel layer: runs publish, listen and stop through it, so it must exist."""
     layer = get_channel_layer()
@@ -65,6 +70,7 @@ class RunRequest:
     model: Model
     body: dict[str, Any]
     api_key: str | None = field(default=None, repr=False)
+    team_id: int | None = None  # a team conversation's runs show on its Activity page
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Run:
         self.error = ""
         self.stopped = False
         self.frames = 0
+        self.tokens = 0  # streamed text and reasoning deltas: tokens so far, for Activity
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.first_reasoning_at: float | None = None
@@ -106,6 +113,7 @@ class Run:
         self._stream_task: asyncio.Task | None = None
 
     async def main(self) -> None:
+        await self._tell_team("activity.started")
         listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
         self._stream_task = asyncio.create_task(self._consume())
@@ -151,6 +159,18 @@ class Run:
         await self.layer.group_send(
             self.group, {"type": "run.done", "message_id": self.request.message_id, "html": html}
         )
+        await self._tell_team("activity.done")
+
+    async def _tell_team(self, kind: str, **details: Any) -> None:
+        """Ids and counters only: each Activity socket loads and renders what its user may
+        see. Never fatal to the run, whose reply matters more than the Activity page."""
+        if self.request.team_id is None:
+            return
+        event = {"type": kind, "message_id": self.request.message_id, **details}
+        try:
+            await self.layer.group_send(activity_group(self.request.team_id), event)
+        except Exception:
+            log.exception("run %s: telling the team's Activity page failed", event["message_id"])
 
     async def _html(self) -> str:
         """The finished reply as every watcher will show it, rendered once here."""
@@ -183,10 +203,12 @@ class Run:
     def _apply(self, event: client.Event) -> None:
         match event:
             case client.TextDelta(text=text):
+                self.tokens += 1
                 self._first_token()
                 self.first_text_at = self.first_text_at or time.monotonic()
                 self.text.pending += text
             case client.ReasoningDelta(text=text):
+                self.tokens += 1
                 self._first_token()
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
                 self.reasoning.pending += text
@@ -309,6 +331,8 @@ class Run:
             ).aupdate(
                 text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
             )
+            elapsed_ms = round((now - self.started) * 1000)
+            await self._tell_team("activity.progress", tokens=self.tokens, elapsed_ms=elapsed_ms)
 
     def _status(self) -> str:
         if self.stopped:

@@ -223,7 +223,15 @@ def _turn(
     parent = created[-1] if created else parent
     reply = _reply(conversation, user, parent, model, body, channel, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
-    run = RunRequest(reply.pk, conversation.pk, channel, model, with_image_data(body), api_key)
+    run = RunRequest(
+        reply.pk,
+        conversation.pk,
+        channel,
+        model,
+        with_image_data(body),
+        api_key,
+        team_id=conversation.team_id,
+    )
     return Turn([*created, reply], run, conversation)
 
 
