@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -107,6 +108,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.shown: dict[int, list[int]] = {}
         self.waiting: dict[int, list[dict]] = {}
         self.tokens, self.refilled = float(BURST), time.monotonic()
+        self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
         if not await self._authorized():
             await self.close(code=4403)
             return False
@@ -114,6 +116,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await self._send_transcript()
+        await self._announce("presence.join")
         return True
 
     async def disconnect(self, code: int) -> None:
@@ -124,6 +127,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await asyncio.gather(*pending, return_exceptions=True)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self._announce("presence.leave")
 
     def _later(self, delay: float, work: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `work(*args)` after `delay` seconds, unless the socket closes first."""
@@ -343,6 +347,38 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if event["html"]:
             await self.send(text_data=event["html"])
 
+    # Presence: who else watches. Each socket keeps the others' names, learnt from their
+    # join (answered directly with "here") and forgotten at their leave; no database.
+
+    async def _announce(self, kind: str, to: str | None = None) -> None:
+        event = {"type": kind, "channel": self.channel_name, "user_id": self.user.pk}
+        event["name"] = self.user.get_username()
+        if to is None:
+            await self.channel_layer.group_send(self.group, event)
+        else:
+            await self.channel_layer.send(to, event)
+
+    async def presence_join(self, event: dict[str, Any]) -> None:
+        if event["channel"] != self.channel_name:
+            await self._announce("presence.here", to=event["channel"])
+            await self.presence_here(event)
+
+    async def presence_here(self, event: dict[str, Any]) -> None:
+        self.present[event["channel"]] = (event["user_id"], event["name"])
+        await self._send_presence()
+
+    async def presence_leave(self, event: dict[str, Any]) -> None:
+        if self.present.pop(event["channel"], None) is not None:
+            await self._send_presence()
+
+    async def _send_presence(self) -> None:
+        if not await self._still_allowed():
+            return
+        names = dict(self.present.values())  # one entry per user, however many tabs
+        names.pop(self.user.pk, None)  # another tab of one's own is not "someone else"
+        watchers = [{"name": n, "initials": initials(n)} for n in sorted(names.values())]
+        await self._send_partial("presence", {"watchers": watchers})
+
     # Helpers
 
     async def _send_transcript(self) -> None:
@@ -412,6 +448,13 @@ def check_access(user, session, conversation_id: int, *, run: bool = False):
         return None
 
 
+def initials(name: str) -> str:
+    """"ada.lovelace" → "AL", "eve" → "EV": two letters tell teammates apart at a glance."""
+    parts = [p for p in re.split(r"[\s._@+-]+", name) if p]
+    letters = "".join(p[0] for p in parts[:2]) if len(parts) > 1 else name[:2]
+    return letters.upper()
+
+
 def _ints(value: Any) -> list[int]:
     values = value if isinstance(value, list) else [] if value in (None, "") else [value]
     return [number for number in map(_int, values) if number > 0]
@@ -443,4 +486,7 @@ RELAY_HANDLERS = {
     "chat.append": ConversationConsumer.chat_append,
     "chat.title": ConversationConsumer.chat_title,
     "run.done": ConversationConsumer.run_done,
+    "presence.join": ConversationConsumer.presence_join,
+    "presence.here": ConversationConsumer.presence_here,
+    "presence.leave": ConversationConsumer.presence_leave,
 }

@@ -1,0 +1,66 @@
+"""Presence: a conversation shows who else is watching it, by initials, updated live."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+
+from playground.accounts.models import Membership, Team
+from playground.chat.consumers import initials
+from playground.chat.models import Conversation
+from tests.html import find_all, parse
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+MODEL = "empiriolabs:gemma-4-e4b"
+
+
+@database_sync_to_async
+def team_conversation(user, other_user) -> Conversation:
+    team = Team.create(name="Lab", owner=other_user)
+    team.add_member(user, Membership.Role.VIEWER)
+    return Conversation.objects.create(owner=other_user, team=team, model=MODEL)
+
+
+def watchers(frame: str) -> list[str]:
+    return [str(span.children[0]) for span in find_all(parse(frame), "span", class_="initials")]
+
+
+def is_presence(frame: str) -> bool:
+    return 'id="presence"' in frame
+
+
+async def test_each_watcher_sees_the_other_come_and_go(user, other_user, connect):
+    shared = await team_conversation(user, other_user)
+    ok, ada = await connect(user, shared.pk)
+    await ada.drain()
+    ok, eve = await connect(other_user, shared.pk)
+    assert watchers(await ada.until(is_presence)) == ["EV"]
+    assert watchers(await eve.until(is_presence)) == ["AD"]
+    await eve.close()
+    assert watchers(await ada.until(is_presence)) == []
+
+
+async def test_ones_own_other_tab_is_not_someone_else(user, conversation, connect):
+    ok, first = await connect(user, conversation.pk)
+    await first.drain()
+    ok, second = await connect(user, conversation.pk)
+    assert watchers(await first.until(is_presence)) == []
+    await second.drain()
+    assert not any(watchers(f) for f in first.frames + second.frames if is_presence(f))
+
+
+async def test_presence_never_crosses_conversations(user, other_user, connect):
+    shared = await team_conversation(user, other_user)
+    elsewhere = await Conversation.objects.acreate(owner=other_user, model=MODEL)
+    ok, ada = await connect(user, shared.pk)
+    await ada.drain()
+    ok, eve = await connect(other_user, elsewhere.pk)
+    await eve.drain()
+    assert await ada.communicator.receive_nothing(timeout=0.3)
+    assert not any(is_presence(f) for f in ada.frames + eve.frames)
+
+
+def test_initials_tell_teammates_apart():
+    assert initials("ada.lovelace") == "AL"
+    assert initials("eve") == "EV"
+    assert initials("grace hopper") == "GH"
