@@ -449,7 +449,7 @@ def check_access(user, session, conversation_id: int, *, run: bool = False):
 
 
 def initials(name: str) -> str:
-    """"ada.lovelace" → "AL", "eve" → "EV": two letters tell teammates apart at a glance."""
+    """ "ada.lovelace" → "AL", "eve" → "EV": two letters tell teammates apart at a glance."""
     parts = [p for p in re.split(r"[\s._@+-]+", name) if p]
     letters = "".join(p[0] for p in parts[:2]) if len(parts) > 1 else name[:2]
     return letters.upper()
