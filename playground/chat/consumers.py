@@ -374,8 +374,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _send_presence(self) -> None:
         if not await self._still_allowed():
             return
-        names = dict(self.present.values())  # one entry per user, however many tabs
-        names.pop(self.user.pk, None)  # another tab of one's own is not "someone else"
+        # One entry per user, however many tabs; one's own other tab is not "someone else".
+        names = {
+            user_id: name for user_id, name in self.present.values() if user_id != self.user.pk
+        }
         watchers = [{"name": n, "initials": initials(n)} for n in sorted(names.values())]
         await self._send_partial("presence", {"watchers": watchers})
 
