@@ -149,3 +149,21 @@ async def test_the_finished_list_keeps_the_last_50(upstream, user, other_user, c
     done = await watcher.until(lambda f: 'hx-swap-oob="afterbegin"' in f)
     assert f'<li id="fin-{old[0].pk}" hx-swap-oob="delete">' in done
     assert activity.FINISHED_SHOWN == 50
+
+
+@pytestmark_live
+async def test_logging_out_ends_the_activity_socket(upstream, user, other_user, connect, settings):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "CHECKPOINT_INTERVAL": 0.05}
+    upstream.default = Behaviour(n_tokens=8, interval=0.03)
+    lab = await database_sync_to_async(make_lab)(user, other_user)
+    shared = await Conversation.objects.acreate(owner=other_user, team=lab, model=MODEL)
+    ok, watcher = await open_activity(user, lab.pk)
+    await watcher.receive()
+    from django.contrib.sessions.models import Session
+
+    await Session.objects.all().adelete()  # logging out everywhere
+    ok, sender = await connect(other_user, shared.pk)
+    await sender.send_prompt("Not after logging out")
+    output = await watcher.communicator.receive_output(timeout=2)
+    assert output["type"] == "websocket.close"
+    assert not any("act-" in frame for frame in watcher.frames[1:])

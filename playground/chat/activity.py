@@ -16,11 +16,14 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_GET
 
 from playground.accounts.access import get_team_for_user
@@ -63,6 +66,23 @@ def activity_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return render(request, TEMPLATE, context)
 
 
+def still_member(user, session, team_id: int) -> bool:
+    """Whether this socket's user may still watch the team: the account is active, the
+    session is alive and was not ended by a password change, and the membership exists."""
+    try:
+        user.refresh_from_db(fields=["is_active", "password"])
+        if session is None or not session.session_key or not session.exists(session.session_key):
+            return False
+        if not constant_time_compare(
+            session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
+        ):
+            return False
+        get_team_for_user(user, team_id)
+    except (Http404, ObjectDoesNotExist):
+        return False
+    return True
+
+
 class ActivityConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user: Any = self.scope.get("user") or AnonymousUser()
@@ -86,20 +106,20 @@ class ActivityConsumer(AsyncWebsocketConsumer):
         pass  # the page only listens
 
     async def _member(self) -> bool:
-        try:
-            await database_sync_to_async(get_team_for_user)(self.user, self.team_id)
-        except Http404:
-            return False
+        allowed = await database_sync_to_async(still_member)(
+            self.user, self.scope.get("session"), self.team_id
+        )
         self.checked_at = time.monotonic()
-        return True
+        return allowed
 
     async def _reply(self, message_id: int) -> Message | None:
-        """The reply, if the user may still see the team's activity; else close."""
-        replies = await database_sync_to_async(team_replies)(self.user, self.team_id)
-        message = await replies.filter(pk=message_id).afirst()
-        if message is None and not await self._member():
+        """The reply, if the user may still see the team's activity; else close. Once per
+        run start and end, so the full check (session included) is affordable here."""
+        if not await self._member():
             await self.close(code=4403)
-        return message
+            return None
+        replies = await database_sync_to_async(team_replies)(self.user, self.team_id)
+        return await replies.filter(pk=message_id).afirst()
 
     async def activity_started(self, event: dict[str, Any]) -> None:
         message = await self._reply(event["message_id"])
