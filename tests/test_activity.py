@@ -167,3 +167,25 @@ async def test_logging_out_ends_the_activity_socket(upstream, user, other_user, 
     output = await watcher.communicator.receive_output(timeout=2)
     assert output["type"] == "websocket.close"
     assert not any("act-" in frame for frame in watcher.frames[1:])
+
+
+@pytestmark_live
+async def test_an_activity_socket_takes_a_slot_and_gives_it_back(
+    user, other_user, conversation, connect, settings, monkeypatch
+):
+    from playground.chat import consumers
+
+    settings.PLAYGROUND_MAX_SOCKETS = 1
+    fresh = consumers.SocketSlots()
+    monkeypatch.setattr(consumers, "slots", fresh)
+    lab = await database_sync_to_async(make_lab)(user, other_user)
+    ok, watcher = await open_activity(user, lab.pk)
+    await watcher.receive()
+    assert fresh.taken == 1
+    ok, chat = await connect(user, conversation.pk)
+    output = await chat.communicator.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": consumers.AT_CAPACITY}
+    await watcher.close()
+    assert fresh.taken == 0
+    ok, again = await open_activity(user, lab.pk)
+    assert ok and fresh.taken == 1

@@ -28,7 +28,7 @@ from django.views.decorators.http import require_GET
 
 from playground.accounts.access import get_team_for_user
 from playground.accounts.models import Membership
-from playground.chat import runs
+from playground.chat import consumers, runs
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest
 
@@ -84,10 +84,32 @@ def still_member(user, session, team_id: int) -> bool:
 
 
 class ActivityConsumer(AsyncWebsocketConsumer):
+    """An Activity page's socket. It counts against PLAYGROUND_MAX_SOCKETS like a
+    conversation's, so a page left open on many screens cannot take every slot unseen."""
+
+    has_slot = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._give_back_slot()
+
+    def _give_back_slot(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            consumers.slots.give_back()
+
     async def connect(self) -> None:
+        if not consumers.slots.take():
+            await self.accept()
+            await self.close(code=consumers.AT_CAPACITY)
+            return
+        self.has_slot = True
         self.user: Any = self.scope.get("user") or AnonymousUser()
         self.team_id = int(self.scope["url_route"]["kwargs"]["pk"])
         if not self.user.is_authenticated or not await self._member():
+            self._give_back_slot()
             await self.close(code=4403)
             return
         self.group = runs.activity_group(self.team_id)
@@ -99,6 +121,7 @@ class ActivityConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=await render_async(f"{TEMPLATE}#lists-oob", context))
 
     async def disconnect(self, code: int) -> None:
+        self._give_back_slot()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
