@@ -94,7 +94,8 @@ class Membership(models.Model):
     created = models.DateTimeField(auto_now_add=True, null=True)
 
     class Meta:
-        ordering = ["user__username"]
+        # No default ordering: ordering by username would join the user table into every
+        # membership check, and those run on each socket message.
         constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership")]
 
     def __str__(self) -> str:

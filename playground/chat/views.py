@@ -97,7 +97,13 @@ def _head_context(user, conversation: Conversation) -> dict[str, Any]:
     context = paying_key_context(user, conversation, provider)
     movable = conversation.team_id is None and conversation.owner_id == user.pk
     context["move_targets"] = (
-        [m.team for m in Membership.objects.select_related("team").filter(user=user) if m.can_run()]
+        [
+            m.team
+            for m in Membership.objects.select_related("team")
+            .filter(user=user)
+            .order_by("team__name")
+            if m.can_run()
+        ]
         if movable
         else []
     )

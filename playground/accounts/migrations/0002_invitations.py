@@ -14,10 +14,6 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AlterModelOptions(
-            name='membership',
-            options={'ordering': ['user__username']},
-        ),
-        migrations.AlterModelOptions(
             name='team',
             options={'ordering': ['name']},
         ),
