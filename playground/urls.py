@@ -50,7 +50,7 @@ urlpatterns = [
         teams.team_key_delete,
         name="team_key_delete",
     ),
-    path("invite/<str:token>/", teams.invite_accept, name="invite"),
+    path("invite/", teams.invite_accept, name="invite"),
     path("keys/", accounts.keys, name="keys"),
     path("keys/<slug:provider>/delete/", accounts.key_delete, name="key_delete"),
     path("setup/", accounts.setup, name="setup"),

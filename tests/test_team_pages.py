@@ -7,6 +7,7 @@ import hashlib
 import re
 from datetime import timedelta
 from html import unescape
+from pathlib import Path
 
 import pytest
 from django.db.models.signals import post_delete, post_save
@@ -227,16 +228,23 @@ def test_team_forms_need_the_csrf_token(user, other_user, lab):
 
 
 def invite(client, team, role="member") -> str:
+    """Create a link on the team page; its token, from the link's fragment."""
     response = client.post(f"/teams/{team.pk}/invitations/", {"role": role})
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
-    return unescape(text(find(response.content, id="invite-url")))
+    link = unescape(text(find(response.content, id="invite-url")))
+    match = re.fullmatch(r"http://testserver/invite/#([A-Za-z0-9_-]+)", link)
+    assert match, link
+    return match[1]
+
+
+def accept(client, token: str):
+    return client.post("/invite/", {"token": token})
 
 
 def test_an_invitation_link_is_shown_once_and_stored_as_a_hash(client, user, lab):
     client.force_login(user)
-    link = invite(client, lab, "viewer")
-    token = re.fullmatch(r"http://testserver/invite/([A-Za-z0-9_-]+)/", link)[1]
+    token = invite(client, lab, "viewer")
     assert len(token) >= 43  # 256 bits, url-safe base64
     invitation = Invitation.objects.get()
     assert invitation.token_hash == hashlib.sha256(token.encode()).hexdigest()
@@ -244,37 +252,63 @@ def test_an_invitation_link_is_shown_once_and_stored_as_a_hash(client, user, lab
     assert token not in client.get(f"/teams/{lab.pk}/").content.decode()
 
 
+def test_the_token_travels_after_the_hash_so_no_server_log_sees_it(client, user, other_user, lab):
+    """Browsers never send a URL's fragment: the page gets the token into its form by
+    script and posts it. The GET that opening the link makes carries no token at all."""
+    client.force_login(user)
+    invite(client, lab)
+    client.force_login(other_user)
+    page = client.get("/invite/")
+    assert page.status_code == 200 and page["Referrer-Policy"] == "no-referrer"
+    field = find(page.content, "input", name="token")
+    assert dict(field.attributes)["id"] == "invite-token" and not dict(field.attributes)["value"]
+    assert "invite-token" in (Path(__file__).parents[1] / "static/js/app.js").read_text()
+
+
 def test_an_invitation_link_works_once_with_its_role(client, user, other_user, carol, lab):
     client.force_login(user)
-    link = invite(client, lab, "viewer")
-    path = link.removeprefix("http://testserver")
+    token = invite(client, lab, "viewer")
     client.force_login(other_user)
-    page = client.get(path)
-    assert page.status_code == 200 and "as viewer" in page.content.decode()
-    assert page["Referrer-Policy"] == "no-referrer"
-    assert role_of(lab, other_user) is None  # opening it is not joining
-    assert client.post(path).status_code == 302
+    response = accept(client, token)
+    assert response.status_code == 302 and response["Location"] == f"/teams/{lab.pk}/"
     assert role_of(lab, other_user) == Role.VIEWER
+    assert "You joined Lab as viewer" in client.get(response["Location"]).content.decode()
+    assert client.session["space"] == lab.pk
     client.force_login(carol)
-    response = client.post(path)
+    response = accept(client, token)
     assert response.status_code == 400 and "used" in error_of(response)
     assert role_of(lab, carol) is None
 
 
 def test_expired_revoked_and_unknown_links_are_refused(client, user, other_user, lab):
     client.force_login(user)
-    expired = invite(client, lab).removeprefix("http://testserver")
+    expired = invite(client, lab)
     Invitation.objects.update(expires=timezone.now() - timedelta(seconds=1))
-    revoked = invite(client, lab).removeprefix("http://testserver")
+    revoked = invite(client, lab)
     pending = Invitation.objects.get(expires__gt=timezone.now())
     assert client.post(f"/teams/{lab.pk}/invitations/{pending.pk}/revoke/").status_code == 302
     client.force_login(other_user)
-    response = client.post(expired)
+    response = accept(client, expired)
     assert response.status_code == 400 and "expired" in error_of(response)
-    response = client.post(revoked)
+    response = accept(client, revoked)
     assert response.status_code == 400 and "revoked" in error_of(response)
-    assert client.get("/invite/not-a-real-token/").status_code == 404
+    response = accept(client, "not-a-real-token")
+    assert response.status_code == 404 and "not valid" in error_of(response)
+    assert accept(client, "").status_code == 404
     assert role_of(lab, other_user) is None
+
+
+def test_accepting_needs_login_and_the_csrf_token(user, other_user, lab):
+    owner = Client()
+    owner.force_login(user)
+    token = invite(owner, lab)
+    anonymous = Client()
+    response = anonymous.post("/invite/", {"token": token})
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(other_user)
+    assert strict.post("/invite/", {"token": token}).status_code == 403
+    assert role_of(lab, other_user) is None and Invitation.objects.get().state == "pending"
 
 
 def test_an_admin_cannot_invite_an_owner_and_strangers_cannot_revoke(
@@ -295,7 +329,6 @@ def test_an_admin_cannot_invite_an_owner_and_strangers_cannot_revoke(
 
 def test_a_member_cannot_join_twice_by_link(client, user, lab):
     client.force_login(user)
-    path = invite(client, lab).removeprefix("http://testserver")
-    response = client.post(path)
+    response = accept(client, invite(client, lab))
     assert response.status_code == 400 and "already a member" in error_of(response)
     assert Invitation.objects.get().state == "pending"

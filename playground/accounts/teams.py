@@ -162,7 +162,8 @@ def invite_create(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         invitation, token = Invitation.create(team, form.cleaned_data["role"], by=me)
     except TeamError as exc:
         return _team_page(request, team, me, error=str(exc), status=400)
-    link = request.build_absolute_uri(reverse("invite", args=[token]))
+    # The token goes after "#": browsers do not send it, so no access log ever holds it.
+    link = request.build_absolute_uri(reverse("invite")) + "#" + token
     # Never stored and never in a redirect: the page that creates it is the only one to show it.
     response = _team_page(request, team, me, extra={"new_link": link, "new_invite": invitation})
     response["Cache-Control"] = "no-store"
@@ -182,33 +183,29 @@ def invite_revoke(request: AuthenticatedHttpRequest, pk: int, invite_pk: int) ->
 
 @require_http_methods(["GET", "POST"])
 @login_required
-def invite_accept(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
-    """Opening the link shows the team and role; joining takes a POST (CSRF-protected), so
-    a link preview or an <img> cannot use it up."""
-    invitation = Invitation.find(token)
-    context: dict[str, Any] = {"invitation": invitation, "error": ""}
+@sensitive_post_parameters("token")
+def invite_accept(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The page an invitation link opens. The token is in the link's fragment (after "#"),
+    which no server, proxy log or Referer header sees; app.js puts it in this page's form,
+    and joining takes that POST (CSRF-protected), so a link preview cannot use it up."""
+    if request.method == "GET":
+        return _invite_page(request, {"error": ""}, status=200)
+    invitation = Invitation.find(request.POST.get("token", ""))
     if invitation is None:
-        context["error"] = "This invitation link is not valid: ask for a new one."
-        return _invite_page(request, context, status=404)
-    error = ""
-    if request.method == "POST":
-        try:
-            invitation.accept(request.user)
-        except TeamError as exc:
-            error = str(exc)
-        else:
-            set_space(request, invitation.team)
-            messages.success(request, f"You joined {invitation.team.name} as {invitation.role}.")
-            return redirect("team", pk=invitation.team_id)
-    elif invitation.state != "pending":
-        error = f"This invitation is {invitation.state}: ask for a new one."
-    context["error"] = error
-    return _invite_page(request, context, status=400 if error else 200)
+        error = "This invitation link is not valid: ask for a new one."
+        return _invite_page(request, {"error": error}, status=404)
+    try:
+        invitation.accept(request.user)
+    except TeamError as exc:
+        return _invite_page(request, {"error": str(exc), "invitation": invitation}, status=400)
+    set_space(request, invitation.team)
+    messages.success(request, f"You joined {invitation.team.name} as {invitation.role}.")
+    return redirect("team", pk=invitation.team_id)
 
 
 def _invite_page(request: HttpRequest, context: dict[str, Any], *, status: int) -> HttpResponse:
     response = render(request, "accounts/invite.html", context, status=status)
-    response["Referrer-Policy"] = "no-referrer"  # the token is in this page's URL
+    response["Referrer-Policy"] = "no-referrer"
     return response
 
 
