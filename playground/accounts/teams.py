@@ -200,13 +200,15 @@ def invite_accept(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _invite_page(request, {"error": str(exc), "invitation": invitation}, status=400)
     set_space(request, invitation.team)
     messages.success(request, f"You joined {invitation.team.name} as {invitation.role}.")
-    return redirect("team", pk=invitation.team_id)
+    # A fragment of its own: without one, the browser would carry the link's "#token" over
+    # to the team page's address (and history).
+    return redirect(reverse("team", args=[invitation.team_id]) + "#members")
 
 
 def _invite_page(request: HttpRequest, context: dict[str, Any], *, status: int) -> HttpResponse:
-    response = render(request, "accounts/invite.html", context, status=status)
-    response["Referrer-Policy"] = "no-referrer"
-    return response
+    # No Referrer-Policy of its own: the fragment is never in a Referer anyway, and with
+    # "no-referrer" browsers send "Origin: null" on the form's POST, which CSRF refuses.
+    return render(request, "accounts/invite.html", context, status=status)
 
 
 @require_POST

@@ -17,7 +17,7 @@ TEAM_KEY = "sk-e2e-team-TEAMCANARY-7788"
 SEED_USERS = f"""
 from django.contrib.auth import get_user_model
 User = get_user_model()
-for name in ("lead", "mate"):
+for name in ("lead", "mate", "guest"):
     if not User.objects.filter(username=name).exists():
         User.objects.create_user(name, password={PASSWORD!r})
 """
@@ -99,3 +99,39 @@ def test_a_teammate_watches_a_team_reply_on_activity_and_in_the_conversation(
         assert upstream.requests[-1].headers["authorization"] == f"Bearer {TEAM_KEY}"
     finally:
         mate_context.close()
+
+
+@pytest.mark.e2e
+def test_an_invitation_link_opened_in_a_browser_joins_its_team(browser, page, live_server):
+    sign_in(page, live_server.url)
+    live_server.manage("shell", "-c", SEED_USERS)
+    page.context.clear_cookies()
+    log_in(page, "lead")
+    page.goto("/teams/")
+    page.fill("#team-name", "Invited")
+    page.get_by_role("button", name="Create").click()
+    page.wait_for_url(re.compile(r"/teams/\d+/$"))
+    page.select_option("#invite-role", "viewer")
+    page.get_by_role("button", name="Create a link").click()
+    link = page.locator("#invite-url").inner_text().strip()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/invite/#[A-Za-z0-9_-]{43,}", link), link
+
+    guest_context = browser.new_context(base_url=live_server.url)
+    guest_context.set_default_timeout(10_000)
+    guest = guest_context.new_page()
+    try:
+        log_in(guest, "guest")
+        guest.goto(link)
+        guest.get_by_role("button", name="Accept the invitation").click()
+        guest.wait_for_url(re.compile(r"/teams/\d+/#members$"))
+        assert "You joined Invited as viewer" in guest.locator(".flash").inner_text()
+        assert "guest (you)" in guest.locator("table.members").inner_text()
+        # Used once: the same link now explains itself.
+        guest.goto(link)
+        guest.get_by_role("button", name="Accept the invitation").click()
+        assert "This invitation is used" in guest.get_by_role("alert").inner_text()
+    finally:
+        guest_context.close()
+    # The token never reached the server in a URL, so the access log cannot hold it.
+    token = link.split("#", 1)[1]
+    assert token not in live_server.log_path.read_text(errors="replace")
