@@ -221,6 +221,12 @@ def _base_url_overrides(raw: list[str]) -> dict[str, str]:
 # Point a catalog provider somewhere else (a proxy, or the fake upstream in tests).
 PLAYGROUND_PROVIDER_BASE_URLS = _base_url_overrides(envlist("PLAYGROUND_PROVIDER_BASE_URLS"))
 
+# Custom endpoints on loopback and private addresses (a team's own GPU box). On by default in
+# the embedded default (no DATABASE_URL), where the playground runs beside its model server;
+# off by default otherwise: a production deployment turns it on deliberately. Link-local and
+# cloud metadata addresses are refused either way (providers/netpolicy.py).
+PLAYGROUND_ENDPOINT_ALLOW_PRIVATE = envbool("PLAYGROUND_ENDPOINT_ALLOW_PRIVATE", not _database_url)
+
 # Runs: at most one frame per FRAME_INTERVAL to watchers, a database checkpoint of the text
 # at most every CHECKPOINT_INTERVAL, a heartbeat write while the upstream is silent, and a
 # streaming message without a checkpoint for STALE_AFTER seconds is marked interrupted.

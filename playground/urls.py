@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from playground.accounts import teams
+from playground.accounts import endpoints, teams
 from playground.accounts import views as accounts
 from playground.chat import activity
 from playground.chat import views as chat
@@ -53,6 +53,27 @@ urlpatterns = [
     path("invite/", teams.invite_accept, name="invite"),
     path("keys/", accounts.keys, name="keys"),
     path("keys/<slug:provider>/delete/", accounts.key_delete, name="key_delete"),
+    path("endpoints/", endpoints.endpoints, name="endpoints"),
+    path("endpoints/<int:pk>/", endpoints.endpoint, name="endpoint"),
+    path("endpoints/<int:pk>/delete/", endpoints.endpoint_delete, name="endpoint_delete"),
+    path("endpoints/<int:pk>/test/", endpoints.endpoint_test, name="endpoint_test"),
+    path("endpoints/<int:pk>/discover/", endpoints.endpoint_discover, name="endpoint_discover"),
+    path("endpoints/<int:pk>/models/", endpoints.endpoint_models_add, name="endpoint_models_add"),
+    path(
+        "endpoints/<int:pk>/models/<int:model_pk>/",
+        endpoints.endpoint_model,
+        name="endpoint_model",
+    ),
+    path(
+        "endpoints/<int:pk>/models/<int:model_pk>/delete/",
+        endpoints.endpoint_model_delete,
+        name="endpoint_model_delete",
+    ),
+    path(
+        "endpoints/<int:pk>/models/<int:model_pk>/probe/",
+        endpoints.endpoint_model_probe,
+        name="endpoint_model_probe",
+    ),
     path("setup/", accounts.setup, name="setup"),
     path("signup/", accounts.signup, name="signup"),
     path(

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from playground.chat.models import Message
 from playground.providers import catalog, specs
-from playground.providers.models import CustomEndpoint
+from playground.providers.models import CustomEndpoint, EndpointModel
 from playground.providers.specs import Model
 from tests.scaleout import service_unavailable
 from tests.seed_pages import (
@@ -141,7 +141,7 @@ def test_tests_never_point_at_the_real_hosts():
 
 @pytest.mark.django_db
 def test_an_endpoint_cannot_take_a_builtin_providers_id():
-    endpoint = CustomEndpoint(slug="empiriolabs", name="x", base_url="http://h/v1", model_ids="m")
+    endpoint = CustomEndpoint(slug="empiriolabs", name="x", base_url="http://h/v1")
     with pytest.raises(ValidationError):
         endpoint.full_clean()
 
@@ -150,12 +150,11 @@ def test_an_endpoint_cannot_take_a_builtin_providers_id():
 async def test_an_admin_added_endpoint_is_listed_and_streams_without_a_key(
     upstream, user, conversation, connect
 ):
-    await CustomEndpoint.objects.acreate(
-        slug="lab-vllm",
-        name="Lab vLLM",
-        base_url=upstream.base_url,
-        model_ids="google/gemma-3-4b-it\nother-model\n",
+    lab = await CustomEndpoint.objects.acreate(
+        slug="lab-vllm", name="Lab vLLM", base_url=upstream.base_url
     )
+    await EndpointModel.objects.acreate(endpoint=lab, model_id="google/gemma-3-4b-it")
+    await EndpointModel.objects.acreate(endpoint=lab, model_id="other-model")
     from channels.db import database_sync_to_async
 
     keys = [m.key for m in await database_sync_to_async(catalog.all_models)()]

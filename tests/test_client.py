@@ -316,7 +316,7 @@ async def test_it_gives_up_after_three_attempts_when_503_persists(upstream: Fake
     upstream.default = Behaviour(status=503)
     error = error_of(await collect(upstream))
     assert (error.kind, error.status) == ("server", 503)
-    assert error.message == "The provider failed (503) after 3 attempts."
+    assert error.message == "The provider failed (503) after 3 attempts: Fake upstream error 503"
     assert len(upstream.requests) == 3
 
 
@@ -324,7 +324,7 @@ async def test_max_retries_zero_means_a_single_attempt(upstream: FakeUpstream) -
     upstream.default = Behaviour(status=500)
     timeouts = Timeouts(max_retries=0, backoff_base=0.01)
     error = error_of(await collect(upstream, timeouts=timeouts))
-    assert error.message == "The provider failed (500) after 1 attempt."
+    assert error.message == "The provider failed (500) after 1 attempt: Fake upstream error 500"
     assert len(upstream.requests) == 1
 
 

@@ -136,6 +136,7 @@ class FakeUpstream:
         self.port = port
         self.default = Behaviour()
         self.models = [DEFAULT_MODEL, "gemma-3-4b-it"]
+        self._set_server_defaults()
         self.requests: list[Recorded] = []
         self.disconnects: list[Disconnect] = []
         self._queue: collections.deque[Behaviour] = collections.deque()
@@ -154,6 +155,20 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+
+    def _set_server_defaults(self) -> None:
+        # /v1/models entries carry vLLM's max_model_len (None: leave it out, as llama.cpp does).
+        self.max_model_len: int | None = 8192
+        # POST /tokenize answers (vLLM's or llama.cpp's shape, as asked); False: 404.
+        self.tokenize = True
+        # Parameters the server refuses, like llama.cpp: a body key ("tools", "top_k"), or
+        # "json_schema" (that response_format type) or "image_url" (an image part), mapped to
+        # the message. 400 answers llama.cpp's error shape, 422 FastAPI's (llama-cpp-python),
+        # 500 llama.cpp's shape under a server error status.
+        self.refuse: dict[str, str] = {}
+        self.refuse_status = 400
+        # Every route answers 401 unless the request carries this Bearer key.
+        self.require_key: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -236,6 +251,7 @@ class FakeUpstream:
             self.keepalive_timeout = None
             self.keepalive_drop = "close"
             self.dropped.clear()
+            self._set_server_defaults()
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
         with self._cond:
@@ -313,12 +329,25 @@ class FakeUpstream:
         keep_alive = headers.get("connection", "").lower() != "close"
         peer = writer.get_extra_info("peername")
         route = path.split("?", 1)[0].rstrip("/")
+        if self.require_key is not None and _key_from(headers) != self.require_key:
+            self._record(method, path, headers, body, peer)
+            error = {"error": {"message": "Invalid API Key", "type": "authentication_error"}}
+            await _send_json(writer, 401, error, keep_alive=keep_alive)
+            return keep_alive
         if method == "GET" and route.endswith("/models"):
             self._record(method, path, headers, body, peer)
             await _send_json(writer, 200, self._models_body(), keep_alive=keep_alive)
             return keep_alive
+        if method == "POST" and route == "/tokenize" and self.tokenize:
+            self._record(method, path, headers, body, peer)
+            await _send_json(writer, 200, self._tokenize_body(body), keep_alive=keep_alive)
+            return keep_alive
         if method == "POST" and route.endswith("/chat/completions"):
             rec = self._record(method, path, headers, body, peer)
+            refused = self._refusal(body)
+            if refused is not None:
+                await _send_json(writer, self.refuse_status, refused, keep_alive=keep_alive)
+                return keep_alive
             return await self._chat(reader, writer, rec, self._next_behaviour(), keep_alive)
         self._record(method, path, headers, body, peer)
         error = {"error": {"message": f"No route for {method} {path}", "type": "not_found"}}
@@ -342,7 +371,41 @@ class FakeUpstream:
             {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
             for m in self.models
         ]
+        if self.max_model_len is not None:
+            for entry in data:
+                entry["max_model_len"] = self.max_model_len
         return {"object": "list", "data": data}
+
+    def _tokenize_body(self, body: Any) -> dict:
+        """One token per whitespace-separated word, like the fake's own usage counts."""
+        body = body if isinstance(body, dict) else {}
+        if "prompt" in body:  # vLLM
+            tokens = list(range(len(str(body["prompt"]).split())))
+            return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
+        return {"tokens": list(range(len(str(body.get("content", "")).split())))}  # llama.cpp
+
+    def _refusal(self, body: Any) -> dict | None:
+        """The error body for a request using a refused parameter, or None."""
+        if not self.refuse or not isinstance(body, dict):
+            return None
+        used = set(body)
+        response_format = body.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+            used.add("json_schema")
+        for message in body.get("messages") or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") == "image_url" for p in content
+            ):
+                used.add("image_url")
+        for name, text in self.refuse.items():
+            if name in used:
+                if self.refuse_status == 422:
+                    loc = ["body", *name.split(".")]
+                    return {"detail": [{"type": "literal_error", "loc": loc, "msg": text}]}
+                kind = "invalid_request_error" if self.refuse_status < 500 else "server_error"
+                return {"error": {"code": self.refuse_status, "message": text, "type": kind}}
+        return None
 
     async def _chat(
         self,
@@ -696,15 +759,23 @@ def _completion(b: Behaviour, request: dict) -> dict:
             }
             for i, call in enumerate(b.tool_calls)
         ]
-    choice = {"index": 0, "message": message, "finish_reason": b.resolved_finish_reason()}
-    return {
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": b.resolved_finish_reason(),
+    }
+    if request.get("logprobs") or b.logprobs:
+        choice["logprobs"] = {"content": [_logprobs(t)["content"][0] for t in b.token_list()]}
+    body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": str(request.get("model") or DEFAULT_MODEL),
         "choices": [choice],
-        "usage": _usage(request, b),
     }
+    if b.usage:
+        body["usage"] = _usage(request, b)
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:

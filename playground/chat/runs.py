@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
-from playground.providers import catalog, client
+from playground.providers import catalog, client, discovery
 from playground.providers.specs import Model
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Run:
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.logprobs: list[dict] = []
         self.usage: dict | None = None
+        self.chunks = 0  # text and reasoning deltas: the estimate of last resort
         self.finish_reason = ""
         self.error = ""
         self.stopped = False
@@ -205,11 +206,13 @@ class Run:
             case client.TextDelta(text=text):
                 self.tokens += 1
                 self._first_token()
+                self.chunks += 1
                 self.first_text_at = self.first_text_at or time.monotonic()
                 self.text.pending += text
             case client.ReasoningDelta(text=text):
                 self.tokens += 1
                 self._first_token()
+                self.chunks += 1
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
                 self.reasoning.pending += text
             case client.ToolCallDelta():
@@ -341,7 +344,41 @@ class Run:
             return Message.Status.ERROR
         return Message.Status.COMPLETE
 
+    async def _estimated_usage(self) -> dict[str, Any] | None:
+        """Token counts for a custom endpoint that sent no usage (llama.cpp does not), marked
+        as an estimate: by the server's own /tokenize where Probe found one, else one token
+        per streamed chunk (llama.cpp and vLLM stream one token per chunk)."""
+        model = self.request.model
+        if not model.provider.custom or not self.chunks:
+            return None
+        if model.tokenize:
+            endpoint = catalog.endpoint(model.provider)
+            key = self.request.api_key
+            reply = self.reasoning.shown + self.text.shown
+            completion = await discovery.count_tokens(endpoint, key, model.id, reply)
+            if completion is not None:
+                prompt = await discovery.count_tokens(
+                    endpoint, key, model.id, _prompt_text(self.request.body)
+                )
+                return {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": (prompt or 0) + completion,
+                    "estimated": "tokenize",
+                }
+        return {
+            "prompt_tokens": None,
+            "completion_tokens": self.chunks,
+            "total_tokens": self.chunks,
+            "estimated": "chunks",
+        }
+
     async def _save_final(self) -> None:
+        if self.usage is None:
+            try:
+                self.usage = await self._estimated_usage()
+            except Exception:
+                log.exception("run %s: estimating usage failed", self.request.message_id)
         ended = time.monotonic()
         status = self._status()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
@@ -373,6 +410,18 @@ class Run:
             schema_check=schema_check,
             checkpoint_at=timezone.now(),
         )
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """The text of the messages sent (images left out), for a prompt token estimate."""
+    texts = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return "\n".join(texts)
 
 
 def start(request: RunRequest) -> asyncio.Task:

@@ -170,7 +170,11 @@ def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> l
 
 
 def build_body(model: Model, messages: list[dict], cleaned: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model.id, "messages": messages, **cleaned}
+    body: dict[str, Any] = {
+        "model": model.id,
+        "messages": messages,
+        **params.to_body(model, cleaned),
+    }
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
@@ -350,8 +354,7 @@ def submit_tool_results(
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
-    names = {p.name for p in model.params}
-    return {k: v for k, v in (message.request_body or {}).items() if k in names}
+    return params.from_body(model, message.request_body or {})
 
 
 @sensitive_variables("api_key")

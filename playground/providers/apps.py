@@ -11,7 +11,8 @@ class ProvidersConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from playground.providers.catalog import forget_custom_models
-        from playground.providers.models import CustomEndpoint
+        from playground.providers.models import CustomEndpoint, EndpointModel
 
-        post_save.connect(forget_custom_models, sender=CustomEndpoint)
-        post_delete.connect(forget_custom_models, sender=CustomEndpoint)
+        for sender in (CustomEndpoint, EndpointModel):
+            post_save.connect(forget_custom_models, sender=sender)
+            post_delete.connect(forget_custom_models, sender=sender)

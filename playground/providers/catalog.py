@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
-from playground.providers import specs
+from playground.providers import netpolicy, specs
 from playground.providers.client import Endpoint
 from playground.providers.specs import Model, Provider
 
@@ -44,29 +44,41 @@ def _custom_models() -> list[Model]:
 
 
 def _load_custom_models() -> list[Model]:
-    from playground.providers.models import CustomEndpoint
+    from playground.providers.models import EndpointModel
 
     found = []
-    for custom in CustomEndpoint.objects.order_by("name"):
-        provider = Provider(
-            custom.slug,
-            custom.name,
-            custom.base_url,
-            requires_key=custom.requires_key,
-            custom=True,
-        )
-        caps = {specs.SYSTEM_ROLE} | ({specs.IMAGES} if custom.supports_images else set())
-        for model_id in custom.model_list():
-            found.append(
-                Model(
-                    provider,
-                    model_id,
-                    f"{model_id} ({custom.name})",
-                    capabilities=frozenset(caps),
-                    context_window=custom.context_window,
-                    max_output=custom.max_output,
-                )
+    providers: dict[int, Provider] = {}
+    rows = EndpointModel.objects.filter(offered=True).select_related("endpoint")
+    for row in rows.order_by("endpoint__name", "model_id"):
+        custom = row.endpoint
+        provider = providers.get(custom.pk)
+        if provider is None:
+            provider = providers[custom.pk] = Provider(
+                custom.slug,
+                custom.name,
+                custom.base_url,
+                requires_key=custom.requires_key,
+                custom=True,
             )
+        capabilities = row.capabilities()
+        found.append(
+            Model(
+                provider,
+                row.model_id,
+                f"{row.model_id} ({custom.name})",
+                capabilities=capabilities,
+                context_window=row.context_window,
+                max_output=row.max_output,
+                price_per_message=row.price_per_message,
+                params=specs.custom_params(
+                    custom.groups(),
+                    capabilities,
+                    max_output=row.max_output,
+                    context_window=row.context_window,
+                ),
+                tokenize=bool((row.probe_results or {}).get("tokenize", {}).get("ok")),
+            )
+        )
     return found
 
 
@@ -87,7 +99,12 @@ def get_model(key: str) -> Model:
 def endpoint(provider: Provider) -> Endpoint:
     """Where requests for `provider` go: its documented URL unless settings point elsewhere."""
     base_url = settings.PLAYGROUND_PROVIDER_BASE_URLS.get(provider.slug, provider.base_url)
-    return Endpoint(base_url=base_url)
+    return Endpoint(base_url=base_url, policy=address_policy() if provider.custom else None)
+
+
+def address_policy() -> netpolicy.AddressPolicy:
+    """What custom endpoints may connect to in this deployment (checked per connection)."""
+    return netpolicy.AddressPolicy(allow_private=settings.PLAYGROUND_ENDPOINT_ALLOW_PRIVATE)
 
 
 def providers() -> list[Provider]:

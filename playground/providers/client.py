@@ -27,6 +27,7 @@ import math
 import random
 import ssl
 import string
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 import httpx
 
+from playground.providers import netpolicy
 from playground.providers.sse import SSEDecoder, SSEEvent
 
 __all__ = [
@@ -176,10 +178,20 @@ class Endpoint:
     base_url: str
     auth_header: str = "Authorization"
     auth_scheme: str = "Bearer"
+    # Custom endpoints: every connection is checked against this (see netpolicy.py).
+    policy: netpolicy.AddressPolicy | None = None
 
     @property
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    @property
+    def server_root(self) -> str:
+        """The server's own root: llama.cpp and vLLM serve /tokenize beside /v1, not in it."""
+        return self.base_url.rstrip("/").removesuffix("/v1")
 
 
 @dataclass(frozen=True)
@@ -313,6 +325,7 @@ async def aclose_clients() -> None:
     for shards in pools.values():
         for client in shards.clients:
             await client.aclose()
+    await netpolicy.aclose_clients()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,11 +449,39 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
             message = error.get("message") or error
         elif error:
             message = error
+        elif isinstance(payload.get("detail"), list):
+            message = _validation_detail(payload["detail"])
         else:
             message = payload.get("message") or payload.get("detail") or payload
     if not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
     return _clean(message, api_key)
+
+
+def _validation_detail(items: list[Any]) -> str:
+    """FastAPI's 422 list as "where: what" lines (llama-cpp-python and vLLM answer so), e.g.
+    "response_format.type: Input should be 'text' or 'json_object'"."""
+    said = []
+    for item in items:
+        if not isinstance(item, dict):
+            said.append(str(item))
+            continue
+        where = ".".join(str(p) for p in item.get("loc") or [] if p != "body")
+        what = str(item.get("msg") or item)
+        said.append(f"{where}: {what}" if where else what)
+    return "; ".join(said)
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in exc's chain (httpx wraps httpcore's, which wrap OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -476,14 +517,16 @@ class _Failure:
 
     error: UpstreamError
     retry_in: float | None = None
+    detail: str = ""  # the provider's own words, shown after the status
 
     def final(self, attempts: int) -> UpstreamError:
         if self.error.kind != "server":
             return self.error
         plural = "attempt" if attempts == 1 else "attempts"
+        said = f": {self.detail}" if self.detail else "."
         return UpstreamError(
             "server",
-            f"The provider failed ({self.error.status}) after {attempts} {plural}.",
+            f"The provider failed ({self.error.status}) after {attempts} {plural}{said}",
             status=self.error.status,
         )
 
@@ -552,6 +595,10 @@ def _failure_from_status(
     attempt: int,
 ) -> _Failure:
     rule = _STATUS_RULES.get(status) or _STATUS_RULES["5xx" if status >= 500 else "other"]
+    if status >= 500 and _says_request_invalid(raw):
+        # Some servers (llama.cpp on a bad grammar or schema, proxies in front of FastAPI)
+        # answer 500 for a request they cannot take: sending it again fails the same way.
+        rule = _STATUS_RULES["other"]
     wait = _parse_retry_after(headers) if rule.retry else None
     values = {
         "status": status,
@@ -566,16 +613,61 @@ def _failure_from_status(
         status=status,
         retry_after=wait if rule.retry == "if_told" else None,
     )
+    detail = str(values["detail"] or "")
     if rule.retry is None:
-        return _Failure(error)
+        return _Failure(error, detail=detail)
     if wait is not None and wait <= timeouts.retry_after_cap:
-        return _Failure(error, wait)
-    return _Failure(error, _backoff(timeouts, attempt) if rule.retry == "always" else None)
+        return _Failure(error, wait, detail)
+    retry_in = _backoff(timeouts, attempt) if rule.retry == "always" else None
+    return _Failure(error, retry_in, detail)
+
+
+# Error types and codes that mean "this request is wrong", whatever the HTTP status says.
+_INVALID_TYPES = frozenset(
+    {"invalid_request_error", "badrequesterror", "bad_request", "validation_error"}
+)
+_INVALID_CODES = frozenset({"400", "422", "invalid_request_error"})
+# Wording of validation failures in llama.cpp, llama-cpp-python (pydantic) and vLLM bodies.
+_INVALID_WORDS = (
+    "input should be",
+    "invalid request",
+    "not supported",
+    "unsupported",
+    "failed to parse",
+    "validation error",
+    "extra inputs are not permitted",
+)
+
+
+def _says_request_invalid(raw: bytes) -> bool:
+    """Whether an error body blames the request rather than the server."""
+    try:
+        payload = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if isinstance(payload.get("detail"), list):
+            return True  # FastAPI's request validation error
+        error = payload.get("error")
+        fields = error if isinstance(error, dict) else payload
+        kind = str(fields.get("type") or "").lower()
+        code = str(fields.get("code") or "").lower()
+        if kind in _INVALID_TYPES or code in _INVALID_CODES:
+            return True
+    text = raw.decode("utf-8", errors="replace").lower()
+    return any(words in text for words in _INVALID_WORDS)
 
 
 def _failure_from_transport(exc: Exception, timeouts: Timeouts, attempt: int) -> _Failure:
     """A transport problem before any body byte arrived (so retrying cannot duplicate output)."""
     retry = _backoff(timeouts, attempt)
+    refused = _cause(exc, netpolicy.AddressRefused)
+    if refused is not None:
+        # The address policy said no: asking again cannot change that.
+        return _Failure(UpstreamError("connection", str(refused)))
+    unresolved = _cause(exc, netpolicy.NameNotResolved)
+    if unresolved is not None:
+        return _Failure(UpstreamError("connection", str(unresolved)), retry)
     if isinstance(exc, httpx.ConnectTimeout):
         return _Failure(
             UpstreamError(
@@ -693,6 +785,8 @@ async def stream(
     """
     shards: _Shards | None = None
     index = 0
+    if client is None and endpoint.policy is not None:
+        client = netpolicy.pooled_client(endpoint.policy, timeouts.keepalive_expiry)
     if client is None:
         shards = _loop_shards(timeouts.keepalive_expiry)
         index = shards.lease()
@@ -853,3 +947,102 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx.HTTPError):
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# One-shot requests (endpoint set-up: test, discover, probe, token counts)
+# ---------------------------------------------------------------------------------------------
+
+_MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a model listing is a few KB; never hold more than this
+
+
+class ConnectionProblem(UpstreamError):
+    """No HTTP answer, with the exact reason: dns, refused, tls, timeout, address, url, other."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__("timeout" if reason == "timeout" else "connection", message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer to a one-shot request, whatever its status."""
+
+    status: int
+    payload: Any  # the parsed JSON body, or None
+    detail: str  # the provider's own message (scrubbed) when the status is not 2xx
+    elapsed_ms: float
+    location: str = ""  # where a 3xx pointed (never followed)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def request_json(
+    endpoint: Endpoint,
+    api_key: str | None,
+    method: str,
+    url: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    timeout: float = 10.0,
+) -> Answer:
+    """Send one request and read a JSON answer; raises ConnectionProblem when none came.
+
+    Not retried and not pooled: these run when an admin presses a button, and the answer
+    (including how long it took) must describe one plain attempt."""
+    headers = build_headers(endpoint, api_key)
+    headers["Accept"] = "application/json"
+    limit = httpx.Timeout(timeout)
+    if endpoint.policy is not None:
+        http = netpolicy.guarded_client(endpoint.policy, timeout=limit)
+    else:
+        http = httpx.AsyncClient(follow_redirects=False, verify=_ssl_context(), timeout=limit)
+    started = time.monotonic()
+    try:
+        async with http, http.stream(method, url, json=payload, headers=headers) as response:
+            raw = bytearray()
+            async for chunk in response.aiter_bytes():
+                raw += chunk
+                if len(raw) > _MAX_ANSWER_BYTES:
+                    break
+            elapsed = (time.monotonic() - started) * 1000
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise _connection_problem(exc, timeout) from None
+    try:
+        parsed = json.loads(bytes(raw))
+    except ValueError:
+        parsed = None
+    ok = 200 <= response.status_code < 300
+    return Answer(
+        status=response.status_code,
+        payload=parsed,
+        detail="" if ok else _provider_message(bytes(raw), api_key),
+        elapsed_ms=round(elapsed, 1),
+        location=response.headers.get("location", "") if response.is_redirect else "",
+    )
+
+
+def _connection_problem(exc: Exception, timeout: float) -> ConnectionProblem:
+    refused = _cause(exc, netpolicy.AddressRefused)
+    if refused is not None:
+        return ConnectionProblem("address", str(refused))
+    unresolved = _cause(exc, netpolicy.NameNotResolved)
+    if unresolved is not None:
+        return ConnectionProblem("dns", str(unresolved))
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectionProblem("timeout", f"Timeout: no connection within {timeout:g} s.")
+    if isinstance(exc, httpx.TimeoutException):
+        return ConnectionProblem("timeout", f"Timeout: no answer within {timeout:g} s.")
+    tls = _cause(exc, ssl.SSLError)
+    if tls is not None:
+        why = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
+        return ConnectionProblem("tls", f"TLS: the secure connection failed ({why}).")
+    if _cause(exc, ConnectionRefusedError) is not None:
+        return ConnectionProblem("refused", "Refused: nothing accepts connections at that port.")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return ConnectionProblem("url", "The base URL is not a valid http(s) URL.")
+    if _cause(exc, httpx.RemoteProtocolError) is not None:
+        return ConnectionProblem("other", "The server did not answer in HTTP.")
+    return ConnectionProblem("other", f"Could not connect ({type(exc).__name__}).")

@@ -220,6 +220,8 @@ def _response_format(param: Param, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"type": value}
     kind = value.get("type") if isinstance(value, dict) else None
+    if param.choices and kind in ("json_object", "json_schema") and kind not in param.choices:
+        raise ValueError(f"{kind} is not accepted by this model's server")
     if kind == "json_object":
         return {"type": "json_object"}
     if kind != "json_schema":
@@ -282,6 +284,18 @@ def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -
     if errors:
         raise InvalidParams(errors)
     return cleaned
+
+
+def to_body(model: Model, cleaned: dict[str, Any]) -> dict[str, Any]:
+    """Cleaned values under the names the server reads (llama.cpp's repeat_penalty)."""
+    names = {p.name: p.sent_as for p in model.params}
+    return {names.get(name, name): value for name, value in cleaned.items()}
+
+
+def from_body(model: Model, body: dict[str, Any]) -> dict[str, Any]:
+    """The parameter values a request body carried, under the names the page uses."""
+    names = {p.sent_as: p.name for p in model.params}
+    return {names[key]: value for key, value in body.items() if key in names}
 
 
 def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:

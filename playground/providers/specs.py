@@ -19,6 +19,9 @@ JSON_OUTPUT = "json_output"
 THINKING = "thinking"
 LOGPROBS = "logprobs"
 SYSTEM_ROLE = "system_role"
+# json_object works on any model with JSON_OUTPUT; a schema needs a server that enforces one
+# (llama-cpp-python refuses json_schema: "Input should be 'text' or 'json_object'").
+JSON_SCHEMA = "json_schema"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class Param:
     ui_min: float | None = None
     ui_max: float | None = None
     capability: str | None = None  # the panel section it belongs to
+    body_name: str | None = None  # its key in the request body, when not `name`
+
+    @property
+    def sent_as(self) -> str:
+        return self.body_name or self.name
 
     @property
     def slider_min(self) -> float | None:
@@ -75,6 +83,9 @@ class Model:
     price_per_message: Decimal | None = None
     params: tuple[Param, ...] = field(default=())
     notes: str = ""
+    # The server counts tokens at /tokenize (llama.cpp, vLLM): usage it does not send is
+    # estimated from there instead of from the number of streamed chunks.
+    tokenize: bool = False
 
     @property
     def key(self) -> str:
@@ -343,3 +354,223 @@ GEMMA_3N_E4B = Model(
 )
 
 BUILTIN_MODELS = (GEMMA_4_E4B, GEMMA_3N_E4B)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom endpoints: the parameters a team's own OpenAI-compatible server takes
+# ---------------------------------------------------------------------------------------------
+#
+# What the servers accept in a /v1/chat/completions body, from their documentation:
+# - The OpenAI Chat Completions set (temperature 0-2, top_p 0-1, max_tokens, stop (up to 4),
+#   seed, presence/frequency_penalty -2..2, logprobs, top_logprobs 0-20, tools, tool_choice,
+#   response_format), which vLLM and llama.cpp both implement.
+# - vLLM ("Extra Parameters for Chat API" in its OpenAI-compatible server docs, fields of
+#   SamplingParams): top_k (-1 or 0 turns it off, else at least 1; no upper bound), min_p
+#   (0 to 1), repetition_penalty (above 0, 1 is neutral; no upper bound).
+# - llama.cpp's llama-server (tools/server/README.md: "/completion-specific features such as
+#   mirostat are also supported" on /v1/chat/completions): top_k (default 40, 0 turns it
+#   off), min_p (default 0.05), repeat_penalty (default 1.0 in current builds, 1.1 in older
+#   ones; 1 is neutral). repeat_penalty is vLLM's repetition_penalty under another name, so
+#   the page shows one control, sent as the name the endpoint's server reads. llama.cpp
+#   ignores a repetition_penalty it does not know, and vLLM one called repeat_penalty.
+# Neither documents upper bounds for top_k or the penalty: those sliders are UI-only ranges
+# and their help says so, as for the built-in models.
+
+GROUP_OPENAI = "openai"
+GROUP_VLLM = "vllm"
+GROUP_LLAMACPP = "llamacpp"
+PARAM_GROUPS = {
+    GROUP_OPENAI: "OpenAI Chat Completions parameters",
+    GROUP_VLLM: "vLLM sampling extras (top_k, min_p, repetition_penalty)",
+    GROUP_LLAMACPP: "llama.cpp sampling extras (top_k, min_p, repeat_penalty)",
+}
+DEFAULT_GROUPS = (GROUP_OPENAI,)
+UI_MAX_TOKENS = 8192
+
+_OPENAI_SAMPLING = (
+    Param(
+        name="temperature",
+        type="number",
+        min=0,
+        max=2,
+        step=0.01,
+        help="Sampling temperature, 0 to 2. Unset: the server's default applies.",
+    ),
+    Param(
+        name="top_p",
+        type="number",
+        min=0,
+        max=1,
+        step=0.01,
+        help="Nucleus sampling probability mass, 0 to 1.",
+    ),
+)
+_OPENAI_AFTER_EXTRAS = (
+    Param(
+        name="stop",
+        type="string_list",
+        max_items=4,
+        help="Up to 4 sequences where generation stops.",
+    ),
+    Param(
+        name="seed",
+        type="integer",
+        min=0,
+        step=1,
+        ui_max=2147483647,
+        help="Seed for reproducible sampling. No upper bound is documented; the box takes "
+        "up to 2147483647.",
+    ),
+    Param(
+        name="presence_penalty",
+        type="number",
+        min=-2,
+        max=2,
+        step=0.01,
+        help="Penalize tokens that already appeared, -2 to 2.",
+    ),
+    Param(
+        name="frequency_penalty",
+        type="number",
+        min=-2,
+        max=2,
+        step=0.01,
+        help="Penalize tokens by how often they appeared, -2 to 2.",
+    ),
+)
+_OPENAI_LOGPROBS = (
+    Param(
+        name="logprobs",
+        type="boolean",
+        default=False,
+        help="Return token log probabilities.",
+        capability=LOGPROBS,
+    ),
+    Param(
+        name="top_logprobs",
+        type="integer",
+        min=0,
+        max=20,
+        step=1,
+        help="Alternative tokens to return per position, 0 to 20.",
+        capability=LOGPROBS,
+    ),
+)
+_OPENAI_TOOLS = (
+    Param(
+        name="tools",
+        type="tools",
+        help="OpenAI-compatible function tool definitions (a JSON array).",
+        capability=TOOLS,
+    ),
+    Param(
+        name="tool_choice",
+        type="tool_choice",
+        help="auto, none, required, or the name of one function.",
+        capability=TOOLS,
+    ),
+)
+
+
+def _sampling_extras(group: str) -> tuple[Param, ...]:
+    penalty_name = "repeat_penalty" if group == GROUP_LLAMACPP else "repetition_penalty"
+    off = "0 turns it off" if group == GROUP_LLAMACPP else "-1 or 0 turns it off"
+    return (
+        Param(
+            name="top_k",
+            type="integer",
+            min=-1,
+            step=1,
+            ui_min=-1,
+            ui_max=200,
+            help=f"Sample from the K most likely tokens; {off}. No upper bound is "
+            "documented; the slider covers -1 to 200.",
+        ),
+        Param(
+            name="min_p",
+            type="number",
+            min=0,
+            max=1,
+            step=0.01,
+            help="Drop tokens less likely than this fraction of the most likely one, 0 to 1.",
+        ),
+        Param(
+            name="repetition_penalty",
+            type="number",
+            step=0.01,
+            ui_min=0,
+            ui_max=2,
+            body_name=penalty_name,
+            help=f"Sent as {penalty_name}. 1 is neutral, higher discourages repeats. No range "
+            "is documented; the slider covers 0 to 2.",
+        ),
+    )
+
+
+def custom_params(
+    groups: tuple[str, ...] | list[str],
+    capabilities: frozenset[str],
+    *,
+    max_output: int | None = None,
+    context_window: int | None = None,
+) -> tuple[Param, ...]:
+    """The parameters of a custom endpoint's model: the groups its admin ticked, with the
+    capability sections its model has (found by Probe or ticked by hand)."""
+    found: list[Param] = []
+    if GROUP_OPENAI in groups:
+        found.extend(_OPENAI_SAMPLING)
+        found.append(_max_tokens(max_output, context_window))
+    for extra in (GROUP_VLLM, GROUP_LLAMACPP):
+        if extra in groups:
+            found.extend(_sampling_extras(extra))
+            break  # the form refuses both; one control per name
+    if GROUP_OPENAI in groups:
+        found.extend(_OPENAI_AFTER_EXTRAS)
+        if LOGPROBS in capabilities:
+            found.extend(_OPENAI_LOGPROBS)
+        if TOOLS in capabilities:
+            found.extend(_OPENAI_TOOLS)
+        if JSON_OUTPUT in capabilities:
+            found.append(_response_format(JSON_SCHEMA in capabilities))
+    return tuple(found)
+
+
+def _max_tokens(max_output: int | None, context_window: int | None) -> Param:
+    if max_output:
+        return Param(
+            name="max_tokens",
+            type="integer",
+            min=1,
+            max=max_output,
+            step=1,
+            help=f"Maximum output tokens, up to {max_output} (set by the endpoint's admin).",
+        )
+    cap = context_window or UI_MAX_TOKENS
+    return Param(
+        name="max_tokens",
+        type="integer",
+        min=1,
+        step=1,
+        ui_max=cap,
+        help=f"Maximum output tokens. No maximum is known for this model; the slider stops "
+        f"at {cap}.",
+    )
+
+
+def _response_format(with_schema: bool) -> Param:
+    if with_schema:
+        return Param(
+            name="response_format",
+            type="response_format",
+            choices=("json_object", "json_schema"),
+            help="Structured JSON output: any JSON object, or one matching a schema.",
+            capability=JSON_OUTPUT,
+        )
+    return Param(
+        name="response_format",
+        type="response_format",
+        choices=("json_object",),
+        help="Structured JSON output: any JSON object. This server did not accept a JSON "
+        "schema when probed.",
+        capability=JSON_OUTPUT,
+    )

@@ -1,0 +1,265 @@
+"""The Endpoints page: site admins add, test, discover, probe and remove custom endpoints."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from playground.accounts.models import ApiKey
+from playground.chat.panel import settings_context
+from playground.providers import catalog, specs
+from playground.providers.models import CustomEndpoint, EndpointModel
+from tests.upstream import Behaviour, FakeUpstream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LAB_KEY = "sk-lab-LEAKCANARY-99887766"
+
+
+@pytest.fixture
+def admin(django_user_model):
+    return django_user_model.objects.create_superuser("root", password="correct horse battery")
+
+
+@pytest.fixture
+def admin_client(admin) -> Client:
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+@pytest.fixture
+def lab(upstream: FakeUpstream) -> CustomEndpoint:
+    catalog.forget_custom_models()
+    return CustomEndpoint.objects.create(slug="lab", name="Lab", base_url=upstream.base_url)
+
+
+def urls_of(lab: CustomEndpoint, row: EndpointModel) -> list[tuple[str, str]]:
+    pk, mpk = lab.pk, row.pk
+    return [
+        ("get", reverse("endpoints")),
+        ("post", reverse("endpoints")),
+        ("get", reverse("endpoint", args=[pk])),
+        ("post", reverse("endpoint", args=[pk])),
+        ("post", reverse("endpoint_delete", args=[pk])),
+        ("post", reverse("endpoint_test", args=[pk])),
+        ("post", reverse("endpoint_discover", args=[pk])),
+        ("post", reverse("endpoint_models_add", args=[pk])),
+        ("post", reverse("endpoint_model", args=[pk, mpk])),
+        ("post", reverse("endpoint_model_delete", args=[pk, mpk])),
+        ("post", reverse("endpoint_model_probe", args=[pk, mpk])),
+    ]
+
+
+def test_members_and_staff_without_the_permission_get_404_everywhere(
+    user, django_user_model, lab, upstream
+) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="m")
+    staff = django_user_model.objects.create_user("staff", password="x", is_staff=True)
+    for who in (user, staff):
+        client = Client()
+        client.force_login(who)
+        for method, url in urls_of(lab, row):
+            assert getattr(client, method)(url).status_code == 404, (who, url)
+    assert CustomEndpoint.objects.filter(pk=lab.pk).exists()
+    assert EndpointModel.objects.filter(pk=row.pk).exists()
+    assert upstream.requests == []
+
+
+def test_anonymous_visitors_are_sent_to_log_in(user, lab) -> None:
+    response = Client().get(reverse("endpoint", args=[lab.pk]))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_posts_need_the_csrf_token(admin, lab) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin)
+    response = client.post(reverse("endpoint_delete", args=[lab.pk]))
+    assert response.status_code == 403
+    assert CustomEndpoint.objects.filter(pk=lab.pk).exists()
+
+
+def test_a_model_of_another_endpoint_is_not_reachable_through_this_one(admin_client, lab) -> None:
+    other = CustomEndpoint.objects.create(slug="other", name="Other", base_url=lab.base_url)
+    row = EndpointModel.objects.create(endpoint=other, model_id="m")
+    url = reverse("endpoint_model_delete", args=[lab.pk, row.pk])
+    assert admin_client.post(url).status_code == 404
+    assert EndpointModel.objects.filter(pk=row.pk).exists()
+
+
+def test_an_admin_adds_an_endpoint_with_a_key_that_is_stored_encrypted(
+    admin_client, admin, upstream
+) -> None:
+    response = admin_client.post(
+        reverse("endpoints"),
+        {
+            "name": "GPU box",
+            "slug": "gpu-box",
+            "base_url": upstream.base_url,
+            "requires_key": "on",
+            "param_groups": ["openai", "llamacpp"],
+            "key": LAB_KEY,
+        },
+    )
+    custom = CustomEndpoint.objects.get(slug="gpu-box")
+    assert response.status_code == 302 and response["Location"].endswith(f"/{custom.pk}/")
+    assert custom.requires_key and custom.param_groups == ["openai", "llamacpp"]
+    stored = ApiKey.objects.get(provider="gpu-box", user=admin)
+    assert LAB_KEY not in stored.ciphertext and stored.reveal() == LAB_KEY
+    page = admin_client.get(response["Location"]).content.decode()
+    assert LAB_KEY not in page and "A key of yours is stored" in page
+    upstream.require_key = LAB_KEY
+    verdict = admin_client.post(reverse("endpoint_test", args=[custom.pk])).content.decode()
+    assert "✓ Connected" in verdict and LAB_KEY not in verdict
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {LAB_KEY}"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/v1", "http://2852039166/v1", "http://[fd00:ec2::254]/v1"]
+)
+def test_a_metadata_url_is_refused_on_save(admin_client, url) -> None:
+    response = admin_client.post(
+        reverse("endpoints"),
+        {"name": "x", "slug": "x", "base_url": url, "param_groups": ["openai"]},
+    )
+    assert response.status_code == 200
+    assert "cloud metadata" in response.content.decode()
+    assert not CustomEndpoint.objects.exists()
+
+
+def test_both_sampling_extras_cannot_be_ticked(admin_client, upstream) -> None:
+    response = admin_client.post(
+        reverse("endpoints"),
+        {
+            "name": "x",
+            "slug": "x",
+            "base_url": upstream.base_url,
+            "param_groups": ["openai", "vllm", "llamacpp"],
+        },
+    )
+    assert "not both" in response.content.decode()
+    assert not CustomEndpoint.objects.exists()
+
+
+def test_a_failed_test_names_the_reason(admin_client, lab, upstream) -> None:
+    upstream.require_key = LAB_KEY
+    page = admin_client.post(reverse("endpoint_test", args=[lab.pk])).content.decode()
+    assert "✗ 401" in page and "refused the key" in page
+
+
+def test_discover_then_offer_picked_and_typed_models(admin_client, lab, upstream) -> None:
+    page = admin_client.post(reverse("endpoint_discover", args=[lab.pk])).content.decode()
+    assert "gemma-3-27b-it" in page and "context 8192" in page
+    response = admin_client.post(
+        reverse("endpoint_models_add", args=[lab.pk]),
+        {
+            "listed": ["gemma-3-27b-it", "gemma-3-4b-it"],
+            "pick": ["gemma-3-4b-it"],
+            "ctx:gemma-3-4b-it": "8192",
+            "typed": "my-lora\n",
+            "context_window": "4096",
+            "max_output": "1024",
+        },
+    )
+    assert response.status_code == 302
+    rows = {m.model_id: m for m in lab.models.all()}
+    assert set(rows) == {"gemma-3-4b-it", "my-lora"}
+    assert rows["gemma-3-4b-it"].context_window == 8192  # from the listing
+    assert (rows["my-lora"].context_window, rows["my-lora"].max_output) == (4096, 1024)
+    keys = [m.key for m in catalog.all_models()]
+    assert "lab:gemma-3-4b-it" in keys and "lab:gemma-3-27b-it" not in keys
+
+
+def test_probe_records_capabilities_and_the_servers_refusal(admin_client, lab, upstream) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
+    upstream.refuse = {"json_schema": "Input should be 'text' or 'json_object'"}
+    upstream.default = Behaviour(tokens=["OK"])
+    response = admin_client.post(reverse("endpoint_model_probe", args=[lab.pk, row.pk]))
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert (row.tools, row.logprobs, row.json_schema, row.images) == (True, True, False, True)
+    assert "Input should be" in row.probe_results["json_schema"]["detail"]
+    assert row.probe_results["tokenize"]["ok"] and row.probed_at is not None
+    page = admin_client.get(reverse("endpoint", args=[lab.pk])).content.decode()
+    assert "Input should be" in page
+    model = catalog.get_model("lab:gemma-3-4b-it")
+    assert model.tokenize and model.supports(specs.TOOLS)
+    response_format = next(p for p in model.params if p.name == "response_format")
+    assert response_format.choices == ("json_object",)
+
+
+def test_a_model_row_is_edited_with_a_price(admin_client, lab) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="m")
+    prefix = f"m{row.pk}-"
+    admin_client.post(
+        reverse("endpoint_model", args=[lab.pk, row.pk]),
+        {prefix + "offered": "on", prefix + "price_per_message": "0.002", prefix + "tools": "on"},
+    )
+    row.refresh_from_db()
+    assert str(row.price_per_message) == "0.002000" and row.tools
+    bad = admin_client.post(
+        reverse("endpoint_model", args=[lab.pk, row.pk]),
+        {prefix + "price_per_message": "-1"},
+    )
+    assert "cannot be negative" in bad.content.decode()
+
+
+def test_removing_an_endpoint_removes_its_models_from_the_picker(admin_client, lab) -> None:
+    EndpointModel.objects.create(endpoint=lab, model_id="m")
+    assert "lab:m" in [m.key for m in catalog.all_models()]
+    admin_client.post(reverse("endpoint_delete", args=[lab.pk]))
+    assert not CustomEndpoint.objects.exists() and not EndpointModel.objects.exists()
+    assert "lab:m" not in [m.key for m in catalog.all_models()]
+
+
+def test_the_panel_shows_a_custom_models_parameters_from_the_spec(lab) -> None:
+    lab.param_groups = ["openai", "vllm"]
+    lab.save()
+    EndpointModel.objects.create(endpoint=lab, model_id="m", max_output=2048, logprobs=True)
+    model = catalog.get_model("lab:m")
+    names = [p.name for p in model.params]
+    for name in (
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+    ):
+        assert name in names
+    assert "tools" not in names  # not a capability of this model (yet)
+    context = settings_context(model, {})
+    shown = [c["param"].name for s in context["sections"] for c in s["controls"]]
+    assert "top_k" in shown and "temperature" in shown
+    max_tokens = next(p for p in model.params if p.name == "max_tokens")
+    assert max_tokens.max == 2048
+    top_k = next(p for p in model.params if p.name == "top_k")
+    assert top_k.max is None and top_k.ui_max == 200 and "slider covers" in top_k.help
+
+
+def test_the_django_admin_still_edits_endpoints_with_their_models(admin_client, lab) -> None:
+    EndpointModel.objects.create(endpoint=lab, model_id="inline-model")
+    page = admin_client.get(f"/admin/providers/customendpoint/{lab.pk}/change/")
+    assert page.status_code == 200 and "inline-model" in page.content.decode()
+
+
+def test_the_views_that_wait_on_the_endpoint_do_not_hold_the_sync_thread() -> None:
+    """Under Daphne every sync view shares one thread: a slow probe would stall the process."""
+    from asgiref.sync import iscoroutinefunction
+
+    from playground.accounts import endpoints
+
+    for view in (
+        endpoints.endpoint_test,
+        endpoints.endpoint_discover,
+        endpoints.endpoint_model_probe,
+    ):
+        assert iscoroutinefunction(view), view
