@@ -111,6 +111,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "playground.accounts.spaces.spaces",
+                "playground.chat.budgets.header_warnings",
             ],
         },
     },

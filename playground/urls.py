@@ -6,7 +6,7 @@ from django.urls import include, path
 
 from playground.accounts import endpoints, teams
 from playground.accounts import views as accounts
-from playground.chat import activity
+from playground.chat import activity, usage
 from playground.chat import views as chat
 
 urlpatterns = [
@@ -37,6 +37,12 @@ urlpatterns = [
         name="member_remove",
     ),
     path("teams/<int:pk>/activity/", activity.activity_page, name="team_activity"),
+    path("teams/<int:pk>/usage/", usage.usage_team, name="team_usage"),
+    path("teams/<int:pk>/usage/<str:table>.csv", usage.usage_csv_team, name="team_usage_csv"),
+    path("teams/<int:pk>/budgets/", usage.budget_save_team, name="team_budget_save"),
+    path("usage/", usage.usage_personal, name="usage"),
+    path("usage/<str:table>.csv", usage.usage_csv_personal, name="usage_csv"),
+    path("usage/budgets/", usage.budget_save_personal, name="budget_save"),
     path("teams/<int:pk>/leave/", teams.team_leave, name="team_leave"),
     path("teams/<int:pk>/invitations/", teams.invite_create, name="invite_create"),
     path(

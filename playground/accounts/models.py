@@ -3,11 +3,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -333,3 +335,78 @@ class ApiKey(models.Model):
     def rotate(self) -> None:
         self.ciphertext = crypto.rotate(self.ciphertext)
         self.save(update_fields=["ciphertext"])
+
+
+class BudgetQuerySet(models.QuerySet["Budget"]):
+    def applying_to(self, user: User, team_id: int | None) -> BudgetQuerySet:
+        """The limits on a run by `user` in a space: the space's own row and the user's row in
+        it. For Personal, the site's default (no user) and the user's own override."""
+        space = Q(team__isnull=True) if team_id is None else Q(team_id=team_id)
+        return self.filter(space, Q(user__isnull=True) | Q(user=user))
+
+
+class Budget(models.Model):
+    """A monthly cost budget and/or a daily message cap.
+
+    team + no user: the team's total; team + user: that member's share in the team;
+    no team + no user: the site's default for every personal space; no team + user: that
+    user's personal space (overrides the default). Empty limits mean no limit."""
+
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+    )
+    monthly_cost = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="USD per month"
+    )
+    daily_messages = models.PositiveIntegerField(null=True, blank=True)
+    updated = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = BudgetQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One row per scope; Coalesce makes the NULLs (no team, no user) compare equal.
+            models.UniqueConstraint(
+                Coalesce("team", Value(0)), Coalesce("user", Value(0)), name="one_budget_per_scope"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.team.name if self.team_id and self.team else "personal spaces"
+        return f"budget for {self.user or 'everyone'} in {where}"
+
+    @classmethod
+    def set(
+        cls,
+        *,
+        team: Team | None,
+        user: User | None,
+        monthly_cost: Decimal | None,
+        daily_messages: int | None,
+        by: User,
+    ) -> Budget | None:
+        """Save the limits for a scope; with neither limit, the scope has no budget."""
+        rows = cls.objects.filter(team=team, user=user)
+        if monthly_cost is None and daily_messages is None:
+            rows.delete()
+            return None
+        budget, _ = rows.update_or_create(
+            team=team,
+            user=user,
+            defaults={
+                "monthly_cost": monthly_cost,
+                "daily_messages": daily_messages,
+                "updated_by": by,
+            },
+        )
+        return budget

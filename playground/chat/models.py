@@ -89,6 +89,8 @@ class Conversation(models.Model):
             raise TeamError(f"You cannot start conversations in {team.name}.")
         self.team = team
         self.save(update_fields=["team", "updated"])
+        # Replies carry their space, so usage and budgets need no join: they move along.
+        self.messages.update(team=team)
 
     def title_from(self, text: str) -> None:
         if not self.title:
@@ -160,6 +162,19 @@ class Message(models.Model):
     total_ms = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     cost = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    # From `usage`, as columns: the Usage page and budgets sum them in SQL.
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The conversation's space (None: personal), copied onto each reply so usage and budget
+    # aggregates read one indexed table, without a join.
+    team = models.ForeignKey(
+        "accounts.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,  # the (team, created) index below serves lookups by team
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -177,7 +192,12 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created", "id"]
-        indexes = [models.Index(fields=["status", "checkpoint_at"])]
+        indexes = [
+            models.Index(fields=["status", "checkpoint_at"]),
+            # Usage and budgets: a space's replies, or one person's, in a date range.
+            models.Index(fields=["team", "created"], name="message_team_created"),
+            models.Index(fields=["created_by", "created"], name="message_user_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk}"

@@ -400,6 +400,8 @@ class Run:
             finish_reason=self.finish_reason,
             error=self.error if status == Message.Status.ERROR else "",
             usage=self.usage,
+            input_tokens=_count((self.usage or {}).get("prompt_tokens")),
+            output_tokens=_count(completion),
             ttft_ms=None if ttft is None else round(ttft * 1000, 1),
             total_ms=round((ended - self.started) * 1000, 1),
             tokens_per_second=round(completion / generating, 1)
@@ -410,6 +412,13 @@ class Run:
             schema_check=schema_check,
             checkpoint_at=timezone.now(),
         )
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the upstream's usage, if it is one (the upstream is not trusted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        return None
+    return value
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import images
+from playground.chat import budgets, images
 from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
@@ -223,7 +223,12 @@ def _turn(
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
-    Inside the turn's transaction: a missing image aborts the whole turn."""
+    Inside the turn's transaction: a missing image or a budget aborts the whole turn, and
+    every turn (send, tool results, re-run) passes here, so none escapes the budget."""
+    try:
+        budgets.check(user, conversation.team_id, model.cost(completed=True))
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
     parent = created[-1] if created else parent
     reply = _reply(conversation, user, parent, model, body, channel, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
@@ -247,6 +252,7 @@ def _reply(
         key_owner=owner_kind(key),
         key_last_four=key.last_four if key else "",
         conversation=conversation,
+        team_id=conversation.team_id,
         parent=parent,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
