@@ -110,14 +110,14 @@ def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> l
         replies = replies.filter(created_by=user)  # only the member's share is limited
     mine, today = Q(created_by=user), Q(created__gte=day)
     used: dict[str, Any] = replies.aggregate(
-        cost=Sum("cost"),
-        messages=Count("pk", filter=today),
+        space_cost=Sum("cost"),
+        space_messages=Count("pk", filter=today),
         my_cost=Sum("cost", filter=mine),
         my_messages=Count("pk", filter=mine & today),
     )
     found: list[Limit] = []
     for budget, whose, cost, messages in (
-        (space, "the team's" if team_id else "your", used["cost"], used["messages"]),
+        (space, "the team's" if team_id else "your", used["space_cost"], used["space_messages"]),
         (member, "your", used["my_cost"], used["my_messages"]),
     ):
         if budget is None:

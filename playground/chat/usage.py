@@ -89,10 +89,11 @@ class Row:
     ttft_n: int = 0
 
     def add(self, group: dict[str, Any]) -> None:
-        self.messages += group["messages"]
-        self.input_tokens += group["input_tokens"] or 0
-        self.output_tokens += group["output_tokens"] or 0
-        self.cost += group["cost"] or Decimal(0)
+        # Names of their own: an annotation may not take a field's name.
+        self.messages += group["n_messages"]
+        self.input_tokens += group["n_input"] or 0
+        self.output_tokens += group["n_output"] or 0
+        self.cost += group["n_cost"] or Decimal(0)
         self.ttft_sum += group["ttft_sum"] or 0.0
         self.ttft_n += group["ttft_n"]
 
@@ -194,10 +195,10 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
 
 def _sums() -> dict[str, Any]:
     return {
-        "messages": Count("pk"),
-        "input_tokens": Sum("input_tokens"),
-        "output_tokens": Sum("output_tokens"),
-        "cost": Sum("cost"),
+        "n_messages": Count("pk"),
+        "n_input": Sum("input_tokens"),
+        "n_output": Sum("output_tokens"),
+        "n_cost": Sum("cost"),
         "ttft_sum": Sum("ttft_ms"),
         "ttft_n": Count("ttft_ms"),
     }
