@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 
@@ -40,6 +42,6 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
     list_display = ("team", "user", "monthly_cost", "daily_messages", "updated", "updated_by")
     readonly_fields = ("updated_by",)
 
-    def save_model(self, request: HttpRequest, obj: Budget, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         obj.updated_by = request.user  # type: ignore[assignment]
         super().save_model(request, obj, form, change)

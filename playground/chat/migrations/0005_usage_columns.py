@@ -51,7 +51,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='message',
-            index=models.Index(fields=['team', 'created'], name='message_team_created'),
+            index=models.Index(fields=['team', 'created', 'role', 'model', 'created_by', 'input_tokens', 'output_tokens', 'cost', 'ttft_ms'], name='message_team_usage'),
         ),
         migrations.AddIndex(
             model_name='message',
