@@ -105,7 +105,9 @@ def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> l
     day, tomorrow, month, next_month = periods(now)
     space = next((b for b in budgets if b.user_id is None or team_id is None), None)
     member = next((b for b in budgets if b.user_id is not None and team_id is not None), None)
-    replies = replies_in_space(user, team_id).filter(created__gte=month)
+    # Daily caps alone need only today's replies: read no further back than a limit needs.
+    monthly = any(b is not None and b.monthly_cost is not None for b in (space, member))
+    replies = replies_in_space(user, team_id).filter(created__gte=month if monthly else day)
     if space is None:
         replies = replies.filter(created_by=user)  # only the member's share is limited
     mine, today = Q(created_by=user), Q(created__gte=day)
