@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from playground.accounts.models import ApiKey, Invitation, Membership, Team
+from playground.accounts.models import ApiKey, Budget, Invitation, Membership, Team
 from playground.chat.models import Conversation, Message, Preset
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -208,6 +208,25 @@ def http_team_key(w: World) -> bool:
     data = {"provider": "empiriolabs", "key": "sk-replaced-team-key-9999"}
     w.client.post(f"/teams/{w.team.pk}/keys/", data)
     return ApiKey.objects.get(team=w.team).last_four == "9999"
+
+
+def http_usage_own(w: World) -> bool:
+    response = w.client.get(f"/teams/{w.team.pk}/usage/")
+    return response.status_code == 200 and b'id="usage-total"' in response.content
+
+
+def http_usage_members(w: World) -> bool:
+    Message.objects.filter(pk=w.reply.pk).update(team=w.team)  # the founder's reply
+    pages = [
+        w.client.get(f"/teams/{w.team.pk}/usage/").content.decode(),
+        w.client.get(f"/teams/{w.team.pk}/usage/member.csv").content.decode(),
+    ]
+    return all("founder" in page for page in pages)
+
+
+def http_budget(w: World) -> bool:
+    w.client.post(f"/teams/{w.team.pk}/budgets/", {"monthly_cost": "5"})
+    return Budget.objects.filter(team=w.team).exists()
 
 
 # WebSocket
