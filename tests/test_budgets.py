@@ -138,7 +138,7 @@ async def test_the_site_default_limits_personal_spaces_and_a_re_run_too(
     reply = await Message.objects.filter(conversation=conversation, role="assistant").alast()
     await socket.send(action="rerun", message_id=reply.pk)
     frame = await socket.until(lambda f: "composer-error" in f)
-    assert "your daily cap of 1 messages (1 used)" in frame
+    assert "your daily cap of 1 message (1 used)" in frame
     assert upstream.requests == []
 
 

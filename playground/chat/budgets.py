@@ -42,7 +42,7 @@ class Limit:
     def name(self) -> str:
         if self.kind == "cost":
             return f"{self.whose} monthly cost budget of ${self.limit:.2f}"
-        return f"{self.whose} daily cap of {self.limit} messages"
+        return f"{self.whose} daily cap of {self.limit} message{'' if self.limit == 1 else 's'}"
 
     @property
     def fraction(self) -> Decimal:
