@@ -18,6 +18,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from playground import serving  # noqa: E402
+from playground.chat import shutdown  # noqa: E402
 from playground.origin import SameOriginValidator  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
@@ -31,3 +33,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Under Daphne: a clear close for oversized messages (1009 with a reason) instead of a drop.
+serving.install()
+# Under Daphne: finish or interrupt running replies on SIGTERM/SIGINT instead of dropping them.
+shutdown.install()

@@ -90,6 +90,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "playground.accounts.middleware.first_run_middleware",
+    "playground.accounts.middleware.time_zone_middleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -164,6 +165,22 @@ else:
         }
     }
 
+# The cache holds what every process must agree on: failed-login counts and which runs are
+# alive. With Redis it is shared (keys under the same prefix as the channel layer); the
+# embedded default is one process, so its memory is enough.
+PLAYGROUND_SHARED_CACHE = bool(_redis_url)
+if _redis_url:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_url,
+            "KEY_PREFIX": os.environ.get("PLAYGROUND_REDIS_PREFIX", "playground"),
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 DEFAULT_EXCEPTION_REPORTER_FILTER = "playground.debug.AlwaysSafeExceptionReporterFilter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -172,6 +189,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Django's backend behind the failed-login limits (playground/accounts/backends.py).
+AUTHENTICATION_BACKENDS = ["playground.accounts.backends.ThrottledModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -202,6 +221,24 @@ X_FRAME_OPTIONS = "DENY"
 if envbool("PLAYGROUND_HTTPS", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Served over HTTPS only, so say so to browsers (HSTS) and send plain HTTP to HTTPS.
+    # One year is what the browsers' preload list asks for; a first rollout can start lower
+    # (docs/deploy.md). With these on, `manage.py check --deploy` reports nothing.
+    SECURE_HSTS_SECONDS = envint("PLAYGROUND_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("PLAYGROUND_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("PLAYGROUND_HSTS_PRELOAD", True)
+    # Off where the proxy already redirects port 80 (the nginx example does); the deploy
+    # check then reports security.W008, which is expected there.
+    SECURE_SSL_REDIRECT = envbool("PLAYGROUND_SSL_REDIRECT", True)
+
+# Failed sign-ins per username and per client address (and first-run / sign-up submissions per
+# address) within LOCKOUT seconds, after which that name or address waits LOCKOUT seconds
+# (playground/accounts/throttle.py).
+PLAYGROUND_THROTTLE = {
+    "PER_USERNAME": envint("PLAYGROUND_LOGIN_FAILURES_PER_USERNAME", 5),
+    "PER_ADDRESS": envint("PLAYGROUND_LOGIN_FAILURES_PER_ADDRESS", 20),
+    "LOCKOUT": envint("PLAYGROUND_LOGIN_LOCKOUT", 900),
+}
 
 # Self sign-up is off: the first visitor creates the admin, who adds everyone else.
 PLAYGROUND_ALLOW_SIGNUP = envbool("PLAYGROUND_ALLOW_SIGNUP", False)
@@ -241,7 +278,25 @@ PLAYGROUND_RUN = {
     "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
+    # Redis mode: each process renews a key per running reply that expires after ALIVE_TTL
+    # seconds, so a reply whose process was killed is marked interrupted after that, not
+    # after STALE_AFTER (playground/chat/liveness.py).
+    "ALIVE_TTL": envfloat("PLAYGROUND_ALIVE_TTL", 10.0),
+    # A reply's text plus reasoning is cut here (finish reason "length", with a note): far
+    # above any catalog model's max output, it bounds a run's memory against a runaway stream.
+    "MAX_REPLY_CHARS": envint("PLAYGROUND_MAX_REPLY_CHARS", 2_000_000),
 }
+# The largest WebSocket message (and frame) Daphne takes, in bytes. Anything larger closes the
+# socket with 1009 and a reason the page shows (playground/serving.py). The consumer answers
+# messages over 400,000 characters, below this, with "That message is too large".
+PLAYGROUND_MAX_SOCKET_MESSAGE_BYTES = envint("PLAYGROUND_MAX_SOCKET_MESSAGE_BYTES", 1024 * 1024)
+# Seconds a Daphne process that got SIGTERM/SIGINT gives running replies to finish before it
+# saves them as interrupted and exits (playground/chat/shutdown.py). Keep the deployment's stop
+# timeout a few seconds longer.
+PLAYGROUND_SHUTDOWN_GRACE = envfloat("PLAYGROUND_SHUTDOWN_GRACE", 10.0)
+if PLAYGROUND_RUN["ALIVE_TTL"] <= PLAYGROUND_RUN["CHECKPOINT_INTERVAL"]:
+    # A run streaming text checkpoints that often; only quieter ones are checked for a key.
+    raise ImproperlyConfigured("PLAYGROUND_ALIVE_TTL must exceed PLAYGROUND_CHECKPOINT_INTERVAL")
 # Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
 # with code 4503, which the page shows and retries after a backoff, instead of the handshake
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:

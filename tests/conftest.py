@@ -70,6 +70,16 @@ def _reset_first_run_cache() -> Iterator[None]:
     middleware._has_users = False
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Failed-login counts and liveness keys live in the cache: none leak between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[FakeUpstream]:
     with FakeUpstream() as server:

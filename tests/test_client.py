@@ -21,10 +21,12 @@ from playground.providers.client import (
     Finish,
     LogprobsDelta,
     ReasoningDelta,
+    ResponseId,
     StreamError,
     TextDelta,
     Timeouts,
     ToolCallDelta,
+    Unreadable,
     UpstreamError,
     Usage,
     aclose_clients,
@@ -516,17 +518,86 @@ async def test_a_json_answer_to_a_stream_request_is_understood() -> None:
     assert isinstance(events[2], Usage) and events[2].total_tokens == 3
 
 
-async def test_invalid_json_in_a_data_line_is_a_stream_error() -> None:
-    sse = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {oops\n\n'
+def sse_client(sse: bytes) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(
+                200, content=sse, headers={"content-type": "text/event-stream"}
+            )
+        )
+    )
+
+
+async def test_an_unreadable_data_line_is_skipped_and_the_stream_goes_on() -> None:
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        b"data: {oops\n\n"
+        b"data: [1, 2]\n\n"
+        b'data: {"choices": "nope"}\n\n'
+        b'data: {"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert events == [
+        TextDelta("a"),
+        Unreadable("The provider sent data that is not JSON."),
+        Unreadable("The provider sent an unexpected chunk."),
+        Unreadable("The provider sent a malformed chunk."),
+        TextDelta("b"),
+        Finish("stop"),
+    ]
+
+
+async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
+    sse = (
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
+        b"data: {oops\n\n"
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "b"}}]}\n\n'
+        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert [e for e in events if isinstance(e, ResponseId)] == [ResponseId("chatcmpl-1")]
+    assert events[0] == ResponseId("chatcmpl-1") and text_of(events) == "ab"
+
+
+async def test_the_x_request_id_header_is_the_reply_s_id_when_sent() -> None:
+    sse = b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
     transport = httpx.MockTransport(
         lambda request: httpx.Response(
-            200, content=sse, headers={"content-type": "text/event-stream"}
+            200,
+            content=sse,
+            headers={"content-type": "text/event-stream", "x-request-id": "req_42"},
         )
     )
     async with httpx.AsyncClient(transport=transport) as client:
         events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
-    assert events[0] == TextDelta("a")
-    assert error_of(events).kind == "stream"
+    assert [e for e in events if isinstance(e, ResponseId)] == [ResponseId("req_42")]
+
+
+async def test_an_error_object_after_an_unreadable_line_still_ends_the_stream() -> None:
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        b"data: {oops\n\n"
+        b'data: {"error": {"message": "overloaded", "code": "server_error"}}\n\n'
+        b'data: {"choices": [{"delta": {"content": "never"}}]}\n\n'
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert text_of(events) == "a"
+    assert error_of(events).message == "overloaded"
+
+
+async def test_an_unreadable_whole_json_answer_is_an_error() -> None:
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, content=b"[1]", headers={"content-type": "application/json"}
+        )
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert error_of(events).message == "The provider sent an unexpected chunk."
 
 
 async def test_chunks_without_choices_or_with_odd_shapes_are_tolerated() -> None:
@@ -580,6 +651,7 @@ async def test_aclose_on_the_generator_closes_the_upstream_response(
 ) -> None:
     upstream.script(Behaviour(n_tokens=200, interval=0.02))
     events = stream(Endpoint(upstream.base_url), KEY, BODY, timeouts=FAST)
+    assert isinstance(await anext(events), ResponseId)
     assert isinstance(await anext(events), TextDelta)
     await events.aclose()
     assert await asyncio.to_thread(upstream.wait_for_disconnect, 2.0)

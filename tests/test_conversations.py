@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
-from playground.chat.models import Conversation, Message
-from tests.html import find, has, text
+from playground.chat.models import NO_PROGRESS, PROCESS_GONE, Conversation, Message
+from tests.html import attr, find, has, text
 
 pytestmark = pytest.mark.django_db
 
@@ -73,6 +75,8 @@ def test_an_empty_title_is_refused(client, user, conversation):
 
 def test_delete_asks_for_confirmation_and_removes_everything(client, user, conversation):
     Message.objects.create(conversation=conversation, role="user", text="Hi")
+    conversation.title_from("Hi")
+    conversation.save()
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
     assert has(page, hx_post=f"/c/{conversation.pk}/delete/", hx_confirm=True)
@@ -111,7 +115,34 @@ def test_a_reply_whose_run_died_is_marked_interrupted(client, user, conversation
     fresh.refresh_from_db()
     assert stale.status == "interrupted" and stale.text == "Half a rep"
     assert fresh.status == "streaming"
-    assert "The server stopped while this reply was streaming." in page
+    # Nothing tells whether its process died or hangs: the message says no more than that.
+    assert "This reply stopped making progress" in page
+    assert stale.error == NO_PROGRESS
+
+
+def test_with_a_shared_cache_a_reply_whose_liveness_key_expired_is_marked_sooner(
+    client, user, conversation, settings
+):
+    from playground.chat import liveness
+
+    settings.PLAYGROUND_SHARED_CACHE = True  # the test's LocMem cache stands in for Redis
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "STALE_AFTER": 60, "ALIVE_TTL": 10}
+    quiet = timezone.now() - timedelta(seconds=11)
+    gone, alive = (
+        Message.objects.create(
+            conversation=conversation, role="assistant", status="streaming", checkpoint_at=quiet
+        )
+        for _ in range(2)
+    )
+    cache.set(liveness.key(alive.pk), 1, 10)
+    cache.set(liveness.SINCE, time.time() - 60)  # the keys have been kept for a while
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    gone.refresh_from_db()
+    alive.refresh_from_db()
+    assert (gone.status, gone.error) == ("interrupted", PROCESS_GONE)
+    assert alive.status == "streaming"
+    assert "The server process writing this reply stopped before it finished." in page
 
 
 def test_the_page_shows_the_figures_under_a_reply(client, user, conversation):
@@ -153,4 +184,22 @@ async def test_the_sidebar_learns_the_title_live(upstream, user, api_key, conver
     frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
     item = find(frame, "li", id=f"conv-{conversation.pk}", hx_swap_oob="true")
     assert "Plan a trip to Oslo" in text(item)
+    await socket.until(lambda f: "status-complete" in f)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_first_send_fills_the_hidden_row_under_today(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Plan a trip to Oslo")
+    frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
+    item = find(frame, "li", id=f"conv-{conversation.pk}", hx_swap_oob="true")
+    assert "current" in attr(item, "class").split()
+    assert text(find(frame, "li", id="day-today", hx_swap_oob="true")) == "Today"
+    await socket.until(lambda f: "status-complete" in f)
+    # Later sends only update the row.
+    await socket.send_prompt("And Bergen?")
+    frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
+    assert not has(frame, id="day-today")
     await socket.until(lambda f: "status-complete" in f)

@@ -62,11 +62,21 @@ async def test_sampling_extras_reach_the_body_under_the_servers_names(
     assert not other & set(body)
 
 
-async def test_the_openai_set_alone_drops_the_extras(upstream, user, conversation, connect):
+async def test_the_openai_set_alone_refuses_the_extras(upstream, user, conversation, connect):
+    # Refused rather than dropped: a name the server does not take is never sent, and the
+    # person sending learns it instead of getting a run without it.
     await lab_model(upstream, ["openai"])
-    await turn(connect, user, conversation, **{"param:top_k": "20", "param:temperature": "1"})
-    body = upstream.requests[-1].body
-    assert "top_k" not in body and body["temperature"] == 1
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt(
+        "one two three", model=MODEL, **{"param:top_k": "20", "param:temperature": "1"}
+    )
+    assert "Unknown parameter top_k" in await socket.until(lambda f: "composer-error" in f)
+    await socket.close()
+    assert not [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    await turn(connect, user, conversation, **{"param:temperature": "1"})
+    assert upstream.requests[-1].body["temperature"] == 1
 
 
 async def test_usage_the_server_did_not_send_is_counted_by_its_tokenize(

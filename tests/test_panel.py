@@ -6,7 +6,7 @@ import pytest
 
 from playground.accounts.models import Membership, Team
 from playground.chat.models import Conversation, LastSettings, Preset
-from tests.html import attr, find, has, text
+from tests.html import attr, find, find_all, has, text
 
 pytestmark = pytest.mark.django_db
 HX = {"HX-Request": "true"}
@@ -25,13 +25,15 @@ def test_the_panel_has_a_control_for_every_parameter_of_the_model(client, user, 
         "top_p",
         "min_p",
         "max_tokens",
-        "seed",
         "presence_penalty",
         "frequency_penalty",
         "repetition_penalty",
         "top_logprobs",
     ]:
         assert has(page, name=f"param:{name}") and has(page, data_number=f"p-{name}"), name
+    # A seed is a number to type, not a quantity to drag over two billion values.
+    assert has(page, "input", type="number", name="param:seed")
+    assert not has(page, data_number="p-seed")
     for name in ["enable_thinking", "logprobs"]:
         assert has(page, "input", name=f"param:{name}", form="composer", value="true"), name
     assert has(page, name="param:reasoning_effort") and has(page, name="param:stop")
@@ -102,13 +104,66 @@ def test_a_viewer_cannot_change_settings(client, user, other_user, conversation)
     assert conversation.params == {}
 
 
-def test_a_new_conversation_starts_from_the_last_used_settings(client, user, conversation):
+def test_a_new_conversation_keeps_the_model_system_prompt_and_sampling_only(
+    client, user, conversation
+):
     client.force_login(user)
-    post_settings(client, conversation, system_prompt="Terse.", **{"param:seed": "7"})
+    schema = '{"type": "object"}'
+    post_settings(
+        client,
+        conversation,
+        system_prompt="Terse.",
+        **{
+            "param:temperature": "0.3",
+            "param:max_tokens": "200",
+            "param:seed": "7",
+            "param:stop": "END",
+            "param:logprobs": "true",
+            "param:tools": '[{"type": "function", "function": {"name": "f"}}]',
+            "param:response_format:type": "json_schema",
+            "param:response_format:name": "r",
+            "param:response_format:schema": schema,
+        },
+    )
+    conversation.refresh_from_db()
+    assert {"seed", "tools", "logprobs", "response_format"} <= conversation.params.keys()
     client.post("/c/new/")
     newest = Conversation.objects.first()
     assert newest.pk != conversation.pk
-    assert newest.params == {"seed": 7} and newest.system_prompt == "Terse."
+    assert newest.model == "empiriolabs:gemma-4-e4b" and newest.system_prompt == "Terse."
+    assert newest.params == {"temperature": 0.3, "max_tokens": 200}
+    # The last conversation keeps its whole setup.
+    conversation.refresh_from_db()
+    assert conversation.params["seed"] == 7
+
+
+def test_reset_to_defaults_clears_the_parameters_and_keeps_model_and_prompt(
+    client, user, conversation
+):
+    client.force_login(user)
+    post_settings(client, conversation, system_prompt="Terse.", **{"param:seed": "7"})
+    page = client.get(f"/c/{conversation.pk}/").content
+    reset = find(page, "button", hx_post=f"/c/{conversation.pk}/reset/")
+    assert text(reset) == "Reset to defaults" and attr(reset, "hx-confirm")
+
+    response = client.post(f"/c/{conversation.pk}/reset/", headers=HX)
+    assert response.status_code == 200
+    assert attr(find(response.content, "div", id="settings"), "hx-swap-oob") == "true"
+    assert attr(find(response.content, "input", name="param:seed"), "value") == ""
+    conversation.refresh_from_db()
+    assert conversation.params == {} and conversation.system_prompt == "Terse."
+    assert LastSettings.objects.get(user=user).params == {}
+
+
+def test_reset_needs_the_right_to_run(client, user, other_user, conversation):
+    conversation.params = {"seed": 7}
+    conversation.save()
+    client.force_login(other_user)
+    assert client.post(f"/c/{conversation.pk}/reset/", headers=HX).status_code == 404
+    client.force_login(user)
+    assert client.get(f"/c/{conversation.pk}/reset/").status_code == 405
+    conversation.refresh_from_db()
+    assert conversation.params == {"seed": 7}
 
 
 def test_presets_are_saved_loaded_renamed_and_deleted(client, user, conversation):
@@ -178,3 +233,56 @@ async def test_sending_in_another_conversation_makes_its_settings_the_last_used(
     await socket.until(lambda f: "status-complete" in f)
     last = await LastSettings.objects.aget(user=user)
     assert (last.model, last.params) == ("empiriolabs:gemma-4-e4b", {"seed": 3})
+
+
+def test_an_unset_slider_stands_at_the_provider_default_not_at_zero(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    slider = find(page, "input", type="range", data_number="p-temperature")
+    assert attr(slider, "value") == "0.7" and attr(slider, "data-ghost") == "0.7"
+    box = find(page, "input", id="p-temperature")
+    assert attr(box, "value") == "" and attr(box, "placeholder") == "0.7"
+    # The AI/ML API documents no default temperature: no position to show, so no thumb.
+    conversation.model = "aimlapi:google/gemma-3n-e4b-it"
+    conversation.save()
+    page = client.get(f"/c/{conversation.pk}/").content
+    row = find(find(page, "div", id="param-temperature"), "div", class_="slider-row")
+    assert "no-default" in attr(row, "class").split()
+    assert attr(find(page, "input", id="p-temperature"), "placeholder") == "unset"
+
+
+def test_folded_sections_are_drawn_folded_from_the_cookie(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    sections = {attr(d, "data-section"): d for d in find_all(page, "details", class_="params")}
+    assert set(sections) == {"sampling", "thinking", "logprobs", "tools", "structured"}
+    assert all("open" in dict(d.attributes) for d in sections.values())
+    client.cookies["panel_closed"] = "tools.logprobs.bogus"
+    page = client.get(f"/c/{conversation.pk}/").content
+    folded = {
+        attr(d, "data-section")
+        for d in find_all(page, "details", class_="params")
+        if "open" not in dict(d.attributes)
+    }
+    assert folded == {"tools", "logprobs"}
+    # A model switch redraws the panel folded the same way.
+    Conversation.objects.filter(pk=conversation.pk).update(model="aimlapi:google/gemma-3n-e4b-it")
+    response = post_settings(client, conversation)
+    redrawn = {
+        attr(d, "data-section")
+        for d in find_all(response.content, "details", class_="params")
+        if "open" not in dict(d.attributes)
+    }
+    assert redrawn == {"tools", "logprobs"}
+
+
+def test_the_panel_has_a_filter_box_and_skip_links(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    assert has(page, "input", type="search", id="param-filter", aria_label=True)
+    links = find_all(find(page, "nav", class_="skip-links"), "a")
+    assert [attr(a, "href") for a in links] == ["#prompt", "#model"]
+    # The schema's name and editor sit in one box that app.css shows for "JSON schema" only.
+    fields = find(page, "div", class_="schema-fields")
+    assert has(fields, name="param:response_format:name")
+    assert has(fields, name="param:response_format:schema")

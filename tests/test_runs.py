@@ -68,7 +68,34 @@ async def test_a_failed_final_save_still_ends_the_reply_and_tells_the_watchers(
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(run, "_save_final", broken)
+    monkeypatch.setattr(runs, "SAVE_RETRIES", ())
     await run._finish()
     await reply.arefresh_from_db()
     assert reply.status == "error" and reply.text == "partial"
     assert (await run.layer.receive(watcher))["type"] == "run.done"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_final_save_that_fails_for_a_moment_is_tried_again_and_keeps_the_reply(
+    conversation, monkeypatch
+):
+    from playground.chat.models import Message
+
+    reply = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming"
+    )
+    run = runs.Run(runs.RunRequest(reply.pk, conversation.pk, "run.t", GEMMA_4_E4B, {}, None))
+    run.text.shown = "the whole reply"
+    save, failures = run._save_final, []
+
+    async def down_twice():
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("database restarting")
+        await save()
+
+    monkeypatch.setattr(run, "_save_final", down_twice)
+    monkeypatch.setattr(runs, "SAVE_RETRIES", (0.01,))
+    await run._finish()
+    await reply.arefresh_from_db()
+    assert (reply.status, reply.text) == ("complete", "the whole reply")

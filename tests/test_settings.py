@@ -142,6 +142,79 @@ def test_database_and_redis_urls_select_the_scaled_out_backends(tmp_path):
     ]
 
 
+def test_redis_mode_shares_the_cache_and_the_embedded_default_keeps_it_in_memory(tmp_path):
+    shared = settings_values(
+        tmp_path,
+        "s.CACHES['default']['BACKEND']",
+        "s.CACHES['default']['KEY_PREFIX']",
+        "s.PLAYGROUND_SHARED_CACHE",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        PLAYGROUND_REDIS_PREFIX="team-a",
+    )
+    assert shared == ["django.core.cache.backends.redis.RedisCache", "team-a", "True"]
+    environ_without_redis = {"REDIS_URL": ""}
+    embedded = settings_values(
+        tmp_path,
+        "s.CACHES['default']['BACKEND']",
+        "s.PLAYGROUND_SHARED_CACHE",
+        **environ_without_redis,
+    )
+    assert embedded == ["django.core.cache.backends.locmem.LocMemCache", "False"]
+
+
+def production_env(tmp_path, **extra: str) -> dict[str, str]:
+    """What docs/deploy.md sets: DEBUG off, HTTPS, PostgreSQL, Redis, secrets from the
+    environment, a public host name."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PLAYGROUND_", "DEBUG"))}
+    environ.update(
+        DJANGO_SETTINGS_MODULE="playground.settings",
+        PLAYGROUND_VAR_DIR=str(tmp_path),
+        DATABASE_URL="postgres://playground:pw@127.0.0.1:5432/playground",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        PLAYGROUND_HTTPS="1",
+        PLAYGROUND_SECRET_KEY="k" * 10
+        + "-a-long-random-secret-key-for-the-deploy-check-0123456789",
+        PLAYGROUND_ENCRYPTION_KEYS="2Y7pp0bD1h3UzI7zQl7vYH1Yq0mWkWm3k7Xo2wV3s1E=",
+        ALLOWED_HOSTS="playground.example.com",
+        CSRF_TRUSTED_ORIGINS="https://playground.example.com",
+        **extra,
+    )
+    return environ
+
+
+def deploy_check(environ: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_deploy_check_is_clean_in_production_without_silencing_anything(tmp_path):
+    result = deploy_check(production_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_switching_the_redirect_off_behind_a_redirecting_proxy_reports_only_that(tmp_path):
+    result = deploy_check(production_env(tmp_path, PLAYGROUND_SSL_REDIRECT="0"))
+    assert "security.W008" in result.stderr
+    assert "1 issue (0 silenced)" in result.stderr
+
+
+def test_hsts_seconds_come_from_the_environment(tmp_path):
+    out = settings_values(
+        tmp_path,
+        "s.SECURE_HSTS_SECONDS",
+        "s.SECURE_SSL_REDIRECT",
+        PLAYGROUND_HTTPS="1",
+        PLAYGROUND_HSTS_SECONDS="300",
+    )
+    assert out == ["300", "True"]
+
+
 def test_the_redis_prefix_keeps_deployments_apart(tmp_path):
     out = settings_values(
         tmp_path,

@@ -3,6 +3,7 @@ keyset cursors on (updated, id), only conversations the user may see."""
 
 from __future__ import annotations
 
+import calendar
 from datetime import timedelta
 from html import unescape
 
@@ -159,7 +160,7 @@ def test_the_more_item_is_there_only_when_there_is_more(client, user):
     page = client.get(f"/c/{made[0].pk}/").content
     assert len(items(page)) == 50 and more_url(page) is None
 
-    extra = Conversation.objects.create(owner=user, model=MODEL)
+    extra = Conversation.objects.create(owner=user, model=MODEL, title="Extra")
     page = client.get(f"/c/{extra.pk}/").content
     assert len(items(page)) == 50 and more_url(page)
     last = client.get(more_url(page)).content
@@ -210,6 +211,80 @@ def test_a_long_title_is_shortened_in_the_sidebar_only(client, user, conversatio
     client.force_login(user)
     page = client.get(f"/c/{conversation.pk}/").content
     row = find(page, "li", id=f"conv-{conversation.pk}")
-    link = text(find(row, "a"))
+    link = text(find(row, "span", class_="t"))
     assert len(link) == 60 and link.endswith("…")
     assert conversation.title.strip() in page.decode()  # the page's own title is whole
+
+
+def headings(markup) -> list[str]:
+    return [text(li) for li in find_all(markup, "li", class_="day")]
+
+
+def test_a_conversation_without_a_message_leaves_no_row(client, user):
+    (used,) = make_conversations(user, 1)
+    for _ in range(3):
+        client.force_login(user)
+        client.post("/c/new/")  # opened, never used
+    current = Conversation.objects.first()
+    assert current.title == ""
+    page = client.get(f"/c/{current.pk}/").content
+    assert items(page) == [used.pk]
+    # The open one has a hidden placeholder its first send fills, under a Today heading.
+    placeholder = find(page, "li", id=f"conv-{current.pk}")
+    assert has(placeholder, hidden=True) or attr(placeholder, "hidden") is not None
+    assert "New conversation" not in text(find(page, "ul", id="conversation-list"))
+
+
+def test_rows_are_grouped_by_day_with_relative_headings(client, user):
+    made = make_conversations(user, 6)
+    now = timezone.now()
+    ages = [timedelta(minutes=5), timedelta(hours=1), timedelta(days=1), timedelta(days=3)]
+    ages += [timedelta(days=40), timedelta(days=400)]
+    for c, age in zip(made, ages, strict=True):
+        Conversation.objects.filter(pk=c.pk).update(updated=now - age)
+    client.force_login(user)
+    page = client.get(f"/c/{made[0].pk}/").content
+    today = timezone.localdate()
+    labels = headings(page)
+    # Today's rows are 5 minutes and an hour old: near midnight the hour-old one is yesterday's.
+    assert labels[0] == "Today"
+    assert "Yesterday" in labels
+    assert sidebar.day_label(today - timedelta(days=3), today) == labels[-3]
+    assert labels[-3] in set(calendar.day_name)
+    assert labels[-1].endswith(str((today - timedelta(days=400)).year))
+    first = find(page, "li", id=f"conv-{made[0].pk}")
+    assert text(find(first, "time")) == "5 min ago"
+    assert attr(find(first, "time"), "datetime")
+
+
+def test_a_later_page_does_not_repeat_the_day_it_continues(client, user):
+    made = make_conversations(user, 120)  # all within one day
+    day = timezone.now() - timedelta(days=2)
+    Conversation.objects.filter(pk__in=[c.pk for c in made]).update(updated=day)
+    client.force_login(user)
+    page = client.get(f"/c/{made[0].pk}/").content
+    assert len(headings(page)) == 1
+    following = client.get(more_url(page)).content
+    assert items(following) and headings(following) == []
+
+
+def test_the_day_labels():
+    today = timezone.localdate()
+    assert sidebar.day_label(today, today) == "Today"
+    assert sidebar.day_label(today - timedelta(days=1), today) == "Yesterday"
+    assert sidebar.day_label(today - timedelta(days=7), today) != "Yesterday"
+    older = today - timedelta(days=800)
+    assert sidebar.day_label(older, today).endswith(str(older.year))
+
+
+@pytest.mark.parametrize(
+    ("cookie", "offset"),
+    [("Asia/Tokyo", "+0900"), ("../../etc/passwd", "+0000"), ("Not/AZone", "+0000"), ("", "+0000")],
+)
+def test_dates_are_in_the_readers_time_zone_from_the_cookie(client, user, cookie, offset):
+    (c,) = make_conversations(user, 1)
+    client.force_login(user)
+    client.cookies["tz"] = cookie
+    page = client.get(f"/c/{c.pk}/").content
+    stamp = attr(find(find(page, "li", id=f"conv-{c.pk}"), "time"), "datetime")
+    assert stamp.endswith(offset)

@@ -127,3 +127,53 @@ def test_a_reply_nested_past_the_validators_limit_is_reported_not_raised():
     nested = "[" * 500 + "]" * 500
     result = check_reply(nested, schema_format({"type": "array", "items": {"$ref": "#"}}))
     assert result == {"valid": False, "path": "$", "message": "The reply could not be checked."}
+
+
+@pytest.mark.django_db
+def test_a_json_reply_is_drawn_as_a_highlighted_block_with_its_verdict(client, user, conversation):
+    from playground.chat.models import Message
+    from tests.html import find, find_all, text
+
+    reply = '{"city":"Oslo","temp":2.5e1,"tags":["<b>cold</b>"],"ok":true,"none":null}'
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        text=reply,
+        schema_check={"valid": True},
+        model="empiriolabs:gemma-4-e4b",
+    )
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    block = find(page, "pre", class_="json")
+    assert "".join(text(block).split()) == reply  # indented, every token kept
+    assert [text(s) for s in find_all(block, "span", class_="j-key")][:2] == ['"city"', '"temp"']
+    assert text(find(block, "span", class_="j-num")) == "2.5e1"  # as the model wrote it
+    assert {text(s) for s in find_all(block, "span", class_="j-lit")} == {"true", "null"}
+    # The reply's markup is text: escaped, never an element.
+    assert b"&lt;b&gt;cold&lt;/b&gt;" in page and not find_all(block, "b")
+    assert "Valid JSON" in text(find(page, "p", class_="schema valid"))
+
+
+@pytest.mark.django_db
+def test_a_structured_reply_that_is_not_json_is_drawn_as_text(client, user, conversation):
+    from playground.chat.models import Message
+    from tests.html import find_all
+
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        text="Sure! Here it is: {oops",
+        schema_check={"valid": False, "path": "$", "message": "Not JSON"},
+        model="empiriolabs:gemma-4-e4b",
+    )
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content
+    assert not find_all(page, "pre", class_="json")
+    assert b"Sure! Here it is" in page and b"schema invalid" in page
+
+
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, "1" * 5000, '"just text"', "x" * 10])
+def test_the_highlighter_declines_what_is_not_a_small_json_document(text):
+    from playground.chat.render import highlight_json
+
+    assert highlight_json(text) == ""

@@ -73,6 +73,7 @@ class Behaviour:
     silence_after: int | None = None  # ... before the response (None) or after K tokens
     mid_stream_error: dict | None = None  # {"message", "type", "code"} sent after K tokens
     error_after: int = 1
+    bad_line_after: int | None = None  # an unparsable `data:` line before content token K
     line_ending: str = "\n"  # "\r\n" or "\r" to exercise parsers
     split_bytes: bool = False  # one byte per write: splits UTF-8 characters and CRLFs
     keepalive_comments: bool = False  # ": keep-alive" before each event and during silences
@@ -536,6 +537,8 @@ class _SSEWriter:
         if b.cut_after == i:
             await _flush(self.writer)
             raise _Abort
+        if b.bad_line_after == i:
+            await self._data("{not json")
         if b.mid_stream_error is not None and b.error_after == i:
             await self._event({"error": self._error_payload(b.mid_stream_error)})
             return True  # like real providers: no finish, no [DONE]

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 
-from playground.chat import runs
+from playground.chat import runs, shutdown
 from playground.chat.access import get_conversation_for_user
 from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
@@ -64,6 +65,8 @@ class SocketSlots:
 
 
 slots = SocketSlots()
+# Accepted sockets of this process, so a shutdown can tell each one (see shutdown.py).
+open_sockets: weakref.WeakSet[ConversationConsumer] = weakref.WeakSet()
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -115,11 +118,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.group = runs.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        open_sockets.add(self)
         await self._send_transcript()
         await self._announce("presence.join")
         return True
 
     async def disconnect(self, code: int) -> None:
+        open_sockets.discard(self)
         self._give_back_slot()
         pending = list(self.tasks)
         for task in pending:
@@ -204,21 +209,34 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
+        # Refused, not stringified: an object sent as the text would reach the model as
+        # "{'a': 1}", and a misspelt parameter would be left out without a word.
+        try:
+            text, model_key, system_prompt = (
+                _text_field(data, name) for name in ("text", "model", "system_prompt")
+            )
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
         await self._run_turn(
             start_turn,
-            text=str(data.get("text", "")),
-            model_key=str(data.get("model", "")),
-            system_prompt=str(data.get("system_prompt", "")),
+            text=text,
+            model_key=model_key,
+            system_prompt=system_prompt,
             values=params.from_form(data),
             attachment_ids=_ints(data.get("attachment")),
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
-        results = {
-            key.removeprefix("result:"): str(value)
-            for key, value in data.items()
-            if key.startswith("result:")
-        }
+        try:
+            results = {
+                key.removeprefix("result:"): _text_field(data, key)
+                for key in data
+                if key.startswith("result:")
+            }
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
         await self._run_turn(
             submit_tool_results, message_id=_int(data.get("message_id")), results=results
         )
@@ -235,6 +253,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _run_turn(self, service, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run."""
+        if shutdown.draining:
+            await self._send_error(shutdown.RESTARTING)
+            return
         if not await self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
@@ -252,7 +273,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             context = await database_sync_to_async(turn_errors_context)(
                 kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
             )
-            context["error"] = "Fix the highlighted settings: nothing was sent."
+            unknown = params.unknown_names(exc.errors)
+            context["error"] = (
+                f"Unknown parameter {', '.join(unknown)}: nothing was sent."
+                if unknown
+                else "Fix the highlighted settings: nothing was sent."
+            )
             context["status"] = ""
             await self._send_partial("param-errors", context)
             return
@@ -264,7 +290,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         )
         if service is start_turn:
             await self._send_partial("composer-sent", {})
+            # The first message gives the conversation its sidebar row, under "Today".
+            first = turn.messages[0].parent_id is None
             context = {"c": turn.conversation, "conversation": turn.conversation}
+            context["first_message"] = first
             html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
             await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
         runs.start(turn.run)
@@ -381,6 +410,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         watchers = [{"name": n, "initials": initials(n)} for n in sorted(names.values())]
         await self._send_partial("presence", {"watchers": watchers})
 
+    async def server_restarting(self, event: dict[str, Any]) -> None:
+        """The process is shutting down: this arrives after the run's last "done" frame (same
+        channel, in order), so the page shows the saved reply and then why it lost the
+        socket."""
+        await self.close(code=shutdown.RESTART_CLOSE)
+
     # Helpers
 
     async def _send_transcript(self) -> None:
@@ -399,10 +434,15 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not run_channel or message_id in self.waiting:
             return
         self.waiting[message_id] = []
-        await self.channel_layer.send(
-            run_channel,
-            {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
-        )
+        try:
+            await self.channel_layer.send(
+                run_channel,
+                {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
+            )
+        except Exception:
+            # The channel layer is away (Redis restarting): the timeout below falls back to
+            # the saved text, and the next gap asks again.
+            log.warning("snapshot request for message %s failed", message_id, exc_info=True)
         self._later(settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"], self._snapshot_timeout, message_id)
 
     async def _snapshot_timeout(self, message_id: int) -> None:
@@ -432,6 +472,23 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_partial("composer-error", {"error": text})
 
 
+async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.CLOSE_WAIT) -> None:
+    """Close every socket of this process with `code`, each after the frames already queued
+    for it; wait up to `wait` seconds for them to go."""
+    sockets = list(open_sockets)
+    for socket in sockets:
+        try:
+            await socket.channel_layer.send(socket.channel_name, {"type": "server.restarting"})
+        except Exception:
+            await socket.close(code=code)  # the channel layer is away: close it directly
+    deadline = time.monotonic() + wait
+    while open_sockets and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+shutdown.when_draining(close_all)
+
+
 def check_access(user, session, conversation_id: int, *, run: bool = False):
     """The conversation if this socket's user may still see it (and run it), else None.
 
@@ -455,6 +512,20 @@ def initials(name: str) -> str:
     parts = [p for p in re.split(r"[\s._@+-]+", name) if p]
     letters = "".join(p[0] for p in parts[:2]) if len(parts) > 1 else name[:2]
     return letters.upper()
+
+
+JSON_KINDS = {dict: "an object", list: "a list", bool: "true or false", int: "a number"}
+
+
+def _text_field(data: dict[str, Any], name: str) -> str:
+    """A field that must be text (missing or null: empty); ValueError naming it otherwise."""
+    value = data.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    kind = JSON_KINDS.get(type(value), "a number" if isinstance(value, float) else "not text")
+    raise ValueError(f"“{name}” must be text, not {kind}: nothing was sent.")
 
 
 def _ints(value: Any) -> list[int]:

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from playground.accounts.models import Membership
+from playground.chat import liveness
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -98,21 +99,51 @@ class Conversation(models.Model):
             self.title = first_line[:60] + ("…" if len(first_line) > 60 else "")
 
 
+# What the sweep writes under a reply it marks interrupted, by what it knows of the cause.
+# (A shutdown saves its replies itself, with runs.RESTARTED.)
+PROCESS_GONE = (
+    "The server process writing this reply stopped before it finished. "
+    "The text saved until then is kept."
+)
+NO_PROGRESS = (
+    "This reply stopped making progress (its server process stopped or lost the database) "
+    "and was marked interrupted. The text saved until then is kept."
+)
+
+
 class MessageQuerySet(models.QuerySet):
     def stale(self) -> MessageQuerySet:
-        """Streaming messages whose run stopped checkpointing: its process died."""
+        """Streaming messages whose run stopped checkpointing: its process died or hangs."""
         cutoff = timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
         return self.filter(status=Message.Status.STREAMING, checkpoint_at__lt=cutoff)
 
     def mark_stale_interrupted(self) -> int:
-        # Called on every page view and send: read first, so the usual case (nothing stale)
-        # never takes SQLite's write lock.
-        if not self.stale().exists():
-            return 0
-        return self.stale().update(
-            status=Message.Status.INTERRUPTED,
-            error="The server stopped while this reply was streaming.",
+        """Mark interrupted the replies whose runs are gone: known gone when their liveness
+        key expired (Redis mode, after ALIVE_TTL), presumed gone when they saved nothing for
+        STALE_AFTER. Each gets the message that is true for how it was found."""
+        run = settings.PLAYGROUND_RUN
+        now = timezone.now()
+        quiet_for = run["ALIVE_TTL"] if liveness.enabled() else run["STALE_AFTER"]
+        quiet = self.filter(
+            status=Message.Status.STREAMING,
+            checkpoint_at__lt=now - timedelta(seconds=min(quiet_for, run["STALE_AFTER"])),
         )
+        # Called on every page view and send: one read, so the usual case (nothing stale)
+        # never takes SQLite's write lock.
+        found = list(quiet.values_list("pk", "checkpoint_at")[:200])
+        if not found:
+            return 0
+        stale_cutoff = now - timedelta(seconds=run["STALE_AFTER"])
+        presumed = [pk for pk, at in found if at < stale_cutoff]
+        gone = liveness.gone([pk for pk, at in found if at >= stale_cutoff])
+        marked = 0
+        for ids, error in ((gone, PROCESS_GONE), (presumed, NO_PROGRESS)):
+            if ids:
+                # Still streaming: a run that saved meanwhile keeps its own status.
+                marked += Message.objects.filter(
+                    pk__in=ids, status=Message.Status.STREAMING
+                ).update(status=Message.Status.INTERRUPTED, error=error)
+        return marked
 
     async def amark_stale_interrupted(self) -> int:
         return await sync_to_async(self.mark_stale_interrupted)()
@@ -155,6 +186,10 @@ class Message(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     finish_reason = models.CharField(max_length=40, blank=True)
     error = models.TextField(blank=True)
+    # Warnings shown under a reply that still finished: lines skipped, the size cap reached.
+    notes = models.JSONField(default=list, blank=True)
+    # The provider's id for the reply (x-request-id, else the chunks' id): for its support.
+    response_id = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True)
     request_body = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)

@@ -5,16 +5,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.http import HttpRequest
+
 from playground.providers import catalog, specs
 from playground.providers.specs import Model, Param
 
 SECTIONS = [
-    (None, "Sampling"),
-    (specs.THINKING, "Thinking"),
-    (specs.LOGPROBS, "Log probabilities"),
-    (specs.TOOLS, "Function tools"),
-    (specs.JSON_OUTPUT, "Structured output"),
+    (None, "sampling", "Sampling"),
+    (specs.THINKING, "thinking", "Thinking"),
+    (specs.LOGPROBS, "logprobs", "Log probabilities"),
+    (specs.TOOLS, "tools", "Function tools"),
+    (specs.JSON_OUTPUT, "structured", "Structured output"),
 ]
+SECTION_KEYS = frozenset(key for _, key, _ in SECTIONS)
+# app.js writes the sections a user folded into this cookie, so the page is drawn folded
+# the way it was left, with no flash of open sections before a script could close them.
+CLOSED_COOKIE = "panel_closed"
+# A seed names one sampling run; a slider over two billion values only invites a random drag.
+NO_SLIDER = frozenset({"seed"})
+
+
+def closed_sections(request: HttpRequest) -> frozenset[str]:
+    """The panel sections the user folded; unknown names in the cookie are ignored."""
+    raw = request.COOKIES.get(CLOSED_COOKIE, "")
+    return frozenset(raw.split(".")) & SECTION_KEYS
 
 
 def _default_label(param: Param) -> str:
@@ -60,9 +74,13 @@ def control(param: Param, value: Any, error: str, values: dict[str, Any]) -> dic
     }
     if param.is_numeric:
         shown["value"] = "" if value in (None, "") else str(value)
-        fallback = param.default if param.default is not None else param.slider_min or 0
+        shown["slider"] = param.name not in NO_SLIDER
         shown["placeholder"] = shown["default_label"] or "unset"
-        shown["slider_value"] = shown["value"] or fallback
+        # Unset, the thumb stands where the provider's default puts it, drawn faint (app.css);
+        # with no documented default there is no position to show, and the thumb is hidden.
+        ghost = param.default if param.default is not None else param.slider_min or 0
+        shown["ghost"] = ghost
+        shown["slider_value"] = shown["value"] or ghost
     elif param.type == "boolean":
         shown["value"] = "" if value in (None, "") else str(value).lower()
     elif param.type == "string_list":
@@ -103,10 +121,10 @@ def settings_context(
         control(p, values.get(p.name), errors.get(p.name, ""), values) for p in model.params
     ]
     sections = []
-    for capability, title in SECTIONS:
+    for capability, key, title in SECTIONS:
         members = [c for c in controls if c["param"].capability == capability]
         if members:
-            sections.append({"title": title, "controls": members})
+            sections.append({"key": key, "title": title, "controls": members})
     return {
         "model": model,
         "models": catalog.all_models(),

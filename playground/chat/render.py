@@ -7,10 +7,12 @@ change cannot smuggle scripts, event handlers or off-origin resources into the p
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 
 import nh3
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
@@ -81,3 +83,62 @@ def render_markdown(text: str) -> SafeString:
     """Render model output as sanitized HTML, ready for a template without ``|safe``."""
     html = _markdown().render(text)
     return mark_safe(_cleaner().clean(html))  # sanitized by nh3 just above
+
+
+# Longer replies are drawn as plain Markdown: indenting and colouring them costs more than a
+# reader gains, and this runs on every view of the transcript.
+MAX_JSON_CHARS = 100_000
+_JSON_TOKEN = re.compile(
+    r"""(?P<string>"(?:[^"\\]|\\.)*")"""
+    r"|(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
+    r"|(?P<literal>true|false|null|NaN|-?Infinity)"
+    r"|(?P<punct>[{}\[\],:])"
+    r"|(?P<space>\s+)",
+)
+_CLOSING = {"{": "}", "[": "]"}
+
+
+def highlight_json(text: str) -> SafeString:
+    """A reply that is a JSON object or array, indented, its keys, strings, numbers and
+    literals in spans of their own; "" when it is not, so the caller draws Markdown.
+
+    Done here rather than with a highlighting library: JSON has a handful of token kinds, and
+    each token is escaped before it is wrapped, so nothing in a reply becomes markup. The
+    reply's own tokens are re-indented, never re-encoded: 2.5e3 stays 2.5e3. Colours come
+    from classes in app.css, as the page's CSP allows no inline style."""
+    if len(text) > MAX_JSON_CHARS:
+        return SafeString("")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        # Not JSON, an integer too long for Python, or nested deeper than it can follow.
+        return SafeString("")
+    if not isinstance(value, dict | list):
+        return SafeString("")  # a bare string or number reads as well as text
+    tokens = [t for t in _JSON_TOKEN.finditer(text.strip()) if t.lastgroup != "space"]
+    out: list[str] = []
+    depth = 0
+    for i, token in enumerate(tokens):
+        kind, raw = token.lastgroup, token[0]
+        following = tokens[i + 1][0] if i + 1 < len(tokens) else ""
+        if kind == "string":
+            css = "j-key" if following == ":" else "j-str"
+            out.append(f'<span class="{css}">{escape(raw)}</span>')
+        elif kind in ("number", "literal"):
+            out.append(f'<span class="j-{kind[:3]}">{escape(raw)}</span>')
+        elif raw in _CLOSING:
+            empty = following == _CLOSING[raw]
+            depth += 0 if empty else 1
+            out.append(raw if empty else raw + "\n" + "  " * depth)
+        elif raw in "}]":
+            opened = tokens[i - 1][0] if i else ""
+            if _CLOSING.get(opened) == raw:
+                out.append(raw)
+            else:
+                depth -= 1
+                out.append("\n" + "  " * depth + raw)
+        elif raw == ",":
+            out.append(",\n" + "  " * depth)
+        else:
+            out.append(": ")
+    return mark_safe(f'<pre class="json"><code>{"".join(out)}</code></pre>')  # escaped above

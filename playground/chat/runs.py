@@ -28,6 +28,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from playground.chat import liveness
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery
@@ -38,11 +39,20 @@ log = logging.getLogger(__name__)
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
 STOP_REPEAT_AFTER = 1.0  # seconds
+# A publish that fails (Redis restarting) is tried again after these pauses, then dropped:
+# watchers see the gap in the offsets and catch up from a snapshot. The final "done" gets
+# longer, because a watcher that misses it keeps showing the reply as streaming.
+PUBLISH_RETRIES = (0.1, 0.3, 0.6)
+DONE_RETRIES = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)
+SAVE_RETRIES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s, see below
+RESTARTED = "The server restarted while this reply was being written."
 
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
 _active: dict[int, asyncio.Task] = {}
 # Stops waiting to be said again (see stop()), kept for the same reason.
 _repeats: set[asyncio.Task] = set()
+# The Run objects behind _active, so a shutdown can interrupt them (see shutdown.py).
+_running: dict[int, Run] = {}
 
 
 def group_name(conversation_id: int) -> str:
@@ -101,8 +111,11 @@ class Run:
         self.finish_reason = ""
         self.error = ""
         self.stopped = False
+        self.interrupted = False  # by a server shutdown, see interrupt()
+        self.notes: list[str] = []  # shown under the reply (skipped lines, size cap)
+        self.skipped = 0  # unreadable stream lines passed over
+        self.response_id = ""
         self.frames = 0
-        self.tokens = 0  # streamed text and reasoning deltas: tokens so far, for Activity
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.first_reasoning_at: float | None = None
@@ -114,6 +127,22 @@ class Run:
         self._stream_task: asyncio.Task | None = None
 
     async def main(self) -> None:
+        _running[self.request.message_id] = self
+        liveness.track(self.request.message_id)
+        try:
+            await self._main()
+        finally:
+            _running.pop(self.request.message_id, None)
+            liveness.untrack(self.request.message_id)
+
+    def interrupt(self) -> None:
+        """End the reply now because the server is shutting down: it is saved as shown, with
+        status interrupted, and the watchers are told (see shutdown.py)."""
+        task = self._stream_task
+        if task is not None and not task.done() and not self.finish_reason:
+            self.interrupted = task.cancel()
+
+    async def _main(self) -> None:
         await self._tell_team("activity.started")
         listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
@@ -137,41 +166,77 @@ class Run:
 
     async def _finish(self) -> None:
         """The last frame, the final write and the done signal: each is tried even if the one
-        before failed, so no reply stays "streaming" while its run is gone."""
+        before failed, so no reply stays "streaming" while its run is gone. The final write
+        never waits for the channel layer: publishing only ever logs its failures."""
+        await self._publish()
+        await self._save_final_retrying()
         try:
-            await self._publish()
+            html = await self._html()
         except Exception:
-            log.exception("run %s: the last frame failed", self.request.message_id)
-        try:
-            await self._save_final()
-        except Exception:
-            log.exception("run %s: the final save failed", self.request.message_id)
+            log.exception("run %s: rendering the reply failed", self.request.message_id)
+            html = ""  # the watchers still learn the run ended; a reload shows the reply
+        done = {"type": "run.done", "message_id": self.request.message_id, "html": html}
+        await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
+        await self._tell_team("activity.done")
+
+    async def _tell_team(self, kind: str, **details: Any) -> None:
+        """Ids and counters only: each Activity socket loads and renders what its user may
+        see. Tried once and never fatal: the reply matters more than the Activity page."""
+        if self.request.team_id is not None:
+            event = {"type": kind, "message_id": self.request.message_id, **details}
+            group = activity_group(self.request.team_id)
+            await self._send_retrying(self.layer.group_send, group, event, ())
+
+    async def _save_final_retrying(self) -> None:
+        """A database that blips (a failover, a restart, a locked SQLite file) is tried again
+        with growing pauses for up to STALE_AFTER: the reply is kept whole if it comes back,
+        and meanwhile the run's liveness key says it is still alive. After that the stale
+        sweep marks the reply from its last checkpoint."""
+        deadline = time.monotonic() + settings.PLAYGROUND_RUN["STALE_AFTER"]
+        pauses = iter(SAVE_RETRIES)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._save_final()
+                return
+            except Exception:
+                log.warning(
+                    "run %s: the final save failed (attempt %d)",
+                    self.request.message_id,
+                    attempt,
+                    exc_info=attempt == 1,
+                )
+            pause = next(pauses, SAVE_RETRIES[-1] if SAVE_RETRIES else None)
+            if pause is None or time.monotonic() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+        with contextlib.suppress(Exception):
             await Message.objects.filter(pk=self.request.message_id).aupdate(
                 status=Message.Status.ERROR,
                 text=self.text.shown,
                 reasoning=self.reasoning.shown,
                 error="The playground failed while saving this reply.",
             )
-        try:
-            html = await self._html()
-        except Exception:
-            log.exception("run %s: rendering the reply failed", self.request.message_id)
-            html = ""  # the watchers still learn the run ended; a reload shows the reply
-        await self.layer.group_send(
-            self.group, {"type": "run.done", "message_id": self.request.message_id, "html": html}
-        )
-        await self._tell_team("activity.done")
 
-    async def _tell_team(self, kind: str, **details: Any) -> None:
-        """Ids and counters only: each Activity socket loads and renders what its user may
-        see. Never fatal to the run, whose reply matters more than the Activity page."""
-        if self.request.team_id is None:
-            return
-        event = {"type": kind, "message_id": self.request.message_id, **details}
-        try:
-            await self.layer.group_send(activity_group(self.request.team_id), event)
-        except Exception:
-            log.exception("run %s: telling the team's Activity page failed", event["message_id"])
+    async def _send_retrying(self, send: Any, to: str, message: dict, pauses: tuple) -> bool:
+        """Send through the channel layer, trying again after each pause; never raises (but
+        for cancellation): a channel layer that is down must not end or lose the run."""
+        for pause in (*pauses, None):
+            try:
+                await send(to, message)
+                return True
+            except Exception as exc:
+                if pause is None:
+                    log.warning(
+                        "run %s: channel layer %s failed, gave up: %r",
+                        self.request.message_id,
+                        message.get("type"),
+                        exc,
+                    )
+                    return False
+                await asyncio.sleep(pause)
+        return False
 
     async def _html(self) -> str:
         """The finished reply as every watcher will show it, rendered once here."""
@@ -197,6 +262,8 @@ class Run:
         try:
             async for event in events:
                 self._apply(event)
+                if self._over_cap():
+                    break
         finally:
             # Closing the generator closes the upstream response, also on cancellation (stop).
             await events.aclose()
@@ -204,13 +271,11 @@ class Run:
     def _apply(self, event: client.Event) -> None:
         match event:
             case client.TextDelta(text=text):
-                self.tokens += 1
                 self._first_token()
                 self.chunks += 1
                 self.first_text_at = self.first_text_at or time.monotonic()
                 self.text.pending += text
             case client.ReasoningDelta(text=text):
-                self.tokens += 1
                 self._first_token()
                 self.chunks += 1
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
@@ -232,8 +297,32 @@ class Run:
                 self.finish_reason = reason
             case client.StreamError(error=error):
                 self.error = str(error)
+            case client.Unreadable():
+                self.skipped += 1
+            case client.ResponseId(id=response_id):
+                self.response_id = response_id
         if self.text.pending or self.reasoning.pending:
             self._wake.set()
+
+    def _over_cap(self) -> bool:
+        """A reply past PLAYGROUND_MAX_REPLY_CHARS ends here, cut at the cap, as "length":
+        the upstream connection closes and memory stays bounded."""
+        cap = int(settings.PLAYGROUND_RUN["MAX_REPLY_CHARS"])  # the dict reads as floats
+        text, reasoning = self.text, self.reasoning
+        used = len(text.shown) + len(text.pending) + len(reasoning.shown) + len(reasoning.pending)
+        if used <= cap:
+            return False
+        excess = used - cap
+        cut = min(excess, len(text.pending))
+        text.pending = text.pending[: len(text.pending) - cut]
+        excess -= cut
+        if excess:
+            reasoning.pending = reasoning.pending[: max(0, len(reasoning.pending) - excess)]
+        self.finish_reason = "length"
+        self.notes.append(
+            f"The reply reached the playground's limit of {cap:,} characters and was cut off."
+        )
+        return True
 
     def _first_token(self) -> None:
         if self.first_token_at is None:
@@ -243,8 +332,9 @@ class Run:
         """End the listener with a message, not a cancellation: with channels_redis's list
         layer a cancelled receive could lose a message already popped for another socket of
         this process, and a message ends it cleanly with every layer."""
-        await self.layer.send(self.request.channel, {"type": "run.end"})
-        done, _ = await asyncio.wait([listener], timeout=5)
+        end = {"type": "run.end"}
+        ended = await self._send_retrying(self.layer.send, self.request.channel, end, ())
+        done, _ = await asyncio.wait([listener], timeout=5 if ended else 0)
         if not done:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
@@ -261,7 +351,10 @@ class Run:
                 if task is not None and not task.done() and not self.finish_reason:
                     self.stopped = task.cancel()
             elif message.get("type") == "run.snapshot" and message.get("reply_to"):
-                await self.layer.send(message["reply_to"], self._snapshot())
+                # Unanswered, the watcher falls back to the saved text after a timeout.
+                await self._send_retrying(
+                    self.layer.send, message["reply_to"], self._snapshot(), PUBLISH_RETRIES
+                )
 
     def _snapshot(self) -> dict[str, Any]:
         return {
@@ -295,7 +388,11 @@ class Run:
             if self._closing.is_set():
                 return
             await self._publish()
-            await self._checkpoint()
+            try:
+                await self._checkpoint()
+            except Exception:
+                # The database is away: the reply streams on, the final save tries again.
+                log.exception("run %s: checkpoint failed", self.request.message_id)
             # At most one frame per interval; closing ends the pause early.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
@@ -307,17 +404,17 @@ class Run:
         text_at, text = self.text.take()
         reasoning_at, reasoning = self.reasoning.take()
         self.frames += 1
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "run.delta",
-                "message_id": self.request.message_id,
-                "text_at": text_at,
-                "text": text,
-                "reasoning_at": reasoning_at,
-                "reasoning": reasoning,
-            },
-        )
+        delta = {
+            "type": "run.delta",
+            "message_id": self.request.message_id,
+            "text_at": text_at,
+            "text": text,
+            "reasoning_at": reasoning_at,
+            "reasoning": reasoning,
+        }
+        # Dropped after the retries, the text still counts as shown: the next delta's offset
+        # tells each watcher about the gap and it catches up from a snapshot.
+        await self._send_retrying(self.layer.group_send, self.group, delta, PUBLISH_RETRIES)
 
     async def _checkpoint(self) -> None:
         run = settings.PLAYGROUND_RUN
@@ -335,9 +432,11 @@ class Run:
                 text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
             )
             elapsed_ms = round((now - self.started) * 1000)
-            await self._tell_team("activity.progress", tokens=self.tokens, elapsed_ms=elapsed_ms)
+            await self._tell_team("activity.progress", tokens=self.chunks, elapsed_ms=elapsed_ms)
 
     def _status(self) -> str:
+        if self.interrupted:
+            return Message.Status.INTERRUPTED
         if self.stopped:
             return Message.Status.STOPPED
         if self.error:
@@ -388,6 +487,17 @@ class Run:
         if self.first_reasoning_at is not None:
             thought = (self.first_text_at or ended) - self.first_reasoning_at
             reasoning_ms = round(thought * 1000, 1)
+        notes = list(self.notes)
+        if self.skipped:
+            lines = "line" if self.skipped == 1 else "lines"
+            notes.insert(
+                0,
+                f"The provider sent {self.skipped} {lines} the playground could not read; skipped.",
+            )
+        error: dict[str, str] = {
+            Message.Status.ERROR: self.error,
+            Message.Status.INTERRUPTED: RESTARTED,
+        }
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
@@ -398,7 +508,9 @@ class Run:
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)],
             logprobs=self.logprobs or None,
             finish_reason=self.finish_reason,
-            error=self.error if status == Message.Status.ERROR else "",
+            error=error.get(status, ""),
+            notes=notes,
+            response_id=self.response_id,
             usage=self.usage,
             input_tokens=_count((self.usage or {}).get("prompt_tokens")),
             output_tokens=_count(completion),
@@ -504,4 +616,9 @@ async def _repeat_stop(channels: list[str]) -> None:
 async def _send_stop(channels: list[str]) -> None:
     layer = channel_layer()
     for channel in channels:
-        await layer.send(channel, {"type": "run.stop"})
+        try:
+            await layer.send(channel, {"type": "run.stop"})
+        except Exception as exc:
+            # The channel layer is away: the repeat a second later may get through; the
+            # caller (a socket, a view) must not fail because of it.
+            log.warning("stop for %s not sent: %r", channel, exc)

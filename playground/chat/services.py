@@ -189,12 +189,34 @@ def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> 
     if len(system_prompt) > MAX_SYSTEM_CHARS:
         errors[SYSTEM_PROMPT] = SYSTEM_PROMPT_TOO_LONG
     try:
-        cleaned = params.clean(model, values)
+        # A name the model does not document is refused, not dropped: it is a typo or a
+        # client out of date, and leaving it out silently would change the run unseen.
+        cleaned = params.clean(model, values, keep_unknown=True)
     except params.InvalidParams as exc:
         errors = {**exc.errors, **errors}
     if errors:
         raise params.InvalidParams(errors)
     return cleaned
+
+
+# A seed is sampling's, but carried into a new chat it would repeat the last one's replies.
+NOT_CARRIED = frozenset({"seed"})
+
+
+def sampling_values(model_key: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The numeric sampling parameters among `values` (temperature, top_p, penalties, …):
+    what a new conversation keeps of the last one. Stop strings, logit bias, thinking, tools,
+    logprobs and structured output describe one task, not a taste, and stay behind."""
+    try:
+        model = catalog.get_model(model_key)
+    except catalog.UnknownModel:
+        return {}
+    kept = {
+        p.name
+        for p in model.params
+        if p.capability is None and p.is_numeric and p.name not in NOT_CARRIED
+    }
+    return {name: value for name, value in values.items() if name in kept}
 
 
 def apply_settings(

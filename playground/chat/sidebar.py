@@ -5,16 +5,25 @@ strictly after the last row of the page before, named by a cursor in the URL. Un
 a conversation that moves to the top (a new message bumps `updated`) or is deleted while
 someone scrolls shifts no later page, so nothing is shown twice or skipped, and a deep page
 costs what the first one does.
+
+Only conversations with a title are listed: the title comes with the first message, so an
+opened-but-never-used "New conversation" leaves no row behind. The open one, while still
+empty, has a hidden placeholder under "Today" that its first send fills (`Page.pending`).
+
+Rows are grouped by day (Today, Yesterday, a weekday, then dates) in the server's time zone.
+A later page continues the group its cursor's day is in, so no heading repeats at a page seam.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 
 from playground.chat.models import Conversation
 
@@ -53,10 +62,50 @@ class Cursor:
         return f"{(self.updated - EPOCH) // ONE_MICROSECOND}_{self.pk}"
 
 
+def day_label(day: date, today: date) -> str:
+    """A day as people say it: Today, Yesterday, a weekday this past week, then a date."""
+    age = (today - day).days
+    if age == 0:
+        return "Today"
+    if age == 1:
+        return "Yesterday"
+    if 1 < age < 7:
+        return date_format(day, "l")
+    return date_format(day, "j M" if day.year == today.year else "j M Y")
+
+
+@dataclass
+class Row:
+    conversation: Conversation
+    heading: str = ""  # the day's heading, on the first row of each day
+
+
 @dataclass
 class Page:
     conversations: list[Conversation]
     next_url: str  # empty on the last page
+    # The day of the row above the first one (a later page's cursor): no heading repeats it.
+    day_before: date | None = None
+    # The open conversation while it has no message: a hidden row its first send fills.
+    pending: Conversation | None = None
+    today: date = field(default_factory=timezone.localdate)
+
+    @property
+    def rows(self) -> list[Row]:
+        rows, previous = [], self.day_before
+        for conversation in self.conversations:
+            day = timezone.localdate(conversation.updated)
+            heading = day_label(day, self.today) if day != previous else ""
+            rows.append(Row(conversation, heading))
+            previous = day
+        return rows
+
+    @property
+    def today_shown(self) -> bool:
+        """Whether the rows start with today's group, under which the pending row goes."""
+        return bool(self.conversations) and (
+            timezone.localdate(self.conversations[0].updated) == self.today
+        )
 
 
 def page(
@@ -65,7 +114,7 @@ def page(
     """The PAGE_SIZE conversations `user` may see in one space (a team id, None: Personal)
     that come after `after` (from the newest without it). `pinned` is left out: the page
     above already shows it out of order."""
-    conversations = Conversation.objects.visible_to(user).in_space(space)
+    conversations = Conversation.objects.visible_to(user).in_space(space).exclude(title="")
     if after is not None:
         conversations = conversations.older_than(after.updated, after.pk)
     if pinned is not None:
@@ -81,7 +130,8 @@ def page(
         if pinned is not None:
             query["pinned"] = str(pinned)
         next_url = f"{reverse('conversation_page')}?{urlencode(query)}"
-    return Page(shown, next_url)
+    day_before = timezone.localdate(after.updated) if after is not None else None
+    return Page(shown, next_url, day_before)
 
 
 def first_page(user, current: Conversation) -> Page:
@@ -89,6 +139,9 @@ def first_page(user, current: Conversation) -> Page:
     it stays in view and highlighted, where it would move anyway on its next message.
     The sidebar shows the open conversation's space."""
     newest = page(user, space=current.team_id)
+    if not current.title:
+        newest.pending = current
+        return newest
     if any(c.pk == current.pk for c in newest.conversations):
         return newest
     rest = page(user, pinned=current.pk, space=current.team_id)

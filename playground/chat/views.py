@@ -27,8 +27,14 @@ from playground.chat.contexts import (
 )
 from playground.chat.keys import paying_key_context
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
-from playground.chat.panel import settings_context
-from playground.chat.services import SYSTEM_PROMPT, TurnError, clean_settings, with_image_data
+from playground.chat.panel import closed_sections, settings_context
+from playground.chat.services import (
+    SYSTEM_PROMPT,
+    TurnError,
+    clean_settings,
+    sampling_values,
+    with_image_data,
+)
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 
@@ -36,8 +42,10 @@ TEMPLATE = "chat/playground.html"
 
 
 def _new_conversation(user, space: Membership | None) -> Conversation:
-    """A fresh conversation in the current space (a team membership, None: Personal) that
-    starts from the settings the user last used. A viewer starts none in their team."""
+    """A fresh conversation in the current space (a team membership, None: Personal) with the
+    model, system prompt and sampling values the user last used, and nothing else: tools, a
+    schema, logprobs or a seed made for the last chat would make the next one fail or repeat
+    itself. A preset carries a whole setup on purpose. A viewer starts none in their team."""
     if space is not None and not space.can_run():
         raise PermissionDenied(f"Viewers cannot start conversations in {space.team.name}.")
     team = space.team if space is not None else None
@@ -48,7 +56,7 @@ def _new_conversation(user, space: Membership | None) -> Conversation:
         owner=user,
         team=team,
         model=last.model,
-        params=last.params,
+        params=sampling_values(last.model, last.params),
         system_prompt=last.system_prompt,
     )
 
@@ -111,10 +119,15 @@ def _head_context(user, conversation: Conversation) -> dict[str, Any]:
     return context
 
 
-def _settings_oob(request: AuthenticatedHttpRequest, conversation: Conversation) -> HttpResponse:
+def _settings_oob(
+    request: AuthenticatedHttpRequest, conversation: Conversation, status: str = ""
+) -> HttpResponse:
     """The settings panel redrawn, and the header with it: another model may bill another
     provider's key."""
     context = conversation_settings_context(conversation)
+    context["closed_sections"] = closed_sections(request)
+    if status:
+        context["status"] = status
     context.update(_head_context(request.user, conversation))
     return render(request, f"{TEMPLATE}#settings-oob", context)
 
@@ -132,6 +145,7 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         sidebar=sidebar.first_page(request.user, conversation),
         can_run=conversation.can_run(request.user),
         presets=_space_presets(request.user, conversation),
+        closed_sections=closed_sections(request),
     )
     return render(request, TEMPLATE, context)
 
@@ -211,6 +225,20 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
     context["status"] = "Some settings need fixing." if errors else "Saved."
     context["error"] = ""
     return render(request, f"{TEMPLATE}#param-errors", context)
+
+
+@require_POST
+@login_required
+def conversation_reset(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Every parameter back to the provider's default (left out of the request); the model
+    and the system prompt stay, as they are chosen rather than tuned."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
+    conversation.params = {}
+    conversation.save(update_fields=["params", "updated"])
+    LastSettings.remember(request.user, conversation)
+    return _settings_oob(
+        request, conversation, status="Parameters reset to the provider's defaults."
+    )
 
 
 def _space_presets(user, conversation: Conversation):

@@ -46,10 +46,12 @@ __all__ = [
     "Finish",
     "LogprobsDelta",
     "ReasoningDelta",
+    "ResponseId",
     "StreamError",
     "TextDelta",
     "Timeouts",
     "ToolCallDelta",
+    "Unreadable",
     "UpstreamError",
     "Usage",
     "aclose_clients",
@@ -165,7 +167,33 @@ class StreamError:
     error: UpstreamError
 
 
-Event = TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Usage | Finish | StreamError
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """One `data:` line that is not a chunk (not JSON, or the wrong shape). It is skipped and
+    the stream goes on: one garbled line must not throw away the reply around it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseId:
+    """The provider's id for this reply (its `x-request-id` header, else the chunks' `id`):
+    what its support asks for. Sent once, before the reply's other events."""
+
+    id: str
+
+
+Event = (
+    ResponseId
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | LogprobsDelta
+    | Usage
+    | Finish
+    | StreamError
+    | Unreadable
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +415,12 @@ def _usage(usage: dict[str, Any]) -> Usage:
     return Usage(prompt, completion, total, usage)
 
 
-def _events_from_sse(sse: SSEEvent, api_key: str | None) -> list[Event]:
-    """Decode one SSE event; raises _Done at [DONE]. Errors come back as a StreamError event."""
+MAX_RESPONSE_ID = 200
+
+
+def _events_from_sse(sse: SSEEvent, api_key: str | None, *, want_id: bool = False) -> list[Event]:
+    """Decode one SSE event; raises _Done at [DONE]. Errors come back as a StreamError event.
+    With want_id, a chunk's `id` comes first as a ResponseId."""
     if sse.data.strip() == "[DONE]":
         raise _Done
     try:
@@ -396,16 +428,21 @@ def _events_from_sse(sse: SSEEvent, api_key: str | None) -> list[Event]:
     except ValueError:
         if sse.event == "error":
             return [StreamError(UpstreamError("stream", _clean(sse.data, api_key)))]
-        return [StreamError(UpstreamError("stream", "The provider sent data that is not JSON."))]
+        return [Unreadable("The provider sent data that is not JSON.")]
     if not isinstance(payload, dict):
-        return [StreamError(UpstreamError("stream", "The provider sent an unexpected chunk."))]
+        return [Unreadable("The provider sent an unexpected chunk.")]
+    # An error object ends the reply: the provider says it stopped generating.
     if payload.get("error"):
         return [StreamError(_mid_stream_error(payload["error"], api_key))]
     try:
-        return _events_from_chunk(payload)
+        events = _events_from_chunk(payload)
     except (AttributeError, TypeError, ValueError):
         # Wrong shapes (e.g. "choices" as a string) must not crash the consumer.
-        return [StreamError(UpstreamError("stream", "The provider sent a malformed chunk."))]
+        return [Unreadable("The provider sent a malformed chunk.")]
+    chunk_id = payload.get("id")
+    if want_id and isinstance(chunk_id, str) and chunk_id:
+        events.insert(0, ResponseId(chunk_id[:MAX_RESPONSE_ID]))
+    return events
 
 
 def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
@@ -710,9 +747,10 @@ def _silence_message(timeouts: Timeouts) -> str:
 class _BodyState:
     """What arrived so far on one response; decides between retry and partial-reply errors."""
 
-    __slots__ = ("received", "finished", "stopped", "saw_done")
+    __slots__ = ("received", "finished", "stopped", "saw_done", "has_id")
 
     def __init__(self) -> None:
+        self.has_id = False  # a ResponseId was sent
         self.received = False  # any body byte: from here on, never retry
         self.finished = False  # a finish_reason was seen: the reply itself is complete
         self.stopped = False  # [DONE] or an error event: ignore anything after it
@@ -874,13 +912,22 @@ async def _read_success(
         # Some servers ignore stream=true and answer with one chat.completion object.
         raw = await response.aread()
         try:
-            events = _events_from_sse(SSEEvent(raw.decode("utf-8", errors="replace")), api_key)
+            events = _events_from_sse(
+                SSEEvent(raw.decode("utf-8", errors="replace")), api_key, want_id=True
+            )
         except _Done:
             events = []
         for event in events:
+            # The whole answer in one body: nothing is left to keep going with.
+            if isinstance(event, Unreadable):
+                event = StreamError(UpstreamError("stream", event.reason))
             yield event
         return
     state = _BodyState()
+    request_id = response.headers.get("x-request-id", "").strip()
+    if request_id:
+        state.has_id = True
+        yield ResponseId(request_id[:MAX_RESPONSE_ID])
     try:
         async for event in _read_sse(response, api_key, state):
             yield event
@@ -922,13 +969,15 @@ def _decode(events: list[SSEEvent], api_key: str | None, state: _BodyState) -> I
         if state.stopped:
             return
         try:
-            mapped = _events_from_sse(sse, api_key)
+            mapped = _events_from_sse(sse, api_key, want_id=not state.has_id)
         except _Done:
             state.stopped = state.saw_done = True
             return
         for event in mapped:
             if isinstance(event, Finish):
                 state.finished = True
+            elif isinstance(event, ResponseId):
+                state.has_id = True
             elif isinstance(event, StreamError):
                 state.stopped = True
             yield event

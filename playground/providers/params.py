@@ -258,6 +258,9 @@ CLEANERS = {
 }
 
 
+NOT_A_PARAMETER = "is not a parameter of this model"
+
+
 def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -> dict[str, Any]:
     """The values that are set, typed and within the documented bounds.
 
@@ -271,7 +274,7 @@ def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -
         param = specs.get(name)
         if param is None:
             if keep_unknown:
-                errors[name] = "is not a parameter of this model"
+                errors[name] = NOT_A_PARAMETER
             continue
         if _unset(value):
             continue
@@ -307,6 +310,11 @@ def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:
         except InvalidParams:
             continue
     return kept
+
+
+def unknown_names(errors: dict[str, str]) -> list[str]:
+    """The names clean(keep_unknown=True) refused as no parameter of the model."""
+    return sorted(name for name, error in errors.items() if error == NOT_A_PARAMETER)
 
 
 def from_form(data: dict[str, Any]) -> dict[str, Any]:

@@ -298,7 +298,7 @@ GEMMA_3N_E4B = Model(
             min=1,
             step=1,
             help="Best-effort deterministic sampling (beta). No upper bound is documented; "
-            "the slider stops at 2147483647.",
+            "the box takes up to 2147483647.",
             ui_max=2147483647,
         ),
         Param(

@@ -14,6 +14,10 @@
   // Esc stops the running reply from anywhere on the page: a document-wide shortcut.
   function onDocumentKeydown(event) {
     if (event.key !== "Escape") return;
+    if (document.querySelector(".drawer.open")) {
+      closeDrawers();
+      return;
+    }
     const stop = document.getElementById("stop");
     if (stop && document.querySelector(".message.streaming")) {
       event.preventDefault();
@@ -66,8 +70,8 @@
     const control = document.getElementById(button.dataset.unset);
     if (!control) return;
     control.querySelectorAll("input, select, textarea").forEach(function (el) {
-      if (el.type === "range") return;
-      if (el.type === "radio") el.checked = el.value === "";
+      if (el.type === "range") el.value = el.dataset.ghost;  // back to the default's place
+      else if (el.type === "radio") el.checked = el.value === "";
       else el.value = "";
     });
     control.dispatchEvent(new Event("change", { bubbles: true }));
@@ -132,9 +136,102 @@
     if (event.target.id === "image-input") event.target.value = "";
   });
 
+  // The filter box shows only the parameters whose name has what was typed, opening the
+  // sections they are in. It works on controls already in the page, as they are being
+  // edited: a server round trip per keystroke would redraw them, and htmx has no filter.
+  function filterParams(box) {
+    const query = box.value.trim().toLowerCase().replace(/[\s-]+/g, "_");
+    let found = 0;
+    document.querySelectorAll("#settings details.params").forEach(function (section) {
+      let shown = 0;
+      section.querySelectorAll(".param").forEach(function (param) {
+        // From the start of a word of the name: "top" finds top_p, not stop.
+        param.hidden = query !== "" && !("_" + param.id.slice(6)).includes("_" + query);
+        if (!param.hidden) shown++;
+      });
+      section.hidden = shown === 0;
+      if (query && shown) section.open = true;
+      found += shown;
+    });
+    document.getElementById("filter-none").hidden = found > 0;
+    if (!query) applyClosed();
+  }
+
+  // Folded sections are kept in a cookie that the server reads to draw the panel folded the
+  // same way. Where a section is open is the browser's state (<details>); htmx cannot send
+  // it without eval, which the CSP forbids.
+  function closedSections() {
+    const match = document.cookie.match(/(?:^|; )panel_closed=([^;]*)/);
+    return match ? match[1].split(".") : [];
+  }
+  function applyClosed() {
+    const closed = closedSections();
+    document.querySelectorAll("#settings details.params").forEach(function (section) {
+      section.open = !closed.includes(section.dataset.section);
+    });
+  }
+  function onToggle(event) {
+    const section = event.target;
+    const box = document.getElementById("param-filter");
+    if (!section.matches || !section.matches("details.params") || (box && box.value)) return;
+    const closed = closedSections().filter(function (key) {
+      return key && key !== section.dataset.section;
+    });
+    if (!section.open) closed.push(section.dataset.section);
+    document.cookie = "panel_closed=" + closed.join(".") + "; path=/; max-age=31536000; samesite=lax";
+  }
+
+  // On narrow screens the conversations and the settings are drawers. Opening one is state
+  // of this page alone (no request to make), so it is a class and aria-expanded set here.
+  function setDrawer(id, open) {
+    const drawer = document.getElementById(id);
+    if (!drawer) return;
+    drawer.classList.toggle("open", open);
+    const anyOpen = !!document.querySelector(".drawer.open");
+    document.body.classList.toggle("drawer-open", anyOpen);
+    // Behind an open drawer the chat is dimmed: keep the keyboard and screen readers out too.
+    document.querySelector("main").inert = anyOpen;
+    const toggle = document.querySelector('.drawer-toggle[data-drawer="' + id + '"]');
+    if (toggle) toggle.setAttribute("aria-expanded", String(open));
+    if (open) {
+      const first = drawer.querySelector(".conv.current a, select, a, input, button:not(.icon)");
+      if (first) setTimeout(function () { first.focus(); }, 50);  // once visible
+    } else if (toggle && drawer.contains(document.activeElement)) toggle.focus();
+  }
+  function closeDrawers() {
+    document.querySelectorAll(".drawer.open").forEach(function (d) { setDrawer(d.id, false); });
+  }
+  // A window widened past the drawers' breakpoint shows both columns: none stays "open".
+  window.matchMedia("(min-width: 801px)").addEventListener("change", closeDrawers);
+
+  document.addEventListener("toggle", onToggle, true);  // toggle does not bubble
+  document.addEventListener("input", function (event) {
+    if (event.target.id === "param-filter") filterParams(event.target);
+  });
+  // A filter's change is no setting: keep it from the panel's save-on-change trigger.
+  document.addEventListener("change", function (event) {
+    if (event.target.id === "param-filter") event.stopPropagation();
+  }, true);
+
   document.addEventListener("click", function (event) {
+    if (document.body.classList.contains("drawer-open") && !event.target.closest(".drawer")) {
+      closeDrawers();  // a click on the dimmed page beside the drawer
+      return;
+    }
+    // "Skip to model" on a narrow screen: the model picker is in the closed settings drawer.
+    const panel = document.getElementById("panel");
+    if (event.target.closest('a[href="#model"]') && panel && getComputedStyle(panel).visibility === "hidden") {
+      event.preventDefault();
+      setDrawer("panel", true);
+      return;
+    }
     const button = event.target.closest("button");
     if (!button) return;
+    if (button.dataset.drawer) {
+      const drawer = document.getElementById(button.dataset.drawer);
+      if (drawer) setDrawer(drawer.id, !drawer.classList.contains("open"));
+      return;
+    }
     if (button.dataset.remove) {
       const item = document.getElementById(button.dataset.remove);
       if (item) item.remove();
@@ -181,18 +278,26 @@
   document.addEventListener("htmx:beforeSwap", onBeforeSwap);
   document.addEventListener("htmx:afterSwap", onAfterSwap);
 
-  // A process at its socket cap accepts and at once closes with 4503. The ws extension
-  // retries only 1006/1011-1013, which Daphne cannot send, and htmx has no attribute to
-  // show why a socket closed, so script says so and reconnects with a jittered backoff
-  // (2, 4, … 60 s) that keeps a thousand waiting tabs from coming back at once.
-  let capacityRetries = 0;
+  // Closes the server explains. A process at its socket cap accepts and at once closes with
+  // 4503; a process shutting down closes with 4012 after sending the saved replies; a
+  // message over the size limit gets 1009. The ws extension retries only 1006/1011-1013 and
+  // htmx has no attribute to show why a socket closed, so script says so and reconnects with
+  // a jittered backoff (2, 4, … 60 s) that keeps a thousand waiting tabs from coming back at
+  // once.
+  const CLOSES = {
+    4503: "The server is at capacity; retrying in ",
+    4012: "The server is restarting; reconnecting in ",
+    1009: "That message is larger than the server accepts; nothing was sent. Reconnecting in ",
+  };
+  let closeRetries = 0;
   function onSocketClose(event) {
-    if (event.detail.event.code !== 4503) return;
-    const seconds = Math.ceil(Math.min(60, 2 ** ++capacityRetries) * (0.5 + Math.random() / 2));
+    const said = CLOSES[event.detail.event.code];
+    if (!said) return;
+    const seconds = Math.ceil(Math.min(60, 2 ** ++closeRetries) * (0.5 + Math.random() / 2));
     const status = document.getElementById("composer-error");
     if (status) {
-      status.textContent = "The server is at capacity; retrying in " + seconds + " s…";
-      status.dataset.capacity = "1";
+      status.textContent = said + seconds + " s…";
+      status.dataset.closed = "1";
     }
     const socketElt = event.target;
     setTimeout(function () {
@@ -200,11 +305,11 @@
     }, seconds * 1000);
   }
   function onSocketOpen() {
-    capacityRetries = 0;
+    closeRetries = 0;
     const status = document.getElementById("composer-error");
-    if (status && status.dataset.capacity) {
+    if (status && status.dataset.closed) {
       status.textContent = "";
-      delete status.dataset.capacity;
+      delete status.dataset.closed;
     }
   }
 
@@ -213,14 +318,25 @@
   document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);
+  // The server groups the sidebar by the reader's days, and only the browser knows the
+  // reader's time zone: it goes to the server in a cookie, read from the next page on.
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && !document.cookie.split("; ").includes("tz=" + zone)) {
+    document.cookie = "tz=" + zone + "; path=/; max-age=31536000; samesite=lax";
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const el = transcript();
     if (el) {
       el.addEventListener("scroll", onScroll, { passive: true });
       follow();
     }
+    // The open conversation may be far down a long list: bring its row into view. A page
+    // load is no htmx swap, so no hx-swap "show:" modifier applies.
+    const current = document.querySelector(".conv.current");
+    if (current) current.scrollIntoView({ block: "nearest" });
     const prompt = document.getElementById("prompt");
-    if (prompt) prompt.focus();
+    if (prompt && !location.hash) prompt.focus();
     // An invitation link carries its token after "#": browsers never send that part, so
     // it stays out of access logs and Referer headers. Only script can read it into the form.
     const invite = document.getElementById("invite-token");

@@ -1,6 +1,7 @@
 """The playground in a real browser, against the real server, as the spec tells the story.
 
-Set PLAYGROUND_SCREENSHOT=docs/screenshot.png to also save the README screenshot (1280×800).
+Set PLAYGROUND_SCREENSHOT=docs/screenshot.png to also save the README screenshot (1280×800),
+and PLAYGROUND_SCREENSHOT_NARROW=docs/screenshot-narrow.png for the phone-sized one (390×844).
 """
 
 from __future__ import annotations
@@ -242,6 +243,13 @@ def test_first_run_to_streamed_and_stopped_replies(page, live_server):
         page.locator("#prompt").blur()
         # caret="initial": hiding the caret would inject a <style>, which the CSP blocks.
         page.screenshot(path=str(ROOT / screenshot), caret="initial")
+    narrow = os.environ.get("PLAYGROUND_SCREENSHOT_NARROW")
+    if narrow:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.locator("#prompt").blur()
+        page.wait_for_timeout(200)  # a layout pass
+        page.locator("#transcript").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+        page.screenshot(path=str(ROOT / narrow), caret="initial")
 
 
 def _same_origin(url: str, origin: str) -> bool:

@@ -74,3 +74,19 @@ def test_tabbing_down_the_rows_reaches_older_conversations(page, live_server):
         ".indexOf(document.activeElement.closest('li'))"
     )
     assert position >= 50, "the focus did not reach an older conversation"
+
+
+@pytest.mark.e2e
+def test_the_open_conversation_is_highlighted_and_scrolled_into_view(page, live_server):
+    open_history(page, live_server)
+    row = page.locator(ROWS).nth(40)  # far below the fold of an 800-pixel window
+    row_id = row.get_attribute("id")
+    with Sockets(page).transcript_loaded():
+        page.goto(row.locator("a").get_attribute("href"))
+    current = page.locator("#conversation-list li.conv.current")
+    assert current.get_attribute("id") == row_id
+    assert current.locator("a").get_attribute("aria-current") == "page"
+    # Inside the sidebar's visible part, not just somewhere in its scrolled list.
+    box, sidebar = current.bounding_box(), page.locator(".sidebar").bounding_box()
+    assert sidebar["y"] <= box["y"] and box["y"] + box["height"] <= sidebar["y"] + sidebar["height"]
+    assert current.evaluate("el => getComputedStyle(el).backgroundColor") != "rgba(0, 0, 0, 0)"

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0002_invitations'),
-        ('chat', '0003_attachments'),
+        ('chat', '0004_message_notes_response_id'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,177 @@
+"""Faults inside a run: garbled stream lines, runaway replies, a channel layer that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+
+import pytest
+from channels.layers import get_channel_layer
+
+from playground.chat import runs
+from playground.chat.models import Message
+from tests.conftest import reply_of
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+async def test_an_unreadable_stream_line_is_skipped_and_noted_under_the_reply(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(tokens=["one", " two", " three"], bad_line_after=1)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    frame = await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "one two three"  # the chunks after the bad line are kept
+    assert reply.error == "" and reply.finish_reason == "stop"
+    note = "The provider sent 1 line the playground could not read; skipped."
+    assert reply.notes == [note]
+    assert note in frame  # shown under the reply
+    assert reply.response_id.startswith("chatcmpl-")  # the provider's id is kept
+    assert f"id {reply.response_id}" in frame
+    await socket.close()
+
+
+async def test_a_reply_past_the_size_cap_ends_with_finish_reason_length_and_a_note(
+    upstream, user, api_key, conversation, connect, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "MAX_REPLY_CHARS": 50}
+    upstream.default = Behaviour(tokens=["0123456789"] * 200, interval=0.001)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Go on forever")
+    frame = await socket.until(lambda f: "status-complete" in f)
+    reply = await reply_of(conversation)
+    assert reply.text == "0123456789" * 5
+    assert reply.finish_reason == "length"
+    note = "The reply reached the playground's limit of 50 characters and was cut off."
+    assert reply.notes == [note]
+    assert "limit of 50 characters" in frame
+    assert await asyncio.to_thread(upstream.wait_for_disconnect, 5.0)  # the upstream was closed
+    assert upstream.disconnects[-1].tokens_sent < 200
+    await socket.close()
+
+
+class FlakyLayer:
+    """Wraps the test's channel layer: while `down`, every send and group_send raises, as
+    channels_redis does while Redis restarts."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.down = False
+        self.failed = 0
+
+    def wrap(self, method):
+        async def flaky(*args, **kwargs):
+            if self.down:
+                self.failed += 1
+                raise ConnectionError("Redis is restarting")
+            return await method(*args, **kwargs)
+
+        return flaky
+
+
+@pytest.fixture
+def flaky(monkeypatch) -> FlakyLayer:
+    layer = get_channel_layer()
+    wrapper = FlakyLayer(layer)
+    monkeypatch.setattr(layer, "send", wrapper.wrap(layer.send))
+    monkeypatch.setattr(layer, "group_send", wrapper.wrap(layer.group_send))
+    monkeypatch.setattr(runs, "PUBLISH_RETRIES", (0.01,))
+    return wrapper
+
+
+async def test_the_final_save_does_not_depend_on_the_channel_layer(
+    upstream, user, api_key, conversation, connect, flaky, monkeypatch
+):
+    monkeypatch.setattr(runs, "DONE_RETRIES", (0.01,))
+    upstream.default = Behaviour(n_tokens=30, interval=0.01)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: f.startswith("+t"))
+    flaky.down = True  # and it never comes back
+    reply = await reply_of(conversation)
+    await runs.wait(reply.pk)
+    await reply.arefresh_from_db()
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == Behaviour(n_tokens=30).text
+    assert flaky.failed > 0
+    await socket.close()
+
+
+async def test_a_watcher_that_missed_deltas_resyncs_when_the_layer_comes_back(
+    upstream, user, api_key, conversation, connect, flaky
+):
+    upstream.default = Behaviour(n_tokens=60, interval=0.02)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: f.startswith("+t"))
+    flaky.down = True
+    await asyncio.sleep(0.3)  # deltas published meanwhile are lost
+    flaky.down = False
+    # The next delta shows a gap; the socket asks the run for a snapshot and goes on from it.
+    await socket.until(lambda f: 'hx-swap-oob="innerHTML"' in f)
+    await socket.until(lambda f: "status-complete" in f, timeout=10)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == Behaviour(n_tokens=60).text
+    assert flaky.failed > 0
+    from tests.test_streaming import streamed_text
+
+    assert streamed_text(socket.frames, reply.pk) == reply.text  # nothing lost, nothing twice
+    await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("text", {"content": "hi"}, "an object"),
+        ("text", ["hi"], "a list"),
+        ("system_prompt", 3, "a number"),
+        ("model", True, "true or false"),
+    ],
+)
+async def test_a_field_of_the_wrong_type_is_refused_not_stringified(
+    upstream, user, api_key, conversation, connect, field, value, kind
+):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    data = {"action": "send", "text": "hi", "model": "empiriolabs:gemma-4-e4b"}
+    data[field] = value
+    await socket.send(**data)
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert f"“{field}” must be text, not {kind}: nothing was sent." in html.unescape(frame)
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert upstream.requests == []
+    await socket.close()
+
+
+async def test_an_unknown_parameter_name_is_refused_not_dropped(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    await socket.send_prompt("hi", **{"param:temprature": "0.5", "param:temperature": "0.5"})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "Unknown parameter temprature: nothing was sent." in frame
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert upstream.requests == []
+    await socket.close()
+
+
+async def test_a_tool_result_that_is_not_text_is_refused(user, conversation, connect):
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.drain()
+    await socket.send(action="tool_results", message_id=1, **{"result:call_1": {"t": 21}})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "“result:call_1” must be text, not an object" in html.unescape(frame)
+    await socket.close()
