@@ -194,3 +194,17 @@ def test_the_page_answers_in_a_fixed_number_of_queries(
     client.force_login(user)
     with django_assert_max_num_queries(13):
         assert client.get(f"/teams/{lab.pk}/usage/{RANGE}").status_code == 200
+
+
+def test_the_usage_bench_seeds_and_times_the_page(client, settings):
+    """bench/usage.py at a small size: its seed makes the rows the page reads."""
+    from bench import usage as bench
+
+    team, admin, member = bench.seed(400)
+    assert Message.objects.filter(team=team, role="assistant").count() == 400
+    client.force_login(admin)
+    figures = bench.timed(client, f"/teams/{team.pk}/usage/?start={bench.start(89)}", 1)
+    assert figures["median_ms"] > 0
+    html = client.get(f"/teams/{team.pk}/usage/?start={bench.start(90)}").content.decode()
+    assert cells(html, "usage-total")[1] == "400"
+    assert bench.timed_check(team, member, 1)["median_ms"] > 0
