@@ -380,12 +380,17 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # join (answered directly with "here") and forgotten at their leave; no database.
 
     async def _announce(self, kind: str, to: str | None = None) -> None:
+        """Best effort: presence is a courtesy, so a channel layer that is down (or back
+        without this news) never fails a socket's opening, closing or any relay."""
         event = {"type": kind, "channel": self.channel_name, "user_id": self.user.pk}
         event["name"] = self.user.get_username()
-        if to is None:
-            await self.channel_layer.group_send(self.group, event)
-        else:
-            await self.channel_layer.send(to, event)
+        try:
+            if to is None:
+                await self.channel_layer.group_send(self.group, event)
+            else:
+                await self.channel_layer.send(to, event)
+        except Exception as exc:
+            log.warning("presence %s not sent: %r", kind, exc)
 
     async def presence_join(self, event: dict[str, Any]) -> None:
         if event["channel"] != self.channel_name:
