@@ -318,3 +318,50 @@ def expected_text(n_tokens: int) -> str:
 
 def as_row(result: StreamResult) -> dict[str, Any]:
     return {k: getattr(result, k) for k in result.__dataclass_fields__}
+
+
+# -- a connect storm from a process of its own ---------------------------------------------------
+
+
+def storm_process(targets: list[tuple[str, int]], cookie: str, timeout: float, conn) -> None:
+    """Entry point of the storm's own process: n sockets start their handshake at once when the
+    parent says "go", and stay open until it says "close". A thousand handshakes keep a client
+    process busy for seconds; in the process that also reads the running streams they delayed
+    the readers and showed up as stalls of the server.
+
+    Sends the parent "ready", then ([(outcome, seconds to the transcript)], the monotonic time
+    the last one finished)."""
+    asyncio.run(_storm(targets, cookie, timeout, conn))
+
+
+async def _storm(targets: list[tuple[str, int]], cookie: str, timeout: float, conn) -> None:
+    gate = asyncio.Event()
+    opened: list[ClientConnection] = []
+
+    async def handshake(url: str, cid: int) -> tuple[str, float]:
+        await gate.wait()
+        started = time.monotonic()
+        try:
+            ws = await open_socket(url, cid, cookie, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - counted by kind
+            return f"handshake: {type(exc).__name__}", time.monotonic() - started
+        try:
+            await asyncio.wait_for(ws.recv(), timeout)
+        except Exception as exc:  # noqa: BLE001
+            code = getattr(getattr(exc, "rcvd", None), "code", None)
+            await ws.close()
+            return (f"closed {code}" if code else f"transcript: {type(exc).__name__}"), (
+                time.monotonic() - started
+            )
+        opened.append(ws)
+        return "ok", time.monotonic() - started
+
+    tasks = [asyncio.create_task(handshake(url, cid)) for url, cid in targets]
+    await asyncio.sleep(0)  # every task is parked at the gate
+    conn.send("ready")
+    assert await asyncio.to_thread(conn.recv) == "go"
+    gate.set()
+    outcomes = await asyncio.gather(*tasks)
+    conn.send((outcomes, time.monotonic()))
+    await asyncio.to_thread(conn.recv)  # "close"
+    await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)

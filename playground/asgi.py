@@ -21,15 +21,19 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from playground import serving  # noqa: E402
 from playground.chat import shutdown  # noqa: E402
 from playground.origin import SameOriginValidator  # noqa: E402
+from playground.pacing import HandshakePacer  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Static files are served by WhiteNoise's middleware inside Django (settings.py).
         "http": django_asgi_app,
-        # ALLOWED_HOSTS first, then the Origin must be this very host and port.
-        "websocket": AllowedHostsOriginValidator(
-            SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        # A few sockets open at a time (pacing.py); ALLOWED_HOSTS first, then the Origin
+        # must be this very host and port.
+        "websocket": HandshakePacer(
+            AllowedHostsOriginValidator(
+                SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

@@ -274,7 +274,8 @@ PLAYGROUND_RUN = {
     "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),
     "SNAPSHOT_TIMEOUT": envfloat("PLAYGROUND_SNAPSHOT_TIMEOUT", 2.0),
-    # How often a socket that only watches re-checks that its user may still see it.
+    # How long a socket trusts its access decision. Signals revoke it at once on every change
+    # they see (chat/signals.py); this catches those they cannot (QuerySet.update, raw SQL).
     "REAUTH_INTERVAL": envfloat("PLAYGROUND_REAUTH_INTERVAL", 30.0),
     # Replies one user may have streaming at once, across all conversations.
     "MAX_RUNS_PER_USER": envint("PLAYGROUND_MAX_RUNS_PER_USER", 8),
@@ -302,6 +303,11 @@ if PLAYGROUND_RUN["ALIVE_TTL"] <= PLAYGROUND_RUN["CHECKPOINT_INTERVAL"]:
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:
 # size it from memory and from how many sockets one process can connect within its timeout.
 PLAYGROUND_MAX_SOCKETS = envint("PLAYGROUND_MAX_SOCKETS", 5000)
+# Sockets of a process that may be opening (auth, transcript) at once; the rest wait, so a
+# connect storm leaves the event loop free for the replies streaming meanwhile (pacing.py).
+PLAYGROUND_OPENING_SOCKETS = envint("PLAYGROUND_OPENING_SOCKETS", 4)
+if PLAYGROUND_OPENING_SOCKETS < 1:
+    raise ImproperlyConfigured("PLAYGROUND_OPENING_SOCKETS must be at least 1")
 if PLAYGROUND_MAX_SOCKETS < 1:
     raise ImproperlyConfigured("PLAYGROUND_MAX_SOCKETS must be at least 1")
 # Image attachments: a byte cap, a pixel cap checked before decoding (decompression bombs),

@@ -11,6 +11,17 @@ from playground.chat.models import Conversation, Message
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
+async def cut_off(socket) -> bool:
+    """Told that it no longer has access, then closed with 4403, and nothing in between."""
+    told = await socket.communicator.receive_output(timeout=2)
+    closed = await socket.communicator.receive_output(timeout=2)
+    return (
+        told["type"] == "websocket.send"
+        and "no longer have access" in told["text"]
+        and closed == {"type": "websocket.close", "code": 4403}
+    )
+
+
 async def test_it_refuses_an_anonymous_socket(conversation, connect):
     ok, _ = await connect(None, conversation.pk)
     assert not ok
@@ -72,8 +83,7 @@ async def test_it_checks_permission_on_every_message(
     await socket.drain()
     await conversation.adelete()
     await socket.send_prompt("Still here?")
-    output = await socket.communicator.receive_output(timeout=2)
-    assert output["type"] == "websocket.close"
+    assert await cut_off(socket)
     assert upstream.requests == []
 
 
@@ -85,8 +95,7 @@ async def test_a_deactivated_user_is_cut_off_at_the_next_message(
     user.is_active = False
     await user.asave()
     await socket.send_prompt("Hi")
-    output = await socket.communicator.receive_output(timeout=2)
-    assert output["type"] == "websocket.close"
+    assert await cut_off(socket)
     assert await Message.objects.acount() == 0
 
 
@@ -167,8 +176,7 @@ async def test_a_watcher_removed_from_the_team_stops_receiving_pushes(
     ok, owner = await connect(user, shared.pk)
     await owner.send_prompt("Confidential plan")
     await owner.until(lambda f: "status-complete" in f)
-    output = await mate.communicator.receive_output(timeout=2)
-    assert output["type"] == "websocket.close"
+    assert await cut_off(mate)
     assert not any("Confidential" in f for f in mate.frames)
 
 
@@ -180,8 +188,7 @@ async def test_logging_out_ends_the_sockets_rights(upstream, user, api_key, conv
     await socket.drain()
     await database_sync_to_async(Session.objects.all().delete)()  # what logout does
     await socket.send_prompt("Still me?")
-    output = await socket.communicator.receive_output(timeout=2)
-    assert output["type"] == "websocket.close"
+    assert await cut_off(socket)
     assert upstream.requests == []
 
 

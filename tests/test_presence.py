@@ -64,3 +64,26 @@ def test_initials_tell_teammates_apart():
     assert initials("ada.lovelace") == "AL"
     assert initials("eve") == "EV"
     assert initials("grace hopper") == "GH"
+
+
+async def test_a_channel_layer_outage_never_fails_a_socket_over_presence(
+    user, other_user, connect, monkeypatch
+):
+    """Presence is a courtesy: joining and leaving while the layer is down still work."""
+    from channels.layers import get_channel_layer
+
+    shared = await team_conversation(user, other_user)
+    ok, ada = await connect(user, shared.pk)
+    await ada.drain()
+    layer = get_channel_layer()
+
+    async def down(*args, **kwargs):
+        raise ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(layer, "group_send", down)
+    monkeypatch.setattr(layer, "send", down)
+    await ada.close()  # the leave cannot be told: the socket still closes cleanly
+    ok, eve = await connect(other_user, shared.pk)
+    assert ok
+    assert "transcript" in await eve.receive()
+    await eve.close()

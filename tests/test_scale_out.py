@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from bench import client
 from bench.client import View
@@ -136,6 +137,51 @@ async def test_the_benchmark_runs_across_both_processes(cluster):
     assert len(stats.added_ttft_ms) == 10
     assert stats.writes_over_budget == 0
     assert {r.server for r in results} == set(servers)
+
+
+MAKE_TEAMMATE = """
+import json
+from django.contrib.auth import get_user_model
+from django.test import Client
+from playground.accounts.models import Membership, Team
+from playground.chat.models import Conversation
+owner = get_user_model().objects.get(pk={owner})
+mate = get_user_model().objects.create_user("revoked-mate")
+team = Team.objects.create(name="Revocation")
+Membership.objects.create(team=team, user=owner, role="owner")
+Membership.objects.create(team=team, user=mate, role="member")
+shared = Conversation.objects.create(owner=owner, team=team, model="empiriolabs:gemma-4-e4b")
+client = Client()
+client.force_login(mate)
+print(json.dumps({{"cookie": client.cookies["sessionid"].value, "conversation": shared.pk}}))
+"""
+REMOVE_TEAMMATE = """
+from playground.accounts.models import Membership
+Membership.objects.get(user__username="revoked-mate").delete()
+"""
+
+
+async def test_a_member_removed_in_another_process_is_cut_off_at_once(cluster):
+    """The removal happens in a third process (manage.py shell); the socket on A hears of it
+    through Redis, is told why, and is closed, without sending anything."""
+    import json
+
+    made = await asyncio.to_thread(
+        cluster.stack.manage, "shell", "-c", MAKE_TEAMMATE.format(owner=cluster.seed.user_id)
+    )
+    mate = json.loads(made.strip().splitlines()[-1])
+    socket = await client.open_socket(cluster.a.url, mate["conversation"], mate["cookie"])
+    try:
+        view = View()
+        await client.read_until(socket, view, lambda v: v.frames >= 1, 10)
+        await asyncio.to_thread(cluster.stack.manage, "shell", "-c", REMOVE_TEAMMATE)
+        told = await asyncio.wait_for(socket.recv(), 10)
+        assert "no longer have access" in told
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    finally:
+        await socket.close()
 
 
 TEAM_SEED = """

@@ -28,7 +28,7 @@ from django.views.decorators.http import require_GET
 
 from playground.accounts.access import get_team_for_user
 from playground.accounts.models import Membership
-from playground.chat import consumers, runs
+from playground.chat import access, consumers, runs
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest
 
@@ -114,6 +114,9 @@ class ActivityConsumer(AsyncWebsocketConsumer):
             return
         self.group = runs.activity_group(self.team_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        # Told at once, in every process, when this user's rights change (chat/access.py).
+        self.user_group = access.user_group(self.user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
         # The lists again: a run that ended between the page and this socket is not missed.
         context = await database_sync_to_async(activity_context)(self.user, self.team_id)
@@ -124,6 +127,12 @@ class ActivityConsumer(AsyncWebsocketConsumer):
         self._give_back_slot()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def access_revoke(self, event: dict[str, Any]) -> None:
+        """A membership, session or account of this user changed: check now, not later."""
+        if not await self._member():
+            await self.close(code=4403)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
         pass  # the page only listens

@@ -6,3 +6,9 @@ from django.apps import AppConfig
 class ChatConfig(AppConfig):
     name = "playground.chat"
     label = "chat"
+
+    def ready(self) -> None:
+        # The signals that revoke the access decisions sockets keep (chat/access.py).
+        from playground.chat import signals
+
+        signals.connect()

@@ -8,6 +8,7 @@ group to the browser, applying each delta only beyond what this socket has alrea
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -22,16 +23,24 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 
-from playground.chat import runs, shutdown
-from playground.chat.access import get_conversation_for_user
+from playground.chat import access, runs, shutdown
 from playground.chat.contexts import transcript_context, turn_errors_context
 from playground.chat.models import Message
-from playground.chat.services import TurnError, rerun, start_turn, submit_tool_results
+from playground.chat.services import (
+    PreparedTurn,
+    Turn,
+    TurnError,
+    prepare_turn,
+    rerun,
+    start_turn,
+    submit_tool_results,
+    write_turn,
+)
 from playground.providers import params
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ render = sync_to_async(render_to_string, thread_sensitive=False)
 # learns why (a refused handshake reaches page script as a bare 1006) and retries later.
 # Daphne only sends application codes 1000 and 3000-4999, so not the standard 1013.
 AT_CAPACITY = 4503
+NO_ACCESS = "You no longer have access to this conversation (signed out, or removed from its team)."
 
 
 class SocketSlots:
@@ -76,6 +86,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # on disconnect so none of them touches a closed socket or the database afterwards.
         self.tasks: set[asyncio.Task] = set()
         self.has_slot = False
+        self.cut_off = False  # told it lost access, and closed
 
     async def connect(self) -> None:
         # Before any database work: a connect storm past the cap costs no queries.
@@ -112,11 +123,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.waiting: dict[int, list[dict]] = {}
         self.tokens, self.refilled = float(BURST), time.monotonic()
         self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
-        if not await self._authorized():
+        self.epoch, self.checked_at = (-1, -1), float("-inf")
+        self.allowed, self.can_run = False, False
+        # The session and the user were read by the auth middleware a moment ago.
+        if not await self._authorized(fresh=True):
             await self.close(code=4403)
             return False
         self.group = runs.group_name(self.conversation_id)
+        self.user_group = access.user_group(self.user.pk or 0)  # authenticated: has a pk
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
         open_sockets.add(self)
         await self._send_transcript()
@@ -132,6 +148,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await asyncio.gather(*pending, return_exceptions=True)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
             await self._announce("presence.leave")
 
     def _later(self, delay: float, work: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -145,26 +162,45 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _authorized(self, *, run: bool = False) -> bool:
+    async def _authorized(self, *, fresh: bool = False) -> bool:
+        """May this socket's user still watch the conversation? The decision is kept, and
+        trusted while nothing revoked it (access.epoch) and it is younger than
+        REAUTH_INTERVAL, the backstop for changes that bypass the signals."""
         if not self.user.is_authenticated:
             return False
-        conversation = await database_sync_to_async(check_access)(
-            self.user, self.scope.get("session"), self.conversation_id, run=run
+        epoch = access.epoch(self.user.pk, self.conversation_id)
+        interval = settings.PLAYGROUND_RUN["REAUTH_INTERVAL"]
+        if epoch == self.epoch and time.monotonic() - self.checked_at < interval:
+            return self.allowed
+        self.allowed = False
+        checked = await database_sync_to_async(check_access)(
+            self.user, self.scope.get("session"), self.conversation_id, fresh=fresh
         )
-        if conversation is None:
+        # The epoch from before the check: a revocation during it makes the next use re-check.
+        self.epoch, self.checked_at = epoch, time.monotonic()
+        if checked is None:
             return False
-        self.conversation = conversation
-        self.checked_at = time.monotonic()
+        self.conversation, self.can_run = checked
+        self.allowed = True
         return True
 
     async def _still_allowed(self) -> bool:
-        """Pushes re-check access now and then, so a user removed from a team (or logged
-        out) stops receiving its conversations without having to send anything."""
-        interval = settings.PLAYGROUND_RUN["REAUTH_INTERVAL"]
-        if time.monotonic() - self.checked_at < interval or await self._authorized():
+        """Pushes check the kept decision too, so a user removed from a team (or logged out)
+        stops receiving its conversations without having to send anything."""
+        if self.cut_off:
+            return False
+        if await self._authorized():
             return True
-        await self.close(code=4403)
+        await self._cut_off()
         return False
+
+    async def _cut_off(self) -> None:
+        # Once: handlers already queued (a push, a revocation) must not say it again.
+        if self.cut_off:
+            return
+        self.cut_off = True
+        await self._send_error(NO_ACCESS)
+        await self.close(code=4403)
 
     def _rate_limited(self) -> bool:
         """A token bucket per socket: a client looping sends cannot starve everyone's
@@ -185,8 +221,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self._rate_limited():
             await self._send_error("Too many messages at once: slow down a little.")
             return
-        if not await self._authorized():
-            await self.close(code=4403)
+        if self.cut_off or not await self._authorized():
+            await self._cut_off()
             return
         if text_data is None or len(text_data) > MAX_FRAME_BYTES:
             await self._send_error("That message is too large.")
@@ -244,28 +280,29 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _rerun(self, data: dict[str, Any]) -> None:
         await self._run_turn(rerun, message_id=_int(data.get("message_id")))
 
-    async def _may_run(self) -> bool:
-        """receive() has just re-read the user, session and conversation: only the role is
-        left to check, and only a team conversation needs the database for it."""
-        if self.conversation.team_id is None:
-            return self.conversation.owner_id == self.user.pk
-        return await database_sync_to_async(self.conversation.can_run)(self.user)
+    def _may_run(self) -> bool:
+        """receive() has just confirmed the kept decision, which includes the role."""
+        return self.can_run
 
     async def _run_turn(self, service, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run."""
         if shutdown.draining:
             await self._send_error(shutdown.RESTARTING)
             return
-        if not await self._may_run():
+        if not self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
+        run, html = None, None
         try:
-            turn = await database_sync_to_async(service)(
-                self.conversation, self.user, channel=channel, **kwargs
-            )
+            if service is start_turn:
+                run, turn, html = await self._send_turn(channel, **kwargs)
+            else:
+                turn = await database_sync_to_async(service)(
+                    self.conversation, self.user, channel=channel, **kwargs
+                )
         except TurnError as exc:
             await self._send_error(str(exc))
             return
@@ -284,27 +321,50 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
-        html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+        if html is None:
+            html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         await self.channel_layer.group_send(
             self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         )
+        # Every watcher has the reply's row now (a group delivers in order): deltas may
+        # follow, before the composer, which no delta depends on.
+        runs.start(turn.run, run)
         if service is start_turn:
-            await self._send_partial("composer-sent", {})
-            # The first message gives the conversation its sidebar row, under "Today".
-            first = turn.messages[0].parent_id is None
-            context = {"c": turn.conversation, "conversation": turn.conversation}
-            context["first_message"] = first
-            html = await render(f"{TEMPLATE}#sidebar-item-oob", context)
-            await self.channel_layer.group_send(self.group, {"type": "chat.title", "html": html})
-        runs.start(turn.run)
+            await self.send(text_data=composer_sent_html())
+
+    async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
+        """A send: read and build the request, send it upstream, and write the rows while
+        the provider works on its first token. If the write fails, the request is closed.
+        The new rows are rendered in the same trip to the database thread: one hop fewer
+        between the send and the first token."""
+        prepared = await database_sync_to_async(prepare_turn)(
+            self.conversation, self.user, channel=channel, **kwargs
+        )
+        run = runs.begin(prepared.run)
+        try:
+            turn, html = await database_sync_to_async(_write_and_render)(prepared, self.user)
+        except BaseException:
+            await run.abandon()
+            raise
+        return run, turn, html
 
     async def _stop(self) -> None:
-        if not await self._may_run():
+        if not self._may_run():
             await self._send_error("You can watch this conversation but not stop it.")
             return
         await runs.stop(Message.objects.filter(conversation_id=self.conversation_id))
 
     # Channel layer → browser
+
+    async def access_revoke(self, event: dict[str, Any]) -> None:
+        """Something changed this user's rights (in any process): check now, and say so at
+        once rather than at the next send."""
+        could_run = self.can_run
+        self.epoch = (-1, -1)
+        if not await self._still_allowed():
+            return
+        if could_run and not self.can_run:
+            await self._send_error("You can now watch this conversation but not run it.")
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler, a hop to the one
@@ -323,11 +383,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
-        await self.send(text_data=event["html"])
-
-    async def chat_title(self, event: dict[str, Any]) -> None:
-        if not await self._still_allowed():
-            return
         await self.send(text_data=event["html"])
 
     async def run_delta(self, event: dict[str, Any]) -> None:
@@ -380,12 +435,17 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # join (answered directly with "here") and forgotten at their leave; no database.
 
     async def _announce(self, kind: str, to: str | None = None) -> None:
+        """Best effort: presence is a courtesy, so a channel layer that is down (or back
+        without this news) never fails a socket's opening, closing or any relay."""
         event = {"type": kind, "channel": self.channel_name, "user_id": self.user.pk}
         event["name"] = self.user.get_username()
-        if to is None:
-            await self.channel_layer.group_send(self.group, event)
-        else:
-            await self.channel_layer.send(to, event)
+        try:
+            if to is None:
+                await self.channel_layer.group_send(self.group, event)
+            else:
+                await self.channel_layer.send(to, event)
+        except Exception as exc:
+            log.warning("presence %s not sent: %r", kind, exc)
 
     async def presence_join(self, event: dict[str, Any]) -> None:
         if event["channel"] != self.channel_name:
@@ -489,21 +549,25 @@ async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.C
 shutdown.when_draining(close_all)
 
 
-def check_access(user, session, conversation_id: int, *, run: bool = False):
-    """The conversation if this socket's user may still see it (and run it), else None.
+def check_access(user, session, conversation_id: int, *, fresh: bool = False):
+    """(conversation, may run it) if this socket's user may still see it, else None.
 
     One trip to the database thread: the user may since have been deactivated, deleted,
-    logged out or given a new password (which ends their other sessions)."""
+    logged out or given a new password (which ends their other sessions). `fresh`: the auth
+    middleware has just read the session and the user, so only the conversation is read."""
     try:
-        user.refresh_from_db(fields=["is_active", "password"])
-        if session is None or not session.session_key or not session.exists(session.session_key):
+        if session is None or not session.session_key:
             return None
+        if not fresh:
+            user.refresh_from_db(fields=["is_active", "password"])
+            if not session.exists(session.session_key):
+                return None
         if not constant_time_compare(
             session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
         ):
             return None
-        return get_conversation_for_user(user, conversation_id, run=run)
-    except (Http404, PermissionDenied, ObjectDoesNotExist):
+        return access.get_conversation_and_role(user, conversation_id)
+    except (Http404, ObjectDoesNotExist):
         return None
 
 
@@ -526,6 +590,27 @@ def _text_field(data: dict[str, Any], name: str) -> str:
         return value
     kind = JSON_KINDS.get(type(value), "a number" if isinstance(value, float) else "not text")
     raise ValueError(f"“{name}” must be text, not {kind}: nothing was sent.")
+
+
+@functools.cache
+def composer_sent_html() -> str:
+    """The composer cleared after a send: the same for everyone, so rendered once (a trip to
+    a render thread per send, saved)."""
+    return render_to_string(f"{TEMPLATE}#composer-sent", {})
+
+
+def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
+    """The rows, and one frame for every watcher: them, and the sidebar row with its title
+    (a send gives a new conversation its title, and moves it to the top)."""
+    turn = write_turn(prepared, user)
+    rows = render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    context = {
+        "c": turn.conversation,
+        "conversation": turn.conversation,
+        # The first message gives the conversation its sidebar row, under "Today".
+        "first_message": turn.messages[0].parent_id is None,
+    }
+    return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
 
 
 def _ints(value: Any) -> list[int]:
@@ -557,7 +642,6 @@ def _beyond(shown: int, at: int, piece: str) -> str | None:
 RELAY_HANDLERS = {
     "run.delta": ConversationConsumer.run_delta,
     "chat.append": ConversationConsumer.chat_append,
-    "chat.title": ConversationConsumer.chat_title,
     "run.done": ConversationConsumer.run_done,
     "presence.join": ConversationConsumer.presence_join,
     "presence.here": ConversationConsumer.presence_here,

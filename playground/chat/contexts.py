@@ -15,8 +15,13 @@ from playground.providers.specs import Model
 
 
 def transcript_context(conversation: Conversation) -> dict[str, Any]:
-    Message.objects.filter(conversation=conversation).mark_stale_interrupted()
     transcript = list(conversation.messages.select_related("created_by"))
+    # A reply whose run died is shown as interrupted. Checked on the rows just read, so
+    # the usual case (none) costs no query of its own: every socket opens through here.
+    cutoff = Message.suspect_cutoff()
+    if any(m.is_streaming and m.checkpoint_at and m.checkpoint_at < cutoff for m in transcript):
+        Message.objects.filter(conversation=conversation).mark_stale_interrupted()
+        transcript = list(conversation.messages.select_related("created_by"))
     latest = transcript[-1] if transcript else None
     awaiting = latest.pk if latest and latest.awaits_tool_results else None
     return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}

@@ -114,8 +114,9 @@ NO_PROGRESS = (
 class MessageQuerySet(models.QuerySet):
     def stale(self) -> MessageQuerySet:
         """Streaming messages whose run stopped checkpointing: its process died or hangs."""
-        cutoff = timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
-        return self.filter(status=Message.Status.STREAMING, checkpoint_at__lt=cutoff)
+        return self.filter(
+            status=Message.Status.STREAMING, checkpoint_at__lt=Message.stale_cutoff()
+        )
 
     def mark_stale_interrupted(self) -> int:
         """Mark interrupted the replies whose runs are gone: known gone when their liveness
@@ -123,10 +124,8 @@ class MessageQuerySet(models.QuerySet):
         STALE_AFTER. Each gets the message that is true for how it was found."""
         run = settings.PLAYGROUND_RUN
         now = timezone.now()
-        quiet_for = run["ALIVE_TTL"] if liveness.enabled() else run["STALE_AFTER"]
         quiet = self.filter(
-            status=Message.Status.STREAMING,
-            checkpoint_at__lt=now - timedelta(seconds=min(quiet_for, run["STALE_AFTER"])),
+            status=Message.Status.STREAMING, checkpoint_at__lt=Message.suspect_cutoff(now)
         )
         # Called on every page view and send: one read, so the usual case (nothing stale)
         # never takes SQLite's write lock.
@@ -252,6 +251,19 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk}"
+
+    @staticmethod
+    def suspect_cutoff(now: datetime | None = None) -> datetime:
+        """A streaming reply not checkpointed since then may have lost its run: ask the
+        liveness keys (Redis mode, after ALIVE_TTL) or, without them, presume it (STALE_AFTER)."""
+        run = settings.PLAYGROUND_RUN
+        quiet_for = run["ALIVE_TTL"] if liveness.enabled() else run["STALE_AFTER"]
+        return (now or timezone.now()) - timedelta(seconds=min(quiet_for, run["STALE_AFTER"]))
+
+    @staticmethod
+    def stale_cutoff() -> datetime:
+        """A streaming reply not checkpointed since then has lost its run."""
+        return timezone.now() - timedelta(seconds=settings.PLAYGROUND_RUN["STALE_AFTER"])
 
     @property
     def is_streaming(self) -> bool:
@@ -385,6 +397,18 @@ class LastSettings(models.Model):
         saved = cls.objects.filter(user=user).values(*wanted).first()
         if saved != wanted:  # one read on every send; a write only when they changed
             cls.objects.update_or_create(user=user, defaults=wanted)
+
+    @classmethod
+    def remember_now(cls, user, conversation: Conversation) -> None:
+        """remember() inside a transaction that writes anyway: one UPDATE instead of a read
+        and, when they changed, a write."""
+        wanted = {
+            "model": conversation.model,
+            "params": conversation.params,
+            "system_prompt": conversation.system_prompt,
+        }
+        if not cls.objects.filter(user=user).update(**wanted, updated=timezone.now()):
+            cls.objects.create(user=user, **wanted)
 
 
 class AttachmentQuerySet(models.QuerySet):

@@ -126,6 +126,22 @@ class Run:
         self._closing = asyncio.Event()
         self._stream_task: asyncio.Task | None = None
 
+    def begin_upstream(self) -> None:
+        """Send the upstream request now, while the turn's rows are still being written:
+        its first tokens wait in `pending` until main() publishes them."""
+        if self._stream_task is None:
+            self._stream_task = asyncio.create_task(
+                self._consume(), name=f"run-upstream-{self.request.channel}"
+            )
+
+    async def abandon(self) -> None:
+        """The rows were not written: close the upstream request begun for them. Nothing was
+        published or saved, so there is nothing else to undo."""
+        task = self._stream_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def main(self) -> None:
         _running[self.request.message_id] = self
         liveness.track(self.request.message_id)
@@ -146,7 +162,8 @@ class Run:
         await self._tell_team("activity.started")
         listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
-        self._stream_task = asyncio.create_task(self._consume())
+        self.begin_upstream()  # unless the turn already did
+        assert self._stream_task is not None
         try:
             # If the publisher dies (channel layer or database down), watchers and
             # checkpoints would stop while the upstream goes on: end the run instead.
@@ -545,9 +562,22 @@ def _prompt_text(body: dict[str, Any]) -> str:
     return "\n".join(texts)
 
 
-def start(request: RunRequest) -> asyncio.Task:
-    """Start the run as a task of this process; it outlives the socket that asked for it."""
-    task = asyncio.create_task(Run(request).main(), name=f"run-{request.message_id}")
+def begin(request: RunRequest) -> Run:
+    """A run whose upstream request goes out now, before its rows exist. The caller writes
+    them, then calls start() with the saved request, or run.abandon() if the write failed."""
+    run = Run(request)
+    run.begin_upstream()
+    return run
+
+
+def start(request: RunRequest, run: Run | None = None) -> asyncio.Task:
+    """Start the run as a task of this process; it outlives the socket that asked for it.
+    `run`: one from begin(), whose request lacked the reply's id until now."""
+    if run is None:
+        run = Run(request)
+    else:
+        run.request = request
+    task = asyncio.create_task(run.main(), name=f"run-{request.message_id}")
     _active[request.message_id] = task
     task.add_done_callback(lambda _: _active.pop(request.message_id, None))
     task.add_done_callback(_log_failure)

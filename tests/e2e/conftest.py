@@ -147,8 +147,14 @@ def e2e_upstream() -> Iterator[FakeUpstream]:
 def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
     """What `make run` runs: `manage.py migrate` and `collectstatic` (into the temp var dir),
     then Daphne, on a free loopback port."""
+    yield from start_live_server(e2e_upstream)
+
+
+def start_live_server(upstream: FakeUpstream, **extra_env: str) -> Iterator[LiveServer]:
+    """A live server of its own (a fresh database), with these settings in its environment;
+    for fixtures of tests that need a server configured differently."""
     var_dir = Path(tempfile.mkdtemp(prefix="playground-e2e-"))
-    env = _server_env(var_dir, e2e_upstream)
+    env = {**_server_env(var_dir, upstream), **extra_env}
     try:
         _manage(env, "migrate", "--noinput")
         _manage(env, "collectstatic", "--noinput", "--verbosity", "0")
@@ -166,7 +172,7 @@ def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", e2e_upstream, process, log_path, var_dir, env)
+    server = LiveServer(f"http://127.0.0.1:{port}", upstream, process, log_path, var_dir, env)
     try:
         _wait_until_serving(server)
         yield server

@@ -149,6 +149,10 @@ def test_first_run_to_streamed_and_stopped_replies(page, live_server):
     assert first.text.startswith(partial.strip())
     assert len(partial.strip()) < len(first.text)
     assert page.input_value("#prompt") == ""  # the server cleared the composer
+    # The sidebar row took the first message as its title, without a reload.
+    conversation_id = first_chat.rstrip("/").rsplit("/", 1)[-1]
+    sidebar_row = page.locator(f"#conv-{conversation_id} a .t")
+    assert sidebar_row.inner_text().strip() == "Count to sixty, slowly."
 
     reply = page.locator(".message.assistant.complete")
     reply.wait_for()
