@@ -162,17 +162,31 @@ async def test_a_users_own_personal_budget_overrides_the_site_default(
 
 
 @pytest.mark.django_db
-def test_without_a_budget_the_check_is_one_query(user, django_assert_num_queries):
-    with django_assert_num_queries(1):
+def test_without_a_budget_the_check_makes_no_query(user, django_assert_num_queries):
+    with django_assert_num_queries(1):  # which budgets exist, read once into the cache
+        budgets.check(user, None, Decimal("0.03"))
+    with django_assert_num_queries(0):
         budgets.check(user, None, Decimal("0.03"))
 
 
 @pytest.mark.django_db
-def test_with_budgets_the_check_is_one_aggregate_more(user, other_user, django_assert_num_queries):
+def test_a_budget_saved_or_deleted_reaches_the_cached_check(user, other_user):
+    lab = make_lab(other_user, user)
+    budgets.check(user, lab.pk, None)  # caches "no budgets"
+    Budget.set(team=lab, user=user, monthly_cost=None, daily_messages=0, by=other_user)
+    with pytest.raises(budgets.BudgetExceeded):
+        budgets.check(user, lab.pk, None)
+    Budget.set(team=lab, user=user, monthly_cost=None, daily_messages=None, by=other_user)
+    budgets.check(user, lab.pk, None)
+
+
+@pytest.mark.django_db
+def test_with_budgets_the_check_is_one_aggregate(user, other_user, django_assert_num_queries):
     lab = make_lab(other_user, user)
     Budget.set(team=lab, user=None, monthly_cost=Decimal(10), daily_messages=100, by=other_user)
     Budget.set(team=lab, user=user, monthly_cost=Decimal(1), daily_messages=10, by=other_user)
-    with django_assert_num_queries(2):
+    budgets.limits(user, lab.pk)  # the budgets, into the cache
+    with django_assert_num_queries(1):  # the one aggregate
         found = budgets.limits(user, lab.pk)
     assert [(f.kind, f.whose) for f in found] == [
         ("cost", "the team's"),

@@ -1,18 +1,23 @@
 """Budgets: how much of a space's limits is used, and the one check a run must pass.
 
-`check` runs where every turn starts (services._turn, inside its transaction), before any
-request is sent. It costs one small query on the budgets table; only when a budget applies,
-one aggregate over the space's replies since the start of the month, read through the
-(team, created) or (created_by, created) index. No budget, no aggregate."""
+`check` runs where every turn starts (services.within_budget), before any request is sent.
+Which budgets exist is read from Django's cache (Redis when there are several processes,
+in-process memory otherwise), refreshed when a budget is saved or deleted and at most a
+minute old: a turn with no budget in force makes no query at all. Only when a budget
+applies, one aggregate over the space's replies since the start of the month (or the day),
+read through the (team, created, ...) or (created_by, created) index."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from django.core.cache import cache
 from django.db.models import Count, Q, Sum
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from playground.accounts.models import Budget, Membership
@@ -22,6 +27,45 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 WARN_AT = Decimal("0.8")
+CACHE_KEY = "playground:budgets"
+CACHE_SECONDS = 60  # a budget changed where no signal is heard (raw SQL) counts within this
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A Budget row as cached: its scope and its limits."""
+
+    team_id: int | None
+    user_id: int | None
+    monthly_cost: Decimal | None
+    daily_messages: int | None
+
+
+def _rules() -> list[Rule]:
+    """Every budget of the site (a small table: a row per team and per capped member)."""
+    try:
+        rules = cache.get(CACHE_KEY)
+    except Exception:  # the cache (Redis) is down: the database answers instead
+        rules = None
+    if rules is None:
+        rules = [
+            Rule(b.team_id, b.user_id, b.monthly_cost, b.daily_messages)
+            for b in Budget.objects.all()
+        ]
+        with contextlib.suppress(Exception):  # uncached, the next turn reads them again
+            cache.set(CACHE_KEY, rules, CACHE_SECONDS)
+    return rules
+
+
+def forget_budgets(**kwargs: Any) -> None:
+    """Signal receiver: a budget was saved or deleted, so every process reads them again."""
+    with contextlib.suppress(Exception):  # the entry expires within CACHE_SECONDS anyway
+        cache.delete(CACHE_KEY)
+
+
+def connect() -> None:
+    post_save.connect(forget_budgets, sender=Budget, dispatch_uid="budgets-saved")
+    post_delete.connect(forget_budgets, sender=Budget, dispatch_uid="budgets-deleted")
 
 
 class BudgetExceeded(Exception):
@@ -95,7 +139,7 @@ def replies_in_space(user: User, team_id: int | None):
 
 def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> list[Limit]:
     """The limits on `user` in the space, with what is used of each; [] when none applies."""
-    budgets = list(Budget.objects.applying_to(user, team_id))
+    budgets = [r for r in _rules() if r.team_id == team_id and r.user_id in (None, user.pk)]
     if not budgets:
         return []
     if team_id is None:
@@ -152,12 +196,15 @@ def header_warnings(request) -> dict[str, Any]:
     def warnings() -> list[Limit]:
         if not cached:
             team_id = request.session.get("space")
-            if (
+            if team_id is not None and not any(r.team_id == team_id for r in _rules()):
+                team_id = -1  # no budget in that team: nothing to check, not even membership
+            elif (
                 team_id is not None
                 and not Membership.objects.filter(team_id=team_id, user=user).exists()
             ):
                 team_id = None
-            cached.append([limit for limit in limits(user, team_id) if limit.warn])
+            found = [] if team_id == -1 else limits(user, team_id)
+            cached.append([limit for limit in found if limit.warn])
         return cached[0]
 
     return {"budget_warnings": warnings}

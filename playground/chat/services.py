@@ -252,12 +252,8 @@ def _turn(
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
-    Inside the turn's transaction: a missing image or a budget aborts the whole turn, and
-    every turn (send, tool results, re-run) passes here, so none escapes the budget."""
-    try:
-        budgets.check(user, conversation.team_id, model.cost(completed=True))
-    except budgets.BudgetExceeded as exc:
-        raise TurnError(str(exc)) from None
+    Inside the turn's transaction: a missing image or a budget aborts the whole turn."""
+    within_budget(user, conversation, model)
     parent = created[-1] if created else parent
     reply = _reply(conversation, user, parent, model, body, channel, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
@@ -271,6 +267,16 @@ def _turn(
         team_id=conversation.team_id,
     )
     return Turn([*created, reply], run, conversation)
+
+
+def within_budget(user, conversation: Conversation, model: Model) -> None:
+    """TurnError if this run would go over a budget of its space or its sender. Every turn
+    checks here before its upstream request starts: a send in prepare_turn(), tool results
+    and re-runs in _turn()."""
+    try:
+        budgets.check(user, conversation.team_id, model.cost(completed=True))
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
 
 
 def _reply(
@@ -354,6 +360,7 @@ def prepare_turn(
         conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
     )
     attached = attachments_for(user, model, attachment_ids or [])
+    within_budget(user, conversation, model)  # before the key: a refused send spends nothing
     api_key, key = resolve_api_key(user, conversation, model.provider)
     by_id = _messages_of(conversation)
     branch = _branch(by_id)
