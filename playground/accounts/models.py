@@ -337,14 +337,6 @@ class ApiKey(models.Model):
         self.save(update_fields=["ciphertext"])
 
 
-class BudgetQuerySet(models.QuerySet["Budget"]):
-    def applying_to(self, user: User, team_id: int | None) -> BudgetQuerySet:
-        """The limits on a run by `user` in a space: the space's own row and the user's row in
-        it. For Personal, the site's default (no user) and the user's own override."""
-        space = Q(team__isnull=True) if team_id is None else Q(team_id=team_id)
-        return self.filter(space, Q(user__isnull=True) | Q(user=user))
-
-
 class Budget(models.Model):
     """A monthly cost budget and/or a daily message cap.
 
@@ -370,8 +362,6 @@ class Budget(models.Model):
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-
-    objects = BudgetQuerySet.as_manager()
 
     class Meta:
         constraints = [
