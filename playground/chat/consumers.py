@@ -123,6 +123,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.waiting: dict[int, list[dict]] = {}
         self.tokens, self.refilled = float(BURST), time.monotonic()
         self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
+        self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
         # The session and the user were read by the auth middleware a moment ago.
@@ -467,7 +468,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         names = {
             user_id: name for user_id, name in self.present.values() if user_id != self.user.pk
         }
-        watchers = [{"name": n, "initials": initials(n)} for n in sorted(names.values())]
+        shown = sorted(names.values())
+        if shown == self.watchers_shown:
+            return  # e.g. one's own other tab came or went: nothing to redraw
+        self.watchers_shown = shown
+        watchers = [{"name": n, "initials": initials(n)} for n in shown]
         await self._send_partial("presence", {"watchers": watchers})
 
     async def server_restarting(self, event: dict[str, Any]) -> None:
