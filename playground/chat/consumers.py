@@ -123,6 +123,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.waiting: dict[int, list[dict]] = {}
         self.tokens, self.refilled = float(BURST), time.monotonic()
         self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
+        self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
         # The session and the user were read by the auth middleware a moment ago.
@@ -248,8 +249,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # Refused, not stringified: an object sent as the text would reach the model as
         # "{'a': 1}", and a misspelt parameter would be left out without a word.
         try:
-            text, model_key, system_prompt = (
-                _text_field(data, name) for name in ("text", "model", "system_prompt")
+            text, model_key, system_prompt, wire_format = (
+                _text_field(data, name)
+                for name in ("text", "model", "system_prompt", "wire_format")
             )
         except ValueError as exc:
             await self._send_error(str(exc))
@@ -261,6 +263,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             system_prompt=system_prompt,
             values=params.from_form(data),
             attachment_ids=_ints(data.get("attachment")),
+            # Absent (a client from before formats): the conversation's own format.
+            wire_format=wire_format if "wire_format" in data else None,
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
@@ -308,7 +312,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         except params.InvalidParams as exc:
             context = await database_sync_to_async(turn_errors_context)(
-                kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
+                kwargs.get("model_key", ""),
+                kwargs.get("values", {}),
+                exc.errors,
+                kwargs.get("wire_format") or self.conversation.wire_format,
             )
             unknown = params.unknown_names(exc.errors)
             context["error"] = (
@@ -467,7 +474,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         names = {
             user_id: name for user_id, name in self.present.values() if user_id != self.user.pk
         }
-        watchers = [{"name": n, "initials": initials(n)} for n in sorted(names.values())]
+        shown = sorted(names.values())
+        if shown == self.watchers_shown:
+            return  # e.g. one's own other tab came or went: nothing to redraw
+        self.watchers_shown = shown
+        watchers = [{"name": n, "initials": initials(n)} for n in shown]
         await self._send_partial("presence", {"watchers": watchers})
 
     async def server_restarting(self, event: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0002_invitations'),
-        ('chat', '0004_message_notes_response_id'),
+        ('chat', '0005_wire_format'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

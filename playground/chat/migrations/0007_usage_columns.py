@@ -29,7 +29,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0003_budgets'),
-        ('chat', '0005_spaces_and_reply_keys'),
+        ('chat', '0006_spaces_and_reply_keys'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,247 @@
+"""The History page's query: every conversation a user may see, filtered, newest first.
+
+Keyset pagination on (updated, id), the sidebar's cursor and order: no OFFSET, so a deep page
+costs what the first does and a conversation that moves to the top shifts nothing.
+
+Filters are data: each `Filter` brings its form field (choices built for the user, so a team
+or author outside the user's reach is refused as an invalid choice) and how it narrows the
+queryset. A later feature (rating, label, review status, prompt version) adds one entry to
+`FILTERS`; the form, the URL, the "next page" link and the template pick it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Exists, OuterRef, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from playground.accounts.models import Team
+from playground.chat.models import Conversation, ConversationQuerySet, Message
+from playground.chat.sidebar import Cursor, InvalidCursor
+from playground.providers import catalog
+from playground.review import search
+
+PAGE_SIZE = 25
+PERSONAL = "personal"
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    field: Callable[[Any], forms.Field]  # user -> the form field, choices limited to the user
+    apply: Callable[[ConversationQuerySet, Any], ConversationQuerySet]
+
+
+def _choice(label: str, choices: list[tuple[str, str]]) -> forms.ChoiceField:
+    return forms.ChoiceField(label=label, required=False, choices=[("", "Any"), *choices])
+
+
+def _with_message(**lookups: Any) -> Exists:
+    return Exists(Message.objects.filter(conversation=OuterRef("pk"), **lookups))
+
+
+# -- space ------------------------------------------------------------------------------------
+
+
+def _space_field(user: Any) -> forms.Field:
+    teams = Team.objects.filter(memberships__user=user).order_by("name")
+    return _choice("Space", [(PERSONAL, "Personal"), *((str(t.pk), t.name) for t in teams)])
+
+
+def _space_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
+    if value == PERSONAL:
+        return conversations.filter(team__isnull=True)
+    return conversations.filter(team_id=int(value))
+
+
+# -- model and endpoint -----------------------------------------------------------------------
+
+
+def _model_field(user: Any) -> forms.Field:
+    # The catalog's models, not the distinct models of every visible conversation: that
+    # scan cost more than the rest of the page at 10k conversations.
+    return _choice("Model", [(m.key, m.label) for m in catalog.all_models()])
+
+
+def _endpoint_field(user: Any) -> forms.Field:
+    return _choice("Endpoint", [(p.slug, p.name) for p in catalog.providers()])
+
+
+# -- author -----------------------------------------------------------------------------------
+
+
+def _author_field(user: Any) -> forms.Field:
+    people = (
+        get_user_model()
+        .objects.filter(Q(pk=user.pk) | Q(memberships__team__memberships__user=user))
+        .distinct()
+        .order_by("username")
+    )
+    return _choice("Author", [(str(p.pk), p.get_username()) for p in people])
+
+
+def _author_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
+    """Started the conversation or sent a message in it (teammates write in team ones)."""
+    author = int(value)
+    return conversations.filter(Q(owner_id=author) | _with_message(created_by_id=author))
+
+
+# -- dates ------------------------------------------------------------------------------------
+
+
+def _since_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
+    start = timezone.make_aware(datetime.combine(day, time.min))
+    return conversations.filter(updated__gte=start)
+
+
+def _until_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
+    end = timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
+    return conversations.filter(updated__lt=end)
+
+
+def _date_field(label: str) -> Callable[[Any], forms.Field]:
+    def make(user: Any) -> forms.Field:
+        return forms.DateField(
+            label=label, required=False, widget=forms.DateInput(attrs={"type": "date"})
+        )
+
+    return make
+
+
+def _flag_field(label: str) -> Callable[[Any], forms.Field]:
+    def make(user: Any) -> forms.Field:
+        return forms.BooleanField(label=label, required=False)
+
+    return make
+
+
+FILTERS: list[Filter] = [
+    Filter("space", _space_field, _space_apply),
+    Filter("endpoint", _endpoint_field, lambda qs, v: qs.filter(model__startswith=f"{v}:")),
+    Filter("model", _model_field, lambda qs, v: qs.filter(model=v)),
+    Filter("author", _author_field, _author_apply),
+    Filter(
+        "status",
+        lambda user: _choice("Has a reply that is", list(Message.Status.choices)),
+        lambda qs, v: qs.filter(_with_message(role=Message.Role.ASSISTANT, status=v)),
+    ),
+    Filter("since", _date_field("Active from"), _since_apply),
+    Filter("until", _date_field("Active until"), _until_apply),
+    Filter(
+        "images",
+        _flag_field("Has images"),
+        lambda qs, v: qs.filter(
+            Exists(Message.attachments.through.objects.filter(message__conversation=OuterRef("pk")))
+        ),
+    ),
+    Filter(
+        "tools",
+        _flag_field("Has tool calls"),
+        lambda qs, v: qs.filter(
+            Exists(
+                Message.objects.filter(
+                    conversation=OuterRef("pk"), role=Message.Role.ASSISTANT
+                ).exclude(tool_calls=[])
+            )
+        ),
+    ),
+]
+
+
+class HistoryForm(forms.Form):
+    q = forms.CharField(label="Search", required=False, strip=True)
+
+    def __init__(self, user: Any, data: Any) -> None:
+        super().__init__(data)
+        for item in FILTERS:
+            self.fields[item.name] = item.field(user)
+
+    def clean_q(self) -> search.Query | None:
+        raw = self.cleaned_data["q"]
+        if not raw:
+            return None
+        try:
+            return search.Query.parse(raw)
+        except search.InvalidQuery as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "Ends before it starts.")
+        return cleaned
+
+    def query_string(self, **extra: str) -> str:
+        """The filters as the user gave them: the URL of this view, and of its next page."""
+        params = {k: v for k, v in self.data.items() if k in self.fields and v not in ("", None)}
+        params.update(extra)
+        return urlencode(params)
+
+
+@dataclass
+class Row:
+    conversation: Conversation
+    messages: int = 0
+    snippets: list[search.Snippet] = field(default_factory=list)
+
+
+@dataclass
+class Page:
+    rows: list[Row]
+    next_url: str
+
+
+def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
+    """One page of the user's History under the form's (valid) filters."""
+    conversations = Conversation.objects.visible_to(user)
+    for item in FILTERS:
+        value = form.cleaned_data.get(item.name)
+        if value not in (None, "", False):
+            conversations = item.apply(conversations, value)
+    query: search.Query | None = form.cleaned_data.get("q")
+    engine = search.backend()
+    if after is not None:
+        conversations = conversations.older_than(after.updated, after.pk)
+    if query is not None:
+        conversations = engine.matching(query, conversations, PAGE_SIZE + 1)
+    # One row more than shown says whether there is another page, without a COUNT.
+    found = list(
+        conversations.select_related("owner", "team").only(
+            "id", "title", "model", "updated", "created", "owner__username", "team__name"
+        )[: PAGE_SIZE + 1]
+    )
+    shown = found[:PAGE_SIZE]
+    ids = [c.pk for c in shown]
+    counts = dict(
+        Message.objects.filter(conversation_id__in=ids)
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values_list("conversation_id", "n")
+        .order_by()
+    )
+    snippets = engine.snippets(query, ids) if query is not None else {}
+    rows = [Row(c, counts.get(c.pk, 0), snippets.get(c.pk, [])) for c in shown]
+    next_url = ""
+    if len(found) > PAGE_SIZE:
+        after_shown = str(Cursor.after(shown[-1]))
+        next_url = f"{reverse('review:history')}?{form.query_string(after=after_shown)}"
+    return Page(rows, next_url)
+
+
+def parse_cursor(raw: str | None) -> Cursor | None:
+    """None for the first page; InvalidCursor for one that is not ours."""
+    if not raw:
+        return None
+    return Cursor.parse(raw)
+
+
+__all__ = ["FILTERS", "HistoryForm", "InvalidCursor", "Page", "Row", "page", "parse_cursor"]
