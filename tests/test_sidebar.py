@@ -108,9 +108,18 @@ def test_foreign_conversations_never_appear(client, user, other_user):
     shared = make_conversations(other_user, 10, team=our_team)
     client.force_login(user)
 
+    # The sidebar lists the open conversation's space: Personal, then the team.
     seen = walk(client, client.get(f"/c/{mine[0].pk}/").content)
-    assert sorted(seen) == sorted(c.pk for c in mine + shared)
+    assert sorted(seen) == sorted(c.pk for c in mine)
     assert len(seen) == len(set(seen))
+    seen = walk(client, client.get(f"/c/{shared[0].pk}/").content)
+    assert sorted(seen) == sorted(c.pk for c in shared)
+    # Naming someone else's team as the space shows nothing of it.
+    above_all = sidebar.Cursor(timezone.now() + timedelta(days=1), 10**9)
+    response = client.get(
+        f"/c/?after={above_all}&space={their_team.pk}", headers={"HX-Request": "true"}
+    )
+    assert items(response.content) == []
 
     # A cursor aimed just above someone else's conversations shows ada's only.
     foreign = theirs + team_only
