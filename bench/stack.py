@@ -124,22 +124,18 @@ def install_write_counters(database_url: str | None, sqlite_path: Path | None) -
             "CREATE TABLE bench_writes (id INTEGER PRIMARY KEY, tbl TEXT, op TEXT, row_id TEXT, "
             "at REAL)"
         )
-        # Not the full-text index (a virtual table, which takes no trigger) nor its shadow
-        # tables: they are written by the chat tables' own triggers, so those count them.
-        virtual = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND sql LIKE 'CREATE VIRTUAL TABLE%'"
-            )
-        ]
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' AND name <> 'bench_writes'"
+        ).fetchall()
+        # The search index's FTS5 tables take no triggers, and their shadow tables
+        # (<name>_data, <name>_idx, ...) are written by FTS5 itself: neither is a row write of
+        # the playground's.
+        virtual = [name for name, sql in rows if sql.upper().startswith("CREATE VIRTUAL")]
         tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name <> 'bench_writes'"
-            )
-            if r[0] not in virtual and not any(r[0].startswith(f"{v}_") for v in virtual)
+            name
+            for name, _ in rows
+            if name not in virtual and not any(name.startswith(f"{v}_") for v in virtual)
         ]
         for table in tables:
             for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):

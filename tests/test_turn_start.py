@@ -14,7 +14,7 @@ from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from playground.chat import runs, services
+from playground.chat import budgets, runs, services
 from playground.chat.models import Conversation, LastSettings, Message
 from tests.conftest import SECRET_KEY_VALUE
 from tests.upstream import Behaviour
@@ -143,6 +143,7 @@ def test_a_turn_is_read_in_two_statements_and_written_in_one_transaction_of_six(
     api_key.last_used = timezone.now()  # its use is recorded once a minute, not per turn
     api_key.save()
     LastSettings.objects.create(user=user, model="an earlier model")  # has sent before
+    budgets.check(user, None, None)  # which budgets exist is cached after a process's first turn
     with CaptureQueriesContext(connection) as read:
         prepared = prepare(conversation, user, text="And now?")
     with CaptureQueriesContext(connection) as written:
@@ -211,6 +212,7 @@ def test_a_keys_use_is_recorded_once_a_minute(user, api_key, conversation, last_
 
     before = None if last_used is None else timezone.now() - last_used
     ApiKey.objects.filter(pk=api_key.pk).update(last_used=before)
+    budgets.check(user, None, None)  # which budgets exist is cached after a process's first turn
     with CaptureQueriesContext(connection) as read:
         prepared = prepare(conversation, user)
     assert prepared.run.api_key == SECRET_KEY_VALUE

@@ -15,7 +15,8 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import images
+from playground.chat import budgets, images
+from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
@@ -43,49 +44,26 @@ class Turn:
 
 
 @sensitive_variables("plaintext")
-def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
-    """The user's own key for the provider, else the conversation's team key.
+def resolve_api_key(
+    user, conversation: Conversation, provider: Provider
+) -> tuple[str | None, ApiKey | None]:
+    """The plaintext of the key that pays (see keys.paying_key for the rule), and the key.
 
-    The team key is the team's money: only a member who may run in the team spends it, checked
-    here too so that no caller can skip it."""
-    now = timezone.now()
-    recorded_after = now - timedelta(minutes=1)  # its use, to the minute, is enough
-    key, unrecorded = _own_key(user, provider, recorded_after)
-    # can_run of a team conversation is exactly "a member who is not a viewer".
-    if key is None and conversation.team_id and conversation.can_run(user):
-        key = ApiKey.objects.filter(provider=provider.slug, team_id=conversation.team_id).first()
-        unrecorded = key is not None and (key.last_used is None or key.last_used < recorded_after)
+    The team key is the team's money: only a member who may run in the team spends it,
+    checked in paying_key so that no caller can skip it."""
+    key = paying_key(user, conversation, provider.slug)
     if key is None:
         if provider.requires_key:
             raise TurnError(f"Add your {provider.name} API key on the Keys page first.")
-        return None
+        return None, None
     try:
         plaintext = key.reveal()
     except KeyDecryptionError as exc:
         raise TurnError(f"{provider.name}: {exc}") from None
-    if unrecorded:
-        ApiKey.objects.filter(pk=key.pk).update(last_used=now)
-    return plaintext
-
-
-def _own_key(user, provider: Provider, recorded_after) -> tuple[ApiKey | None, bool]:
-    """The user's own key for the provider (only its id and ciphertext), and whether its use
-    was last recorded before `recorded_after`.
-
-    Plain SQL: every turn reads it, and the ORM's query for this one row cost more CPU than
-    any other statement of the turn (the unique constraint user_key makes it one row)."""
-    quote = connection.ops.quote_name
-    sql = (
-        f"SELECT id, ciphertext, (last_used IS NULL OR last_used < %s)"
-        f" FROM {quote(ApiKey._meta.db_table)} WHERE provider = %s AND user_id = %s"
-    )
-    after = connection.ops.adapt_datetimefield_value(recorded_after)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [after, provider.slug, user.pk])
-        row = cursor.fetchone()
-    if row is None:
-        return None, False
-    return ApiKey(pk=row[0], ciphertext=row[1]), bool(row[2])
+    now = timezone.now()
+    if key.last_used is None or now - key.last_used > timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used=now)  # to the minute is enough
+    return plaintext, key
 
 
 def get_model(model_key: str) -> Model:
@@ -342,18 +320,39 @@ def _turn(
     api_key: str | None,
     parent: Message | None = None,
     fmt: str = CHAT,
+    *,
+    key: ApiKey | None,
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
-    Inside the turn's transaction: a missing image aborts the whole turn."""
+    Inside the turn's transaction: a missing image or a budget aborts the whole turn."""
+    within_budget(user, conversation, model)
     parent = created[-1] if created else parent
-    reply = _reply(conversation, user, parent, model, body, channel, fmt)
+    reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
     sent = with_image_data(body)
     run = RunRequest(
-        reply.pk, conversation.pk, channel, model, sent, api_key, wire_format=fmt, reply=reply
+        reply.pk,
+        conversation.pk,
+        channel,
+        model,
+        sent,
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
+        reply=reply,
     )
     return Turn([*created, reply], run, conversation)
+
+
+def within_budget(user, conversation: Conversation, model: Model) -> None:
+    """TurnError if this run would go over a budget of its space or its sender. Every turn
+    checks here before its upstream request starts: a send in prepare_turn(), tool results
+    and re-runs in _turn()."""
+    try:
+        budgets.check(user, conversation.team_id, model.cost(completed=True))
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
 
 
 def _reply(
@@ -364,9 +363,14 @@ def _reply(
     body,
     channel,
     fmt: str = CHAT,
+    key: ApiKey | None = None,
 ):
     return _insert(
+        key_id=key.pk if key else None,
+        key_owner=owner_kind(key),
+        key_last_four=key.last_four if key else "",
         conversation=conversation,
+        team_id=conversation.team_id,
         parent=parent,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
@@ -448,6 +452,7 @@ class PreparedTurn:
     seen: int  # the newest message id read: a newer one means the conversation moved on
     body: dict[str, Any]  # as saved, images by reference
     run: RunRequest  # as sent; message_id is 0 until write_turn() makes the reply
+    key: ApiKey | None = None  # the key that pays, recorded on the reply (never its text)
 
 
 @sensitive_variables("api_key")
@@ -479,7 +484,8 @@ def prepare_turn(
     )
     fmt = conversation.wire_format
     attached = attachments_for(user, model, attachment_ids or [])
-    api_key = resolve_api_key(user, conversation, model.provider)
+    within_budget(user, conversation, model)  # before the key: a refused send spends nothing
+    api_key, key = resolve_api_key(user, conversation, model.provider)
     branch, seen = _context_of(conversation)
     prompt = Message(
         role=Message.Role.USER,
@@ -489,10 +495,17 @@ def prepare_turn(
     messages = build_messages(model, system_prompt, [*branch, prompt])
     body = build_body(model, messages, conversation.params, fmt)
     run = RunRequest(
-        0, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+        0,
+        conversation.pk,
+        channel,
+        model,
+        with_image_data(body),
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
     )
     parent = branch[-1] if branch else None
-    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run)
+    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run, key)
 
 
 def write_turn(prepared: PreparedTurn, user) -> Turn:
@@ -532,6 +545,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             prepared.body,
             prepared.run.channel,
             prepared.run.wire_format,
+            prepared.key,
         )
         LastSettings.remember_now(user, conversation)
     return Turn(
@@ -618,7 +632,7 @@ def submit_tool_results(
             raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
         if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
             raise TurnError("A tool result is too long.")
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         parent, created = asking, []
         for call in asking.tool_calls:
             parent = Message.objects.create(
@@ -633,7 +647,7 @@ def submit_tool_results(
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
         fmt = asking.wire_format  # the results go back in the format that asked for them
         body = build_body(model, messages, _params_of(asking, model), fmt)
-        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt)
+        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt, key=key)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -650,7 +664,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         if original is None or not original.request_body:
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         return _turn(
             locked,
             user,
@@ -661,4 +675,5 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             api_key,
             original.parent,
             fmt=original.wire_format,
+            key=key,
         )
