@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -85,12 +86,58 @@ def _messages_of(conversation: Conversation) -> dict[int, Message]:
 def _branch(by_id: dict[int, Message]) -> list[Message]:
     if not by_id:
         return []
-    node: Message | None = max(by_id.values(), key=lambda m: (m.created, m.pk))
+    return _walk(by_id, max(by_id.values(), key=lambda m: (m.created, m.pk)))
+
+
+def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
+    node: Message | None = newest
     branch = []
     while node is not None:
         branch.append(node)
         node = by_id.get(node.parent_id) if node.parent_id is not None else None
     return branch[::-1]
+
+
+# What a request is built from (as_openai) and the branch walked by.
+CONTEXT_FIELDS = ("id", "parent_id", "role", "text", "content_parts", "tool_calls", "tool_call_id")
+
+
+def _context_of(conversation: Conversation) -> tuple[list[Message], int]:
+    """history() for building a request, and the newest message id: the messages hold only
+    CONTEXT_FIELDS (any other field is read when first used, as with defer()).
+
+    Plain SQL: every send runs it before its upstream request goes out, and the ORM's query
+    (a related manager, defer(), model rows) cost more CPU than SQLite took to run it. JSON
+    columns go through the field's own from_db_value(), as the ORM does."""
+    sql, names, decoders = _context_sql(connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [conversation.pk])
+        rows = cursor.fetchall()
+    if not rows:
+        return [], 0
+    by_id = {}
+    for row in rows:
+        values = [
+            v if d is None else d(v, None, connection) for v, d in zip(row, decoders, strict=True)
+        ]
+        by_id[row[0]] = Message.from_db(connection.alias, names, values)
+    # Ordered as Message.Meta.ordering: the last row is the newest, as in history().
+    return _walk(by_id, by_id[rows[-1][0]]), max(by_id)
+
+
+@functools.cache
+def _context_sql(vendor: str) -> tuple[str, list[str], list]:
+    """The query, its columns' names and their decoders, in the model's field order (which
+    Model.from_db() expects); the id first."""
+    quote = connection.ops.quote_name
+    fields = [f for f in Message._meta.concrete_fields if f.attname in CONTEXT_FIELDS]
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"SELECT {columns} FROM {quote(Message._meta.db_table)}"
+        f" WHERE {quote('conversation_id')} = %s ORDER BY {quote('created')}, {quote('id')}"
+    )
+    names = [f.attname for f in fields]
+    return sql, names, [getattr(f, "from_db_value", None) for f in fields]
 
 
 def as_openai(message: Message) -> dict[str, Any] | None:
@@ -283,15 +330,17 @@ def _turn(
     parent = created[-1] if created else parent
     reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
+    sent = with_image_data(body)
     run = RunRequest(
         reply.pk,
         conversation.pk,
         channel,
         model,
-        with_image_data(body),
+        sent,
         api_key,
         wire_format=fmt,
         team_id=conversation.team_id,
+        reply=reply,
     )
     return Turn([*created, reply], run, conversation)
 
@@ -316,7 +365,7 @@ def _reply(
     fmt: str = CHAT,
     key: ApiKey | None = None,
 ):
-    return Message.objects.create(
+    return _insert(
         key_id=key.pk if key else None,
         key_owner=owner_kind(key),
         key_last_four=key.last_four if key else "",
@@ -332,6 +381,45 @@ def _reply(
         run_channel=channel,
         checkpoint_at=timezone.now(),
     )
+
+
+def _insert(**values: Any) -> Message:
+    """Message.objects.create(**values) with the INSERT's SQL built once per process.
+
+    Every turn inserts two messages; building each INSERT through the ORM's compiler cost
+    more CPU than SQLite took to run it. The values still go through each field's own
+    pre_save() and get_db_prep_save(), as the ORM does: defaults, `created`, JSON encoding
+    and every backend's adapters are the same. No pre_save/post_save signal is sent;
+    nothing listens for Message's."""
+    message = Message(**values)
+    sql, returning = _insert_sql(connection.vendor)
+    params = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in _INSERT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            pk = cursor.fetchone()[0]
+        else:
+            pk = connection.ops.last_insert_id(cursor, Message._meta.db_table, "id")
+    message.pk = pk
+    message._state.adding = False
+    message._state.db = connection.alias
+    return message
+
+
+_INSERT_FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _insert_sql(vendor: str) -> tuple[str, bool]:
+    """The INSERT for this database, and whether it returns the new id itself."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _INSERT_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_INSERT_FIELDS))
+    sql = f"INSERT INTO {quote(Message._meta.db_table)} ({columns}) VALUES ({placeholders})"
+    returning = bool(connection.features.can_return_columns_from_insert)
+    if returning:
+        sql += f" RETURNING {quote(Message._meta.pk.column)}"
+    return sql, returning
 
 
 def _locked(conversation: Conversation, user) -> Conversation:
@@ -398,8 +486,7 @@ def prepare_turn(
     attached = attachments_for(user, model, attachment_ids or [])
     within_budget(user, conversation, model)  # before the key: a refused send spends nothing
     api_key, key = resolve_api_key(user, conversation, model.provider)
-    by_id = _messages_of(conversation)
-    branch = _branch(by_id)
+    branch, seen = _context_of(conversation)
     prompt = Message(
         role=Message.Role.USER,
         text=text,
@@ -418,9 +505,7 @@ def prepare_turn(
         team_id=conversation.team_id,
     )
     parent = branch[-1] if branch else None
-    return PreparedTurn(
-        conversation, model, text, attached, parent, max(by_id, default=0), body, run, key
-    )
+    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run, key)
 
 
 def write_turn(prepared: PreparedTurn, user) -> Turn:
@@ -442,7 +527,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             system_prompt=conversation.system_prompt,
             updated=conversation.updated,
         )
-        prompt = Message.objects.create(
+        prompt = _insert(
             conversation=conversation,
             parent=prepared.parent,
             role=Message.Role.USER,
@@ -463,7 +548,9 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             prepared.key,
         )
         LastSettings.remember_now(user, conversation)
-    return Turn([prompt, reply], replace(prepared.run, message_id=reply.pk), conversation)
+    return Turn(
+        [prompt, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
+    )
 
 
 def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
