@@ -29,6 +29,12 @@ class ConversationQuerySet(models.QuerySet):
             Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
         ).distinct()
 
+    def abandoned_by(self, user, before: datetime) -> ConversationQuerySet:
+        """The user's conversations that never got a message and were last touched before
+        `before`: opened with "New conversation" and left. The sidebar hides them, so nothing
+        else would ever remove them. One with any message is never among them."""
+        return self.filter(owner=user, updated__lt=before, messages__isnull=True)
+
     def older_than(self, updated: datetime, pk: int) -> ConversationQuerySet:
         """The rows after (updated, pk) in the newest-first order: a keyset page boundary.
         Ties in `updated` are broken by id, as `Meta.ordering` breaks them."""

@@ -34,12 +34,18 @@ from playground.providers import catalog, params
 from playground.providers.specs import CHAT
 
 TEMPLATE = "chat/playground.html"
+# An empty conversation untouched this long was abandoned. Not younger ones: another tab may
+# still have it open, about to send its first message.
+EMPTY_CONVERSATION_TTL = timedelta(days=1)
 
 
 def _new_conversation(user) -> Conversation:
     """A fresh conversation with the model, system prompt and sampling values the user last
     used, and nothing else: tools, a schema, logprobs or a seed made for the last chat would
     make the next one fail or repeat itself. A preset carries a whole setup on purpose."""
+    # Each new conversation sweeps the user's abandoned empty ones: cheap (their own rows),
+    # and their number stays bounded by what one day of clicks makes.
+    Conversation.objects.abandoned_by(user, timezone.now() - EMPTY_CONVERSATION_TTL).delete()
     last = LastSettings.objects.filter(user=user).first()
     if last is None:
         return Conversation.objects.create(owner=user, model=catalog.DEFAULT_MODEL_KEY)
