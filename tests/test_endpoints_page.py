@@ -11,7 +11,7 @@ from playground.chat.models import Conversation
 from playground.chat.panel import settings_context
 from playground.providers import catalog, specs
 from playground.providers.models import CustomEndpoint, EndpointModel
-from tests.html import attr, find, find_all, has
+from tests.html import attr, find, find_all, has, text
 from tests.upstream import Behaviour, FakeUpstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -306,4 +306,20 @@ def test_the_panel_offers_only_the_response_formats_the_server_accepts(lab, user
     page = client.get(f"/c/{accepted.pk}/").content.decode()
     options = find_all(find(page, "select", name="param:response_format:type"), "option")
     assert [attr(o, "value") for o in options] == ["", "json_object", "json_schema"]
+    assert has(page, class_="schema-fields")
+
+
+def test_a_json_schema_saved_before_the_probe_refused_it_is_shown_as_refused(lab, user) -> None:
+    EndpointModel.objects.create(endpoint=lab, model_id="m", json_schema=False)
+    schema = {"type": "object"}
+    saved = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    conversation = Conversation.objects.create(
+        owner=user, model="lab:m", params={"response_format": saved}
+    )
+    client = Client()
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    chosen = find(page, "option", value="json_schema", selected=True)
+    assert "not accepted" in text(chosen)  # not an unset-looking panel that every send fails
+    assert "not accepted" in text(find(page, id="param-error-response_format"))
     assert has(page, class_="schema-fields")

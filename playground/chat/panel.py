@@ -112,7 +112,14 @@ def control(param: Param, value: Any, error: str, values: dict[str, Any]) -> dic
         shown["choices"] = [
             (kind, label) for kind, label in RESPONSE_FORMAT_LABELS if kind in accepted
         ]
-        shown["with_schema"] = "json_schema" in accepted
+        kind = shown["value"]["type"]
+        if kind in RESPONSE_FORMATS and kind not in accepted:
+            # Saved before a later Probe found it refused: drawn as what it is, so the panel
+            # does not look unset while every send is refused for it.
+            label = dict(RESPONSE_FORMAT_LABELS)[kind]
+            shown["choices"].append((kind, f"{label} (not accepted by this server)"))
+            shown["error"] = error or f"{kind} is not accepted by this model's server"
+        shown["with_schema"] = "json_schema" in accepted or kind == "json_schema"
     else:
         shown["value"] = "" if value is None else value
     return shown
