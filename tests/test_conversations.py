@@ -40,7 +40,8 @@ def test_a_new_conversation_removes_empty_ones_left_for_a_day_and_nothing_else(
     used = Conversation.objects.create(owner=user, model="x")
     Message.objects.create(conversation=used, role="user", text="Hi")
     someone_elses = Conversation.objects.create(owner=other_user, model="x")
-    old = [abandoned.pk, used.pk, someone_elses.pk]
+    named = Conversation.objects.create(owner=user, model="x", title="Kept: it has a name")
+    old = [abandoned.pk, used.pk, someone_elses.pk, named.pk]
     Conversation.objects.filter(pk__in=old).update(updated=day_ago)
     recent = Conversation.objects.create(owner=user, model="x")  # perhaps open in another tab
     client.force_login(user)
@@ -48,8 +49,8 @@ def test_a_new_conversation_removes_empty_ones_left_for_a_day_and_nothing_else(
     assert response.status_code == 302
     left = set(Conversation.objects.values_list("pk", flat=True))
     assert abandoned.pk not in left
-    assert {used.pk, someone_elses.pk, recent.pk} <= left
-    assert len(left) == 4  # the three kept and the new one
+    assert {used.pk, someone_elses.pk, named.pk, recent.pk} <= left
+    assert len(left) == 5  # the four kept and the new one
 
 
 def test_the_sidebar_is_newest_first(client, user):

@@ -31,9 +31,10 @@ class ConversationQuerySet(models.QuerySet):
 
     def abandoned_by(self, user, before: datetime) -> ConversationQuerySet:
         """The user's conversations that never got a message and were last touched before
-        `before`: opened with "New conversation" and left. The sidebar hides them, so nothing
-        else would ever remove them. One with any message is never among them."""
-        return self.filter(owner=user, updated__lt=before, messages__isnull=True)
+        `before`: opened with "New conversation" and left. The sidebar hides them (no title:
+        it comes with the first message), so nothing else would ever remove them. One with
+        any message, or a title its owner gave it, is never among them."""
+        return self.filter(owner=user, title="", updated__lt=before, messages__isnull=True)
 
     def older_than(self, updated: datetime, pk: int) -> ConversationQuerySet:
         """The rows after (updated, pk) in the newest-first order: a keyset page boundary.
