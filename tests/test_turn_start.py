@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from playground.chat import runs, services
+from playground.chat import budgets, runs, services
 from playground.chat.models import Conversation, LastSettings, Message
 from tests.upstream import Behaviour
 
@@ -139,6 +139,7 @@ def test_a_turn_is_read_in_two_statements_and_written_in_one_transaction_of_six(
     api_key.last_used = timezone.now()  # its use is recorded once a minute, not per turn
     api_key.save()
     LastSettings.objects.create(user=user, model="an earlier model")  # has sent before
+    budgets.check(user, None, None)  # which budgets exist is cached after a process's first turn
     with CaptureQueriesContext(connection) as read:
         prepared = prepare(conversation, user, text="And now?")
     with CaptureQueriesContext(connection) as written:

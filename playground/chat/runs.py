@@ -59,6 +59,11 @@ def group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
+def activity_group(team_id: int) -> str:
+    """Where a team's runs say that they started, progressed and ended (the Activity page)."""
+    return f"team-activity-{team_id}"
+
+
 def channel_layer() -> BaseChannelLayer:
     """The default channel layer: runs publish, listen and stop through it, so it must exist."""
     layer = get_channel_layer()
@@ -77,6 +82,7 @@ class RunRequest:
     api_key: str | None = field(default=None, repr=False)
     # The saved body is Chat Completions-shaped; it is sent in this format (formats.py).
     wire_format: str = CHAT
+    team_id: int | None = None  # a team conversation's runs show on its Activity page
 
 
 @dataclass
@@ -155,6 +161,7 @@ class Run:
             self.interrupted = task.cancel()
 
     async def _main(self) -> None:
+        await self._tell_team("activity.started")
         listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
         self.begin_upstream()  # unless the turn already did
@@ -189,6 +196,15 @@ class Run:
             html = ""  # the watchers still learn the run ended; a reload shows the reply
         done = {"type": "run.done", "message_id": self.request.message_id, "html": html}
         await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
+        await self._tell_team("activity.done")
+
+    async def _tell_team(self, kind: str, **details: Any) -> None:
+        """Ids and counters only: each Activity socket loads and renders what its user may
+        see. Tried once and never fatal: the reply matters more than the Activity page."""
+        if self.request.team_id is not None:
+            event = {"type": kind, "message_id": self.request.message_id, **details}
+            group = activity_group(self.request.team_id)
+            await self._send_retrying(self.layer.group_send, group, event, ())
 
     async def _save_final_retrying(self) -> None:
         """A database that blips (a failover, a restart, a locked SQLite file) is tried again
@@ -438,6 +454,8 @@ class Run:
             ).aupdate(
                 text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
             )
+            elapsed_ms = round((now - self.started) * 1000)
+            await self._tell_team("activity.progress", tokens=self.chunks, elapsed_ms=elapsed_ms)
 
     def _status(self) -> str:
         if self.interrupted:
@@ -517,6 +535,8 @@ class Run:
             notes=notes,
             response_id=self.response_id,
             usage=self.usage,
+            input_tokens=_count((self.usage or {}).get("prompt_tokens")),
+            output_tokens=_count(completion),
             ttft_ms=None if ttft is None else round(ttft * 1000, 1),
             total_ms=round((ended - self.started) * 1000, 1),
             tokens_per_second=round(completion / generating, 1)
@@ -527,6 +547,13 @@ class Run:
             schema_check=schema_check,
             checkpoint_at=timezone.now(),
         )
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the upstream's usage, if it is one (the upstream is not trusted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        return None
+    return value
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

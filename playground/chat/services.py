@@ -14,7 +14,8 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import images
+from playground.chat import budgets, images
+from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
@@ -42,19 +43,18 @@ class Turn:
 
 
 @sensitive_variables("plaintext")
-def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
-    """The user's own key for the provider, else the conversation's team key.
+def resolve_api_key(
+    user, conversation: Conversation, provider: Provider
+) -> tuple[str | None, ApiKey | None]:
+    """The plaintext of the key that pays (see keys.paying_key for the rule), and the key.
 
-    The team key is the team's money: only a member who may run in the team spends it, checked
-    here too so that no caller can skip it."""
-    key = ApiKey.objects.filter(provider=provider.slug, user=user).first()
-    # can_run of a team conversation is exactly "a member who is not a viewer".
-    if key is None and conversation.team_id and conversation.can_run(user):
-        key = ApiKey.objects.filter(provider=provider.slug, team_id=conversation.team_id).first()
+    The team key is the team's money: only a member who may run in the team spends it,
+    checked in paying_key so that no caller can skip it."""
+    key = paying_key(user, conversation, provider.slug)
     if key is None:
         if provider.requires_key:
             raise TurnError(f"Add your {provider.name} API key on the Keys page first.")
-        return None
+        return None, None
     try:
         plaintext = key.reveal()
     except KeyDecryptionError as exc:
@@ -62,7 +62,7 @@ def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str
     now = timezone.now()
     if key.last_used is None or now - key.last_used > timedelta(minutes=1):
         ApiKey.objects.filter(pk=key.pk).update(last_used=now)  # to the minute is enough
-    return plaintext
+    return plaintext, key
 
 
 def get_model(model_key: str) -> Model:
@@ -273,17 +273,37 @@ def _turn(
     api_key: str | None,
     parent: Message | None = None,
     fmt: str = CHAT,
+    *,
+    key: ApiKey | None,
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
-    Inside the turn's transaction: a missing image aborts the whole turn."""
+    Inside the turn's transaction: a missing image or a budget aborts the whole turn."""
+    within_budget(user, conversation, model)
     parent = created[-1] if created else parent
-    reply = _reply(conversation, user, parent, model, body, channel, fmt)
+    reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
     run = RunRequest(
-        reply.pk, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+        reply.pk,
+        conversation.pk,
+        channel,
+        model,
+        with_image_data(body),
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
     )
     return Turn([*created, reply], run, conversation)
+
+
+def within_budget(user, conversation: Conversation, model: Model) -> None:
+    """TurnError if this run would go over a budget of its space or its sender. Every turn
+    checks here before its upstream request starts: a send in prepare_turn(), tool results
+    and re-runs in _turn()."""
+    try:
+        budgets.check(user, conversation.team_id, model.cost(completed=True))
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
 
 
 def _reply(
@@ -294,9 +314,14 @@ def _reply(
     body,
     channel,
     fmt: str = CHAT,
+    key: ApiKey | None = None,
 ):
     return Message.objects.create(
+        key_id=key.pk if key else None,
+        key_owner=owner_kind(key),
+        key_last_four=key.last_four if key else "",
         conversation=conversation,
+        team_id=conversation.team_id,
         parent=parent,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
@@ -339,6 +364,7 @@ class PreparedTurn:
     seen: int  # the newest message id read: a newer one means the conversation moved on
     body: dict[str, Any]  # as saved, images by reference
     run: RunRequest  # as sent; message_id is 0 until write_turn() makes the reply
+    key: ApiKey | None = None  # the key that pays, recorded on the reply (never its text)
 
 
 @sensitive_variables("api_key")
@@ -370,7 +396,8 @@ def prepare_turn(
     )
     fmt = conversation.wire_format
     attached = attachments_for(user, model, attachment_ids or [])
-    api_key = resolve_api_key(user, conversation, model.provider)
+    within_budget(user, conversation, model)  # before the key: a refused send spends nothing
+    api_key, key = resolve_api_key(user, conversation, model.provider)
     by_id = _messages_of(conversation)
     branch = _branch(by_id)
     prompt = Message(
@@ -381,11 +408,18 @@ def prepare_turn(
     messages = build_messages(model, system_prompt, [*branch, prompt])
     body = build_body(model, messages, conversation.params, fmt)
     run = RunRequest(
-        0, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+        0,
+        conversation.pk,
+        channel,
+        model,
+        with_image_data(body),
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
     )
     parent = branch[-1] if branch else None
     return PreparedTurn(
-        conversation, model, text, attached, parent, max(by_id, default=0), body, run
+        conversation, model, text, attached, parent, max(by_id, default=0), body, run, key
     )
 
 
@@ -426,6 +460,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             prepared.body,
             prepared.run.channel,
             prepared.run.wire_format,
+            prepared.key,
         )
         LastSettings.remember_now(user, conversation)
     return Turn([prompt, reply], replace(prepared.run, message_id=reply.pk), conversation)
@@ -510,7 +545,7 @@ def submit_tool_results(
             raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
         if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
             raise TurnError("A tool result is too long.")
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         parent, created = asking, []
         for call in asking.tool_calls:
             parent = Message.objects.create(
@@ -525,7 +560,7 @@ def submit_tool_results(
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
         fmt = asking.wire_format  # the results go back in the format that asked for them
         body = build_body(model, messages, _params_of(asking, model), fmt)
-        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt)
+        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt, key=key)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -542,7 +577,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         if original is None or not original.request_body:
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         return _turn(
             locked,
             user,
@@ -553,4 +588,5 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             api_key,
             original.parent,
             fmt=original.wire_format,
+            key=key,
         )

@@ -355,5 +355,9 @@
     if (current) current.scrollIntoView({ block: "nearest" });
     const prompt = document.getElementById("prompt");
     if (prompt && !location.hash) prompt.focus();
+    // An invitation link carries its token after "#": browsers never send that part, so
+    // it stays out of access logs and Referer headers. Only script can read it into the form.
+    const invite = document.getElementById("invite-token");
+    if (invite && location.hash.length > 1) invite.value = location.hash.slice(1);
   });
 })();
