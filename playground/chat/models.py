@@ -29,6 +29,13 @@ class ConversationQuerySet(models.QuerySet):
             Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
         ).distinct()
 
+    def abandoned_by(self, user, before: datetime) -> ConversationQuerySet:
+        """The user's conversations that never got a message and were last touched before
+        `before`: opened with "New conversation" and left. The sidebar hides them (no title:
+        it comes with the first message), so nothing else would ever remove them. One with
+        any message, or a title its owner gave it, is never among them."""
+        return self.filter(owner=user, title="", updated__lt=before, messages__isnull=True)
+
     def in_space(self, team_id: int | None) -> ConversationQuerySet:
         """One space's conversations: a team's, or (None) the personal ones."""
         if team_id is None:

@@ -40,6 +40,9 @@ from playground.providers import catalog, params
 from playground.providers.specs import CHAT
 
 TEMPLATE = "chat/playground.html"
+# An empty conversation untouched this long was abandoned. Not younger ones: another tab may
+# still have it open, about to send its first message.
+EMPTY_CONVERSATION_TTL = timedelta(days=1)
 
 
 def _new_conversation(user, space: Membership | None) -> Conversation:
@@ -50,6 +53,9 @@ def _new_conversation(user, space: Membership | None) -> Conversation:
     if space is not None and not space.can_run():
         raise PermissionDenied(f"Viewers cannot start conversations in {space.team.name}.")
     team = space.team if space is not None else None
+    # Each new conversation sweeps the user's abandoned empty ones (in any space): cheap (their
+    # own rows), and their number stays bounded by what one day of clicks makes.
+    Conversation.objects.abandoned_by(user, timezone.now() - EMPTY_CONVERSATION_TTL).delete()
     last = LastSettings.objects.filter(user=user).first()
     if last is None:
         return Conversation.objects.create(owner=user, team=team, model=catalog.DEFAULT_MODEL_KEY)
