@@ -201,3 +201,11 @@ def test_a_deleted_conversation_takes_its_links(client, user, chat):
     url, _ = make(client, user, conversation)
     conversation.delete()
     assert client.get(url).status_code == 404 and not ShareLink.objects.exists()
+
+
+def test_the_transcript_offers_share_for_the_conversation_and_each_reply(client, user, chat):
+    conversation, _, reply = chat
+    client.force_login(user)
+    body = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'href="/review/c/{conversation.pk}/share/"' in body
+    assert f'href="/review/c/{conversation.pk}/share/?message={reply.pk}"' in body
