@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required, login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
-from playground.review import history, search, sharing
+from playground.review import exports, history, search, sharing
 
 TEMPLATE = "review/history.html"
 
@@ -117,4 +118,19 @@ def shared_page(request: HttpRequest, token: str) -> HttpResponse:
     response["X-Robots-Tag"] = "noindex, nofollow"
     response["Referrer-Policy"] = "no-referrer"  # the token is in the URL
     response["Cache-Control"] = "no-store"  # a revoked link must stop working at once
+    return response
+
+
+@require_GET
+@login_required
+def export(request: AuthenticatedHttpRequest, pk: int, fmt: str) -> StreamingHttpResponse:
+    """The conversation as a download, written as it is read (see review/exports.py)."""
+    conversation = get_conversation_for_user(request.user, pk)
+    if fmt not in exports.FORMATS:
+        raise Http404("No such format")
+    write, content_type, extension = exports.FORMATS[fmt]
+    response = StreamingHttpResponse(write(conversation), content_type=content_type)
+    name = slugify(conversation.display_title)[:60] or "conversation"
+    response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
+    response["X-Content-Type-Options"] = "nosniff"
     return response
