@@ -7,12 +7,14 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from playground.accounts.models import Membership, Team
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
-from playground.review import exports, history, search, sharing
+from playground.review import exports, history, imports, search, sharing
 
 TEMPLATE = "review/history.html"
+RUN_ROLES = [role for role in Membership.Role if role != Membership.Role.VIEWER]
 
 
 @require_GET
@@ -134,3 +136,45 @@ def export(request: AuthenticatedHttpRequest, pk: int, fmt: str) -> StreamingHtt
     response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _spaces(user) -> list[tuple[str, str]]:
+    """Where the user may import: their personal space and teams they may run in."""
+    teams = Team.objects.filter(memberships__user=user, memberships__role__in=RUN_ROLES).order_by(
+        "name"
+    )
+    return [("", "Personal")] + [(str(team.pk), team.name) for team in teams]
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def import_page(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Upload a JSON export or OpenAI chat JSONL; all of it is imported, or none."""
+    spaces = _spaces(request.user)
+    context: dict = {
+        "spaces": spaces,
+        "max_mb": imports.MAX_BYTES // (1024 * 1024),
+        "max_messages": imports.MAX_MESSAGES,
+        "max_depth": imports.MAX_DEPTH,
+    }
+    if request.method == "GET":
+        return render(request, "review/import.html", context)
+    space = request.POST.get("space", "")
+    upload = request.FILES.get("file")
+    try:
+        if space not in dict(spaces):
+            raise imports.Refused("Choose a space you may add conversations to.")
+        if upload is None:
+            raise imports.Refused("Choose a file to import.")
+        if upload.size is None or upload.size > imports.MAX_BYTES:
+            raise imports.Refused(f"The file is larger than {context['max_mb']} MB.")
+        text = imports.decode(upload.read())
+        team = Team.objects.get(pk=int(space)) if space else None
+        if (upload.name or "").lower().endswith(".jsonl"):
+            conversation = imports.import_jsonl(request.user, team, text)
+        else:
+            conversation = imports.import_export(request.user, team, text)
+    except imports.Refused as exc:
+        context["error"] = str(exc)
+        return render(request, "review/import.html", context, status=400)
+    return redirect("conversation", pk=conversation.pk)
