@@ -147,7 +147,8 @@ class Socket:
         await self.communicator.send_to(text_data=json.dumps(data))
 
     async def send_prompt(self, text: str, model: str = "empiriolabs:gemma-4-e4b", **extra):
-        await self.send(action="send", text=text, model=model, system_prompt="", **extra)
+        extra.setdefault("system_prompt", "")
+        await self.send(action="send", text=text, model=model, **extra)
 
     async def receive(self, timeout: float = 5.0) -> str:
         frame = await self.communicator.receive_from(timeout=timeout)

@@ -168,3 +168,27 @@ async def test_an_admin_added_endpoint_is_listed_and_streams_without_a_key(
     assert "authorization" not in request.headers
     reply = await Message.objects.filter(role="assistant").alast()
     assert reply.text == "local" and reply.cost is None
+
+
+# The request path each wire format is served at, as a provider page lists it.
+FORMAT_PATHS = {
+    specs.CHAT: "POST /v1/chat/completions",
+    specs.RESPONSES: "POST /v1/responses",
+    specs.MESSAGES: "POST /v1/messages",
+}
+
+
+def served_formats(text: str) -> tuple[str, ...]:
+    return tuple(fmt for fmt, path in FORMAT_PATHS.items() if path in text)
+
+
+@pytest.mark.parametrize(
+    ("model", "filename"),
+    [(specs.GEMMA_4_E4B, EMPIRIOLABS_PAGE), (specs.GEMMA_3N_E4B, AIMLAPI_PAGE)],
+    ids=["empiriolabs", "aimlapi"],
+)
+def test_a_builtin_model_is_served_over_the_formats_its_page_lists(model: Model, filename):
+    path = SEEDS / filename
+    if not path.is_file():
+        service_unavailable(f"the provider pages belong in {SEEDS}, beside the repository clone")
+    assert model.formats == served_formats(path.read_text(encoding="utf-8"))

@@ -159,3 +159,19 @@ async def test_tokenize_reads_both_servers_shapes(upstream: FakeUpstream) -> Non
     assert upstream.requests[-1].path == "/tokenize" and body["content"] == body["prompt"]
     upstream.tokenize = False
     assert await discovery.count_tokens(lab(upstream), None, "m", "one two") is None
+
+
+async def test_probe_finds_which_wire_formats_the_server_answers(upstream: FakeUpstream) -> None:
+    upstream.default = Behaviour(tokens=["OK"])
+    upstream.formats = {"chat", "messages"}  # like llama.cpp's server: no /v1/responses
+    try:
+        results = await discovery.probe(lab(upstream), "k-1", "gemma-3-4b-it")
+    finally:
+        upstream.formats = {"chat", "responses", "messages"}
+    assert results[specs.MESSAGES]["ok"] and not results[specs.RESPONSES]["ok"]
+    assert "refused (404)" in results[specs.RESPONSES]["detail"]
+    asked = {r.path: r for r in upstream.requests}
+    messages = asked["/v1/messages"]
+    assert messages.body["max_tokens"] == 1 and "stream" not in messages.body
+    assert messages.headers["x-api-key"] == "k-1" and "anthropic-version" in messages.headers
+    assert asked["/v1/responses"].body["max_output_tokens"] == 16

@@ -263,3 +263,27 @@ def test_the_views_that_wait_on_the_endpoint_do_not_hold_the_sync_thread() -> No
         endpoints.endpoint_model_probe,
     ):
         assert iscoroutinefunction(view), view
+
+
+def test_the_admin_picks_the_wire_formats_and_probe_finds_them(admin_client, lab, upstream) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
+    assert catalog.get_model("lab:gemma-3-4b-it").formats == (specs.CHAT,)
+    prefix = f"m{row.pk}-"
+    admin_client.post(
+        reverse("endpoint_model", args=[lab.pk, row.pk]),
+        {prefix + "offered": "on", prefix + "messages": "on"},
+    )
+    catalog.forget_custom_models()
+    assert catalog.get_model("lab:gemma-3-4b-it").formats == (specs.CHAT, specs.MESSAGES)
+    page = admin_client.get(reverse("endpoint", args=[lab.pk])).content.decode()
+    assert f'name="m{row.pk}-responses"' in page and "Wire formats" in page
+    upstream.default = Behaviour(tokens=["OK"])
+    upstream.formats = {"chat", "responses"}
+    try:
+        admin_client.post(reverse("endpoint_model_probe", args=[lab.pk, row.pk]))
+    finally:
+        upstream.formats = {"chat", "responses", "messages"}
+    row.refresh_from_db()
+    assert (row.responses, row.messages) == (True, False)
+    catalog.forget_custom_models()
+    assert catalog.get_model("lab:gemma-3-4b-it").formats == (specs.CHAT, specs.RESPONSES)

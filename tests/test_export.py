@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from playground.chat import export
-from playground.providers.specs import EMPIRIOLABS
+from playground.providers import formats
+from playground.providers.specs import GEMMA_4_E4B
+from tests import upstream as fake
 from tests.conftest import SECRET_KEY_VALUE
 from tests.html import attr, find_all
 
@@ -41,7 +43,7 @@ def run_snippet(kind: str, code: str, base_url: str) -> subprocess.CompletedProc
 @pytest.mark.parametrize("kind", ["curl", "openai", "httpx"])
 def test_each_snippet_sends_exactly_the_saved_request(kind, upstream, settings):
     settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
-    code = {k: c for k, _, c in export.snippets(BODY, EMPIRIOLABS)}[kind]
+    code = {k: c for k, _, c in export.snippets(BODY, GEMMA_4_E4B)}[kind]
     assert "$EMPIRIOLABS_API_KEY" in code or "EMPIRIOLABS_API_KEY" in code
     result = run_snippet(kind, code, upstream.base_url)
     assert result.returncode == 0, result.stderr
@@ -54,9 +56,63 @@ def test_each_snippet_sends_exactly_the_saved_request(kind, upstream, settings):
 
 def test_no_snippet_contains_a_key(settings):
     settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
-    for _, _, code in export.snippets(BODY, EMPIRIOLABS):
-        assert SECRET_KEY_VALUE not in code
-        assert "https://api.empiriolabs.ai/v1" in code
+    for fmt in GEMMA_4_E4B.formats:
+        for _, _, code in export.snippets(FORMAT_BODY, GEMMA_4_E4B, fmt):
+            assert SECRET_KEY_VALUE not in code
+            assert "https://api.empiriolabs.ai" in code
+
+
+# Parameters each of the other formats carries, in the playground's saved shape.
+FORMAT_BODY = {
+    "model": "gemma-4-e4b",
+    "messages": [
+        {"role": "system", "content": "Be brief. Quote 'single' and \"double\"; $HOME stays."},
+        {"role": "user", "content": "Ünïcode ✓ and a\nnewline"},
+    ],
+    "temperature": 0.3,
+    "top_p": 0.9,
+    "max_tokens": 2000,
+    "reasoning_effort": "low",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+MESSAGES_BODY = {**FORMAT_BODY, "stop": ["END"], "enable_thinking": True, "thinking_budget": 1024}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind", "body"),
+    [
+        ("responses", "curl", FORMAT_BODY),
+        ("responses", "openai", FORMAT_BODY),
+        ("responses", "httpx", FORMAT_BODY),
+        ("messages", "curl", MESSAGES_BODY),
+        ("messages", "anthropic", MESSAGES_BODY),
+        ("messages", "httpx", MESSAGES_BODY),
+    ],
+)
+def test_each_formats_snippets_send_the_body_the_playground_sends(
+    fmt, kind, body, upstream, settings
+):
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    code = {k: c for k, _, c in export.snippets(body, GEMMA_4_E4B, fmt)}[kind]
+    code = code.replace("https://api.empiriolabs.ai", upstream.base_url.removesuffix("/v1"))
+    env = dict(os.environ, EMPIRIOLABS_API_KEY="env-key-123")
+    command = ["bash", "-c", code] if kind == "curl" else [sys.executable, "-c", code]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    received = upstream.requests[-1]
+    assert received.path == f"/v1{formats.PATHS[fmt]}"
+    assert received.body == formats.to_wire(GEMMA_4_E4B, fmt, body)
+    assert fake._key_from(received.headers) == "env-key-123"
+    if fmt == "messages":
+        assert received.headers["anthropic-version"] == formats.ANTHROPIC_VERSION
+        assert "responses.create" not in code
+    if kind == "openai":
+        assert "client.responses.create(**request)" in code
+    if kind == "anthropic":
+        assert "client.messages.create(**request, extra_body=extra_body)" in code
+    if kind != "curl":
+        assert result.stdout.strip() == upstream.default.text
 
 
 def test_a_custom_endpoint_gets_its_own_variable_name():
@@ -79,6 +135,7 @@ def test_view_code_shows_all_three_snippets_for_a_reply(client, user, conversati
     client.force_login(user)
     page = client.get(f"/m/{reply.pk}/code/", headers={"HX-Request": "true"}).content.decode()
     assert len(find_all(page, "div", class_="snippet")) == 3
+    assert "chat.completions.create" in page
     copies = [attr(button, "data-copy") for button in find_all(page, "button", data_copy=True)]
     assert "$EMPIRIOLABS_API_KEY" in page and copies
     assert all(copy.startswith(f"code-{reply.pk}-") for copy in copies)
@@ -97,3 +154,23 @@ def test_view_code_of_another_users_reply_is_404(client, other_user, conversatio
     )
     client.force_login(other_user)
     assert client.get(f"/m/{reply.pk}/code/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_view_code_of_a_messages_reply_shows_the_anthropic_snippet(
+    client, user, conversation, settings
+):
+    from playground.chat.models import Message
+
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    reply = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        model="empiriolabs:gemma-4-e4b",
+        wire_format="messages",
+        request_body=MESSAGES_BODY,
+    )
+    client.force_login(user)
+    page = client.get(f"/m/{reply.pk}/code/", headers={"HX-Request": "true"}).content.decode()
+    assert "messages.create" in page and "/v1/messages" in page
+    assert "chat.completions" not in page and "budget_tokens" in page

@@ -286,3 +286,59 @@ def test_the_panel_has_a_filter_box_and_skip_links(client, user, conversation):
     fields = find(page, "div", class_="schema-fields")
     assert has(fields, name="param:response_format:name")
     assert has(fields, name="param:response_format:schema")
+
+
+def test_a_model_served_over_several_formats_offers_them_and_the_default_is_chat(
+    client, user, conversation
+):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    choices = find_all(find(page, "select", name="wire_format"), "option")
+    assert [attr(o, "value") for o in choices] == ["chat", "responses", "messages"]
+    assert has(page, "option", value="chat", selected=True)
+    assert not has(page, class_="off-reason")
+    conversation.model = "aimlapi:google/gemma-3n-e4b-it"
+    conversation.save()
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert not has(page, "select", name="wire_format")
+    assert has(page, "input", type="hidden", name="wire_format", value="chat")
+
+
+def test_switching_formats_redraws_the_panel_with_what_the_format_cannot_carry_off(
+    client, user, conversation
+):
+    conversation.params = {"temperature": 1.5, "seed": 7, "top_p": 0.5}
+    conversation.save()
+    client.force_login(user)
+    response = post_settings(
+        client,
+        conversation,
+        wire_format="messages",
+        **{"param:temperature": "1.5", "param:seed": "7", "param:top_p": "0.5"},
+    )
+    page = response.content.decode()
+    assert has(page, id="settings", hx_swap_oob="true")
+    seed = find(page, "div", id="param-seed")
+    assert "param-off" in attr(seed, "class") and has(seed, "fieldset", disabled=True)
+    assert "The Messages format has no seed." in text(find(page, "p", id="param-off-seed"))
+    assert not has(page, id="param-off-stop") and not has(page, id="param-off-top_p")
+    assert attr(find(page, "input", name="param:temperature"), "max") == "1"
+    assert has(page, name="param:thinking_budget")
+    assert not has(page, "option", value="json_object")  # Messages takes a schema only
+    conversation.refresh_from_db()
+    # 1.5 is over Messages' range and seed is not carried: only what applies is kept.
+    assert conversation.wire_format == "messages"
+    assert conversation.params == {"top_p": 0.5}
+
+
+def test_in_a_format_a_value_it_cannot_carry_is_a_field_error(client, user, conversation):
+    conversation.wire_format = "responses"
+    conversation.save()
+    client.force_login(user)
+    response = post_settings(
+        client, conversation, wire_format="responses", **{"param:stop": ["END"]}
+    )
+    error = find(response.content.decode(), "p", id="param-error-stop", hx_swap_oob="true")
+    assert text(error) == "stop: The Responses format has no stop sequences."
+    conversation.refresh_from_db()
+    assert conversation.params == {}

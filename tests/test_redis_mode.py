@@ -22,10 +22,10 @@ import pytest
 from bench import client
 from bench.client import View
 from bench.stack import Seed, Stack, free_port
+from tests.scaleout import service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
 
 REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
 
 
 class OwnRedis:
@@ -70,6 +70,8 @@ class OwnRedis:
 
 @pytest.fixture
 def redis_stack() -> Iterator[tuple[Stack, FakeUpstream, Seed, OwnRedis]]:
+    if REDIS_SERVER is None:
+        service_unavailable("needs redis-server (Debian's redis-server package)")
     redis = OwnRedis()
     redis.start()
     upstream = FakeUpstream().start()

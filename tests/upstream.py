@@ -1,5 +1,9 @@
 """A fake OpenAI-compatible Chat Completions server for tests and benchmarks.
 
+It also serves the same scripted behaviours as OpenAI Responses streams (POST /v1/responses)
+and Anthropic Messages streams (POST /v1/messages), event for event as those references show
+them, so the official openai and anthropic SDKs can read them.
+
 Raw asyncio HTTP/1.1 (no framework) so every byte, the pace and connection cuts are under the
 test's control. It runs its own event loop in a daemon thread, so it serves sync tests, async
 tests on any loop and separate benchmark processes alike.
@@ -41,6 +45,9 @@ _REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
+
+# The path each wire format is served at, under /v1.
+_ROUTES = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
 
 _ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -170,6 +177,8 @@ class FakeUpstream:
         self.refuse_status = 400
         # Every route answers 401 unless the request carries this Bearer key.
         self.require_key: str | None = None
+        # The wire formats served; another format's path answers 404, like a server without it.
+        self.formats = set(_ROUTES)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -343,13 +352,15 @@ class FakeUpstream:
             self._record(method, path, headers, body, peer)
             await _send_json(writer, 200, self._tokenize_body(body), keep_alive=keep_alive)
             return keep_alive
-        if method == "POST" and route.endswith("/chat/completions"):
+        fmt = next((f for f, end in _ROUTES.items() if route.endswith(end)), None)
+        if method == "POST" and fmt in self.formats:
             rec = self._record(method, path, headers, body, peer)
             refused = self._refusal(body)
             if refused is not None:
                 await _send_json(writer, self.refuse_status, refused, keep_alive=keep_alive)
                 return keep_alive
-            return await self._chat(reader, writer, rec, self._next_behaviour(), keep_alive)
+            behaviour = self._next_behaviour()
+            return await self._chat(reader, writer, rec, behaviour, keep_alive, fmt)
         self._record(method, path, headers, body, peer)
         error = {"error": {"message": f"No route for {method} {path}", "type": "not_found"}}
         await _send_json(writer, 404, error, keep_alive=keep_alive)
@@ -415,20 +426,24 @@ class FakeUpstream:
         rec: Recorded,
         b: Behaviour,
         keep_alive: bool,
+        fmt: str = "chat",
     ) -> bool:
         if b.silence and b.silence_after is None and await _client_left(reader, b.silence):
             self._record_disconnect(rec)  # gave up before the first byte (e.g. Stop pressed)
             writer.transport.abort()
             return False
         if b.status != 200:
-            body = _error_body(b, rec.headers)
+            body = _error_body(b, rec.headers, fmt)
             await _send_json(writer, b.status, body, b.headers, keep_alive=keep_alive)
             return keep_alive
         request = rec.body if isinstance(rec.body, dict) else {}
         if not request.get("stream"):
-            await _send_json(writer, 200, _completion(b, request), b.headers, keep_alive=keep_alive)
+            whole = {"chat": _completion, "responses": _response_object, "messages": _message}
+            body = whole[fmt](b, request)
+            await _send_json(writer, 200, body, b.headers, keep_alive=keep_alive)
             return keep_alive
-        stream = _SSEWriter(reader, writer, b, rec)
+        writers = {"chat": _SSEWriter, "responses": _ResponsesWriter, "messages": _MessagesWriter}
+        stream = writers[fmt](reader, writer, b, rec)
         try:
             await stream.run(request)
         except _ClientGone:
@@ -540,9 +555,12 @@ class _SSEWriter:
         if b.bad_line_after == i:
             await self._data("{not json")
         if b.mid_stream_error is not None and b.error_after == i:
-            await self._event({"error": self._error_payload(b.mid_stream_error)})
+            await self._mid_error(self._error_payload(b.mid_stream_error))
             return True  # like real providers: no finish, no [DONE]
         return False
+
+    async def _mid_error(self, error: dict) -> None:
+        await self._event({"error": error})
 
     def _error_payload(self, error: dict) -> dict:
         payload = {"message": "Internal error", "type": "server_error", "code": None, **error}
@@ -600,9 +618,11 @@ class _SSEWriter:
             text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         await self._data(text)
 
-    async def _data(self, text: str) -> None:
+    async def _data(self, text: str, event: str | None = None) -> None:
         eol = self.b.line_ending
         lines = [f"data: {line}" for line in text.split("\n")]
+        if event is not None:
+            lines.insert(0, f"event: {event}")
         if self.b.keepalive_comments:
             lines.insert(0, ": keep-alive")
         # ensure_ascii=False above: multi-byte UTF-8 goes on the wire, so split_bytes can split it.
@@ -647,6 +667,238 @@ class _SSEWriter:
                 await self._write_raw(f": keep-alive{self.b.line_ending}".encode())
         if self.gone.is_set():
             raise _ClientGone
+
+
+class _NamedEventWriter(_SSEWriter):
+    """Responses and Messages streams: each payload has a `type`, repeated as `event:`."""
+
+    async def _typed(self, kind: str, **fields: Any) -> None:
+        payload = {"type": kind, **fields}
+        if self.b.multiline_data:
+            text = json.dumps(payload, ensure_ascii=False, indent=1)
+        else:
+            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        await self._data(text, event=kind)
+
+    def _arguments(self, call: dict) -> str:
+        arguments = call.get("arguments", "")
+        return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+class _ResponsesWriter(_NamedEventWriter):
+    """An OpenAI Responses stream: response.created, output items (reasoning, message,
+    function_call) with their deltas, then response.completed (or .incomplete) with usage."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.id = f"resp_fake{self.rec.index}"
+        self.sequence = 0
+        self.output: list[dict] = []
+
+    async def _typed(self, kind: str, **fields: Any) -> None:
+        await super()._typed(kind, sequence_number=self.sequence, **fields)
+        self.sequence += 1
+
+    def _response(self, status: str, **extra: Any) -> dict:
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "model": self.model,
+            "status": status,
+            "output": self.output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            **extra,
+        }
+
+    async def _mid_error(self, error: dict) -> None:
+        await self._typed("error", code=error.get("code"), message=error.get("message"), param=None)
+
+    async def _write_body(self, request: dict) -> None:
+        b = self.b
+        await self._typed("response.created", response=self._response("in_progress"))
+        if b.reasoning:
+            item = {"type": "reasoning", "id": f"rs_fake{self.rec.index}", "summary": []}
+            index = len(self.output)
+            self.output.append(item)
+            await self._typed("response.output_item.added", output_index=index, item=item)
+            for piece in b.reasoning:
+                await self._pause()
+                await self._typed(
+                    "response.reasoning_text.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    delta=piece,
+                )
+            item["content"] = [{"type": "reasoning_text", "text": "".join(b.reasoning)}]
+            await self._typed("response.output_item.done", output_index=index, item=item)
+        message = {
+            "type": "message",
+            "id": f"msg_fake{self.rec.index}",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        index = len(self.output)
+        self.output.append(message)
+        await self._typed("response.output_item.added", output_index=index, item=message)
+        part = {"type": "output_text", "text": "", "annotations": []}
+        await self._typed(
+            "response.content_part.added",
+            item_id=message["id"],
+            output_index=index,
+            content_index=0,
+            part=part,
+        )
+        tokens = b.token_list()
+        for i, token in enumerate(tokens):
+            if await self._checkpoint(i):
+                return
+            if i:
+                await self._pause()
+            logprobs = _logprobs(token)["content"] if b.logprobs else []
+            await self._typed(
+                "response.output_text.delta",
+                item_id=message["id"],
+                output_index=index,
+                content_index=0,
+                delta=token,
+                logprobs=logprobs,
+            )
+            self._count_token()
+        if await self._checkpoint(len(tokens)):
+            return
+        part["text"] = b.text
+        message["content"] = [part]
+        message["status"] = "completed"
+        await self._typed("response.output_item.done", output_index=index, item=message)
+        for i, call in enumerate(b.tool_calls):
+            arguments = self._arguments(call)
+            item = {
+                "type": "function_call",
+                "id": f"fc_fake{self.rec.index}_{i}",
+                "call_id": call.get("id") or f"call_fake{self.rec.index}_{i}",
+                "name": call["name"],
+                "arguments": "",
+                "status": "in_progress",
+            }
+            index = len(self.output)
+            self.output.append(item)
+            await self._pause()
+            await self._typed("response.output_item.added", output_index=index, item=item)
+            for start in range(0, len(arguments), 7):
+                await self._pause()
+                await self._typed(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=arguments[start : start + 7],
+                )
+            item.update(arguments=arguments, status="completed")
+            await self._typed("response.output_item.done", output_index=index, item=item)
+        await self._pause()
+        extra: dict[str, Any] = {}
+        if b.usage:
+            usage = _usage(request, b)
+            extra["usage"] = {
+                "input_tokens": usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": usage["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": len(b.reasoning)},
+                "total_tokens": usage["total_tokens"],
+            }
+        if b.resolved_finish_reason() == "length":
+            details = {"reason": "max_output_tokens"}
+            response = self._response("incomplete", incomplete_details=details, **extra)
+            await self._typed("response.incomplete", response=response)
+        else:
+            await self._typed("response.completed", response=self._response("completed", **extra))
+
+
+class _MessagesWriter(_NamedEventWriter):
+    """An Anthropic Messages stream: message_start, ping, content blocks (thinking, text,
+    tool_use) with their deltas, message_delta (stop reason, usage) and message_stop."""
+
+    STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.id = f"msg_fake{self.rec.index}"
+        self.block = 0
+
+    async def _mid_error(self, error: dict) -> None:
+        kind = "overloaded_error" if error.get("type") == "overloaded_error" else "api_error"
+        await self._typed("error", error={"type": kind, "message": error.get("message")})
+
+    async def _block(self, start: dict, deltas: list[dict]) -> None:
+        index = self.block
+        self.block += 1
+        await self._typed("content_block_start", index=index, content_block=start)
+        for delta in deltas:
+            await self._pause()
+            await self._typed("content_block_delta", index=index, delta=delta)
+        await self._typed("content_block_stop", index=index)
+
+    async def _write_body(self, request: dict) -> None:
+        b = self.b
+        usage = _usage(request, b)
+        message = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": 1},
+        }
+        await self._typed("message_start", message=message)
+        await self._typed("ping")
+        if b.reasoning:
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in b.reasoning]
+            deltas.append({"type": "signature_delta", "signature": "fake-signature"})
+            await self._block({"type": "thinking", "thinking": "", "signature": ""}, deltas)
+        index = self.block
+        self.block += 1
+        await self._typed(
+            "content_block_start", index=index, content_block={"type": "text", "text": ""}
+        )
+        tokens = b.token_list()
+        for i, token in enumerate(tokens):
+            if await self._checkpoint(i):
+                return
+            if i:
+                await self._pause()
+            delta = {"type": "text_delta", "text": token}
+            await self._typed("content_block_delta", index=index, delta=delta)
+            self._count_token()
+        if await self._checkpoint(len(tokens)):
+            return
+        await self._typed("content_block_stop", index=index)
+        for i, call in enumerate(b.tool_calls):
+            arguments = self._arguments(call)
+            start = {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_fake{self.rec.index}_{i}",
+                "name": call["name"],
+                "input": {},
+            }
+            pieces = [
+                {"type": "input_json_delta", "partial_json": arguments[at : at + 7]}
+                for at in range(0, len(arguments), 7)
+            ]
+            await self._pause()
+            await self._block(start, pieces)
+        await self._pause()
+        reason = b.resolved_finish_reason()
+        delta = {"stop_reason": self.STOP.get(reason, reason), "stop_sequence": None}
+        counts = {"output_tokens": usage["completion_tokens"]} if b.usage else {"output_tokens": 0}
+        await self._typed("message_delta", delta=delta, usage=counts)
+        if not b.no_done:
+            await self._typed("message_stop")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,11 +963,13 @@ async def _send_json(
 
 
 def _key_from(headers: dict[str, str]) -> str:
+    if "x-api-key" in headers:  # Messages
+        return headers["x-api-key"]
     value = headers.get("authorization", "")
     return value.split(" ", 1)[1] if " " in value else value
 
 
-def _error_body(b: Behaviour, headers: dict[str, str]) -> dict | str:
+def _error_body(b: Behaviour, headers: dict[str, str], fmt: str = "chat") -> dict | str:
     if b.error_body is not None and not b.echo_key_in_error:
         return b.error_body
     kind, code = _ERROR_TYPES.get(b.status, ("server_error", None))
@@ -724,6 +978,8 @@ def _error_body(b: Behaviour, headers: dict[str, str]) -> dict | str:
         message = str((b.error_body.get("error") or {}).get("message") or message)
     if b.echo_key_in_error:
         message = f"Incorrect API key provided: {_key_from(headers)}. {message}"
+    if fmt == "messages":  # {"type": "error", "error": {"type", "message"}}
+        return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
@@ -733,8 +989,19 @@ def _logprobs(token: str) -> dict:
     return {"content": [{**entry, "top_logprobs": [entry, alt]}], "refusal": None}
 
 
+def _prompt_words(request: dict) -> int:
+    """One token per word of the prompt, whatever the format calls its parts."""
+    turns = request.get("messages") or request.get("input") or []
+    if isinstance(turns, str):
+        turns = [{"content": turns}]
+    words = sum(len(str(m.get("content", "")).split()) for m in turns if isinstance(m, dict))
+    for name in ("instructions", "system"):
+        words += len(str(request.get(name) or "").split())
+    return words
+
+
 def _usage(request: dict, b: Behaviour) -> dict:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages") or [])
+    prompt = _prompt_words(request)
     completion = len(b.token_list()) + len(b.reasoning)
     return {
         "prompt_tokens": prompt,
@@ -779,6 +1046,90 @@ def _completion(b: Behaviour, request: dict) -> dict:
     if b.usage:
         body["usage"] = _usage(request, b)
     return body
+
+
+def _response_object(b: Behaviour, request: dict) -> dict:
+    """A non-streamed Responses answer: a Response object with its output items."""
+    output: list[dict] = []
+    if b.reasoning:
+        text = "".join(b.reasoning)
+        output.append(
+            {
+                "type": "reasoning",
+                "id": "rs_fake",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": text}],
+            }
+        )
+    part = {"type": "output_text", "text": b.text, "annotations": []}
+    output.append(
+        {
+            "type": "message",
+            "id": "msg_fake",
+            "role": "assistant",
+            "status": "completed",
+            "content": [part],
+        }
+    )
+    for i, call in enumerate(b.tool_calls):
+        arguments = call.get("arguments", "")
+        output.append(
+            {
+                "type": "function_call",
+                "id": f"fc_fake_{i}",
+                "call_id": call.get("id") or f"call_fake_{i}",
+                "name": call["name"],
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                "status": "completed",
+            }
+        )
+    usage = _usage(request, b)
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": str(request.get("model") or DEFAULT_MODEL),
+        "status": "completed",
+        "output": output,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        },
+    }
+
+
+def _message(b: Behaviour, request: dict) -> dict:
+    """A non-streamed Messages answer: a Message with its content blocks."""
+    content: list[dict] = []
+    if b.reasoning:
+        content.append({"type": "thinking", "thinking": "".join(b.reasoning), "signature": "x"})
+    content.append({"type": "text", "text": b.text})
+    for i, call in enumerate(b.tool_calls):
+        arguments = call.get("arguments") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_fake_{i}",
+                "name": call["name"],
+                "input": json.loads(arguments) if isinstance(arguments, str) else arguments,
+            }
+        )
+    usage = _usage(request, b)
+    stop = _MessagesWriter.STOP.get(b.resolved_finish_reason(), b.resolved_finish_reason())
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": str(request.get("model") or DEFAULT_MODEL),
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

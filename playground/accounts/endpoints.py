@@ -277,7 +277,8 @@ def _record_probe(request: HttpRequest, row: EndpointModel, results: dict[str, A
         return
     row.record_probe(results)
     row.save()
-    accepted = [label for name, label in EndpointModel.CAPABILITIES if results[name]["ok"]]
+    found = (*EndpointModel.CAPABILITIES, *EndpointModel.FORMATS)
+    accepted = [label for name, label in found if results.get(name, {}).get("ok")]
     messages.success(
         request, f"{row.model_id} probed: accepts {', '.join(accepted) or 'plain chat only'}."
     )

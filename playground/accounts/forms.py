@@ -110,8 +110,15 @@ class EndpointModelForm(forms.ModelForm[EndpointModel]):
             "json_schema",
             "thinking",
             "logprobs",
+            "responses",
+            "messages",
         ]
-        labels = {"price_per_message": "Price per message ($)", "json_schema": "JSON schema"}
+        labels = {
+            "price_per_message": "Price per message ($)",
+            "json_schema": "JSON schema",
+            "responses": "Responses API",
+            "messages": "Messages API",
+        }
 
     def clean_price_per_message(self) -> Decimal | None:
         price: Decimal | None = self.cleaned_data.get("price_per_message")

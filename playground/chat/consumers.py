@@ -244,8 +244,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # Refused, not stringified: an object sent as the text would reach the model as
         # "{'a': 1}", and a misspelt parameter would be left out without a word.
         try:
-            text, model_key, system_prompt = (
-                _text_field(data, name) for name in ("text", "model", "system_prompt")
+            text, model_key, system_prompt, wire_format = (
+                _text_field(data, name)
+                for name in ("text", "model", "system_prompt", "wire_format")
             )
         except ValueError as exc:
             await self._send_error(str(exc))
@@ -257,6 +258,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             system_prompt=system_prompt,
             values=params.from_form(data),
             attachment_ids=_ints(data.get("attachment")),
+            # Absent (a client from before formats): the conversation's own format.
+            wire_format=wire_format if "wire_format" in data else None,
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
@@ -304,7 +307,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         except params.InvalidParams as exc:
             context = await database_sync_to_async(turn_errors_context)(
-                kwargs.get("model_key", ""), kwargs.get("values", {}), exc.errors
+                kwargs.get("model_key", ""),
+                kwargs.get("values", {}),
+                exc.errors,
+                kwargs.get("wire_format") or self.conversation.wire_format,
             )
             unknown = params.unknown_names(exc.errors)
             context["error"] = (

@@ -11,7 +11,7 @@ from typing import Any
 from playground.chat.models import Conversation, Message
 from playground.chat.panel import settings_context
 from playground.providers import catalog
-from playground.providers.specs import Model
+from playground.providers.specs import CHAT, Model
 
 
 def transcript_context(conversation: Conversation) -> dict[str, Any]:
@@ -39,15 +39,17 @@ def conversation_settings_context(
     conversation: Conversation, errors: dict[str, str] | None = None
 ) -> dict[str, Any]:
     model = model_or_default(conversation.model)
+    fmt = conversation.wire_format if conversation.wire_format in model.formats else CHAT
     context = settings_context(
-        model, conversation.params, errors, system_prompt=conversation.system_prompt
+        model, conversation.params, errors, system_prompt=conversation.system_prompt, fmt=fmt
     )
     context["conversation"] = conversation
     return context
 
 
 def turn_errors_context(
-    model_key: str, values: dict[str, Any], errors: dict[str, str]
+    model_key: str, values: dict[str, Any], errors: dict[str, str], fmt: str = CHAT
 ) -> dict[str, Any]:
     """The panel redrawn with the errors of a send that was refused."""
-    return settings_context(model_or_default(model_key), values, errors)
+    model = model_or_default(model_key)
+    return settings_context(model, values, errors, fmt=fmt if fmt in model.formats else CHAT)

@@ -12,6 +12,9 @@ from django.utils import timezone
 
 from playground.accounts.models import Membership
 from playground.chat import liveness
+from playground.providers.specs import CHAT, FORMAT_LABELS
+
+FORMAT_CHOICES = list(FORMAT_LABELS.items())
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -45,6 +48,8 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200)
+    # The wire format its requests go in (providers/formats.py); Chat Completions by default.
+    wire_format = models.CharField(max_length=20, choices=FORMAT_CHOICES, default=CHAT)
     system_prompt = models.TextField(blank=True)
     params = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -167,6 +172,9 @@ class Message(models.Model):
     # The provider's id for the reply (x-request-id, else the chunks' id): for its support.
     response_id = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True)
+    # request_body is always saved in Chat Completions shape; this is the format it was sent
+    # in, so View code and Re-run use the same one.
+    wire_format = models.CharField(max_length=20, choices=FORMAT_CHOICES, default=CHAT)
     request_body = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)
     ttft_ms = models.FloatField(null=True, blank=True)

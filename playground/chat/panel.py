@@ -7,8 +7,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from playground.providers import catalog, specs
-from playground.providers.specs import Model, Param
+from playground.providers import catalog, formats, specs
+from playground.providers.specs import CHAT, Model, Param
 
 SECTIONS = [
     (None, "sampling", "Sampling"),
@@ -115,11 +115,17 @@ def settings_context(
     errors: dict[str, str] | None = None,
     *,
     system_prompt: str = "",
+    fmt: str = CHAT,
 ) -> dict[str, Any]:
     errors = errors or {}
-    controls = [
-        control(p, values.get(p.name), errors.get(p.name, ""), values) for p in model.params
-    ]
+    controls = []
+    for field in formats.fields(model, fmt):
+        param = field.param
+        shown = control(param, values.get(param.name), errors.get(param.name, ""), values)
+        # Drawn, but off, with the reason: a setting the format cannot carry is never
+        # silently left out of the request.
+        shown["disabled"] = field.disabled
+        controls.append(shown)
     sections = []
     for capability, key, title in SECTIONS:
         members = [c for c in controls if c["param"].capability == capability]
@@ -128,6 +134,8 @@ def settings_context(
     return {
         "model": model,
         "models": catalog.all_models(),
+        "wire_format": fmt,
+        "wire_formats": [(f, specs.FORMAT_LABELS[f]) for f in model.formats],
         "system_prompt": system_prompt,
         "system_prompt_error": errors.get("system_prompt", ""),
         "model_has_system_role": model.supports(specs.SYSTEM_ROLE),

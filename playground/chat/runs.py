@@ -31,8 +31,8 @@ from django.utils import timezone
 from playground.chat import liveness
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
-from playground.providers import catalog, client, discovery
-from playground.providers.specs import Model
+from playground.providers import catalog, client, discovery, formats
+from playground.providers.specs import CHAT, Model
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class RunRequest:
     model: Model
     body: dict[str, Any]
     api_key: str | None = field(default=None, repr=False)
+    # The saved body is Chat Completions-shaped; it is sent in this format (formats.py).
+    wire_format: str = CHAT
 
 
 @dataclass
@@ -259,7 +261,11 @@ class Run:
             keepalive_expiry=params["KEEPALIVE_EXPIRY"],
         )
         endpoint = catalog.endpoint(self.request.model.provider)
-        events = client.stream(endpoint, self.request.api_key, self.request.body, timeouts=timeouts)
+        model, fmt = self.request.model, self.request.wire_format
+        body = formats.to_wire(model, fmt, self.request.body)
+        events = client.stream(
+            endpoint, self.request.api_key, body, timeouts=timeouts, wire=formats.wire(fmt)
+        )
         try:
             async for event in events:
                 self._apply(event)

@@ -18,7 +18,7 @@ from playground.chat import images
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
-from playground.providers.specs import IMAGES, SYSTEM_ROLE, Model, Provider
+from playground.providers.specs import CHAT, FORMAT_LABELS, IMAGES, SYSTEM_ROLE, Model, Provider
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
@@ -176,18 +176,34 @@ def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> l
     return messages
 
 
-def build_body(model: Model, messages: list[dict], cleaned: dict[str, Any]) -> dict[str, Any]:
+def build_body(
+    model: Model, messages: list[dict], cleaned: dict[str, Any], fmt: str = CHAT
+) -> dict[str, Any]:
+    """The request in Chat Completions shape, whatever format it goes in: what a reply saves.
+    formats.to_wire() turns it into the Responses or Messages body when it is sent."""
     body: dict[str, Any] = {
         "model": model.id,
         "messages": messages,
-        **params.to_body(model, cleaned),
+        **params.to_body(model, cleaned, fmt),
     }
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
 
 
-def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> dict[str, Any]:
+def pick_format(model: Model, fmt: str) -> str:
+    """The wire format asked for, if the model is served over it; unnamed, Chat Completions."""
+    fmt = fmt or CHAT
+    if fmt not in model.formats:
+        served = ", ".join(FORMAT_LABELS[f] for f in model.formats)
+        label = FORMAT_LABELS.get(fmt, "that format")
+        raise TurnError(f"{model.label} is not served over {label} here (only {served}).")
+    return fmt
+
+
+def clean_settings(
+    model: Model, system_prompt: str, values: dict[str, Any], fmt: str = CHAT
+) -> dict[str, Any]:
     """The parameters, typed and within bounds, or InvalidParams naming every field to fix.
 
     A system prompt over MAX_SYSTEM_CHARS is refused (error key SYSTEM_PROMPT), never cut short:
@@ -198,7 +214,7 @@ def clean_settings(model: Model, system_prompt: str, values: dict[str, Any]) -> 
     try:
         # A name the model does not document is refused, not dropped: it is a typo or a
         # client out of date, and leaving it out silently would change the run unseen.
-        cleaned = params.clean(model, values, keep_unknown=True)
+        cleaned = params.clean(model, values, keep_unknown=True, fmt=fmt)
     except params.InvalidParams as exc:
         errors = {**exc.errors, **errors}
     if errors:
@@ -227,11 +243,20 @@ def sampling_values(model_key: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_settings(
-    conversation: Conversation, user, *, model_key: str, system_prompt: str, values: dict
+    conversation: Conversation,
+    user,
+    *,
+    model_key: str,
+    system_prompt: str,
+    values: dict,
+    wire_format: str | None = None,
 ) -> Model:
-    """Validate and store the conversation's model, system prompt and parameters."""
+    """Validate and store the conversation's model, format, system prompt and parameters.
+    No format named (a client that predates them) keeps the conversation's own."""
     model = get_model(model_key)
-    conversation.params = clean_settings(model, system_prompt, values)
+    fmt = pick_format(model, conversation.wire_format if wire_format is None else wire_format)
+    conversation.params = clean_settings(model, system_prompt, values, fmt)
+    conversation.wire_format = fmt
     conversation.model = model.key
     conversation.system_prompt = system_prompt
     return model
@@ -247,23 +272,36 @@ def _turn(
     channel: str,
     api_key: str | None,
     parent: Message | None = None,
+    fmt: str = CHAT,
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
     Inside the turn's transaction: a missing image aborts the whole turn."""
-    reply = _reply(conversation, user, created[-1] if created else parent, model, body, channel)
+    parent = created[-1] if created else parent
+    reply = _reply(conversation, user, parent, model, body, channel, fmt)
     conversation.save()  # bumps `updated`: the sidebar is newest first
-    run = RunRequest(reply.pk, conversation.pk, channel, model, with_image_data(body), api_key)
+    run = RunRequest(
+        reply.pk, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+    )
     return Turn([*created, reply], run, conversation)
 
 
-def _reply(conversation: Conversation, user, parent: Message | None, model: Model, body, channel):
+def _reply(
+    conversation: Conversation,
+    user,
+    parent: Message | None,
+    model: Model,
+    body,
+    channel,
+    fmt: str = CHAT,
+):
     return Message.objects.create(
         conversation=conversation,
         parent=parent,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
         model=model.key,
+        wire_format=fmt,
         request_body=body,
         created_by=user,
         run_channel=channel,
@@ -314,6 +352,7 @@ def prepare_turn(
     channel: str,
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
+    wire_format: str | None = None,
 ) -> PreparedTurn:
     """Validate a send and build its request: reads only (the key, the history)."""
     text = text.strip()
@@ -322,8 +361,14 @@ def prepare_turn(
     if len(text) > MAX_PROMPT_CHARS:
         raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
     model = apply_settings(
-        conversation, user, model_key=model_key, system_prompt=system_prompt, values=values or {}
+        conversation,
+        user,
+        model_key=model_key,
+        system_prompt=system_prompt,
+        values=values or {},
+        wire_format=wire_format,
     )
+    fmt = conversation.wire_format
     attached = attachments_for(user, model, attachment_ids or [])
     api_key = resolve_api_key(user, conversation, model.provider)
     by_id = _messages_of(conversation)
@@ -334,8 +379,10 @@ def prepare_turn(
         content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
     )
     messages = build_messages(model, system_prompt, [*branch, prompt])
-    body = build_body(model, messages, conversation.params)
-    run = RunRequest(0, conversation.pk, channel, model, with_image_data(body), api_key)
+    body = build_body(model, messages, conversation.params, fmt)
+    run = RunRequest(
+        0, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+    )
     parent = branch[-1] if branch else None
     return PreparedTurn(
         conversation, model, text, attached, parent, max(by_id, default=0), body, run
@@ -356,6 +403,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
         Conversation.objects.filter(pk=conversation.pk).update(
             title=conversation.title,
             model=conversation.model,
+            wire_format=conversation.wire_format,
             params=conversation.params,
             system_prompt=conversation.system_prompt,
             updated=conversation.updated,
@@ -371,7 +419,13 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
         if prepared.attached:
             prompt.attachments.set(prepared.attached)
         reply = _reply(
-            conversation, user, prompt, prepared.model, prepared.body, prepared.run.channel
+            conversation,
+            user,
+            prompt,
+            prepared.model,
+            prepared.body,
+            prepared.run.channel,
+            prepared.run.wire_format,
         )
         LastSettings.remember_now(user, conversation)
     return Turn([prompt, reply], replace(prepared.run, message_id=reply.pk), conversation)
@@ -421,6 +475,7 @@ def start_turn(
     channel: str,
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
+    wire_format: str | None = None,
 ) -> Turn:
     """prepare_turn() and write_turn() in one go, for callers that need not start the
     upstream request before the rows are saved."""
@@ -433,6 +488,7 @@ def start_turn(
         channel=channel,
         values=values,
         attachment_ids=attachment_ids,
+        wire_format=wire_format,
     )
     return write_turn(prepared, user)
 
@@ -467,12 +523,13 @@ def submit_tool_results(
             )
             created.append(parent)
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
-        body = build_body(model, messages, _params_of(asking, model))
-        return _turn(locked, user, created, model, body, channel, api_key)
+        fmt = asking.wire_format  # the results go back in the format that asked for them
+        body = build_body(model, messages, _params_of(asking, model), fmt)
+        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
-    return params.from_body(model, message.request_body or {})
+    return params.from_body(model, message.request_body or {}, message.wire_format)
 
 
 @sensitive_variables("api_key")
@@ -487,5 +544,13 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         model = get_model(original.model)
         api_key = resolve_api_key(user, locked, model.provider)
         return _turn(
-            locked, user, [], model, original.request_body, channel, api_key, original.parent
+            locked,
+            user,
+            [],
+            model,
+            original.request_body,
+            channel,
+            api_key,
+            original.parent,
+            fmt=original.wire_format,
         )

@@ -31,6 +31,7 @@ from playground.chat.services import (
 )
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
+from playground.providers.specs import CHAT
 
 TEMPLATE = "chat/playground.html"
 
@@ -113,27 +114,36 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
     model = model_or_default(str(data.get("model", "")))
     values = params.from_form(data)
     system_prompt = str(data.get("system_prompt", ""))
-    switched = model.key != conversation.model
+    asked = str(data.get("wire_format", "") or conversation.wire_format)
+    # A model switch to one not served over the format falls back to Chat Completions.
+    fmt = asked if asked in model.formats else CHAT
+    # Another format redraws the panel: its controls, bounds and disabled ones differ.
+    switched = model.key != conversation.model or fmt != conversation.wire_format
     errors: dict[str, str] = {}
     try:
-        conversation.params = clean_settings(model, system_prompt, values)
+        conversation.params = clean_settings(model, system_prompt, values, fmt)
     except params.InvalidParams as exc:
         if SYSTEM_PROMPT in exc.errors:
-            context = settings_context(model, values, exc.errors, system_prompt=system_prompt)
+            context = settings_context(
+                model, values, exc.errors, system_prompt=system_prompt, fmt=fmt
+            )
             context["status"] = "Nothing was saved: the system prompt is too long."
             context["error"] = ""
             return render(request, f"{TEMPLATE}#param-errors", context)
         errors = {} if switched else exc.errors
-        conversation.params = params.applicable(model, values)
+        conversation.params = params.applicable(model, values, fmt)
     conversation.model = model.key
+    conversation.wire_format = fmt
     conversation.system_prompt = system_prompt
-    conversation.save(update_fields=["model", "system_prompt", "params", "updated"])
+    conversation.save(update_fields=["model", "wire_format", "system_prompt", "params", "updated"])
     LastSettings.remember(request.user, conversation)
     if switched:
         context = conversation_settings_context(conversation)
         context["closed_sections"] = closed_sections(request)
         return render(request, f"{TEMPLATE}#settings-oob", context)
-    context = settings_context(model, values, errors, system_prompt=conversation.system_prompt)
+    context = settings_context(
+        model, values, errors, system_prompt=conversation.system_prompt, fmt=fmt
+    )
     context["status"] = "Some settings need fixing." if errors else "Saved."
     context["error"] = ""
     return render(request, f"{TEMPLATE}#param-errors", context)
@@ -175,8 +185,11 @@ def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         return _presets(request, conversation, "Give the preset a name.")
     model = model_or_default(str(data.get("model", "")))
     system_prompt = str(data.get("system_prompt", ""))
+    asked = str(data.get("wire_format", "") or CHAT)
     try:
-        cleaned = clean_settings(model, system_prompt, params.from_form(data))
+        cleaned = clean_settings(
+            model, system_prompt, params.from_form(data), asked if asked in model.formats else CHAT
+        )
     except params.InvalidParams as exc:
         return _presets(request, conversation, "Fix these first: " + "; ".join(exc.errors.values()))
     Preset.objects.update_or_create(
@@ -194,9 +207,11 @@ def preset_load(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> H
     preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
     model = model_or_default(preset.model)
     conversation.model = model.key
-    conversation.params = params.applicable(model, preset.params)
+    if conversation.wire_format not in model.formats:
+        conversation.wire_format = CHAT
+    conversation.params = params.applicable(model, preset.params, conversation.wire_format)
     conversation.system_prompt = preset.system_prompt
-    conversation.save(update_fields=["model", "params", "system_prompt", "updated"])
+    conversation.save(update_fields=["model", "wire_format", "params", "system_prompt", "updated"])
     LastSettings.remember(request.user, conversation)
     context = conversation_settings_context(conversation)
     context["closed_sections"] = closed_sections(request)
@@ -239,7 +254,7 @@ def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if not message.request_body:
         raise Http404("This reply has no saved request.")
     try:
-        provider = catalog.get_model(message.model).provider
+        model = catalog.get_model(message.model)
     except catalog.UnknownModel:
         raise Http404("The endpoint of this reply no longer exists.") from None
     try:
@@ -249,8 +264,8 @@ def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         raise Http404(str(exc)) from None
     context = {
         "message": message,
-        "snippets": export.snippets(body, provider),
-        "key_variable": export.key_variable(provider),
+        "snippets": export.snippets(body, model, message.wire_format),
+        "key_variable": export.key_variable(model.provider),
     }
     return render(request, f"{TEMPLATE}#code", context)
 

@@ -77,6 +77,7 @@ def _load_custom_models() -> list[Model]:
                     context_window=row.context_window,
                 ),
                 tokenize=bool((row.probe_results or {}).get("tokenize", {}).get("ok")),
+                formats=row.formats(),
             )
         )
     return found

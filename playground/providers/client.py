@@ -32,7 +32,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -194,6 +194,32 @@ Event = (
     | StreamError
     | Unreadable
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Other wire formats (formats.py implements these; this module must not import it)
+# ---------------------------------------------------------------------------------------------
+
+
+class Decoder(Protocol):
+    """Reads one response of a wire format into events; raises Done at its end marker."""
+
+    def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[Event]: ...
+
+    def whole(self, payload: dict[str, Any]) -> list[Event]: ...
+
+
+class Wire(Protocol):
+    """How a request in another wire format travels: path, headers, body, decoder."""
+
+    @property
+    def path(self) -> str: ...
+
+    def headers(self, endpoint: Endpoint, api_key: str | None) -> dict[str, str]: ...
+
+    def stream_body(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def decoder(self) -> Decoder: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +387,11 @@ async def aclose_clients() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Done(Exception):
-    """Internal: `data: [DONE]` was received."""
+class Done(Exception):
+    """The stream's end marker was received (`data: [DONE]`, or Messages' message_stop)."""
+
+
+_Done = Done
 
 
 def _events_from_chunk(chunk: dict[str, Any]) -> list[Event]:
@@ -427,13 +456,13 @@ def _events_from_sse(sse: SSEEvent, api_key: str | None, *, want_id: bool = Fals
         payload = json.loads(sse.data)
     except ValueError:
         if sse.event == "error":
-            return [StreamError(UpstreamError("stream", _clean(sse.data, api_key)))]
+            return [StreamError(UpstreamError("stream", clean(sse.data, api_key)))]
         return [Unreadable("The provider sent data that is not JSON.")]
     if not isinstance(payload, dict):
         return [Unreadable("The provider sent an unexpected chunk.")]
     # An error object ends the reply: the provider says it stopped generating.
     if payload.get("error"):
-        return [StreamError(_mid_stream_error(payload["error"], api_key))]
+        return [StreamError(mid_stream_error(payload["error"], api_key))]
     try:
         events = _events_from_chunk(payload)
     except (AttributeError, TypeError, ValueError):
@@ -445,7 +474,7 @@ def _events_from_sse(sse: SSEEvent, api_key: str | None, *, want_id: bool = Fals
     return events
 
 
-def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
+def mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
     if isinstance(error, dict):
         message = error.get("message") or error.get("type") or "The provider reported an error."
         code = str(error.get("code") or error.get("type") or "")
@@ -456,7 +485,7 @@ def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
         kind = "rate_limited"
     elif code in {"invalid_api_key", "401", "403"}:
         kind = "auth"
-    return UpstreamError(kind, _clean(str(message), api_key))
+    return UpstreamError(kind, clean(str(message), api_key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +493,7 @@ def _mid_stream_error(error: Any, api_key: str | None) -> UpstreamError:
 # ---------------------------------------------------------------------------------------------
 
 
-def _clean(text: str, api_key: str | None) -> str:
+def clean(text: str, api_key: str | None) -> str:
     """Scrubbed, single-line, truncated provider text."""
     text = " ".join(scrub(text, api_key).split())
     if len(text) > _MAX_PROVIDER_MESSAGE:
@@ -478,7 +507,7 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
     try:
         payload = json.loads(text)
     except ValueError:
-        return _clean(text, api_key)
+        return clean(text, api_key)
     message: Any = payload
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -492,7 +521,7 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
             message = payload.get("message") or payload.get("detail") or payload
     if not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
-    return _clean(message, api_key)
+    return clean(message, api_key)
 
 
 def _validation_detail(items: list[Any]) -> str:
@@ -805,8 +834,12 @@ async def stream(
     *,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     client: httpx.AsyncClient | None = None,
+    wire: Wire | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Stream a chat completion as typed events; failures end it with one StreamError.
+
+    `wire` (formats.py) sends `body`, already in that format, to the Responses or Messages
+    path with that format's headers and reads that format's events; None is Chat Completions.
 
     Retries (429 with a short Retry-After, 5xx, connection errors) happen only before the first
     body byte. A request lost with a pooled connection the server had closed is sent once more
@@ -833,7 +866,9 @@ async def stream(
         http = client
     # aclosing: a stop closes this generator, and that must close the upstream response now.
     try:
-        async with contextlib.aclosing(_stream(http, endpoint, api_key, body, timeouts)) as events:
+        async with contextlib.aclosing(
+            _stream(http, endpoint, api_key, body, timeouts, wire)
+        ) as events:
             async for event in events:
                 yield event
     finally:
@@ -847,9 +882,16 @@ async def _stream(
     api_key: str | None,
     body: dict[str, Any],
     timeouts: Timeouts,
+    wire: Wire | None = None,
 ) -> AsyncGenerator[Event, None]:
-    headers = build_headers(endpoint, api_key)
-    payload = _stream_body(body)
+    if wire is None:
+        headers = build_headers(endpoint, api_key)
+        payload = _stream_body(body)
+        url = endpoint.chat_url
+    else:
+        headers = wire.headers(endpoint, api_key)
+        payload = wire.stream_body(body)
+        url = endpoint.url(wire.path)
     attempts = timeouts.max_retries + 1
     attempt = 1
     # A server may close an idle keep-alive connection just as we reuse it (see Timeouts.
@@ -866,7 +908,7 @@ async def _stream(
         try:
             async with http.stream(
                 "POST",
-                endpoint.chat_url,
+                url,
                 json=payload,
                 headers=headers,
                 timeout=timeouts.as_httpx(),
@@ -874,7 +916,8 @@ async def _stream(
             ) as response:
                 answered = True
                 if response.is_success:
-                    async for event in _read_success(response, api_key, timeouts):
+                    decoder = wire.decoder() if wire is not None else None
+                    async for event in _read_success(response, api_key, timeouts, decoder):
                         yield event
                     return
                 raw = await response.aread()
@@ -906,15 +949,16 @@ async def _stream(
 
 
 async def _read_success(
-    response: httpx.Response, api_key: str | None, timeouts: Timeouts
+    response: httpx.Response,
+    api_key: str | None,
+    timeouts: Timeouts,
+    decoder: Decoder | None = None,
 ) -> AsyncIterator[Event]:
     if "application/json" in response.headers.get("content-type", ""):
         # Some servers ignore stream=true and answer with one chat.completion object.
         raw = await response.aread()
         try:
-            events = _events_from_sse(
-                SSEEvent(raw.decode("utf-8", errors="replace")), api_key, want_id=True
-            )
+            events = _whole(raw.decode("utf-8", errors="replace"), api_key, decoder)
         except _Done:
             events = []
         for event in events:
@@ -929,7 +973,7 @@ async def _read_success(
         state.has_id = True
         yield ResponseId(request_id[:MAX_RESPONSE_ID])
     try:
-        async for event in _read_sse(response, api_key, state):
+        async for event in _read_sse(response, api_key, state, decoder):
             yield event
     except httpx.TransportError as exc:
         if not state.received:
@@ -945,18 +989,21 @@ async def _read_success(
 
 
 async def _read_sse(
-    response: httpx.Response, api_key: str | None, state: _BodyState
+    response: httpx.Response,
+    api_key: str | None,
+    state: _BodyState,
+    wire_decoder: Decoder | None = None,
 ) -> AsyncIterator[Event]:
     decoder = SSEDecoder()
     chunks = response.aiter_bytes()
     async for chunk in chunks:
         state.received = state.received or bool(chunk)
-        for event in _decode(decoder.feed(chunk), api_key, state):
+        for event in _decode(decoder.feed(chunk), api_key, state, wire_decoder):
             yield event
         if state.stopped:
             break
     else:
-        for event in _decode(decoder.flush(), api_key, state):
+        for event in _decode(decoder.flush(), api_key, state, wire_decoder):
             yield event
     if state.saw_done:
         await _drain(chunks)
@@ -964,12 +1011,32 @@ async def _read_sse(
         yield StreamError(UpstreamError("stream", "The stream ended before the reply finished."))
 
 
-def _decode(events: list[SSEEvent], api_key: str | None, state: _BodyState) -> Iterator[Event]:
+def _whole(text: str, api_key: str | None, decoder: Decoder | None) -> list[Event]:
+    if decoder is None:
+        return _events_from_sse(SSEEvent(text), api_key, want_id=True)
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return [Unreadable("The provider sent data that is not JSON.")]
+    if not isinstance(payload, dict):
+        return [Unreadable("The provider sent an unexpected answer.")]
+    try:
+        return decoder.whole(payload)
+    except (AttributeError, TypeError, ValueError):
+        return [Unreadable("The provider sent a malformed answer.")]
+
+
+def _decode(
+    events: list[SSEEvent], api_key: str | None, state: _BodyState, decoder: Decoder | None = None
+) -> Iterator[Event]:
     for sse in events:
         if state.stopped:
             return
         try:
-            mapped = _events_from_sse(sse, api_key, want_id=not state.has_id)
+            if decoder is None:
+                mapped = _events_from_sse(sse, api_key, want_id=not state.has_id)
+            else:
+                mapped = decoder.events(sse, api_key, not state.has_id)
         except _Done:
             state.stopped = state.saw_done = True
             return
@@ -1036,12 +1103,14 @@ async def request_json(
     payload: dict[str, Any] | None = None,
     *,
     timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
     """Send one request and read a JSON answer; raises ConnectionProblem when none came.
 
     Not retried and not pooled: these run when an admin presses a button, and the answer
-    (including how long it took) must describe one plain attempt."""
-    headers = build_headers(endpoint, api_key)
+    (including how long it took) must describe one plain attempt. `headers` replaces the
+    Chat Completions ones (formats.Wire.headers for the other formats)."""
+    headers = dict(headers) if headers is not None else build_headers(endpoint, api_key)
     headers["Accept"] = "application/json"
     limit = httpx.Timeout(timeout)
     if endpoint.policy is not None:

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from playground.providers import specs
+from playground.providers import formats, specs
 from playground.providers.client import (
     Answer,
     ConnectionProblem,
@@ -211,12 +211,53 @@ async def probe(endpoint: Endpoint, api_key: str | None, model_id: str) -> dict[
             report.add(name, False, "no reasoning in a short reply")
         else:
             report.add(name, True, "accepted")
+    for fmt, body in _format_bodies(model_id).items():
+        report.add(fmt, *await _probe_format(endpoint, api_key, fmt, body))
     count = await count_tokens(endpoint, api_key, model_id, "Hello there")
     if count is None:
         report.add("tokenize", False, "no /tokenize: token counts are estimated from chunks")
     else:
         report.add("tokenize", True, f"/tokenize counted {count} tokens in 'Hello there'")
     return report.results
+
+
+def _format_bodies(model_id: str) -> dict[str, dict[str, Any]]:
+    """One tiny non-streamed request in each other wire format, as its reference shapes it."""
+    return {
+        # Responses: max_output_tokens must be at least 16 in OpenAI's reference.
+        specs.RESPONSES: {"model": model_id, "input": "Say OK.", "max_output_tokens": 16},
+        specs.MESSAGES: {
+            "model": model_id,
+            "max_tokens": 1,
+            "messages": [{"role": "user", "content": "Say OK."}],
+        },
+    }
+
+
+async def _probe_format(
+    endpoint: Endpoint, api_key: str | None, fmt: str, body: dict[str, Any]
+) -> tuple[bool, str]:
+    wire = formats.WIRES[fmt]
+    headers = wire.headers(endpoint, api_key)
+    try:
+        answer = await request_json(
+            endpoint, api_key, "POST", endpoint.url(wire.path), body, headers=headers
+        )
+    except ConnectionProblem as problem:
+        return False, problem.message
+    if not answer.ok:
+        return False, _refusal(answer)
+    payload = answer.payload if isinstance(answer.payload, dict) else {}
+    # A server may answer any path with a chat completion, or a page: only the format's own
+    # object counts (a Response with "output", a Message with "content").
+    speaks = (
+        payload.get("object") == "response" and isinstance(payload.get("output"), list)
+        if fmt == specs.RESPONSES
+        else payload.get("type") == "message" and isinstance(payload.get("content"), list)
+    )
+    if not speaks:
+        return False, f"answered, but not with a {wire.label} object"
+    return True, f"answered in {answer.elapsed_ms:.0f} ms"
 
 
 def _refusal(answer: Answer) -> str:

@@ -93,6 +93,14 @@ class EndpointModel(models.Model):
     json_schema = models.BooleanField(default=False)
     thinking = models.BooleanField(default=False)
     logprobs = models.BooleanField(default=False)
+    # Wire formats besides Chat Completions (always on): ticked by the admin, or found by Probe.
+    FORMATS = ((specs.RESPONSES, "Responses API"), (specs.MESSAGES, "Messages API"))
+    responses = models.BooleanField(
+        default=False, help_text="The server also answers POST /responses for this model."
+    )
+    messages = models.BooleanField(
+        default=False, help_text="The server also answers POST /messages for this model."
+    )
     # Only a price its admin entered is ever shown: a self-hosted model has none by default.
     price_per_message = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
     # What Probe found: {capability: {"ok": bool, "detail": str}}, and whether the server
@@ -121,6 +129,10 @@ class EndpointModel(models.Model):
         """Store what the server accepted and set the capabilities from it."""
         self.probe_results = results
         self.probed_at = timezone.now()
-        for name, _ in self.CAPABILITIES:
+        for name, _ in (*self.CAPABILITIES, *self.FORMATS):
             if name in results:
                 setattr(self, name, bool(results[name].get("ok")))
+
+    def formats(self) -> tuple[str, ...]:
+        """The wire formats the model is offered in, Chat Completions first."""
+        return (specs.CHAT, *(name for name, _ in self.FORMATS if getattr(self, name)))

@@ -12,7 +12,8 @@ import math
 import re
 from typing import Any
 
-from playground.providers.specs import Model, Param
+from playground.providers import formats
+from playground.providers.specs import CHAT, Model, Param
 
 FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200
@@ -261,22 +262,29 @@ CLEANERS = {
 NOT_A_PARAMETER = "is not a parameter of this model"
 
 
-def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -> dict[str, Any]:
-    """The values that are set, typed and within the documented bounds.
+def clean(
+    model: Model, values: dict[str, Any], *, keep_unknown: bool = False, fmt: str = CHAT
+) -> dict[str, Any]:
+    """The values that are set, typed and within the bounds documented for the wire format.
 
     Raises InvalidParams with one plain message per field. Names the model does not document
-    are dropped (keep_unknown=False), so switching models keeps only what still applies.
+    are dropped (keep_unknown=False), so switching models keeps only what still applies. A
+    value for a parameter the format cannot carry is refused with the reason the panel shows.
     """
-    specs = {p.name: p for p in model.params}
+    fields = formats.params_for(model, fmt)
     cleaned: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, value in values.items():
-        param = specs.get(name)
-        if param is None:
+        field = fields.get(name)
+        if field is None:
             if keep_unknown:
                 errors[name] = NOT_A_PARAMETER
             continue
         if _unset(value):
+            continue
+        param = field.param
+        if field.disabled:
+            errors[name] = f"{name}: {field.disabled}"
             continue
         try:
             cleaned[name] = CLEANERS[param.type](param, value)
@@ -284,29 +292,33 @@ def clean(model: Model, values: dict[str, Any], *, keep_unknown: bool = False) -
             errors[name] = f"{name} {exc}"
     if "tool_choice" in cleaned and "tools" not in cleaned:
         errors["tool_choice"] = "tool_choice needs tool definitions"
+    for name, error in formats.check(model, fmt, cleaned).items():
+        errors.setdefault(name, error)
     if errors:
         raise InvalidParams(errors)
     return cleaned
 
 
-def to_body(model: Model, cleaned: dict[str, Any]) -> dict[str, Any]:
-    """Cleaned values under the names the server reads (llama.cpp's repeat_penalty)."""
-    names = {p.name: p.sent_as for p in model.params}
+def to_body(model: Model, cleaned: dict[str, Any], fmt: str = CHAT) -> dict[str, Any]:
+    """Cleaned values under the names the server reads (llama.cpp's repeat_penalty).
+
+    Chat Completions names: formats.to_wire() renames them for the other formats at send time."""
+    names = {name: f.param.sent_as for name, f in formats.params_for(model, fmt).items()}
     return {names.get(name, name): value for name, value in cleaned.items()}
 
 
-def from_body(model: Model, body: dict[str, Any]) -> dict[str, Any]:
+def from_body(model: Model, body: dict[str, Any], fmt: str = CHAT) -> dict[str, Any]:
     """The parameter values a request body carried, under the names the page uses."""
-    names = {p.sent_as: p.name for p in model.params}
+    names = {f.param.sent_as: name for name, f in formats.params_for(model, fmt).items()}
     return {names[key]: value for key, value in body.items() if key in names}
 
 
-def applicable(model: Model, values: dict[str, Any]) -> dict[str, Any]:
-    """What survives a model switch: every value that is still a valid parameter."""
+def applicable(model: Model, values: dict[str, Any], fmt: str = CHAT) -> dict[str, Any]:
+    """What survives a model or format switch: every value that is still a valid parameter."""
     kept = {}
     for name, value in values.items():
         try:
-            kept.update(clean(model, {name: value}))
+            kept.update(clean(model, {name: value}, fmt=fmt))
         except InvalidParams:
             continue
     return kept

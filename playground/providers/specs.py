@@ -23,6 +23,12 @@ SYSTEM_ROLE = "system_role"
 # (llama-cpp-python refuses json_schema: "Input should be 'text' or 'json_object'").
 JSON_SCHEMA = "json_schema"
 
+# The wire formats a model may be served over (formats.py maps requests and streams).
+CHAT = "chat"
+RESPONSES = "responses"
+MESSAGES = "messages"
+FORMAT_LABELS = {CHAT: "Chat Completions", RESPONSES: "Responses", MESSAGES: "Messages"}
+
 
 @dataclass(frozen=True)
 class Param:
@@ -86,6 +92,8 @@ class Model:
     # The server counts tokens at /tokenize (llama.cpp, vLLM): usage it does not send is
     # estimated from there instead of from the number of streamed chunks.
     tokenize: bool = False
+    # The wire formats its provider serves it over, Chat Completions first (the default).
+    formats: tuple[str, ...] = (CHAT,)
 
     @property
     def key(self) -> str:
@@ -245,6 +253,8 @@ GEMMA_4_E4B = Model(
         ),
     ),
     notes="Billed $0.03 per successful message. Thinking is on by default.",
+    # The page lists POST /v1/chat/completions, /v1/responses and /v1/messages for the model.
+    formats=(CHAT, RESPONSES, MESSAGES),
 )
 
 # The page's API schema, in its order, then logit_bias from its sample request. Where it
@@ -254,6 +264,7 @@ GEMMA_3N_E4B = Model(
     id="google/gemma-3n-e4b-it",
     label="Gemma 3n E4B",
     capabilities=frozenset(),
+    formats=(CHAT,),  # the page documents only POST /v1/chat/completions
     # The AI/ML API page documents no context window, output cap or price.
     params=(
         Param(

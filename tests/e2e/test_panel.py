@@ -118,3 +118,18 @@ def test_the_schema_editor_shows_only_for_a_json_schema(page, live_server):
     page.select_option("#p-response_format", "json_schema")
     assert editor.is_visible() and name.is_visible()
     page.select_option("#p-response_format", "")
+
+
+@pytest.mark.e2e
+def test_picking_the_messages_format_turns_off_what_it_cannot_carry(page, live_server):
+    open_conversation(page, live_server)
+    assert page.locator("#p-seed").is_enabled()
+    page.locator("#wire-format").select_option("messages")
+    page.locator("#param-off-seed", has_text="The Messages format has no seed.").wait_for()
+    assert not page.locator("#p-seed").is_enabled()
+    assert page.locator("#p-thinking_budget").is_visible()
+    assert page.locator("#p-temperature").get_attribute("max") == "1"
+    # Back to Chat Completions: everything is on again.
+    page.locator("#wire-format").select_option("chat")
+    page.locator("#param-off-seed").wait_for(state="detached")
+    assert page.locator("#p-seed").is_enabled()
