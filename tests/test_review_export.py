@@ -132,3 +132,10 @@ def test_the_panel_links_the_exports(client, user, tree):
     body = client.get(f"/c/{tree.pk}/").content.decode()
     for fmt in ("json", "jsonl", "md"):
         assert f'href="/review/c/{tree.pk}/export.{fmt}"' in body
+
+
+def test_the_json_export_is_written_a_message_at_a_time(client, user, tree):
+    client.force_login(user)
+    response = client.get(f"/review/c/{tree.pk}/export.json")
+    chunks = list(response.streaming_content)
+    assert len(chunks) == 1 + tree.messages.count() + 1  # head, each message, tail
