@@ -48,7 +48,7 @@ def history_page(request: HtmxHttpRequest) -> HttpResponse:
 
 # The shared page has no script, no form and nothing from another origin.
 SHARED_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'none'"
 )
 
