@@ -124,12 +124,18 @@ def install_write_counters(database_url: str | None, sqlite_path: Path | None) -
             "CREATE TABLE bench_writes (id INTEGER PRIMARY KEY, tbl TEXT, op TEXT, row_id TEXT, "
             "at REAL)"
         )
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' AND name <> 'bench_writes'"
+        ).fetchall()
+        # The search index's FTS5 tables take no triggers, and their shadow tables
+        # (<name>_data, <name>_idx, ...) are written by FTS5 itself: neither is a row write of
+        # the playground's.
+        virtual = [name for name, sql in rows if sql.upper().startswith("CREATE VIRTUAL")]
         tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name <> 'bench_writes'"
-            )
+            name
+            for name, _ in rows
+            if name not in virtual and not any(name.startswith(f"{v}_") for v in virtual)
         ]
         for table in tables:
             for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):

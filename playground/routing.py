@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
+from playground.chat.activity import ActivityConsumer
 from playground.chat.consumers import ConversationConsumer
 
 websocket_urlpatterns = [
     path("ws/conversations/<int:pk>/", ConversationConsumer.as_asgi()),
+    path("ws/teams/<int:pk>/activity/", ActivityConsumer.as_asgi()),
 ]

@@ -111,6 +111,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "playground.accounts.spaces.spaces",
+                "playground.chat.budgets.header_warnings",
             ],
         },
     },

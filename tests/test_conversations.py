@@ -32,6 +32,27 @@ def test_home_starts_a_new_conversation_once_the_newest_has_messages(client, use
     assert response["Location"] != f"/c/{conversation.pk}/"
 
 
+def test_a_new_conversation_removes_empty_ones_left_for_a_day_and_nothing_else(
+    client, user, other_user
+):
+    day_ago = timezone.now() - timedelta(days=1, minutes=1)
+    abandoned = Conversation.objects.create(owner=user, model="x")
+    used = Conversation.objects.create(owner=user, model="x")
+    Message.objects.create(conversation=used, role="user", text="Hi")
+    someone_elses = Conversation.objects.create(owner=other_user, model="x")
+    named = Conversation.objects.create(owner=user, model="x", title="Kept: it has a name")
+    old = [abandoned.pk, used.pk, someone_elses.pk, named.pk]
+    Conversation.objects.filter(pk__in=old).update(updated=day_ago)
+    recent = Conversation.objects.create(owner=user, model="x")  # perhaps open in another tab
+    client.force_login(user)
+    response = client.post("/c/new/")
+    assert response.status_code == 302
+    left = set(Conversation.objects.values_list("pk", flat=True))
+    assert abandoned.pk not in left
+    assert {used.pk, someone_elses.pk, named.pk, recent.pk} <= left
+    assert len(left) == 5  # the four kept and the new one
+
+
 def test_the_sidebar_is_newest_first(client, user):
     old = Conversation.objects.create(owner=user, title="Older", model="x")
     new = Conversation.objects.create(owner=user, title="Newer", model="x")

@@ -79,6 +79,20 @@ async def test_the_openai_set_alone_refuses_the_extras(upstream, user, conversat
     assert upstream.requests[-1].body["temperature"] == 1
 
 
+@pytest.mark.parametrize("group", ["vllm", "llamacpp"])
+async def test_a_penalty_of_zero_or_less_is_refused_before_sending(
+    group, upstream, user, conversation, connect
+):
+    # vLLM answers 400 to a repetition_penalty of 0 or less; the page says so first.
+    await lab_model(upstream, ["openai", group])
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("hi", model=MODEL, **{"param:repetition_penalty": "0"})
+    assert "repetition_penalty" in await socket.until(lambda f: "composer-error" in f)
+    await socket.close()
+    assert not [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+
+
 async def test_usage_the_server_did_not_send_is_counted_by_its_tokenize(
     upstream, user, conversation, connect
 ) -> None:

@@ -7,9 +7,11 @@ from django.test import Client
 from django.urls import reverse
 
 from playground.accounts.models import ApiKey
+from playground.chat.models import Conversation
 from playground.chat.panel import settings_context
 from playground.providers import catalog, specs
 from playground.providers.models import CustomEndpoint, EndpointModel
+from tests.html import attr, find, find_all, has, text
 from tests.upstream import Behaviour, FakeUpstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -287,3 +289,37 @@ def test_the_admin_picks_the_wire_formats_and_probe_finds_them(admin_client, lab
     assert (row.responses, row.messages) == (True, False)
     catalog.forget_custom_models()
     assert catalog.get_model("lab:gemma-3-4b-it").formats == (specs.CHAT, specs.RESPONSES)
+
+
+def test_the_panel_offers_only_the_response_formats_the_server_accepts(lab, user) -> None:
+    # Probe found json_schema refused (llama.cpp): choosing it could only end in an error.
+    EndpointModel.objects.create(endpoint=lab, model_id="m", json_schema=False)
+    EndpointModel.objects.create(endpoint=lab, model_id="s", json_schema=True)
+    client = Client()
+    client.force_login(user)
+    refused = Conversation.objects.create(owner=user, model="lab:m")
+    page = client.get(f"/c/{refused.pk}/").content.decode()
+    options = find_all(find(page, "select", name="param:response_format:type"), "option")
+    assert [attr(o, "value") for o in options] == ["", "json_object"]
+    assert not has(page, class_="schema-fields")
+    accepted = Conversation.objects.create(owner=user, model="lab:s")
+    page = client.get(f"/c/{accepted.pk}/").content.decode()
+    options = find_all(find(page, "select", name="param:response_format:type"), "option")
+    assert [attr(o, "value") for o in options] == ["", "json_object", "json_schema"]
+    assert has(page, class_="schema-fields")
+
+
+def test_a_json_schema_saved_before_the_probe_refused_it_is_shown_as_refused(lab, user) -> None:
+    EndpointModel.objects.create(endpoint=lab, model_id="m", json_schema=False)
+    schema = {"type": "object"}
+    saved = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    conversation = Conversation.objects.create(
+        owner=user, model="lab:m", params={"response_format": saved}
+    )
+    client = Client()
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    chosen = find(page, "option", value="json_schema", selected=True)
+    assert "not accepted" in text(chosen)  # not an unset-looking panel that every send fails
+    assert "not accepted" in text(find(page, id="param-error-response_format"))
+    assert has(page, class_="schema-fields")

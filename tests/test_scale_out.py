@@ -7,9 +7,11 @@ process B, and a socket that moves from A to B mid-reply resumes without loss or
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench import client
@@ -180,3 +182,62 @@ async def test_a_member_removed_in_another_process_is_cut_off_at_once(cluster):
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
     finally:
         await socket.close()
+
+
+TEAM_SEED = """
+import json
+from django.contrib.auth import get_user_model
+from django.test import Client
+from playground.accounts.models import Membership, Team
+from playground.chat.models import Conversation
+User = get_user_model()
+lead = User.objects.get(username="bench")
+mate, _ = User.objects.get_or_create(username="mate")
+team = Team.create(name="Across processes", owner=lead)
+team.add_member(mate, Membership.Role.VIEWER)
+shared = Conversation.objects.create(owner=lead, team=team, model="empiriolabs:gemma-4-e4b")
+client = Client()
+client.force_login(mate)
+print(json.dumps({"team": team.pk, "conversation": shared.pk,
+                  "cookie": client.cookies["sessionid"].value}))
+"""
+
+
+async def frames_until(socket, predicate: Callable[[str], bool], timeout: float = 10) -> str:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await socket.recv()
+            if predicate(frame):
+                return frame
+
+
+async def test_activity_and_presence_reach_sockets_on_the_other_process(cluster):
+    """The Activity page and presence go through the channel layer: with Redis, a run on
+    process A shows on an Activity page served by B, and watchers on A and B see each other."""
+    # Longer than one checkpoint interval (2 s), so a progress frame comes too.
+    cluster.upstream.script(Behaviour(n_tokens=200, interval=0.02))
+    seeded = await asyncio.to_thread(cluster.stack.manage, "shell", "-c", TEAM_SEED)
+    team = json.loads(seeded.strip().splitlines()[-1])
+    activity_url = cluster.b.url.replace("http://", "ws://", 1)
+    activity = await connect(
+        f"{activity_url}/ws/teams/{team['team']}/activity/",
+        origin=cluster.b.url,
+        additional_headers={"Cookie": f"sessionid={team['cookie']}"},
+        proxy=None,
+    )
+    lead = await client.open_socket(cluster.a.url, team["conversation"], cluster.seed.cookie)
+    mate = await client.open_socket(cluster.b.url, team["conversation"], team["cookie"])
+    try:
+        await frames_until(activity, lambda f: 'id="activity-streaming"' in f)
+        await frames_until(lead, lambda f: 'id="presence"' in f and ">MA<" in f)
+        await frames_until(mate, lambda f: 'id="presence"' in f and ">BE<" in f)
+        await lead.send(client.send_payload("Across processes"))
+        started = await frames_until(activity, lambda f: 'id="act-' in f)
+        assert "bench" in started
+        await frames_until(activity, lambda f: "tokens so far" in f)
+        await frames_until(activity, lambda f: 'id="fin-' in f, timeout=20)
+        await lead.close()
+        await frames_until(mate, lambda f: 'id="presence"' in f and ">BE<" not in f)
+    finally:
+        for socket in (activity, lead, mate):
+            await socket.close()

@@ -108,9 +108,18 @@ def test_foreign_conversations_never_appear(client, user, other_user):
     shared = make_conversations(other_user, 10, team=our_team)
     client.force_login(user)
 
+    # The sidebar lists the open conversation's space: Personal, then the team.
     seen = walk(client, client.get(f"/c/{mine[0].pk}/").content)
-    assert sorted(seen) == sorted(c.pk for c in mine + shared)
+    assert sorted(seen) == sorted(c.pk for c in mine)
     assert len(seen) == len(set(seen))
+    seen = walk(client, client.get(f"/c/{shared[0].pk}/").content)
+    assert sorted(seen) == sorted(c.pk for c in shared)
+    # Naming someone else's team as the space shows nothing of it.
+    above_all = sidebar.Cursor(timezone.now() + timedelta(days=1), 10**9)
+    response = client.get(
+        f"/c/?after={above_all}&space={their_team.pk}", headers={"HX-Request": "true"}
+    )
+    assert items(response.content) == []
 
     # A cursor aimed just above someone else's conversations shows ada's only.
     foreign = theirs + team_only
@@ -226,8 +235,11 @@ def test_a_conversation_without_a_message_leaves_no_row(client, user):
     assert "New conversation" not in text(find(page, "ul", id="conversation-list"))
 
 
-def test_rows_are_grouped_by_day_with_relative_headings(client, user):
+def test_rows_are_grouped_by_day_with_relative_headings(client, user, monkeypatch):
     made = make_conversations(user, 6)
+    # Midday, so that "5 minutes" and "an hour" ago are today whatever the clock says.
+    noon = timezone.localtime().replace(hour=12, minute=0, second=0, microsecond=0)
+    monkeypatch.setattr(timezone, "now", lambda: noon)
     now = timezone.now()
     ages = [timedelta(minutes=5), timedelta(hours=1), timedelta(days=1), timedelta(days=3)]
     ages += [timedelta(days=40), timedelta(days=400)]
@@ -237,8 +249,7 @@ def test_rows_are_grouped_by_day_with_relative_headings(client, user):
     page = client.get(f"/c/{made[0].pk}/").content
     today = timezone.localdate()
     labels = headings(page)
-    # Today's rows are 5 minutes and an hour old: near midnight the hour-old one is yesterday's.
-    assert labels[0] == "Today"
+    assert labels[:2] == ["Today", "Yesterday"]
     assert "Yesterday" in labels
     assert sidebar.day_label(today - timedelta(days=3), today) == labels[-3]
     assert labels[-3] in set(calendar.day_name)

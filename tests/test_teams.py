@@ -80,7 +80,7 @@ def test_a_demoted_owner_can_view_but_not_run(client, user, team, shared):
 def test_a_demoted_owner_cannot_spend_the_team_key(user, team, shared):
     ApiKey.store(provider="empiriolabs", plaintext="sk-team-key-0123456789", team=team)
     provider = catalog.get_model(MODEL).provider
-    assert services.resolve_api_key(user, shared, provider) == "sk-team-key-0123456789"
+    assert services.resolve_api_key(user, shared, provider)[0] == "sk-team-key-0123456789"
     demote(user, team)
     with pytest.raises(services.TurnError, match="API key"):
         services.resolve_api_key(user, shared, provider)

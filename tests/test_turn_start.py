@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
+from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from playground.chat import runs, services
+from playground.chat import budgets, runs, services
 from playground.chat.models import Conversation, LastSettings, Message
+from tests.conftest import SECRET_KEY_VALUE
 from tests.upstream import Behaviour
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -139,6 +143,7 @@ def test_a_turn_is_read_in_two_statements_and_written_in_one_transaction_of_six(
     api_key.last_used = timezone.now()  # its use is recorded once a minute, not per turn
     api_key.save()
     LastSettings.objects.create(user=user, model="an earlier model")  # has sent before
+    budgets.check(user, None, None)  # which budgets exist is cached after a process's first turn
     with CaptureQueriesContext(connection) as read:
         prepared = prepare(conversation, user, text="And now?")
     with CaptureQueriesContext(connection) as written:
@@ -161,3 +166,98 @@ def test_a_title_given_meanwhile_in_another_tab_is_kept(user, api_key, conversat
     assert turn.conversation.title == "Renamed elsewhere"
     conversation.refresh_from_db()
     assert conversation.title == "Renamed elsewhere"
+
+
+def test_the_final_save_is_one_update_and_renders_the_reply_without_reading_it_back(
+    user, api_key, conversation
+):
+    turn = services.start_turn(
+        conversation, user, text="Hi", model_key=MODEL, system_prompt="", channel="run.x"
+    )
+    reply = turn.run.reply
+    assert reply is turn.messages[-1]
+    run = runs.Run(turn.run)
+    run.text.shown = "**Hello** there"
+    run.usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    run.finish_reason = "stop"
+    run.first_token_at = run.started
+    values = async_to_sync(run._final_values)()
+    with CaptureQueriesContext(connection) as saved:
+        html = runs._save_and_render(reply, values)
+    assert [q["sql"].split()[0] for q in saved.captured_queries] == ["UPDATE"]
+    # The same HTML as the row read back renders: nothing the page shows is stale.
+    fresh = Message.objects.get(pk=reply.pk)
+    assert fresh.status == "complete" and fresh.text == "**Hello** there"
+    assert html == render_to_string("chat/playground.html#message-oob", runs._reply_context(fresh))
+    assert "<strong>Hello</strong>" in html and "status-complete" in html
+
+
+def test_the_final_save_of_a_reply_deleted_meanwhile_renders_nothing(user, api_key, conversation):
+    turn = services.start_turn(
+        conversation, user, text="Hi", model_key=MODEL, system_prompt="", channel="run.x"
+    )
+    run = runs.Run(turn.run)
+    values = async_to_sync(run._final_values)()
+    conversation.delete()
+    assert runs._save_and_render(turn.run.reply, values) == ""
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("last_used", "recorded"),
+    [(None, True), (timedelta(minutes=5), True), (timedelta(seconds=5), False)],
+)
+def test_a_keys_use_is_recorded_once_a_minute(user, api_key, conversation, last_used, recorded):
+    from playground.accounts.models import ApiKey
+
+    before = None if last_used is None else timezone.now() - last_used
+    ApiKey.objects.filter(pk=api_key.pk).update(last_used=before)
+    budgets.check(user, None, None)  # which budgets exist is cached after a process's first turn
+    with CaptureQueriesContext(connection) as read:
+        prepared = prepare(conversation, user)
+    assert prepared.run.api_key == SECRET_KEY_VALUE
+    kinds = [q["sql"].split()[0] for q in read.captured_queries]
+    assert kinds == ["SELECT", "UPDATE", "SELECT"] if recorded else ["SELECT", "SELECT"]
+    api_key.refresh_from_db()
+    assert (api_key.last_used != before) is recorded
+
+
+def test_without_a_key_of_ones_own_the_send_says_where_to_add_it(user, conversation):
+    with pytest.raises(services.TurnError, match="API key on the Keys page"):
+        prepare(conversation, user)
+
+
+def test_a_request_is_built_from_the_same_branch_as_the_history(user, api_key, conversation):
+    """The send reads its context in plain SQL: the same messages, in the same order, as
+    history() (the newest message's branch), whatever the tree looks like."""
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    first = Message.objects.create(conversation=conversation, role="user", text="Q")
+    asked = Message.objects.create(
+        conversation=conversation, parent=first, role="assistant", text="", tool_calls=calls
+    )
+    answer = Message.objects.create(
+        conversation=conversation, parent=asked, role="tool", tool_call_id="c1", text="42"
+    )
+    Message.objects.create(conversation=conversation, parent=answer, role="assistant", text="A")
+    # A re-run: a sibling branch, newer, which is the one that counts.
+    rerun = Message.objects.create(
+        conversation=conversation, parent=answer, role="assistant", text="B"
+    )
+    Message.objects.create(conversation=conversation, parent=first, role="assistant", text="X")
+    Message.objects.filter(pk=rerun.pk).update(created=timezone.now() + timedelta(hours=1))
+    branch, seen = services._context_of(conversation)
+    expected = services.history(conversation)
+    assert (
+        [m.pk for m in branch]
+        == [m.pk for m in expected]
+        == [first.pk, asked.pk, answer.pk, rerun.pk]
+    )
+    assert [services.as_openai(m) for m in branch] == [services.as_openai(m) for m in expected]
+    assert seen == Message.objects.latest("pk").pk
+    prepared = prepare(conversation, user, text="Next")
+    assert prepared.parent.pk == rerun.pk
+    assert prepared.body["messages"][-3:] == [
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "assistant", "content": "B"},
+        {"role": "user", "content": "Next"},
+    ]

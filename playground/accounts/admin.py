@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 
-from playground.accounts.models import ApiKey, Membership, Team
+from playground.accounts.models import ApiKey, Budget, Membership, Team
 
 
 class MembershipInline(admin.TabularInline[Membership, Team]):
@@ -31,3 +33,15 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 
     def has_change_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
         return False
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin[Budget]):
+    """Site admins set personal-space defaults and per-user overrides here too (no team)."""
+
+    list_display = ("team", "user", "monthly_cost", "daily_messages", "updated", "updated_by")
+    readonly_fields = ("updated_by",)
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        obj.updated_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)

@@ -37,6 +37,26 @@ class ApiKeyForm(forms.Form):
         return key
 
 
+ROLE_CHOICES = [
+    ("viewer", "Viewer: reads and watches"),
+    ("member", "Member: runs and changes settings"),
+    ("admin", "Admin: also manages members and keys"),
+    ("owner", "Owner: also manages owners"),
+]
+
+
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=100, strip=True)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+
+
+class AddMemberForm(RoleForm):
+    username = forms.CharField(max_length=150, strip=True)
+
+
 class EndpointForm(forms.ModelForm[CustomEndpoint]):
     """Add or edit a custom endpoint. The id is fixed once saved: stored keys are filed under it."""
 

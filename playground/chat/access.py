@@ -1,4 +1,5 @@
-"""Load-and-authorize: one place that decides who may see and run a conversation.
+"""Load-and-authorize: one place that decides who may see and run a conversation or use a
+preset.
 
 HTTP views and WebSocket consumers both call these, so a permission check cannot be skipped
 by choosing the other door.
@@ -23,7 +24,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404
 
-from playground.chat.models import Conversation
+from playground.chat.models import Conversation, Preset
 from playground.chat.runs import group_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,17 @@ def get_conversation_for_user(user, pk: int | str, *, run: bool = False) -> Conv
     if run and not conversation.can_run(user):
         raise PermissionDenied("Viewers can watch but not run.")
     return conversation
+
+
+def get_preset_for_user(user, pk: int | str, *, change: bool = False) -> Preset:
+    """The preset if `user` may load it (and rename or delete it, with change=True)."""
+    try:
+        preset = Preset.objects.visible_to(user).get(pk=int(pk))
+    except (Preset.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such preset") from None
+    if change and not preset.can_change(user):
+        raise PermissionDenied("Viewers can use the team's presets but not change them.")
+    return preset
 
 
 def get_conversation_and_role(user, pk: int | str) -> tuple[Conversation, bool]:

@@ -9,6 +9,7 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         # The signals that revoke the access decisions sockets keep (chat/access.py).
-        from playground.chat import signals
+        from playground.chat import budgets, signals
 
         signals.connect()
+        budgets.connect()  # budgets are cached: a change must reach every process

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -121,6 +122,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.shown: dict[int, list[int]] = {}
         self.waiting: dict[int, list[dict]] = {}
         self.tokens, self.refilled = float(BURST), time.monotonic()
+        self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
+        self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
         # The session and the user were read by the auth middleware a moment ago.
@@ -134,6 +137,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.accept()
         open_sockets.add(self)
         await self._send_transcript()
+        await self._announce("presence.join")
         return True
 
     async def disconnect(self, code: int) -> None:
@@ -146,6 +150,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(self.user_group, self.channel_name)
+            await self._announce("presence.leave")
 
     def _later(self, delay: float, work: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `work(*args)` after `delay` seconds, unless the socket closes first."""
@@ -433,6 +438,49 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if event["html"]:
             await self.send(text_data=event["html"])
 
+    # Presence: who else watches. Each socket keeps the others' names, learnt from their
+    # join (answered directly with "here") and forgotten at their leave; no database.
+
+    async def _announce(self, kind: str, to: str | None = None) -> None:
+        """Best effort: presence is a courtesy, so a channel layer that is down (or back
+        without this news) never fails a socket's opening, closing or any relay."""
+        event = {"type": kind, "channel": self.channel_name, "user_id": self.user.pk}
+        event["name"] = self.user.get_username()
+        try:
+            if to is None:
+                await self.channel_layer.group_send(self.group, event)
+            else:
+                await self.channel_layer.send(to, event)
+        except Exception as exc:
+            log.warning("presence %s not sent: %r", kind, exc)
+
+    async def presence_join(self, event: dict[str, Any]) -> None:
+        if event["channel"] != self.channel_name:
+            await self._announce("presence.here", to=event["channel"])
+            await self.presence_here(event)
+
+    async def presence_here(self, event: dict[str, Any]) -> None:
+        self.present[event["channel"]] = (event["user_id"], event["name"])
+        await self._send_presence()
+
+    async def presence_leave(self, event: dict[str, Any]) -> None:
+        if self.present.pop(event["channel"], None) is not None:
+            await self._send_presence()
+
+    async def _send_presence(self) -> None:
+        if not await self._still_allowed():
+            return
+        # One entry per user, however many tabs; one's own other tab is not "someone else".
+        names = {
+            user_id: name for user_id, name in self.present.values() if user_id != self.user.pk
+        }
+        shown = sorted(names.values())
+        if shown == self.watchers_shown:
+            return  # e.g. one's own other tab came or went: nothing to redraw
+        self.watchers_shown = shown
+        watchers = [{"name": n, "initials": initials(n)} for n in shown]
+        await self._send_partial("presence", {"watchers": watchers})
+
     async def server_restarting(self, event: dict[str, Any]) -> None:
         """The process is shutting down: this arrives after the run's last "done" frame (same
         channel, in order), so the page shows the saved reply and then why it lost the
@@ -534,6 +582,13 @@ def check_access(user, session, conversation_id: int, *, fresh: bool = False):
         return None
 
 
+def initials(name: str) -> str:
+    """ "ada.lovelace" → "AL", "eve" → "EV": two letters tell teammates apart at a glance."""
+    parts = [p for p in re.split(r"[\s._@+-]+", name) if p]
+    letters = "".join(p[0] for p in parts[:2]) if len(parts) > 1 else name[:2]
+    return letters.upper()
+
+
 JSON_KINDS = {dict: "an object", list: "a list", bool: "true or false", int: "a number"}
 
 
@@ -599,4 +654,7 @@ RELAY_HANDLERS = {
     "run.delta": ConversationConsumer.run_delta,
     "chat.append": ConversationConsumer.chat_append,
     "run.done": ConversationConsumer.run_done,
+    "presence.join": ConversationConsumer.presence_join,
+    "presence.here": ConversationConsumer.presence_here,
+    "presence.leave": ConversationConsumer.presence_leave,
 }

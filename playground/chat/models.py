@@ -29,6 +29,19 @@ class ConversationQuerySet(models.QuerySet):
             Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
         ).distinct()
 
+    def abandoned_by(self, user, before: datetime) -> ConversationQuerySet:
+        """The user's conversations that never got a message and were last touched before
+        `before`: opened with "New conversation" and left. The sidebar hides them (no title:
+        it comes with the first message), so nothing else would ever remove them. One with
+        any message, or a title its owner gave it, is never among them."""
+        return self.filter(owner=user, title="", updated__lt=before, messages__isnull=True)
+
+    def in_space(self, team_id: int | None) -> ConversationQuerySet:
+        """One space's conversations: a team's, or (None) the personal ones."""
+        if team_id is None:
+            return self.filter(team__isnull=True)
+        return self.filter(team_id=team_id)
+
     def older_than(self, updated: datetime, pk: int) -> ConversationQuerySet:
         """The rows after (updated, pk) in the newest-first order: a keyset page boundary.
         Ties in `updated` are broken by id, as `Meta.ordering` breaks them."""
@@ -74,6 +87,23 @@ class Conversation(models.Model):
             return user.pk == self.owner_id
         membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
         return bool(membership and membership.can_run())
+
+    def move_to(self, team, user) -> None:
+        """Move a personal conversation into a team. Only its owner, and only into a team
+        where they may run: the move hands the conversation (and its images) to the team."""
+        from playground.accounts.models import TeamError
+
+        if self.team_id is not None:
+            raise TeamError("This conversation already belongs to a team.")
+        if self.owner_id != user.pk:
+            raise TeamError("Only the conversation's owner can move it.")
+        membership = team.membership_of(user)
+        if membership is None or not membership.can_run():
+            raise TeamError(f"You cannot start conversations in {team.name}.")
+        self.team = team
+        self.save(update_fields=["team", "updated"])
+        # Replies carry their space, so usage and budgets need no join: they move along.
+        self.messages.update(team=team)
 
     def title_from(self, text: str) -> None:
         if not self.title:
@@ -181,9 +211,27 @@ class Message(models.Model):
     total_ms = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     cost = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    # From `usage`, as columns: the Usage page and budgets sum them in SQL.
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The conversation's space (None: personal), copied onto each reply so usage and budget
+    # aggregates read one indexed table, without a join.
+    team = models.ForeignKey(
+        "accounts.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,  # the (team, created) index below serves lookups by team
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # Which key paid for this reply, so usage can be attributed: the key's id (kept when the
+    # key is deleted, hence no foreign key), whose it was and its last four. Never the key.
+    key_id = models.PositiveBigIntegerField(null=True, blank=True)
+    key_owner = models.CharField(max_length=4, blank=True)  # "team", "user" or "" (none)
+    key_last_four = models.CharField(max_length=4, blank=True)
     # The channel the run listens on for stop and snapshot requests, from any process.
     run_channel = models.CharField(max_length=200, blank=True)
     checkpoint_at = models.DateTimeField(null=True, blank=True)
@@ -193,7 +241,28 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created", "id"]
-        indexes = [models.Index(fields=["status", "checkpoint_at"])]
+        indexes = [
+            models.Index(fields=["status", "checkpoint_at"]),
+            # Usage and budgets: a space's replies in a date range. Covering (every column
+            # the Usage page sums is in it), so the aggregate never reads the rows, whose
+            # text and saved request make them large; updated once per reply, at its end.
+            models.Index(
+                fields=[
+                    "team",
+                    "created",
+                    "role",
+                    "model",
+                    "created_by",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost",
+                    "ttft_ms",
+                ],
+                name="message_team_usage",
+            ),  # fmt: skip
+            # One person's replies in a date range: personal usage, personal budgets.
+            models.Index(fields=["created_by", "created"], name="message_user_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk}"
@@ -266,11 +335,30 @@ def _percent(logprob: Any) -> str:
     return f"{math.exp(logprob) * 100:.1f}"
 
 
+class PresetQuerySet(models.QuerySet):
+    def visible_to(self, user) -> PresetQuerySet:
+        """Own personal presets plus those of the user's teams. Start every lookup here."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self.filter(
+            Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
+        ).distinct()
+
+    def in_space(self, team_id: int | None) -> PresetQuerySet:
+        if team_id is None:
+            return self.filter(team__isnull=True)
+        return self.filter(team_id=team_id)
+
+
 class Preset(models.Model):
-    """A named model + parameters + system prompt a user can load again."""
+    """A named model + parameters + system prompt that can be loaded again; it belongs to a
+    space, like conversations: its owner's personal space, or a team."""
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets"
+    )
+    team = models.ForeignKey(
+        "accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="presets"
     )
     name = models.CharField(max_length=100)
     model = models.CharField(max_length=200)
@@ -279,12 +367,28 @@ class Preset(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
+    objects = PresetQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
-        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="preset_name")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "name"], condition=Q(team__isnull=True), name="preset_name"
+            ),
+            models.UniqueConstraint(
+                fields=["team", "name"], condition=Q(team__isnull=False), name="team_preset_name"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def can_change(self, user) -> bool:
+        """Rename or delete: a personal preset's owner; in a team, anyone who may run."""
+        if self.team_id is None:
+            return user.pk == self.owner_id
+        membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
+        return bool(membership and membership.can_run())
 
 
 class LastSettings(models.Model):

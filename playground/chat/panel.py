@@ -23,6 +23,8 @@ SECTION_KEYS = frozenset(key for _, key, _ in SECTIONS)
 CLOSED_COOKIE = "panel_closed"
 # A seed names one sampling run; a slider over two billion values only invites a random drag.
 NO_SLIDER = frozenset({"seed"})
+RESPONSE_FORMAT_LABELS = (("json_object", "JSON object"), ("json_schema", "JSON schema"))
+RESPONSE_FORMATS = tuple(kind for kind, _ in RESPONSE_FORMAT_LABELS)
 
 
 def closed_sections(request: HttpRequest) -> frozenset[str]:
@@ -104,6 +106,20 @@ def control(param: Param, value: Any, error: str, values: dict[str, Any]) -> dic
             "name": schema.get("name", ""),
             "schema": _json_text(schema.get("schema")),
         }
+        # Only what the model's server accepts (a Probe may have found json_schema refused):
+        # a choice that can only end in "not accepted" is not offered at all.
+        accepted = param.choices or RESPONSE_FORMATS
+        shown["choices"] = [
+            (kind, label) for kind, label in RESPONSE_FORMAT_LABELS if kind in accepted
+        ]
+        kind = shown["value"]["type"]
+        if kind in RESPONSE_FORMATS and kind not in accepted:
+            # Saved before a later Probe found it refused: drawn as what it is, so the panel
+            # does not look unset while every send is refused for it.
+            label = dict(RESPONSE_FORMAT_LABELS)[kind]
+            shown["choices"].append((kind, f"{label} (not accepted by this server)"))
+            shown["error"] = error or f"{kind} is not accepted by this model's server"
+        shown["with_schema"] = "json_schema" in accepted or kind == "json_schema"
     else:
         shown["value"] = "" if value is None else value
     return shown

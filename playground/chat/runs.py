@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -59,6 +60,11 @@ def group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
+def activity_group(team_id: int) -> str:
+    """Where a team's runs say that they started, progressed and ended (the Activity page)."""
+    return f"team-activity-{team_id}"
+
+
 def channel_layer() -> BaseChannelLayer:
     """The default channel layer: runs publish, listen and stop through it, so it must exist."""
     layer = get_channel_layer()
@@ -77,6 +83,10 @@ class RunRequest:
     api_key: str | None = field(default=None, repr=False)
     # The saved body is Chat Completions-shaped; it is sent in this format (formats.py).
     wire_format: str = CHAT
+    # The reply's row as the turn wrote it: the final save updates it by pk and renders it
+    # without reading it back. None (a request built elsewhere): the row is read.
+    reply: Message | None = field(default=None, repr=False, compare=False)
+    team_id: int | None = None  # a team conversation's runs show on its Activity page
 
 
 @dataclass
@@ -155,6 +165,7 @@ class Run:
             self.interrupted = task.cancel()
 
     async def _main(self) -> None:
+        await self._tell_team("activity.started")
         listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
         self.begin_upstream()  # unless the turn already did
@@ -181,28 +192,39 @@ class Run:
         before failed, so no reply stays "streaming" while its run is gone. The final write
         never waits for the channel layer: publishing only ever logs its failures."""
         await self._publish()
-        await self._save_final_retrying()
-        try:
-            html = await self._html()
-        except Exception:
-            log.exception("run %s: rendering the reply failed", self.request.message_id)
-            html = ""  # the watchers still learn the run ended; a reload shows the reply
+        html = await self._save_final_retrying()
+        if html is None:
+            try:
+                html = await self._html()
+            except Exception:
+                log.exception("run %s: rendering the reply failed", self.request.message_id)
+                html = ""  # the watchers still learn the run ended; a reload shows the reply
         done = {"type": "run.done", "message_id": self.request.message_id, "html": html}
         await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
+        await self._tell_team("activity.done")
 
-    async def _save_final_retrying(self) -> None:
+    async def _tell_team(self, kind: str, **details: Any) -> None:
+        """Ids and counters only: each Activity socket loads and renders what its user may
+        see. Tried once and never fatal: the reply matters more than the Activity page."""
+        if self.request.team_id is not None:
+            event = {"type": kind, "message_id": self.request.message_id, **details}
+            group = activity_group(self.request.team_id)
+            await self._send_retrying(self.layer.group_send, group, event, ())
+
+    async def _save_final_retrying(self) -> str | None:
         """A database that blips (a failover, a restart, a locked SQLite file) is tried again
         with growing pauses for up to STALE_AFTER: the reply is kept whole if it comes back,
         and meanwhile the run's liveness key says it is still alive. After that the stale
-        sweep marks the reply from its last checkpoint."""
+        sweep marks the reply from its last checkpoint.
+
+        The finished reply's HTML when the save rendered it too, else None."""
         deadline = time.monotonic() + settings.PLAYGROUND_RUN["STALE_AFTER"]
         pauses = iter(SAVE_RETRIES)
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._save_final()
-                return
+                return await self._save_final()
             except Exception:
                 log.warning(
                     "run %s: the final save failed (attempt %d)",
@@ -221,6 +243,7 @@ class Run:
                 reasoning=self.reasoning.shown,
                 error="The playground failed while saving this reply.",
             )
+        return None
 
     async def _send_retrying(self, send: Any, to: str, message: dict, pauses: tuple) -> bool:
         """Send through the channel layer, trying again after each pause; never raises (but
@@ -246,9 +269,7 @@ class Run:
         message = await Message.objects.filter(pk=self.request.message_id).afirst()
         if message is None:  # the conversation was deleted meanwhile
             return ""
-        awaiting = message.pk if message.awaits_tool_results else None
-        context = {"message": message, "awaiting_tools": awaiting}
-        return await render("chat/playground.html#message-oob", context)
+        return await render("chat/playground.html#message-oob", _reply_context(message))
 
     async def _consume(self) -> None:
         params = settings.PLAYGROUND_UPSTREAM
@@ -438,6 +459,8 @@ class Run:
             ).aupdate(
                 text=self.text.shown, reasoning=self.reasoning.shown, checkpoint_at=timezone.now()
             )
+            elapsed_ms = round((now - self.started) * 1000)
+            await self._tell_team("activity.progress", tokens=self.chunks, elapsed_ms=elapsed_ms)
 
     def _status(self) -> str:
         if self.interrupted:
@@ -477,7 +500,18 @@ class Run:
             "estimated": "chunks",
         }
 
-    async def _save_final(self) -> None:
+    async def _save_final(self) -> str | None:
+        """Write the reply's final state; with the row the turn wrote, render it in the same
+        trip to the database thread (one hop, no read back). The HTML, "" for a reply deleted
+        meanwhile, or None if it was not rendered here."""
+        values = await self._final_values()
+        reply = self.request.reply
+        if reply is None:
+            await Message.objects.filter(pk=self.request.message_id).aupdate(**values)
+            return None
+        return await database_sync_to_async(_save_and_render)(reply, values)
+
+    async def _final_values(self) -> dict[str, Any]:
         if self.usage is None:
             try:
                 self.usage = await self._estimated_usage()
@@ -506,27 +540,56 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
-        await Message.objects.filter(pk=self.request.message_id).aupdate(
-            status=status,
-            text=self.text.shown,
-            reasoning=self.reasoning.shown,
-            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)],
-            logprobs=self.logprobs or None,
-            finish_reason=self.finish_reason,
-            error=error.get(status, ""),
-            notes=notes,
-            response_id=self.response_id,
-            usage=self.usage,
-            ttft_ms=None if ttft is None else round(ttft * 1000, 1),
-            total_ms=round((ended - self.started) * 1000, 1),
-            tokens_per_second=round(completion / generating, 1)
+        return {
+            "status": status,
+            "text": self.text.shown,
+            "reasoning": self.reasoning.shown,
+            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)],
+            "logprobs": self.logprobs or None,
+            "finish_reason": self.finish_reason,
+            "error": error.get(status, ""),
+            "notes": notes,
+            "response_id": self.response_id,
+            "usage": self.usage,
+            "input_tokens": _count((self.usage or {}).get("prompt_tokens")),
+            "output_tokens": _count(completion),
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+            "total_ms": round((ended - self.started) * 1000, 1),
+            "tokens_per_second": round(completion / generating, 1)
             if completion and generating > 0
             else None,
-            cost=self.request.model.cost(completed=status == Message.Status.COMPLETE),
-            reasoning_ms=reasoning_ms,
-            schema_check=schema_check,
-            checkpoint_at=timezone.now(),
-        )
+            "cost": self.request.model.cost(completed=status == Message.Status.COMPLETE),
+            "reasoning_ms": reasoning_ms,
+            "schema_check": schema_check,
+            "checkpoint_at": timezone.now(),
+        }
+
+
+def _save_and_render(reply: Message, values: dict[str, Any]) -> str:
+    """The final UPDATE by pk, then the reply rendered from the row the turn wrote with the
+    values just saved: what a read back would return, without the read (a full Message row
+    cost more CPU than the UPDATE). "" if the reply was deleted meanwhile."""
+    if not Message.objects.filter(pk=reply.pk).update(**values):
+        return ""
+    for name, value in values.items():
+        setattr(reply, name, value)
+    try:
+        return render_to_string("chat/playground.html#message-oob", _reply_context(reply))
+    except Exception:
+        log.exception("run %s: rendering the reply failed", reply.pk)
+        return ""  # the watchers still learn the run ended; a reload shows the reply
+
+
+def _reply_context(message: Message) -> dict[str, Any]:
+    awaiting = message.pk if message.awaits_tool_results else None
+    return {"message": message, "awaiting_tools": awaiting}
+
+
+def _count(value: Any) -> int | None:
+    """A token count from the upstream's usage, if it is one (the upstream is not trusted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        return None
+    return value
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -14,7 +15,8 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import images
+from playground.chat import budgets, images
+from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
@@ -42,19 +44,18 @@ class Turn:
 
 
 @sensitive_variables("plaintext")
-def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str | None:
-    """The user's own key for the provider, else the conversation's team key.
+def resolve_api_key(
+    user, conversation: Conversation, provider: Provider
+) -> tuple[str | None, ApiKey | None]:
+    """The plaintext of the key that pays (see keys.paying_key for the rule), and the key.
 
-    The team key is the team's money: only a member who may run in the team spends it, checked
-    here too so that no caller can skip it."""
-    key = ApiKey.objects.filter(provider=provider.slug, user=user).first()
-    # can_run of a team conversation is exactly "a member who is not a viewer".
-    if key is None and conversation.team_id and conversation.can_run(user):
-        key = ApiKey.objects.filter(provider=provider.slug, team_id=conversation.team_id).first()
+    The team key is the team's money: only a member who may run in the team spends it,
+    checked in paying_key so that no caller can skip it."""
+    key = paying_key(user, conversation, provider.slug)
     if key is None:
         if provider.requires_key:
             raise TurnError(f"Add your {provider.name} API key on the Keys page first.")
-        return None
+        return None, None
     try:
         plaintext = key.reveal()
     except KeyDecryptionError as exc:
@@ -62,7 +63,7 @@ def resolve_api_key(user, conversation: Conversation, provider: Provider) -> str
     now = timezone.now()
     if key.last_used is None or now - key.last_used > timedelta(minutes=1):
         ApiKey.objects.filter(pk=key.pk).update(last_used=now)  # to the minute is enough
-    return plaintext
+    return plaintext, key
 
 
 def get_model(model_key: str) -> Model:
@@ -85,12 +86,58 @@ def _messages_of(conversation: Conversation) -> dict[int, Message]:
 def _branch(by_id: dict[int, Message]) -> list[Message]:
     if not by_id:
         return []
-    node: Message | None = max(by_id.values(), key=lambda m: (m.created, m.pk))
+    return _walk(by_id, max(by_id.values(), key=lambda m: (m.created, m.pk)))
+
+
+def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
+    node: Message | None = newest
     branch = []
     while node is not None:
         branch.append(node)
         node = by_id.get(node.parent_id) if node.parent_id is not None else None
     return branch[::-1]
+
+
+# What a request is built from (as_openai) and the branch walked by.
+CONTEXT_FIELDS = ("id", "parent_id", "role", "text", "content_parts", "tool_calls", "tool_call_id")
+
+
+def _context_of(conversation: Conversation) -> tuple[list[Message], int]:
+    """history() for building a request, and the newest message id: the messages hold only
+    CONTEXT_FIELDS (any other field is read when first used, as with defer()).
+
+    Plain SQL: every send runs it before its upstream request goes out, and the ORM's query
+    (a related manager, defer(), model rows) cost more CPU than SQLite took to run it. JSON
+    columns go through the field's own from_db_value(), as the ORM does."""
+    sql, names, decoders = _context_sql(connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [conversation.pk])
+        rows = cursor.fetchall()
+    if not rows:
+        return [], 0
+    by_id = {}
+    for row in rows:
+        values = [
+            v if d is None else d(v, None, connection) for v, d in zip(row, decoders, strict=True)
+        ]
+        by_id[row[0]] = Message.from_db(connection.alias, names, values)
+    # Ordered as Message.Meta.ordering: the last row is the newest, as in history().
+    return _walk(by_id, by_id[rows[-1][0]]), max(by_id)
+
+
+@functools.cache
+def _context_sql(vendor: str) -> tuple[str, list[str], list]:
+    """The query, its columns' names and their decoders, in the model's field order (which
+    Model.from_db() expects); the id first."""
+    quote = connection.ops.quote_name
+    fields = [f for f in Message._meta.concrete_fields if f.attname in CONTEXT_FIELDS]
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"SELECT {columns} FROM {quote(Message._meta.db_table)}"
+        f" WHERE {quote('conversation_id')} = %s ORDER BY {quote('created')}, {quote('id')}"
+    )
+    names = [f.attname for f in fields]
+    return sql, names, [getattr(f, "from_db_value", None) for f in fields]
 
 
 def as_openai(message: Message) -> dict[str, Any] | None:
@@ -273,17 +320,39 @@ def _turn(
     api_key: str | None,
     parent: Message | None = None,
     fmt: str = CHAT,
+    *,
+    key: ApiKey | None,
 ) -> Turn:
     """The streaming reply after the rows a turn `created` (or under `parent`), and its run.
 
-    Inside the turn's transaction: a missing image aborts the whole turn."""
+    Inside the turn's transaction: a missing image or a budget aborts the whole turn."""
+    within_budget(user, conversation, model)
     parent = created[-1] if created else parent
-    reply = _reply(conversation, user, parent, model, body, channel, fmt)
+    reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
     conversation.save()  # bumps `updated`: the sidebar is newest first
+    sent = with_image_data(body)
     run = RunRequest(
-        reply.pk, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+        reply.pk,
+        conversation.pk,
+        channel,
+        model,
+        sent,
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
+        reply=reply,
     )
     return Turn([*created, reply], run, conversation)
+
+
+def within_budget(user, conversation: Conversation, model: Model) -> None:
+    """TurnError if this run would go over a budget of its space or its sender. Every turn
+    checks here before its upstream request starts: a send in prepare_turn(), tool results
+    and re-runs in _turn()."""
+    try:
+        budgets.check(user, conversation.team_id, model.cost(completed=True))
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
 
 
 def _reply(
@@ -294,9 +363,14 @@ def _reply(
     body,
     channel,
     fmt: str = CHAT,
+    key: ApiKey | None = None,
 ):
-    return Message.objects.create(
+    return _insert(
+        key_id=key.pk if key else None,
+        key_owner=owner_kind(key),
+        key_last_four=key.last_four if key else "",
         conversation=conversation,
+        team_id=conversation.team_id,
         parent=parent,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
@@ -307,6 +381,45 @@ def _reply(
         run_channel=channel,
         checkpoint_at=timezone.now(),
     )
+
+
+def _insert(**values: Any) -> Message:
+    """Message.objects.create(**values) with the INSERT's SQL built once per process.
+
+    Every turn inserts two messages; building each INSERT through the ORM's compiler cost
+    more CPU than SQLite took to run it. The values still go through each field's own
+    pre_save() and get_db_prep_save(), as the ORM does: defaults, `created`, JSON encoding
+    and every backend's adapters are the same. No pre_save/post_save signal is sent;
+    nothing listens for Message's."""
+    message = Message(**values)
+    sql, returning = _insert_sql(connection.vendor)
+    params = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in _INSERT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            pk = cursor.fetchone()[0]
+        else:
+            pk = connection.ops.last_insert_id(cursor, Message._meta.db_table, "id")
+    message.pk = pk
+    message._state.adding = False
+    message._state.db = connection.alias
+    return message
+
+
+_INSERT_FIELDS = [f for f in Message._meta.concrete_fields if not f.primary_key]
+
+
+@functools.cache
+def _insert_sql(vendor: str) -> tuple[str, bool]:
+    """The INSERT for this database, and whether it returns the new id itself."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _INSERT_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_INSERT_FIELDS))
+    sql = f"INSERT INTO {quote(Message._meta.db_table)} ({columns}) VALUES ({placeholders})"
+    returning = bool(connection.features.can_return_columns_from_insert)
+    if returning:
+        sql += f" RETURNING {quote(Message._meta.pk.column)}"
+    return sql, returning
 
 
 def _locked(conversation: Conversation, user) -> Conversation:
@@ -339,6 +452,7 @@ class PreparedTurn:
     seen: int  # the newest message id read: a newer one means the conversation moved on
     body: dict[str, Any]  # as saved, images by reference
     run: RunRequest  # as sent; message_id is 0 until write_turn() makes the reply
+    key: ApiKey | None = None  # the key that pays, recorded on the reply (never its text)
 
 
 @sensitive_variables("api_key")
@@ -370,9 +484,9 @@ def prepare_turn(
     )
     fmt = conversation.wire_format
     attached = attachments_for(user, model, attachment_ids or [])
-    api_key = resolve_api_key(user, conversation, model.provider)
-    by_id = _messages_of(conversation)
-    branch = _branch(by_id)
+    within_budget(user, conversation, model)  # before the key: a refused send spends nothing
+    api_key, key = resolve_api_key(user, conversation, model.provider)
+    branch, seen = _context_of(conversation)
     prompt = Message(
         role=Message.Role.USER,
         text=text,
@@ -381,12 +495,17 @@ def prepare_turn(
     messages = build_messages(model, system_prompt, [*branch, prompt])
     body = build_body(model, messages, conversation.params, fmt)
     run = RunRequest(
-        0, conversation.pk, channel, model, with_image_data(body), api_key, wire_format=fmt
+        0,
+        conversation.pk,
+        channel,
+        model,
+        with_image_data(body),
+        api_key,
+        wire_format=fmt,
+        team_id=conversation.team_id,
     )
     parent = branch[-1] if branch else None
-    return PreparedTurn(
-        conversation, model, text, attached, parent, max(by_id, default=0), body, run
-    )
+    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run, key)
 
 
 def write_turn(prepared: PreparedTurn, user) -> Turn:
@@ -408,7 +527,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             system_prompt=conversation.system_prompt,
             updated=conversation.updated,
         )
-        prompt = Message.objects.create(
+        prompt = _insert(
             conversation=conversation,
             parent=prepared.parent,
             role=Message.Role.USER,
@@ -426,9 +545,12 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             prepared.body,
             prepared.run.channel,
             prepared.run.wire_format,
+            prepared.key,
         )
         LastSettings.remember_now(user, conversation)
-    return Turn([prompt, reply], replace(prepared.run, message_id=reply.pk), conversation)
+    return Turn(
+        [prompt, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
+    )
 
 
 def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
@@ -510,7 +632,7 @@ def submit_tool_results(
             raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
         if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
             raise TurnError("A tool result is too long.")
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         parent, created = asking, []
         for call in asking.tool_calls:
             parent = Message.objects.create(
@@ -525,7 +647,7 @@ def submit_tool_results(
         messages = build_messages(model, locked.system_prompt, [*branch, *created])
         fmt = asking.wire_format  # the results go back in the format that asked for them
         body = build_body(model, messages, _params_of(asking, model), fmt)
-        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt)
+        return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt, key=key)
 
 
 def _params_of(message: Message, model: Model) -> dict[str, Any]:
@@ -542,7 +664,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
         if original is None or not original.request_body:
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
-        api_key = resolve_api_key(user, locked, model.provider)
+        api_key, key = resolve_api_key(user, locked, model.provider)
         return _turn(
             locked,
             user,
@@ -553,4 +675,5 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             api_key,
             original.parent,
             fmt=original.wire_format,
+            key=key,
         )

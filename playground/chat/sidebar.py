@@ -108,10 +108,13 @@ class Page:
         )
 
 
-def page(user, after: Cursor | None = None, *, pinned: int | None = None) -> Page:
-    """The PAGE_SIZE conversations `user` may see that come after `after` (from the newest
-    without it). `pinned` is left out: the page above already shows it out of order."""
-    conversations = Conversation.objects.visible_to(user).exclude(title="")
+def page(
+    user, after: Cursor | None = None, *, pinned: int | None = None, space: int | None = None
+) -> Page:
+    """The PAGE_SIZE conversations `user` may see in one space (a team id, None: Personal)
+    that come after `after` (from the newest without it). `pinned` is left out: the page
+    above already shows it out of order."""
+    conversations = Conversation.objects.visible_to(user).in_space(space).exclude(title="")
     if after is not None:
         conversations = conversations.older_than(after.updated, after.pk)
     if pinned is not None:
@@ -122,6 +125,8 @@ def page(user, after: Cursor | None = None, *, pinned: int | None = None) -> Pag
     next_url = ""
     if len(rows) > PAGE_SIZE:
         query = {"after": str(Cursor.after(shown[-1]))}
+        if space is not None:
+            query["space"] = str(space)
         if pinned is not None:
             query["pinned"] = str(pinned)
         next_url = f"{reverse('conversation_page')}?{urlencode(query)}"
@@ -131,12 +136,13 @@ def page(user, after: Cursor | None = None, *, pinned: int | None = None) -> Pag
 
 def first_page(user, current: Conversation) -> Page:
     """The newest conversations, with the open one first when it is older than all of them:
-    it stays in view and highlighted, where it would move anyway on its next message."""
-    newest = page(user)
+    it stays in view and highlighted, where it would move anyway on its next message.
+    The sidebar shows the open conversation's space."""
+    newest = page(user, space=current.team_id)
     if not current.title:
         newest.pending = current
         return newest
     if any(c.pk == current.pk for c in newest.conversations):
         return newest
-    rest = page(user, pinned=current.pk)
+    rest = page(user, pinned=current.pk, space=current.team_id)
     return Page([current, *rest.conversations], rest.next_url)

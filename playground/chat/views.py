@@ -4,7 +4,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,13 +15,17 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from playground.accounts.access import get_team_for_user
+from playground.accounts.models import Membership, TeamError
+from playground.accounts.spaces import current_space, set_space
 from playground.chat import export, images, runs, sidebar
-from playground.chat.access import get_conversation_for_user
+from playground.chat.access import get_conversation_for_user, get_preset_for_user
 from playground.chat.contexts import (
     conversation_settings_context,
     model_or_default,
     transcript_context,
 )
+from playground.chat.keys import paying_key_context
 from playground.chat.models import Attachment, Conversation, LastSettings, Message, Preset
 from playground.chat.panel import closed_sections, settings_context
 from playground.chat.services import (
@@ -34,17 +40,28 @@ from playground.providers import catalog, params
 from playground.providers.specs import CHAT
 
 TEMPLATE = "chat/playground.html"
+# An empty conversation untouched this long was abandoned. Not younger ones: another tab may
+# still have it open, about to send its first message.
+EMPTY_CONVERSATION_TTL = timedelta(days=1)
 
 
-def _new_conversation(user) -> Conversation:
-    """A fresh conversation with the model, system prompt and sampling values the user last
-    used, and nothing else: tools, a schema, logprobs or a seed made for the last chat would
-    make the next one fail or repeat itself. A preset carries a whole setup on purpose."""
+def _new_conversation(user, space: Membership | None) -> Conversation:
+    """A fresh conversation in the current space (a team membership, None: Personal) with the
+    model, system prompt and sampling values the user last used, and nothing else: tools, a
+    schema, logprobs or a seed made for the last chat would make the next one fail or repeat
+    itself. A preset carries a whole setup on purpose. A viewer starts none in their team."""
+    if space is not None and not space.can_run():
+        raise PermissionDenied(f"Viewers cannot start conversations in {space.team.name}.")
+    team = space.team if space is not None else None
+    # Each new conversation sweeps the user's abandoned empty ones (in any space): cheap (their
+    # own rows), and their number stays bounded by what one day of clicks makes.
+    Conversation.objects.abandoned_by(user, timezone.now() - EMPTY_CONVERSATION_TTL).delete()
     last = LastSettings.objects.filter(user=user).first()
     if last is None:
-        return Conversation.objects.create(owner=user, model=catalog.DEFAULT_MODEL_KEY)
+        return Conversation.objects.create(owner=user, team=team, model=catalog.DEFAULT_MODEL_KEY)
     return Conversation.objects.create(
         owner=user,
+        team=team,
         model=last.model,
         params=sampling_values(last.model, last.params),
         system_prompt=last.system_prompt,
@@ -54,32 +71,107 @@ def _new_conversation(user) -> Conversation:
 @require_GET
 @login_required
 def home(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """Open the newest conversation if it is still empty, else start a fresh one."""
-    newest = Conversation.objects.filter(owner=request.user).first()
+    """Open the user's newest conversation of the current space if it is still empty, else
+    start a fresh one there. A viewer, who starts none, gets the team's newest."""
+    space = current_space(request)
+    in_space = Conversation.objects.visible_to(request.user).in_space(
+        space.team_id if space else None
+    )
+    if space is not None and not space.can_run():
+        newest = in_space.first()
+        if newest is None:
+            context = {"space": space}
+            return render(request, "chat/empty_space.html", context)
+        return redirect("conversation", pk=newest.pk)
+    newest = in_space.filter(owner=request.user).first()
     if newest is None or newest.messages.exists():
-        newest = _new_conversation(request.user)
+        newest = _new_conversation(request.user, space)
     return redirect("conversation", pk=newest.pk)
 
 
 @require_POST
 @login_required
 def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
-    return redirect("conversation", pk=_new_conversation(request.user).pk)
+    conversation = _new_conversation(request.user, current_space(request))
+    return redirect("conversation", pk=conversation.pk)
+
+
+@require_POST
+@login_required
+def space_switch(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The header's switcher: Personal, or a team the user belongs to (else 404)."""
+    chosen = request.POST.get("space", "")
+    team = None if chosen == "personal" else get_team_for_user(request.user, chosen)[0]
+    set_space(request, team)
+    return redirect("home")
+
+
+def _head_context(user, conversation: Conversation) -> dict[str, Any]:
+    """The conversation header: its space, which key pays, and where it can move."""
+    provider = model_or_default(conversation.model).provider
+    context = paying_key_context(user, conversation, provider)
+    movable = conversation.team_id is None and conversation.owner_id == user.pk
+    context["move_targets"] = (
+        [
+            m.team
+            for m in Membership.objects.select_related("team")
+            .filter(user=user)
+            .order_by("team__name")
+            if m.can_run()
+        ]
+        if movable
+        else []
+    )
+    context["conversation"] = conversation
+    return context
+
+
+def _settings_oob(
+    request: AuthenticatedHttpRequest, conversation: Conversation, status: str = ""
+) -> HttpResponse:
+    """The settings panel redrawn, and the header with it: another model may bill another
+    provider's key."""
+    context = conversation_settings_context(conversation)
+    context["closed_sections"] = closed_sections(request)
+    if status:
+        context["status"] = status
+    context.update(_head_context(request.user, conversation))
+    return render(request, f"{TEMPLATE}#settings-oob", context)
 
 
 @require_GET
 @login_required
 def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
+    # Opening a conversation enters its space, so the sidebar and new conversations follow.
+    set_space(request, conversation.team)
     context = transcript_context(conversation)
     context.update(conversation_settings_context(conversation))
+    context.update(_head_context(request.user, conversation))
     context.update(
         sidebar=sidebar.first_page(request.user, conversation),
         can_run=conversation.can_run(request.user),
-        presets=Preset.objects.filter(owner=request.user),
+        presets=_space_presets(request.user, conversation),
         closed_sections=closed_sections(request),
     )
     return render(request, TEMPLATE, context)
+
+
+@require_POST
+@login_required
+def conversation_move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Move a personal conversation into one of the owner's teams."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
+    team, _ = get_team_for_user(request.user, request.POST.get("team", ""))
+    try:
+        conversation.move_to(team, request.user)
+    except TeamError as exc:
+        return HttpResponse(str(exc), status=403)
+    set_space(request, team)
+    messages.success(request, f"Moved to {team.name}: its members can see it now.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("conversation", args=[pk]))
+    return redirect("conversation", pk=pk)
 
 
 @require_GET
@@ -94,7 +186,11 @@ def conversation_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         pinned = int(request.GET["pinned"]) if "pinned" in request.GET else None
     except ValueError:
         return HttpResponseBadRequest("Not a page of this sidebar.")
-    page = sidebar.page(request.user, after, pinned=pinned)
+    try:
+        space = int(request.GET["space"]) if "space" in request.GET else None
+    except ValueError:
+        return HttpResponseBadRequest("Not a space.")
+    page = sidebar.page(request.user, after, pinned=pinned, space=space)
     return render(request, f"{TEMPLATE}#sidebar-page", {"sidebar": page})
 
 
@@ -138,9 +234,7 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
     conversation.save(update_fields=["model", "wire_format", "system_prompt", "params", "updated"])
     LastSettings.remember(request.user, conversation)
     if switched:
-        context = conversation_settings_context(conversation)
-        context["closed_sections"] = closed_sections(request)
-        return render(request, f"{TEMPLATE}#settings-oob", context)
+        return _settings_oob(request, conversation)
     context = settings_context(
         model, values, errors, system_prompt=conversation.system_prompt, fmt=fmt
     )
@@ -158,10 +252,14 @@ def conversation_reset(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     conversation.params = {}
     conversation.save(update_fields=["params", "updated"])
     LastSettings.remember(request.user, conversation)
-    context = conversation_settings_context(conversation)
-    context["closed_sections"] = closed_sections(request)
-    context["status"] = "Parameters reset to the provider's defaults."
-    return render(request, f"{TEMPLATE}#settings-oob", context)
+    return _settings_oob(
+        request, conversation, status="Parameters reset to the provider's defaults."
+    )
+
+
+def _space_presets(user, conversation: Conversation):
+    """The presets of the conversation's space: a team's are shared by its members."""
+    return Preset.objects.visible_to(user).in_space(conversation.team_id)
 
 
 def _presets(
@@ -169,8 +267,9 @@ def _presets(
 ) -> HttpResponse:
     context = {
         "conversation": conversation,
-        "presets": Preset.objects.filter(owner=request.user),
+        "presets": _space_presets(request.user, conversation),
         "preset_error": error,
+        "can_run": conversation.can_run(request.user),
     }
     return render(request, f"{TEMPLATE}#presets", context)
 
@@ -178,7 +277,8 @@ def _presets(
 @require_POST
 @login_required
 def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    conversation = get_conversation_for_user(request.user, pk)
+    """Save the panel as a preset of the conversation's space (viewers cannot)."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
     data = form_values(request.POST)
     name = " ".join(str(data.get("preset_name", "")).split())[:100]
     if not name:
@@ -192,11 +292,16 @@ def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         )
     except params.InvalidParams as exc:
         return _presets(request, conversation, "Fix these first: " + "; ".join(exc.errors.values()))
-    Preset.objects.update_or_create(
-        owner=request.user,
-        name=name,
-        defaults={"model": model.key, "params": cleaned, "system_prompt": system_prompt},
-    )
+    values = {"model": model.key, "params": cleaned, "system_prompt": system_prompt}
+    if conversation.team_id is None:
+        Preset.objects.update_or_create(owner=request.user, team=None, name=name, defaults=values)
+    else:
+        # A team preset of that name is replaced, whoever saved it first.
+        Preset.objects.update_or_create(
+            team_id=conversation.team_id,
+            name=name,
+            defaults={**values, "owner": request.user},
+        )
     return _presets(request, conversation)
 
 
@@ -204,7 +309,7 @@ def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @login_required
 def preset_load(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk, run=True)
-    preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
+    preset = get_preset_for_user(request.user, preset_pk)
     model = model_or_default(preset.model)
     conversation.model = model.key
     if conversation.wire_format not in model.formats:
@@ -213,16 +318,14 @@ def preset_load(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> H
     conversation.system_prompt = preset.system_prompt
     conversation.save(update_fields=["model", "wire_format", "params", "system_prompt", "updated"])
     LastSettings.remember(request.user, conversation)
-    context = conversation_settings_context(conversation)
-    context["closed_sections"] = closed_sections(request)
-    return render(request, f"{TEMPLATE}#settings-oob", context)
+    return _settings_oob(request, conversation)
 
 
 @require_POST
 @login_required
 def preset_rename(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
-    preset = get_object_or_404(Preset, pk=preset_pk, owner=request.user)
+    preset = get_preset_for_user(request.user, preset_pk, change=True)
     name = " ".join((request.headers.get("HX-Prompt") or request.POST.get("name", "")).split())
     if not name:
         return _presets(request, conversation, "A preset needs a name.")
@@ -238,7 +341,7 @@ def preset_rename(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) ->
 @login_required
 def preset_delete(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) -> HttpResponse:
     conversation = get_conversation_for_user(request.user, pk)
-    get_object_or_404(Preset, pk=preset_pk, owner=request.user).delete()
+    get_preset_for_user(request.user, preset_pk, change=True).delete()
     return _presets(request, conversation)
 
 

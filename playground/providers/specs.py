@@ -508,12 +508,13 @@ def _sampling_extras(group: str) -> tuple[Param, ...]:
         Param(
             name="repetition_penalty",
             type="number",
+            # Both servers divide by it: vLLM refuses 0 or less, llama.cpp would misbehave.
+            min=0.01,
             step=0.01,
-            ui_min=0,
             ui_max=2,
             body_name=penalty_name,
-            help=f"Sent as {penalty_name}. 1 is neutral, higher discourages repeats. No range "
-            "is documented; the slider covers 0 to 2.",
+            help=f"Sent as {penalty_name}. 1 is neutral, higher discourages repeats; it must be "
+            "above 0. No upper bound is documented; the slider stops at 2.",
         ),
     )
 

@@ -181,6 +181,24 @@
     document.cookie = "panel_closed=" + closed.join(".") + "; path=/; max-age=31536000; samesite=lax";
   }
 
+  // Behind an open drawer the page is dimmed: keep the keyboard and screen readers in the
+  // drawer. Everything beside it and beside each of its ancestors (the header and skip links
+  // too, which Tab reached before) is made inert until it closes. Focus is no request and
+  // htmx has no notion of it, so this is script.
+  let inerted = [];
+  function containFocus(drawer) {
+    inerted.forEach(function (el) { el.inert = false; });
+    inerted = [];
+    for (let node = drawer; node && node.parentElement; node = node.parentElement) {
+      if (node === document.body) break;
+      Array.from(node.parentElement.children).forEach(function (sibling) {
+        if (sibling === node || sibling.inert || sibling.tagName === "SCRIPT") return;
+        sibling.inert = true;
+        inerted.push(sibling);
+      });
+    }
+  }
+
   // On narrow screens the conversations and the settings are drawers. Opening one is state
   // of this page alone (no request to make), so it is a class and aria-expanded set here.
   function setDrawer(id, open) {
@@ -189,12 +207,12 @@
     drawer.classList.toggle("open", open);
     const anyOpen = !!document.querySelector(".drawer.open");
     document.body.classList.toggle("drawer-open", anyOpen);
-    // Behind an open drawer the chat is dimmed: keep the keyboard and screen readers out too.
-    document.querySelector("main").inert = anyOpen;
+    containFocus(document.querySelector(".drawer.open"));
     const toggle = document.querySelector('.drawer-toggle[data-drawer="' + id + '"]');
     if (toggle) toggle.setAttribute("aria-expanded", String(open));
     if (open) {
-      const first = drawer.querySelector(".conv.current a, select, a, input, button:not(.icon)");
+      // Not the form's hidden CSRF input, which cannot take focus.
+      const first = drawer.querySelector(".conv.current a, select, a, input:not([type=hidden]), button:not(.icon)");
       if (first) setTimeout(function () { first.focus(); }, 50);  // once visible
     } else if (toggle && drawer.contains(document.activeElement)) toggle.focus();
   }
@@ -337,5 +355,9 @@
     if (current) current.scrollIntoView({ block: "nearest" });
     const prompt = document.getElementById("prompt");
     if (prompt && !location.hash) prompt.focus();
+    // An invitation link carries its token after "#": browsers never send that part, so
+    // it stays out of access logs and Referer headers. Only script can read it into the form.
+    const invite = document.getElementById("invite-token");
+    if (invite && location.hash.length > 1) invite.value = location.hash.slice(1);
   });
 })();

@@ -153,3 +153,32 @@ def test_the_keyboard_reaches_message_send_and_model_in_a_few_tabs(page, live_se
     assert page.evaluate("document.activeElement.textContent") == "Skip to model"
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "model"
+
+
+FOCUS_PLACE = """() => {
+  const el = document.activeElement;
+  if (!el || el === document.body) return "body";
+  if (el.closest("#sidebar")) return "sidebar";
+  if (el.closest("#panel")) return "panel";
+  return el.closest(".topbar") ? "header" : el.tagName + "#" + el.id;
+}"""
+
+
+@pytest.mark.e2e
+def test_at_390_px_tab_stays_inside_an_open_drawer(page, live_server):
+    page.set_viewport_size(NARROW)
+    open_conversation(page, live_server)
+    for drawer in ("sidebar", "panel"):
+        page.locator(f'.drawer-toggle[data-drawer="{drawer}"]').click()
+        page.wait_for_timeout(300)  # the slide-in, and the focus moving into the drawer
+        assert page.evaluate(FOCUS_PLACE) == drawer
+        # Past the drawer's last control and back past its first: never the header behind.
+        for key in ["Tab"] * 40 + ["Shift+Tab"] * 40:
+            page.keyboard.press(key)
+            assert page.evaluate(FOCUS_PLACE) in (drawer, "body"), (drawer, key)
+        assert page.locator(".topbar").evaluate("el => el.inert")
+        page.keyboard.press("Escape")
+        page.locator(f"#{drawer}").wait_for(state="hidden")
+        # Closed, the header is reachable again and the focus is back on its toggle.
+        assert not page.locator(".topbar").evaluate("el => el.inert")
+        assert page.evaluate(FOCUS_PLACE) == "header"

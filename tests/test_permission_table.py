@@ -1,0 +1,318 @@
+"""docs/permissions.md, walked: every row of the table, for every role, over the door the
+table names (HTTP or WebSocket). The table is read from the document itself, so changing a
+rule means changing the written table, and the other way round."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from playground.accounts.models import ApiKey, Budget, Invitation, Membership, Team
+from playground.chat.models import Conversation, Message, Preset
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "permissions.md"
+MODEL = "empiriolabs:gemma-4-e4b"
+TEAM_KEY = "sk-team-PLAINTEXT-never-shown-4321"
+OUTSIDER = "not a member"
+
+
+def read_table() -> list[tuple[str, str, str, bool]]:
+    """(key, door, role, allowed) for every cell of the table."""
+    lines = [line for line in TABLE.read_text().splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    roles = header[3:]
+    cells = []
+    for line in lines[2:]:
+        row = [cell.strip() for cell in line.strip("|").split("|")]
+        key = re.fullmatch(r"`(\w+)`", row[1])
+        assert key, f"a row of {TABLE.name} without a `key`: {line}"
+        for role, mark in zip(roles, row[3:], strict=True):
+            assert mark in "✓✗", f"{key[1]}/{role}: {mark!r} is neither ✓ nor ✗"
+            cells.append((key[1], row[2], role, mark == "✓"))
+    return cells
+
+
+@dataclass
+class World:
+    team: Team
+    actor: User
+    founder: User  # another owner: the actor is never the last one
+    mate: User  # a plain member, for role changes and removal
+    shared: Conversation  # started by the founder
+    reply: Message  # a finished reply in it, to re-run
+    preset: Preset
+    invitation: Invitation
+    personal: Conversation  # the actor's own, to move in
+    client: Client
+
+
+def build_world(role: str) -> World:
+    def account(name: str) -> User:
+        return User.objects.create_user(name)  # no password: hashing one costs ~0.2 s
+
+    actor, founder, mate = account("actor"), account("founder"), account("mate")
+    account("newbie")
+    team = Team.create(name="Lab", owner=founder)
+    team.add_member(mate, Membership.Role.MEMBER)
+    if role != OUTSIDER:
+        team.add_member(actor, role)
+    ApiKey.store(provider="empiriolabs", plaintext=TEAM_KEY, team=team)
+    shared = Conversation.objects.create(owner=founder, team=team, model=MODEL, title="Shared")
+    prompt = Message.objects.create(
+        conversation=shared, role=Message.Role.USER, text="Hello", created_by=founder
+    )
+    body = {"model": "gemma-4-e4b", "messages": [{"role": "user", "content": "Hello"}]}
+    reply = Message.objects.create(
+        conversation=shared,
+        parent=prompt,
+        role=Message.Role.ASSISTANT,
+        text="Earlier answer",
+        model=MODEL,
+        request_body={**body, "stream": True},
+        created_by=founder,
+    )
+    preset = Preset.objects.create(
+        owner=founder, team=team, name="Team preset", model=MODEL, system_prompt="From preset"
+    )
+    invitation, _ = Invitation.create(team, "member", by=team.memberships.get(user=founder))
+    personal = Conversation.objects.create(owner=actor, model=MODEL, title="Mine")
+    client = Client()
+    client.force_login(actor)
+    return World(team, actor, founder, mate, shared, reply, preset, invitation, personal, client)
+
+
+# HTTP: each returns whether the action took effect (never only the status code).
+
+
+def http_open(w: World) -> bool:
+    response = w.client.get(f"/c/{w.shared.pk}/")
+    return response.status_code == 200 and b"Earlier answer" in response.content
+
+
+def http_settings(w: World) -> bool:
+    data = {"model": MODEL, "system_prompt": "Changed"}
+    w.client.post(f"/c/{w.shared.pk}/settings/", data, headers={"HX-Request": "true"})
+    return Conversation.objects.get(pk=w.shared.pk).system_prompt == "Changed"
+
+
+def http_rename(w: World) -> bool:
+    w.client.post(f"/c/{w.shared.pk}/rename/", {"title": "Renamed"})
+    return Conversation.objects.get(pk=w.shared.pk).title == "Renamed"
+
+
+def http_new_conversation(w: World) -> bool:
+    w.client.post("/space/", {"space": w.team.pk})
+    w.client.post("/c/new/")
+    return Conversation.objects.filter(team=w.team, owner=w.actor).exists()
+
+
+def http_move_in(w: World) -> bool:
+    w.client.post(f"/c/{w.personal.pk}/move/", {"team": w.team.pk})
+    return Conversation.objects.get(pk=w.personal.pk).team_id == w.team.pk
+
+
+def http_delete_others(w: World) -> bool:
+    w.client.post(f"/c/{w.shared.pk}/delete/")
+    return not Conversation.objects.filter(pk=w.shared.pk).exists()
+
+
+def http_preset_save(w: World) -> bool:
+    data = {"preset_name": "Saved", "model": MODEL}
+    w.client.post(f"/c/{w.shared.pk}/presets/", data, headers={"HX-Request": "true"})
+    return Preset.objects.filter(team=w.team, name="Saved").exists()
+
+
+def http_preset_load(w: World) -> bool:
+    url = f"/c/{w.shared.pk}/presets/{w.preset.pk}/load/"
+    w.client.post(url, headers={"HX-Request": "true"})
+    return Conversation.objects.get(pk=w.shared.pk).system_prompt == "From preset"
+
+
+def http_preset_change(w: World) -> bool:
+    url = f"/c/{w.shared.pk}/presets/{w.preset.pk}/rename/"
+    w.client.post(url, {"name": "Renamed preset"}, headers={"HX-Request": "true"})
+    return Preset.objects.get(pk=w.preset.pk).name == "Renamed preset"
+
+
+def http_team_page(w: World) -> bool:
+    response = w.client.get(f"/teams/{w.team.pk}/")
+    return response.status_code == 200 and b"founder" in response.content
+
+
+def http_key_last_four(w: World) -> bool:
+    pages = [w.client.get(f"/c/{w.shared.pk}/"), w.client.get(f"/teams/{w.team.pk}/")]
+    # Whatever the role: the key itself is on no page.
+    assert not any(TEAM_KEY.encode() in page.content for page in pages)
+    return all(page.status_code == 200 and "••••4321" in page.content.decode() for page in pages)
+
+
+def http_add_member(w: World) -> bool:
+    w.client.post(f"/teams/{w.team.pk}/members/", {"username": "newbie", "role": "member"})
+    return w.team.memberships.filter(user__username="newbie").exists()
+
+
+def http_invite(w: World) -> bool:
+    w.client.post(f"/teams/{w.team.pk}/invitations/", {"role": "viewer"})
+    return Invitation.objects.filter(team=w.team, role="viewer").exists()
+
+
+def http_revoke_invite(w: World) -> bool:
+    w.client.post(f"/teams/{w.team.pk}/invitations/{w.invitation.pk}/revoke/")
+    return Invitation.objects.get(pk=w.invitation.pk).state == "revoked"
+
+
+def _set_role(w: World, user: User, role: str) -> bool:
+    membership = w.team.memberships.get(user=user)
+    w.client.post(f"/teams/{w.team.pk}/members/{membership.pk}/role/", {"role": role})
+    return w.team.memberships.get(user=user).role == role
+
+
+def http_change_role(w: World) -> bool:
+    return _set_role(w, w.mate, "viewer")
+
+
+def http_make_owner(w: World) -> bool:
+    return _set_role(w, w.mate, "owner")
+
+
+def http_demote_owner(w: World) -> bool:
+    return _set_role(w, w.founder, "admin")
+
+
+def http_remove_member(w: World) -> bool:
+    membership = w.team.memberships.get(user=w.mate)
+    w.client.post(f"/teams/{w.team.pk}/members/{membership.pk}/remove/")
+    return not w.team.memberships.filter(user=w.mate).exists()
+
+
+def http_leave(w: World) -> bool:
+    was_member = w.team.memberships.filter(user=w.actor).exists()
+    w.client.post(f"/teams/{w.team.pk}/leave/")
+    return was_member and not w.team.memberships.filter(user=w.actor).exists()
+
+
+def http_team_key(w: World) -> bool:
+    data = {"provider": "empiriolabs", "key": "sk-replaced-team-key-9999"}
+    w.client.post(f"/teams/{w.team.pk}/keys/", data)
+    return ApiKey.objects.get(team=w.team).last_four == "9999"
+
+
+def http_usage_own(w: World) -> bool:
+    response = w.client.get(f"/teams/{w.team.pk}/usage/")
+    return response.status_code == 200 and b'id="usage-total"' in response.content
+
+
+def http_usage_members(w: World) -> bool:
+    Message.objects.filter(pk=w.reply.pk).update(team=w.team)  # the founder's reply
+    pages = [
+        w.client.get(f"/teams/{w.team.pk}/usage/").content.decode(),
+        w.client.get(f"/teams/{w.team.pk}/usage/member.csv").content.decode(),
+    ]
+    return all("founder" in page for page in pages)
+
+
+def http_budget(w: World) -> bool:
+    w.client.post(f"/teams/{w.team.pk}/budgets/", {"monthly_cost": "5"})
+    return Budget.objects.filter(team=w.team).exists()
+
+
+# WebSocket
+
+
+async def ws_watch(w: World, connect) -> bool:
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    return "Earlier answer" in await socket.until(lambda f: "transcript" in f)
+
+
+async def _finished(socket) -> str:
+    return await socket.until(lambda f: "status-complete" in f or "composer-error" in f)
+
+
+async def ws_send(w: World, connect) -> bool:
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send_prompt("From the actor")
+    await _finished(socket)
+    assert not any(TEAM_KEY in frame for frame in socket.frames)
+    return await Message.objects.filter(created_by=w.actor, text="From the actor").aexists()
+
+
+async def ws_rerun(w: World, connect) -> bool:
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send(action="rerun", message_id=w.reply.pk)
+    await _finished(socket)
+    return await Message.objects.filter(created_by=w.actor, role="assistant").aexists()
+
+
+async def ws_stop(w: World, connect) -> bool:
+    """A run's stop channel is listened to here: allowed means the stop reached the run."""
+    layer = get_channel_layer()
+    run_channel = await layer.new_channel()
+    await Message.objects.acreate(
+        conversation=w.shared,
+        parent=w.reply,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=MODEL,
+        run_channel=run_channel,
+        checkpoint_at=timezone.now(),
+        created_by=w.founder,
+    )
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send(action="stop")
+    try:
+        async with asyncio.timeout(1.0):
+            while (await layer.receive(run_channel))["type"] != "run.stop":
+                pass  # the socket's snapshot request comes first
+    except TimeoutError:
+        return False
+    return True
+
+
+HTTP: dict[str, Callable[[World], bool]] = {
+    name.removeprefix("http_"): fn for name, fn in globals().items() if name.startswith("http_")
+}
+WEBSOCKET: dict[str, Callable[[World, Any], Awaitable[bool]]] = {
+    name.removeprefix("ws_"): fn for name, fn in globals().items() if name.startswith("ws_")
+}
+CELLS = read_table()
+# Every row is walked and every walker has a row: a new rule cannot go untested or unwritten.
+assert {k for k, door, *_ in CELLS if door == "HTTP"} == set(HTTP)
+assert {k for k, door, *_ in CELLS if door == "WebSocket"} == set(WEBSOCKET)
+
+
+@pytest.mark.parametrize(
+    ("key", "door", "role", "allowed"),
+    CELLS,
+    ids=[f"{key}-{role.replace(' ', '_')}" for key, _, role, _ in CELLS],
+)
+async def test_the_permission_table(key, door, role, allowed, upstream, connect):
+    world = await database_sync_to_async(build_world)(role)
+    if door == "HTTP":
+        done = await database_sync_to_async(HTTP[key])(world)
+    else:
+        done = await WEBSOCKET[key](world, connect)
+    assert done is allowed, f"{role} {'may' if allowed else 'may not'} {key}"
