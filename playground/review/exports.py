@@ -1,0 +1,181 @@
+"""A conversation as JSON (everything), OpenAI fine-tuning JSONL (one line per path through the
+reply tree) and Markdown, written a message at a time for StreamingHttpResponse.
+
+No database id leaves in an export: messages are numbered 1..n in the file, and images are
+named by their SHA-256 (in `attachments`, in `content_parts` and in a saved request's
+`attachment:` references), so the file means the same on another server. Nothing secret is in
+a conversation's rows (keys live in accounts.ApiKey), and no user names are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Prefetch
+
+from playground.chat.models import Attachment, Conversation, Message
+from playground.chat.services import ATTACHMENT_SCHEME
+
+FORMAT = "playground.conversation"
+VERSION = 1
+HASH_SCHEME = "sha256:"  # how an exported request names an image instead of its row id
+# Message fields copied as they are (JSON-safe values).
+PLAIN_FIELDS = (
+    "role", "text", "reasoning", "tool_calls", "tool_call_id", "logprobs", "reasoning_ms",
+    "schema_check", "status", "finish_reason", "error", "notes", "response_id", "model",
+    "usage", "ttft_ms", "total_ms", "tokens_per_second",
+)  # fmt: skip
+CONVERSATION_FIELDS = ("title", "model", "system_prompt", "params")
+BATCH = 200  # messages read per query: memory stays flat however long the conversation
+
+
+def _messages(conversation: Conversation) -> Iterator[Message]:
+    images = Prefetch("attachments", queryset=Attachment.objects.order_by("pk"))
+    query = conversation.messages.order_by("created", "pk").prefetch_related(images)
+    yield from query.iterator(chunk_size=BATCH)
+
+
+def _request_with_hashes(body: Any, hashes: dict[int, str]) -> Any:
+    """A saved request whose `attachment:<id>` image references name the image's hash."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return body
+    body = copy.deepcopy(body)
+    for message in body["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            url = part.get("image_url", {}).get("url", "") if isinstance(part, dict) else ""
+            if isinstance(url, str) and url.startswith(ATTACHMENT_SCHEME):
+                pk = url.removeprefix(ATTACHMENT_SCHEME)
+                part["image_url"]["url"] = HASH_SCHEME + hashes.get(int(pk), "unknown")
+    return body
+
+
+def image_hashes(conversation: Conversation) -> dict[int, str]:
+    """Every image of the conversation by row id: a reply's saved request names its prompt's."""
+    rows = Attachment.objects.filter(messages__conversation=conversation)
+    return dict(rows.values_list("pk", "sha256").distinct())
+
+
+def message_record(
+    message: Message, number: int, parent: int | None, hashes: dict[int, str]
+) -> dict[str, Any]:
+    attached = list(message.attachments.all())
+    record: dict[str, Any] = {"id": number, "parent": parent}
+    record.update({field: getattr(message, field) for field in PLAIN_FIELDS})
+    record["content_parts"] = [
+        {**part, "attachment": hashes.get(part["attachment"], "unknown")}
+        if isinstance(part, dict) and "attachment" in part
+        else part
+        for part in message.content_parts
+    ]
+    record["request_body"] = _request_with_hashes(message.request_body, hashes)
+    record["cost"] = str(message.cost) if isinstance(message.cost, Decimal) else None
+    record["created"] = message.created.isoformat()
+    record["attachments"] = [
+        {
+            "sha256": a.sha256,
+            "content_type": a.content_type,
+            "size": a.size,
+            "width": a.width,
+            "height": a.height,
+        }
+        for a in attached
+    ]
+    return record
+
+
+def as_json(conversation: Conversation) -> Iterator[str]:
+    """One JSON document, a message per line (so an error on import can name the line)."""
+    head = {
+        "format": FORMAT,
+        "version": VERSION,
+        "conversation": {
+            **{field: getattr(conversation, field) for field in CONVERSATION_FIELDS},
+            "created": conversation.created.isoformat(),
+            "updated": conversation.updated.isoformat(),
+        },
+    }
+    yield json.dumps(head, ensure_ascii=False)[:-1] + ', "messages": [\n'
+    numbers: dict[int, int] = {}
+    hashes = image_hashes(conversation)
+    for number, message in enumerate(_messages(conversation), start=1):
+        numbers[message.pk] = number
+        parent = numbers.get(message.parent_id) if message.parent_id else None
+        record = message_record(message, number, parent, hashes)
+        yield ("" if number == 1 else ",\n") + json.dumps(record, ensure_ascii=False)
+    yield "\n]}\n"
+
+
+def _openai_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.text}
+    if message.tool_calls:
+        out["tool_calls"] = message.tool_calls
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def as_jsonl(conversation: Conversation) -> Iterator[str]:
+    """OpenAI chat fine-tuning lines: {"messages": [...]} for each root-to-leaf path.
+
+    The tree's shape (ids and parents) is kept in memory, the texts are not: each path is
+    read back when its line is written."""
+    rows = list(conversation.messages.order_by("created", "pk").values_list("pk", "parent_id"))
+    children: dict[int | None, list[int]] = {}
+    for pk, parent in rows:
+        children.setdefault(parent, []).append(pk)
+    system = (
+        [{"role": "system", "content": conversation.system_prompt}]
+        if conversation.system_prompt
+        else []
+    )
+    # Depth-first, iteratively: a long conversation is a deep tree.
+    stack: list[list[int]] = [[pk] for pk in reversed(children.get(None, []))]
+    while stack:
+        path = stack.pop()
+        below = children.get(path[-1], [])
+        if below:
+            stack.extend(path + [pk] for pk in reversed(below))
+            continue
+        found = {m.pk: m for m in Message.objects.filter(pk__in=path)}
+        line = {"messages": system + [_openai_message(found[pk]) for pk in path]}
+        yield json.dumps(line, ensure_ascii=False) + "\n"
+
+
+def as_markdown(conversation: Conversation) -> Iterator[str]:
+    """The transcript as the page shows it, in order; other branches are marked as such."""
+    yield f"# {conversation.display_title}\n\n"
+    yield f"Model: `{conversation.model}`\n\n"
+    if conversation.system_prompt:
+        yield "## System prompt\n\n" + _quote(conversation.system_prompt) + "\n\n"
+    seen_parents: set[int | None] = set()
+    for message in _messages(conversation):
+        branch = " (another branch)" if message.parent_id in seen_parents else ""
+        seen_parents.add(message.parent_id)
+        yield f"## {message.get_role_display()}{branch}\n\n"
+        if message.reasoning:
+            yield (
+                "<details><summary>Reasoning</summary>\n\n"
+                + message.reasoning
+                + "\n\n</details>\n\n"
+            )
+        yield (message.text or "") + "\n\n"
+        if message.tool_calls:
+            yield "```json\n" + json.dumps(message.tool_calls, indent=2) + "\n```\n\n"
+        for attachment in message.attachments.all():
+            yield f"*Image `sha256:{attachment.sha256}`*\n\n"
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines())
+
+
+FORMATS = {
+    "json": (as_json, "application/json", "json"),
+    "jsonl": (as_jsonl, "application/jsonl", "jsonl"),
+    "md": (as_markdown, "text/markdown; charset=utf-8", "md"),
+}

@@ -1,0 +1,225 @@
+"""Import: the JSON export round-trips; OpenAI JSONL becomes one tree; bad files change nothing."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from playground.accounts.models import Membership, Team
+from playground.chat.models import Conversation, Message
+from playground.review import imports
+from tests.test_review_export import HASH, download, tree  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.django_db
+
+TIMES = {"created", "updated"}
+
+
+def without_times(data: dict) -> dict:
+    return {
+        **data,
+        "conversation": {k: v for k, v in data["conversation"].items() if k not in TIMES},
+        "messages": [{k: v for k, v in m.items() if k not in TIMES} for m in data["messages"]],
+    }
+
+
+def upload(client, user, name: str, content: bytes | str, space: str = ""):
+    client.force_login(user)
+    data = content.encode() if isinstance(content, str) else content
+    return client.post("/review/import/", {"file": SimpleUploadedFile(name, data), "space": space})
+
+
+def imported(response) -> Conversation:
+    assert response.status_code == 302, html.unescape(response.content.decode())
+    return Conversation.objects.get(pk=int(response["Location"].strip("/").split("/")[-1]))
+
+
+def test_export_import_export_is_equal_apart_from_ids_and_times(client, user, tree):  # noqa: F811
+    _, first = download(client, user, tree, "json")
+    copy = imported(upload(client, user, "trip.json", first))
+    assert copy.pk != tree.pk
+    _, second = download(client, user, copy, "json")
+    assert without_times(json.loads(second)) == without_times(json.loads(first))
+    ask = copy.messages.get(parent=None)
+    assert ask.attachments.get().sha256 == HASH and ask.created_by == user
+    reply = ask.children.order_by("pk").first()
+    url = reply.request_body["messages"][0]["content"][1]["image_url"]["url"]
+    assert url == f"attachment:{ask.attachments.get().pk}"
+
+
+def test_jsonl_export_imports_as_the_same_tree(client, user, tree):  # noqa: F811
+    _, first = download(client, user, tree, "jsonl")
+    copy = imported(upload(client, user, "trip.jsonl", first))
+    assert copy.system_prompt == "Be brief." and copy.title == "Oslo?"
+    assert copy.messages.count() == 5  # the shared prefix is stored once
+    _, second = download(client, user, copy, "jsonl")
+    assert second == first
+
+
+def test_openai_jsonl_with_parts_and_tools_imports(client, user):
+    lines = [
+        {"messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "assistant", "content": "It is 42.", "weight": 1},
+        ]},
+    ]  # fmt: skip
+    copy = imported(upload(client, user, "ft.jsonl", "\n".join(map(json.dumps, lines))))
+    roles = list(copy.messages.values_list("role", "text"))
+    assert roles == [("user", "Hi"), ("assistant", ""), ("tool", "42"), ("assistant", "It is 42.")]
+
+
+def jl(*lines: object) -> str:
+    return "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+
+
+def turn(role: str, content: object) -> dict:
+    return {"role": role, "content": content}
+
+
+ASK = {"messages": [turn("user", "a")]}
+IMAGE = [{"type": "image_url", "image_url": {"url": "http://x"}}]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("x.json", '{"format": "playground.conversation",\n "version": 1,\n "c": {', "line 3"),
+        ("x.json", '{"format": "other"}', "not a Playground export"),
+        ("x.jsonl", jl(ASK, "{oops}"), "line 2"),
+        ("x.jsonl", jl(ASK, {"messages": [turn("wizard", "b")]}), "line 2"),
+        ("x.jsonl", jl({"messages": [turn("user", IMAGE)]}), "line 1: only text"),
+        (
+            "x.jsonl",
+            jl(
+                "",
+                "",
+                {"messages": [turn("system", "A"), turn("user", "a")]},
+                {"messages": [turn("system", "B"), turn("user", "b")]},
+            ),
+            "line 4: its system prompt differs",
+        ),
+        ("x.json", b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_malformed_files_are_refused_with_their_line(client, user, name, content, message):
+    response = upload(client, user, name, content)
+    assert response.status_code == 400
+    assert message in html.unescape(response.content.decode())
+    assert not Conversation.objects.exists()
+
+
+def export_text(messages: list[dict], **head) -> str:
+    conversation = {"title": "T", "model": "m", "system_prompt": "", "params": {}, **head}
+    start = json.dumps({"format": "playground.conversation", "version": 1,
+                        "conversation": conversation})[:-1]  # fmt: skip
+    return start + ', "messages": [\n' + ",\n".join(map(json.dumps, messages)) + "\n]}\n"
+
+
+def msg(ident, parent=None, **extra):
+    return {"id": ident, "parent": parent, "role": "user", "text": "x", **extra}
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([msg(1), msg(2, parent=99)], 'line 3: "parent" 99 is not an earlier message'),
+        ([msg(1), msg(2, parent=3), msg(3)], "line 3:"),
+        ([msg(1), msg(1)], 'line 3: "id" must be a whole number not used before'),
+        ([msg(1), msg(2, conversation=7)], "line 3: unknown field 'conversation'"),
+        ([msg(1, role="root")], '"role" must be one of'),
+        ([msg(1, usage={"a": 1}), msg(2, cost="lots")], 'line 3: "cost" must be a decimal'),
+        ([msg(1, attachments=[{"sha256": "f" * 64}])], "image sha256:" + "f" * 64),
+    ],
+)
+def test_bad_records_are_refused_and_nothing_is_half_imported(client, user, messages, message):
+    response = upload(client, user, "x.json", export_text(messages))
+    assert response.status_code == 400
+    assert message in html.unescape(response.content.decode())
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_deep_nesting_is_refused(client, user):
+    deep = "[" * 100 + "]" * 100
+    text = export_text([msg(1)]).replace('"params": {}', f'"params": {{"a": {deep}}}')
+    response = upload(client, user, "x.json", text)
+    assert response.status_code == 400 and "nested deeper than 32" in html.unescape(
+        response.content.decode()
+    )
+    very_deep = '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = upload(client, user, "x.jsonl", very_deep)
+    assert response.status_code == 400 and "line 1: nested deeper" in html.unescape(
+        response.content.decode()
+    )
+    assert not Conversation.objects.exists()
+
+
+def test_oversized_files_are_refused_before_reading(client, user, settings):
+    response = upload(client, user, "x.jsonl", b" " * (imports.MAX_BYTES + 1))
+    assert response.status_code == 400 and "larger than 10 MB" in html.unescape(
+        response.content.decode()
+    )
+
+
+def test_too_many_messages_are_refused(client, user, monkeypatch):
+    monkeypatch.setattr(imports, "MAX_MESSAGES", 3)
+    line = json.dumps(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    )
+    response = upload(client, user, "x.jsonl", f"{line}\n{line}\n")
+    assert response.status_code == 400 and "line 2: more than 3" in html.unescape(
+        response.content.decode()
+    )
+
+
+def test_a_failure_while_writing_leaves_nothing(client, user, monkeypatch):
+    text = export_text([msg(1), msg(2, parent=1)])
+    real = Message.objects.create
+    calls = []
+
+    def failing(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(**kwargs)
+
+    monkeypatch.setattr(Message.objects, "create", failing)
+    with pytest.raises(RuntimeError):
+        imports.import_export(user, None, text)
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_import_goes_into_the_chosen_team_space_only_if_allowed(client, user, other_user):
+    team = Team.objects.create(name="Lab")
+    Membership.objects.create(team=team, user=user, role="member")
+    viewer_team = Team.objects.create(name="Watch")
+    Membership.objects.create(team=viewer_team, user=user, role="viewer")
+    foreign = Team.objects.create(name="Elsewhere")
+    Membership.objects.create(team=foreign, user=other_user, role="owner")
+    text = export_text([msg(1)])
+    copy = imported(upload(client, user, "x.json", text, space=str(team.pk)))
+    assert copy.team == team and copy.owner == user
+    for refused in (viewer_team, foreign):
+        response = upload(client, user, "x.json", text, space=str(refused.pk))
+        assert response.status_code == 400
+    assert Conversation.objects.count() == 1
+
+
+def test_images_are_only_matched_among_those_the_importer_may_see(client, user, other_user, tree):  # noqa: F811
+    _, first = download(client, user, tree, "json")
+    response = upload(client, other_user, "trip.json", first)
+    assert response.status_code == 400 and f"sha256:{HASH}" in html.unescape(
+        response.content.decode()
+    )
+
+
+def test_import_needs_a_login(client, user):
+    response = client.post("/review/import/", {})
+    assert response.status_code == 302 and "/login/" in response["Location"]
