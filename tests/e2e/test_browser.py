@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -73,14 +74,22 @@ class Sockets:
         yield
         conversation = urlsplit(self.page.url).path.strip("/").split("/")[-1]
         path = f"/ws/conversations/{conversation}/"
-        fresh = [ws for ws in self.opened[before:] if urlsplit(ws.url).path == path]
-        ws = (
-            fresh[-1]
-            if fresh
-            else self.page.wait_for_event("websocket", lambda ws: urlsplit(ws.url).path == path)
-        )
-        if self.received[id(ws)] == 0:
-            ws.wait_for_event("framereceived")
+        # The newest open socket to this conversation must have had a frame. Polled, because
+        # when the page before had the same conversation open, its socket (closed by the
+        # navigation, perhaps before its transcript arrived) can be reported after `before`
+        # was read and before the new page's socket is; waiting on it would wait forever.
+        deadline = time.monotonic() + 10
+        while True:
+            fresh = [
+                ws
+                for ws in self.opened[before:]
+                if urlsplit(ws.url).path == path and not ws.is_closed()
+            ]
+            if fresh and self.received[id(fresh[-1])] > 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no transcript on {path} within 10 s")
+            self.page.wait_for_timeout(50)  # a Playwright call: delivers pending events
 
 
 @pytest.mark.e2e
