@@ -1,0 +1,413 @@
+"""Running an experiment's items inside a tasks-framework worker (`manage.py db_worker`).
+
+A drain task (tasks.py) calls drain(): it claims items one at a time from the database and
+runs each as an ordinary turn through chat.services and chat.runs, the code a chat send uses,
+so every cell is a saved reply. Several workers drain the same run; the database decides who
+gets what:
+
+- A claim locks the run's row and the endpoint's gate row (EndpointGate) in one transaction,
+  counts the endpoint's items running under a live lease across all runs and workers, and
+  takes the next pending item only below the endpoint's concurrency. No item is taken twice.
+- A claim is a lease, renewed every few seconds while the worker lives. A worker killed
+  mid-item stops renewing; once the lease has passed, another worker takes the item again,
+  with the dead attempt's rows removed, so the item still ends with exactly one reply.
+  The second loss marks it failed: an item that kills its worker is not tried forever.
+- A reply that ends rate-limited (429, after the client's own retries) puts the item back
+  with a growing not-before time.
+- Stop: the page sets the run to stopping and calls chat.runs.stop() (which reaches this
+  process directly when Redis carries the channel layer); the lease loop sees the status
+  too and calls the same stop() here, for the embedded in-memory layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from playground.chat import runs, services
+from playground.chat.models import Conversation, Message
+from playground.experiments import checks, datasets, progress
+from playground.experiments.models import (
+    EndpointGate,
+    ExperimentRun,
+    Item,
+    lease_expiry,
+)
+from playground.providers import catalog, params
+from playground.providers.specs import JSON_OUTPUT, JSON_SCHEMA
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # the first, and one retry after a worker died holding it
+IDLE_PAUSE = 0.25  # seconds between claims while every slot of an endpoint is busy
+MAX_SLOTS = 32
+RATE_LIMITED = ("Rate limited", "(429)")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def drain(run_id: int) -> int:
+    """Run the run's items until none is left to claim; the number this call ran."""
+    me = worker_id()
+    slots = await sync_to_async(_slots)(run_id)
+    if not slots:
+        return 0
+    stopping = asyncio.Event()
+    lease = asyncio.create_task(_lease_loop(run_id, me, stopping), name=f"experiment-lease-{me}")
+    try:
+        done = await asyncio.gather(*(_slot(run_id, me, stopping) for _ in range(slots)))
+    finally:
+        lease.cancel()
+        await asyncio.gather(lease, return_exceptions=True)
+    await sync_to_async(finish_if_done)(run_id)
+    return sum(done)
+
+
+def _slots(run_id: int) -> int:
+    endpoints = set(
+        Item.objects.filter(run_id=run_id).order_by().values_list("endpoint", flat=True).distinct()
+    )
+    gates = EndpointGate.objects.filter(endpoint__in=endpoints)
+    return min(MAX_SLOTS, sum(g.limit for g in gates))
+
+
+async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
+    ran = 0
+    while not stopping.is_set():
+        item = await sync_to_async(claim)(run_id, me)
+        if item is None:
+            if not await sync_to_async(_work_left)(run_id):
+                return ran
+            await asyncio.sleep(IDLE_PAUSE)
+            continue
+        try:
+            await run_item(item, me)
+        except Exception:
+            log.exception("experiment item %s failed", item.pk)
+            await _end(item, me, Item.Status.FAILED, error="The playground failed on this item.")
+        ran += 1
+    return ran
+
+
+def _work_left(run_id: int) -> bool:
+    """Items that may still need this worker: pending ones (waiting for a slot or a backoff)
+    and running ones whose lease may yet pass (their worker may be dead)."""
+    run = ExperimentRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    if run != ExperimentRun.Status.RUNNING:
+        return False
+    return Item.objects.filter(
+        run_id=run_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
+    ).exists()
+
+
+def claim(run_id: int, me: str) -> Item | None:
+    """The next item this worker may run, now marked running under its lease; or None."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status != ExperimentRun.Status.RUNNING:
+            return None
+        ready = Q(status=Item.Status.PENDING) & (
+            Q(not_before__isnull=True) | Q(not_before__lte=now)
+        )
+        abandoned = Q(status=Item.Status.RUNNING, lease_until__lt=now)
+        candidates = Item.objects.filter(run_id=run_id).filter(ready | abandoned)
+        endpoints = sorted(set(candidates.order_by().values_list("endpoint", flat=True)))
+        for endpoint in endpoints:
+            gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
+            busy = Item.objects.filter(
+                endpoint=endpoint, status=Item.Status.RUNNING, lease_until__gte=now
+            ).count()
+            if busy >= gate.limit:
+                continue
+            for item in candidates.filter(endpoint=endpoint).order_by("position")[:5]:
+                if item.status == Item.Status.RUNNING and not _take_back(item):
+                    continue
+                item.status = Item.Status.RUNNING
+                item.attempts += 1
+                item.worker = me
+                item.lease_until = lease_expiry()
+                item.started = now
+                item.save(update_fields=["status", "attempts", "worker", "lease_until", "started"])
+                return Item.objects.select_related("row", "run").get(pk=item.pk)
+    return None
+
+
+def _take_back(item: Item) -> bool:
+    """An item whose worker stopped renewing its lease: try it once more, from a clean
+    conversation; after a second loss, fail it. True if it may run again."""
+    if item.conversation_id is not None:
+        Message.objects.filter(conversation_id=item.conversation_id).delete()
+    if item.attempts >= MAX_ATTEMPTS:
+        item.status = Item.Status.FAILED
+        item.error = "The worker running this item stopped twice; not tried again."
+        item.message = None
+        item.finished = timezone.now()
+        item.save(update_fields=["status", "error", "message", "finished"])
+        transaction.on_commit(lambda: progress.announce(item.run_id))
+        return False
+    log.warning("experiment item %s: its worker %s is gone, trying again", item.pk, item.worker)
+    item.message = None
+    item.save(update_fields=["message"])
+    return True
+
+
+async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
+    """Renew this worker's leases; on a stopped run, stop its replies in this process."""
+    pause = max(0.2, min(1.0, settings.PLAYGROUND_EXPERIMENTS["LEASE"] / 3))
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            await Item.objects.filter(run_id=run_id, worker=me, status=Item.Status.RUNNING).aupdate(
+                lease_until=lease_expiry()
+            )
+            run = await ExperimentRun.objects.filter(pk=run_id).afirst()
+            if run is None or not run.active or run.status == ExperimentRun.Status.STOPPING:
+                stopping.set()
+                if run is not None:
+                    await runs.stop(Conversation.objects.filter(group_id=run.group_id))
+        except Exception:
+            log.exception("experiment run %s: renewing leases failed", run_id)
+
+
+async def run_item(item: Item, me: str) -> None:
+    run = item.run
+    spec = run.spec
+    variant = spec["variants"][item.variant]
+    prompt = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+    conversation = await sync_to_async(_conversation_for)(item)
+    user = await sync_to_async(lambda: run.started_by)()
+    if user is None:
+        await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
+        return
+    channel = await runs.channel_layer().new_channel()
+    try:
+        turn = await sync_to_async(services.start_turn)(
+            conversation,
+            user,
+            text=prompt,
+            model_key=variant["model"],
+            system_prompt=variant.get("system_prompt", ""),
+            channel=channel,
+            values=dict(variant.get("params") or {}),
+            wire_format=variant.get("wire_format") or None,
+            batch=True,
+        )
+    except services.TurnError as exc:  # a budget, a missing key, a model gone
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
+    except params.InvalidParams as exc:
+        await _end(item, me, Item.Status.FAILED, error=f"Invalid parameters: {exc.errors}")
+        return
+    await Item.objects.filter(pk=item.pk, worker=me).aupdate(message_id=turn.run.message_id)
+    await runs.Run(turn.run).main()
+    reply = await Message.objects.aget(pk=turn.run.message_id)
+    limited = reply.status == Message.Status.ERROR and any(s in reply.error for s in RATE_LIMITED)
+    if limited and await sync_to_async(_back_off)(item, me):
+        return
+    status: str = Item.Status.FAILED
+    if reply.status == Message.Status.COMPLETE:
+        status = Item.Status.DONE
+    elif reply.status == Message.Status.STOPPED:
+        status = Item.Status.STOPPED
+    verdicts: list[dict[str, Any]] = []
+    if status == Item.Status.DONE:
+        verdicts = await cell_verdicts(item, reply, spec, prompt, user, judge=True)
+    await _end(item, me, status, error=reply.error, verdicts=verdicts)
+
+
+def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
+    """The user message template of a variant. Hook for prompt versions (the prompts app):
+    a variant naming `prompt_version` will take that version's template here, once prompts
+    has a read API; until then such a variant is refused when the experiment is saved."""
+    return str(variant.get("prompt") or spec["prompt"])
+
+
+def _conversation_for(item: Item) -> Conversation:
+    """The item's conversation in the run's group: new, or the one of a retried attempt."""
+    if item.conversation_id is not None:
+        conversation = Conversation.objects.filter(pk=item.conversation_id).first()
+        if conversation is not None:
+            return conversation
+    run = item.run
+    spec = run.spec
+    conversation = Conversation.objects.create(
+        owner_id=_owner(run),
+        team_id=run.group.team_id,
+        group_id=run.group_id,
+        position=item.position,
+        model=spec["variants"][item.variant]["model"],
+        title=f"{spec['name']} · row {item.row.position + 1} · {item.variant + 1}"[:200],
+    )
+    Item.objects.filter(pk=item.pk).update(conversation=conversation)
+    item.conversation = conversation
+    return conversation
+
+
+def _owner(run: ExperimentRun) -> int:
+    assert run.started_by_id is not None  # run_item() ended items of a run without one
+    return run.started_by_id
+
+
+def _back_off(item: Item, me: str) -> bool:
+    """Put a rate-limited item back, to be claimed after a pause; False when it was
+    rate-limited too often (it fails)."""
+    if item.rate_limited >= settings.PLAYGROUND_EXPERIMENTS["RATE_LIMIT_RETRIES"]:
+        return False
+    pause = min(60.0, 2.0 ** (item.rate_limited + 1))
+    with transaction.atomic():
+        if item.conversation_id:
+            Message.objects.filter(conversation_id=item.conversation_id).delete()
+        Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
+            status=Item.Status.PENDING,
+            worker="",
+            lease_until=None,
+            message=None,
+            attempts=item.attempts - 1,  # a 429 is the provider's pacing, not a lost worker
+            rate_limited=item.rate_limited + 1,
+            not_before=timezone.now() + timedelta(seconds=pause),
+        )
+    return True
+
+
+async def cell_verdicts(
+    item: Item, reply: Message, spec: dict[str, Any], prompt: str, user, *, judge: bool
+) -> list[dict[str, Any]]:
+    """Every check's verdict on a saved reply; the judge's only with judge=True (else the
+    verdict it gave before is kept)."""
+    out = output_of(reply, item.row.expected)
+    verdicts = []
+    previous = {v.get("check"): v for v in item.verdicts or []}
+    for index, check in enumerate(spec.get("checks") or []):
+        if check["kind"] == "judge":
+            if judge:
+                verdict = await run_judge(item, check, prompt, reply.text, user)
+            else:
+                verdicts.append(previous.get(index) or _undecided(index, "not judged yet"))
+                continue
+        else:
+            verdict = checks.evaluate(check, out)
+        verdicts.append({"check": index, **verdict.as_dict()})
+    return verdicts
+
+
+def _undecided(index: int, reason: str) -> dict[str, Any]:
+    return {"check": index, "kind": "judge", "passed": None, "reason": reason, "score": None}
+
+
+def output_of(reply: Message, expected: str) -> checks.Output:
+    return checks.Output(
+        text=reply.text,
+        expected=expected,
+        ttft_ms=reply.ttft_ms,
+        total_ms=reply.total_ms,
+        output_tokens=reply.output_tokens,
+        cost=reply.cost,
+    )
+
+
+async def run_judge(
+    item: Item, check: dict[str, Any], prompt: str, reply: str, user
+) -> checks.Verdict:
+    """Ask the judge model through the run engine: its question and answer are a
+    conversation of the run's group like any other (usage and budgets count it)."""
+    try:
+        model = catalog.get_model(check["model"])
+    except catalog.UnknownModel:
+        return checks.Verdict("judge", None, f"the judge model {check['model']} is gone")
+    values: dict[str, Any] = {}
+    if model.supports(JSON_SCHEMA):
+        schema = checks.judge_schema(check)
+        values["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+        }
+    elif model.supports(JSON_OUTPUT):
+        values["response_format"] = {"type": "json_object"}
+    question = checks.judge_prompt(check, prompt, reply, item.row.expected)
+    conversation = await sync_to_async(_judge_conversation)(item, model.key)
+    channel = await runs.channel_layer().new_channel()
+    try:
+        turn = await sync_to_async(services.start_turn)(
+            conversation,
+            user,
+            text=question,
+            model_key=model.key,
+            system_prompt="",
+            channel=channel,
+            values=values,
+            batch=True,
+        )
+    except (services.TurnError, params.InvalidParams) as exc:
+        return checks.Verdict("judge", None, f"the judge could not run: {exc}")
+    await runs.Run(turn.run).main()
+    answer = await Message.objects.aget(pk=turn.run.message_id)
+    if answer.status != Message.Status.COMPLETE:
+        return checks.Verdict("judge", None, f"the judge failed: {answer.error or answer.status}")
+    return checks.read_judge(check, answer.text)
+
+
+def _judge_conversation(item: Item, model_key: str) -> Conversation:
+    run = item.run
+    return Conversation.objects.create(
+        owner_id=_owner(run),
+        team_id=run.group.team_id,
+        group_id=run.group_id,
+        position=item.position,
+        model=model_key,
+        title=f"Judge · row {item.row.position + 1} · {item.variant + 1}",
+    )
+
+
+async def _end(
+    item: Item,
+    me: str,
+    status: str,
+    *,
+    error: str = "",
+    verdicts: list[dict[str, Any]] | None = None,
+) -> None:
+    verdicts = verdicts or []
+    await Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).aupdate(
+        status=status,
+        error=error[:2000],
+        verdicts=verdicts,
+        passed=checks.overall(verdicts) if status == Item.Status.DONE else False,
+        lease_until=None,
+        finished=timezone.now(),
+    )
+    await sync_to_async(progress.announce)(item.run_id)
+
+
+def finish_if_done(run_id: int) -> None:
+    """Mark the run done (or stopped) once no item is pending or running."""
+    left = Item.objects.filter(
+        run_id=run_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
+    ).exists()
+    if left:
+        return
+    run = ExperimentRun.objects.filter(pk=run_id).first()
+    if run is None or not run.active:
+        return
+    final = (
+        ExperimentRun.Status.STOPPED
+        if run.status == ExperimentRun.Status.STOPPING
+        else ExperimentRun.Status.DONE
+    )
+    ExperimentRun.objects.filter(pk=run_id, status=run.status).update(
+        status=final, finished=timezone.now()
+    )
+    progress.announce(run_id)

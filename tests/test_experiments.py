@@ -1,0 +1,337 @@
+"""Experiments: datasets, runs on the tasks framework (immediate backend here; a real
+db_worker in test_experiment_workers.py), checks, the results grid and run comparison."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.experiments import checks, datasets, runner, worker
+from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+MODEL = "empiriolabs:gemma-4-e4b"
+IMMEDIATE = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+
+
+@pytest.fixture
+def immediate(settings):
+    settings.TASKS = IMMEDIATE
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 1,  # one item at a time: the fake upstream's script is in order
+        "TASKS_PER_RUN": 1,
+    }
+
+
+@pytest.fixture
+def client_for(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def upload(client, name: str, content: bytes, filename: str = "cases.csv"):
+    return client.post(
+        "/experiments/datasets/",
+        {"name": name, "file": SimpleUploadedFile(filename, content)},
+    )
+
+
+# Datasets ----------------------------------------------------------------------------------
+
+
+def test_it_imports_a_csv_with_variables_expected_and_notes(client_for, user):
+    response = upload(
+        client_for, "Capitals", b"country,expected,notes\nFrance,Paris,easy\nPeru,Lima,\n"
+    )
+    dataset = Dataset.objects.get(name="Capitals")
+    assert response.status_code == 302
+    assert dataset.columns == ["country"]
+    rows = list(dataset.rows.values_list("variables", "expected", "notes"))
+    assert rows == [({"country": "France"}, "Paris", "easy"), ({"country": "Peru"}, "Lima", "")]
+
+
+def test_it_imports_jsonl(client_for):
+    content = b'{"q": "2+2", "expected": "4"}\n\n{"q": "3+3", "expected": 6}\n'
+    upload(client_for, "Sums", content, "sums.jsonl")
+    dataset = Dataset.objects.get(name="Sums")
+    assert [r.expected for r in dataset.rows.all()] == ["4", "6"]
+
+
+def test_a_bad_csv_names_the_line_and_imports_nothing(client_for):
+    response = upload(client_for, "Broken", b"a,b\n1,2\n3\n4,5\n")
+    assert response.status_code == 400
+    assert "Line 3: 1 fields, but the header has 2." in response.content.decode()
+    assert not Dataset.objects.exists() and not DatasetRow.objects.exists()
+
+
+def test_bad_jsonl_and_bad_utf8_name_line_and_column(client_for):
+    response = upload(client_for, "J", b'{"a": "1"}\n{"a": \n', "x.jsonl")
+    assert "Line 2, column 7" in response.content.decode()
+    response = upload(client_for, "U", b"a\nok\n\xff\n")
+    assert "Line 3, column 1: the file is not UTF-8." in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
+def test_the_row_cap_refuses_the_whole_file(client_for, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
+    response = upload(client_for, "Big", b"a\n1\n2\n3\n")
+    assert "at most 2" in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
+def make_experiment(user, rows=("France", "Peru"), check_lines="contains: tok", variants=None):
+    parsed = datasets.Parsed(
+        columns=["country"],
+        rows=[{"variables": {"country": c}, "expected": "", "notes": ""} for c in rows],
+    )
+    dataset = datasets.create(user, None, "Capitals", parsed)
+    return Experiment.objects.create(
+        owner=user,
+        name="Capitals",
+        dataset=dataset,
+        prompt="Capital of {{country}}?",
+        variants=variants or [{"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}],
+        checks=checks.parse(check_lines),
+    )
+
+
+def test_editing_a_used_dataset_makes_a_new_version(client_for, user, upstream, api_key, immediate):
+    experiment = make_experiment(user)
+    old = experiment.dataset
+    runner.start(experiment, user)
+    row = old.rows.get(position=0)
+    response = client_for.post(
+        f"/experiments/datasets/{old.pk}/rows/{row.pk}/",
+        {"variables": '{"country": "Chile"}', "expected": "Santiago"},
+    )
+    new = Dataset.objects.get(previous=old)
+    assert response.status_code == 302 and response.url == f"/experiments/datasets/{new.pk}/"
+    assert old.rows.get(position=0).variables == {"country": "France"}  # untouched
+    assert new.version == 2 and new.rows.get(position=0).expected == "Santiago"
+    experiment.refresh_from_db()
+    assert experiment.dataset == new  # the experiment follows; the run keeps its version
+    assert ExperimentRun.objects.get().dataset == old
+
+
+def test_a_saved_reply_becomes_a_row(client_for, user, conversation):
+    prompt = Message.objects.create(conversation=conversation, role="user", text="Hi there")
+    reply = Message.objects.create(
+        conversation=conversation, parent=prompt, role="assistant", text="Hello!"
+    )
+    dataset = make_experiment(user).dataset
+    client_for.post(f"/experiments/datasets/{dataset.pk}/rows/from-reply/", {"message": reply.pk})
+    row = dataset.rows.order_by("-position").first()
+    assert row.variables == {"input": "Hi there"} and row.expected == "Hello!"
+
+
+def test_someone_elses_reply_cannot_be_added(client_for, user, other_user):
+    foreign = Conversation.objects.create(owner=other_user, model=MODEL)
+    reply = Message.objects.create(conversation=foreign, role="assistant", text="secret")
+    dataset = make_experiment(user).dataset
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/from-reply/", {"message": reply.pk}
+    )
+    assert response.status_code == 404
+    assert not dataset.rows.filter(expected="secret").exists()
+
+
+# Runs --------------------------------------------------------------------------------------
+
+
+def test_a_run_makes_one_saved_reply_per_cell_through_the_run_engine(
+    user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    experiment = make_experiment(user, check_lines="contains: a\nnot_contains: London")
+    run = runner.start(experiment, user)
+    run.refresh_from_db()
+    items = list(run.items.select_related("message", "conversation"))
+    assert run.status == "done"
+    assert [i.status for i in items] == ["done", "done"]
+    assert [i.message.text for i in items] == ["Paris", "Lima"]
+    # Ordinary conversations of the run's group, made by the run engine (a saved request).
+    assert all(i.conversation.group_id == run.group_id for i in items)
+    assert run.group.kind == RunGroup.Kind.EXPERIMENT
+    assert items[0].message.request_body["messages"][-1]["content"] == "Capital of France?"
+    assert [v["passed"] for v in items[0].verdicts] == [True, True]
+    assert all(i.passed for i in items)
+
+
+def test_a_budget_applies_before_each_item(user, upstream, api_key, immediate, monkeypatch):
+    from playground.chat import budgets
+
+    def over(*args, **kwargs):
+        raise budgets.BudgetExceeded("Your monthly budget of $1 is used up.")
+
+    monkeypatch.setattr(budgets, "check", over)
+    run = runner.start(make_experiment(user), user)
+    items = list(run.items.all())
+    assert {i.status for i in items} == {"failed"}
+    assert "budget" in items[0].error
+    assert not upstream.requests
+
+
+def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
+    upstream.script(
+        Behaviour(tokens=["Paris"]),
+        Behaviour(tokens=['{"pass": true, "reason": "names the capital"}']),
+        Behaviour(tokens=["Cusco"]),
+        Behaviour(tokens=['{"pass": false, "reason": "Lima is the capital"}']),
+    )
+    experiment = make_experiment(user, check_lines=f"judge: {MODEL}: Is it the capital?")
+    run = runner.start(experiment, user)
+    items = list(run.items.all())
+    assert [i.verdicts[0]["passed"] for i in items] == [True, False]
+    assert items[1].verdicts[0]["reason"] == "Lima is the capital"
+    judge_request = upstream.requests[1].body
+    assert "Is it the capital?" in judge_request["messages"][-1]["content"]
+    assert "Paris" in judge_request["messages"][-1]["content"]
+    # The judge's question and answer are replies of the group too (usage counts them).
+    assert Message.objects.filter(conversation__group=run.group, role="assistant").count() == 4
+
+
+def test_a_score_judge_uses_its_threshold():
+    check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
+    assert checks.read_judge(check, '{"score": 5, "reason": "good"}').passed is True
+    assert checks.read_judge(check, '{"score": 3, "reason": "meh"}').passed is False
+    assert checks.read_judge(check, "no idea").passed is None
+
+
+def test_checks_rerun_on_saved_outputs_without_calling_the_model(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    experiment = make_experiment(user, check_lines="contains: Paris")
+    run = runner.start(experiment, user)
+    assert [i.passed for i in run.items.all()] == [True, False]
+    sent = len(upstream.requests)
+    experiment.checks = checks.parse("contains: i")
+    experiment.save()
+    response = client_for.post(f"/experiments/runs/{run.pk}/recheck/")
+    assert response.status_code == 302
+    assert [i.passed for i in run.items.all()] == [True, True]
+    assert len(upstream.requests) == sent
+
+
+def test_a_rate_limited_item_is_retried_after_a_backoff(
+    user, upstream, api_key, immediate, settings
+):
+    settings.PLAYGROUND_UPSTREAM = {**settings.PLAYGROUND_UPSTREAM, "MAX_RETRIES": 0}
+    upstream.script(Behaviour(status=429), Behaviour(tokens=["Paris"]))
+    started = time.monotonic()
+    run = runner.start(make_experiment(user, rows=("France",)), user)
+    item = run.items.get()
+    assert item.status == "done" and item.rate_limited == 1
+    assert item.message.text == "Paris"
+    assert time.monotonic() - started >= 2.0  # the first backoff
+    # One saved reply: the rate-limited attempt's rows are gone.
+    assert Message.objects.filter(conversation=item.conversation, role="assistant").count() == 1
+
+
+def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, immediate, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
+    upstream.default = Behaviour(n_tokens=5, interval=0.05)
+    seen = []
+    original = worker.claim
+
+    def counting(run_id, me):
+        item = original(run_id, me)
+        seen.append(Item.objects.filter(status="running").count())
+        return item
+
+    worker.claim, saved = counting, worker.claim
+    try:
+        run = runner.start(make_experiment(user, rows=[str(i) for i in range(8)]), user)
+    finally:
+        worker.claim = saved
+    assert max(seen) == 2
+    assert run.items.filter(status="done").count() == 8
+
+
+def test_regex_checks_have_a_time_limit():
+    started = time.monotonic()
+    verdict = checks.evaluate(
+        {"kind": "regex", "pattern": r"(a|aa)+$"},
+        checks.Output("a" * 40 + "b", "", None, None, None, None),
+    )
+    elapsed = time.monotonic() - started
+    assert verdict.passed is False and "took over" in verdict.reason
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "passed"),
+    [
+        ("contains: Paris", "Paris!", True),
+        ("not_contains: Paris", "Paris!", False),
+        ("regex: ^\\d{3}$", "123", True),
+        ("valid_json", '{"a": 1}', True),
+        ("valid_json", "{a}", False),
+        ('json_schema: {"type": "object", "required": ["a"]}', '{"b": 1}', False),
+        ("max_tokens: 3", "x", False),
+        ("max_total_ms: 1000", "x", True),
+        ("max_cost: 0.01", "x", True),
+    ],
+)
+def test_each_check_kind(line, text, passed):
+    out = checks.Output(text, "Paris", 10.0, 100.0, 5, Decimal("0.001"))
+    assert checks.evaluate(checks.parse(line)[0], out).passed is passed
+
+
+def test_equals_expected_compares_with_the_row():
+    check = checks.parse("equals_expected")[0]
+    assert checks.evaluate(check, checks.Output(" Paris\n", "Paris", None, None, None, None)).passed
+
+
+def test_a_bad_check_line_is_named():
+    with pytest.raises(checks.CheckError, match="Check line 2"):
+        checks.parse("contains: a\nregex: (")
+
+
+# Grid, stop, compare -----------------------------------------------------------------------
+
+
+def test_the_grid_shows_cells_filters_failures_and_exports(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Cusco"]))
+    run = runner.start(make_experiment(user, check_lines="contains: Paris"), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert "Paris" in page and "Cusco" in page and "2 done" in page
+    failures = client_for.get(f"/experiments/runs/{run.pk}/?show=failures").content.decode()
+    assert "Cusco" in failures and 'id="grid-row-0"' not in failures
+    csv = b"".join(client_for.get(f"/experiments/runs/{run.pk}/export.csv").streaming_content)
+    assert b"Paris" in csv and b"contains: Paris: pass" in csv
+    data = client_for.get(f"/experiments/runs/{run.pk}/export.json").json()
+    assert [d["passed"] for d in data] == [True, False]
+
+
+def test_stop_ends_the_run_and_its_pending_items(client_for, user, settings):
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = runner.start(make_experiment(user), user)
+    client_for.post(f"/experiments/runs/{run.pk}/stop/")
+    run.refresh_from_db()
+    assert run.status == "stopped"
+    assert set(run.items.values_list("status", flat=True)) == {"stopped"}
+
+
+def test_compare_shows_regressions_fixes_and_word_diffs(
+    client_for, user, upstream, api_key, immediate
+):
+    experiment = make_experiment(user, check_lines="contains: Paris")
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    runner.start(experiment, user)
+    upstream.script(Behaviour(tokens=["Berlin"]), Behaviour(tokens=["Lima, Paris"]))
+    second = runner.start(experiment, user)
+    page = client_for.get(f"/experiments/runs/{second.pk}/compare/").content.decode()
+    assert "Regressions (1)" in page and "Fixes (1)" in page
+    assert "<del>Paris</del>" in page and "<ins>Berlin</ins>" in page
