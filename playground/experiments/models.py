@@ -244,6 +244,21 @@ class Item(models.Model):
         return f"item {self.position} of {self.run}"
 
 
+class Drainer(models.Model):
+    """A worker draining a run, seen at its last lease renewal: an endpoint's slots are
+    shared among the live ones, so a worker that started first does not keep them all."""
+
+    run = models.ForeignKey(ExperimentRun, on_delete=models.CASCADE, related_name="drainers")
+    worker = models.CharField(max_length=100)
+    seen = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "worker"], name="drainer_unique")]
+
+    def __str__(self) -> str:
+        return self.worker
+
+
 class EndpointGate(models.Model):
     """One row per endpoint (provider slug): its concurrency across all workers, and the row
     a claim locks, so two workers cannot both take the last free slot."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import uuid
@@ -39,6 +40,7 @@ from playground.chat import runs, services
 from playground.chat.models import Conversation, Message
 from playground.experiments import checks, datasets, progress
 from playground.experiments.models import (
+    Drainer,
     EndpointGate,
     ExperimentRun,
     Item,
@@ -66,12 +68,16 @@ async def drain(run_id: int) -> int:
     if not slots:
         return 0
     stopping = asyncio.Event()
+    await Drainer.objects.aupdate_or_create(
+        run_id=run_id, worker=me, defaults={"seen": timezone.now()}
+    )
     lease = asyncio.create_task(_lease_loop(run_id, me, stopping), name=f"experiment-lease-{me}")
     try:
         done = await asyncio.gather(*(_slot(run_id, me, stopping) for _ in range(slots)))
     finally:
         lease.cancel()
         await asyncio.gather(lease, return_exceptions=True)
+        await Drainer.objects.filter(run_id=run_id, worker=me).adelete()
     await sync_to_async(finish_if_done)(run_id)
     return sum(done)
 
@@ -126,12 +132,17 @@ def claim(run_id: int, me: str) -> Item | None:
         abandoned = Q(status=Item.Status.RUNNING, lease_until__lt=now)
         candidates = Item.objects.filter(run_id=run_id).filter(ready | abandoned)
         endpoints = sorted(set(candidates.order_by().values_list("endpoint", flat=True)))
+        alive = now - timedelta(seconds=settings.PLAYGROUND_EXPERIMENTS["LEASE"])
+        drainers = max(1, Drainer.objects.filter(run_id=run_id, seen__gte=alive).count())
         for endpoint in endpoints:
             gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
-            busy = Item.objects.filter(
+            running = Item.objects.filter(
                 endpoint=endpoint, status=Item.Status.RUNNING, lease_until__gte=now
-            ).count()
-            if busy >= gate.limit:
+            )
+            if running.count() >= gate.limit:
+                continue
+            # This worker's share of the endpoint's slots, among the run's live workers.
+            if running.filter(worker=me).count() >= math.ceil(gate.limit / drainers):
                 continue
             for item in candidates.filter(endpoint=endpoint).order_by("position")[:5]:
                 if item.status == Item.Status.RUNNING and not _take_back(item):
@@ -171,9 +182,9 @@ async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
     while True:
         await asyncio.sleep(pause)
         try:
-            await Item.objects.filter(run_id=run_id, worker=me, status=Item.Status.RUNNING).aupdate(
-                lease_until=lease_expiry()
-            )
+            mine = Item.objects.filter(run_id=run_id, worker=me, status=Item.Status.RUNNING)
+            await mine.aupdate(lease_until=lease_expiry())
+            await Drainer.objects.filter(run_id=run_id, worker=me).aupdate(seen=timezone.now())
             run = await ExperimentRun.objects.filter(pk=run_id).afirst()
             if run is None or not run.active or run.status == ExperimentRun.Status.STOPPING:
                 stopping.set()
