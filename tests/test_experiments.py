@@ -3,6 +3,8 @@ db_worker in test_experiment_workers.py), checks, the results grid and run compa
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from decimal import Decimal
 
@@ -335,3 +337,89 @@ def test_compare_shows_regressions_fixes_and_word_diffs(
     page = client_for.get(f"/experiments/runs/{second.pk}/compare/").content.decode()
     assert "Regressions (1)" in page and "Fixes (1)" in page
     assert "<del>Paris</del>" in page and "<ins>Berlin</ins>" in page
+
+
+def test_stop_closes_the_upstream_requests_in_flight(client_for, user, upstream, api_key, settings):
+    """A worker (here a thread, as db_worker would run it) holds two items streaming; Stop
+    from the page closes both upstream responses and nothing else starts."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 2,
+        "LEASE": 1.5,
+    }
+    upstream.default = Behaviour(n_tokens=400, interval=0.05)  # 20 s each, unless stopped
+    run = runner.start(make_experiment(user, rows=("a", "b", "c")), user)
+    drained: list[int] = []
+    thread = threading.Thread(target=lambda: drained.append(asyncio.run(worker.drain(run.pk))))
+    thread.start()
+    try:
+        assert upstream.wait_for_requests(2, timeout=10)
+        started = time.monotonic()
+        client_for.post(f"/experiments/runs/{run.pk}/stop/")
+        assert upstream.wait_for_disconnect(timeout=5, n=2)
+        stopped_in = time.monotonic() - started
+    finally:
+        thread.join(20)
+    run.refresh_from_db()
+    assert run.status == "stopped" and stopped_in < 3
+    assert sorted(run.items.values_list("status", flat=True)) == ["stopped"] * 3
+    replies = Message.objects.filter(conversation__group=run.group, role="assistant")
+    assert sorted(replies.values_list("status", flat=True)) == ["stopped", "stopped"]
+    assert len(upstream.requests) == 2  # the third item never started
+
+
+async def _progress_socket(user, run_id: int):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from playground.asgi import application
+    from tests.conftest import ORIGIN, session_cookie
+
+    cookie = await database_sync_to_async(session_cookie)(user)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    socket = WebsocketCommunicator(
+        application, f"/ws/experiments/runs/{run_id}/?show=all", headers=headers
+    )
+    connected, code = await socket.connect(timeout=5)
+    return socket, connected, code
+
+
+async def test_the_progress_socket_redraws_when_a_worker_announces(user, other_user, settings):
+    """Redis mode's live progress: the socket answers the run's group with #run-live again,
+    out of band; a user who may not see the run is refused."""
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from playground.experiments import progress
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = await sync_to_async(lambda: runner.start(make_experiment(user), user))()
+    socket, connected, _ = await _progress_socket(user, run.pk)
+    assert connected
+    first = await socket.receive_from(timeout=5)
+    assert 'id="run-live" hx-swap-oob="true"' in first and "0 done" in first
+    await Item.objects.filter(run=run, position=0).aupdate(status="done", passed=True)
+    await get_channel_layer().group_send(
+        progress.group_name(run.pk), {"type": "experiment.progress"}
+    )
+    again = await socket.receive_from(timeout=5)
+    assert "1 done" in again
+    await socket.disconnect()
+    foreign, connected, code = await _progress_socket(other_user, run.pk)
+    assert not connected and code == 4403
+
+
+def test_without_redis_the_page_polls_until_the_run_ends(client_for, user, settings):
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = runner.start(make_experiment(user), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert f'hx-get="/experiments/runs/{run.pk}/progress/?show=all&amp;page=1"' in page
+    assert "ws-connect" not in page
+    polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert polled.status_code == 200 and "2 remaining" in polled.content.decode()
+    Item.objects.filter(run=run).update(status="done", passed=True)
+    worker.finish_if_done(run.pk)
+    polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert polled.status_code == 286  # htmx stops polling
+    assert "2 done" in polled.content.decode()

@@ -272,7 +272,11 @@ def experiment_run(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 
 def _run_context(request: HtmxHttpRequest, run: ExperimentRun) -> dict:
-    show = request.GET.get("show", "all")
+    return run_context(request.user, run, request.GET.get("show", "all"), request.GET.get("page"))
+
+
+def run_context(user, run: ExperimentRun, show: str, page_number: str | None) -> dict:
+    """The run page's context; the progress socket (consumers.py) renders it too."""
     if show not in grid.FILTERS:
         show = "all"
     previous = run.experiment.runs.filter(number__lt=run.number).order_by("-number").first()
@@ -281,11 +285,11 @@ def _run_context(request: HtmxHttpRequest, run: ExperimentRun) -> dict:
         "experiment": run.experiment,
         "progress": progress.of(run),
         "columns": grid.columns(run),
-        "page": grid.page(run, show, request.GET.get("page")),
+        "page": grid.page(run, show, page_number),
         "show": show,
         "totals": grid.totals(run),
         "check_labels": grid.check_labels(run),
-        "can_change": run.experiment.can_change(request.user),
+        "can_change": run.experiment.can_change(user),
         "previous": previous,
         "live": progress.live(),
         "poll_interval": settings.PLAYGROUND_EXPERIMENTS["POLL_INTERVAL"],
