@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import BIN, ROOT, LiveServer, start_live_server
+from tests.e2e.test_browser import USERNAME
 from tests.e2e.test_parameters import sign_in
 from tests.upstream import Behaviour, FakeUpstream
 
@@ -139,3 +140,59 @@ def test_upload_run_filter_open_change_rerun_and_see_the_regression(xpage, exper
     regression = page.locator("#regressions article.change")
     assert regression.locator("del").inner_text() == "Paris"
     assert regression.locator("ins").inner_text() == "Lyon"
+
+
+BIG_SEED = f"""
+from django.contrib.auth import get_user_model
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.experiments import checks, datasets
+from playground.experiments.models import Experiment, ExperimentRun, Item
+user = get_user_model().objects.get(username={USERNAME!r})
+parsed = datasets.Parsed(columns=["n"], rows=[
+    {{"variables": {{"n": str(i)}}, "expected": "", "notes": ""}} for i in range(1000)])
+dataset = datasets.create(user, None, "Thousand", parsed)
+variants = [{{"label": "A", "model": {MODEL!r}}}, {{"label": "B", "model": {MODEL!r}}}]
+experiment = Experiment.objects.create(owner=user, name="Thousand", dataset=dataset,
+    prompt="{{{{n}}}}", variants=variants, checks=checks.parse("contains: 7"))
+group = RunGroup.objects.create(kind="experiment", owner=user)
+run = ExperimentRun.objects.create(experiment=experiment, number=1, group=group,
+    dataset=dataset, status="done", started_by=user,
+    spec={{"name": "Thousand", "prompt": "{{{{n}}}}", "variants": variants,
+          "checks": experiment.checks, "repeats": 1}})
+rows = list(dataset.rows.all())
+conversations = Conversation.objects.bulk_create(
+    Conversation(owner=user, group=group, model={MODEL!r}, position=p) for p in range(2000))
+text = "word " * 60
+messages = Message.objects.bulk_create(
+    Message(conversation=c, role="assistant", text=f"{{c.position}} " + text, total_ms=900,
+            output_tokens=60) for c in conversations)
+Item.objects.bulk_create(
+    Item(run=run, row=rows[p // 2], variant=p % 2, position=p, endpoint="empiriolabs",
+         status="done", conversation=conversations[p], message=messages[p],
+         passed="7" in str(p), verdicts=[{{"check": 0, "kind": "contains",
+         "passed": "7" in str(p), "reason": "r", "score": None}}]) for p in range(2000))
+print("RUN", run.pk)
+"""
+LONG_TASKS = """() => new Promise(resolve => {
+  const seen = [];
+  new PerformanceObserver(list => seen.push(...list.getEntries().map(e => e.duration)))
+    .observe({type: "longtask", buffered: true});
+  setTimeout(() => resolve(seen), 300);
+})"""
+
+
+@pytest.mark.e2e
+def test_a_thousand_row_grid_keeps_the_main_thread_free(xpage, experiment_server):
+    page = xpage
+    sign_in(page, experiment_server.url)
+    out = experiment_server.manage("shell", "-c", BIG_SEED)
+    run_id = int(out.split("RUN", 1)[1].split()[0])
+    page.goto(f"/experiments/runs/{run_id}/")
+    assert page.locator(".results-grid tbody tr.grid-row").count() == 50  # paginated
+    longest = max(page.evaluate(LONG_TASKS), default=0)
+    page.locator("#filter-failures").click()
+    page.wait_for_url(lambda url: "show=failures" in url)
+    page.locator(".results-grid tbody tr.grid-row").first.wait_for()
+    longest = max([longest, *page.evaluate(LONG_TASKS)])
+    print(f"1,000-row grid: longest main-thread task {longest:.0f} ms")
+    assert longest < 200
