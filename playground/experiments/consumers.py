@@ -13,7 +13,6 @@ from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http import Http404
@@ -27,27 +26,12 @@ MIN_INTERVAL = 1.0  # seconds between redraws of one page: a 1,000-item run is 1
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
 
-class RunProgressConsumer(AsyncWebsocketConsumer):
-    has_slot = False
+class RunProgressConsumer(consumers.SlottedConsumer):
     group = ""
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._give_back_slot()
-
-    def _give_back_slot(self) -> None:
-        if self.has_slot:
-            self.has_slot = False
-            consumers.slots.give_back()
-
     async def connect(self) -> None:
-        if not consumers.slots.take():
-            await self.accept()
-            await self.close(code=consumers.AT_CAPACITY)
+        if not await self.take_slot():
             return
-        self.has_slot = True
         self.user: Any = self.scope.get("user") or AnonymousUser()
         self.user_id: int = self.user.pk or 0
         self.run_id = int(self.scope["url_route"]["kwargs"]["pk"])
