@@ -195,6 +195,8 @@ def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediat
     assert [i.verdicts[0]["passed"] for i in items] == [True, False]
     assert items[1].verdicts[0]["reason"] == "Lima is the capital"
     judge_request = upstream.requests[1].body
+    # Structured output where the judge model supports it.
+    assert judge_request["response_format"]["type"] in ("json_schema", "json_object")
     assert "Is it the capital?" in judge_request["messages"][-1]["content"]
     assert "Paris" in judge_request["messages"][-1]["content"]
     # The judge's question and answer are replies of the group too (usage counts them).
@@ -311,6 +313,8 @@ def test_the_grid_shows_cells_filters_failures_and_exports(
     assert "Paris" in page and "Cusco" in page and "2 done" in page
     failures = client_for.get(f"/experiments/runs/{run.pk}/?show=failures").content.decode()
     assert "Cusco" in failures and 'id="grid-row-0"' not in failures
+    differences = client_for.get(f"/experiments/runs/{run.pk}/?show=differences")
+    assert "No rows under this filter" in differences.content.decode()  # one variant
     csv = b"".join(client_for.get(f"/experiments/runs/{run.pk}/export.csv").streaming_content)
     assert b"Paris" in csv and b"contains: Paris: pass" in csv
     data = client_for.get(f"/experiments/runs/{run.pk}/export.json").json()
@@ -423,3 +427,18 @@ def test_without_redis_the_page_polls_until_the_run_ends(client_for, user, setti
     polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
     assert polled.status_code == 286  # htmx stops polling
     assert "2 done" in polled.content.decode()
+
+
+def test_the_differences_filter_keeps_rows_where_variants_disagree(
+    client_for, user, upstream, api_key, immediate
+):
+    variants = [
+        {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""},
+        {"label": "B", "model": MODEL, "params": {"temperature": 0.5}, "system_prompt": ""},
+    ]
+    upstream.script(*(Behaviour(tokens=[t]) for t in ["Paris", "Paris", "Lima", "Cusco"]))
+    run = runner.start(make_experiment(user, variants=variants), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/?show=differences").content.decode()
+    assert 'id="grid-row-1"' in page and 'id="grid-row-0"' not in page
+    totals = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert totals.count('class="pass-rate"') == 2
