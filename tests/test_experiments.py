@@ -442,3 +442,22 @@ def test_the_differences_filter_keeps_rows_where_variants_disagree(
     assert 'id="grid-row-1"' in page and 'id="grid-row-0"' not in page
     totals = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
     assert totals.count('class="pass-rate"') == 2
+
+
+def test_asking_the_judge_again_calls_only_the_judge_model(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(
+        Behaviour(tokens=["Paris"]),
+        Behaviour(tokens=['{"pass": false, "reason": "too short"}']),
+    )
+    experiment = make_experiment(user, rows=("France",), check_lines=f"judge: {MODEL}: Good?")
+    run = runner.start(experiment, user)
+    assert run.items.get().passed is False
+    upstream.reset()
+    upstream.script(Behaviour(tokens=['{"pass": true, "reason": "fine after all"}']))
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/", {"judge": "1"})
+    item = run.items.get()
+    assert item.passed is True and item.verdicts[0]["reason"] == "fine after all"
+    assert len(upstream.requests) == 1 and "Good?" in str(upstream.requests[0].body)
+    assert item.message.text == "Paris"  # the cell's reply is the same one

@@ -335,7 +335,13 @@ def run_recheck(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     run = get_run_for_user(request.user, pk, change=True)
     runner.set_checks(run, run.experiment)
     count = runner.recheck(run)
-    messages.success(request, f"Re-checked {count} cells.")
+    note = ""
+    if request.POST.get("judge") and any(c["kind"] == "judge" for c in run.spec["checks"]):
+        from playground.experiments.tasks import rejudge_run
+
+        rejudge_run.enqueue(run.pk, request.user.pk)
+        note = " The judge is asked again in the background."
+    messages.success(request, f"Re-checked {count} cells.{note}")
     return redirect("experiments:run", run.pk)
 
 

@@ -349,7 +349,7 @@ async def run_judge(
     elif model.supports(JSON_OUTPUT):
         values["response_format"] = {"type": "json_object"}
     question = checks.judge_prompt(check, prompt, reply, item.row.expected)
-    conversation = await sync_to_async(_judge_conversation)(item, model.key)
+    conversation = await sync_to_async(_judge_conversation)(item, model.key, user.pk)
     channel = await runs.channel_layer().new_channel()
     try:
         turn = await sync_to_async(services.start_turn)(
@@ -371,10 +371,11 @@ async def run_judge(
     return checks.read_judge(check, answer.text)
 
 
-def _judge_conversation(item: Item, model_key: str) -> Conversation:
+def _judge_conversation(item: Item, model_key: str, owner_id: int) -> Conversation:
+    """The judge's turn, sent by `owner_id` (who started the run, or asked to re-judge)."""
     run = item.run
     return Conversation.objects.create(
-        owner_id=_owner(run),
+        owner_id=owner_id,
         team_id=run.group.team_id,
         group_id=run.group_id,
         position=item.position,
@@ -422,3 +423,42 @@ def finish_if_done(run_id: int) -> None:
         status=final, finished=timezone.now()
     )
     progress.announce(run_id)
+
+
+async def rejudge(run_id: int, user_id: int) -> int:
+    """The judge checks again on every finished cell's saved reply (the judge model is
+    called; the cells' models are not), sent by `user_id`; the number of cells judged."""
+    from django.contrib.auth import get_user_model
+
+    run = await ExperimentRun.objects.select_related("group").aget(pk=run_id)
+    user = await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()
+    spec = run.spec
+    judges = [(i, c) for i, c in enumerate(spec.get("checks") or []) if c["kind"] == "judge"]
+    if user is None or not judges:
+        return 0
+    items = [
+        i
+        async for i in Item.objects.filter(run=run, status=Item.Status.DONE)
+        .exclude(message=None)
+        .select_related("row", "message", "run__group")
+    ]
+    limit = await sync_to_async(_slots)(run_id)
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def judge(item: Item) -> None:
+        assert item.message is not None
+        variant = spec["variants"][item.variant]
+        prompt = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+        async with gate:
+            verdicts = {v.get("check"): v for v in item.verdicts or []}
+            for index, check in judges:
+                verdict = await run_judge(item, check, prompt, item.message.text, user)
+                verdicts[index] = {"check": index, **verdict.as_dict()}
+        ordered = [verdicts[k] for k in sorted(verdicts, key=lambda k: k or 0)]
+        await Item.objects.filter(pk=item.pk).aupdate(
+            verdicts=ordered, passed=checks.overall(ordered)
+        )
+
+    await asyncio.gather(*(judge(i) for i in items))
+    await sync_to_async(progress.announce)(run_id)
+    return len(items)
