@@ -19,7 +19,7 @@ from django.http import Http404
 from django.template.loader import render_to_string
 
 from playground.chat import access, consumers
-from playground.experiments import progress
+from playground.experiments import pages, progress
 from playground.experiments.access import get_run_for_user
 
 MIN_INTERVAL = 1.0  # seconds between redraws of one page: a 1,000-item run is 1,000 events
@@ -100,10 +100,8 @@ class RunProgressConsumer(consumers.SlottedConsumer):
 
 
 def _context(user, run_id: int, show: str, page: str | None) -> dict[str, Any] | None:
-    from playground.experiments.views import run_context
-
     try:
         run = get_run_for_user(user, run_id)
     except Http404:
         return None
-    return {**run_context(user, run, show, page), "oob": True}
+    return {**pages.run_context(user, run, show, page), "oob": True}

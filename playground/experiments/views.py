@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -15,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from playground.accounts.spaces import current_space
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
-from playground.experiments import datasets, forms, grid, progress, runner
+from playground.experiments import datasets, forms, grid, pages, runner
 from playground.experiments.access import (
     VIEWERS,
     get_dataset_for_user,
@@ -272,28 +271,9 @@ def experiment_run(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 
 def _run_context(request: HtmxHttpRequest, run: ExperimentRun) -> dict:
-    return run_context(request.user, run, request.GET.get("show", "all"), request.GET.get("page"))
-
-
-def run_context(user, run: ExperimentRun, show: str, page_number: str | None) -> dict:
-    """The run page's context; the progress socket (consumers.py) renders it too."""
-    if show not in grid.FILTERS:
-        show = "all"
-    previous = run.experiment.runs.filter(number__lt=run.number).order_by("-number").first()
-    return {
-        "run": run,
-        "experiment": run.experiment,
-        "progress": progress.of(run),
-        "columns": grid.columns(run),
-        "page": grid.page(run, show, page_number),
-        "show": show,
-        "totals": grid.totals(run),
-        "check_labels": grid.check_labels(run),
-        "can_change": run.experiment.can_change(user),
-        "previous": previous,
-        "live": progress.live(),
-        "poll_interval": settings.PLAYGROUND_EXPERIMENTS["POLL_INTERVAL"],
-    }
+    return pages.run_context(
+        request.user, run, request.GET.get("show", "all"), request.GET.get("page")
+    )
 
 
 @require_GET
