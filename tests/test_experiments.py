@@ -461,3 +461,52 @@ def test_asking_the_judge_again_calls_only_the_judge_model(
     assert item.passed is True and item.verdicts[0]["reason"] == "fine after all"
     assert len(upstream.requests) == 1 and "Good?" in str(upstream.requests[0].body)
     assert item.message.text == "Paris"  # the cell's reply is the same one
+
+
+def test_deleting_a_team_or_a_user_takes_their_experiments_along(user, settings):
+    """Rows a run used are kept while the run exists (RESTRICT), but a deletion that takes
+    the run too goes through."""
+    from playground.accounts.models import Team
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    team = Team.create(name="Lab", owner=user)
+    experiment = make_experiment(user)
+    Experiment.objects.filter(pk=experiment.pk).update(team=team)
+    Dataset.objects.filter(pk=experiment.dataset_id).update(team=team)
+    runner.start(Experiment.objects.get(pk=experiment.pk), user)
+    team.delete()
+    assert not Experiment.objects.exists() and not Item.objects.exists()
+    other = make_experiment(user)
+    runner.start(other, user)
+    user.delete()
+    assert not Experiment.objects.exists() and not Dataset.objects.exists()
+
+
+def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user):
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Bad",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL}\n{MODEL} | {{"temperature": 99}}',
+        "checks": "contains: x\nsmells_good",
+        "repeats": 1,
+        "rows": "1-2",
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Variant line 2: temperature" in page
+    assert "Check line 2: “smells_good” is not a check" in page
+    assert not Experiment.objects.filter(name="Bad").exists()
+
+
+def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):
+    experiment = make_experiment(user, rows=("a", "b", "c"))
+    experiment.row_positions = [0, 2]
+    experiment.repeats = 2
+    experiment.save()
+    run = runner.start(experiment, user)
+    cells = sorted(run.items.values_list("row__position", "repeat"))
+    assert cells == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert set(run.items.values_list("status", flat=True)) == {"done"}

@@ -137,7 +137,7 @@ class Experiment(models.Model):
         "accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     name = models.CharField(max_length=200)
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="experiments")
+    dataset = models.ForeignKey(Dataset, on_delete=models.RESTRICT, related_name="experiments")
     prompt = models.TextField()
     variants = models.JSONField(default=list)
     checks = models.JSONField(default=list, blank=True)
@@ -169,7 +169,7 @@ class ExperimentRun(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()
     group = models.OneToOneField(RunGroup, on_delete=models.CASCADE, related_name="experiment_run")
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.RESTRICT, related_name="runs")
     # What the run was started with (prompt, variants, checks, repeats): the experiment may
     # change afterwards, its runs do not.
     spec = models.JSONField(default=dict)
@@ -203,7 +203,7 @@ class Item(models.Model):
         STOPPED = "stopped"
 
     run = models.ForeignKey(ExperimentRun, on_delete=models.CASCADE, related_name="items")
-    row = models.ForeignKey(DatasetRow, on_delete=models.PROTECT, related_name="+")
+    row = models.ForeignKey(DatasetRow, on_delete=models.RESTRICT, related_name="+")
     variant = models.PositiveSmallIntegerField()
     repeat = models.PositiveSmallIntegerField(default=0)
     position = models.PositiveIntegerField()
