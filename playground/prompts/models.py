@@ -9,6 +9,7 @@ thing that moves, and every move is kept (`LabelMove`).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from typing import Any
 
@@ -110,6 +111,68 @@ class Prompt(models.Model):
             version.save()
             Prompt.objects.filter(pk=self.pk).update(updated=timezone.now())
         return version
+
+    def set_label(self, name: str, version: PromptVersion, user) -> PromptLabel:
+        """Point the label `name` at `version` (making the label if it is new) and record the
+        move. A protected label moves only for the space's admins."""
+        name = clean_label_name(name)
+        if version.prompt_id != self.pk:
+            raise PromptError("That version belongs to another prompt.")
+        if not self.can_edit(user):
+            raise PromptError("Viewers can read the team's prompts but not move labels.")
+        with transaction.atomic():
+            label = self.labels.select_for_update().filter(name=name).first()
+            if label is not None and label.protected and not self.can_admin(user):
+                raise PromptError(
+                    f"The label {name} is protected: only the team's owners and admins move it."
+                )
+            if label is None:
+                label = PromptLabel.objects.create(
+                    prompt=self, name=name, version=version, updated_by=user
+                )
+                LabelMove.objects.create(label=label, to_version=version, moved_by=user)
+            elif label.version_id != version.pk:
+                moved_from = label.version
+                label.version, label.updated_by = version, user
+                label.save(update_fields=["version", "updated_by", "updated"])
+                LabelMove.objects.create(
+                    label=label, from_version=moved_from, to_version=version, moved_by=user
+                )
+        return label
+
+    def protect_label(self, label: PromptLabel, protected: bool, user) -> None:
+        if label.prompt_id != self.pk:
+            raise PromptError("That label belongs to another prompt.")
+        if not self.can_admin(user):
+            raise PromptError("Only the team's owners and admins protect labels.")
+        if label.protected != protected:
+            label.protected = protected
+            label.save(update_fields=["protected", "updated"])
+
+
+LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def clean_label_name(name: str) -> str:
+    name = name.strip().lower()
+    if not name or len(name) > LABEL_MAX or not LABEL_NAME.match(name):
+        raise PromptError(
+            f"A label is 1-{LABEL_MAX} lowercase letters, digits, '.', '_' or '-'"
+            " (like production or staging)."
+        )
+    return name
+
+
+def clean_prompt_name(name: str) -> str:
+    """Names go in the read API's URL, so they are URL-safe: letters, digits, '.', '_', '-'."""
+    name = name.strip()
+    if not name or len(name) > NAME_MAX or not PROMPT_NAME.match(name):
+        raise PromptError(
+            f"A prompt name is 1-{NAME_MAX} letters, digits, '.', '_' or '-'"
+            " (it goes in the read API's URL), like support-reply."
+        )
+    return name
 
 
 class PromptVersion(models.Model):
