@@ -92,7 +92,10 @@ def prompt_new(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def prompt_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    prompt = library.get_prompt_for_user(request.user, pk)
+    return _detail(request, library.get_prompt_for_user(request.user, pk))
+
+
+def _detail(request: AuthenticatedHttpRequest, prompt: Prompt, status: int = 200) -> HttpResponse:
     versions = list(prompt.versions.select_related("created_by"))
     labels = list(prompt.labels.select_related("version", "updated_by"))
     moves = (
@@ -111,6 +114,7 @@ def prompt_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             "can_edit": prompt.can_edit(request.user),
             "can_admin": prompt.can_admin(request.user),
         },
+        status=status,
     )
 
 
@@ -248,15 +252,9 @@ def label_set(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     except PromptError as exc:
         messages.error(request, str(exc))
         status = 403 if "protected" in str(exc) else 400
-        return _detail_with_status(request, prompt, status)
+        return _detail(request, prompt, status)
     messages.success(request, f"{label.name} now points at version {version.number}.")
     return redirect("prompts:detail", prompt.pk)
-
-
-def _detail_with_status(request: AuthenticatedHttpRequest, prompt: Prompt, status: int):
-    response = prompt_detail(request, prompt.pk)
-    response.status_code = status
-    return response
 
 
 @require_POST
