@@ -142,3 +142,21 @@ async def test_a_client_cannot_forge_the_record(upstream, user, api_key, connect
 
     assert not await PromptRun.objects.aexists()
     await socket.close()
+
+
+async def test_a_reply_sent_with_other_parameters_is_marked_edited(
+    upstream, user, api_key, connect
+):
+    version, conversation = await database_sync_to_async(_opened)(user)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "",
+        system_prompt="You answer for {{company}}.",
+        prompt_version=str(version.pk),
+        **{"var:company": "Acme", "var:ticket": "late", "param:temperature": "1.3"},
+    )
+    await socket.until(lambda f: "status-complete" in f)
+
+    run = await PromptRun.objects.aget(message=await reply_of(conversation))
+    assert run.edited
+    await socket.close()

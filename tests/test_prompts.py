@@ -259,3 +259,34 @@ def test_history_filters_by_prompt_version_and_variable_value(client, user):
     assert "from the prompt" in page and "plain chat" not in page
     page = client.get("/review/?prompt_var=ticket%3Dother").content.decode()
     assert "from the prompt" not in page
+
+
+def test_the_playground_settings_save_as_a_new_version(client, user):
+    prompt = make_prompt(user)
+    client.force_login(user)
+    client.post(f"/prompts/{prompt.pk}/v/1/open/")
+    conversation = Conversation.objects.get()
+    client.post(
+        f"/c/{conversation.pk}/settings/",
+        {"model": MODEL, "system_prompt": "Terse, for {{company}}.", "param:temperature": "1.1"},
+        headers={"HX-Request": "true"},
+    )
+    response = client.post(f"/prompts/playground/{conversation.pk}/save/")
+
+    assert response["Location"] == f"/c/{conversation.pk}/"
+    v2 = prompt.versions.get(number=2)
+    assert (v2.system_prompt, v2.params) == ("Terse, for {{company}}.", {"temperature": 1.1})
+    assert v2.messages == prompt.versions.get(number=1).messages
+    assert PromptSession.objects.get(conversation=conversation).version == v2
+
+
+def test_a_viewer_cannot_save_the_playground_as_a_version(client, team):
+    owner = member(team, "owner")
+    prompt = make_prompt(owner, team)
+    client.force_login(owner)
+    client.post(f"/prompts/{prompt.pk}/v/1/open/")
+    conversation = Conversation.objects.get()
+    client.force_login(member(team, "viewer"))
+
+    assert client.post(f"/prompts/playground/{conversation.pk}/save/").status_code == 403
+    assert prompt.versions.count() == 1

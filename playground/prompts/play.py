@@ -71,6 +71,32 @@ def open_in_playground(version: PromptVersion, user) -> Conversation:
     return conversation
 
 
+def save_from_playground(conversation: Conversation, user) -> PromptVersion:
+    """A new version of the conversation's prompt from what the playground holds now: its
+    model, format, parameters and system prompt (the template), with the version's messages.
+    The conversation then belongs to the new version. The caller checked that `user` may run
+    in the conversation; this checks that they may edit the prompt."""
+    session = PromptSession.objects.select_related("version__prompt").get(conversation=conversation)
+    prompt = library.get_prompt_for_user(user, session.version.prompt_id, edit=True)
+    values = dict(conversation.params)
+    tools = values.pop("tools", [])
+    response_format = values.pop("response_format", None)
+    with transaction.atomic():
+        version = prompt.add_version(
+            user,
+            system_prompt=conversation.system_prompt,
+            messages=session.version.messages,
+            model=conversation.model,
+            wire_format=conversation.wire_format,
+            params=values,
+            tools=tools,
+            response_format=response_format,
+            note=f"From the playground, based on version {session.version.number}",
+        )
+        PromptSession.objects.filter(pk=session.pk).update(version=version)
+    return version
+
+
 def last_user_index(version: PromptVersion) -> int | None:
     for index in range(len(version.messages) - 1, -1, -1):
         if version.messages[index].get("role") == "user":
@@ -170,7 +196,10 @@ def record_turn(
     if not isinstance(plan, _Plan):
         return
     reply = turn.messages[-1]
-    library.record_reply(reply, plan.version, plan.variables, edited=plan.edited)
+    # The send validated and stored the model and parameters it used on the conversation.
+    sent = turn.conversation
+    drifted = sent.model != plan.version.model or sent.params != plan.version.all_params()
+    library.record_reply(reply, plan.version, plan.variables, edited=plan.edited or drifted)
     Conversation.objects.filter(pk=conversation.pk).update(system_prompt=plan.system_template)
     conversation.system_prompt = plan.system_template
 
@@ -193,6 +222,7 @@ def panel(sender: Any, *, request, conversation: Conversation, can_run: bool, **
     return render_to_string(
         "prompts/panel.html",
         {
+            "conversation": conversation,
             "version": version,
             "prompt": version.prompt,
             "fields": [{"name": n, "value": values.get(n, "")} for n in names],

@@ -11,6 +11,7 @@ urlpatterns = [
     path("new/", views.prompt_new, name="new"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("playground/<int:conversation_pk>/save/", views.playground_save, name="playground_save"),
     path("<int:pk>/", views.prompt_detail, name="detail"),
     path("<int:pk>/versions/new/", views.version_new, name="version_new"),
     path("<int:pk>/diff/", views.version_diff, name="diff"),

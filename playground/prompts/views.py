@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from playground.accounts.models import Membership, Team
 from playground.accounts.spaces import current_space
+from playground.chat.access import get_conversation_for_user
 from playground.chat.diffing import params_diff, word_diff
 from playground.http import AuthenticatedHttpRequest
 from playground.prompts import library, play
@@ -28,6 +29,7 @@ from playground.prompts.models import (
     LabelMove,
     Prompt,
     PromptError,
+    PromptSession,
     PromptVersion,
     hash_token,
 )
@@ -279,6 +281,20 @@ def version_open(request: AuthenticatedHttpRequest, pk: int, number: int) -> Htt
     if not prompt.can_edit(request.user):
         raise PermissionDenied("Viewers cannot run prompts in the team.")
     conversation = play.open_in_playground(_version(prompt, number), request.user)
+    return redirect("conversation", conversation.pk)
+
+
+@require_POST
+@login_required
+def playground_save(request: AuthenticatedHttpRequest, conversation_pk: int) -> HttpResponse:
+    """Save the playground's current model, parameters and system prompt as a new version."""
+    conversation = get_conversation_for_user(request.user, conversation_pk, run=True)
+    if not PromptSession.objects.filter(conversation=conversation).exists():
+        raise Http404("This conversation was not opened from a prompt.")
+    version = play.save_from_playground(conversation, request.user)
+    messages.success(
+        request, f"Saved as {version.prompt.name} version {version.number}; the panel uses it now."
+    )
     return redirect("conversation", conversation.pk)
 
 
