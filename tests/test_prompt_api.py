@@ -47,7 +47,7 @@ def test_a_token_is_shown_once_and_stored_only_as_its_hash(client, user):
 
 def test_the_api_returns_the_labelled_version(client, user, prompt):
     _, plaintext = AccessToken.issue(user, name="bot")
-    response = client.get("/api/prompts/support?label=production", headers=bearer(plaintext))
+    response = client.get("/api/prompts/support?label=Production", headers=bearer(plaintext))
 
     assert response.status_code == 200
     data = response.json()

@@ -59,7 +59,8 @@ def resolve(
     """The version a label points at, or version `number`, or (neither) the newest one.
     LookupError with a message for the caller if there is none."""
     if label:
-        found = prompt.labels.select_related("version").filter(name=label).first()
+        # Labels are stored lowercase (models.clean_label_name): Production finds production.
+        found = prompt.labels.select_related("version").filter(name=label.strip().lower()).first()
         if found is None:
             raise LookupError(f"The prompt {prompt.name} has no label {label!r}.")
         return found.version
