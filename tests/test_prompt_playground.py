@@ -108,7 +108,8 @@ async def test_example_messages_start_the_conversation_on_the_first_send(
     await socket.send_prompt(
         "", system_prompt="You answer for {{company}}.", prompt_version=str(version.pk), **values
     )
-    await socket.until(lambda f: "status-complete" in f)
+    # The example reply is complete too: wait for the new one.
+    await socket.until(lambda f: "status-complete" in f and "Sorry about" not in f)
 
     assert [m["content"] for m in upstream.requests[-1].body["messages"]] == [
         "You answer for Acme.",
@@ -116,6 +117,10 @@ async def test_example_messages_start_the_conversation_on_the_first_send(
         "Sorry about broken.",
         "Ticket: late",
     ]
+    shown = "".join(socket.frames)
+    assert "Sorry about broken." in shown and shown.index("Ticket: broken") < shown.index(
+        "Ticket: late"
+    )
     await socket.close()
 
 

@@ -260,12 +260,16 @@ class ConversationConsumer(SlottedConsumer):
     async def _start(self, data: dict[str, Any]) -> None:
         if self._may_run() and extensions.preparing_send.has_listeners(Conversation):
             try:
-                await database_sync_to_async(extensions.preparing_send.send)(
-                    Conversation, conversation=self.conversation, user=self.user, data=data
+                rows = await database_sync_to_async(_prepare_by_extensions)(
+                    self.conversation, self.user, data
                 )
             except TurnError as exc:
                 await self._send_error(str(exc))
                 return
+            if rows:  # written by an extension before the turn: shown before it
+                await self.channel_layer.group_send(
+                    self.group, {"type": "chat.append", "html": rows, "streaming_ids": []}
+                )
         # Refused, not stringified: an object sent as the text would reach the model as
         # "{'a': 1}", and a misspelt parameter would be left out without a word.
         try:
@@ -647,6 +651,17 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
         "first_message": turn.messages[0].parent_id is None,
     }
     return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
+
+
+def _prepare_by_extensions(conversation: Conversation, user, data: dict[str, Any]) -> str:
+    """extensions.preparing_send, and the rows its receivers wrote, rendered."""
+    responses = extensions.preparing_send.send(
+        Conversation, conversation=conversation, user=user, data=data
+    )
+    written = [row for _, rows in responses for row in (rows or [])]
+    if not written:
+        return ""
+    return render_to_string(f"{TEMPLATE}#appended", {"transcript": written})
 
 
 def _turn_written(conversation: Conversation, user, turn: Turn, data: dict[str, Any]) -> None:

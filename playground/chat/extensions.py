@@ -4,7 +4,8 @@ them (DESIGN.md: the arrows point one way). They connect receivers in AppConfig.
 - `preparing_send(conversation, user, data)`: before a send from the message box is checked,
   in a database thread, only for someone who may run. A receiver may replace "text" and
   "system_prompt" in `data` (the socket message, a dict) or raise TurnError, whose message is
-  shown and nothing is sent.
+  shown and nothing is sent. It returns the messages it wrote into the conversation before
+  the turn (a prompt's example turns), or None: every watcher is shown them.
 - `turn_written(conversation, user, turn, data)`: after that send's rows are saved and its
   run has started, in a database thread: record what the reply came from. A failing receiver
   is logged; the reply goes on.

@@ -125,13 +125,13 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 def prepare_send(
     sender: Any, *, conversation: Conversation, user, data: dict[str, Any], **kwargs: Any
-) -> None:
+) -> list[Message] | None:
     """A send from a conversation with the Variables panel: fill the templates in, or refuse
-    naming the variables that have no value."""
+    naming the variables that have no value. Returns the example messages it wrote."""
     data.pop(PLAN, None)
     raw = data.get(VERSION_FIELD)
     if raw in (None, ""):
-        return
+        return None
     try:
         version = library.get_version_for_user(user, str(raw))
     except Http404:
@@ -163,16 +163,20 @@ def prepare_send(
     used = {name: values[name] for name in syntax.names_in_all(templates)}
     edited = system_template != version.system_prompt or text_template != own_message
     _remember(user, version.prompt, used)
-    if before:
-        _start_with(conversation, user, before, rendered[2:])
+    # Written before the turn (which builds its context from the saved messages); should the
+    # turn then be refused, they stay, as the conversation's start, and are not written twice.
+    written = _start_with(conversation, user, before, rendered[2:]) if before else []
     data["text"], data["system_prompt"] = rendered[1], rendered[0]
     data[PLAN] = _Plan(version, used, edited, system_template)
+    return written
 
 
-def _start_with(conversation: Conversation, user, messages: list[dict], texts: list[str]) -> None:
+def _start_with(
+    conversation: Conversation, user, messages: list[dict], texts: list[str]
+) -> list[Message]:
     """The version's example turns, as the conversation's first messages, so the model sees
     them as context and the transcript shows them."""
-    parent = None
+    parent, written = None, []
     for message, text in zip(messages, texts, strict=True):
         parent = Message.objects.create(
             conversation=conversation,
@@ -185,6 +189,8 @@ def _start_with(conversation: Conversation, user, messages: list[dict], texts: l
             team=conversation.team,
             model=conversation.model if message.get("role") == "assistant" else "",
         )
+        written.append(parent)
+    return written
 
 
 def record_turn(
