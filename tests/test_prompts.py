@@ -290,3 +290,17 @@ def test_a_viewer_cannot_save_the_playground_as_a_version(client, team):
 
     assert client.post(f"/prompts/playground/{conversation.pk}/save/").status_code == 403
     assert prompt.versions.count() == 1
+
+
+def test_the_variables_panel_is_hidden_from_those_who_cannot_see_the_prompt(client, team):
+    owner, mate = member(team, "owner"), member(team, "member")
+    prompt = make_prompt(owner)  # personal
+    client.force_login(owner)
+    client.post(f"/prompts/{prompt.pk}/v/1/open/")
+    conversation = Conversation.objects.get()
+    client.post(f"/c/{conversation.pk}/move/", {"team": team.pk})
+    assert b'id="prompt-variables"' in client.get(f"/c/{conversation.pk}/").content
+
+    client.force_login(mate)
+    page = client.get(f"/c/{conversation.pk}/")
+    assert page.status_code == 200 and b'id="prompt-variables"' not in page.content
