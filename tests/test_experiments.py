@@ -510,3 +510,43 @@ def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, im
     cells = sorted(run.items.values_list("row__position", "repeat"))
     assert cells == [(0, 0), (0, 1), (2, 0), (2, 1)]
     assert set(run.items.values_list("status", flat=True)) == {"done"}
+
+
+def test_a_variant_can_be_a_prompt_version_from_the_library(
+    client_for, user, upstream, api_key, immediate
+):
+    from playground.prompts.models import Prompt, PromptRun
+
+    prompt = Prompt.objects.create(owner=user, name="capitals")
+    v1 = prompt.add_version(
+        user,
+        model=MODEL,
+        system_prompt="You are terse.",
+        messages=[{"role": "user", "content": "Capital of {{country}}? One word."}],
+    )
+    prompt.set_label("production", v1, user)
+    prompt.add_version(user, model=MODEL, messages=[{"role": "user", "content": "v2 {{country}}"}])
+    dataset = make_experiment(user, rows=("France",)).dataset
+    data = {
+        "name": "From the library",
+        "dataset": dataset.pk,
+        "prompt": "unused {{country}}",
+        "variants": "prompt: capitals@production\nprompt: capitals",
+        "checks": "",
+        "repeats": 1,
+        "rows": "",
+    }
+    response = client_for.post("/experiments/new/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    experiment = Experiment.objects.get(name="From the library")
+    assert [v["prompt_version"] for v in experiment.variants] == [v1.pk, v1.pk + 1]
+    run = runner.start(experiment, user)
+    sent = sorted(r.body["messages"][-1]["content"] for r in upstream.requests)
+    assert sent == ["Capital of France? One word.", "v2 France"]
+    first = run.items.get(variant=0)
+    assert first.message.request_body["messages"][0] == {
+        "role": "system",
+        "content": "You are terse.",
+    }
+    # The reply records the version it came from, as a playground send from Prompts does.
+    assert PromptRun.objects.get(message=first.message).version == v1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django import forms
@@ -15,17 +16,28 @@ from playground.providers import params
 VARIANT_SYNTAX = """model-key
 model-key | {"temperature": 0.2}
 model-key | {"temperature": 0.2} | system prompt
-model-key | {} | system prompt | chat, responses or messages"""
+model-key | {} | system prompt | chat, responses or messages
+prompt: prompt-name@label   (or prompt-name v3; a version of the Prompts library)"""
 MAX_VARIANTS = 10
 MAX_REPEATS = 10
 
 
-def parse_variants(text: str) -> list[dict[str, Any]]:
+PROMPT_LINE = re.compile(
+    r"^prompt:\s*(?P<name>[^@]+?)\s*(?:@\s*(?P<label>[\w.-]+)|\s+v(?P<number>\d+))?\s*$"
+)
+
+
+def parse_variants(text: str, user=None, team_id: int | None = None) -> list[dict[str, Any]]:
     """One variant per line, each checked as a chat send would be; ValidationError naming
-    the line otherwise."""
+    the line otherwise. `prompt: name@label` (or `name v3`, or the newest) takes a version of
+    a prompt of the space (the prompts app), frozen now: relabelling later changes no run."""
     variants: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
+            continue
+        found = PROMPT_LINE.match(line.strip())
+        if found:
+            variants.append(_prompt_variant(found, user, team_id, f"Variant line {number}"))
             continue
         parts = [p.strip() for p in line.split("|", 3)]
         parts += [""] * (4 - len(parts))
@@ -59,6 +71,8 @@ def parse_variants(text: str) -> list[dict[str, Any]]:
                 "prompt_version": None,
             }
         )
+    for i, variant in enumerate(variants, 1):
+        variant["label"] = f"{i}. " + variant["label"].split(". ", 1)[-1]
     if not variants:
         raise forms.ValidationError("Add at least one variant.")
     if len(variants) > MAX_VARIANTS:
@@ -66,9 +80,42 @@ def parse_variants(text: str) -> list[dict[str, Any]]:
     return variants
 
 
+def _prompt_variant(found: re.Match[str], user, team_id: int | None, where: str) -> dict:
+    from playground.prompts import library
+    from playground.prompts.models import Prompt
+
+    name = found["name"].strip()
+    prompt = Prompt.objects.visible_to(user).in_space(team_id).filter(name=name).first()
+    if prompt is None:
+        raise forms.ValidationError(f"{where}: no prompt named “{name[:60]}” in this space.")
+    try:
+        version = library.resolve(
+            prompt, label=found["label"], number=int(found["number"] or 0) or None
+        )
+    except LookupError as exc:
+        raise forms.ValidationError(f"{where}: {exc}") from None
+    users = [m for m in version.messages if m.get("role") == "user"]
+    if len(version.messages) > 1 or (version.messages and not users):
+        raise forms.ValidationError(
+            f"{where}: {version} has several messages; an experiment sends one user message."
+        )
+    return {
+        "label": f"{len(name)}. {version}",
+        "model": version.model,
+        "params": version.all_params(),
+        "system_prompt": version.system_prompt,
+        "wire_format": version.wire_format or "chat",
+        "prompt_version": version.pk,
+        "source": found.group(0),
+    }
+
+
 def variants_text(variants: list[dict[str, Any]]) -> str:
     lines = []
     for v in variants:
+        if v.get("source"):
+            lines.append(v["source"])
+            continue
         parts = [v["model"], json.dumps(v.get("params") or {})]
         if v.get("system_prompt") or v.get("wire_format", "chat") != "chat":
             parts.append(v.get("system_prompt", ""))
@@ -97,12 +144,13 @@ class ExperimentForm(forms.Form):
 
     def __init__(self, user, team_id: int | None, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.user, self.team_id = user, team_id
         field = self.fields["dataset"]
         assert isinstance(field, forms.ModelChoiceField)
         field.queryset = Dataset.objects.visible_to(user).in_space(team_id)
 
     def clean_variants(self) -> list[dict[str, Any]]:
-        return parse_variants(self.cleaned_data["variants"])
+        return parse_variants(self.cleaned_data["variants"], self.user, self.team_id)
 
     def clean_checks(self) -> list[dict[str, Any]]:
         try:

@@ -198,7 +198,11 @@ async def run_item(item: Item, me: str) -> None:
     run = item.run
     spec = run.spec
     variant = spec["variants"][item.variant]
-    prompt = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+    try:
+        prompt, system_prompt, version = await sync_to_async(_prompt_of)(spec, variant, item)
+    except ValueError as exc:  # a prompt version's variable with no value in this row
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
     conversation = await sync_to_async(_conversation_for)(item)
     user = await sync_to_async(lambda: run.started_by)()
     if user is None:
@@ -211,7 +215,7 @@ async def run_item(item: Item, me: str) -> None:
             user,
             text=prompt,
             model_key=variant["model"],
-            system_prompt=variant.get("system_prompt", ""),
+            system_prompt=system_prompt,
             channel=channel,
             values=dict(variant.get("params") or {}),
             wire_format=variant.get("wire_format") or None,
@@ -224,6 +228,8 @@ async def run_item(item: Item, me: str) -> None:
         await _end(item, me, Item.Status.FAILED, error=f"Invalid parameters: {exc.errors}")
         return
     await Item.objects.filter(pk=item.pk, worker=me).aupdate(message_id=turn.run.message_id)
+    if version is not None:
+        await sync_to_async(_record_version)(turn.run.message_id, version, item.row.variables)
     await runs.Run(turn.run).main()
     reply = await Message.objects.aget(pk=turn.run.message_id)
     limited = reply.status == Message.Status.ERROR and any(s in reply.error for s in RATE_LIMITED)
@@ -241,10 +247,36 @@ async def run_item(item: Item, me: str) -> None:
 
 
 def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
-    """The user message template of a variant. Hook for prompt versions (the prompts app):
-    a variant naming `prompt_version` will take that version's template here, once prompts
-    has a read API; until then such a variant is refused when the experiment is saved."""
+    """The user message template of a variant without a prompt version: the experiment's."""
     return str(variant.get("prompt") or spec["prompt"])
+
+
+def _prompt_of(spec: dict[str, Any], variant: dict[str, Any], item: Item) -> tuple[str, str, Any]:
+    """The user message and system prompt for this row, and the prompt version they came
+    from (None: the experiment's own template). A version's missing variable: ValueError."""
+    version_pk = variant.get("prompt_version")
+    if not version_pk:
+        text = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+        return text, variant.get("system_prompt", ""), None
+    from playground.prompts import library
+    from playground.prompts.models import PromptVersion
+
+    version = PromptVersion.objects.filter(pk=version_pk).first()
+    if version is None:
+        raise ValueError("The prompt version of this variant was deleted.")
+    rendered = library.render(version, item.row.variables)
+    text = rendered.messages[-1]["content"] if rendered.messages else ""
+    if not rendered.messages:  # a system-prompt-only version: the experiment's message
+        text = datasets.render_prompt(spec["prompt"], item.row.variables)
+    return text, rendered.system_prompt, version
+
+
+def _record_version(message_id: int, version: Any, variables: dict[str, str]) -> None:
+    """The reply shows (and History filters by) the prompt version it came from."""
+    from playground.prompts import library
+
+    message = Message.objects.get(pk=message_id)
+    library.record_reply(message, version, variables)
 
 
 def _conversation_for(item: Item) -> Conversation:
@@ -448,7 +480,10 @@ async def rejudge(run_id: int, user_id: int) -> int:
     async def judge(item: Item) -> None:
         assert item.message is not None
         variant = spec["variants"][item.variant]
-        prompt = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+        try:
+            prompt, _, _ = await sync_to_async(_prompt_of)(spec, variant, item)
+        except ValueError:
+            return
         async with gate:
             verdicts = {v.get("check"): v for v in item.verdicts or []}
             for index, check in judges:
