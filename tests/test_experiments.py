@@ -550,3 +550,21 @@ def test_a_variant_can_be_a_prompt_version_from_the_library(
     }
     # The reply records the version it came from, as a playground send from Prompts does.
     assert PromptRun.objects.get(message=first.message).version == v1
+
+
+def test_a_conversation_page_offers_add_to_dataset_and_links_its_cell(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]))
+    experiment = make_experiment(user, rows=("France",))
+    run = runner.start(experiment, user)
+    item = run.items.get()
+    page = client_for.get(f"/c/{item.conversation_id}/").content.decode()
+    assert f'href="/experiments/runs/{run.pk}/"' in page and 'id="add-to-dataset"' in page
+    client_for.post(
+        "/experiments/datasets/add-reply/",
+        {"dataset": experiment.dataset_id, "message": item.message_id},
+    )
+    newest = Dataset.objects.get(previous=experiment.dataset)  # a run used it: new version
+    row = newest.rows.order_by("-position").first()
+    assert row.variables == {"input": "Capital of France?"} and row.expected == "Paris"

@@ -9,6 +9,7 @@ app_name = "experiments"
 urlpatterns = [
     path("", views.index, name="index"),
     path("datasets/", views.dataset_upload, name="dataset_upload"),
+    path("datasets/add-reply/", views.dataset_add_reply, name="dataset_add_reply"),
     path("datasets/<int:pk>/", views.dataset_detail, name="dataset"),
     path("datasets/<int:pk>/rows/", views.dataset_row_add, name="dataset_row_add"),
     path(

@@ -164,6 +164,14 @@ def dataset_row_from_reply(request: AuthenticatedHttpRequest, pk: int) -> HttpRe
     return redirect("experiments:dataset", target.pk)
 
 
+@require_POST
+@login_required
+def dataset_add_reply(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """ "Add to dataset" on a conversation page: the dataset is chosen in the form."""
+    dataset = get_dataset_for_user(request.user, request.POST.get("dataset", ""), change=True)
+    return dataset_row_from_reply(request, dataset.pk)
+
+
 def _append(dataset: Dataset, values: dict) -> Dataset:
     with transaction.atomic():
         target = dataset.edit_copy()
