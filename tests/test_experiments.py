@@ -568,3 +568,16 @@ def test_a_conversation_page_offers_add_to_dataset_and_links_its_cell(
     newest = Dataset.objects.get(previous=experiment.dataset)  # a run used it: new version
     row = newest.rows.order_by("-position").first()
     assert row.variables == {"input": "Capital of France?"} and row.expected == "Paris"
+
+
+def test_resume_queues_another_drain_task_for_a_run_still_going(client_for, user, settings):
+    from django_tasks_db.models import DBTaskResult
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    run = runner.start(make_experiment(user), user)
+    queued = DBTaskResult.objects.count()
+    client_for.post(f"/experiments/runs/{run.pk}/resume/")
+    assert DBTaskResult.objects.count() == queued + 1
+    client_for.post(f"/experiments/runs/{run.pk}/stop/")
+    client_for.post(f"/experiments/runs/{run.pk}/resume/")
+    assert DBTaskResult.objects.count() == queued + 1  # a stopped run is not resumed

@@ -24,6 +24,7 @@ urlpatterns = [
     path("runs/<int:pk>/", views.run_page, name="run"),
     path("runs/<int:pk>/progress/", views.run_progress, name="run_progress"),
     path("runs/<int:pk>/stop/", views.run_stop, name="run_stop"),
+    path("runs/<int:pk>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:pk>/recheck/", views.run_recheck, name="run_recheck"),
     path("runs/<int:pk>/compare/", views.run_compare, name="run_compare"),
     path("runs/<int:pk>/export.<str:fmt>", views.run_export, name="run_export"),

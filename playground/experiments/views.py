@@ -317,6 +317,20 @@ def run_stop(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
+def run_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Queue one more drain task for a run still going: its workers were all lost (each
+    queued task ran once), or another worker should join."""
+    run = get_run_for_user(request.user, pk, change=True)
+    if run.active:
+        from playground.experiments.tasks import drain_run
+
+        drain_run.enqueue(run.pk)
+        messages.success(request, "A worker will pick the run up.")
+    return redirect("experiments:run", run.pk)
+
+
+@require_POST
+@login_required
 def run_recheck(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Checks again on the saved outputs (with the experiment's current checks); no model
     is called, the judge's verdicts are kept."""
