@@ -101,8 +101,13 @@ def stop(run: ExperimentRun) -> None:
         updated = ExperimentRun.objects.filter(
             pk=run.pk, status=ExperimentRun.Status.RUNNING
         ).update(status=ExperimentRun.Status.STOPPING)
+        now = timezone.now()
         Item.objects.filter(run=run, status=Item.Status.PENDING).update(
-            status=Item.Status.STOPPED, finished=timezone.now()
+            status=Item.Status.STOPPED, finished=now
+        )
+        # Items whose worker is gone (lease passed): nobody would end them.
+        Item.objects.filter(run=run, status=Item.Status.RUNNING, lease_until__lt=now).update(
+            status=Item.Status.STOPPED, finished=now
         )
     if updated:
         with contextlib.suppress(Exception):  # the workers' lease loops stop them too

@@ -100,7 +100,7 @@ async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
             await asyncio.sleep(IDLE_PAUSE)
             continue
         try:
-            await run_item(item, me)
+            await run_item(item, me, stopping)
         except Exception:
             log.exception("experiment item %s failed", item.pk)
             await _end(item, me, Item.Status.FAILED, error="The playground failed on this item.")
@@ -194,7 +194,7 @@ async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
             log.exception("experiment run %s: renewing leases failed", run_id)
 
 
-async def run_item(item: Item, me: str) -> None:
+async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -> None:
     run = item.run
     spec = run.spec
     variant = spec["variants"][item.variant]
@@ -209,6 +209,9 @@ async def run_item(item: Item, me: str) -> None:
         await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
         return
     channel = await runs.channel_layer().new_channel()
+    if stopping is not None and stopping.is_set():  # stopped since the claim: send nothing
+        await _end(item, me, Item.Status.STOPPED)
+        return
     try:
         turn = await sync_to_async(services.start_turn)(
             conversation,
