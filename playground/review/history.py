@@ -262,13 +262,20 @@ class Page:
     next_url: str
 
 
-def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
-    """One page of the user's History under the form's (valid) filters."""
+def filtered(user: Any, form: HistoryForm) -> ConversationQuerySet:
+    """Every conversation the user may see under the form's (valid) filters, search aside:
+    History's pages and the review queues made from a History filter both start here."""
     conversations = Conversation.objects.visible_to(user)
     for item in FILTERS:
         value = form.cleaned_data.get(item.name)
         if value not in (None, "", False):
             conversations = item.apply(conversations, value)
+    return conversations
+
+
+def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
+    """One page of the user's History under the form's (valid) filters."""
+    conversations = filtered(user, form)
     query: search.Query | None = form.cleaned_data.get("q")
     engine = search.backend()
     if after is not None:
@@ -307,4 +314,13 @@ def parse_cursor(raw: str | None) -> Cursor | None:
     return Cursor.parse(raw)
 
 
-__all__ = ["FILTERS", "HistoryForm", "InvalidCursor", "Page", "Row", "page", "parse_cursor"]
+__all__ = [
+    "FILTERS",
+    "HistoryForm",
+    "InvalidCursor",
+    "Page",
+    "Row",
+    "filtered",
+    "page",
+    "parse_cursor",
+]

@@ -294,3 +294,93 @@ class ReviewStatus(models.Model):
             defaults={"status": status, "set_by": user, "set_at": timezone.now()},
         )
         return row
+
+
+# --- Review queues -----------------------------------------------------------------------------
+
+
+class ReviewQueueQuerySet(models.QuerySet["ReviewQueue"]):
+    def visible_to(self, user) -> ReviewQueueQuerySet:
+        """Queues of the user's spaces: their personal ones and their teams'. Start here."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self.filter(
+            Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
+        ).distinct()
+
+    def in_space(self, team_id: int | None, owner_id: int | None) -> ReviewQueueQuerySet:
+        if team_id is not None:
+            return self.filter(team_id=team_id)
+        return self.filter(team__isnull=True, owner_id=owner_id)
+
+
+class ReviewQueue(models.Model):
+    """A named set of replies, picked by a History filter when the queue was made (a
+    snapshot: later replies matching the filter are not added), split between reviewers.
+
+    `owner` is the personal space's owner when `team` is empty; for a team queue it is the
+    admin who made it (kept for who/when, it decides nothing)."""
+
+    team = models.ForeignKey(
+        "accounts.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="review_queues",
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_queues"
+    )
+    name = models.CharField(max_length=80)
+    # The History query string the items were picked with, to show and to reopen History.
+    filter_query = models.CharField(max_length=2000, blank=True)
+    reviewers: models.ManyToManyField[Any, Any] = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, related_name="assigned_review_queues", blank=True
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = ReviewQueueQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QueueItem(models.Model):
+    """One reply of a queue, given to one reviewer at one place in their list. Done means
+    the reviewer has finished with it: `done_by` and `done_at` say who and when."""
+
+    queue = models.ForeignKey(ReviewQueue, on_delete=models.CASCADE, related_name="items")
+    message = models.ForeignKey("chat.Message", on_delete=models.CASCADE, related_name="+")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="queue_items"
+    )
+    position = models.PositiveIntegerField()  # 1-based, in the reviewer's list
+    done_at = models.DateTimeField(null=True, blank=True)
+    done_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["queue", "reviewer", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "message"], name="queue_item_once"),
+            models.UniqueConstraint(
+                fields=["queue", "reviewer", "position"], name="queue_item_position"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.position} of queue {self.queue_id} for {self.reviewer_id}"
+
+    @property
+    def done(self) -> bool:
+        return self.done_at is not None
+
+    def mark_done(self, user, done: bool = True) -> None:
+        """Record that `user` finished this item now (or reopen it). Caller checked access."""
+        self.done_at = timezone.now() if done else None
+        self.done_by = user if done else None
+        self.save(update_fields=["done_at", "done_by"])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from playground.review import annotation_views, views
+from playground.review import annotation_views, queue_views, views
 
 app_name = "review"
 
@@ -31,4 +31,14 @@ urlpatterns += [
     path("labels/team/<int:team_id>/", annotation_views.labels_team, name="labels_team"),
     path("labels/<int:pk>/edit/", annotation_views.label_edit, name="label_edit"),
     path("labels/<int:pk>/delete/", annotation_views.label_delete, name="label_delete"),
+]
+
+# Review queues (review/queues.py).
+urlpatterns += [
+    path("queues/", queue_views.queue_list, name="queues"),
+    path("queues/new/", queue_views.queue_new, name="queue_new"),
+    path("queues/<int:pk>/", queue_views.queue_summary, name="queue"),
+    path("queues/<int:pk>/delete/", queue_views.queue_delete, name="queue_delete"),
+    path("queues/<int:pk>/review/", queue_views.queue_start, name="queue_start"),
+    path("queues/<int:pk>/review/<int:position>/", queue_views.queue_item, name="queue_item"),
 ]
