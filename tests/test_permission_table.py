@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from playground.accounts.models import ApiKey, Budget, Invitation, Membership, Team
 from playground.chat.models import Conversation, Message, Preset
+from playground.review.models import Annotation, QueueItem, ReviewQueue
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -227,6 +228,53 @@ def http_usage_members(w: World) -> bool:
 def http_budget(w: World) -> bool:
     w.client.post(f"/teams/{w.team.pk}/budgets/", {"monthly_cost": "5"})
     return Budget.objects.filter(team=w.team).exists()
+
+
+def _queue(w: World, reviewer: User | None = None) -> ReviewQueue:
+    """A queue of the team made by the founder, with the shared reply given to `reviewer`."""
+    queue = ReviewQueue.objects.create(team=w.team, owner=w.founder, name="Team queue")
+    if reviewer is not None:
+        queue.reviewers.add(reviewer)
+        QueueItem.objects.create(queue=queue, message=w.reply, reviewer=reviewer, position=1)
+    return queue
+
+
+def http_queue_view(w: World) -> bool:
+    response = w.client.get(f"/review/queues/{_queue(w, w.mate).pk}/")
+    return response.status_code == 200 and b'data-reviewer="mate"' in response.content
+
+
+def http_queue_create(w: World) -> bool:
+    data = {"space": w.team.pk, "name": "From History", "reviewer": w.mate.pk}
+    w.client.post("/review/queues/new/", data)
+    return ReviewQueue.objects.filter(name="From History", items__reviewer=w.mate).exists()
+
+
+def http_queue_delete(w: World) -> bool:
+    queue = _queue(w, w.mate)
+    w.client.post(f"/review/queues/{queue.pk}/delete/")
+    return not ReviewQueue.objects.filter(pk=queue.pk).exists()
+
+
+def http_queue_reviewer(w: World) -> bool:
+    founder = Client()
+    founder.force_login(w.founder)
+    data = {"space": w.team.pk, "name": "For the actor", "reviewer": w.actor.pk}
+    founder.post("/review/queues/new/", data)
+    return ReviewQueue.objects.filter(reviewers=w.actor, items__reviewer=w.actor).exists()
+
+
+def http_queue_step(w: World) -> bool:
+    # Assigned directly, whatever the role: the step itself must check.
+    queue = _queue(w, w.actor)
+    url = f"/review/queues/{queue.pk}/review/1/"
+    shown = w.client.get(url).status_code == 200
+    w.client.post(url, {"action": "score", "score": "4"})
+    w.client.post(url, {"action": "approve"})
+    scored = Annotation.objects.filter(message=w.reply, author=w.actor, score=4).exists()
+    done = QueueItem.objects.filter(queue=queue, done_by=w.actor).exists()
+    assert shown == scored == done, "a step half allowed"
+    return done
 
 
 # WebSocket
