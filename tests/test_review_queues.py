@@ -343,3 +343,28 @@ def test_only_admins_delete_a_queue_and_the_annotations_stay(client, user, other
     assert client.post(f"/review/queues/{queue.pk}/delete/").status_code == 302
     assert not ReviewQueue.objects.exists() and not QueueItem.objects.exists()
     assert Annotation.objects.get().score == 5
+
+
+def test_a_deleted_reply_leaves_the_queue(client, other_user, queue):
+    mine = list(QueueItem.objects.filter(queue=queue, reviewer=other_user).order_by("position"))
+    assert len(mine) == 3
+    Message.objects.filter(pk=mine[0].message_id).delete()  # its item goes with it
+    assert not QueueItem.objects.filter(pk=mine[0].pk).exists()
+    client.force_login(other_user)
+    assert client.get(item_url(queue, 1)).status_code == 404
+    assert client.get(f"/review/queues/{queue.pk}/review/").url == item_url(queue, 2)
+    now_first = client.get(item_url(queue, 2))
+    assert now_first.context["previous"] is None and now_first.context["next"] == 3
+    assert "item 1 of 2" in now_first.content.decode()
+
+
+def test_next_and_previous_skip_a_gap(client, other_user, queue):
+    mine = list(QueueItem.objects.filter(queue=queue, reviewer=other_user).order_by("position"))
+    mine[1].delete()  # as deleting a reply whose conversation goes on after it would
+    client.force_login(other_user)
+    first = client.get(item_url(queue, 1))
+    assert first.context["next"] == 3 and "item 1 of 2" in first.content.decode()
+    last = client.get(item_url(queue, 3))
+    assert last.context["previous"] == 1 and last.context["next"] is None
+    assert "item 2 of 2" in last.content.decode()
+    assert client.get(item_url(queue, 2)).status_code == 404

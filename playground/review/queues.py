@@ -314,6 +314,10 @@ def item_context(user, queue: ReviewQueue, item: QueueItem, **extra: Any) -> dic
     if message.parent_id is not None:
         prompt = Message.objects.filter(pk=message.parent_id, role=Message.Role.USER).first()
     mine = progress(queue, user)
+    # Neighbours by query, not position ± 1: a reply deleted since leaves a gap.
+    own = QueueItem.objects.filter(queue=queue, reviewer=user).values_list("position", flat=True)
+    previous = own.filter(position__lt=item.position).order_by("-position").first()
+    following = own.filter(position__gt=item.position).order_by("position").first()
     return {
         "queue": queue,
         "item": item,
@@ -321,8 +325,9 @@ def item_context(user, queue: ReviewQueue, item: QueueItem, **extra: Any) -> dic
         "conversation": conversation,
         "prompt": prompt,
         "progress": mine,
-        "previous": item.position - 1 if item.position > 1 else None,
-        "next": item.position + 1 if item.position < mine.total else None,
+        "previous": previous,
+        "next": following,
+        "number": own.filter(position__lte=item.position).count(),
         "review_status": annotating.status_of(conversation),
         "status_choices": annotating.STATUS_CHOICES,
         **annotating.reply_context(user, message),
