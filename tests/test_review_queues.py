@@ -368,3 +368,10 @@ def test_next_and_previous_skip_a_gap(client, other_user, queue):
     assert last.context["previous"] == 1 and last.context["next"] is None
     assert "item 2 of 2" in last.content.decode()
     assert client.get(item_url(queue, 2)).status_code == 404
+
+
+def test_deleting_through_htmx_sends_the_browser_to_the_queues_page(client, user, queue):
+    client.force_login(user)
+    response = client.post(f"/review/queues/{queue.pk}/delete/", headers=HX)
+    assert response.status_code == 200 and response["HX-Redirect"] == "/review/queues/"
+    assert not ReviewQueue.objects.exists()

@@ -14,6 +14,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from playground.accounts.spaces import current_space
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
@@ -112,11 +113,13 @@ def queue_summary(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def queue_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+def queue_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     queue = queues.get_queue_for_user(request.user, pk, manage=True)
     name = queue.name
     queue.delete()  # its items go with it; the annotations made through it stay
     flash.success(request, f"Queue “{name}” deleted.")
+    if request.htmx:  # asked through htmx, for its confirmation dialog
+        return HttpResponseClientRedirect(reverse("review:queues"))
     return redirect("review:queues")
 
 
