@@ -21,8 +21,12 @@ sam = User.objects.create_user("sam", password={PASSWORD!r})
 team = Team.create(name="Review crew", owner=rita)
 team.add_member(sam, Membership.Role.MEMBER)
 Label.objects.create(team=team, owner=rita, name="Hallucination", colour="#dc2626")
-c = Conversation.objects.create(owner=rita, team=team, title="Capital", model="empiriolabs:gemma-4-e4b")
-ask = Message.objects.create(conversation=c, role="user", text="Capital of Norway?", created_by=rita)
+c = Conversation.objects.create(
+    owner=rita, team=team, title="Capital", model="empiriolabs:gemma-4-e4b"
+)
+ask = Message.objects.create(
+    conversation=c, role="user", text="Capital of Norway?", created_by=rita
+)
 reply = Message.objects.create(conversation=c, role="assistant", parent=ask, text="Bergen.")
 print(c.pk, reply.pk)
 """
