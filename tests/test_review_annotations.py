@@ -173,7 +173,7 @@ def test_a_comment_mentions_a_teammate_who_sees_it_in_the_inbox(client, user, ot
     assert 'id="inbox-badge">1<' in page and "look" in page
     mention = Mention.objects.get()
     opened = client.post(f"/review/inbox/{mention.pk}/open/")
-    assert opened["Location"] == f"/c/{shared.pk}/#msg-{reply.pk}"
+    assert opened["Location"] == f"/c/{shared.pk}/#comment-{mention.comment_id}"
     mention.refresh_from_db()
     assert mention.read_at is not None
     assert 'id="inbox-badge"' not in client.get("/review/inbox/").content.decode()

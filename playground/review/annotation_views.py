@@ -232,7 +232,8 @@ def inbox_open(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         raise Http404("No such mention")
     annotating.mark_read(request.user, [mention.pk])
     message = Message.objects.only("conversation_id").get(pk=mention.comment.message_id)
-    return redirect(reverse("conversation", args=[message.conversation_id]) + f"#msg-{message.pk}")
+    url = reverse("conversation", args=[message.conversation_id])
+    return redirect(f"{url}#comment-{mention.comment_id}")
 
 
 # --- label sets -----------------------------------------------------------------------------

@@ -315,9 +315,6 @@ class _Review:
 
     def check(self) -> None:
         """Every name resolves, before anything is written."""
-        review = self.plan.conversation.get("review")
-        if review:
-            self.person(review.get("set_by"), None)
         for index, record in enumerate(self.plan.messages):
             for note in record.get("annotations") or []:
                 self.person(note["author"], index)
@@ -325,6 +322,9 @@ class _Review:
                 self.person(comment["author"], index)
                 for name in comment.get("mentions") or []:
                     self.person(name, index)
+        review = self.plan.conversation.get("review")
+        if review:
+            self.person(review.get("set_by"), None)
 
     def write(self, conversation: Conversation, made: dict[int, Message]) -> None:
         now = timezone.now()
