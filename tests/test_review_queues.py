@@ -375,3 +375,28 @@ def test_deleting_through_htmx_sends_the_browser_to_the_queues_page(client, user
     response = client.post(f"/review/queues/{queue.pk}/delete/", headers=HX)
     assert response.status_code == 200 and response["HX-Redirect"] == "/review/queues/"
     assert not ReviewQueue.objects.exists()
+
+
+def test_the_summary_costs_the_same_queries_however_many_items_and_reviewers(
+    client, user, other_user, bob, team, flagged
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for_summary() -> int:
+        queue = ReviewQueue.objects.latest("pk")
+        for item in queue.items.all():
+            Annotation.objects.create(message=item.message, author=item.reviewer, score=3)
+        client.force_login(user)
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(f"/review/queues/{queue.pk}/").status_code == 200
+        return len(captured)
+
+    make_queue(client, user, team, [other_user])
+    small = queries_for_summary()
+    Annotation.objects.all().delete()
+    for n in range(6):
+        ReviewStatus.set(conversation_with_replies(user, team, f"More {n}", 2), "flagged", user)
+    make_queue(client, user, team, [other_user, bob, user], name="Bigger")
+    assert ReviewQueue.objects.latest("pk").items.count() == 16
+    assert queries_for_summary() == small
