@@ -148,6 +148,10 @@ def test_a_member_cannot_make_a_queue(client, user, other_user, team, flagged):
     response = make_queue(client, other_user, team, [other_user])
     assert response.status_code == 403
     assert not ReviewQueue.objects.exists()
+    page = client.get("/review/queues/new/", week_filter(team))
+    assert page.status_code == 403
+    assert "Only a space's owners and admins make review queues" in page.content.decode()
+    assert 'name="reviewer"' not in page.content.decode()
 
 
 def test_viewers_and_outsiders_cannot_be_reviewers(client, user, team, flagged):

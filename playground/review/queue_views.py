@@ -46,7 +46,7 @@ def queue_list(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 def _space_of(request: AuthenticatedHttpRequest, form: history.HistoryForm) -> queues.Space:
     """The space the new queue belongs to: History's Space filter, else the current space.
-    Only a space the user owns or administers."""
+    Only a space the user owns or administers (403, with a page that says what to do)."""
     chosen = form.cleaned_data.get("space") if form.is_valid() else None
     if not chosen:
         membership = current_space(request)
@@ -57,6 +57,11 @@ def _space_of(request: AuthenticatedHttpRequest, form: history.HistoryForm) -> q
     raise PermissionDenied("Only a space's owners and admins create review queues.")
 
 
+def _refused(request: AuthenticatedHttpRequest) -> HttpResponse:
+    context = {"refused": True, "history_url": reverse("review:history")}
+    return render(request, "review/queue_new.html", context, status=403)
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 def queue_new(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -64,7 +69,10 @@ def queue_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     string (GET) and hidden fields (POST), and the items are picked when it is made."""
     data = request.POST if request.method == "POST" else request.GET
     form = history.HistoryForm(request.user, data)
-    space = _space_of(request, form)
+    try:
+        space = _space_of(request, form)
+    except PermissionDenied:
+        return _refused(request)
     reviewers = list(queues.eligible_reviewers(space))
     context: dict = {
         "form": form,
