@@ -27,7 +27,7 @@
       control.focus();
     } else if (control instanceof HTMLDetailsElement) {
       control.open = !control.open;
-      if (control.open) control.querySelector("input, button")?.focus();
+      if (control.open) control.querySelector("input[type=checkbox], button")?.focus();
     } else {
       control.click();
     }

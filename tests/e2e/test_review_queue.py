@@ -14,8 +14,9 @@ PASSWORD = "correct horse battery queue"
 SEED = f"""
 from django.contrib.auth import get_user_model
 from playground.chat.models import Conversation, Message
-from playground.review.models import ReviewStatus
+from playground.review.models import Label, ReviewStatus
 quinn = get_user_model().objects.create_user("quinn", password={PASSWORD!r})
+Label.objects.create(owner=quinn, name="Too vague", colour="#d97706")
 for title, answer, status in [
     ("Fjord depth", "About 1300 metres.", "flagged"),
     ("Glacier speed", "A metre a day.", "flagged"),
@@ -88,6 +89,17 @@ def test_a_reviewer_steps_through_a_queue_by_keyboard(page, live_server):
     assert page.url.endswith("/review/2/")
     assert scored.count() == 0 and progress.inner_text() == "1 / 2 done"
     page.keyboard.press("Escape")
+
+    # l opens the label picker on its first label; Space ticks it, Tab and Enter save, and
+    # the picker closes so the keys carry on.
+    page.keyboard.press("l")
+    assert page.evaluate("document.activeElement.name") == "label"
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    item.locator("summary .label-chip", has_text="Too vague").wait_for()
+    assert not page.locator("#queue-labels").evaluate("el => el.open")  # closed again
+
     page.keyboard.press("k")
     page.wait_for_url(re.compile(r"/review/1/$"))
     page.locator('#queue-item[data-position="1"]').wait_for()
