@@ -404,3 +404,11 @@ def test_the_summary_costs_the_same_queries_however_many_items_and_reviewers(
     make_queue(client, user, team, [other_user, bob, user], name="Bigger")
     assert ReviewQueue.objects.latest("pk").items.count() == 16
     assert queries_for_summary() == small
+
+
+def test_history_search_words_narrow_the_queue_too(client, user, other_user, team, flagged):
+    response = make_queue(client, user, team, [other_user], q="three")
+    assert response.status_code == 302
+    queue = ReviewQueue.objects.get()
+    assert {i.message_id for i in queue.items.all()} == replies_of([flagged[2]])
+    assert "q=three" in queue.filter_query

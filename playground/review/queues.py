@@ -102,8 +102,9 @@ def get_queue_for_user(user, pk: int | str, *, manage: bool = False) -> ReviewQu
 
 
 def get_item_for_reviewer(user, queue: ReviewQueue, position: int | str) -> QueueItem:
-    """The reviewer's own item at `position` of their list. Another reviewer's items and a
-    member who is not assigned get 403; a position past the end gets 404."""
+    """The reviewer's own item at `position` of their own list: another reviewer's items
+    cannot even be named. A member who is not (or no longer may be) a reviewer gets 403; a
+    position with no item of theirs gets 404."""
     if not may_review(user, queue):
         raise PermissionDenied("Only the queue's reviewers step through it.")
     try:
@@ -336,6 +337,7 @@ def item_context(user, queue: ReviewQueue, item: QueueItem, **extra: Any) -> dic
 
 
 THUMBS = {"up": 1, "down": -1}
+VERDICTS = {"approve": "approved", "flag": "flagged"}  # these also mark the item done
 
 
 def act(user, item: QueueItem, data) -> None:
@@ -371,6 +373,3 @@ def act(user, item: QueueItem, data) -> None:
             raise QueueError("Nothing to change.")
     except annotating.AnnotationError as exc:
         raise QueueError(str(exc)) from None
-
-
-VERDICTS = {"approve": "approved", "flag": "flagged"}
