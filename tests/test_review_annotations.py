@@ -347,3 +347,14 @@ def test_a_label_filter_outside_ones_spaces_is_refused(client, other_user, user,
     label = Label.objects.create(owner=user, name="Ada's", colour="#000000")
     client.force_login(other_user)
     assert client.get(f"/review/?label={label.pk}").status_code == 400
+
+
+def test_the_inbox_lists_unread_mentions_first(client, user, other_user, shared):
+    reply = reply_of(shared)
+    post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "@eve older unread"})
+    post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "@eve newer but read"})
+    Mention.objects.filter(comment__text__contains="newer").update(read_at="2026-01-01T00:00Z")
+    client.force_login(other_user)
+    page = client.get("/review/inbox/").content.decode()
+    assert page.index("older unread") < page.index("newer but read")
+    assert page.count('class="inbox-item unread"') == 1
