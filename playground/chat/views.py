@@ -74,8 +74,10 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Open the user's newest conversation of the current space if it is still empty, else
     start a fresh one there. A viewer, who starts none, gets the team's newest."""
     space = current_space(request)
-    in_space = Conversation.objects.visible_to(request.user).in_space(
-        space.team_id if space else None
+    in_space = (
+        Conversation.objects.visible_to(request.user)
+        .in_space(space.team_id if space else None)
+        .filter(group__isnull=True)
     )
     if space is not None and not space.can_run():
         newest = in_space.first()
