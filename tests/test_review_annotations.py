@@ -347,3 +347,36 @@ def test_a_label_filter_outside_ones_spaces_is_refused(client, other_user, user,
     label = Label.objects.create(owner=user, name="Ada's", colour="#000000")
     client.force_login(other_user)
     assert client.get(f"/review/?label={label.pk}").status_code == 400
+
+
+def test_the_inbox_lists_unread_mentions_first(client, user, other_user, shared):
+    reply = reply_of(shared)
+    post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "@eve older unread"})
+    post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "@eve newer but read"})
+    Mention.objects.filter(comment__text__contains="newer").update(read_at="2026-01-01T00:00Z")
+    client.force_login(other_user)
+    page = client.get("/review/inbox/").content.decode()
+    assert page.index("older unread") < page.index("newer but read")
+    assert page.count('class="inbox-item unread"') == 1
+
+
+def test_a_personal_label_set_is_its_owners_alone(client, user, other_user):
+    label = Label.objects.create(owner=user, name="Mine", colour="#000000")
+    client.force_login(other_user)
+    assert "Mine" not in client.get("/review/labels/personal/").content.decode()
+    assert client.post(f"/review/labels/{label.pk}/edit/", {"name": "Hers"}).status_code == 404
+    assert client.post(f"/review/labels/{label.pk}/delete/").status_code == 404
+    assert Label.objects.get(pk=label.pk).name == "Mine"
+
+
+def test_bulk_returns_to_the_same_filters_and_only_to_history(client, user, shared):
+    client.force_login(user)
+    response = client.post(
+        "/review/bulk/",
+        {"c": [shared.pk], "status": "approved"},
+        headers={"Referer": "http://testserver/review/?review=flagged&after=x"},
+    )
+    assert response["Location"] == "/review/?review=flagged"
+    evil = client.post("/review/bulk/", {"status": "approved", "back": "//evil.example/"})
+    assert evil["Location"].startswith("/review/")
+    assert ReviewStatus.objects.get().status == "approved"

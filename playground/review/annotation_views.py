@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import F
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -41,9 +42,9 @@ def conversation_review(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     transcript asks once on load instead of once per reply."""
     conversation = get_conversation_for_user(request.user, pk)
     replies = list(
-        conversation.messages.filter(role=Message.Role.ASSISTANT).exclude(
-            status=Message.Status.STREAMING
-        )
+        conversation.messages.filter(role=Message.Role.ASSISTANT)
+        .exclude(status=Message.Status.STREAMING)
+        .only("pk", "conversation_id")  # the bars need no text
     )
     for message in replies:
         message.conversation = conversation
@@ -201,7 +202,8 @@ def inbox(request: AuthenticatedHttpRequest) -> HttpResponse:
     rows = list(
         annotating.inbox(request.user)
         .select_related("comment__author", "comment__message__conversation")
-        .order_by("read_at", "-created", "-id")[:200]  # unread (NULL) first
+        # Unread (NULL) first, on PostgreSQL too, where NULLs sort last by default.
+        .order_by(F("read_at").asc(nulls_first=True), "-created", "-id")[:200]
     )
     items = [
         (row, annotating.render_comment(row.comment.text, {request.user.get_username()}))

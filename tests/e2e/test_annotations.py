@@ -94,5 +94,13 @@ def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
         sam.wait_for_url(lambda url: f"/c/{pk}/" in url)
         sam.locator(f"#review-{reply} .comment", has_text="Bergen is wrong").wait_for()
         assert sam.locator("#inbox-badge").count() == 0
+        # In bulk from History: tick every row shown, approve them.
+        sam.goto("/review/?review=flagged")
+        sam.get_by_label("all shown").check()
+        assert sam.locator("input.history-select:checked").count() == 1
+        sam.locator("#bulk-status").select_option("approved")
+        sam.get_by_role("button", name="Set status").click()
+        sam.locator(".flash li", has_text="1 conversation set to Approved").wait_for()
+        assert sam.locator(".history-row", has_text="Capital").count() == 0  # not flagged now
     finally:
         sam_context.close()
