@@ -305,6 +305,12 @@ def http_queue_delete(w: World) -> bool:
     return not ReviewQueue.objects.filter(pk=queue.pk).exists()
 
 
+def http_queue_reassign(w: World) -> bool:
+    queue = _queue(w, w.mate)
+    w.client.post(f"/review/queues/{queue.pk}/reassign/", {"from": w.mate.pk, "to": w.founder.pk})
+    return QueueItem.objects.filter(queue=queue, reviewer=w.founder).exists()
+
+
 def http_queue_reviewer(w: World) -> bool:
     founder = Client()
     founder.force_login(w.founder)

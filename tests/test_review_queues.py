@@ -412,3 +412,38 @@ def test_history_search_words_narrow_the_queue_too(client, user, other_user, tea
     queue = ReviewQueue.objects.get()
     assert {i.message_id for i in queue.items.all()} == replies_of([flagged[2]])
     assert "q=three" in queue.filter_query
+
+
+def test_an_admin_hands_a_reviewers_open_items_to_another(client, user, other_user, bob, queue):
+    client.force_login(other_user)
+    client.post(item_url(queue, 1), {"action": "done"})
+    client.force_login(user)
+    assert 'name="to"' in client.get(f"/review/queues/{queue.pk}/").content.decode()
+    data = {"from": other_user.pk, "to": bob.pk}
+    response = client.post(f"/review/queues/{queue.pk}/reassign/", data)
+    assert response.status_code == 302
+    eve_items = QueueItem.objects.filter(queue=queue, reviewer=other_user)
+    assert [(i.position, i.done_by) for i in eve_items] == [(1, other_user)]  # her work stays
+    bob_items = QueueItem.objects.filter(queue=queue, reviewer=bob).order_by("position")
+    assert [i.position for i in bob_items] == [1, 2, 3]
+    assert set(queue.reviewers.all()) == {other_user, bob}
+    # All of someone's items handed on: they are no longer a reviewer.
+    client.post(f"/review/queues/{queue.pk}/reassign/", {"from": bob.pk, "to": user.pk})
+    assert set(queue.reviewers.all()) == {other_user, user}
+
+
+def test_only_admins_hand_items_on_and_only_to_someone_who_may_review(
+    client, user, other_user, bob, team, queue
+):
+    before = list(QueueItem.objects.values_list("pk", "reviewer_id", "position"))
+    client.force_login(bob)
+    response = client.post(
+        f"/review/queues/{queue.pk}/reassign/", {"from": other_user.pk, "to": bob.pk}
+    )
+    assert response.status_code == 403
+    viewer = User.objects.create_user("vic")
+    team.add_member(viewer, Membership.Role.VIEWER)
+    client.force_login(user)
+    client.post(f"/review/queues/{queue.pk}/reassign/", {"from": other_user.pk, "to": viewer.pk})
+    client.post(f"/review/queues/{queue.pk}/reassign/", {"from": other_user.pk, "to": "x"})
+    assert list(QueueItem.objects.values_list("pk", "reviewer_id", "position")) == before

@@ -108,15 +108,35 @@ def queue_new(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 def queue_summary(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     queue = queues.get_queue_for_user(request.user, pk)
+    can_manage = queues.can_manage(request.user, queue)
     context = {
         "queue": queue,
         "summary": queues.summary(queue),
-        "can_manage": queues.can_manage(request.user, queue),
+        "can_manage": can_manage,
+        "reviewers": list(queues.eligible_reviewers(queues.Space(queue.team, queue.owner_id)))
+        if can_manage and queue.team_id
+        else [],
         "is_reviewer": queues.may_review(request.user, queue),
         "scores": queues.SCORES,
         "history_url": f"{reverse('review:history')}?{queue.filter_query}",
     }
     return render(request, "review/queue_summary.html", context)
+
+
+@require_POST
+@login_required
+def queue_reassign(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Hand one reviewer's open items to another (someone left, or is away)."""
+    queue = queues.get_queue_for_user(request.user, pk, manage=True)
+    try:
+        moved = queues.reassign(
+            queue, int(request.POST.get("from", "")), int(request.POST.get("to", ""))
+        )
+    except (queues.QueueError, ValueError) as exc:
+        flash.error(request, str(exc) if isinstance(exc, queues.QueueError) else "Pick both.")
+    else:
+        flash.success(request, f"{moved} open item{'s' if moved != 1 else ''} handed on.")
+    return redirect("review:queue", pk=queue.pk)
 
 
 @require_POST

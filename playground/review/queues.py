@@ -190,6 +190,38 @@ def create_queue(
     return queue
 
 
+def reassign(queue: ReviewQueue, from_id: int, to_id: int) -> int:
+    """Hand `from_id`'s items not yet done to `to_id` (a member who may review in the
+    queue's space), after their own; done items keep who did them. Returns how many moved.
+    The caller may manage the queue."""
+    space = Space(queue.team, queue.owner_id)
+    if from_id == to_id:
+        raise QueueError("Pick someone else to hand the items to.")
+    if not eligible_reviewers(space).filter(pk=to_id).exists():
+        raise QueueError("Reviewers are members of the space who may annotate (not viewers).")
+    with transaction.atomic():
+        items = list(
+            QueueItem.objects.select_for_update()
+            .filter(queue=queue, reviewer_id=from_id, done_at__isnull=True)
+            .order_by("position")
+        )
+        if not items:
+            raise QueueError("They have no open items to hand on.")
+        last = (
+            QueueItem.objects.filter(queue=queue, reviewer_id=to_id)
+            .order_by("-position")
+            .values_list("position", flat=True)
+            .first()
+        ) or 0
+        for n, item in enumerate(items, start=last + 1):
+            item.reviewer_id, item.position = to_id, n
+        QueueItem.objects.bulk_update(items, ["reviewer", "position"])
+        queue.reviewers.add(to_id)
+        if not QueueItem.objects.filter(queue=queue, reviewer_id=from_id).exists():
+            queue.reviewers.remove(from_id)
+    return len(items)
+
+
 # --- progress and summary -------------------------------------------------------------------
 
 

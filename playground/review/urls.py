@@ -39,6 +39,7 @@ urlpatterns += [
     path("queues/new/", queue_views.queue_new, name="queue_new"),
     path("queues/<int:pk>/", queue_views.queue_summary, name="queue"),
     path("queues/<int:pk>/delete/", queue_views.queue_delete, name="queue_delete"),
+    path("queues/<int:pk>/reassign/", queue_views.queue_reassign, name="queue_reassign"),
     path("queues/<int:pk>/review/", queue_views.queue_start, name="queue_start"),
     path("queues/<int:pk>/review/<int:position>/", queue_views.queue_item, name="queue_item"),
 ]
