@@ -70,7 +70,7 @@ def test_a_score_is_one_to_five_and_anything_else_is_refused(client, user, share
     assert Annotation.objects.get(message=reply).score == 4
     for bad in ("0", "6", "x"):
         response = post(client, user, f"/review/m/{reply.pk}/annotate/", {"score": bad})
-        assert response.status_code == 400
+        assert response.status_code == 422
     assert Annotation.objects.get(message=reply).score == 4
 
 
@@ -89,7 +89,7 @@ def test_labels_come_from_the_space_and_show_their_colour(client, user, team, sh
     good = Label.objects.create(team=team, owner=user, name="Hallucination", colour="#dc2626")
     url = f"/review/m/{reply.pk}/annotate/"
     refused = post(client, user, url, {"labels_form": "1", "label": [wrong.pk]})
-    assert refused.status_code == 400 and not Annotation.objects.filter(labels=wrong).exists()
+    assert refused.status_code == 422 and not Annotation.objects.filter(labels=wrong).exists()
     response = post(client, user, url, {"labels_form": "1", "label": [good.pk]})
     assert list(Annotation.objects.get(message=reply).labels.all()) == [good]
     assert 'fill="#dc2626"' in response.content.decode()
@@ -209,9 +209,10 @@ def test_comments_are_rendered_escaped(client, user, shared):
 
 def test_an_empty_or_huge_comment_is_refused(client, user, shared):
     reply = reply_of(shared)
-    assert post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "  "}).status_code == 400
+    empty = post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "  "})
+    assert empty.status_code == 422 and "Write a comment first." in empty.content.decode()
     big = "x" * 5001
-    assert post(client, user, f"/review/m/{reply.pk}/comment/", {"text": big}).status_code == 400
+    assert post(client, user, f"/review/m/{reply.pk}/comment/", {"text": big}).status_code == 422
     assert not Comment.objects.exists()
 
 
@@ -273,7 +274,7 @@ def test_the_status_is_set_from_the_transcript_with_who_and_when(client, user, s
     row = ReviewStatus.objects.get(conversation=shared)
     assert (row.status, row.set_by) == ("flagged", user)
     assert (
-        post(client, user, f"/review/c/{shared.pk}/status/", {"status": "meh"}).status_code == 400
+        post(client, user, f"/review/c/{shared.pk}/status/", {"status": "meh"}).status_code == 422
     )
 
 

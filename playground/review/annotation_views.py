@@ -27,6 +27,8 @@ from playground.review.annotating import AnnotationError
 from playground.review.models import Label
 
 TEMPLATE = "review/annotations.html"
+# A refused change answers 422 with the fragment and its error; base.html's htmx config swaps
+# 422 (htmx swaps no 4xx by default), so the error shows where the change was made.
 MAX_SELECTION = 500
 
 
@@ -89,7 +91,7 @@ def annotate(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         annotating.annotate(request.user, message, **changes)
     except (AnnotationError, KeyError, ValueError) as exc:
         error = str(exc) if isinstance(exc, AnnotationError) else "That is not a valid rating."
-        return _bar(request, message, status=400, error=error)
+        return _bar(request, message, status=422, error=error)
     return _bar(request, message)
 
 
@@ -100,8 +102,8 @@ def comment(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     try:
         annotating.add_comment(request.user, message, request.POST.get("text", ""))
     except AnnotationError as exc:
-        return _bar(request, message, status=400, error=str(exc), comments_open=True,
-                    draft=request.POST.get("text", ""))  # fmt: skip
+        draft = request.POST.get("text", "")
+        return _bar(request, message, status=422, error=str(exc), comments_open=True, draft=draft)
     return _bar(request, message, comments_open=True)
 
 
@@ -113,7 +115,7 @@ def set_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         annotating.set_status(request.user, conversation, request.POST.get("status", ""))
     except AnnotationError as exc:
         context = _status_context(request, conversation, error=str(exc))
-        return render(request, f"{TEMPLATE}#status", context, status=400)
+        return render(request, f"{TEMPLATE}#status", context, status=422)
     if not request.htmx:
         return redirect("conversation", pk=conversation.pk)
     return render(request, f"{TEMPLATE}#status", _status_context(request, conversation))

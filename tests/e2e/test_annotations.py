@@ -67,9 +67,11 @@ def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply}").get_by_label("Hallucination").focus()
     rita.keyboard.press("Space")
-    rita.locator(f"#review-{reply} .rate .label-chip", has_text="Hallucination").wait_for()
+    rita.locator(f"#review-{reply} .rate .review-label", has_text="Hallucination").wait_for()
     rita.locator(f"#review-{reply} .comments summary").focus()
     rita.keyboard.press("Enter")
+    rita.locator(f"#review-{reply} .comment-form button").click()  # empty: refused, shown
+    rita.locator(f"#review-{reply} .error", has_text="Write a comment first.").wait_for()
     rita.locator(f"#comment-text-{reply}").fill("@sam Bergen is wrong <b>really</b>")
     rita.locator(f"#review-{reply} .comment-form button").focus()
     rita.keyboard.press("Enter")
