@@ -97,7 +97,7 @@ def test_a_reviewer_steps_through_a_queue_by_keyboard(page, live_server):
     page.keyboard.press("Space")
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
-    item.locator("summary .label-chip", has_text="Too vague").wait_for()
+    item.locator("summary .review-label", has_text="Too vague").wait_for()
     assert not page.locator("#queue-labels").evaluate("el => el.open")  # closed again
 
     page.keyboard.press("k")
