@@ -381,3 +381,13 @@ def test_bulk_returns_to_the_same_filters_and_only_to_history(client, user, shar
     evil = client.post("/review/bulk/", {"status": "approved", "back": "//evil.example/"})
     assert evil["Location"].startswith("/review/")
     assert ReviewStatus.objects.get().status == "approved"
+
+
+def test_history_rows_show_thumbs_and_the_mean_score(client, user, other_user, shared):
+    reply = reply_of(shared)
+    Annotation.objects.create(message=reply, author=user, thumbs=1, score=4)
+    Annotation.objects.create(message=reply, author=other_user, thumbs=1, score=5)
+    client.force_login(user)
+    page = client.get("/review/").content.decode()
+    row = page[page.index(f'id="history-{shared.pk}"') :]
+    assert "👍 2" in row and "score 4.5" in row and "👎" not in row.split("</li>")[0]

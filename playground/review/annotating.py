@@ -328,10 +328,6 @@ def parse_thumbs(raw: str) -> int | None:
     return {"up": 1, "down": -1, "": None, "clear": None}[raw]
 
 
-def thumbs_name(value: int | None) -> str:
-    return {1: "up", -1: "down"}.get(value or 0, "")
-
-
 def reply_context(user, message: Message, **extra: Any) -> dict[str, Any]:
     conversation = message.conversation
     return {

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Avg, Count, Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -301,6 +301,7 @@ class Row:
     conversation: Conversation
     messages: int = 0
     snippets: list[search.Snippet] = field(default_factory=list)
+    ratings: dict[str, Any] = field(default_factory=dict)  # ups, downs, score (mean)
 
 
 @dataclass
@@ -346,12 +347,30 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
         .order_by()
     )
     snippets = engine.snippets(query, ids) if query is not None else {}
-    rows = [Row(c, counts.get(c.pk, 0), snippets.get(c.pk, [])) for c in shown]
+    ratings = _ratings(ids)
+    rows = [
+        Row(c, counts.get(c.pk, 0), snippets.get(c.pk, []), ratings.get(c.pk, {})) for c in shown
+    ]
     next_url = ""
     if len(found) > PAGE_SIZE:
         after_shown = str(Cursor.after(shown[-1]))
         next_url = f"{reverse('review:history')}?{form.query_string(after=after_shown)}"
     return Page(rows, next_url)
+
+
+def _ratings(ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Thumbs and mean score of each shown conversation's replies: one grouped query."""
+    rows = (
+        Annotation.objects.filter(message__conversation_id__in=ids)
+        .values("message__conversation_id")
+        .annotate(
+            ups=Count("id", filter=Q(thumbs=1)),
+            downs=Count("id", filter=Q(thumbs=-1)),
+            score=Avg("score"),
+        )
+        .order_by()
+    )
+    return {row.pop("message__conversation_id"): row for row in rows}
 
 
 def parse_cursor(raw: str | None) -> Cursor | None:
