@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # the first, and one retry after a worker died holding it
 IDLE_PAUSE = 0.25  # seconds between claims while every slot of an endpoint is busy
+MAX_IDLE_PAUSE = 2.0
 MAX_SLOTS = 32
 RATE_LIMITED = ("Rate limited", "(429)")
 
@@ -92,13 +93,18 @@ def _slots(run_id: int) -> int:
 
 async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
     ran = 0
+    pause = IDLE_PAUSE
     while not stopping.is_set():
         item = await sync_to_async(claim)(run_id, me)
         if item is None:
             if not await sync_to_async(_work_left)(run_id):
                 return ran
-            await asyncio.sleep(IDLE_PAUSE)
+            # An idle slot asks less and less often: a slot freed in this worker claims at
+            # once in its own loop, so only another worker's leftovers wait for this one.
+            await asyncio.sleep(pause)
+            pause = min(MAX_IDLE_PAUSE, pause * 2)
             continue
+        pause = IDLE_PAUSE
         try:
             await run_item(item, me, stopping)
         except Exception:
