@@ -88,5 +88,6 @@ urlpatterns = [
     path("review/", include("playground.review.urls")),
     path("prompts/", include("playground.prompts.urls")),
     path("experiments/", include("playground.experiments.urls")),
+    path("compare/", include("playground.compare.urls")),
     path("admin/", admin.site.urls),
 ]

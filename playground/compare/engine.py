@@ -1,0 +1,251 @@
+"""Sending to a group's conversations through the one run engine.
+
+A compare send is one prepare_turn() per column (reads only; any refusal refuses the whole
+send, so no column runs alone), then every column's upstream request goes out at once
+(runs.begin), then every column's rows are written in one transaction (write_turn), then
+each run starts. A sweep runs its cells the same way, a few at a time, from a task of the
+server process: like a run, it is not the socket's, so closing the tab changes nothing.
+
+Both count against the per-user run cap (PLAYGROUND_RUN["MAX_RUNS_PER_USER"]) and the budgets
+(chat/budgets.py) before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+from playground.chat import budgets, runs
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.chat.services import (
+    PreparedTurn,
+    Turn,
+    TurnError,
+    get_model,
+    prepare_turn,
+    write_turn,
+)
+from playground.compare import contexts
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_AT_CAP = 120  # a sweep cell waits up to a minute for a free run slot, then fails
+# The process's sweep drivers, by group id: not garbage-collected mid-run, and one per group.
+_drivers: dict[int, asyncio.Task] = {}
+# Sweeps told to stop: their drivers start no further cell (the running ones are stopped
+# through runs.stop, like any run).
+_stopping: set[int] = set()
+
+
+def streaming_count(user) -> int:
+    return Message.objects.filter(created_by=user, status=Message.Status.STREAMING).count()
+
+
+def check_capacity(user, wanted: int) -> None:
+    """TurnError unless `wanted` more replies fit under the user's run cap."""
+    limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
+    if wanted > limit:
+        raise TurnError(
+            f"This needs {wanted} replies at once; you may have {limit} streaming. "
+            "Use fewer columns."
+        )
+    running = streaming_count(user)
+    if running + wanted > limit:
+        raise TurnError(
+            f"This needs {wanted} replies at once and {running} of yours are streaming "
+            f"already (at most {limit}): stop some or wait for them."
+        )
+
+
+def check_budget(user, team_id: int | None, conversations: list[Conversation]) -> None:
+    """The whole send against the budgets: six columns cost six runs."""
+    total = Decimal(0)
+    for conversation in conversations:
+        total += get_model(conversation.model).cost(completed=True) or Decimal(0)
+    try:
+        budgets.check(user, team_id, total)
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
+
+
+def prepare_columns(
+    group: RunGroup, user, *, text: str, attachment_ids: list[int], channels: list[str]
+) -> list[PreparedTurn]:
+    """Every column's send, checked and built; TurnError (nothing sent) if any is refused."""
+    columns = contexts.members(group)
+    if not columns:
+        raise TurnError("Every column of this compare continued in the playground.")
+    if len(channels) < len(columns):
+        raise ValueError("one channel per column")
+    check_capacity(user, len(columns))
+    check_budget(user, group.team_id, columns)
+    return [
+        prepare_turn(
+            conversation,
+            user,
+            text=text,
+            model_key=conversation.model,
+            system_prompt=conversation.system_prompt,
+            channel=channel,
+            values=conversation.params,
+            attachment_ids=attachment_ids,
+            wire_format=conversation.wire_format,
+        )
+        for conversation, channel in zip(columns, channels, strict=False)
+    ]
+
+
+def write_columns(prepared: list[PreparedTurn], user) -> list[tuple[Turn, dict[str, Any]]]:
+    """All columns' rows in one transaction, and each column's frame for its watchers."""
+    with transaction.atomic():
+        turns = [write_turn(p, user) for p in prepared]
+    return [(turn, contexts.append_event(turn)) for turn in turns]
+
+
+async def send_to_columns(
+    group: RunGroup, user, *, text: str, attachment_ids: list[int], layer
+) -> list[asyncio.Task]:
+    """Send `text` (and images) to every column at once; the run tasks started."""
+    count = await group.conversations.acount()
+    channels = [await layer.new_channel() for _ in range(max(count, 1))]
+    prepared = await database_sync_to_async(prepare_columns)(
+        group, user, text=text, attachment_ids=attachment_ids, channels=channels
+    )
+    started = [runs.begin(p.run) for p in prepared]
+    try:
+        written = await database_sync_to_async(write_columns)(prepared, user)
+    except BaseException:
+        await asyncio.gather(*(run.abandon() for run in started))
+        raise
+    for _turn, event in written:
+        await layer.group_send(runs.group_name(event["conversation_id"]), event)
+    # Every watcher has every column's new rows: the deltas may follow.
+    return [runs.start(turn.run, run) for (turn, _), run in zip(written, started, strict=True)]
+
+
+# Sweeps
+
+
+def pending_cells(group: RunGroup) -> list[Conversation]:
+    """Cells that never sent: a sweep started again (after a restart) runs only these."""
+    return list(
+        group.conversations.filter(messages__isnull=True).order_by("position", "pk").distinct()
+    )
+
+
+def concurrency() -> int:
+    limit = int(settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"])
+    return max(1, min(settings.PLAYGROUND_COMPARE["SWEEP_CONCURRENCY"], limit))
+
+
+def is_running(group_id: int) -> bool:
+    task = _drivers.get(group_id)
+    return task is not None and not task.done()
+
+
+def cancel_sweep(group_id: int) -> None:
+    """No further cell of this sweep starts in this process; the rest stay pending."""
+    if is_running(group_id):
+        _stopping.add(group_id)
+
+
+def start_sweep(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -> bool:
+    """Start the sweep's driver in this process unless one runs already. It is a task of
+    the process, not of the socket that asked: the tab may close meanwhile."""
+    if is_running(group.pk):
+        return False
+    task = asyncio.create_task(_drive(group, user, layer, on_error), name=f"sweep-{group.pk}")
+    _drivers[group.pk] = task
+    _stopping.discard(group.pk)
+
+    def forget(_: asyncio.Task) -> None:
+        _drivers.pop(group.pk, None)
+        _stopping.discard(group.pk)
+
+    task.add_done_callback(forget)
+    return True
+
+
+async def wait_sweep(group_id: int, timeout: float = 30.0) -> None:
+    """Wait for this process's driver of a sweep to finish (tests)."""
+    task = _drivers.get(group_id)
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+async def _drive(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -> None:
+    cells = await database_sync_to_async(pending_cells)(group)
+    if not cells:
+        return
+    prompt = group.spec.get("prompt", "")
+    slots = asyncio.Semaphore(concurrency())
+    refused: list[str] = []
+
+    async def one(cell: Conversation) -> None:
+        async with slots:
+            if refused or group.pk in _stopping:
+                return  # a budget ran out, or Stop: the cells after it are not sent
+            try:
+                task = await _start_cell(cell, user, prompt, layer)
+            except TurnError as exc:
+                refused.append(f"{cell.title}: {exc}")
+                return
+            if task is not None:
+                await asyncio.wait([task])
+
+    try:
+        await asyncio.gather(*(one(cell) for cell in cells))
+    finally:
+        if refused:
+            await on_error(f"Not every cell ran. {refused[0]}")
+
+
+async def _start_cell(cell: Conversation, user, prompt: str, layer) -> asyncio.Task | None:
+    """Start one cell through the normal turn: prepare, begin, write, start. Waits for a
+    free run slot while the user's other replies fill the cap. None: already started
+    (another driver took it)."""
+    limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
+    for _ in range(ATTEMPTS_AT_CAP):
+        if await database_sync_to_async(streaming_count)(user) < limit:
+            break
+        await asyncio.sleep(0.5)
+    channel = await layer.new_channel()
+
+    def prepare() -> PreparedTurn | None:
+        if cell.messages.exists():
+            return None
+        check_budget(user, cell.team_id, [cell])
+        return prepare_turn(
+            cell,
+            user,
+            text=prompt,
+            model_key=cell.model,
+            system_prompt=cell.system_prompt,
+            channel=channel,
+            values=cell.params,
+            wire_format=cell.wire_format,
+        )
+
+    prepared = await database_sync_to_async(prepare)()
+    if prepared is None:
+        return None
+    run = runs.begin(prepared.run)
+
+    def write() -> tuple[Turn, dict[str, Any]]:
+        turn = write_turn(prepared, user)
+        return turn, contexts.append_event(turn)
+
+    try:
+        turn, event = await database_sync_to_async(write)()
+    except BaseException:
+        await run.abandon()
+        raise
+    await layer.group_send(runs.group_name(cell.pk), event)
+    return runs.start(turn.run, run)
