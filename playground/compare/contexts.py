@@ -56,7 +56,6 @@ def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:
     if group.kind == RunGroup.Kind.SWEEP:
         context["rows"] = _rows(group, conversations, by_conversation, baseline)
         context["pending"] = sum(1 for c in conversations if not by_conversation[c.pk])
-        context["running"] = engine.is_running(group.pk)
         context["concurrency"] = engine.concurrency()
         context["axes"] = group.spec.get("axes", [])
     else:
@@ -67,6 +66,10 @@ def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:
     context["streaming"] = [
         (m.pk, m.run_channel) for ms in by_conversation.values() for m in ms if m.is_streaming
     ]
+    if group.kind == RunGroup.Kind.SWEEP:
+        # Its driver may outlive its last cell by a moment: running while a cell is.
+        busy = bool(context["pending"] or context["streaming"])
+        context["running"] = engine.is_running(group.pk) and busy or bool(context["streaming"])
     return context
 
 
@@ -124,7 +127,8 @@ def member_html(group: RunGroup, message_id: int, done_html: str, baseline: int)
         row = next((r for r in context["rows"] if r["cell"].pk == conversation.pk), None)
         if row is None:
             return ""
-        return render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row, "group": group})
+        html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row, "group": group})
+        return html + render_to_string(f"{TEMPLATE}#sweep-status-oob", context)
     if not done_html:
         awaiting = message.pk if message.awaits_tool_results else None
         context = {"message": message, "awaiting_tools": awaiting}
