@@ -303,14 +303,14 @@ async def ws_compare_send(w: World, connect) -> bool:
 
 
 async def ws_sweep_start(w: World, connect) -> bool:
-    from playground.compare import engine
+    from playground.compare import drivers, engine
 
     group, ok, socket = await _open_group(w, "sweep")
     if not ok:
         return False
     await socket.send(action="start")
     await socket.until(lambda f: "sweep-status" in f or "composer-error" in f)
-    started = engine.is_running(group.pk)
+    started = drivers.is_running(group.pk)
     await engine.wait_sweep(group.pk)
     return started
 

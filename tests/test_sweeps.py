@@ -11,7 +11,7 @@ from django.test import Client
 
 from playground.accounts.models import Membership
 from playground.chat.models import Conversation, Message, RunGroup
-from playground.compare import engine, setup
+from playground.compare import drivers, engine, setup
 from tests.test_compare import client_for, lab_with, open_group
 from tests.upstream import Behaviour
 
@@ -104,7 +104,7 @@ async def until_done(group: RunGroup, timeout: float = 20.0) -> int:
     most = 0
     streaming = Message.objects.filter(conversation__group=group, status="streaming")
     async with asyncio.timeout(timeout):
-        while engine.is_running(group.pk) or await streaming.aexists():
+        while drivers.is_running(group.pk) or await streaming.aexists():
             most = max(most, await streaming.acount())
             await asyncio.sleep(0.01)
     return most
@@ -225,7 +225,7 @@ async def test_a_viewer_cannot_start_a_team_sweep(upstream, user, other_user):
     await socket.send(action="start")
     assert "not run it" in await socket.until(lambda f: "composer-error" in f)
     await asyncio.sleep(0.1)
-    assert upstream.requests == [] and not engine.is_running(group.pk)
+    assert upstream.requests == [] and not drivers.is_running(group.pk)
     await socket.close()
 
 

@@ -32,7 +32,7 @@ from playground.chat.consumers import (
 )
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import TurnError, rerun, submit_tool_results
-from playground.compare import access, contexts, engine
+from playground.compare import access, contexts, drivers, engine
 
 TEMPLATE = "compare/group.html"
 NO_ACCESS = "You no longer have access to this compare (signed out, or removed from its team)."
@@ -171,7 +171,7 @@ class GroupConsumer(ConversationConsumer):
 
     async def _stop_all(self, data: dict[str, Any]) -> None:
         """Stop every column's (or cell's) run, and a sweep's cells not started yet."""
-        engine.cancel_sweep(self.group_id)
+        drivers.cancel_sweep(self.group_id)
         await runs.stop(Conversation.objects.filter(group_id=self.group_id))
 
     async def _start_sweep(self, data: dict[str, Any]) -> None:
@@ -182,7 +182,7 @@ class GroupConsumer(ConversationConsumer):
             pending = await database_sync_to_async(engine.pending_cells)(self.run_group)
             if not pending:
                 raise TurnError("Every cell of this sweep has run.")
-            if engine.is_running(self.group_id):
+            if drivers.is_running(self.group_id):
                 raise TurnError("This sweep is running already.")
             await database_sync_to_async(engine.check_budget)(
                 self.user, self.run_group.team_id, pending
@@ -191,7 +191,7 @@ class GroupConsumer(ConversationConsumer):
             await self._send_error(str(exc))
             return
         engine.start_sweep(self.run_group, self.user, self.channel_layer, self._sweep_error)
-        context = {"running": True, "concurrency": engine.concurrency()}
+        context = {"running": True, "concurrency": drivers.concurrency()}
         await self._send_partial("sweep-status-oob", context)
 
     async def _sweep_error(self, text: str) -> None:

@@ -10,6 +10,7 @@ from django.template.loader import render_to_string
 from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import Turn
+from playground.compare import drivers
 from playground.providers import catalog
 from playground.providers.specs import FORMAT_LABELS, IMAGES
 
@@ -44,8 +45,6 @@ def _column(conversation: Conversation, transcript: Sequence[Message | None]) ->
 
 
 def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:
-    from playground.compare import engine  # engine renders through this module
-
     conversations = members(group)
     by_conversation: dict[int, list[Message]] = {c.pk: [] for c in conversations}
     mine = Message.objects.filter(conversation__group=group).select_related("created_by")
@@ -56,7 +55,7 @@ def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:
     if group.kind == RunGroup.Kind.SWEEP:
         context["rows"] = _rows(group, conversations, by_conversation, baseline)
         context["pending"] = sum(1 for c in conversations if not by_conversation[c.pk])
-        context["concurrency"] = engine.concurrency()
+        context["concurrency"] = drivers.concurrency()
         context["axes"] = group.spec.get("axes", [])
     else:
         context["columns"] = [_column(c, by_conversation[c.pk]) for c in conversations]
@@ -69,7 +68,7 @@ def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:
     if group.kind == RunGroup.Kind.SWEEP:
         # Its driver may outlive its last cell by a moment: running while a cell is.
         busy = bool(context["pending"] or context["streaming"])
-        context["running"] = engine.is_running(group.pk) and busy or bool(context["streaming"])
+        context["running"] = drivers.is_running(group.pk) and busy or bool(context["streaming"])
     return context
 
 

@@ -32,16 +32,11 @@ from playground.chat.services import (
     prepare_turn,
     write_turn,
 )
-from playground.compare import contexts
+from playground.compare import contexts, drivers
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS_AT_CAP = 120  # a sweep cell waits up to a minute for a free run slot, then fails
-# The process's sweep drivers, by group id: not garbage-collected mid-run, and one per group.
-_drivers: dict[int, asyncio.Task] = {}
-# Sweeps told to stop: their drivers start no further cell (the running ones are stopped
-# through runs.stop, like any run).
-_stopping: set[int] = set()
 
 
 def streaming_count(user) -> int:
@@ -140,34 +135,18 @@ def pending_cells(group: RunGroup) -> list[Conversation]:
     )
 
 
-def concurrency() -> int:
-    limit = int(settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"])
-    return max(1, min(settings.PLAYGROUND_COMPARE["SWEEP_CONCURRENCY"], limit))
-
-
-def is_running(group_id: int) -> bool:
-    task = _drivers.get(group_id)
-    return task is not None and not task.done()
-
-
-def cancel_sweep(group_id: int) -> None:
-    """No further cell of this sweep starts in this process; the rest stay pending."""
-    if is_running(group_id):
-        _stopping.add(group_id)
-
-
 def start_sweep(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -> bool:
     """Start the sweep's driver in this process unless one runs already. It is a task of
     the process, not of the socket that asked: the tab may close meanwhile."""
-    if is_running(group.pk):
+    if drivers.is_running(group.pk):
         return False
     task = asyncio.create_task(_drive(group, user, layer, on_error), name=f"sweep-{group.pk}")
-    _drivers[group.pk] = task
-    _stopping.discard(group.pk)
+    drivers.running[group.pk] = task
+    drivers.stopping.discard(group.pk)
 
     def forget(_: asyncio.Task) -> None:
-        _drivers.pop(group.pk, None)
-        _stopping.discard(group.pk)
+        drivers.running.pop(group.pk, None)
+        drivers.stopping.discard(group.pk)
 
     task.add_done_callback(forget)
     return True
@@ -175,7 +154,7 @@ def start_sweep(group: RunGroup, user, layer, on_error: Callable[[str], Any]) ->
 
 async def wait_sweep(group_id: int, timeout: float = 30.0) -> None:
     """Wait for this process's driver of a sweep to finish (tests)."""
-    task = _drivers.get(group_id)
+    task = drivers.running.get(group_id)
     if task is not None:
         await asyncio.wait_for(asyncio.shield(task), timeout)
 
@@ -185,12 +164,12 @@ async def _drive(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -
     if not cells:
         return
     prompt = group.spec.get("prompt", "")
-    slots = asyncio.Semaphore(concurrency())
+    slots = asyncio.Semaphore(drivers.concurrency())
     refused: list[str] = []
 
     async def one(cell: Conversation) -> None:
         async with slots:
-            if refused or group.pk in _stopping:
+            if refused or group.pk in drivers.stopping:
                 return  # a budget ran out, or Stop: the cells after it are not sent
             try:
                 task = await _start_cell(cell, user, prompt, layer)
