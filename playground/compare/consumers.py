@@ -8,9 +8,11 @@ message), which channel-layer groups it joins (one per column) and what it rende
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -35,6 +37,8 @@ from playground.chat.services import TurnError, rerun, submit_tool_results
 from playground.compare import access, contexts, drivers, engine
 
 TEMPLATE = "compare/group.html"
+# Compare sends in flight in this process (see _send_all), kept from the garbage collector.
+_sending: set[asyncio.Task] = set()
 NO_ACCESS = "You no longer have access to this compare (signed out, or removed from its team)."
 
 
@@ -157,17 +161,40 @@ class GroupConsumer(ConversationConsumer):
             return
         try:
             text = _text_field(data, "text")
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
+        # A task, not awaited here: a consumer handles one message at a time, so while this
+        # handler ran, no column's rows or text could reach this very socket (measured: every
+        # column's first text arrived after the sixth column started). Not the socket's
+        # either: a tab closed mid-send still sends every column.
+        task = asyncio.create_task(
+            self._send_to_columns(text, _ints(data.get("attachment"))), name="compare-send"
+        )
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
+
+    async def _send_to_columns(self, text: str, attachment_ids: list[int]) -> None:
+        try:
             await engine.send_to_columns(
                 self.run_group,
                 self.user,
                 text=text,
-                attachment_ids=_ints(data.get("attachment")),
+                attachment_ids=attachment_ids,
                 layer=self.channel_layer,
             )
-        except (TurnError, ValueError) as exc:
-            await self._send_error(str(exc))
+        except TurnError as exc:
+            await self._tell(self._send_error(str(exc)))
             return
-        await self.send(text_data=composer_sent_html())
+        await self._tell(self.send(text_data=composer_sent_html()))
+
+    async def _tell(self, sending: Coroutine[Any, Any, None]) -> None:
+        """Say something on this socket if it is still open (the tab may have closed)."""
+        if self.cut_off or not self.has_slot:
+            sending.close()
+            return
+        with contextlib.suppress(Exception):
+            await sending
 
     async def _stop_all(self, data: dict[str, Any]) -> None:
         """Stop every column's (or cell's) run, and a sweep's cells not started yet."""

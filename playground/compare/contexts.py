@@ -143,16 +143,17 @@ def body_oob(group: RunGroup, baseline: int) -> tuple[str, list[tuple[int, str]]
     return html, context["streaming"]
 
 
-def append_event(turn: Turn) -> dict[str, Any]:
+def append_event(turn: Turn, kind: str | None = None) -> dict[str, Any]:
     """chat.append for the conversation's group: the playground's rows for a socket on the
     conversation itself, and the compare page's (a column's new rows, or a sweep's row)."""
     conversation = turn.conversation
     reply = turn.messages[-1]
     chat_html = render_to_string(f"{CHAT_TEMPLATE}#appended", {"transcript": turn.messages})
-    group = RunGroup.objects.get(pk=conversation.group_id) if conversation.group_id else None
-    if group is not None and group.kind == RunGroup.Kind.SWEEP:
+    if kind is None and conversation.group_id is not None:
+        kind = RunGroup.objects.values_list("kind", flat=True).get(pk=conversation.group_id)
+    if kind == RunGroup.Kind.SWEEP:
         row = _row(conversation, reply, None, None)
-        compare_html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row, "group": group})
+        compare_html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row})
     else:
         column = _column(conversation, [reply])
         compare_html = render_to_string(
