@@ -30,6 +30,7 @@ from playground.chat.consumers import (
     _ints,
     _text_field,
     composer_sent_html,
+    open_sockets,
     render,
 )
 from playground.chat.models import Conversation, Message, RunGroup
@@ -66,6 +67,7 @@ class GroupConsumer(ConversationConsumer):
             await self.channel_layer.group_add(name, self.channel_name)
         self.group = self.user_group  # ConversationConsumer.disconnect leaves these two
         await self.accept()
+        open_sockets.add(self)  # a shutdown closes it like a conversation's (shutdown.py)
         await self._send_transcript()
         return True
 
