@@ -355,3 +355,53 @@ async def test_a_member_removed_from_the_team_is_cut_off(upstream, user, other_u
     assert "no longer have access" in frame
     await asyncio.sleep(0.1)
     assert upstream.requests == []
+
+
+async def test_an_image_goes_to_every_column_in_its_own_wire_format(
+    upstream, user, api_key, settings, tmp_path
+):
+    from tests.test_images import image_bytes, upload
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+    @database_sync_to_async
+    def prepare():
+        upload(client_for(user), image_bytes("PNG"))
+        from playground.chat.models import Attachment
+
+        return make_compare(user), Attachment.objects.get().pk
+
+    group, image = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="What is this?", attachment=[str(image)])
+    await socket.until(lambda f: 'id="prompt"' in f or "composer-error" in f)
+    await finish(group)
+    assert len(upstream.requests) == 2
+    chat = next(r.body for r in upstream.requests if r.path.endswith("completions"))
+    parts = chat["messages"][-1]["content"]
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    messages = next(r.body for r in upstream.requests if r.path.endswith("/messages"))
+    assert messages["messages"][-1]["content"][1]["type"] == "image"
+    await socket.close()
+
+
+async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, api_key):
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Once")
+    await socket.until(lambda f: 'id="prompt"' in f)
+    await finish(group)
+    second = await Message.objects.filter(
+        conversation__group=group, conversation__position=1, role="assistant"
+    ).afirst()
+    await socket.send(action="rerun", message_id=second.pk)
+    replies = Message.objects.filter(conversation_id=second.conversation_id, role="assistant")
+    async with asyncio.timeout(5):
+        while await replies.acount() < 2:
+            await asyncio.sleep(0.02)
+    await finish(group)
+    assert [m.status async for m in replies] == ["complete", "complete"]
+    assert [r.path for r in upstream.requests][-1] == "/v1/messages"
+    await socket.close()
