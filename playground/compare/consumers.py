@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Coroutine
@@ -20,6 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
+from django.template.loader import render_to_string
 
 from playground.chat import access as chat_access
 from playground.chat import runs, shutdown
@@ -29,7 +31,6 @@ from playground.chat.consumers import (
     _int,
     _ints,
     _text_field,
-    composer_sent_html,
     open_sockets,
     render,
 )
@@ -382,3 +383,9 @@ def check_group_access(user, session, group_id: int, *, fresh: bool = False):
         return group, can_run, ids
     except (Http404, ObjectDoesNotExist):
         return None
+
+
+@functools.cache
+def composer_sent_html() -> str:
+    """The compare's message box cleared after a send: the same for everyone, rendered once."""
+    return render_to_string(f"{TEMPLATE}#composer-sent", {})

@@ -3,6 +3,8 @@ once, Stop all stops both; the figures, the word diff and a reload after closing
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.e2e.test_parameters import sign_in
@@ -61,6 +63,8 @@ def test_a_two_column_compare_streams_both_and_stops(page, live_server):
     )
     page.get_by_role("button", name="Show word diff").click()
     page.locator("#diff del").first.wait_for()
+    if os.environ.get("PLAYGROUND_COMPARE_SCREENSHOT"):
+        page.screenshot(path=os.environ["PLAYGROUND_COMPARE_SCREENSHOT"], full_page=True)
     deleted = page.locator("#diff del").all_inner_texts()
     inserted = page.locator("#diff ins").all_inner_texts()
     # Which column got which reply depends on which request reached the upstream first.
