@@ -77,3 +77,52 @@ def test_a_two_column_compare_streams_both_and_stops(page, live_server):
     page.wait_for_url(url)
     assert page.locator("section.column .message.assistant").count() == 4
     assert problems == []
+
+
+@pytest.mark.e2e
+def test_a_two_by_two_by_two_sweep_runs_on_after_the_tab_closes_and_reopens_from_history(
+    page, live_server
+):
+    upstream = live_server.upstream
+    upstream.reset()
+    sign_in(page, live_server.url)
+    page.goto("/compare/sweeps/new/")
+    page.get_by_label("Title").fill("Heat grid")
+    page.locator("select[name=c1-model]").select_option(MODEL_KEY)
+    page.get_by_label("Message every cell sends").fill("Name a colour")
+    page.locator("input[name=axis1]").fill("temperature")
+    page.locator("input[name=values1]").fill("0, 1.4")
+    page.locator("input[name=axis2]").fill("top_p")
+    page.locator("input[name=values2]").fill("0.9, 1.0")
+    page.get_by_label("Seeds per combination").fill("2")
+    page.get_by_role("button", name="Create sweep").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1].isdigit())
+    rows = page.locator("table.sweep tbody tr")
+    assert rows.count() == 8
+
+    upstream.default = Behaviour(n_tokens=60, interval=0.03)
+    page.wait_for_timeout(300)  # the socket's first frame has arrived
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("table.sweep .streaming-row .stream").first.wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('table.sweep .stream')]"
+        ".some(el => el.textContent.includes('tok2'))"
+    )
+    url = page.url
+    page.goto("about:blank")  # the tab closes mid-sweep
+
+    page.goto("/review/")
+    page.get_by_role("link", name="Compares and sweeps").click()
+    page.get_by_role("link", name="Heat grid").click()
+    page.wait_for_url(url)
+    page.wait_for_function(
+        "() => document.querySelectorAll('table.sweep .status-complete').length === 8",
+        timeout=30_000,
+    )
+    assert page.locator("#sweep-status").inner_text() == "Every cell has run."
+    bodies = sorted(
+        (r.body["temperature"], r.body["top_p"], r.body["seed"]) for r in upstream.requests
+    )
+    assert bodies == sorted((t, p, s) for t in (0, 1.4) for p in (0.9, 1.0) for s in (1, 2))
+    page.locator("table.sweep tbody tr").nth(1).locator("summary").click()
+    assert "same text as the baseline" in page.locator("table.sweep tbody tr").nth(1).inner_text()
