@@ -4,6 +4,8 @@ conversation of a run group, run a few at a time by a task of the server process
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 
 import pytest
 from channels.db import database_sync_to_async
@@ -232,3 +234,36 @@ async def test_a_viewer_cannot_start_a_team_sweep(upstream, user, other_user):
 def test_setup_refuses_a_sweep_without_a_parameter():
     with pytest.raises(setup.SetupError, match="at least one parameter"):
         setup.plan_sweep(setup.ColumnSetup(MODEL), [("", "")], 0, "Hi")
+
+
+async def test_when_the_baseline_finishes_the_rows_are_redrawn_and_streaming_ones_catch_up(
+    upstream, user, api_key, settings
+):
+    settings.PLAYGROUND_COMPARE = {**settings.PLAYGROUND_COMPARE, "SWEEP_CONCURRENCY": 2}
+    slow = Behaviour(n_tokens=40, interval=0.02)
+    upstream.script(Behaviour(tokens=["Blue"], interval=0.1), slow)
+    upstream.default = Behaviour(tokens=["Blue"])
+    group = await database_sync_to_async(make_sweep)(user, axis2="", values2="", seeds="0")
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="start")
+    await until_done(group)
+    await socket.drain()
+    assert any('id="group-body" hx-swap-oob="true"' in f for f in socket.frames[1:])
+    replies = [m async for m in Message.objects.filter(conversation__group=group, role="assistant")]
+    long_one = next(m for m in replies if m.text == slow.text)
+    assert shown_in_row(socket.frames, long_one.pk) == slow.text
+    await socket.close()
+
+
+def shown_in_row(frames: list[str], message_id: int) -> str:
+    """What a sweep row shows of a reply: deltas appended, a redrawn row or a snapshot
+    replacing it."""
+    shown = ""
+    redraw = re.compile(rf'id="text-{message_id}"(?: hx-swap-oob="innerHTML")?>(.*?)</div>', re.S)
+    for frame in frames:
+        if frame.startswith(f"+t{message_id}:"):
+            shown += frame.split(":", 1)[1]
+        for match in redraw.finditer(frame):
+            shown = html.unescape(match.group(1))
+    return shown

@@ -305,6 +305,11 @@ class GroupConsumer(ConversationConsumer):
         html = await self._render_member(message_id, done_html=event.get("html", ""))
         if html:
             await self.send(text_data=html)
+        if 'id="group-body"' in html:
+            # Every row was drawn again from the saved text, which lags what was shown:
+            # catch the ones still streaming up from their runs.
+            for streaming in list(self.shown):
+                await self._request_snapshot(streaming, None)
 
     async def _render_member(self, message_id: int, done_html: str = "") -> str:
         """A column's finished reply and its figures, or a sweep's row, drawn again."""

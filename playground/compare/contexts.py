@@ -122,18 +122,35 @@ def member_html(group: RunGroup, message_id: int, done_html: str, baseline: int)
         return ""
     conversation = message.conversation
     if group.kind == RunGroup.Kind.SWEEP:
-        context = group_context(group, baseline)
-        row = next((r for r in context["rows"] if r["cell"].pk == conversation.pk), None)
-        if row is None:
-            return ""
-        html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row, "group": group})
-        return html + render_to_string(f"{TEMPLATE}#sweep-status-oob", context)
+        return _sweep_member_html(group, conversation, baseline)
     if not done_html:
         awaiting = message.pk if message.awaits_tool_results else None
         context = {"message": message, "awaiting_tools": awaiting}
         done_html = render_to_string(f"{CHAT_TEMPLATE}#message-oob", context)
     column = _column(conversation, [latest_reply(conversation)])
     return done_html + render_to_string(f"{TEMPLATE}#column-stats-oob", {"col": column})
+
+
+def _sweep_member_html(group: RunGroup, cell: Conversation, baseline: int) -> str:
+    """The finished cell's row against the baseline and the sweep's status line; when the
+    baseline itself finished, every row (each one's differences are from it)."""
+    cells = members(group)
+    base = next((c for c in cells if c.position == baseline), cells[0] if cells else None)
+    if base is not None and base.pk == cell.pk:
+        return render_to_string(f"{TEMPLATE}#body-oob", group_context(group, baseline))
+    base_reply = latest_reply(base) if base is not None else None
+    row = _row(cell, latest_reply(cell), base, base_reply)
+    streaming = Message.objects.filter(
+        conversation__group=group, status=Message.Status.STREAMING
+    ).exists()
+    pending = group.conversations.filter(messages__isnull=True).count()
+    status = {
+        "pending": pending,
+        "running": streaming or (drivers.is_running(group.pk) and pending > 0),
+        "concurrency": drivers.concurrency(),
+    }
+    html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row})
+    return html + render_to_string(f"{TEMPLATE}#sweep-status-oob", status)
 
 
 def body_oob(group: RunGroup, baseline: int) -> tuple[str, list[tuple[int, str]]]:
