@@ -405,3 +405,21 @@ async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, ap
     assert [m.status async for m in replies] == ["complete", "complete"]
     assert [r.path for r in upstream.requests][-1] == "/v1/messages"
     await socket.close()
+
+
+async def test_a_stop_pressed_while_the_columns_are_written_stops_every_column(
+    upstream, user, api_key
+):
+    upstream.default = Behaviour(n_tokens=100, interval=0.05)  # five seconds each
+    columns = [setup.ColumnSetup(MODEL)] * 6
+    group = await database_sync_to_async(make_compare)(user, columns=columns)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Go")
+    await socket.send(action="stop")  # before most columns (perhaps any) are written
+    replies = Message.objects.filter(conversation__group=group, role="assistant")
+    async with asyncio.timeout(4):
+        while await replies.acount() < 6 or await replies.filter(status="streaming").aexists():
+            await asyncio.sleep(0.05)
+    assert {m.status async for m in replies} == {"stopped"}
+    await socket.close()

@@ -4,6 +4,7 @@ whether one runs without importing the engine that renders through them."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from django.conf import settings
 
@@ -12,6 +13,9 @@ running: dict[int, asyncio.Task] = {}
 # Sweeps told to stop: their drivers start no further cell (the running ones are stopped
 # through runs.stop, like any run).
 stopping: set[int] = set()
+# When Stop was last pressed on each group in this process (time.monotonic()): a compare send
+# still writing its columns stops the ones it starts after it (engine.send_to_columns).
+stopped_at: dict[int, float] = {}
 
 
 def concurrency() -> int:
@@ -25,6 +29,8 @@ def is_running(group_id: int) -> bool:
 
 
 def cancel_sweep(group_id: int) -> None:
-    """No further cell of this sweep starts in this process; the rest stay pending."""
+    """No further cell of this sweep starts in this process; the rest stay pending. A compare
+    send in flight stops the columns it has yet to start."""
+    stopped_at[group_id] = time.monotonic()
     if is_running(group_id):
         stopping.add(group_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -113,6 +114,7 @@ async def send_to_columns(
     bench.compare, this halved the added time to first token at the median). A write that
     fails then (the conversation changed meanwhile) stops that column and the ones after it,
     and says which were sent."""
+    began = time.monotonic()
     count = await group.conversations.acount()
     channels = [await layer.new_channel() for _ in range(max(count, 1))]
     prepared = await database_sync_to_async(prepare_columns)(
@@ -131,6 +133,10 @@ async def send_to_columns(
         await layer.group_send(runs.group_name(event["conversation_id"]), event)
         # Every watcher has this column's new rows: its deltas may follow.
         tasks.append(runs.start(turn.run, run))
+    if drivers.stopped_at.get(group.pk, 0.0) > began:
+        # Stop was pressed while the columns were being written: those started after it
+        # missed it. Said again to every column (stopping is one function).
+        await runs.stop(Conversation.objects.filter(group_id=group.pk))
     return tasks
 
 
