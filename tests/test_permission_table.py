@@ -367,7 +367,9 @@ async def _open_group(w: World, kind: str = "compare"):
 
 async def ws_compare_watch(w: World, connect) -> bool:
     _, ok, socket = await _open_group(w)
-    return ok and any("Column said" in frame for frame in socket.frames)
+    seen = ok and any("Column said" in frame for frame in socket.frames)
+    await socket.close()
+    return seen
 
 
 async def ws_compare_send(w: World, connect) -> bool:
@@ -379,6 +381,7 @@ async def ws_compare_send(w: World, connect) -> bool:
     for pk in [m.pk async for m in Message.objects.filter(conversation__group=group)]:
         await runs.wait(pk)
     sent = Message.objects.filter(conversation__group=group, text="To every column")
+    await socket.close()
     return await sent.acount() == 2
 
 
@@ -392,6 +395,7 @@ async def ws_sweep_start(w: World, connect) -> bool:
     await socket.until(lambda f: "sweep-status" in f or "composer-error" in f)
     started = drivers.is_running(group.pk)
     await engine.wait_sweep(group.pk)
+    await socket.close()
     return started
 
 
@@ -418,6 +422,8 @@ async def ws_compare_stop(w: World, connect) -> bool:
                 pass
     except TimeoutError:
         return False
+    finally:
+        await socket.close()
     return True
 
 
