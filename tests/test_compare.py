@@ -128,11 +128,6 @@ def test_more_than_six_columns_are_refused(user):
         setup.plan_columns([setup.ColumnSetup(MODEL)], repeat=7)
 
 
-def test_a_prompt_version_column_is_the_prompt_librarys_hook_and_refused_until_then(user):
-    with pytest.raises(setup.SetupError, match="prompt library"):
-        setup.plan_columns([setup.ColumnSetup(MODEL, prompt_version=3), setup.ColumnSetup(MODEL)])
-
-
 def test_grouped_columns_stay_out_of_the_sidebar_and_history_links_their_group(user):
     group = make_compare(user)
     client = client_for(user)
@@ -423,3 +418,49 @@ async def test_a_stop_pressed_while_the_columns_are_written_stops_every_column(
             await asyncio.sleep(0.05)
     assert {m.status async for m in replies} == {"stopped"}
     await socket.close()
+
+
+def test_a_column_can_start_from_a_prompt_version_of_its_space(user, other_user):
+    from playground.prompts.models import Prompt
+
+    prompt = Prompt.objects.create(owner=user, name="greeter")
+    version = prompt.add_version(
+        user,
+        system_prompt="Greet warmly.",
+        messages=[{"role": "user", "content": "Hi"}],
+        model=MODEL,
+        wire_format="responses",
+        params={"temperature": 0.3, "top_p": 0.8},
+    )
+    templated = prompt.add_version(
+        user, system_prompt="Greet {{name}}.", messages=[], model=MODEL, params={}
+    )
+    client = client_for(user)
+    form = client.get("/compare/new/").content.decode()
+    assert f'<option value="{version.pk}">greeter v1</option>' in form
+    response = client.post(
+        "/compare/new/",
+        {
+            "columns": "2",
+            "title": "From the library",
+            "c1-model": MODEL,
+            "c1-prompt_version": str(version.pk),
+            "c1-params": "temperature = 0.9",
+            "c2-model": MODEL,
+        },
+    )
+    group = RunGroup.objects.get()
+    first = group.conversations.get(position=0)
+    assert (first.system_prompt, first.wire_format) == ("Greet warmly.", "responses")
+    assert first.params == {"temperature": 0.9, "top_p": 0.8}  # the column's own value wins
+    assert group.spec["columns"][0]["prompt_version"] == version.pk
+    assert "From the prompt greeter v1" in client.get(response.url).content.decode()
+    # A system prompt with variables, or someone else's version, is refused by name.
+    data = {"columns": "2", "c1-model": MODEL, "c2-model": MODEL}
+    page = client.post("/compare/new/", {**data, "c1-prompt_version": str(templated.pk)})
+    assert "has variables ({{name}})" in page.content.decode()
+    theirs = Prompt.objects.create(owner=other_user, name="private")
+    hidden = theirs.add_version(other_user, system_prompt="Secret", messages=[], model=MODEL)
+    page = client.post("/compare/new/", {**data, "c1-prompt_version": str(hidden.pk)})
+    assert "Column 1: No such prompt version." in page.content.decode()
+    assert RunGroup.objects.count() == 1

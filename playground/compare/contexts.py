@@ -10,7 +10,7 @@ from django.template.loader import render_to_string
 from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import Turn
-from playground.compare import drivers
+from playground.compare import drivers, setup
 from playground.providers import catalog
 from playground.providers.specs import FORMAT_LABELS, IMAGES
 
@@ -41,6 +41,8 @@ def _column(conversation: Conversation, transcript: Sequence[Message | None]) ->
         "model": model,
         "format": FORMAT_LABELS.get(conversation.wire_format, conversation.wire_format),
         "params": sorted(conversation.params.items()),
+        # "… · column 2 · prompt greet v3": the prompt version a column came from, if any.
+        "source": conversation.title.partition(setup.SOURCE)[2],
     }
 
 

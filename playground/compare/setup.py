@@ -4,10 +4,8 @@ Each column (or cell) is checked with the same code a conversation's settings go
 (services.get_model, pick_format, clean_settings), so a value the panel would refuse is refused
 here too, naming the column or cell, before anything is saved.
 
-Prompt versions: a column may one day name a prompt version (the prompt library, issue 14)
-instead of a model, system prompt and parameters. `ColumnSetup.prompt_version` and the
-`prompt_version` key of each spec column are the hook: `resolve_prompt_version()` is where
-the library fills the column from the version; until it exists it refuses the field.
+A column may name a prompt version (the prompt library) instead of a model, system prompt
+and parameters: resolve_prompt_version() fills it in from the version.
 """
 
 from __future__ import annotations
@@ -18,13 +16,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.http import Http404
 
 from playground.chat.models import Conversation, RunGroup
 from playground.chat.services import TurnError, clean_settings, get_model, pick_format
+from playground.prompts import library, variables
 from playground.providers import params
 from playground.providers.specs import CHAT, FORMAT_LABELS
 
 MIN_COLUMNS = 2
+SOURCE = " · prompt "  # in a column's title, before the prompt version it came from
 
 
 def limits() -> dict[str, int]:
@@ -45,7 +46,8 @@ class ColumnSetup:
     wire_format: str = CHAT
     system_prompt: str = ""
     params: dict[str, Any] = field(default_factory=dict)  # as typed (strings) or cleaned
-    prompt_version: int | None = None  # the prompt library's hook, see the module docstring
+    prompt_version: int | None = None  # a prompt library version it is filled from
+    label: str = ""  # where it came from, shown in the column's title
 
 
 def parse_param_lines(text: str) -> dict[str, Any]:
@@ -67,18 +69,42 @@ def parse_param_lines(text: str) -> dict[str, Any]:
     return values
 
 
-def resolve_prompt_version(column: ColumnSetup) -> ColumnSetup:
-    """The hook for the prompt library: a column naming a version gets its model, format,
-    system prompt and parameters from it. Not built yet, so such a column is refused."""
-    if column.prompt_version is not None:
-        raise TurnError("Prompt versions in columns come with the prompt library.")
-    return column
+def resolve_prompt_version(column: ColumnSetup, user=None, team_id: int | None = None):
+    """A column naming a prompt version (the prompt library) takes its model, wire format,
+    system prompt and parameters from it; parameters set on the column win. The version must
+    be one `user` may see, of the compare's own space, and its system prompt must have no
+    {{variables}}: a compare sends it as written (the playground fills variables in)."""
+    if column.prompt_version is None:
+        return column
+    try:
+        version = library.get_version_for_user(user, column.prompt_version)
+    except Http404:
+        raise TurnError("No such prompt version.") from None
+    if version.prompt.team_id != team_id:
+        raise TurnError(f"{version} belongs to another space: pick a prompt of this one.")
+    names = variables.names_in(version.system_prompt)
+    if names:
+        listed = ", ".join("{{" + name + "}}" for name in names)
+        raise TurnError(
+            f"{version}'s system prompt has variables ({listed}): a compare sends it as "
+            "written, so fill them in with Open in playground."
+        )
+    return ColumnSetup(
+        version.model,
+        version.wire_format or CHAT,
+        version.system_prompt,
+        {**version.all_params(), **column.params},
+        version.pk,
+        label=str(version),
+    )
 
 
-def _checked(column: ColumnSetup, where: str) -> dict[str, Any]:
+def _checked(
+    column: ColumnSetup, where: str, user=None, team_id: int | None = None
+) -> dict[str, Any]:
     """The column as its spec stores it, or SetupError naming `where` and each field."""
     try:
-        column = resolve_prompt_version(column)
+        column = resolve_prompt_version(column, user, team_id)
         model = get_model(column.model)
         fmt = pick_format(model, column.wire_format or CHAT)
         cleaned = clean_settings(model, column.system_prompt, column.params, fmt)
@@ -93,10 +119,18 @@ def _checked(column: ColumnSetup, where: str) -> dict[str, Any]:
         "params": cleaned,
         "seed": cleaned.get("seed"),
         "prompt_version": column.prompt_version,
+        "source": column.label,
     }
 
 
-def plan_columns(columns: list[ColumnSetup], repeat: int = 1, vary_seed: bool = False) -> list:
+def plan_columns(
+    columns: list[ColumnSetup],
+    repeat: int = 1,
+    vary_seed: bool = False,
+    *,
+    user=None,
+    team_id: int | None = None,
+) -> list:
     """The checked columns. With `repeat` > 1 the first column's setup is repeated that many
     times (a stability check); `vary_seed` gives each repeat its own seed, 1…N."""
     most = limits()["MAX_COLUMNS"]
@@ -116,7 +150,7 @@ def plan_columns(columns: list[ColumnSetup], repeat: int = 1, vary_seed: bool = 
     checked = []
     for number, column in enumerate(columns, start=1):
         try:
-            checked.append(_checked(column, f"Column {number}"))
+            checked.append(_checked(column, f"Column {number}", user, team_id))
         except SetupError as exc:
             errors += exc.errors
     if errors:
@@ -151,7 +185,10 @@ def _group(user, team, kind: str, title: str, spec: dict, members: list[dict]) -
 
 def create_compare(user, team, title: str, columns: list[dict]) -> RunGroup:
     """A compare of the checked `columns` (plan_columns) in `team`'s space (None: personal)."""
-    members = [{**c, "label": f"column {n}"} for n, c in enumerate(columns, start=1)]
+    members = [
+        {**c, "label": f"column {n}" + (f"{SOURCE}{c['source']}" if c.get("source") else "")}
+        for n, c in enumerate(columns, start=1)
+    ]
     spec = {"columns": columns}
     return _group(user, team, RunGroup.Kind.COMPARE, title.strip()[:200], spec, members)
 
@@ -161,13 +198,24 @@ def _values(text: str) -> list[str]:
 
 
 def plan_sweep(
-    column: ColumnSetup, axes: list[tuple[str, str]], seeds: int, prompt: str
+    column: ColumnSetup,
+    axes: list[tuple[str, str]],
+    seeds: int,
+    prompt: str,
+    *,
+    user=None,
+    team_id: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sweep's spec: each cell is the base setup with one value of each axis and, with
     `seeds` > 0, seed 1…seeds. Over MAX_SWEEP_CELLS cells it is refused: that is an
     experiment's size (batch runs through the tasks framework), not an interactive grid."""
     if not prompt.strip():
         raise SetupError(["Write the message every cell sends."])
+    try:
+        column = resolve_prompt_version(column, user, team_id)
+    except TurnError as exc:
+        raise SetupError([f"The base setup: {exc}"]) from None
+    column.prompt_version = None  # resolved: each cell is the version's setup
     model = get_model_or_error(column.model)
     named = [(name.strip(), _values(values)) for name, values in axes if name.strip()]
     errors = []

@@ -19,6 +19,7 @@ from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.compare import access, contexts, setup
 from playground.http import AuthenticatedHttpRequest
+from playground.prompts.models import Prompt, PromptVersion
 from playground.providers import catalog
 from playground.providers.specs import FORMAT_LABELS
 
@@ -47,11 +48,12 @@ def _column_from(post, n: int) -> setup.ColumnSetup:
 
 def _column_data(post, n: int) -> dict[str, Any]:
     """A column's fields as posted, so a refused form comes back as it was filled."""
-    fields = ("model", "wire_format", "system_prompt", "params")
+    fields = ("model", "wire_format", "system_prompt", "params", "prompt_version")
     return {"n": n, **{name: post.get(f"c{n}-{name}", "") for name in fields}}
 
 
 def _form_context(request, count: int, errors: list[str], kind: str) -> dict[str, Any]:
+    space = current_space(request)
     return {
         "count": count,
         "forms": [_column_data(request.POST, n) for n in range(1, count + 1)],
@@ -62,8 +64,16 @@ def _form_context(request, count: int, errors: list[str], kind: str) -> dict[str
         "max_columns": setup.limits()["MAX_COLUMNS"],
         "max_cells": setup.limits()["MAX_SWEEP_CELLS"],
         "kind": kind,
-        "space": current_space(request),
+        "space": space,
+        "prompt_versions": _prompt_versions(request.user, space),
     }
+
+
+def _prompt_versions(user, space: Membership | None) -> list[PromptVersion]:
+    """The prompt versions a column may start from: the current space's, newest first."""
+    prompts = Prompt.objects.visible_to(user).in_space(space.team_id if space else None)
+    versions = PromptVersion.objects.filter(prompt__in=prompts).select_related("prompt")
+    return list(versions.order_by("prompt__name", "-number")[:100])
 
 
 def _count(raw: str | None, default: int = 2) -> int:
@@ -85,7 +95,11 @@ def compare_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             columns = [_column_from(request.POST, n) for n in range(1, count + 1)]
             repeat = _repeat(request.POST.get("repeat"))
             planned = setup.plan_columns(
-                columns, repeat=repeat, vary_seed=request.POST.get("vary_seed") == "on"
+                columns,
+                repeat=repeat,
+                vary_seed=request.POST.get("vary_seed") == "on",
+                user=request.user,
+                team_id=space.team_id if space is not None else None,
             )
         except ValueError as exc:
             errors = [str(exc)]
@@ -117,7 +131,14 @@ def sweep_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             column = _column_from(post, 1)
             seeds = int(post.get("seeds") or 0)
             axes = [(post.get(f"axis{n}", ""), post.get(f"values{n}", "")) for n in (1, 2)]
-            spec, cells = setup.plan_sweep(column, axes, seeds, post.get("prompt", ""))
+            spec, cells = setup.plan_sweep(
+                column,
+                axes,
+                seeds,
+                post.get("prompt", ""),
+                user=request.user,
+                team_id=space.team_id if space is not None else None,
+            )
         except ValueError as exc:
             errors = [str(exc) if "Line" in str(exc) else "Seeds takes a whole number."]
         except setup.SetupError as exc:
