@@ -21,7 +21,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
+from playground.accounts.models import ApiKey
 from playground.chat import budgets, runs
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import (
@@ -30,6 +32,7 @@ from playground.chat.services import (
     TurnError,
     get_model,
     prepare_turn,
+    resolve_api_key,
     write_turn,
 )
 from playground.compare import contexts, drivers
@@ -70,6 +73,7 @@ def check_budget(user, team_id: int | None, conversations: list[Conversation]) -
         raise TurnError(str(exc)) from None
 
 
+@sensitive_variables("keys", "prepared")
 def prepare_columns(
     group: RunGroup, user, *, text: str, attachment_ids: list[int], channels: list[str]
 ) -> list[PreparedTurn]:
@@ -81,20 +85,27 @@ def prepare_columns(
         raise ValueError("one channel per column")
     check_capacity(user, len(columns))
     check_budget(user, group.team_id, columns)
-    return [
-        prepare_turn(
-            conversation,
-            user,
-            text=text,
-            model_key=conversation.model,
-            system_prompt=conversation.system_prompt,
-            channel=channel,
-            values=conversation.params,
-            attachment_ids=attachment_ids,
-            wire_format=conversation.wire_format,
+    keys: dict[str, tuple[str | None, ApiKey | None]] = {}  # one read per provider
+    prepared = []
+    for conversation, channel in zip(columns, channels, strict=False):
+        provider = get_model(conversation.model).provider
+        if provider.slug not in keys:
+            keys[provider.slug] = resolve_api_key(user, conversation, provider)
+        prepared.append(
+            prepare_turn(
+                conversation,
+                user,
+                text=text,
+                model_key=conversation.model,
+                system_prompt=conversation.system_prompt,
+                channel=channel,
+                values=conversation.params,
+                attachment_ids=attachment_ids,
+                wire_format=conversation.wire_format,
+                paid_by=keys[provider.slug],
+            )
         )
-        for conversation, channel in zip(columns, channels, strict=False)
-    ]
+    return prepared
 
 
 def write_column(prepared: PreparedTurn, user) -> tuple[Turn, dict[str, Any]]:
