@@ -267,3 +267,27 @@ def shown_in_row(frames: list[str], message_id: int) -> str:
         for match in redraw.finditer(frame):
             shown = html.unescape(match.group(1))
     return shown
+
+
+async def test_a_sweep_that_would_go_over_a_budget_is_refused_before_any_cell_runs(
+    upstream, user, api_key
+):
+    from decimal import Decimal
+
+    from playground.accounts.models import Budget
+
+    @database_sync_to_async
+    def prepare():
+        # Eight cells at $0.03 each is $0.24: over a $0.20 budget.
+        Budget.set(team=None, user=user, monthly_cost=Decimal("0.20"), daily_messages=None, by=user)
+        return make_sweep(user)
+
+    group = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="start")
+    assert "budget" in await socket.until(lambda f: "composer-error" in f)
+    await asyncio.sleep(0.1)
+    assert upstream.requests == [] and not drivers.is_running(group.pk)
+    assert not await Message.objects.filter(conversation__group=group).aexists()
+    await socket.close()
