@@ -464,3 +464,30 @@ def test_a_column_can_start_from_a_prompt_version_of_its_space(user, other_user)
     page = client.post("/compare/new/", {**data, "c1-prompt_version": str(hidden.pk)})
     assert "Column 1: No such prompt version." in page.content.decode()
     assert RunGroup.objects.count() == 1
+
+
+async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
+    upstream, user, api_key, connect
+):
+    upstream.default = Behaviour(tokens=["Side", " door"], interval=0.02)
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await playground.send_prompt("Through the playground")
+    await playground.until(lambda f: "status-complete" in f)
+    await finish(group)
+    await compare.drain()
+    redrawn = [
+        f
+        for f in compare.frames
+        if f'id="column-list-{column.pk}" class="column-list" hx-swap-oob="true"' in f
+    ]
+    assert "Through the playground" in redrawn[0]
+    reply = await Message.objects.filter(conversation=column, role="assistant").alast()
+    done = [f for f in compare.frames if f'id="msg-{reply.pk}"' in f and "status-complete" in f]
+    assert done and "Side door" in done[-1]
+    await compare.close()
+    await playground.close()

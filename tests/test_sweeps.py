@@ -247,6 +247,7 @@ async def test_when_the_baseline_finishes_the_rows_are_redrawn_and_streaming_one
     ok, socket = await open_group(user, group.pk)
     await socket.drain()
     await socket.send(action="start")
+    await socket.until(lambda f: "sweep-status" in f)  # the driver runs
     await until_done(group)
     await socket.drain()
     assert any('id="group-body" hx-swap-oob="true"' in f for f in socket.frames[1:])

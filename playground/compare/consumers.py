@@ -291,10 +291,19 @@ class GroupConsumer(ConversationConsumer):
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
         html = event.get("compare_html")
-        if html is None:  # sent from the conversation's own page: draw the member again
-            html = await self._render_member(event["streaming_ids"][0])
+        if html is not None:
+            await self.send(text_data=html)
+            return
+        # Sent from the conversation's own page: draw the member again from the database,
+        # then catch its reply up from the run (the saved text lags what it streamed).
+        html = await database_sync_to_async(contexts.member_redrawn_html)(
+            self.run_group, event["streaming_ids"][0], self.baseline
+        )
         if html:
             await self.send(text_data=html)
+            for message_id in event["streaming_ids"]:
+                self.shown.pop(message_id, None)
+                await self._request_snapshot(message_id, None)
 
     async def run_done(self, event: dict[str, Any]) -> None:
         if not await self._still_allowed():

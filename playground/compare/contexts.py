@@ -133,6 +133,20 @@ def member_html(group: RunGroup, message_id: int, done_html: str, baseline: int)
     return done_html + render_to_string(f"{TEMPLATE}#column-stats-oob", {"col": column})
 
 
+def member_redrawn_html(group: RunGroup, message_id: int, baseline: int) -> str:
+    """A member whose rows changed outside this page (a send from the conversation's own
+    page): a column's whole transcript, or a sweep's row, drawn again from the database."""
+    message = Message.objects.filter(pk=message_id, conversation__group=group).first()
+    if message is None:
+        return ""
+    conversation = Conversation.objects.get(pk=message.conversation_id)
+    if group.kind == RunGroup.Kind.SWEEP:
+        return _sweep_member_html(group, conversation, baseline)
+    transcript = list(conversation.messages.select_related("created_by").order_by("created", "pk"))
+    column = _column(conversation, transcript)
+    return render_to_string(f"{TEMPLATE}#column-redrawn", {"col": column})
+
+
 def _sweep_member_html(group: RunGroup, cell: Conversation, baseline: int) -> str:
     """The finished cell's row against the baseline and the sweep's status line; when the
     baseline itself finished, every row (each one's differences are from it)."""
