@@ -157,9 +157,9 @@ def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> l
     mine, today = Q(created_by=user), Q(created__gte=day)
     used: dict[str, Any] = replies.aggregate(
         space_cost=Sum("cost"),
-        space_messages=Count("pk", filter=today),
+        space_messages=Count("created", filter=today),
         my_cost=Sum("cost", filter=mine),
-        my_messages=Count("pk", filter=mine & today),
+        my_messages=Count("created", filter=mine & today),
     )
     found: list[Limit] = []
     for budget, whose, cost, messages in (

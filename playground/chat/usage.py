@@ -1,8 +1,9 @@
 """The Usage page: messages, tokens, cost and mean time to first token of a space's saved
 replies, by day, by model and by member, as SVG bar charts, tables and CSV downloads.
 
-One grouped query (day × model × member) over the (team, created) or (created_by, created)
-index; the three breakdowns and the totals are folded from its rows in Python. Who sees
+One grouped query (day × model × member) over the covering (team, created, ...) index or the
+(created_by, created) one; the three breakdowns and the totals are folded from its rows in
+Python. Who sees
 what is decided here, in `UsageScope`: a team's owners and admins see every member; members
 and viewers see their own replies, plus the team's total."""
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from django import forms
@@ -20,6 +21,7 @@ from django.contrib import messages as flash
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import connections, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.http import HttpResponse
@@ -88,14 +90,21 @@ class Row:
     ttft_sum: float = 0.0
     ttft_n: int = 0
 
-    def add(self, group: dict[str, Any]) -> None:
-        # Names of their own: an annotation may not take a field's name.
-        self.messages += group["n_messages"]
-        self.input_tokens += group["n_input"] or 0
-        self.output_tokens += group["n_output"] or 0
-        self.cost += group["n_cost"] or Decimal(0)
-        self.ttft_sum += group["ttft_sum"] or 0.0
-        self.ttft_n += group["ttft_n"]
+    def add(
+        self,
+        messages: int,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cost: Decimal | None,
+        ttft_sum: float | None,
+        ttft_n: int,
+    ) -> None:
+        self.messages += messages
+        self.input_tokens += input_tokens or 0
+        self.output_tokens += output_tokens or 0
+        self.cost += cost or Decimal(0)
+        self.ttft_sum += ttft_sum or 0.0
+        self.ttft_n += ttft_n
 
     @property
     def ttft_ms(self) -> float | None:
@@ -141,14 +150,6 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
     tz = timezone.get_current_timezone()
     since = timezone.make_aware(datetime.combine(start, time.min), tz)
     until = since + timedelta(days=(end - start).days + 1)
-    groups = list(
-        scope.replies()
-        .filter(created__gte=since, created__lt=until)
-        .annotate(day=LocalDay("created", tzinfo=tz))
-        .values("day", "model", "created_by")
-        .annotate(**_sums())
-        .order_by()
-    )
     days = {
         start + timedelta(days=n): Row(start + timedelta(days=n), "")
         for n in range((end - start).days + 1)
@@ -156,14 +157,21 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
     models: dict[str, Row] = {}
     members: dict[int | None, Row] = {}
     totals = Row(None, "Total")
-    for group in groups:
-        day = group["day"]
-        if isinstance(day, str):  # some backends hand back text
-            day = date.fromisoformat(day)
-        days.setdefault(day, Row(day, "")).add(group)
-        models.setdefault(group["model"], Row(group["model"], "")).add(group)
-        members.setdefault(group["created_by"], Row(group["created_by"], "")).add(group)
-        totals.add(group)
+    parsed: dict[Any, date] = {}
+    for day, model, member, *sums in _groups(scope, since, until, tz):
+        if day not in parsed:  # some backends hand back text
+            parsed[day] = date.fromisoformat(day) if isinstance(day, str) else day
+        day = parsed[day]
+        if (row := days.get(day)) is None:
+            row = days[day] = Row(day, "")
+        row.add(*sums)
+        if (row := models.get(model)) is None:
+            row = models[model] = Row(model, "")
+        row.add(*sums)
+        if (row := members.get(member)) is None:
+            row = members[member] = Row(member, "")
+        row.add(*sums)
+        totals.add(*sums)
     for row in days.values():
         row.label = row.key.isoformat()
     for row in models.values():
@@ -178,11 +186,12 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
     team_total = None
     if scope.team is not None and not scope.sees_everyone:
         team_total = Row(None, f"{scope.team.name} (everyone)")
-        team_total.add(
+        sums = (
             budgets.replies_in_space(scope.user, scope.team.pk)
             .filter(created__gte=since, created__lt=until)
             .aggregate(**_sums())
         )
+        team_total.add(*(sums[name] for name in _sums()))
     by_cost = lambda row: (-row.cost, -row.messages, row.label)  # noqa: E731
     return Report(
         totals=totals,
@@ -191,6 +200,54 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
         by_member=sorted(members.values(), key=by_cost),
         team_total=team_total,
     )
+
+
+def _groups(scope: UsageScope, since: datetime, until: datetime, tz: Any) -> list[tuple]:
+    """The one grouped query: a row per (day, model, member) with its sums, as plain tuples.
+
+    Read through the cursor, not the queryset: Django's per-value converters (a Decimal and
+    a date per row) and the dict per row were a fifth of the page on SQLite (measured, 90
+    days: 7,180 groups). Costs come back as the backend gives them and are made Decimals
+    here, as Django's converter would, to the field's six decimal places."""
+    queryset = (
+        scope.replies()
+        .filter(created__gte=since, created__lt=until)
+        .annotate(day=LocalDay("created", tzinfo=tz))
+        .values("day", "model", "created_by")
+        .annotate(**_sums())
+        .order_by()
+    )
+    sql, params = queryset.query.sql_with_params()
+    connection = connections[queryset.db]
+    if connection.vendor == "postgresql":
+        # Enough memory to group in a hash table (7,180 groups over 90 days: 7 MB): with
+        # the default 4 MB the planner sorts every reply on disk, 1.7x slower. SET LOCAL
+        # lasts to the end of this transaction. (Not on SQLite: there a transaction here
+        # would be BEGIN IMMEDIATE, a write lock for a read.)
+        with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '32MB'")
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    return [
+        (day, model, member, n, n_in or 0, n_out or 0, _decimal(cost), t_sum or 0.0, t_n)
+        for day, model, member, n, n_in, n_out, cost, t_sum, t_n in rows
+    ]
+
+
+_from_float = Context(prec=15).create_decimal_from_float
+SIX_PLACES = Decimal("0.000001")
+
+
+def _decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, float):  # SQLite sums a decimal column in floating point
+        return _from_float(value).quantize(SIX_PLACES)
+    return Decimal(value)
 
 
 class LocalDay(TruncDate):
@@ -207,8 +264,12 @@ class LocalDay(TruncDate):
 
 
 def _sums() -> dict[str, Any]:
+    """The sums of a group, in Row.add's order. Names of their own: an annotation may not
+    take a field's name. COUNT(*), not COUNT(id): every column read is then in the covering
+    index, so PostgreSQL can answer from the index alone (an index-only scan, 30 days:
+    27 ms instead of 53 ms with the heap)."""
     return {
-        "n_messages": Count("pk"),
+        "n_messages": Count("*"),
         "n_input": Sum("input_tokens"),
         "n_output": Sum("output_tokens"),
         "n_cost": Sum("cost"),
