@@ -212,3 +212,23 @@ def test_the_usage_bench_seeds_and_times_the_page(client, settings):
     html = client.get(f"/teams/{team.pk}/usage/?start={bench.start(90)}").content.decode()
     assert cells(html, "usage-total")[1] == "400"
     assert bench.timed_check(team, member, 1)["median_ms"] > 0
+
+
+def test_on_sqlite_a_teams_replies_are_summed_in_the_day_index_order(client, user, lab):
+    """The grouped query seeks the (team, role, day, model, member) index made after migrate
+    and needs no temporary B-tree (a sort of every reply in range) to group."""
+    if connection.vendor != "sqlite":
+        pytest.skip("an index of SQLite's alone; PostgreSQL groups in a hash table")
+    from django.test.utils import CaptureQueriesContext
+
+    from playground.chat.usage import DAY_INDEX, UsageScope, report
+
+    scope = UsageScope(user, lab, lab.memberships.get(user=user))
+    with CaptureQueriesContext(connection) as queries:
+        figures = report(scope, date(2026, 11, 1), date(2026, 11, 5))
+    assert figures.totals.messages == 3
+    grouped = next(q["sql"] for q in queries.captured_queries if "GROUP BY" in q["sql"])
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + grouped)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert f"COVERING INDEX {DAY_INDEX}" in plan and "TEMP B-TREE" not in plan, plan
