@@ -188,6 +188,10 @@ class Message(models.Model):
         "Attachment", blank=True, related_name="messages"
     )
     reasoning = models.TextField(blank=True)
+    # Messages format: a {"chars": n, "signature": s} per thinking block, in order; block i is
+    # the next n characters of `reasoning`. Sent back with a turn that called tools, as the
+    # Messages API requires (a thinking block, with its signature, before the tool_use).
+    thinking_signatures = models.JSONField(default=list, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)
     logprobs = models.JSONField(null=True, blank=True)
