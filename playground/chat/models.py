@@ -404,15 +404,21 @@ class LastSettings(models.Model):
     model = models.CharField(max_length=200)
     params = models.JSONField(default=dict, blank=True)
     system_prompt = models.TextField(blank=True)
+    wire_format = models.CharField(max_length=20, choices=FORMAT_CHOICES, default=CHAT)
     updated = models.DateTimeField(auto_now=True)
 
-    @classmethod
-    def remember(cls, user, conversation: Conversation) -> None:
-        wanted = {
+    @staticmethod
+    def _wanted(conversation: Conversation) -> dict[str, Any]:
+        return {
             "model": conversation.model,
             "params": conversation.params,
             "system_prompt": conversation.system_prompt,
+            "wire_format": conversation.wire_format,
         }
+
+    @classmethod
+    def remember(cls, user, conversation: Conversation) -> None:
+        wanted = cls._wanted(conversation)
         saved = cls.objects.filter(user=user).values(*wanted).first()
         if saved != wanted:  # one read on every send; a write only when they changed
             cls.objects.update_or_create(user=user, defaults=wanted)
@@ -421,11 +427,7 @@ class LastSettings(models.Model):
     def remember_now(cls, user, conversation: Conversation) -> None:
         """remember() inside a transaction that writes anyway: one UPDATE instead of a read
         and, when they changed, a write."""
-        wanted = {
-            "model": conversation.model,
-            "params": conversation.params,
-            "system_prompt": conversation.system_prompt,
-        }
+        wanted = cls._wanted(conversation)
         if not cls.objects.filter(user=user).update(**wanted, updated=timezone.now()):
             cls.objects.create(user=user, **wanted)
 
