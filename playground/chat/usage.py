@@ -486,8 +486,12 @@ def safe_cell(value: Any) -> str:
 # --- budgets ------------------------------------------------------------------------------
 
 
+EACH_MEMBER = "each"
+
+
 class BudgetForm(forms.Form):
-    member = forms.IntegerField(required=False)  # a membership id; empty: the whole space
+    # A membership id; "each": every member without limits of their own; empty: the space.
+    member = forms.CharField(required=False, max_length=20)
     monthly_cost = forms.DecimalField(
         required=False, min_value=Decimal(0), max_digits=12, decimal_places=2
     )
@@ -521,12 +525,15 @@ def _budget_save(
         flash.error(request, f"Budget not saved: {error}")
         return redirect(page, *args)
     user = None
-    member_pk = form.cleaned_data["member"]
-    if member_pk is not None:
-        if scope.team is None:
-            flash.error(request, "Personal budgets apply to every personal space.")
-            return redirect(page, *args)
-        found = scope.team.memberships.select_related("user").filter(pk=member_pk).first()
+    member = form.cleaned_data["member"].strip()
+    each_member = member == EACH_MEMBER
+    if member and scope.team is None:
+        flash.error(request, "Personal budgets apply to every personal space.")
+        return redirect(page, *args)
+    if member and not each_member:
+        found = None
+        if member.isdigit() and scope.team is not None:
+            found = scope.team.memberships.select_related("user").filter(pk=int(member)).first()
         if found is None:
             flash.error(request, "That person is not a member of the team.")
             return redirect(page, *args)
@@ -538,10 +545,13 @@ def _budget_save(
             monthly_cost=form.cleaned_data["monthly_cost"],
             daily_messages=form.cleaned_data["daily_messages"],
             by=request.user,
+            each_member=each_member,
         )
     except InvalidOperation:
         flash.error(request, "Budget not saved: give the cost as a number of dollars.")
         return redirect(page, *args)
     whom = user.get_username() if user else ("the team" if scope.team else "personal spaces")
+    if each_member:
+        whom = "each member"
     flash.success(request, f"Budget for {whom} {'saved' if budget else 'removed'}.")
     return redirect(page, *args)
