@@ -159,7 +159,7 @@ def report(scope: UsageScope, start: date, end: date) -> Report:
     by_day: dict[Any, list] = {}
     by_model: dict[str, list] = {}
     by_member: dict[int | None, list] = {}
-    everything = [0, 0, 0, 0, 0.0, 0]
+    everything: list[Any] = [0, 0, 0, 0, 0.0, 0]
     for day, model, member, *sums in _groups(scope, since, until, tz):
         if (a := by_day.get(day)) is None:
             a = by_day[day] = [0, 0, 0, 0, 0.0, 0]
