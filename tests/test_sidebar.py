@@ -290,3 +290,21 @@ def test_dates_are_in_the_readers_time_zone_from_the_cookie(client, user, cookie
     page = client.get(f"/c/{c.pk}/").content
     stamp = attr(find(find(page, "li", id=f"conv-{c.pk}"), "time"), "datetime")
     assert stamp.endswith(offset)
+
+
+def test_a_groups_conversations_stay_out_of_the_sidebar_and_home(client, user):
+    from playground.chat.models import RunGroup
+
+    plain = make_conversations(user, 3)
+    group = RunGroup.objects.create(kind=RunGroup.Kind.COMPARE, owner=user)
+    columns = make_conversations(user, 2)
+    Conversation.objects.filter(pk__in=[c.pk for c in columns]).update(group=group)
+    client.force_login(user)
+
+    seen = walk(client, client.get(f"/c/{plain[-1].pk}/").content)
+    assert set(seen) == {c.pk for c in plain}
+    # Home reopens the newest plain chat's space, never a column (they hold messages or not).
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.url not in {f"/c/{c.pk}/" for c in columns}
+    assert list(RunGroup.objects.visible_to(user)) == [group]

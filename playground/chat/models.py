@@ -48,6 +48,54 @@ class ConversationQuerySet(models.QuerySet):
         return self.filter(Q(updated__lt=updated) | Q(updated=updated, pk__lt=pk))
 
 
+class RunGroupQuerySet(models.QuerySet):
+    def visible_to(self, user) -> RunGroupQuerySet:
+        """As for conversations: the user's personal groups plus those of their teams."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self.filter(
+            Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
+        ).distinct()
+
+
+class RunGroup(models.Model):
+    """Conversations started together: a compare's columns, a sweep's cells, an experiment
+    run's items. Each member is an ordinary conversation (`Conversation.group`), made by the
+    one run engine, so review, export, usage and budgets see its replies like any other; the
+    sidebar lists only plain chats, History lists everything. What a kind needs beyond this
+    (a sweep's grid, an experiment's dataset) lives in its own app, keyed to the group."""
+
+    class Kind(models.TextChoices):
+        COMPARE = "compare", "Compare"
+        SWEEP = "sweep", "Sweep"
+        EXPERIMENT = "experiment", "Experiment"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="run_groups"
+    )
+    team = models.ForeignKey(
+        "accounts.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="run_groups",
+    )
+    title = models.CharField(max_length=200, blank=True)
+    # The setup it was started with (columns, grid axes, ...), as its kind's app wrote it.
+    spec = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = RunGroupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["team", "owner", "-created"], name="rungroup_space")]
+
+    def __str__(self) -> str:
+        return self.title or f"{self.get_kind_display()} {self.pk}"
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
@@ -67,6 +115,15 @@ class Conversation(models.Model):
     params = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # Set for a compare column, a sweep cell or an experiment item (RunGroup); its place in it.
+    group = models.ForeignKey(
+        RunGroup,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    position = models.PositiveIntegerField(default=0)
 
     objects = ConversationQuerySet.as_manager()
 

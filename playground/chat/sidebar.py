@@ -114,7 +114,14 @@ def page(
     """The PAGE_SIZE conversations `user` may see in one space (a team id, None: Personal)
     that come after `after` (from the newest without it). `pinned` is left out: the page
     above already shows it out of order."""
-    conversations = Conversation.objects.visible_to(user).in_space(space).exclude(title="")
+    # Plain chats only: compare columns, sweep cells and experiment items (a group's
+    # conversations) are reached from their group and from History.
+    conversations = (
+        Conversation.objects.visible_to(user)
+        .in_space(space)
+        .exclude(title="")
+        .filter(group__isnull=True)
+    )
     if after is not None:
         conversations = conversations.older_than(after.updated, after.pk)
     if pinned is not None:

@@ -18,7 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from playground.accounts.access import get_team_for_user
 from playground.accounts.models import Membership, TeamError
 from playground.accounts.spaces import current_space, set_space
-from playground.chat import export, images, runs, sidebar
+from playground.chat import export, extensions, images, runs, sidebar
 from playground.chat.access import get_conversation_for_user, get_preset_for_user
 from playground.chat.contexts import (
     conversation_settings_context,
@@ -85,8 +85,10 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Open the user's newest conversation of the current space if it is still empty, else
     start a fresh one there. A viewer, who starts none, gets the team's newest."""
     space = current_space(request)
-    in_space = Conversation.objects.visible_to(request.user).in_space(
-        space.team_id if space else None
+    in_space = (
+        Conversation.objects.visible_to(request.user)
+        .in_space(space.team_id if space else None)
+        .filter(group__isnull=True)
     )
     if space is not None and not space.can_run():
         newest = in_space.first()
@@ -159,11 +161,13 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     context = transcript_context(conversation)
     context.update(conversation_settings_context(conversation))
     context.update(_head_context(request.user, conversation))
+    can_run = conversation.can_run(request.user)
     context.update(
         sidebar=sidebar.first_page(request.user, conversation),
-        can_run=conversation.can_run(request.user),
+        can_run=can_run,
         presets=_space_presets(request.user, conversation),
         closed_sections=closed_sections(request),
+        extra_panels=extensions.panels_html(request, conversation, can_run),
     )
     return render(request, TEMPLATE, context)
 
