@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0007_usage_columns'),
+        ('chat', '0008_run_groups'),
     ]
 
     operations = [
