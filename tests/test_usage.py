@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -232,3 +232,21 @@ def test_on_sqlite_a_teams_replies_are_summed_in_the_day_index_order(client, use
         cursor.execute("EXPLAIN QUERY PLAN " + grouped)
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
     assert f"COVERING INDEX {DAY_INDEX}" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_days_are_the_sites_days_in_a_zone_other_than_utc(client, user, settings):
+    """Outside UTC the day is Django's own (the SQLite day index is for UTC days): a reply
+    at 23:30 UTC on 2 Nov is on 3 Nov in Paris, and the range is Paris's days."""
+    settings.TIME_ZONE = "Europe/Paris"
+    lab = Team.create(name="Lab", owner=user)
+    shared = Conversation.objects.create(owner=user, team=lab, model=E4B)
+    for hour, minute in ((23, 30), (12, 0)):
+        reply(shared, user, DAY1)
+        late = datetime(2026, 11, 2, hour, minute, tzinfo=UTC)
+        Message.objects.filter(pk=Message.objects.latest("pk").pk).update(created=late)
+    html = page(client, user, f"/teams/{lab.pk}/usage/?start=2026-11-03&end=2026-11-03")
+    assert cells(html, "usage-total")[1] == "1"
+    html = page(client, user, f"/teams/{lab.pk}/usage/?start=2026-11-02&end=2026-11-03")
+    by_day = html.split('id="by-day"')[1].split("</section>")[0]
+    assert '<th scope="row">2026-11-02</th><td>1</td>' in by_day
+    assert '<th scope="row">2026-11-03</th><td>1</td>' in by_day

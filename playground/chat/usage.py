@@ -1,11 +1,11 @@
 """The Usage page: messages, tokens, cost and mean time to first token of a space's saved
 replies, by day, by model and by member, as SVG bar charts, tables and CSV downloads.
 
-One grouped query (day × model × member) over the covering (team, created, ...) index or the
-(created_by, created) one; the three breakdowns and the totals are folded from its rows in
-Python. Who sees
-what is decided here, in `UsageScope`: a team's owners and admins see every member; members
-and viewers see their own replies, plus the team's total."""
+One grouped query (day × model × member) over an index of the team's replies (see _groups and
+ensure_day_index) or the (created_by, created) one; the three breakdowns and the totals are
+folded from its rows in Python. Who sees what is decided here, in `UsageScope`: a team's
+owners and admins see every member; members and viewers see their own replies, plus the
+team's total."""
 
 from __future__ import annotations
 
@@ -223,13 +223,10 @@ def _groups(scope: UsageScope, since: datetime, until: datetime, tz: Any) -> lis
     days: 7,180 groups). Costs come back as the backend gives them (SQLite: floats, as its
     SUM() makes them for the ORM too) and become Decimals of the field's six places once
     summed per row of the page."""
-    queryset = (
-        scope.replies()
-        .filter(created__gte=since, created__lt=until)
-        .annotate(day=LocalDay("created", tzinfo=tz))
-    )
+    day = LocalDay("created", tzinfo=tz)
+    queryset = scope.replies().filter(created__gte=since, created__lt=until).annotate(day=day)
     connection = connections[queryset.db]
-    if connection.vendor == "sqlite":
+    if connection.vendor == "sqlite" and day.get_tzname() in ("UTC", None):
         # The same range said on the day, so SQLite can seek the day index (ensure_day_index).
         queryset = queryset.filter(day__gte=since.date(), day__lt=until.date())
     queryset = queryset.values("day", "model", "created_by").annotate(**_sums()).order_by()
