@@ -193,7 +193,9 @@ def thinking_blocks(message: Message) -> list[dict[str, str]]:
     """The reply's thinking blocks as the model wrote them, each with its signature."""
     blocks, at = [], 0
     for saved in message.thinking_signatures:
-        chars = int(saved.get("chars") or 0)
+        if not isinstance(saved, dict) or not isinstance(saved.get("signature"), str):
+            continue  # not one the run saved
+        chars = saved.get("chars") if isinstance(saved.get("chars"), int) else 0
         blocks.append(
             {"thinking": message.reasoning[at : at + chars], "signature": saved["signature"]}
         )
