@@ -195,7 +195,7 @@ def thinking_blocks(message: Message) -> list[dict[str, str]]:
     for saved in message.thinking_signatures:
         if not isinstance(saved, dict) or not isinstance(saved.get("signature"), str):
             continue  # not one the run saved
-        chars = saved.get("chars") if isinstance(saved.get("chars"), int) else 0
+        chars = saved["chars"] if isinstance(saved.get("chars"), int) else 0
         blocks.append(
             {"thinking": message.reasoning[at : at + chars], "signature": saved["signature"]}
         )
