@@ -4,8 +4,10 @@ from django.urls import path
 
 from playground.chat.activity import ActivityConsumer
 from playground.chat.consumers import ConversationConsumer
+from playground.compare.consumers import GroupConsumer
 
 websocket_urlpatterns = [
     path("ws/conversations/<int:pk>/", ConversationConsumer.as_asgi()),
     path("ws/teams/<int:pk>/activity/", ActivityConsumer.as_asgi()),
+    path("ws/groups/<int:pk>/", GroupConsumer.as_asgi()),
 ]

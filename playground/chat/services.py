@@ -493,7 +493,7 @@ class PreparedTurn:
     key: ApiKey | None = None  # the key that pays, recorded on the reply (never its text)
 
 
-@sensitive_variables("api_key")
+@sensitive_variables("api_key", "paid_by")
 def prepare_turn(
     conversation: Conversation,
     user,
@@ -505,8 +505,13 @@ def prepare_turn(
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
     wire_format: str | None = None,
+    paid_by: tuple[str | None, ApiKey | None] | None = None,
 ) -> PreparedTurn:
-    """Validate a send and build its request: reads only (the key, the history)."""
+    """Validate a send and build its request: reads only (the key, the history).
+
+    `paid_by`: resolve_api_key()'s answer for this user, space and provider, when the caller
+    has it already (a compare's columns share one: reading it once per column cost most of
+    a column's preparation)."""
     text = text.strip()
     if not text and not attachment_ids:
         raise TurnError("Write a message first.")
@@ -523,7 +528,9 @@ def prepare_turn(
     fmt = conversation.wire_format
     attached = attachments_for(user, model, attachment_ids or [])
     within_budget(user, conversation, model)  # before the key: a refused send spends nothing
-    api_key, key = resolve_api_key(user, conversation, model.provider)
+    if paid_by is None:
+        paid_by = resolve_api_key(user, conversation, model.provider)
+    api_key, key = paid_by
     branch, seen = _context_of(conversation)
     prompt = Message(
         role=Message.Role.USER,
