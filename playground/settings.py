@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "playground.review",
     "playground.prompts",
     "playground.experiments",
+    "playground.compare",
 ]
 
 MIDDLEWARE = [
@@ -288,6 +289,14 @@ PLAYGROUND_RUN = {
     # A reply's text plus reasoning is cut here (finish reason "length", with a note): far
     # above any catalog model's max output, it bounds a run's memory against a runaway stream.
     "MAX_REPLY_CHARS": envint("PLAYGROUND_MAX_REPLY_CHARS", 2_000_000),
+}
+# Compare and sweeps (playground/compare/). Columns side by side; a sweep's cells, over which
+# it is refused and pointed to experiments; how many of a sweep's cells stream at once (also
+# never more than MAX_RUNS_PER_USER, which every column and cell counts against).
+PLAYGROUND_COMPARE = {
+    "MAX_COLUMNS": envint("PLAYGROUND_COMPARE_MAX_COLUMNS", 6),
+    "MAX_SWEEP_CELLS": envint("PLAYGROUND_SWEEP_MAX_CELLS", 48),
+    "SWEEP_CONCURRENCY": envint("PLAYGROUND_SWEEP_CONCURRENCY", 4),
 }
 # The largest WebSocket message (and frame) Daphne takes, in bytes. Anything larger closes the
 # socket with 1009 and a reason the page shows (playground/serving.py). The consumer answers
