@@ -133,6 +133,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         spans = [(b - a).total_seconds() for a, b in times]
+        # The upstream's own time per item (the reply's total_ms): the rest of an item's span
+        # is the worker's overhead inside the item; the slots' idle time is between items.
+        streams = [
+            float(ms) / 1000
+            for (ms,) in db.rows(
+                "SELECT m.total_ms FROM experiments_item i JOIN chat_message m"
+                f" ON m.id = i.message_id WHERE i.run_id = {run_id} AND m.total_ms IS NOT NULL"
+            )
+        ]
         # From the first claim to the last item's end: the run itself, without worker boot.
         run_s = (max(b for _, b in times) - min(a for a, _ in times)).total_seconds()
         requests = sum(1 for r in upstream.requests if r.path.endswith("/chat/completions"))
@@ -150,6 +159,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "wall_over_ideal_pct": round(100 * (wall - ideal) / ideal, 1),
             "item_s_mean": round(sum(spans) / len(spans), 3) if spans else None,
             "item_s_max": round(max(spans), 3) if spans else None,
+            "stream_s_mean": round(sum(streams) / len(streams), 3) if streams else None,
+            # Slot-seconds not inside any item, per item: the wait between an item's end and
+            # the next claim on a slot (claims, polls, the database thread's queue).
+            "idle_s_per_item": round((run_s * args.concurrency - sum(spans)) / items, 3),
             "worker_cpu_ms_per_item": round(1000 * cpu / items, 1),
             "statuses": statuses,
             "items_without_exactly_one_reply": sum(1 for _, n in replies if n != 1),

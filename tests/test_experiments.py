@@ -146,6 +146,28 @@ def test_someone_elses_reply_cannot_be_added(client_for, user, other_user):
     assert not dataset.rows.filter(expected="secret").exists()
 
 
+def test_a_viewer_is_not_offered_the_upload_and_new_experiment_forms(user, other_user):
+    from playground.accounts.models import Membership, Team
+    from playground.accounts.spaces import SESSION_KEY
+
+    team = Team.create(name="Acme", owner=user)
+    team.add_member(other_user, Membership.Role.VIEWER)
+    pages = {}
+    for who in (user, other_user):
+        client = Client()
+        client.force_login(who)
+        session = client.session
+        session[SESSION_KEY] = team.pk
+        session.save()
+        pages[who.pk] = client.get("/experiments/").content.decode()
+        refused = client.post("/experiments/new/", {"name": "x"}).status_code
+        assert refused == (403 if who == other_user else 400)
+    owner, viewer = pages[user.pk], pages[other_user.pk]
+    assert 'id="experiment-new"' in owner and 'id="dataset-upload"' in owner
+    assert 'id="experiment-new"' not in viewer and 'id="dataset-upload"' not in viewer
+    assert "You are a viewer in this space" in viewer
+
+
 # Runs --------------------------------------------------------------------------------------
 
 
