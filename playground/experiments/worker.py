@@ -159,7 +159,10 @@ def claim(run_id: int, me: str) -> Item | None:
                 item.lease_until = lease_expiry()
                 item.started = now
                 item.save(update_fields=["status", "attempts", "worker", "lease_until", "started"])
-                return Item.objects.select_related("row", "run").get(pk=item.pk)
+                # Everything run_item() reads, in this one trip to the database thread.
+                return Item.objects.select_related(
+                    "row", "run__group", "run__started_by"
+                ).get(pk=item.pk)
     return None
 
 
@@ -205,12 +208,12 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     spec = run.spec
     variant = spec["variants"][item.variant]
     try:
-        prompt, system_prompt, version = await sync_to_async(_prompt_of)(spec, variant, item)
+        prompt, system_prompt, version, conversation, user = await sync_to_async(_prepare)(
+            spec, variant, item
+        )
     except ValueError as exc:  # a prompt version's variable with no value in this row
         await _end(item, me, Item.Status.FAILED, error=str(exc))
         return
-    conversation = await sync_to_async(_conversation_for)(item)
-    user = await sync_to_async(lambda: run.started_by)()
     if user is None:
         await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
         return
@@ -253,6 +256,13 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     if status == Item.Status.DONE:
         verdicts = await cell_verdicts(item, reply, spec, prompt, user, judge=True)
     await _end(item, me, status, error=reply.error, verdicts=verdicts)
+
+
+def _prepare(spec: dict[str, Any], variant: dict[str, Any], item: Item) -> tuple:
+    """The item's message, system prompt, prompt version, conversation and sender, in one
+    trip to the database thread (each trip waits in its queue behind the other slots')."""
+    prompt, system_prompt, version = _prompt_of(spec, variant, item)
+    return prompt, system_prompt, version, _conversation_for(item), item.run.started_by
 
 
 def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
@@ -433,8 +443,12 @@ async def _end(
     error: str = "",
     verdicts: list[dict[str, Any]] | None = None,
 ) -> None:
-    verdicts = verdicts or []
-    await Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).aupdate(
+    await sync_to_async(_end_now)(item, me, status, error, verdicts or [])
+
+
+def _end_now(item: Item, me: str, status: str, error: str, verdicts: list[dict[str, Any]]) -> None:
+    """The item's last write and the page's nudge, in one trip to the database thread."""
+    Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
         status=status,
         error=error[:2000],
         verdicts=verdicts,
@@ -442,7 +456,7 @@ async def _end(
         lease_until=None,
         finished=timezone.now(),
     )
-    await sync_to_async(progress.announce)(item.run_id)
+    progress.announce(item.run_id)
 
 
 def finish_if_done(run_id: int) -> None:
