@@ -267,18 +267,18 @@ def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, imm
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
     upstream.default = Behaviour(n_tokens=5, interval=0.05)
     seen = []
-    original = worker.claim
+    original = worker.claim_many
 
-    def counting(run_id, me):
-        item = original(run_id, me)
+    def counting(run_id, me, wanted):
+        items = original(run_id, me, wanted)
         seen.append(Item.objects.filter(status="running").count())
-        return item
+        return items
 
-    worker.claim, saved = counting, worker.claim
+    worker.claim_many, saved = counting, worker.claim_many
     try:
         run = runner.start(make_experiment(user, rows=[str(i) for i in range(8)]), user)
     finally:
-        worker.claim = saved
+        worker.claim_many = saved
     assert max(seen) == 2
     assert run.items.filter(status="done").count() == 8
 

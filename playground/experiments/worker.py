@@ -73,8 +73,9 @@ async def drain(run_id: int) -> int:
         run_id=run_id, worker=me, defaults={"seen": timezone.now()}
     )
     lease = asyncio.create_task(_lease_loop(run_id, me, stopping), name=f"experiment-lease-{me}")
+    claims = _Claims(run_id, me)
     try:
-        done = await asyncio.gather(*(_slot(run_id, me, stopping) for _ in range(slots)))
+        done = await asyncio.gather(*(_slot(claims, stopping) for _ in range(slots)))
     finally:
         lease.cancel()
         await asyncio.gather(lease, return_exceptions=True)
@@ -91,11 +92,51 @@ def _slots(run_id: int) -> int:
     return min(MAX_SLOTS, sum(g.limit for g in gates))
 
 
-async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
+class _Claims:
+    """One worker's claims, shared by its slots: the slots asking at the same time (those
+    whose items ended together, as items of one length do) are served by one trip to the
+    database thread, instead of each queueing there behind the others with its own claim."""
+
+    def __init__(self, run_id: int, me: str) -> None:
+        self.run_id = run_id
+        self.me = me
+        self.waiting: list[asyncio.Future[Item | None]] = []
+        self.serving: asyncio.Task | None = None
+
+    async def next(self) -> Item | None:
+        """An item for the calling slot, claimed under the gates; None if none may run now."""
+        future: asyncio.Future[Item | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        if self.serving is None or self.serving.done():
+            self.serving = asyncio.create_task(self._serve())
+        return await future
+
+    async def _serve(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(0)  # the slots ending in this same turn of the loop join in
+            asking, self.waiting = self.waiting, []
+            try:
+                items = await sync_to_async(claim_many)(self.run_id, self.me, len(asking))
+            except BaseException as exc:
+                for future in asking:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future in asking:
+                if not future.done():
+                    future.set_result(items.pop(0) if items else None)
+                # A slot gone meanwhile (cancelled): its item's lease passes and another
+                # worker retries it, as after a killed worker.
+
+
+async def _slot(claims: _Claims, stopping: asyncio.Event) -> int:
+    run_id, me = claims.run_id, claims.me
     ran = 0
     pause = IDLE_PAUSE
     while not stopping.is_set():
-        item = await sync_to_async(claim)(run_id, me)
+        item = await claims.next()
         if item is None:
             if not await sync_to_async(_work_left)(run_id):
                 return ran
@@ -127,11 +168,19 @@ def _work_left(run_id: int) -> bool:
 
 def claim(run_id: int, me: str) -> Item | None:
     """The next item this worker may run, now marked running under its lease; or None."""
+    items = claim_many(run_id, me, 1)
+    return items[0] if items else None
+
+
+def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
+    """Up to `wanted` items this worker may run, marked running under its lease in one
+    transaction, within each endpoint's concurrency and this worker's share of it."""
     now = timezone.now()
+    taken: list[int] = []
     with transaction.atomic():
         run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status != ExperimentRun.Status.RUNNING:
-            return None
+            return []
         ready = Q(status=Item.Status.PENDING) & (
             Q(not_before__isnull=True) | Q(not_before__lte=now)
         )
@@ -141,16 +190,21 @@ def claim(run_id: int, me: str) -> Item | None:
         alive = now - timedelta(seconds=settings.PLAYGROUND_EXPERIMENTS["LEASE"])
         drainers = max(1, Drainer.objects.filter(run_id=run_id, seen__gte=alive).count())
         for endpoint in endpoints:
+            if len(taken) >= wanted:
+                break
             gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
             running = Item.objects.filter(
                 endpoint=endpoint, status=Item.Status.RUNNING, lease_until__gte=now
             )
-            if running.count() >= gate.limit:
-                continue
+            free = gate.limit - running.count()
             # This worker's share of the endpoint's slots, among the run's live workers.
-            if running.filter(worker=me).count() >= math.ceil(gate.limit / drainers):
+            share = math.ceil(gate.limit / drainers) - running.filter(worker=me).count()
+            room = min(free, share, wanted - len(taken))
+            if room <= 0:
                 continue
-            for item in candidates.filter(endpoint=endpoint).order_by("position")[:5]:
+            for item in candidates.filter(endpoint=endpoint).order_by("position")[: room + 4]:
+                if room <= 0:
+                    break
                 if item.status == Item.Status.RUNNING and not _take_back(item):
                     continue
                 item.status = Item.Status.RUNNING
@@ -159,11 +213,13 @@ def claim(run_id: int, me: str) -> Item | None:
                 item.lease_until = lease_expiry()
                 item.started = now
                 item.save(update_fields=["status", "attempts", "worker", "lease_until", "started"])
-                # Everything run_item() reads, in this one trip to the database thread.
-                return Item.objects.select_related(
-                    "row", "run__group", "run__started_by"
-                ).get(pk=item.pk)
-    return None
+                taken.append(item.pk)
+                room -= 1
+        if not taken:
+            return []
+        # Everything run_item() reads, in this same trip to the database thread.
+        chosen = Item.objects.select_related("row", "run__group", "run__started_by")
+        return list(chosen.filter(pk__in=taken).order_by("position"))
 
 
 def _take_back(item: Item) -> bool:
