@@ -263,42 +263,39 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     run = item.run
     spec = run.spec
     variant = spec["variants"][item.variant]
-    try:
-        prompt, system_prompt, version, conversation, user = await sync_to_async(_prepare)(
-            spec, variant, item
-        )
-    except ValueError as exc:  # a prompt version's variable with no value in this row
-        await _end(item, me, Item.Status.FAILED, error=str(exc))
-        return
-    if user is None:
+    if run.started_by is None:
         await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
         return
+    user = run.started_by
     channel = await runs.channel_layer().new_channel()
     if stopping is not None and stopping.is_set():  # stopped since the claim: send nothing
         await _end(item, me, Item.Status.STOPPED)
         return
     try:
-        turn = await sync_to_async(services.start_turn)(
-            conversation,
-            user,
-            text=prompt,
-            model_key=variant["model"],
-            system_prompt=system_prompt,
-            channel=channel,
-            values=dict(variant.get("params") or {}),
-            wire_format=variant.get("wire_format") or None,
-            batch=True,
+        prepared, prompt, version = await sync_to_async(_prepare)(
+            spec, variant, item, user, channel
         )
+    except ValueError as exc:  # a prompt version's variable with no value in this row
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
     except services.TurnError as exc:  # a budget, a missing key, a model gone
         await _end(item, me, Item.Status.FAILED, error=str(exc))
         return
     except params.InvalidParams as exc:
         await _end(item, me, Item.Status.FAILED, error=f"Invalid parameters: {exc.errors}")
         return
-    await Item.objects.filter(pk=item.pk, worker=me).aupdate(message_id=turn.run.message_id)
-    if version is not None:
-        await sync_to_async(_record_version)(turn.run.message_id, version, item.row.variables)
-    await runs.Run(turn.run).main()
+    # As a chat send does: the upstream request goes out while the rows are written.
+    reply_run = runs.begin(prepared.run)
+    try:
+        turn = await sync_to_async(_write)(prepared, user, item, me, version)
+    except BaseException as exc:
+        await reply_run.abandon()
+        if not isinstance(exc, services.TurnError):
+            raise
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
+    reply_run.request = turn.run
+    await reply_run.main()
     reply = await Message.objects.aget(pk=turn.run.message_id)
     limited = reply.status == Message.Status.ERROR and any(s in reply.error for s in RATE_LIMITED)
     if limited and await sync_to_async(_back_off)(item, me):
@@ -314,11 +311,35 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     await _end(item, me, status, error=reply.error, verdicts=verdicts)
 
 
-def _prepare(spec: dict[str, Any], variant: dict[str, Any], item: Item) -> tuple:
-    """The item's message, system prompt, prompt version, conversation and sender, in one
-    trip to the database thread (each trip waits in its queue behind the other slots')."""
+def _prepare(
+    spec: dict[str, Any], variant: dict[str, Any], item: Item, user, channel: str
+) -> tuple[services.PreparedTurn, str, Any]:
+    """The item's turn checked and built (services.prepare_turn: budgets, key, parameters),
+    with its message and prompt version, in one trip to the database thread (each trip
+    waits in its queue behind the other slots')."""
     prompt, system_prompt, version = _prompt_of(spec, variant, item)
-    return prompt, system_prompt, version, _conversation_for(item), item.run.started_by
+    prepared = services.prepare_turn(
+        _conversation_for(item),
+        user,
+        text=prompt,
+        model_key=variant["model"],
+        system_prompt=system_prompt,
+        channel=channel,
+        values=dict(variant.get("params") or {}),
+        wire_format=variant.get("wire_format") or None,
+    )
+    return prepared, prompt, version
+
+
+def _write(
+    prepared: services.PreparedTurn, user, item: Item, me: str, version: Any
+) -> services.Turn:
+    """The turn's rows, the item's reply and the reply's prompt version, in one trip."""
+    turn = services.write_turn(prepared, user, batch=True)
+    Item.objects.filter(pk=item.pk, worker=me).update(message_id=turn.run.message_id)
+    if version is not None:
+        _record_version(turn.run.message_id, version, item.row.variables)
+    return turn
 
 
 def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
