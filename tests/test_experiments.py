@@ -283,6 +283,21 @@ def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, imm
     assert run.items.filter(status="done").count() == 8
 
 
+def test_one_claim_takes_several_items_within_the_endpoint_limit_and_the_workers_share(
+    user, api_key, settings
+):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 3}
+    run = runner.start(make_experiment(user, rows=[str(i) for i in range(6)]), user)
+    first = worker.claim_many(run.pk, "w1", 8)
+    assert [i.position for i in first] == [0, 1, 2]  # in order, 3 of the 8 asked for
+    assert all(i.status == "running" and i.worker == "w1" and i.attempts == 1 for i in first)
+    assert worker.claim_many(run.pk, "w2", 8) == []  # the endpoint is full, for every worker
+    Item.objects.filter(pk=first[0].pk).update(status="done")
+    second = worker.claim_many(run.pk, "w2", 8)
+    assert [i.position for i in second] == [3]
+    assert Item.objects.filter(status="running").count() == 3
+
+
 def test_regex_checks_have_a_time_limit():
     started = time.monotonic()
     verdict = checks.evaluate(

@@ -1,13 +1,14 @@
 """Running an experiment's items inside a tasks-framework worker (`manage.py db_worker`).
 
-A drain task (tasks.py) calls drain(): it claims items one at a time from the database and
-runs each as an ordinary turn through chat.services and chat.runs, the code a chat send uses,
-so every cell is a saved reply. Several workers drain the same run; the database decides who
-gets what:
+A drain task (tasks.py) calls drain(): its slots claim items from the database (the slots
+freed together in one transaction) and run each as an ordinary turn through chat.services
+and chat.runs, the code a chat send uses, so every cell is a saved reply. Several workers
+drain the same run; the database decides who gets what:
 
 - A claim locks the run's row and the endpoint's gate row (EndpointGate) in one transaction,
   counts the endpoint's items running under a live lease across all runs and workers, and
-  takes the next pending item only below the endpoint's concurrency. No item is taken twice.
+  takes the next pending items (as many as slots asked) only below the endpoint's
+  concurrency and this worker's share of it. No item is taken twice.
 - A claim is a lease, renewed every few seconds while the worker lives. A worker killed
   mid-item stops renewing; once the lease has passed, another worker takes the item again,
   with the dead attempt's rows removed, so the item still ends with exactly one reply.
