@@ -39,6 +39,7 @@ from playground.chat.services import (
     rerun,
     start_turn,
     submit_tool_results,
+    switch_branch,
     write_turn,
 )
 from playground.providers import params
@@ -126,6 +127,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
+        # A viewer's ‹ › choice, for this socket only: the shown branch is the runners'.
+        self.view_at: int | None = None
         # The session and the user were read by the auth middleware a moment ago.
         if not await self._authorized(fresh=True):
             await self.close(code=4403)
@@ -242,6 +245,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self._tool_results(data)
         elif action == "rerun":
             await self._rerun(data)
+        elif action == "edit":
+            await self._edit(data)
+        elif action == "regenerate":
+            await self._run_turn(start_turn, regenerate_of=_int(data.get("message_id")), text="")
+        elif action == "switch":
+            await self._switch(_int(data.get("message_id")))
         else:
             await self._send_error("Unknown action.")
 
@@ -283,6 +292,29 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def _rerun(self, data: dict[str, Any]) -> None:
         await self._run_turn(rerun, message_id=_int(data.get("message_id")))
+
+    async def _edit(self, data: dict[str, Any]) -> None:
+        try:
+            text = _text_field(data, "text")
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
+        await self._run_turn(start_turn, edit_of=_int(data.get("message_id")), text=text)
+
+    async def _switch(self, message_id: int) -> None:
+        """‹ ›: show the branch through `message_id`. Who may run makes it the conversation's
+        active branch (every watcher and a reload show it, the next send continues it); a
+        viewer, who may change nothing, reads it in this tab only."""
+        if not self._may_run():
+            self.view_at = message_id
+            await self._send_transcript()
+            return
+        try:
+            await database_sync_to_async(switch_branch)(self.conversation, message_id)
+        except TurnError as exc:
+            await self._send_error(str(exc))
+            return
+        await self.channel_layer.group_send(self.group, {"type": "chat.branch"})
 
     def _may_run(self) -> bool:
         """receive() has just confirmed the kept decision, which includes the role."""
@@ -328,6 +360,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
+        if service is rerun or "edit_of" in kwargs or "regenerate_of" in kwargs:
+            # A sibling branch: every watcher redraws the transcript (the new branch, shown
+            # now) and asks the run for its text, as on joining.
+            if html:
+                await self.channel_layer.group_send(
+                    self.group, {"type": "chat.append", "html": html, "streaming_ids": []}
+                )
+            await self.channel_layer.group_send(self.group, {"type": "chat.branch"})
+            runs.start(turn.run, run)
+            return
         if html is None:
             html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         await self.channel_layer.group_send(
@@ -391,6 +433,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
         await self.send(text_data=event["html"])
+
+    async def chat_branch(self, event: dict[str, Any]) -> None:
+        """The active branch changed (a switch, an edit, a regeneration): redraw it."""
+        if not await self._still_allowed():
+            return
+        self.view_at = None
+        await self._send_transcript()
 
     async def run_delta(self, event: dict[str, Any]) -> None:
         if not await self._still_allowed():
@@ -490,7 +539,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # Helpers
 
     async def _send_transcript(self) -> None:
-        context = await database_sync_to_async(transcript_context)(self.conversation)
+        context = await database_sync_to_async(transcript_context)(self.conversation, self.view_at)
         await self._send_partial("transcript-oob", context)
         for message in context["transcript"]:
             if message.is_streaming:
@@ -614,7 +663,12 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
     """The rows, and one frame for every watcher: them, and the sidebar row with its title
     (a send gives a new conversation its title, and moves it to the top)."""
     turn = write_turn(prepared, user)
-    rows = render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    # A sibling branch is drawn by each watcher with the whole transcript (chat.branch).
+    rows = (
+        ""
+        if prepared.branching
+        else render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    )
     context = {
         "c": turn.conversation,
         "conversation": turn.conversation,
