@@ -432,6 +432,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
+        if self.view_at is not None and event["streaming_ids"]:
+            # A viewer reading another branch: the new turn continues the active one, so
+            # they are shown that branch again, with it.
+            self.view_at = None
+            await self._send_transcript()
+            return
         await self.send(text_data=event["html"])
 
     async def chat_branch(self, event: dict[str, Any]) -> None:
