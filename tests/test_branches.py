@@ -302,3 +302,23 @@ async def test_the_exports_keep_every_branch_made_by_edits_and_regenerations(
     assert len(paths) == 3  # one per leaf
     assert ["First", "One", "Second", "Two"] in paths
     assert ["First", "One", "Second, edited", "tok0 tok1 tok2 tok3 tok4"] in paths
+
+
+def test_the_diff_picker_finds_replies_of_other_visible_conversations(
+    client, team_world, django_user_model
+):
+    owner, viewer, conversation, old, new = team_world
+    elsewhere = Conversation.objects.create(owner=owner, model=GEMMA_4, title="Otters")
+    ask = Message.objects.create(conversation=elsewhere, role="user", text="Tell me of otters")
+    theirs = Message.objects.create(
+        conversation=elsewhere, parent=ask, role="assistant", text="Otters hold hands."
+    )
+    stranger = django_user_model.objects.create_user("eve", password="x")
+    hidden = Conversation.objects.create(owner=stranger, model=GEMMA_4, title="Otters too")
+    Message.objects.create(conversation=hidden, role="assistant", text="Secret otters.")
+    client.force_login(owner)
+    page = client.get("/review/diff/", {"a": old.pk, "q": "otters"}).content.decode()
+    assert f"/review/diff/?a={old.pk}&amp;b={theirs.pk}" in page
+    assert "Secret otters" not in page
+    page = client.get("/review/diff/", {"a": old.pk, "q": "NEAR( * "}).content.decode()
+    assert 'class="error"' in page or "diff-found" in page  # refused or searched, never a 500

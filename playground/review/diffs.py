@@ -14,10 +14,13 @@ from django.http import Http404
 
 from playground.chat.diffing import ParamChange, TextDiff, params_diff, word_diff
 from playground.chat.models import Conversation, Message
+from playground.review import search
 
 # Request keys that are plumbing, not a choice the user made.
 NOT_PARAMS = frozenset({"messages", "stream", "stream_options"})
 MAX_CANDIDATES = 200  # replies offered in the "Diff with…" picker
+FOUND_CONVERSATIONS = 20  # a picker search lists the replies of this many conversations
+FOUND_REPLIES = 100
 
 
 def get_reply_for_user(user, pk: Any) -> Message:
@@ -78,12 +81,35 @@ def diff(left: Message, right: Message) -> ReplyDiff:
 
 def candidates(user, reply: Message) -> list[Message]:
     """Replies to offer beside `reply`: its siblings first (edits, regenerations, re-runs),
-    then the rest of its conversation, newest first."""
-    same = (
-        Message.objects.filter(conversation_id=reply.conversation_id, role=Message.Role.ASSISTANT)
-        .exclude(pk=reply.pk)
+    then the rest of its conversation and of its compare or sweep (the group's other
+    conversations, the user's to see like any), newest first."""
+    where = Message.objects.filter(role=Message.Role.ASSISTANT)
+    group = reply.conversation.group_id
+    if group is None:
+        where = where.filter(conversation_id=reply.conversation_id)
+    else:
+        visible = Conversation.objects.visible_to(user).filter(group_id=group)
+        where = where.filter(conversation__in=visible)
+    rows = list(
+        where.exclude(pk=reply.pk)
+        .select_related("conversation")
         .defer("request_body", "logprobs")
         .order_by("-created", "-pk")[:MAX_CANDIDATES]
     )
-    rows = list(same)
     return sorted(rows, key=lambda m: m.parent_id != reply.parent_id)
+
+
+def found_elsewhere(user, reply: Message, raw: str) -> list[Message]:
+    """Replies of the other conversations the user may see that match a History search
+    (the same query syntax and backend): any two replies can be set side by side.
+    search.InvalidQuery for a query that cannot be searched for."""
+    query = search.Query.parse(raw)
+    others = Conversation.objects.visible_to(user).exclude(pk=reply.conversation_id)
+    matching = search.backend().matching(query, others, FOUND_CONVERSATIONS)
+    ids = list(matching.values_list("pk", flat=True)[:FOUND_CONVERSATIONS])
+    return list(
+        Message.objects.filter(conversation_id__in=ids, role=Message.Role.ASSISTANT)
+        .select_related("conversation")
+        .defer("request_body", "logprobs")
+        .order_by("-created", "-pk")[:FOUND_REPLIES]
+    )

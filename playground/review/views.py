@@ -145,7 +145,13 @@ def diff_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     only ?a=, a picker of the replies to set beside it."""
     left = diffs.get_reply_for_user(request.user, request.GET.get("a"))
     if not request.GET.get("b"):
-        context = {"left": left, "candidates": diffs.candidates(request.user, left)}
+        q = request.GET.get("q", "")
+        context = {"left": left, "candidates": diffs.candidates(request.user, left), "q": q}
+        if q:
+            try:
+                context["found"] = diffs.found_elsewhere(request.user, left, q)
+            except search.InvalidQuery as exc:
+                context["search_error"] = str(exc)
         return render(request, "review/diff.html", context)
     right = diffs.get_reply_for_user(request.user, request.GET.get("b"))
     return render(request, "review/diff.html", {"left": left, "diff": diffs.diff(left, right)})
