@@ -322,3 +322,12 @@ def test_the_diff_picker_finds_replies_of_other_visible_conversations(
     assert "Secret otters" not in page
     page = client.get("/review/diff/", {"a": old.pk, "q": "NEAR( * "}).content.decode()
     assert 'class="error"' in page or "diff-found" in page  # refused or searched, never a 500
+
+
+def test_a_shared_conversation_shows_its_active_branch(client, team_world):
+    from playground.review import sharing
+
+    owner, viewer, conversation, old, new = team_world
+    link, token = sharing.create(owner, conversation, message=None, expires_in=None)
+    page = Client().get(f"/review/s/{token}/").content.decode()
+    assert "The slow brown fox" in page and "The quick brown fox" not in page
