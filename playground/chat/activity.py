@@ -14,7 +14,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.decorators import login_required
@@ -83,29 +82,13 @@ def still_member(user, session, team_id: int) -> bool:
     return True
 
 
-class ActivityConsumer(AsyncWebsocketConsumer):
+class ActivityConsumer(consumers.SlottedConsumer):
     """An Activity page's socket. It counts against PLAYGROUND_MAX_SOCKETS like a
     conversation's, so a page left open on many screens cannot take every slot unseen."""
 
-    has_slot = False
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._give_back_slot()
-
-    def _give_back_slot(self) -> None:
-        if self.has_slot:
-            self.has_slot = False
-            consumers.slots.give_back()
-
     async def connect(self) -> None:
-        if not consumers.slots.take():
-            await self.accept()
-            await self.close(code=consumers.AT_CAPACITY)
+        if not await self.take_slot():
             return
-        self.has_slot = True
         self.user: Any = self.scope.get("user") or AnonymousUser()
         self.team_id = int(self.scope["url_route"]["kwargs"]["pk"])
         if not self.user.is_authenticated or not await self._member():

@@ -80,24 +80,21 @@ slots = SocketSlots()
 open_sockets: weakref.WeakSet[ConversationConsumer] = weakref.WeakSet()
 
 
-class ConversationConsumer(AsyncWebsocketConsumer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Timers this socket started: kept so they are not garbage-collected, and cancelled
-        # on disconnect so none of them touches a closed socket or the database afterwards.
-        self.tasks: set[asyncio.Task] = set()
-        self.has_slot = False
-        self.cut_off = False  # told it lost access, and closed
+class SlottedConsumer(AsyncWebsocketConsumer):
+    """A socket that holds one of this process's PLAYGROUND_MAX_SOCKETS slots while open.
+    Every page's socket is one, so no kind of page can take every slot unseen."""
 
-    async def connect(self) -> None:
-        # Before any database work: a connect storm past the cap costs no queries.
+    has_slot = False
+
+    async def take_slot(self) -> bool:
+        """Take a slot, or accept and close at once with AT_CAPACITY (a reason the page
+        shows). Call it first in connect(): a connect storm past the cap costs no queries."""
         if not slots.take():
             await self.accept()
             await self.close(code=AT_CAPACITY)
-            return
+            return False
         self.has_slot = True
-        if not await self._open():
-            self._give_back_slot()  # refused: the slot is free now, not when the server says
+        return True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Every way out (disconnect, an exception in a handler, the server cancelling an
@@ -111,6 +108,21 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self.has_slot:
             self.has_slot = False
             slots.give_back()
+
+
+class ConversationConsumer(SlottedConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Timers this socket started: kept so they are not garbage-collected, and cancelled
+        # on disconnect so none of them touches a closed socket or the database afterwards.
+        self.tasks: set[asyncio.Task] = set()
+        self.cut_off = False  # told it lost access, and closed
+
+    async def connect(self) -> None:
+        if not await self.take_slot():
+            return
+        if not await self._open():
+            self._give_back_slot()  # refused: the slot is free now, not when the server says
 
     async def _open(self) -> bool:
         """Authorize, join the conversation's group, accept and send the transcript; False

@@ -462,6 +462,19 @@ class Decoder:
     """Reads one response's SSE events into client events; one instance per response."""
 
     def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[client.Event]:
+        """The client events in one SSE event; a payload that is not a JSON object, or one
+        whose fields have the wrong types, is an Unreadable event, never an exception."""
+        payload = _payload(sse, api_key)
+        if isinstance(payload, list):
+            return payload
+        try:
+            return self._events(payload, api_key, want_id)
+        except (AttributeError, TypeError, ValueError):
+            return [client.Unreadable("The provider sent a malformed event.")]
+
+    def _events(
+        self, payload: dict[str, Any], api_key: str | None, want_id: bool
+    ) -> list[client.Event]:
         raise NotImplementedError
 
     def whole(self, payload: dict[str, Any]) -> list[client.Event]:
@@ -502,15 +515,6 @@ class ResponsesDecoder(Decoder):
 
     def __init__(self) -> None:
         self.calls: dict[int, str] = {}  # output_index → call_id of function_call items
-
-    def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[client.Event]:
-        payload = _payload(sse, api_key)
-        if isinstance(payload, list):
-            return payload
-        try:
-            return self._events(payload, api_key, want_id)
-        except (AttributeError, TypeError, ValueError):
-            return [client.Unreadable("The provider sent a malformed event.")]
 
     def _events(
         self, payload: dict[str, Any], api_key: str | None, want_id: bool
@@ -607,15 +611,6 @@ class MessagesDecoder(Decoder):
     def __init__(self) -> None:
         self.input_tokens = 0
         self.start_usage: dict[str, Any] = {}
-
-    def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[client.Event]:
-        payload = _payload(sse, api_key)
-        if isinstance(payload, list):
-            return payload
-        try:
-            return self._events(payload, api_key, want_id)
-        except (AttributeError, TypeError, ValueError):
-            return [client.Unreadable("The provider sent a malformed event.")]
 
     def _events(
         self, payload: dict[str, Any], api_key: str | None, want_id: bool

@@ -236,7 +236,7 @@ def guarded_client(
     transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False)
     # httpx takes no network backend; its transport is a thin wrapper around this pool (and
     # maps httpcore's errors to its own), so the pool is replaced with one that uses ours.
-    # tests/test_address_policy.py fails if a future httpx stops routing through it.
+    # tests/providers/test_address_policy.py fails if a future httpx stops routing through it.
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=context,
         max_connections=200,

@@ -7,7 +7,6 @@ import json
 import pickle
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -40,25 +39,6 @@ KEY = "sk-test-0123456789abcdef"
 BODY = {"model": "gemma-3-27b-it", "messages": [{"role": "user", "content": "Say hi"}]}
 # Tiny timeouts and backoff keep the suite fast; the cap still allows the short 429 waits.
 FAST = Timeouts(connect=1.0, read=2.0, write=2.0, pool=2.0, retry_after_cap=1.0, backoff_base=0.01)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(server: FakeUpstream) -> FakeUpstream:
-    server.reset()
-    server.default = Behaviour()
-    return server
-
-
-@pytest.fixture(autouse=True)
-async def _close_shared_client() -> AsyncIterator[None]:
-    yield
-    await aclose_clients()
 
 
 async def collect(

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from playground.providers import discovery, netpolicy, specs
-from playground.providers.client import Endpoint, aclose_clients
+from playground.providers.client import Endpoint
 from tests.upstream import Behaviour, FakeUpstream
 
 OPEN = netpolicy.AddressPolicy(allow_private=True)
 KEY = "sk-lab-0123456789"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture
@@ -27,12 +20,6 @@ def upstream(server: FakeUpstream) -> FakeUpstream:
     server.reset()
     server.default = Behaviour(tokens=["OK"])
     return server
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> AsyncIterator[None]:
-    yield
-    await aclose_clients()
 
 
 def lab(upstream: FakeUpstream) -> Endpoint:

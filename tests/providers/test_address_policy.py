@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -14,7 +13,6 @@ from playground.providers.client import (
     Endpoint,
     StreamError,
     Timeouts,
-    aclose_clients,
     request_json,
     stream,
 )
@@ -48,25 +46,6 @@ METADATA_SPELLINGS = [
 ]
 LOOPBACK_SPELLINGS = ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "[::1]", "127.1"]
 PRIVATE_SPELLINGS = ["10.0.0.5", "172.16.3.4", "192.168.1.20", "[fd12:3456::1]", "100.64.0.9"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(server: FakeUpstream) -> FakeUpstream:
-    server.reset()
-    server.default = Behaviour()
-    return server
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> AsyncIterator[None]:
-    yield
-    await aclose_clients()
 
 
 async def refused_reason(host: str, policy: netpolicy.AddressPolicy, port: int = 80) -> str:

@@ -8,7 +8,6 @@ have; the SDKs also read the fake upstream's streams, so its events are shaped a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 
 import anthropic
 import openai
@@ -28,7 +27,6 @@ from playground.providers.client import (
     ToolCallDelta,
     Unreadable,
     Usage,
-    aclose_clients,
     stream,
 )
 from playground.providers.specs import CHAT, GEMMA_3N_E4B, GEMMA_4_E4B, MESSAGES, RESPONSES
@@ -73,25 +71,6 @@ MESSAGES_SENT = [
     {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
     {"role": "user", "content": "And tomorrow?"},
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(server: FakeUpstream) -> FakeUpstream:
-    server.reset()
-    server.default = Behaviour()
-    return server
-
-
-@pytest.fixture(autouse=True)
-async def _close_shared_client() -> AsyncIterator[None]:
-    yield
-    await aclose_clients()
 
 
 def saved_body(fmt: str, values: dict) -> dict:
