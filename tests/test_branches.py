@@ -8,6 +8,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
+from django.core.files.base import ContentFile
 from django.test import Client
 
 from playground.accounts.models import Membership, Team
@@ -331,3 +332,23 @@ def test_a_shared_conversation_shows_its_active_branch(client, team_world):
     link, token = sharing.create(owner, conversation, message=None, expires_in=None)
     page = Client().get(f"/review/s/{token}/").content.decode()
     assert "The slow brown fox" in page and "The quick brown fox" not in page
+
+
+def test_the_json_export_names_the_active_branch_and_import_restores_it(client, team_world):
+    owner, viewer, conversation, old, new = team_world
+    Conversation.objects.filter(pk=conversation.pk).update(active_leaf=old)
+    client.force_login(owner)
+    body = b"".join(client.get(f"/review/c/{conversation.pk}/export.json").streaming_content)
+    exported = json.loads(body)
+    assert exported["active_leaf"] == 2  # the first reply: messages are numbered in order
+    upload = ContentFile(body, name="branches.json")
+    response = client.post("/review/import/", {"space": "", "file": upload})
+    copy = Conversation.objects.exclude(pk=conversation.pk).get(owner=owner)
+    assert response.status_code == 302
+    assert copy.active_leaf.text == old.text
+    again = b"".join(client.get(f"/review/c/{copy.pk}/export.json").streaming_content)
+    assert json.loads(again)["active_leaf"] == 2
+    exported["active_leaf"] = 9
+    upload = ContentFile(json.dumps(exported).encode(), name="bad.json")
+    response = client.post("/review/import/", {"space": "", "file": upload})
+    assert response.status_code == 400 and "names no message" in response.content.decode()
