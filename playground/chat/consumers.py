@@ -40,6 +40,7 @@ from playground.chat.services import (
     start_turn,
     submit_tool_results,
     switch_branch,
+    with_branch_nav,
     write_turn,
 )
 from playground.providers import params
@@ -598,6 +599,7 @@ class ConversationConsumer(SlottedConsumer):
         )
         if not message.is_streaming:
             # Its run is gone, so nobody else renders the finished reply for this socket.
+            await database_sync_to_async(with_branch_nav)(message)
             html = await render(f"{TEMPLATE}#message-oob", {"message": message})
             await self.run_done({"message_id": message_id, "html": html})
 

@@ -378,7 +378,7 @@ def _turn(
     reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
     conversation.active_leaf = reply  # a re-run's new branch is the one shown
     if parent is not None and parent.role != Message.Role.TOOL:
-        _with_nav(reply)
+        with_branch_nav(reply)
     conversation.save()  # bumps `updated`: the sidebar is newest first
     sent = with_image_data(body)
     run = RunRequest(
@@ -670,7 +670,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
         )
         LastSettings.remember_now(user, conversation)
         if not prepared.new_prompt:
-            _with_nav(reply)
+            with_branch_nav(reply)
     return Turn(
         [*created, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
     )
@@ -835,7 +835,7 @@ def branch_nav(sibling_ids: list[int], message_id: int) -> dict[str, Any] | None
     }
 
 
-def _with_nav(reply: Message) -> None:
+def with_branch_nav(reply: Message) -> None:
     """A new sibling's "‹ n / n ›", kept on the row object the run renders when it ends (no
     sibling can appear meanwhile: one reply streams at a time)."""
     ids = list(
