@@ -70,8 +70,11 @@ async def test_editing_a_message_makes_a_sibling_and_sends_only_the_path_above_i
     # The redrawn transcript is the new branch, with "‹ 2 / 2 ›" on the edited message.
     assert f"msg-{edited.pk}" in frame and f"msg-{second.pk}" not in frame
     assert '<span class="branch-pos">2 / 2</span>' in frame
-    # The original branch is kept whole.
+    # The original branch is kept whole, and each reply keeps the request it came from.
     assert await Message.objects.filter(pk__in=[second.pk, two.pk]).acount() == 2
+    assert three.request_body["messages"][-1] == {"role": "user", "content": "Second, edited"}
+    two = await Message.objects.aget(pk=two.pk)
+    assert two.request_body["messages"][-1] == {"role": "user", "content": "Second"}
 
 
 async def test_regenerating_makes_a_sibling_reply_with_the_settings_as_they_are_now(

@@ -10,7 +10,7 @@ from typing import Any
 
 from playground.chat.models import Conversation, Message
 from playground.chat.panel import settings_context
-from playground.chat.services import active_branch, branch_nav, siblings_of
+from playground.chat.services import active_branch, branch_nav, children_ids
 from playground.providers import catalog
 from playground.providers.specs import CHAT, Model
 
@@ -30,8 +30,9 @@ def transcript_context(conversation: Conversation, at: int | None = None) -> dic
     active = Conversation.objects.filter(pk=conversation.pk).values_list("active_leaf_id")
     leaf = at if at in by_id else (active.first() or (None,))[0]
     transcript = active_branch(by_id, leaf)
+    children = children_ids(by_id)
     for message in transcript:
-        message.branch_nav = branch_nav([m.pk for m in siblings_of(by_id, message)], message.pk)
+        message.branch_nav = branch_nav(children[message.parent_id], message.pk)
     latest = transcript[-1] if transcript else None
     awaiting = latest.pk if latest and latest.awaits_tool_results else None
     return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}

@@ -116,13 +116,18 @@ def active_branch(by_id: dict[int, Message], active_id: int | None) -> list[Mess
     if not by_id:
         return []
     end = by_id.get(active_id) if active_id is not None else None
-    end = by_id[next(reversed(by_id))] if end is None else newest_below(by_id, end)
+    newest = by_id[next(reversed(by_id))]  # the usual case: the latest turn's branch
+    end = newest if end is None or end is newest else newest_below(by_id, end)
     return _walk(by_id, end)
 
 
-def siblings_of(by_id: dict[int, Message], message: Message) -> list[Message]:
-    """The message and the others under the same parent (edits, regenerations), oldest first."""
-    return [m for m in by_id.values() if m.parent_id == message.parent_id]
+def children_ids(by_id: dict[int, Message]) -> dict[int | None, list[int]]:
+    """Each parent's children ids (None: the roots), oldest first: a message's siblings are
+    its parent's children (edits, regenerations, re-runs)."""
+    children: dict[int | None, list[int]] = {}
+    for message in by_id.values():
+        children.setdefault(message.parent_id, []).append(message.pk)
+    return children
 
 
 def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
