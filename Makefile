@@ -74,7 +74,10 @@ browser:
 test: install-test browser
 	$(BIN)/pytest
 
+# A merge that left conflict markers in a template or a doc would pass every other check.
 lint: install-test
+	@! git grep -nE '^(<<<<<<<|>>>>>>>)( |$$)' || \
+		{ echo "merge conflict markers (above) left in tracked files"; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

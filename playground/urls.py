@@ -8,6 +8,7 @@ from playground.accounts import endpoints, teams
 from playground.accounts import views as accounts
 from playground.chat import activity, usage
 from playground.chat import views as chat
+from playground.prompts import views as prompts
 
 urlpatterns = [
     path("", chat.home, name="home"),
@@ -87,6 +88,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("review/", include("playground.review.urls")),
     path("prompts/", include("playground.prompts.urls")),
+    path("api/prompts/<str:name>", prompts.api_prompt, name="api_prompt"),
     path("experiments/", include("playground.experiments.urls")),
     path("admin/", admin.site.urls),
 ]

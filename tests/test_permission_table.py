@@ -229,6 +229,86 @@ def http_budget(w: World) -> bool:
     return Budget.objects.filter(team=w.team).exists()
 
 
+# Prompts (playground/prompts)
+
+
+def _team_prompt(w: World, *, protected: bool = False):
+    from playground.prompts.models import Prompt
+
+    prompt = Prompt.objects.create(owner=w.founder, team=w.team, name="team-prompt")
+    version = prompt.add_version(w.founder, model=MODEL, system_prompt="Hello {{name}}")
+    prompt.add_version(w.founder, model=MODEL, system_prompt="Hi {{name}}")
+    label = prompt.set_label("production", version, w.founder)
+    if protected:
+        prompt.protect_label(label, True, w.founder)
+    return prompt
+
+
+def http_prompt_read(w: World) -> bool:
+    prompt = _team_prompt(w)
+    pages = [
+        w.client.get(f"/prompts/{prompt.pk}/"),
+        w.client.get(f"/prompts/{prompt.pk}/v/1/"),
+        w.client.get(f"/prompts/{prompt.pk}/diff/?a=1&b=2"),
+    ]
+    return all(p.status_code == 200 and b"team-prompt" in p.content for p in pages)
+
+
+def http_prompt_new(w: World) -> bool:
+    from playground.prompts.models import Prompt
+
+    w.client.post("/space/", {"space": w.team.pk})
+    data = {"name": "made", "model": MODEL, "message_role": "user", "message_content": "Hi"}
+    w.client.post("/prompts/new/", data)
+    return Prompt.objects.filter(team=w.team, name="made").exists()
+
+
+def http_prompt_version(w: World) -> bool:
+    prompt = _team_prompt(w)
+    w.client.post(f"/prompts/{prompt.pk}/v/1/restore/")
+    return prompt.versions.count() == 3
+
+
+def http_prompt_label(w: World) -> bool:
+    prompt = _team_prompt(w)
+    w.client.post(f"/prompts/{prompt.pk}/labels/", {"name": "production", "version": "2"})
+    return prompt.labels.get(name="production").version.number == 2
+
+
+def http_prompt_protect(w: World) -> bool:
+    prompt = _team_prompt(w)
+    label = prompt.labels.get()
+    w.client.post(f"/prompts/{prompt.pk}/labels/{label.pk}/protect/", {"protected": "1"})
+    return prompt.labels.get().protected
+
+
+def http_prompt_protected_move(w: World) -> bool:
+    prompt = _team_prompt(w, protected=True)
+    w.client.post(f"/prompts/{prompt.pk}/labels/", {"name": "production", "version": "2"})
+    return prompt.labels.get(name="production").version.number == 2
+
+
+def http_prompt_open(w: World) -> bool:
+    prompt = _team_prompt(w)
+    w.client.post(f"/prompts/{prompt.pk}/v/2/open/")
+    return Conversation.objects.filter(
+        owner=w.actor, team=w.team, prompt_session__isnull=False
+    ).exists()
+
+
+def http_prompt_api(w: World) -> bool:
+    prompt = _team_prompt(w)
+    page = w.client.post("/prompts/tokens/", {"name": "bot", "space": str(w.team.pk)})
+    shown = re.search(r'id="new-token" value="(pgp_[^"]+)"', page.content.decode())
+    if shown is None:
+        return False
+    response = Client().get(
+        f"/api/prompts/{prompt.name}?label=production",
+        headers={"Authorization": f"Bearer {shown[1]}"},
+    )
+    return response.status_code == 200 and response.json()["version"] == 1
+
+
 # WebSocket
 
 

@@ -28,9 +28,9 @@ from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 
-from playground.chat import access, runs, shutdown
+from playground.chat import access, extensions, runs, shutdown
 from playground.chat.contexts import transcript_context, turn_errors_context
-from playground.chat.models import Message
+from playground.chat.models import Conversation, Message
 from playground.chat.services import (
     PreparedTurn,
     Turn,
@@ -268,6 +268,18 @@ class ConversationConsumer(SlottedConsumer):
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
+        if self._may_run() and extensions.preparing_send.has_listeners(Conversation):
+            try:
+                rows = await database_sync_to_async(_prepare_by_extensions)(
+                    self.conversation, self.user, data
+                )
+            except TurnError as exc:
+                await self._send_error(str(exc))
+                return
+            if rows:  # written by an extension before the turn: shown before it
+                await self.channel_layer.group_send(
+                    self.group, {"type": "chat.append", "html": rows, "streaming_ids": []}
+                )
         # Refused, not stringified: an object sent as the text would reach the model as
         # "{'a': 1}", and a misspelt parameter would be left out without a word.
         try:
@@ -287,6 +299,7 @@ class ConversationConsumer(SlottedConsumer):
             attachment_ids=_ints(data.get("attachment")),
             # Absent (a client from before formats): the conversation's own format.
             wire_format=wire_format if "wire_format" in data else None,
+            sent=data,
         )
 
     async def _tool_results(self, data: dict[str, Any]) -> None:
@@ -333,8 +346,9 @@ class ConversationConsumer(SlottedConsumer):
         """receive() has just confirmed the kept decision, which includes the role."""
         return self.can_run
 
-    async def _run_turn(self, service, **kwargs) -> None:
-        """Create the rows through `service`, show them to every watcher, start the run."""
+    async def _run_turn(self, service, *, sent: dict[str, Any] | None = None, **kwargs) -> None:
+        """Create the rows through `service`, show them to every watcher, start the run.
+        `sent`: the socket message of a send, for extensions.turn_written."""
         if shutdown.draining:
             await self._send_error(shutdown.RESTARTING)
             return
@@ -393,6 +407,9 @@ class ConversationConsumer(SlottedConsumer):
         runs.start(turn.run, run)
         if service is start_turn:
             await self.send(text_data=composer_sent_html())
+            if sent is not None and extensions.turn_written.has_listeners(Conversation):
+                record = database_sync_to_async(_turn_written)
+                await record(self.conversation, self.user, turn, sent)
 
     async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
         """A send: read and build the request, send it upstream, and write the rows while
@@ -696,6 +713,27 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
         "first_message": turn.messages[0].parent_id is None,
     }
     return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
+
+
+def _prepare_by_extensions(conversation: Conversation, user, data: dict[str, Any]) -> str:
+    """extensions.preparing_send, and the rows its receivers wrote, rendered."""
+    responses = extensions.preparing_send.send(
+        Conversation, conversation=conversation, user=user, data=data
+    )
+    written = [row for _, rows in responses for row in (rows or [])]
+    if not written:
+        return ""
+    return render_to_string(f"{TEMPLATE}#appended", {"transcript": written})
+
+
+def _turn_written(conversation: Conversation, user, turn: Turn, data: dict[str, Any]) -> None:
+    try:
+        extensions.turn_written.send(
+            Conversation, conversation=conversation, user=user, turn=turn, data=data
+        )
+    except Exception:
+        # The reply is streaming already; what an extension records about it is secondary.
+        log.exception("an extension failed to record the turn of reply %s", turn.messages[-1].pk)
 
 
 def _ints(value: Any) -> list[int]:

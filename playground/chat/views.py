@@ -18,7 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from playground.accounts.access import get_team_for_user
 from playground.accounts.models import Membership, TeamError
 from playground.accounts.spaces import current_space, set_space
-from playground.chat import export, images, runs, sidebar
+from playground.chat import export, extensions, images, runs, sidebar
 from playground.chat.access import get_conversation_for_user, get_preset_for_user
 from playground.chat.contexts import (
     conversation_settings_context,
@@ -150,11 +150,13 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     context = transcript_context(conversation)
     context.update(conversation_settings_context(conversation))
     context.update(_head_context(request.user, conversation))
+    can_run = conversation.can_run(request.user)
     context.update(
         sidebar=sidebar.first_page(request.user, conversation),
-        can_run=conversation.can_run(request.user),
+        can_run=can_run,
         presets=_space_presets(request.user, conversation),
         closed_sections=closed_sections(request),
+        extra_panels=extensions.panels_html(request, conversation, can_run),
     )
     return render(request, TEMPLATE, context)
 

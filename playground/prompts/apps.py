@@ -1,3 +1,10 @@
+"""Versioned prompt templates with {{variables}}, labels, the read API; compare columns and
+parameter sweeps.
+
+May import chat, accounts and providers; none of those imports this app: it plugs into the
+playground through chat/extensions.py's signals.
+"""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
@@ -6,3 +13,12 @@ from django.apps import AppConfig
 class PromptsConfig(AppConfig):
     name = "playground.prompts"
     label = "prompts"
+
+    def ready(self) -> None:
+        from playground.chat import extensions
+        from playground.chat.models import Conversation
+        from playground.prompts import play
+
+        extensions.preparing_send.connect(play.prepare_send, sender=Conversation)
+        extensions.turn_written.connect(play.record_turn, sender=Conversation)
+        extensions.page_panels.connect(play.panel, sender=Conversation)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Exists, OuterRef, Q
 from django.urls import reverse
@@ -123,6 +124,38 @@ def _flag_field(label: str) -> Callable[[Any], forms.Field]:
     return make
 
 
+# -- prompt version and variable values ---------------------------------------------------------
+# The prompts app records which version and values a reply came from (Message.prompt_run).
+# Looked up by name, not imported: review builds on chat, and prompts plugs into it.
+
+
+def _prompt_version_field(user: Any) -> forms.Field:
+    prompt_model = apps.get_model("prompts", "Prompt")
+    versions = (
+        apps.get_model("prompts", "PromptVersion")
+        .objects.filter(prompt__in=prompt_model.objects.visible_to(user))
+        .select_related("prompt")
+        .order_by("prompt__name", "-number")[:500]
+    )
+    choices = [(str(v.pk), f"{v.prompt.name} v{v.number}") for v in versions]
+    return _choice("Prompt version", choices)
+
+
+def _prompt_variable_field(user: Any) -> forms.Field:
+    return forms.RegexField(
+        label="Prompt variable",
+        required=False,
+        regex=r"^[A-Za-z_][A-Za-z0-9_]{0,63}=.*$",
+        error_messages={"invalid": "Write name=value, e.g. topic=billing."},
+        help_text="name=value: replies sent with that value",
+    )
+
+
+def _prompt_variable_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
+    name, _, wanted = value.partition("=")
+    return conversations.filter(_with_message(**{f"prompt_run__variables__{name}": wanted}))
+
+
 FILTERS: list[Filter] = [
     Filter("space", _space_field, _space_apply),
     Filter("endpoint", _endpoint_field, lambda qs, v: qs.filter(model__startswith=f"{v}:")),
@@ -153,6 +186,12 @@ FILTERS: list[Filter] = [
             )
         ),
     ),
+    Filter(
+        "prompt_version",
+        _prompt_version_field,
+        lambda qs, v: qs.filter(_with_message(prompt_run__version_id=int(v))),
+    ),
+    Filter("prompt_var", _prompt_variable_field, _prompt_variable_apply),
 ]
 
 

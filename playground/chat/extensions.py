@@ -1,0 +1,38 @@
+"""Where apps built on chat plug into a send and the conversation page without chat importing
+them (DESIGN.md: the arrows point one way). They connect receivers in AppConfig.ready().
+
+- `preparing_send(conversation, user, data)`: before a send from the message box is checked,
+  in a database thread, only for someone who may run. A receiver may replace "text" and
+  "system_prompt" in `data` (the socket message, a dict) or raise TurnError, whose message is
+  shown and nothing is sent. It returns the messages it wrote into the conversation before
+  the turn (a prompt's example turns), or None: every watcher is shown them.
+- `turn_written(conversation, user, turn, data)`: after that send's rows are saved and its
+  run has started, in a database thread: record what the reply came from. A failing receiver
+  is logged; the reply goes on.
+- `page_panels(request, conversation, can_run)`: each receiver returns HTML (safe, rendered
+  from a template) drawn above the message box, or "".
+
+All are sent with sender=Conversation.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+from django.utils.safestring import SafeString, mark_safe
+
+preparing_send = Signal()
+turn_written = Signal()
+page_panels = Signal()
+
+
+def panels_html(request, conversation, can_run: bool) -> SafeString:
+    from playground.chat.models import Conversation
+
+    parts = [
+        str(html)
+        for _, html in page_panels.send(
+            Conversation, request=request, conversation=conversation, can_run=can_run
+        )
+        if html
+    ]
+    return mark_safe("".join(parts))  # each part is a rendered template, escaped there
