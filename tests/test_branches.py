@@ -355,3 +355,19 @@ def test_the_json_export_names_the_active_branch_and_import_restores_it(client, 
     upload = ContentFile(json.dumps(exported).encode(), name="bad.json")
     response = client.post("/review/import/", {"space": "", "file": upload})
     assert response.status_code == 400 and "names no message" in response.content.decode()
+
+
+def test_a_history_hit_on_a_reply_offers_its_diff(client, team_world):
+    owner, viewer, conversation, old, new = team_world
+    client.force_login(viewer)
+    page = client.get("/review/", {"q": "slow"}).content.decode()
+    assert f'href="/review/diff/?a={new.pk}">Diff with…</a>' in page
+
+
+def test_replies_without_a_saved_request_can_be_diffed(client, user, conversation):
+    first = Message.objects.create(conversation=conversation, role="assistant", text="A b c")
+    second = Message.objects.create(conversation=conversation, role="assistant", text="A c")
+    client.force_login(user)
+    page = client.get("/review/diff/", {"a": first.pk, "b": second.pk}).content.decode()
+    assert "<del>b </del>" in page or "<del>b</del>" in page
+    assert "Same model, prompt and parameters." in page
