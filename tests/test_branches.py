@@ -371,3 +371,42 @@ def test_replies_without_a_saved_request_can_be_diffed(client, user, conversatio
     page = client.get("/review/diff/", {"a": first.pk, "b": second.pk}).content.decode()
     assert "<del>b </del>" in page or "<del>b</del>" in page
     assert "Same model, prompt and parameters." in page
+
+
+def test_a_link_to_a_message_off_the_active_branch_opens_its_branch(client, team_world):
+    owner, viewer, conversation, old, new = team_world
+    client.force_login(owner)
+    page = client.get(f"/c/{conversation.pk}/", {"at": old.pk}).content.decode()
+    assert f'id="msg-{old.pk}"' in page and f'id="msg-{new.pk}"' not in page
+    assert "branch-notice" in page and f'"action": "switch", "message_id": {old.pk}' in page
+    assert f'ws-connect="/ws/conversations/{conversation.pk}/?at={old.pk}"' in page
+    # On the active branch (or a message not of this conversation), the page is as usual.
+    for at in (new.pk, 999999, "x"):
+        page = client.get(f"/c/{conversation.pk}/", {"at": at}).content.decode()
+        assert f'id="msg-{new.pk}"' in page and "branch-notice" not in page
+    assert (Conversation.objects.get(pk=conversation.pk)).active_leaf_id == new.pk
+
+
+async def test_a_socket_opened_at_another_branch_shows_it_until_the_branch_changes(
+    team_world, upstream
+):
+    from channels.testing import WebsocketCommunicator
+
+    from playground.asgi import application
+    from tests.conftest import ORIGIN, Socket, session_cookie
+
+    owner, viewer, conversation, old, new = team_world
+    cookie = await database_sync_to_async(session_cookie)(owner)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    path = f"/ws/conversations/{conversation.pk}/?at={old.pk}"
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    socket = Socket(communicator)
+    assert connected
+    opened = await socket.until(lambda f: 'id="transcript"' in f)
+    assert f"msg-{old.pk}" in opened and "branch-notice" in opened
+    await socket.send(action="switch", message_id=old.pk)  # "Continue this branch"
+    switched = await socket.until(lambda f: 'id="transcript"' in f)
+    assert f"msg-{old.pk}" in switched and "branch-notice" not in switched
+    assert (await Conversation.objects.aget(pk=conversation.pk)).active_leaf_id == old.pk
+    await socket.close()

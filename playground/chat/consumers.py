@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -140,8 +141,9 @@ class ConversationConsumer(SlottedConsumer):
         self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
-        # A viewer's ‹ › choice, for this socket only: the shown branch is the runners'.
-        self.view_at: int | None = None
+        # The branch this socket shows when it is not the active one: a viewer's ‹ ›, or the
+        # page's ?at= (a link to a message on another branch). A switch or a turn clears it.
+        self.view_at: int | None = _at(self.scope.get("query_string", b""))
         # The session and the user were read by the auth middleware a moment ago.
         if not await self._authorized(fresh=True):
             await self.close(code=4403)
@@ -734,6 +736,11 @@ def _turn_written(conversation: Conversation, user, turn: Turn, data: dict[str, 
     except Exception:
         # The reply is streaming already; what an extension records about it is secondary.
         log.exception("an extension failed to record the turn of reply %s", turn.messages[-1].pk)
+
+
+def _at(query_string: bytes) -> int | None:
+    values = parse_qs(query_string.decode("latin-1")).get("at") or [""]
+    return int(values[0]) if values[0].isdigit() else None
 
 
 def _ints(value: Any) -> list[int]:
