@@ -120,12 +120,14 @@ def seed(conversations: int, messages: int) -> dict[str, Any]:
         )
         user_messages = Message.objects.filter(role="user").values_list("pk", flat=True)
         image.messages.add(*list(user_messages[: conversations // 50]))
+        label = _seed_review(rng, users, team)
     sample = Message.objects.filter(role="assistant").order_by("?").first()
     assert sample is not None
     phrase = " ".join(sample.text.split()[3:5])
     return {
         "user": users[0].pk,
         "team": team.pk,
+        "label": label,
         "queries": [
             vocabulary[3],  # in most messages
             vocabulary[40],
@@ -142,6 +144,45 @@ def seed(conversations: int, messages: int) -> dict[str, Any]:
 
 
 _SECOND = __import__("datetime").timedelta(seconds=1)
+
+
+def _seed_review(rng: random.Random, users: list, team: Any) -> int:
+    """Annotations on one reply in 20 (thumbs, a score, a label for one in three) and a review
+    status on one conversation in 10, so History's rating, label and status filters have
+    something to find and something to skip."""
+    from playground.chat.models import Conversation, Message
+    from playground.review.models import Annotation, Label, ReviewStatus
+
+    label = Label.objects.create(team=team, owner=users[0], name="bench", colour="#2563eb")
+    replies = list(Message.objects.filter(role="assistant").values_list("pk", flat=True))
+    chosen = [pk for pk in replies if rng.random() < 0.05]
+    made = Annotation.objects.bulk_create(
+        [
+            Annotation(
+                message_id=pk,
+                author=rng.choice(users),
+                thumbs=rng.choice([1, -1, None]),
+                score=rng.choice([1, 2, 3, 4, 5, None]),
+            )
+            for pk in chosen
+        ],
+        batch_size=2000,
+    )
+    Annotation.labels.through.objects.bulk_create(
+        [Annotation.labels.through(annotation_id=a.pk, label_id=label.pk) for a in made[::3]],
+        batch_size=2000,
+    )
+    statuses = ["in_review", "approved", "flagged"]
+    ids = list(Conversation.objects.values_list("pk", flat=True))
+    ReviewStatus.objects.bulk_create(
+        [
+            ReviewStatus(conversation_id=pk, status=rng.choice(statuses), set_by=users[0])
+            for pk in ids
+            if rng.random() < 0.1
+        ],
+        batch_size=2000,
+    )
+    return label.pk
 
 
 def _accumulate(weights: list[float]):
@@ -216,6 +257,10 @@ def measure(info: dict[str, Any], reps: int) -> dict[str, Any]:
         "status=error": {"status": "error"},
         "has images": {"images": "on"},
         "has tool calls": {"tools": "on"},
+        "rating=up": {"rating": "up"},
+        "label": {"label": str(info["label"])},
+        "review=flagged": {"review": "flagged"},
+        "review=unreviewed": {"review": "unreviewed"},
         "model + date range": {
             "model": "aimlapi:google/gemma-3n-e4b-it",
             "since": "2020-01-01",

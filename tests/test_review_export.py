@@ -139,3 +139,20 @@ def test_the_json_export_is_written_a_message_at_a_time(client, user, tree):
     response = client.get(f"/review/c/{tree.pk}/export.json")
     chunks = list(response.streaming_content)
     assert len(chunks) == 1 + tree.messages.count() + 1  # head, each message, tail
+
+
+def test_exports_carry_the_review(client, user, tree):
+    from playground.review.models import Annotation, Comment, ReviewStatus
+
+    reply = tree.messages.filter(role="assistant").order_by("pk").first()
+    Annotation.objects.create(message=reply, author=user, thumbs=1, score=5)
+    Comment.objects.create(message=reply, author=user, text="Spot on.")
+    ReviewStatus.set(tree, "approved", user)
+    _, md = download(client, user, tree, "md")
+    assert "Review status: approved" in md
+    assert "*Review by ada: thumbs up · score 5/5*" in md and "> Spot on." in md
+    _, body = download(client, user, tree, "json")
+    data = json.loads(body)
+    assert data["conversation"]["review"]["status"] == "approved"
+    assert data["messages"][1]["comments"][0]["text"] == "Spot on."
+    assert data["messages"][0]["annotations"] == [] and data["messages"][0]["comments"] == []

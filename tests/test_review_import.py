@@ -223,3 +223,99 @@ def test_images_are_only_matched_among_those_the_importer_may_see(client, user, 
 def test_import_needs_a_login(client, user):
     response = client.post("/review/import/", {})
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+# -- annotations, comments and the review status travel with the conversation --------------
+
+
+@pytest.fixture
+def reviewed(user, other_user, tree):  # noqa: F811
+    """The tree moved into a team, annotated by two people, discussed, and flagged."""
+    from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
+
+    team = Team.create(name="Lab", owner=user)
+    team.add_member(other_user, Membership.Role.MEMBER)
+    tree.team = team
+    tree.save()
+    first = tree.messages.filter(role="assistant").order_by("pk").first()
+    good = Label.objects.create(team=team, owner=user, name="Good", colour="#16a34a")
+    terse = Label.objects.create(team=team, owner=user, name="Terse", colour="#f59e0b")
+    mine = Annotation.objects.create(message=first, author=user, thumbs=1, score=4)
+    mine.labels.set([terse, good])
+    Annotation.objects.create(message=first, author=other_user, thumbs=-1)
+    comment = Comment.objects.create(message=first, author=user, text="@eve is this right?\n<b>")
+    Mention.objects.create(comment=comment, user=other_user)
+    Comment.objects.create(message=first, author=other_user, text="Yes.")
+    ReviewStatus.set(tree, "flagged", other_user)
+    return tree
+
+
+def test_annotations_comments_and_status_round_trip(client, user, other_user, reviewed):
+    from playground.review.models import Annotation, Mention, ReviewStatus
+
+    _, first = download(client, user, reviewed, "json")
+    data = json.loads(first)
+    assert data["conversation"]["review"]["status"] == "flagged"
+    assert data["conversation"]["review"]["set_by"] == "eve"
+    notes = data["messages"][1]["annotations"]
+    assert [(n["author"], n["thumbs"], n["score"]) for n in notes] == [
+        ("ada", "up", 4),
+        ("eve", "down", None),
+    ]
+    assert [x["name"] for x in notes[0]["labels"]] == ["Good", "Terse"]
+    assert data["messages"][1]["comments"][0]["mentions"] == ["eve"]
+    copy = imported(upload(client, user, "trip.json", first, space=str(reviewed.team_id)))
+    _, second = download(client, user, copy, "json")
+    assert without_times(json.loads(second)) == without_times(json.loads(first))
+    # The review's own times are the file's, not the import's.
+    assert json.loads(second)["messages"][1]["annotations"] == notes
+    assert ReviewStatus.objects.get(conversation=copy).set_by == other_user
+    assert Annotation.objects.filter(message__conversation=copy).count() == 2
+    # The copy's mention is kept but not news: eve's inbox still has only the original.
+    assert Mention.objects.filter(user=other_user, read_at__isnull=True).count() == 1
+
+
+def test_import_refuses_annotations_by_people_outside_the_space(client, user, reviewed):
+    from playground.review.models import Annotation
+
+    _, first = download(client, user, reviewed, "json")
+    response = upload(client, user, "trip.json", first)  # into ada's personal space
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 400 and "line 3: 'eve' has no account" in body
+    assert Conversation.objects.count() == 1 and Annotation.objects.count() == 2
+
+
+def test_a_label_missing_from_the_space_is_added_only_by_its_admins(
+    client, user, other_user, reviewed
+):
+    from playground.review.models import Label
+
+    _, first = download(client, user, reviewed, "json")
+    Label.objects.filter(name="Terse").delete()
+    refused = upload(client, other_user, "trip.json", first, space=str(reviewed.team_id))
+    assert refused.status_code == 400
+    assert "label 'Terse' is not in this space" in html.unescape(refused.content.decode())
+    assert Conversation.objects.count() == 1
+    imported(upload(client, user, "trip.json", first, space=str(reviewed.team_id)))  # the owner
+    assert Label.objects.get(name="Terse").colour == "#f59e0b"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ([{"author": "ada", "score": 9, "created": "2026-01-01T00:00:00+00:00",
+           "updated": "2026-01-01T00:00:00+00:00"}], '"score" is 1 to 5'),
+        ([{"author": "ada", "thumbs": "sideways"}], '"thumbs" is "up", "down"'),
+        ([{"author": "ada", "created": "yesterday", "updated": "x"}], "times with a zone"),
+        ([{"author": "ada", "labels": [{"name": "x", "colour": "red"}],
+           "created": "2026-01-01T00:00:00+00:00", "updated": "2026-01-01T00:00:00+00:00"}],
+         "colour"),
+        ([{"author": "ada", "evil": 1}], "unknown fields"),
+    ],
+)  # fmt: skip
+def test_malformed_annotations_are_refused_with_their_line(client, user, annotations, message):
+    record = {**msg(1), "annotations": annotations}
+    response = upload(client, user, "x.json", export_text([record]))
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 400 and message in body and "line 2" in body
+    assert not Conversation.objects.exists()

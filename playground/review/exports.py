@@ -4,7 +4,9 @@ reply tree) and Markdown, written a message at a time for StreamingHttpResponse.
 No database id leaves in an export: messages are numbered 1..n in the file, and images are
 named by their SHA-256 (in `attachments`, in `content_parts` and in a saved request's
 `attachment:` references), so the file means the same on another server. Nothing secret is in
-a conversation's rows (keys live in accounts.ApiKey), and no user names are written.
+a conversation's rows (keys live in accounts.ApiKey). User names appear only where the
+review needs a who: each annotation's and comment's author, the people a comment mentions and
+who set the review status (review/imports.py maps them back to accounts of the target space).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.db.models import Prefetch
 
 from playground.chat.models import Attachment, Conversation, Message
 from playground.chat.services import ATTACHMENT_SCHEME
+from playground.review.models import Annotation, Comment, Mention, ReviewStatus
 
 FORMAT = "playground.conversation"
 VERSION = 1
@@ -36,7 +39,22 @@ BATCH = 200  # messages read per query: memory stays flat however long the conve
 
 def _messages(conversation: Conversation) -> Iterator[Message]:
     images = Prefetch("attachments", queryset=Attachment.objects.order_by("pk"))
-    query = conversation.messages.order_by("created", "pk").prefetch_related(images)
+    judged = Prefetch(
+        "annotations",
+        queryset=Annotation.objects.select_related("author")
+        .prefetch_related("labels")
+        .order_by("created", "pk"),
+    )
+    mentions = Prefetch("mention_rows", queryset=Mention.objects.select_related("user"))
+    discussed = Prefetch(
+        "comments",
+        queryset=Comment.objects.select_related("author")
+        .prefetch_related(mentions)
+        .order_by("created", "pk"),
+    )
+    query = conversation.messages.order_by("created", "pk").prefetch_related(
+        images, judged, discussed
+    )
     yield from query.iterator(chunk_size=BATCH)
 
 
@@ -86,7 +104,43 @@ def message_record(
         }
         for a in attached
     ]
+    record["annotations"] = [annotation_record(a) for a in message.annotations.all()]
+    record["comments"] = [comment_record(c) for c in message.comments.all()]
     return record
+
+
+def annotation_record(annotation: Annotation) -> dict[str, Any]:
+    return {
+        "author": annotation.author.get_username(),
+        "thumbs": {1: "up", -1: "down"}.get(annotation.thumbs or 0),
+        "score": annotation.score,
+        "labels": [
+            {"name": label.name, "colour": label.colour}
+            for label in sorted(annotation.labels.all(), key=lambda label: label.name)
+        ],
+        "created": annotation.created.isoformat(),
+        "updated": annotation.updated.isoformat(),
+    }
+
+
+def comment_record(comment: Comment) -> dict[str, Any]:
+    return {
+        "author": comment.author.get_username(),
+        "text": comment.text,
+        "mentions": sorted(row.user.get_username() for row in comment.mention_rows.all()),
+        "created": comment.created.isoformat(),
+    }
+
+
+def review_record(conversation: Conversation) -> dict[str, Any] | None:
+    row = ReviewStatus.objects.select_related("set_by").filter(conversation=conversation).first()
+    if row is None:
+        return None
+    return {
+        "status": row.status,
+        "set_by": row.set_by.get_username() if row.set_by else None,
+        "set_at": row.set_at.isoformat(),
+    }
 
 
 def as_json(conversation: Conversation) -> Iterator[str]:
@@ -98,6 +152,7 @@ def as_json(conversation: Conversation) -> Iterator[str]:
             **{field: getattr(conversation, field) for field in CONVERSATION_FIELDS},
             "created": conversation.created.isoformat(),
             "updated": conversation.updated.isoformat(),
+            "review": review_record(conversation),
         },
     }
     yield json.dumps(head, ensure_ascii=False)[:-1] + ', "messages": [\n'
@@ -154,6 +209,9 @@ def as_markdown(conversation: Conversation) -> Iterator[str]:
     """The transcript as the page shows it, in order; other branches are marked as such."""
     yield f"# {conversation.display_title}\n\n"
     yield f"Model: `{conversation.model}`\n\n"
+    review = review_record(conversation)
+    if review:
+        yield f"Review status: {review['status'].replace('_', ' ')}\n\n"
     if conversation.system_prompt:
         yield "## System prompt\n\n" + _quote(conversation.system_prompt) + "\n\n"
     seen_parents: set[int | None] = set()
@@ -172,11 +230,39 @@ def as_markdown(conversation: Conversation) -> Iterator[str]:
             yield "```json\n" + json.dumps(message.tool_calls, indent=2) + "\n```\n\n"
         for attachment in message.attachments.all():
             yield f"*Image `sha256:{attachment.sha256}`*\n\n"
+        yield from _markdown_review(message)
+
+
+def _markdown_review(message: Message) -> Iterator[str]:
+    for annotation in message.annotations.all():
+        record = annotation_record(annotation)
+        parts = [f"thumbs {record['thumbs']}" if record["thumbs"] else ""]
+        parts.append(f"score {record['score']}/5" if record["score"] else "")
+        parts.append(", ".join(label["name"] for label in record["labels"]))
+        yield f"*Review by {record['author']}: {' · '.join(p for p in parts if p) or '—'}*\n\n"
+    for comment in message.comments.all():
+        yield f"**{comment.author.get_username()}** commented:\n\n{_quote(comment.text)}\n\n"
 
 
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in text.splitlines())
 
+
+def selection(conversations: list[Conversation], fmt: str) -> Iterator[str]:
+    """Several conversations in one file: JSON wraps each conversation's document in a list,
+    JSONL and Markdown put them one after another."""
+    write = FORMATS[fmt][0]
+    if fmt == "json":
+        yield f'{{"format": "{SELECTION_FORMAT}", "version": {VERSION}, "conversations": [\n'
+    for index, conversation in enumerate(conversations):
+        if index:
+            yield {"json": ",\n", "md": "\n---\n\n"}.get(fmt, "")
+        yield from write(conversation)
+    if fmt == "json":
+        yield "]}\n"
+
+
+SELECTION_FORMAT = "playground.conversations"
 
 FORMATS = {
     "json": (as_json, "application/json", "json"),

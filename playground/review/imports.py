@@ -13,16 +13,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from playground.accounts.models import Team
 from playground.chat.models import Attachment, Conversation, Message
 from playground.chat.services import ATTACHMENT_SCHEME
 from playground.providers import catalog
 from playground.review import exports
+from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_MESSAGES = 5000
@@ -87,8 +91,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
 _REQUIRED_BLANK = {"text", "reasoning", "tool_call_id", "finish_reason", "error", "response_id",
                    "model"}  # fmt: skip
 _LENGTHS = {"tool_call_id": 200, "finish_reason": 40, "response_id": 200, "model": 200}
-_MESSAGE_KEYS = {"id", "parent", "role", "status", *_TYPES}
-_CONVERSATION_KEYS = {"title", "model", "system_prompt", "params", "created", "updated"}
+_MESSAGE_KEYS = {"id", "parent", "role", "status", "annotations", "comments", *_TYPES}
+_CONVERSATION_KEYS = {"title", "model", "system_prompt", "params", "created", "updated", "review"}
+_ANNOTATION_KEYS = {"author", "thumbs", "score", "labels", "created", "updated"}
+_COMMENT_KEYS = {"author", "text", "mentions", "created"}
+_COLOUR = re.compile(r"#[0-9a-f]{6}")
+_THUMBS = {"up": 1, "down": -1, None: None}
 
 
 @dataclass
@@ -128,6 +136,15 @@ def parse_export(text: str) -> _Plan:
             raise Refused(f'line 1: conversation "{key}" must be text of at most {limit} chars.')
     if not isinstance(head.get("params", {}), dict):
         raise Refused('line 1: conversation "params" must be an object.')
+    review = head.get("review")
+    if review is not None and (
+        not isinstance(review, dict)
+        or set(review) - {"status", "set_by", "set_at"}
+        or review.get("status") not in ReviewStatus.Status.values
+        or not isinstance(review.get("set_by"), str | None)
+        or _when(review.get("set_at")) is None
+    ):
+        raise Refused('line 1: conversation "review" must have a known "status" and "set_at".')
     records = data.get("messages")
     if not isinstance(records, list):
         raise Refused('line 1: "messages" must be a list.')
@@ -195,8 +212,161 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
             raise Refused('"content_parts" must hold objects.')
         if "attachment" in part and part["attachment"] not in plan.hashes:
             raise Refused("an image part names an image not in this message's attachments.")
+    _check_review(record)
     seen.add(ident)
     plan.messages.append(record)
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else None
+
+
+def _check_review(record: dict[str, Any]) -> None:
+    """Annotations and comments: their shape only; authors and labels are matched to this
+    server's accounts and label sets when writing (_Review)."""
+    notes = record.get("annotations") or []
+    comments = record.get("comments") or []
+    if not isinstance(notes, list) or not isinstance(comments, list):
+        raise Refused('"annotations" and "comments" must be lists.')
+    authors: set[str] = set()
+    for note in notes:
+        if not isinstance(note, dict) or set(note) - _ANNOTATION_KEYS:
+            raise Refused("an annotation has unknown fields.")
+        if not isinstance(note.get("author"), str) or note["author"] in authors:
+            raise Refused("each annotation needs an author, one annotation per author.")
+        authors.add(note["author"])
+        if note.get("thumbs") not in _THUMBS:
+            raise Refused('an annotation\'s "thumbs" is "up", "down" or null.')
+        score = note.get("score")
+        if score is not None and (
+            not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5
+        ):
+            raise Refused('an annotation\'s "score" is 1 to 5 or null.')
+        for label in note.get("labels") or []:
+            if (
+                not isinstance(label, dict)
+                or not isinstance(label.get("name"), str)
+                or not 0 < len(label["name"]) <= 40
+                or not _COLOUR.fullmatch(str(label.get("colour", "")))
+            ):
+                raise Refused('each label needs a "name" (1-40 chars) and a "colour" #rrggbb.')
+        if _when(note.get("created")) is None or _when(note.get("updated")) is None:
+            raise Refused('an annotation needs "created" and "updated" times with a zone.')
+    for comment in comments:
+        if not isinstance(comment, dict) or set(comment) - _COMMENT_KEYS:
+            raise Refused("a comment has unknown fields.")
+        text = comment.get("text")
+        if not isinstance(comment.get("author"), str) or not isinstance(text, str):
+            raise Refused('a comment needs an "author" and a "text".')
+        if not text.strip() or len(text) > 5000:
+            raise Refused("a comment's text has 1 to 5000 characters.")
+        mentions = comment.get("mentions") or []
+        if not isinstance(mentions, list) or not all(isinstance(m, str) for m in mentions):
+            raise Refused('a comment\'s "mentions" is a list of user names.')
+        if _when(comment.get("created")) is None:
+            raise Refused('a comment needs a "created" time with a zone.')
+
+
+class _Review:
+    """Matches the file's user names and labels to this server: authors must be people who
+    can see the target space (else the import is refused, naming the line); a label missing
+    from the space's set is added when the importer may manage the set, else refused."""
+
+    def __init__(self, user, team: Team | None, plan: _Plan, text: str) -> None:
+        self.user, self.team, self.text, self.plan = user, team, text, plan
+        people = get_user_model().objects.filter(is_active=True)
+        if team is None:
+            people = people.filter(pk=user.pk)
+        else:
+            people = people.filter(memberships__team=team)
+        self.people = {p.get_username(): p for p in people}
+        self.labels = {
+            label.name: label
+            for label in Label.objects.in_space(team.pk if team else None, user.pk)
+        }
+
+    def where(self, index: int) -> str:
+        lines = _message_lines(self.text)
+        if len(lines) == len(self.plan.messages):
+            return f"line {lines[index]}"
+        return f"message {index + 1}"
+
+    def person(self, name: str | None, index: int | None):
+        if name is None:
+            return None
+        if name not in self.people:
+            where = self.where(index) if index is not None else "line 1"
+            raise Refused(f"{where}: {name!r} has no account in the space imported into.")
+        return self.people[name]
+
+    def label(self, found: dict[str, str], index: int) -> Label:
+        name = found["name"]
+        if name not in self.labels:
+            from playground.review.annotating import can_manage_labels
+
+            if not can_manage_labels(self.user, self.team):
+                raise Refused(
+                    f"{self.where(index)}: the label {name!r} is not in this space's label set "
+                    "(its admins can add it)."
+                )
+            self.labels[name] = Label.objects.create(
+                team=self.team, owner=self.user, name=name, colour=found["colour"]
+            )
+        return self.labels[name]
+
+    def check(self) -> None:
+        """Every name resolves, before anything is written."""
+        for index, record in enumerate(self.plan.messages):
+            for note in record.get("annotations") or []:
+                self.person(note["author"], index)
+            for comment in record.get("comments") or []:
+                self.person(comment["author"], index)
+                for name in comment.get("mentions") or []:
+                    self.person(name, index)
+        review = self.plan.conversation.get("review")
+        if review:
+            self.person(review.get("set_by"), None)
+
+    def write(self, conversation: Conversation, made: dict[int, Message]) -> None:
+        now = timezone.now()
+        review = self.plan.conversation.get("review")
+        if review:
+            ReviewStatus.objects.create(
+                conversation=conversation,
+                status=review["status"],
+                set_by=self.person(review.get("set_by"), None),
+                set_at=_when(review["set_at"]) or now,
+            )
+        for index, record in enumerate(self.plan.messages):
+            message = made[record["id"]]
+            for note in record.get("annotations") or []:
+                annotation = Annotation.objects.create(
+                    message=message,
+                    author=self.person(note["author"], index),
+                    thumbs=_THUMBS[note.get("thumbs")],
+                    score=note.get("score"),
+                )
+                annotation.labels.set([self.label(x, index) for x in note.get("labels") or []])
+                # auto_now(_add) set the import time; the file's times are the real ones.
+                Annotation.objects.filter(pk=annotation.pk).update(
+                    created=_when(note["created"]), updated=_when(note["updated"])
+                )
+            for found in record.get("comments") or []:
+                comment = Comment.objects.create(
+                    message=message, author=self.person(found["author"], index), text=found["text"]
+                )
+                Comment.objects.filter(pk=comment.pk).update(created=_when(found["created"]))
+                # Imported mentions are old news: kept, but not put in anyone's inbox again.
+                Mention.objects.bulk_create(
+                    Mention(comment=comment, user=self.person(name, index), read_at=now)
+                    for name in dict.fromkeys(found.get("mentions") or [])
+                )
 
 
 def _request_with_ids(body: Any, ids: dict[str, int]) -> Any:
@@ -232,6 +402,8 @@ def _images(user, hashes: set[str]) -> dict[str, int]:
 def import_export(user, team: Team | None, text: str) -> Conversation:
     plan = parse_export(text)
     head = plan.conversation
+    review = _Review(user, team, plan, text)
+    review.check()
     with transaction.atomic():
         ids = _images(user, plan.hashes)
         conversation = Conversation.objects.create(
@@ -277,6 +449,7 @@ def import_export(user, team: Team | None, text: str) -> Conversation:
         if plan.active_leaf is not None:
             conversation.active_leaf = made[plan.active_leaf]
             conversation.save(update_fields=["active_leaf"])
+        review.write(conversation, made)
     return conversation
 
 

@@ -12,6 +12,7 @@ from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.review import diffs, exports, history, imports, search, sharing
+from playground.review.models import ReviewStatus
 
 TEMPLATE = "review/history.html"
 RUN_ROLES = [role for role in Membership.Role if role != Membership.Role.VIEWER]
@@ -25,7 +26,12 @@ def history_page(request: HtmxHttpRequest) -> HttpResponse:
     htmx asks for the results alone when a filter changes, and for the next rows with
     "Show more" (a request carrying a cursor); a plain visit renders the whole page."""
     form = history.HistoryForm(request.user, request.GET)
-    context: dict = {"form": form, "page": None, "max_query_chars": search.MAX_QUERY_CHARS}
+    context: dict = {
+        "form": form,
+        "page": None,
+        "max_query_chars": search.MAX_QUERY_CHARS,
+        "review_choices": ReviewStatus.Status.choices,
+    }
     status = 200
     try:
         after = history.parse_cursor(request.GET.get("after"))

@@ -358,6 +358,30 @@
   document.addEventListener("htmx:wsBeforeMessage", onSocketMessage);
   document.addEventListener("htmx:wsAfterMessage", follow);
   document.addEventListener("htmx:oobAfterSwap", onOobSwap);
+  // A mention in the inbox links to its comment (#comment-N), which arrives later, out of
+  // band, inside a closed "Comments" <details>: the browser cannot scroll to it by itself,
+  // and htmx has no way to act on the URL's fragment. Open it, and bring it into view the
+  // first time. The bars arrive twice on a page load (the page, then the socket's transcript
+  // redraws them), so each arrival opens it again.
+  let commentShown = false;
+  document.addEventListener("htmx:oobAfterSwap", function () {
+    if (!location.hash.startsWith("#comment-")) return;
+    const target = document.getElementById(location.hash.slice(1));
+    if (!target) return;
+    const details = target.closest("details");
+    if (details) details.open = true;
+    if (!commentShown) target.scrollIntoView({ block: "center" });
+    commentShown = true;
+  });
+  // "All shown" ticks every History row's checkbox: a client-side toggle of many inputs,
+  // which htmx (server round trips) has no attribute for.
+  document.addEventListener("change", function (event) {
+    const box = event.target;
+    if (!box.dataset || !box.dataset.selectAll) return;
+    document.querySelectorAll("input." + box.dataset.selectAll).forEach(function (row) {
+      row.checked = box.checked;
+    });
+  });
   // The server groups the sidebar by the reader's days, and only the browser knows the
   // reader's time zone: it goes to the server in a cookie, read from the next page on.
   const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;

@@ -1,0 +1,108 @@
+"""Reviewing in a browser, by keyboard: a reviewer rates a team reply, labels it and comments
+with an @mention; the mentioned teammate sees the header badge, opens the inbox and follows
+the mention to the reply, which marks it read."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_browser import Sockets
+from tests.e2e.test_parameters import sign_in
+
+PASSWORD = "correct horse battery review"
+SEED = f"""
+from django.contrib.auth import get_user_model
+from playground.accounts.models import Membership, Team
+from playground.chat.models import Conversation, Message
+from playground.review.models import Label
+User = get_user_model()
+rita = User.objects.create_user("rita", password={PASSWORD!r})
+sam = User.objects.create_user("sam", password={PASSWORD!r})
+team = Team.create(name="Review crew", owner=rita)
+team.add_member(sam, Membership.Role.MEMBER)
+Label.objects.create(team=team, owner=rita, name="Hallucination", colour="#dc2626")
+c = Conversation.objects.create(
+    owner=rita, team=team, title="Capital", model="empiriolabs:gemma-4-e4b"
+)
+ask = Message.objects.create(
+    conversation=c, role="user", text="Capital of Norway?", created_by=rita
+)
+reply = Message.objects.create(conversation=c, role="assistant", parent=ask, text="Bergen.")
+print(c.pk, reply.pk)
+"""
+
+
+def log_in(page, username: str) -> None:
+    page.goto("/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(lambda url: "/login/" not in url)
+
+
+@pytest.mark.e2e
+def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
+    browser, page, live_server
+):
+    sign_in(page, live_server.url)  # the first-run admin, which other tests expect
+    pk, reply = live_server.manage("shell", "-c", SEED).strip().splitlines()[-1].split()
+    rita = page
+    rita.context.clear_cookies()
+    log_in(rita, "rita")
+    sockets = Sockets(rita)
+    with sockets.transcript_loaded():
+        rita.goto(f"/c/{pk}/")
+    bar = rita.locator(f"#review-{reply}")
+    bar.locator(".rate").wait_for()
+    rita.wait_for_load_state("networkidle")  # the socket's transcript asks for the bars again
+
+    # Everything by keyboard: focus, then Enter or Space, as a keyboard user would.
+    bar.get_by_role("button", name="Thumbs down").focus()
+    rita.keyboard.press("Enter")
+    rita.locator(f"#review-{reply} .thumb.down[aria-pressed=true]").wait_for()
+    rita.locator(f"#review-{reply}").get_by_role("button", name="Score 2").focus()
+    rita.keyboard.press("Enter")
+    rita.locator(f"#review-{reply} .score-2[aria-pressed=true]").wait_for()
+    rita.locator(f"#review-{reply} .label-pick summary").focus()
+    rita.keyboard.press("Enter")
+    rita.locator(f"#review-{reply}").get_by_label("Hallucination").focus()
+    rita.keyboard.press("Space")
+    rita.locator(f"#review-{reply} .rate .review-label", has_text="Hallucination").wait_for()
+    rita.locator(f"#review-{reply} .comments summary").focus()
+    rita.keyboard.press("Enter")
+    rita.locator(f"#review-{reply} .comment-form button").click()  # empty: refused, shown
+    rita.locator(f"#review-{reply} .error", has_text="Write a comment first.").wait_for()
+    rita.locator(f"#comment-text-{reply}").fill("@sam Bergen is wrong <b>really</b>")
+    rita.locator(f"#review-{reply} .comment-form button").focus()
+    rita.keyboard.press("Enter")
+    comment = rita.locator(f"#review-{reply} .comment").first
+    comment.wait_for()
+    assert comment.locator(".mention").inner_text() == "@sam"
+    assert "<b>really</b>" in comment.inner_text()  # shown as typed, not as markup
+    rita.get_by_label("Review status").select_option("flagged")
+    rita.locator("#review-status .review-set", has_text="set by rita").wait_for()
+
+    sam_context = browser.new_context(base_url=live_server.url)
+    sam_context.set_default_timeout(10_000)
+    sam = sam_context.new_page()
+    try:
+        log_in(sam, "sam")
+        sam.goto("/review/?review=flagged&rating=down")
+        assert sam.locator(".history-row", has_text="Capital").count() == 1
+        assert sam.locator("#inbox-badge").inner_text() == "1"
+        sam.locator("#inbox-link").click()
+        item = sam.locator(".inbox-item.unread", has_text="Bergen is wrong")
+        item.get_by_role("button", name="Open the reply").click()
+        sam.wait_for_url(lambda url: f"/c/{pk}/" in url)
+        sam.locator(f"#review-{reply} .comment", has_text="Bergen is wrong").wait_for()
+        assert sam.locator("#inbox-badge").count() == 0
+        # In bulk from History: tick every row shown, approve them.
+        sam.goto("/review/?review=flagged")
+        sam.get_by_label("all shown").check()
+        assert sam.locator("input.history-select:checked").count() == 1
+        sam.locator("#bulk-status").select_option("approved")
+        sam.get_by_role("button", name="Set status").click()
+        sam.locator(".flash li", has_text="1 conversation set to Approved").wait_for()
+        assert sam.locator(".history-row", has_text="Capital").count() == 0  # not flagged now
+    finally:
+        sam_context.close()
