@@ -10,6 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.core.files.base import ContentFile
 from django.test import Client
+from django.urls import reverse
 
 from playground.accounts.models import Membership, Team
 from playground.chat.models import Conversation, Message
@@ -410,3 +411,15 @@ async def test_a_socket_opened_at_another_branch_shows_it_until_the_branch_chang
     assert f"msg-{old.pk}" in switched and "branch-notice" not in switched
     assert (await Conversation.objects.aget(pk=conversation.pk)).active_leaf_id == old.pk
     await socket.close()
+
+
+def test_the_review_bars_load_for_the_branch_shown(client, team_world):
+    owner, viewer, conversation, old, new = team_world
+    client.force_login(owner)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    url = reverse("review:conversation_review", args=[conversation.pk])
+    assert f"{url}?leaf={new.pk}" in page
+    bars = client.get(url, {"leaf": new.pk}).content.decode()
+    assert f'id="review-{new.pk}"' in bars and f'id="review-{old.pk}"' not in bars
+    everything = client.get(url).content.decode()
+    assert f'id="review-{new.pk}"' in everything and f'id="review-{old.pk}"' in everything
