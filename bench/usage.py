@@ -166,6 +166,10 @@ def seed(replies: int):
     from django.db import connection
 
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            # Autovacuum runs after this many inserts (PostgreSQL 13+): it marks the pages
+            # all-visible, so the Usage query can read the covering index alone.
+            cursor.execute("VACUUM ANALYZE chat_message")
         cursor.execute("ANALYZE")  # fresh statistics, as autovacuum would have by now
     return team, users[0], users[1]
 

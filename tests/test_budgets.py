@@ -288,3 +288,37 @@ def test_only_site_admins_set_the_personal_default(client, user, django_user_mod
     budget = Budget.objects.get()
     assert (budget.team_id, budget.user_id, budget.daily_messages) == (None, None, 5)
     assert 'id="budgets"' in client.get("/usage/").content.decode()
+
+
+@pytest.mark.django_db
+def test_a_cap_for_each_member_applies_to_every_member_without_their_own(
+    client, user, other_user, django_user_model
+):
+    lab = make_lab(other_user, user)
+    carol = django_user_model.objects.create_user("carol", password="x-x-x-x-x")
+    lab.add_member(carol, Membership.Role.MEMBER)
+    shared = Conversation.objects.create(owner=other_user, team=lab, model=MODEL)
+    seed_replies(shared, user, 2)
+    seed_replies(shared, carol, 2)
+    client.force_login(other_user)  # the owner sets it on the Usage page
+    response = client.post(
+        f"/teams/{lab.pk}/budgets/", {"member": "each", "daily_messages": "2"}, follow=True
+    )
+    assert "Budget for each member saved." in response.content.decode()
+    assert "each member (without limits of their own)" in response.content.decode()
+    budget = Budget.objects.get()
+    assert (budget.team_id, budget.user_id, budget.each_member) == (lab.pk, None, True)
+    for member in (user, carol):  # each member's own count, not the team's
+        with pytest.raises(budgets.BudgetExceeded, match="your daily cap of 2 messages"):
+            budgets.check(member, lab.pk, Decimal("0.03"))
+    budgets.check(other_user, lab.pk, Decimal("0.03"))  # no replies of their own yet
+    # A member's own row overrides it; the team's total is not limited by it.
+    Budget.set(team=lab, user=carol, monthly_cost=None, daily_messages=10, by=other_user)
+    budgets.check(carol, lab.pk, Decimal("0.03"))
+    with pytest.raises(budgets.BudgetExceeded):
+        budgets.check(user, lab.pk, Decimal("0.03"))
+    # Only in a team: a personal "each member" is refused.
+    admin = django_user_model.objects.create_superuser("root", password="pw-pw-pw-pw")
+    client.force_login(admin)
+    client.post("/usage/budgets/", {"member": "each", "daily_messages": "1"})
+    assert not Budget.objects.filter(team=None).exists()

@@ -127,6 +127,70 @@ async def test_tool_calls_are_answered_in_the_same_format(
         assert "input_schema" in body["tools"][0]
 
 
+async def test_a_messages_turn_that_thought_and_called_tools_goes_back_with_its_signed_thinking(
+    upstream, user, api_key, conversation, connect
+):
+    """Extended thinking with tools: the assistant turn is sent back starting with its
+    thinking block and the signature the stream gave it (signature_delta), before the
+    tool_use; the fake, like Anthropic's API, answers 400 to a turn without it."""
+    upstream.script(
+        Behaviour(
+            tokens=[],
+            reasoning=["Oslo is ", "in Norway. "],
+            tool_calls=[{"id": "call_a", "name": "get_weather", "arguments": {"city": "Oslo"}}],
+        ),
+        Behaviour(tokens=["Sunny."]),
+    )
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Weather?",
+        wire_format="messages",
+        **{
+            "param:tools": json.dumps(WEATHER_TOOL),
+            "param:enable_thinking": "true",
+            "param:thinking_budget": "2048",
+        },
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    asking = await reply_of(conversation)
+    assert asking.reasoning == "Oslo is in Norway. "
+    assert asking.thinking_signatures == [{"chars": 19, "signature": "fake-signature"}]
+    await socket.send(action="tool_results", message_id=str(asking.pk), **{"result:call_a": "21C"})
+    await socket.until(lambda f: "Sunny." in f and "status-complete" in f)
+    body = upstream.requests[-1].body
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert body["messages"][-2]["role"] == "assistant"
+    assert body["messages"][-2]["content"] == [
+        {"type": "thinking", "thinking": "Oslo is in Norway. ", "signature": "fake-signature"},
+        {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Oslo"}},
+    ]
+    answered = await reply_of(conversation)
+    assert answered.status == "complete" and answered.text == "Sunny."
+
+
+@pytest.mark.parametrize("fmt", ["chat", "responses"])
+async def test_other_formats_send_no_thinking_blocks_back(
+    upstream, user, api_key, conversation, connect, fmt
+):
+    upstream.script(
+        Behaviour(
+            tokens=[],
+            reasoning=["Hmm. "],
+            tool_calls=[{"id": "call_a", "name": "get_weather", "arguments": {"city": "Oslo"}}],
+        ),
+        Behaviour(tokens=["Sunny."]),
+    )
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Weather?", wire_format=fmt, **{"param:tools": json.dumps(WEATHER_TOOL)}
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    asking = await reply_of(conversation)
+    await socket.send(action="tool_results", message_id=str(asking.pk), **{"result:call_a": "21C"})
+    await socket.until(lambda f: "Sunny." in f and "status-complete" in f)
+    assert "thinking" not in sent_text(upstream.requests[-1].body)
+
+
 @database_sync_to_async
 def stored_attachment(user):
     from playground.chat import images

@@ -342,3 +342,28 @@ def test_in_a_format_a_value_it_cannot_carry_is_a_field_error(client, user, conv
     assert text(error) == "stop: The Responses format has no stop sequences."
     conversation.refresh_from_db()
     assert conversation.params == {}
+
+
+def test_a_new_conversation_carries_the_last_used_wire_format(client, user, conversation):
+    client.force_login(user)
+    post_settings(client, conversation, wire_format="messages", **{"param:temperature": "0.3"})
+    assert LastSettings.objects.get(user=user).wire_format == "messages"
+    response = client.post("/c/new/", headers=HX)
+    new = Conversation.objects.exclude(pk=conversation.pk).get(owner=user)
+    assert response.status_code in (200, 302)
+    assert (new.wire_format, new.params) == ("messages", {"temperature": 0.3})
+    page = client.get(f"/c/{new.pk}/").content.decode()
+    chooser = find(page, "select", id="wire-format")
+    assert has(chooser, "option", value="messages", selected=True)
+
+
+def test_a_last_format_the_model_is_not_served_over_falls_back_to_chat_completions(
+    client, user, conversation
+):
+    LastSettings.objects.create(
+        user=user, model="aimlapi:google/gemma-3n-e4b-it", wire_format="messages"
+    )
+    client.force_login(user)
+    client.post("/c/new/", headers=HX)
+    new = Conversation.objects.exclude(pk=conversation.pk).get(owner=user)
+    assert (new.model, new.wire_format) == ("aimlapi:google/gemma-3n-e4b-it", "chat")

@@ -437,6 +437,13 @@ class FakeUpstream:
             await _send_json(writer, b.status, body, b.headers, keep_alive=keep_alive)
             return keep_alive
         request = rec.body if isinstance(rec.body, dict) else {}
+        if fmt == "messages" and (problem := _thinking_problem(request)):
+            error = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": problem},
+            }
+            await _send_json(writer, 400, error, b.headers, keep_alive=keep_alive)
+            return keep_alive
         if not request.get("stream"):
             whole = {"chat": _completion, "responses": _response_object, "messages": _message}
             body = whole[fmt](b, request)
@@ -904,6 +911,40 @@ class _MessagesWriter(_NamedEventWriter):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _thinking_problem(request: dict) -> str | None:
+    """Anthropic's rule for extended thinking with tools: the assistant turn that called them
+    must come back starting with its thinking block, signature included (else a 400)."""
+    thinking = request.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    turns = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+    final = turns[-1].get("content") if turns else None
+    if (
+        not isinstance(final, list)
+        or not final
+        or not all(isinstance(b, dict) and b.get("type") == "tool_result" for b in final)
+    ):
+        return None  # not a tool loop's results: the earlier thinking may be left out
+    last = next((m for m in reversed(turns) if m.get("role") == "assistant"), None)
+    content = last.get("content") if last else None
+    if not isinstance(content, list) or not any(
+        isinstance(b, dict) and b.get("type") == "tool_use" for b in content
+    ):
+        return None
+    first = content[0] if isinstance(content[0], dict) else {}
+    if first.get("type") in ("thinking", "redacted_thinking") and (
+        first.get("signature") or first.get("data")
+    ):
+        return None
+    index = turns.index(last)
+    return (
+        f"messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+        f"found `{first.get('type')}`. When `thinking` is enabled, a final `assistant` message "
+        "must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+        "`tool_result` blocks)."
+    )
 
 
 async def _flush(writer: asyncio.StreamWriter) -> None:

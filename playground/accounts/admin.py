@@ -39,7 +39,15 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 class BudgetAdmin(admin.ModelAdmin[Budget]):
     """Site admins set personal-space defaults and per-user overrides here too (no team)."""
 
-    list_display = ("team", "user", "monthly_cost", "daily_messages", "updated", "updated_by")
+    list_display = (
+        "team",
+        "user",
+        "each_member",
+        "monthly_cost",
+        "daily_messages",
+        "updated",
+        "updated_by",
+    )
     readonly_fields = ("updated_by",)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:

@@ -340,9 +340,10 @@ class ApiKey(models.Model):
 class Budget(models.Model):
     """A monthly cost budget and/or a daily message cap.
 
-    team + no user: the team's total; team + user: that member's share in the team;
-    no team + no user: the site's default for every personal space; no team + user: that
-    user's personal space (overrides the default). Empty limits mean no limit."""
+    team + no user: the team's total; team + user: that member's share in the team; team +
+    each_member: the share of every member without a row of their own; no team + no user:
+    the site's default for every personal space; no team + user: that user's personal space
+    (overrides the default). Empty limits mean no limit."""
 
     team = models.ForeignKey(
         Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
@@ -358,6 +359,7 @@ class Budget(models.Model):
         max_digits=12, decimal_places=2, null=True, blank=True, help_text="USD per month"
     )
     daily_messages = models.PositiveIntegerField(null=True, blank=True)
+    each_member = models.BooleanField(default=False)
     updated = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -367,13 +369,21 @@ class Budget(models.Model):
         constraints = [
             # One row per scope; Coalesce makes the NULLs (no team, no user) compare equal.
             models.UniqueConstraint(
-                Coalesce("team", Value(0)), Coalesce("user", Value(0)), name="one_budget_per_scope"
+                Coalesce("team", Value(0)),
+                Coalesce("user", Value(0)),
+                "each_member",
+                name="one_budget_per_scope",
+            ),
+            models.CheckConstraint(
+                condition=Q(each_member=False) | Q(team__isnull=False, user__isnull=True),
+                name="each_member_budget_is_a_teams",
             ),
         ]
 
     def __str__(self) -> str:
         where = self.team.name if self.team_id and self.team else "personal spaces"
-        return f"budget for {self.user or 'everyone'} in {where}"
+        whom = "each member" if self.each_member else self.user or "everyone"
+        return f"budget for {whom} in {where}"
 
     @classmethod
     def set(
@@ -384,15 +394,17 @@ class Budget(models.Model):
         monthly_cost: Decimal | None,
         daily_messages: int | None,
         by: User,
+        each_member: bool = False,
     ) -> Budget | None:
         """Save the limits for a scope; with neither limit, the scope has no budget."""
-        rows = cls.objects.filter(team=team, user=user)
+        rows = cls.objects.filter(team=team, user=user, each_member=each_member)
         if monthly_cost is None and daily_messages is None:
             rows.delete()
             return None
         budget, _ = rows.update_or_create(
             team=team,
             user=user,
+            each_member=each_member,
             defaults={
                 "monthly_cost": monthly_cost,
                 "daily_messages": daily_messages,

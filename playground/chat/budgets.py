@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 WARN_AT = Decimal("0.8")
-CACHE_KEY = "playground:budgets"
+CACHE_KEY = "playground:budgets:2"  # :2 when rules gained each_member
 CACHE_SECONDS = 60  # a budget changed where no signal is heard (raw SQL) counts within this
 
 
@@ -39,6 +39,7 @@ class Rule:
     user_id: int | None
     monthly_cost: Decimal | None
     daily_messages: int | None
+    each_member: bool = False
 
 
 def _rules() -> list[Rule]:
@@ -49,7 +50,7 @@ def _rules() -> list[Rule]:
         rules = None
     if rules is None:
         rules = [
-            Rule(b.team_id, b.user_id, b.monthly_cost, b.daily_messages)
+            Rule(b.team_id, b.user_id, b.monthly_cost, b.daily_messages, b.each_member)
             for b in Budget.objects.all()
         ]
         with contextlib.suppress(Exception):  # uncached, the next turn reads them again
@@ -147,8 +148,12 @@ def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> l
         own = [b for b in budgets if b.user_id is not None]
         budgets = own or budgets
     day, tomorrow, month, next_month = periods(now)
-    space = next((b for b in budgets if b.user_id is None or team_id is None), None)
+    space = next(
+        (b for b in budgets if not b.each_member and (b.user_id is None or team_id is None)), None
+    )
+    # A member's own row, else the team's limit for each member.
     member = next((b for b in budgets if b.user_id is not None and team_id is not None), None)
+    member = member or next((b for b in budgets if b.each_member), None)
     # Daily caps alone need only today's replies: read no further back than a limit needs.
     monthly = any(b is not None and b.monthly_cost is not None for b in (space, member))
     replies = replies_in_space(user, team_id).filter(created__gte=month if monthly else day)
@@ -157,9 +162,9 @@ def limits(user: User, team_id: int | None, *, now: datetime | None = None) -> l
     mine, today = Q(created_by=user), Q(created__gte=day)
     used: dict[str, Any] = replies.aggregate(
         space_cost=Sum("cost"),
-        space_messages=Count("pk", filter=today),
+        space_messages=Count("created", filter=today),
         my_cost=Sum("cost", filter=mine),
-        my_messages=Count("pk", filter=mine & today),
+        my_messages=Count("created", filter=mine & today),
     )
     found: list[Limit] = []
     for budget, whose, cost, messages in (

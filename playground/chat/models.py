@@ -250,6 +250,10 @@ class Message(models.Model):
         "Attachment", blank=True, related_name="messages"
     )
     reasoning = models.TextField(blank=True)
+    # Messages format: a {"chars": n, "signature": s} per thinking block, in order; block i is
+    # the next n characters of `reasoning`. Sent back with a turn that called tools, as the
+    # Messages API requires (a thinking block, with its signature, before the tool_use).
+    thinking_signatures = models.JSONField(default=list, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)
     logprobs = models.JSONField(null=True, blank=True)
@@ -464,15 +468,21 @@ class LastSettings(models.Model):
     model = models.CharField(max_length=200)
     params = models.JSONField(default=dict, blank=True)
     system_prompt = models.TextField(blank=True)
+    wire_format = models.CharField(max_length=20, choices=FORMAT_CHOICES, default=CHAT)
     updated = models.DateTimeField(auto_now=True)
 
-    @classmethod
-    def remember(cls, user, conversation: Conversation) -> None:
-        wanted = {
+    @staticmethod
+    def _wanted(conversation: Conversation) -> dict[str, Any]:
+        return {
             "model": conversation.model,
             "params": conversation.params,
             "system_prompt": conversation.system_prompt,
+            "wire_format": conversation.wire_format,
         }
+
+    @classmethod
+    def remember(cls, user, conversation: Conversation) -> None:
+        wanted = cls._wanted(conversation)
         saved = cls.objects.filter(user=user).values(*wanted).first()
         if saved != wanted:  # one read on every send; a write only when they changed
             cls.objects.update_or_create(user=user, defaults=wanted)
@@ -481,11 +491,7 @@ class LastSettings(models.Model):
     def remember_now(cls, user, conversation: Conversation) -> None:
         """remember() inside a transaction that writes anyway: one UPDATE instead of a read
         and, when they changed, a write."""
-        wanted = {
-            "model": conversation.model,
-            "params": conversation.params,
-            "system_prompt": conversation.system_prompt,
-        }
+        wanted = cls._wanted(conversation)
         if not cls.objects.filter(user=user).update(**wanted, updated=timezone.now()):
             cls.objects.create(user=user, **wanted)
 

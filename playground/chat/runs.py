@@ -112,6 +112,7 @@ class Run:
         self.reasoning = Stream()
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.logprobs: list[dict] = []
+        self.signatures: list[dict[str, Any]] = []  # thinking blocks' (Messages format)
         self.usage: dict | None = None
         self.chunks = 0  # text and reasoning deltas: the estimate of last resort
         self.finish_reason = ""
@@ -308,6 +309,10 @@ class Run:
                 self.chunks += 1
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
                 self.reasoning.pending += text
+            case client.ThinkingSignature(signature=signature):
+                thought = len(self.reasoning.shown) + len(self.reasoning.pending)
+                chars = thought - sum(block["chars"] for block in self.signatures)
+                self.signatures.append({"chars": chars, "signature": signature})
             case client.ToolCallDelta():
                 self._first_token()
                 call = self.tool_calls.setdefault(
@@ -544,6 +549,7 @@ class Run:
             "status": status,
             "text": self.text.shown,
             "reasoning": self.reasoning.shown,
+            "thinking_signatures": self.signatures,
             "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)],
             "logprobs": self.logprobs or None,
             "finish_reason": self.finish_reason,

@@ -20,7 +20,15 @@ from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
 from playground.providers import catalog, params
-from playground.providers.specs import CHAT, FORMAT_LABELS, IMAGES, SYSTEM_ROLE, Model, Provider
+from playground.providers.specs import (
+    CHAT,
+    FORMAT_LABELS,
+    IMAGES,
+    MESSAGES,
+    SYSTEM_ROLE,
+    Model,
+    Provider,
+)
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
@@ -140,7 +148,17 @@ def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
 
 
 # What a request is built from (as_openai) and the branch walked by.
-CONTEXT_FIELDS = ("id", "parent_id", "role", "text", "content_parts", "tool_calls", "tool_call_id")
+CONTEXT_FIELDS = (
+    "id",
+    "parent_id",
+    "role",
+    "text",
+    "reasoning",
+    "thinking_signatures",
+    "content_parts",
+    "tool_calls",
+    "tool_call_id",
+)
 
 
 def _context_of(conversation: Conversation) -> tuple[list[Message], int]:
@@ -192,14 +210,18 @@ def _context_sql(vendor: str) -> tuple[str, list[str], list]:
     return sql, names, [getattr(f, "from_db_value", None) for f in fields]
 
 
-def as_openai(message: Message) -> dict[str, Any] | None:
+def as_openai(message: Message, fmt: str = CHAT) -> dict[str, Any] | None:
     if message.role == Message.Role.ASSISTANT:
         if message.tool_calls:
-            return {
+            turn = {
                 "role": "assistant",
                 "content": message.text or None,
                 "tool_calls": message.tool_calls,
             }
+            if fmt == MESSAGES and message.thinking_signatures:
+                # The playground's own key, read by formats.to_wire for Messages only.
+                turn["thinking_blocks"] = thinking_blocks(message)
+            return turn
         # A failed or stopped-before-any-token reply adds no context.
         return {"role": "assistant", "content": message.text} if message.text else None
     if message.role == Message.Role.TOOL:
@@ -217,6 +239,20 @@ def as_openai(message: Message) -> dict[str, Any] | None:
         ]
         return {"role": "user", "content": parts}
     return None
+
+
+def thinking_blocks(message: Message) -> list[dict[str, str]]:
+    """The reply's thinking blocks as the model wrote them, each with its signature."""
+    blocks, at = [], 0
+    for saved in message.thinking_signatures:
+        if not isinstance(saved, dict) or not isinstance(saved.get("signature"), str):
+            continue  # not one the run saved
+        chars = saved["chars"] if isinstance(saved.get("chars"), int) else 0
+        blocks.append(
+            {"thinking": message.reasoning[at : at + chars], "signature": saved["signature"]}
+        )
+        at += chars
+    return blocks
 
 
 def with_image_data(body: dict[str, Any]) -> dict[str, Any]:
@@ -260,8 +296,10 @@ def attachments_for(user, model: Model, ids: list[int]) -> list[Attachment]:
     return [found[pk] for pk in dict.fromkeys(ids)]
 
 
-def build_messages(model: Model, system_prompt: str, branch: list[Message]) -> list[dict]:
-    messages = [m for m in map(as_openai, branch) if m is not None]
+def build_messages(
+    model: Model, system_prompt: str, branch: list[Message], fmt: str = CHAT
+) -> list[dict]:
+    messages = [m for m in (as_openai(message, fmt) for message in branch) if m is not None]
     system_prompt = system_prompt.strip()
     if system_prompt:
         if model.supports(SYSTEM_ROLE):
@@ -588,7 +626,7 @@ def prepare_turn(
                 content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
             )
         )
-    messages = build_messages(model, system_prompt, context)
+    messages = build_messages(model, system_prompt, context, fmt)
     body = build_body(model, messages, conversation.params, fmt)
     run = RunRequest(
         0,
@@ -776,8 +814,8 @@ def submit_tool_results(
                 created_by=user,
             )
             created.append(parent)
-        messages = build_messages(model, locked.system_prompt, [*branch, *created])
         fmt = asking.wire_format  # the results go back in the format that asked for them
+        messages = build_messages(model, locked.system_prompt, [*branch, *created], fmt)
         body = build_body(model, messages, _params_of(asking, model), fmt)
         return _turn(locked, user, created, model, body, channel, api_key, fmt=fmt, key=key)
 

@@ -59,11 +59,22 @@ def _new_conversation(user, space: Membership | None) -> Conversation:
     last = LastSettings.objects.filter(user=user).first()
     if last is None:
         return Conversation.objects.create(owner=user, team=team, model=catalog.DEFAULT_MODEL_KEY)
+    # The wire format too, when the model is still served over it: a team testing an app
+    # built on the Messages SDK keeps testing in Messages.
+    try:
+        served = catalog.get_model(last.model).formats
+    except catalog.UnknownModel:
+        served = (CHAT,)
+    fmt = last.wire_format if last.wire_format in served else CHAT
+    values = sampling_values(last.model, last.params)
+    if fmt != CHAT:
+        values = params.applicable(catalog.get_model(last.model), values, fmt)
     return Conversation.objects.create(
         owner=user,
         team=team,
         model=last.model,
-        params=sampling_values(last.model, last.params),
+        wire_format=fmt,
+        params=values,
         system_prompt=last.system_prompt,
     )
 

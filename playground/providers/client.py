@@ -46,6 +46,7 @@ __all__ = [
     "Finish",
     "LogprobsDelta",
     "ReasoningDelta",
+    "ThinkingSignature",
     "ResponseId",
     "StreamError",
     "TextDelta",
@@ -80,6 +81,15 @@ class TextDelta:
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingSignature:
+    """The signature that closes one thinking block (Messages `signature_delta`): the
+    provider's check that the thinking it is later sent back is what it wrote. It covers the
+    reasoning since the previous signature."""
+
+    signature: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +197,7 @@ Event = (
     ResponseId
     | TextDelta
     | ReasoningDelta
+    | ThinkingSignature
     | ToolCallDelta
     | LogprobsDelta
     | Usage

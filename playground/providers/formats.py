@@ -353,7 +353,14 @@ def _messages_body(model: Model, body: dict[str, Any]) -> dict[str, Any]:
         elif role == "user":
             add("user", _messages_content(content))
         elif role == "assistant":
-            blocks = _messages_content(content)
+            # Thinking first, each block with its signature, as the model wrote them: a turn
+            # that called tools must send its thinking back so (Messages, extended thinking).
+            blocks = [
+                {"type": "thinking", "thinking": b.get("thinking", ""), "signature": b["signature"]}
+                for b in message.get("thinking_blocks") or []
+                if b.get("signature")
+            ]
+            blocks += _messages_content(content)
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 blocks.append(
@@ -626,7 +633,10 @@ class MessagesDecoder(Decoder):
             if which == "input_json_delta":
                 index = _int(payload.get("index"))
                 return [client.ToolCallDelta(index, None, None, str(delta.get("partial_json", "")))]
-            return []  # signature_delta and citations carry nothing the page shows
+            if which == "signature_delta" and delta.get("signature"):
+                # Saved with the reply: a thinking block goes back with its signature.
+                return [client.ThinkingSignature(str(delta["signature"]))]
+            return []  # citations carry nothing the page shows
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
             index = _int(payload.get("index"))
@@ -635,8 +645,13 @@ class MessagesDecoder(Decoder):
                 return [client.ToolCallDelta(index, block.get("id"), block.get("name"), "")]
             if block.get("type") == "text" and block.get("text"):
                 return [client.TextDelta(str(block["text"]))]
-            if block.get("type") == "thinking" and block.get("thinking"):
-                return [client.ReasoningDelta(str(block["thinking"]))]
+            if block.get("type") == "thinking":
+                events: list[client.Event] = []
+                if block.get("thinking"):
+                    events.append(client.ReasoningDelta(str(block["thinking"])))
+                if block.get("signature"):  # usually "" here, the signature_delta follows
+                    events.append(client.ThinkingSignature(str(block["signature"])))
+                return events
             return []
         if kind == "message_start":
             message = payload.get("message") or {}
@@ -647,7 +662,7 @@ class MessagesDecoder(Decoder):
                 return [client.ResponseId(message_id[: client.MAX_RESPONSE_ID])]
             return []
         if kind == "message_delta":
-            events: list[client.Event] = []
+            events = []
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason:
                 events.append(client.Finish(self.STOP_REASONS.get(reason, str(reason))))
@@ -674,8 +689,11 @@ class MessagesDecoder(Decoder):
         if isinstance(payload.get("id"), str):
             events.append(client.ResponseId(payload["id"][: client.MAX_RESPONSE_ID]))
         for index, block in enumerate(payload.get("content") or []):
-            if block.get("type") == "thinking" and block.get("thinking"):
-                events.append(client.ReasoningDelta(str(block["thinking"])))
+            if block.get("type") == "thinking":
+                if block.get("thinking"):
+                    events.append(client.ReasoningDelta(str(block["thinking"])))
+                if block.get("signature"):
+                    events.append(client.ThinkingSignature(str(block["signature"])))
             elif block.get("type") == "text" and block.get("text"):
                 events.append(client.TextDelta(str(block["text"])))
             elif block.get("type") == "tool_use":

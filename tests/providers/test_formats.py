@@ -23,6 +23,7 @@ from playground.providers.client import (
     ResponseId,
     StreamError,
     TextDelta,
+    ThinkingSignature,
     Timeouts,
     ToolCallDelta,
     Unreadable,
@@ -507,6 +508,42 @@ def test_a_server_that_ignores_stream_true_is_read_whole_in_each_format() -> Non
     ]:
         events = decoder.whole(payload)
         assert isinstance(events[0], ResponseId)
+        signatures = [e for e in events if isinstance(e, ThinkingSignature)]
+        assert signatures == (
+            [ThinkingSignature("x")] if decoder.__class__ is formats.MessagesDecoder else []
+        )
+        events = [e for e in events if not isinstance(e, ThinkingSignature)]
         assert [type(e) for e in events[1:4]] == [ReasoningDelta, TextDelta, ToolCallDelta]
         assert Finish("tool_calls") in events
         assert [e for e in events if isinstance(e, Usage)][0].completion_tokens == 2
+
+
+async def test_a_messages_thinking_block_ends_with_its_signature(upstream) -> None:
+    upstream.script(Behaviour(tokens=["Hi"], reasoning=["Let ", "me see. "]))
+    events = await collect(upstream, MESSAGES)
+    kinds = [type(e) for e in events if isinstance(e, ReasoningDelta | ThinkingSignature)]
+    assert kinds == [ReasoningDelta, ReasoningDelta, ThinkingSignature]
+    assert ThinkingSignature("fake-signature") in events
+
+
+def test_a_saved_turn_goes_back_with_its_thinking_blocks_first_in_messages_only() -> None:
+    turn = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+        "thinking_blocks": [
+            {"thinking": "One. ", "signature": "s1"},
+            {"thinking": "Two. ", "signature": "s2"},
+        ],
+    }
+    body = {"model": "gemma-4-e4b", "messages": [{"role": "user", "content": "x"}, turn]}
+    model = GEMMA_4_E4B
+    sent = formats.to_wire(model, MESSAGES, body)["messages"][1]["content"]
+    assert sent == [
+        {"type": "thinking", "thinking": "One. ", "signature": "s1"},
+        {"type": "thinking", "thinking": "Two. ", "signature": "s2"},
+        {"type": "tool_use", "id": "c1", "name": "f", "input": {}},
+    ]
+    assert "thinking" not in json.dumps(formats.to_wire(model, RESPONSES, body))

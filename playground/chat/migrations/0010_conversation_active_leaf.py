@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0008_run_groups'),
+        ('chat', '0009_thinking_signatures_and_last_format'),
     ]
 
     operations = [
