@@ -90,5 +90,6 @@ urlpatterns = [
     path("prompts/", include("playground.prompts.urls")),
     path("api/prompts/<str:name>", prompts.api_prompt, name="api_prompt"),
     path("experiments/", include("playground.experiments.urls")),
+    path("compare/", include("playground.compare.urls")),
     path("admin/", admin.site.urls),
 ]

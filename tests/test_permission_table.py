@@ -15,11 +15,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from playground.accounts.models import ApiKey, Budget, Invitation, Membership, Team
-from playground.chat.models import Conversation, Message, Preset
+from playground.chat import runs
+from playground.chat.models import Conversation, Message, Preset, RunGroup
+from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
 from playground.review.models import (
     Annotation,
     Comment,
@@ -36,6 +38,7 @@ TABLE = Path(__file__).resolve().parents[1] / "docs" / "permissions.md"
 MODEL = "empiriolabs:gemma-4-e4b"
 TEAM_KEY = "sk-team-PLAINTEXT-never-shown-4321"
 OUTSIDER = "not a member"
+DUMMY_TASKS = "django_tasks.backends.dummy.DummyBackend"
 
 
 def read_table() -> list[tuple[str, str, str, bool]]:
@@ -238,6 +241,117 @@ def http_budget(w: World) -> bool:
     return Budget.objects.filter(team=w.team).exists()
 
 
+def _experiment(w: World) -> Experiment:
+    dataset = Dataset.objects.create(owner=w.founder, team=w.team, name="Cases", columns=["q"])
+    DatasetRow.objects.create(dataset=dataset, position=0, variables={"q": "Hello"})
+    variant = {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}
+    return Experiment.objects.create(
+        owner=w.founder,
+        team=w.team,
+        name="Team experiment",
+        dataset=dataset,
+        prompt="{{q}}",
+        variants=[variant],
+    )
+
+
+def _run(w: World) -> ExperimentRun:
+    experiment = _experiment(w)
+    group = RunGroup.objects.create(kind=RunGroup.Kind.EXPERIMENT, owner=w.founder, team=w.team)
+    run = ExperimentRun.objects.create(
+        experiment=experiment,
+        number=1,
+        group=group,
+        dataset=experiment.dataset,
+        spec={"name": "x", "prompt": "{{q}}", "variants": experiment.variants, "checks": []},
+        started_by=w.founder,
+    )
+    Item.objects.create(
+        run=run, row=experiment.dataset.rows.get(), variant=0, position=0, endpoint="empiriolabs"
+    )
+    return run
+
+
+def http_experiment_open(w: World) -> bool:
+    run = _run(w)
+    pages = [
+        w.client.get(f"/experiments/{run.experiment_id}/"),
+        w.client.get(f"/experiments/runs/{run.pk}/"),
+        w.client.get(f"/experiments/runs/{run.pk}/export.json"),
+    ]
+    return all(p.status_code == 200 for p in pages) and b"Team experiment" in pages[0].content
+
+
+def http_experiment_change(w: World) -> bool:
+    experiment = _experiment(w)
+    data = {
+        "name": "Renamed experiment",
+        "dataset": experiment.dataset_id,
+        "prompt": "{{q}}?",
+        "variants": MODEL,
+        "checks": "",
+        "repeats": 1,
+        "rows": "",
+    }
+    w.client.post("/space/", {"space": w.team.pk})
+    w.client.post(f"/experiments/{experiment.pk}/", data)
+    return Experiment.objects.get(pk=experiment.pk).name == "Renamed experiment"
+
+
+def http_experiment_run(w: World) -> bool:
+    experiment = _experiment(w)
+    with override_settings(TASKS={"default": {"BACKEND": DUMMY_TASKS}}):
+        w.client.post(f"/experiments/{experiment.pk}/run/")
+    return ExperimentRun.objects.filter(experiment=experiment).exists()
+
+
+def http_experiment_stop(w: World) -> bool:
+    run = _run(w)
+    w.client.post(f"/experiments/runs/{run.pk}/stop/")
+    return ExperimentRun.objects.get(pk=run.pk).status != "running"
+
+
+def http_dataset_change(w: World) -> bool:
+    dataset = _experiment(w).dataset
+    w.client.post(f"/experiments/datasets/{dataset.pk}/rows/", {"variables": '{"q": "Added"}'})
+    return DatasetRow.objects.filter(variables={"q": "Added"}).exists()
+
+
+def _team_group(w: World, kind: str = "compare") -> RunGroup:
+    """A compare (or sweep) the founder started in the team: two columns or two cells."""
+    from playground.compare import setup
+
+    if kind == "sweep":
+        column = setup.ColumnSetup(MODEL)
+        spec, cells = setup.plan_sweep(column, [("temperature", "0, 1")], 0, "Hello")
+        return setup.create_sweep(w.founder, w.team, "Grid", spec, cells)
+    columns = setup.plan_columns([setup.ColumnSetup(MODEL), setup.ColumnSetup(MODEL)])
+    group = setup.create_compare(w.founder, w.team, "Duel", columns)
+    Message.objects.create(
+        conversation=group.conversations.first(), role=Message.Role.ASSISTANT, text="Column said"
+    )
+    return group
+
+
+def http_compare_open(w: World) -> bool:
+    group = _team_group(w)
+    response = w.client.get(f"/compare/{group.pk}/")
+    return response.status_code == 200 and b"Column said" in response.content
+
+
+def http_compare_new(w: World) -> bool:
+    w.client.post("/space/", {"space": w.team.pk})
+    w.client.post("/compare/new/", {"columns": "2", "c1-model": MODEL, "c2-model": MODEL})
+    return RunGroup.objects.filter(team=w.team, owner=w.actor).exists()
+
+
+def http_compare_continue(w: World) -> bool:
+    group = _team_group(w)
+    column = group.conversations.first()
+    w.client.post(f"/compare/{group.pk}/columns/{column.pk}/continue/")
+    return Conversation.objects.get(pk=column.pk).group_id is None
+
+
 def http_read_review(w: World) -> bool:
     Annotation.objects.create(message=w.reply, author=w.founder, thumbs=1)
     Comment.objects.create(message=w.reply, author=w.founder, text="Founder says so")
@@ -413,6 +527,85 @@ def http_prompt_api(w: World) -> bool:
 
 
 # WebSocket
+
+
+async def _open_group(w: World, kind: str = "compare"):
+    from channels.testing import WebsocketCommunicator
+
+    from playground.asgi import application
+    from tests.conftest import ORIGIN, Socket, session_cookie
+
+    group = await database_sync_to_async(_team_group)(w, kind)
+    cookie = await database_sync_to_async(session_cookie)(w.actor)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, f"/ws/groups/{group.pk}/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    socket = Socket(communicator)
+    if connected:
+        await socket.drain()
+    return group, connected, socket
+
+
+async def ws_compare_watch(w: World, connect) -> bool:
+    _, ok, socket = await _open_group(w)
+    seen = ok and any("Column said" in frame for frame in socket.frames)
+    await socket.close()
+    return seen
+
+
+async def ws_compare_send(w: World, connect) -> bool:
+    group, ok, socket = await _open_group(w)
+    if not ok:
+        return False
+    await socket.send(action="send", text="To every column")
+    await socket.until(lambda f: 'id="prompt"' in f or "composer-error" in f)
+    for pk in [m.pk async for m in Message.objects.filter(conversation__group=group)]:
+        await runs.wait(pk)
+    sent = Message.objects.filter(conversation__group=group, text="To every column")
+    await socket.close()
+    return await sent.acount() == 2
+
+
+async def ws_sweep_start(w: World, connect) -> bool:
+    from playground.compare import drivers, engine
+
+    group, ok, socket = await _open_group(w, "sweep")
+    if not ok:
+        return False
+    await socket.send(action="start")
+    await socket.until(lambda f: "sweep-status" in f or "composer-error" in f)
+    started = drivers.is_running(group.pk)
+    await engine.wait_sweep(group.pk)
+    await socket.close()
+    return started
+
+
+async def ws_compare_stop(w: World, connect) -> bool:
+    """As `stop`: allowed means the stop reached the column's run channel."""
+    layer = get_channel_layer()
+    run_channel = await layer.new_channel()
+    group, ok, socket = await _open_group(w)
+    if not ok:
+        return False
+    await Message.objects.acreate(
+        conversation=await group.conversations.alast(),
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=MODEL,
+        run_channel=run_channel,
+        checkpoint_at=timezone.now(),
+        created_by=w.founder,
+    )
+    await socket.send(action="stop")
+    try:
+        async with asyncio.timeout(1.0):
+            while (await layer.receive(run_channel))["type"] != "run.stop":
+                pass
+    except TimeoutError:
+        return False
+    finally:
+        await socket.close()
+    return True
 
 
 async def ws_watch(w: World, connect) -> bool:

@@ -550,7 +550,7 @@ class PreparedTurn:
     branching: bool = False  # an edit or a regeneration: a sibling branch, not the next turn
 
 
-@sensitive_variables("api_key")
+@sensitive_variables("api_key", "paid_by")
 def prepare_turn(
     conversation: Conversation,
     user,
@@ -564,18 +564,28 @@ def prepare_turn(
     wire_format: str | None = None,
     edit_of: int | None = None,
     regenerate_of: int | None = None,
+    paid_by: tuple[str | None, ApiKey | None] | None = None,
 ) -> PreparedTurn:
     """Validate a send and build its request: reads only (the key, the history).
 
     `edit_of` (a user message): the new text goes in as its sibling, with its images, and
     the reply below it. `regenerate_of` (a reply): a new reply as its sibling, `text` unused.
     Both take the conversation's saved settings (the panel saves each change) and the
-    branch above the message as context, whatever branch is shown."""
+    branch above the message as context, whatever branch is shown.
+
+    `paid_by`: resolve_api_key()'s answer for this user, space and provider, when the caller
+    has it already (a compare's columns share one: reading it once per column cost most of
+    a column's preparation)."""
     if edit_of is not None or regenerate_of is not None:
         conversation.refresh_from_db(fields=["model", "wire_format", "params", "system_prompt"])
         model = get_model(conversation.model)
         system_prompt = conversation.system_prompt
     else:
+        text = text.strip()
+        if not text and not attachment_ids:
+            raise TurnError("Write a message first.")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
         model = apply_settings(
             conversation,
             user,
@@ -589,13 +599,11 @@ def prepare_turn(
     text = "" if regenerate_of is not None else text.strip()
     attached: list[Attachment] = []
     if not branching:
-        if not text and not attachment_ids:
-            raise TurnError("Write a message first.")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
         attached = attachments_for(user, model, attachment_ids or [])
     within_budget(user, conversation, model)  # before the key: a refused send spends nothing
-    api_key, key = resolve_api_key(user, conversation, model.provider)
+    if paid_by is None:
+        paid_by = resolve_api_key(user, conversation, model.provider)
+    api_key, key = paid_by
     by_id, active_id = _context_rows(conversation)
     seen = max(by_id, default=0)
     if regenerate_of is not None:
@@ -666,14 +674,16 @@ def _attachments_of(model: Model, ids: list[int]) -> list[Attachment]:
     return [found[pk] for pk in dict.fromkeys(ids)]
 
 
-def write_turn(prepared: PreparedTurn, user) -> Turn:
+def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
     """Save a prepared send: the prompt, the streaming reply, the conversation's settings and
     the user's last settings, in one transaction of six statements. TurnError (nothing saved)
     if a reply is streaming, the conversation moved on since it was read, or the user has
-    too many replies streaming."""
+    too many replies streaming. `batch` (an experiment item): the per-user cap does not
+    apply, the experiment's per-endpoint concurrency does instead, and the user's last
+    settings are left as they were."""
     conversation = prepared.conversation
     with transaction.atomic():
-        title = _lock_for_turn(conversation, user, prepared.seen)
+        title = _lock_for_turn(conversation, user, prepared.seen, batch=batch)
         conversation.title = title
         conversation.title_from(prepared.text or "Image")
         conversation.updated = timezone.now()
@@ -711,7 +721,8 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             updated=conversation.updated,
             active_leaf_id=reply.pk,
         )
-        LastSettings.remember_now(user, conversation)
+        if not batch:
+            LastSettings.remember_now(user, conversation)
         if not prepared.new_prompt:
             with_branch_nav(reply)
     return Turn(
@@ -719,7 +730,7 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
     )
 
 
-def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
+def _lock_for_turn(conversation: Conversation, user, seen: int, *, batch: bool = False) -> str:
     """Lock the conversation's row and check, in one query, that a turn may start; its
     current title (another tab may have renamed it).
 
@@ -745,7 +756,7 @@ def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
     title, busy, moved, running = row
     if busy:
         _locked(conversation, user)  # interrupts a dead run's reply, or says one is streaming
-    elif running >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]:
+    elif running >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"] and not batch:
         _locked(conversation, user)  # says so, in the same words as every other turn
     if moved:
         raise TurnError("The conversation changed while you sent: send again.")
@@ -766,9 +777,10 @@ def start_turn(
     wire_format: str | None = None,
     edit_of: int | None = None,
     regenerate_of: int | None = None,
+    batch: bool = False,
 ) -> Turn:
     """prepare_turn() and write_turn() in one go, for callers that need not start the
-    upstream request before the rows are saved."""
+    upstream request before the rows are saved (`batch`: see write_turn)."""
     prepared = prepare_turn(
         conversation,
         user,
@@ -782,7 +794,7 @@ def start_turn(
         edit_of=edit_of,
         regenerate_of=regenerate_of,
     )
-    return write_turn(prepared, user)
+    return write_turn(prepared, user, batch=batch)
 
 
 @sensitive_variables("api_key")

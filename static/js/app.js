@@ -19,7 +19,7 @@
       return;
     }
     const stop = document.getElementById("stop");
-    if (stop && document.querySelector(".message.streaming")) {
+    if (stop && document.querySelector(".message.streaming, .streaming-row")) {
       event.preventDefault();
       stop.click();
     }
@@ -275,6 +275,7 @@
     const target = document.getElementById(kind + message.slice(2, colon));
     if (target) target.appendChild(document.createTextNode(message.slice(colon + 1)));
     follow();
+    followColumns();
   }
 
   // The sidebar's "Show more" item replaces itself with the next page of rows. If it had the
@@ -352,6 +353,31 @@
     branchFocus = null;
   }
   document.addEventListener("htmx:wsAfterMessage", restoreBranchFocus);
+  // Compare columns scroll on their own. "Sync scroll" moves the others to the same place
+  // (as a fraction of each one's height, since replies differ in length), and a column read
+  // at its end keeps its newest text in view while it streams. Scroll positions are the
+  // browser's alone: no request to make, so no htmx.
+  let syncing = false;
+  function onColumnScroll(event) {
+    const el = event.target;
+    if (!el.classList || !el.classList.contains("column-scroll")) return;
+    el.dataset.pinned = String(el.scrollHeight - el.scrollTop - el.clientHeight < 40);
+    const sync = document.getElementById("sync-scroll");
+    if (syncing || !sync || !sync.checked) return;
+    const fraction = el.scrollTop / Math.max(1, el.scrollHeight - el.clientHeight);
+    syncing = true;
+    document.querySelectorAll(".column-scroll").forEach(function (other) {
+      if (other !== el) other.scrollTop = fraction * (other.scrollHeight - other.clientHeight);
+    });
+    requestAnimationFrame(function () { syncing = false; });
+  }
+  function followColumns() {
+    document.querySelectorAll(".column-scroll").forEach(function (el) {
+      if (el.dataset.pinned !== "false") el.scrollTop = el.scrollHeight;
+    });
+  }
+  document.addEventListener("scroll", onColumnScroll, { capture: true, passive: true });
+  document.addEventListener("htmx:wsAfterMessage", followColumns);
 
   document.addEventListener("htmx:wsClose", onSocketClose);
   document.addEventListener("htmx:wsOpen", onSocketOpen);

@@ -1,0 +1,194 @@
+"""Compare bench: what a 6-column send adds to each column's time to first token.
+
+    .venv/bin/python -m bench.compare                       # 10 rounds, 6 columns
+    .venv/bin/python -m bench.compare --rounds 20 --columns 6 --tokens 20 --rate 100
+
+It starts the stack as bench.relay does (bench/stack.py: a fresh SQLite var dir, one Daphne
+process, the fake upstream in a process of its own). Each round, in one run:
+
+1. a compare of `--columns` columns (a fresh group each round): one WebSocket client sends
+   one message; each column's TTFT is from the send to that column's first text frame;
+2. a single stream (one plain conversation, its own socket): the same, one column;
+3. `--columns` direct clients (bench/direct.py) at once, straight to the fake upstream with
+   the body the playground sent; and one direct client alone.
+
+Added TTFT per column = compare column TTFT − direct TTFT (with as many direct requests in
+flight), p50 and p99 over every column of every round, next to a single stream's added TTFT
+(single − one direct). The playground and the direct client are different requests, so the
+figures are percentiles against percentiles (bench.relay.added_from_send).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+from bench import direct
+from bench.client import View, open_socket, read_until, send_payload
+from bench.relay import added_from_send, machine, percentile
+from bench.stack import Stack
+
+SEED_GROUPS = """
+import json
+from django.contrib.auth import get_user_model
+from playground.compare import setup
+user = get_user_model().objects.get(username="bench")
+columns = setup.plan_columns([setup.ColumnSetup("empiriolabs:gemma-4-e4b")] * {columns})
+print(json.dumps([setup.create_compare(user, None, f"bench {{n}}", columns).pk
+                  for n in range({rounds})]))
+"""
+
+
+@dataclass
+class Round:
+    compare_ms: list[float] = field(default_factory=list)  # one per column
+    single_ms: float | None = None
+    direct_many_ms: list[float] = field(default_factory=list)
+    direct_one_ms: float | None = None
+
+
+def column_ttfts(view: View, sent_at: float) -> list[float]:
+    """Each assistant reply's first text, in ms after the send, in column order (reply id)."""
+    ids = sorted(i for i, role in view.roles.items() if role == "assistant")
+    return [(view.first_text_at[i] - sent_at) * 1000 for i in ids if i in view.first_text_at]
+
+
+def all_final(view: View, n: int) -> bool:
+    return len([i for i in view.final if view.roles.get(i) == "assistant"]) >= n
+
+
+async def compare_round(url: str, cookie: str, group: int, tag: str, columns: int) -> list[float]:
+    ws_url = url.replace("http://", "ws://", 1)
+    from websockets.asyncio.client import connect
+
+    ws = await connect(
+        f"{ws_url}/ws/groups/{group}/",
+        origin=url,
+        additional_headers={"Cookie": f"sessionid={cookie}"},
+        compression=None,
+        proxy=None,
+        max_size=None,
+    )
+    view = View()
+    try:
+        await read_until(ws, view, lambda v: v.frames >= 1, 10)  # the page as it is
+        sent_at = time.time()
+        await ws.send(json.dumps({"action": "send", "text": f"compare [{tag}]: say something"}))
+        await read_until(ws, view, lambda v: all_final(v, columns), 60)
+    finally:
+        await ws.close()
+    return column_ttfts(view, sent_at)
+
+
+async def single_round(url: str, cookie: str, conversation: int, tag: str) -> float | None:
+    ws = await open_socket(url, conversation, cookie)
+    view = View()
+    try:
+        await read_until(ws, view, lambda v: v.frames >= 1, 10)
+        sent_at = time.time()
+        await ws.send(send_payload(f"single [{tag}]: say something"))
+        await read_until(ws, view, lambda v: all_final(v, 1), 60)
+    finally:
+        await ws.close()
+    found = column_ttfts(view, sent_at)
+    return found[-1] if found else None
+
+
+async def run(args, stack: Stack, upstream, cookie: str, groups, conversations) -> list[Round]:
+    url = stack.servers[0].url
+    http = direct.new_client()
+    rounds = []
+    try:
+        for n, (group, conversation) in enumerate(zip(groups, conversations, strict=True)):
+            result = Round()
+            result.compare_ms = await compare_round(
+                url, cookie, group, f"bench-cmp-{n}", args.columns
+            )
+            result.single_ms = await single_round(url, cookie, conversation, f"bench-one-{n}")
+            template = next(r["body"] for r in upstream.records() if isinstance(r["body"], dict))
+            key = "sk-bench-not-a-real-key-0000"
+            chat_url = upstream.base_url + "/chat/completions"
+            many = await direct.run_direct(
+                http, chat_url, template, key, args.columns, tag_prefix=f"direct-many-{n}"
+            )
+            result.direct_many_ms = [r.ttft_ms for r in many if r.ttft_ms is not None]
+            one = await direct.run_direct(http, chat_url, template, key, 1, tag_prefix=f"d1-{n}")
+            result.direct_one_ms = one[0].ttft_ms
+            rounds.append(result)
+            print(
+                f"round {n}: columns {[round(v) for v in result.compare_ms]} ms, "
+                f"single {result.single_ms and round(result.single_ms)} ms, "
+                f"direct×{args.columns} {[round(v) for v in result.direct_many_ms]} ms",
+                flush=True,
+            )
+    finally:
+        await http.aclose()
+    return rounds
+
+
+def table(rounds: list[Round], columns: int) -> str:
+    compare = [v for r in rounds for v in r.compare_ms]
+    many = [v for r in rounds for v in r.direct_many_ms]
+    single = [r.single_ms for r in rounds if r.single_ms is not None]
+    one = [r.direct_one_ms for r in rounds if r.direct_one_ms is not None]
+    lines = ["| figure | p50 | p99 |", "|---|---|---|"]
+    for name, values in (
+        (f"TTFT from the send, {columns}-column compare (per column)", compare),
+        (f"TTFT, {columns} direct clients at once", many),
+        ("TTFT from the send, a single stream", single),
+        ("TTFT, one direct client", one),
+    ):
+        lines.append(
+            f"| {name} | {percentile(values, 50):.1f} ms | {percentile(values, 99):.1f} ms |"
+        )
+    for name, a, b in (
+        (f"**added TTFT per column ({columns}-column compare)**", compare, many),
+        ("**added TTFT, a single stream**", single, one),
+    ):
+        p50, p99 = added_from_send(a, b, 50), added_from_send(a, b, 99)
+        lines.append(f"| {name} | {p50:.1f} ms | {p99:.1f} ms |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.upstream_proc import UpstreamProcess
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--columns", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second")
+    args = parser.parse_args(argv)
+    upstream = UpstreamProcess(args.tokens, 1 / args.rate)
+    stack = Stack(upstream.base_url)
+    print(f"machine: {machine()}\nvar dir: {stack.var_dir}", flush=True)
+    try:
+        seed = stack.prepare(args.rounds)
+        code = SEED_GROUPS.format(columns=args.columns, rounds=args.rounds)
+        groups = json.loads(stack.manage("shell", "-c", code).strip().splitlines()[-1])
+        stack.start_servers(1)
+        rounds = asyncio.run(run(args, stack, upstream, seed.cookie, groups, seed.conversations))
+        print()
+        print(f"Machine: {machine()}; SQLite + in-memory channel layer, one Daphne process;")
+        print("client, upstream and Daphne on the same host.")
+        print(
+            f"Command: python -m bench.compare {' '.join(sys.argv[1:] if argv is None else argv)}"
+        )
+        print()
+        print(table(rounds, args.columns))
+        return 0
+    except Exception:
+        print(stack.log_tails(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+        upstream.stop()
+        stack.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Sending to a group's conversations through the one run engine.
+
+A compare send is one prepare_turn() per column (reads only; any refusal refuses the whole
+send, so no column runs alone), then every column's upstream request goes out at once
+(runs.begin), then every column's rows are written in one transaction (write_turn), then
+each run starts. A sweep runs its cells the same way, a few at a time, from a task of the
+server process: like a run, it is not the socket's, so closing the tab changes nothing.
+
+Both count against the per-user run cap (PLAYGROUND_RUN["MAX_RUNS_PER_USER"]) and the budgets
+(chat/budgets.py) before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from playground.accounts.models import ApiKey
+from playground.chat import budgets, runs
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.chat.services import (
+    PreparedTurn,
+    Turn,
+    TurnError,
+    get_model,
+    prepare_turn,
+    resolve_api_key,
+    write_turn,
+)
+from playground.compare import contexts, drivers
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_AT_CAP = 120  # a sweep cell waits up to a minute for a free run slot, then fails
+
+
+def streaming_count(user) -> int:
+    return Message.objects.filter(created_by=user, status=Message.Status.STREAMING).count()
+
+
+def check_capacity(user, wanted: int) -> None:
+    """TurnError unless `wanted` more replies fit under the user's run cap."""
+    limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
+    if wanted > limit:
+        raise TurnError(
+            f"This needs {wanted} replies at once; you may have {limit} streaming. "
+            "Use fewer columns."
+        )
+    running = streaming_count(user)
+    if running + wanted > limit:
+        raise TurnError(
+            f"This needs {wanted} replies at once and {running} of yours are streaming "
+            f"already (at most {limit}): stop some or wait for them."
+        )
+
+
+def check_budget(user, team_id: int | None, conversations: list[Conversation]) -> None:
+    """The whole send against the budgets: six columns cost six runs."""
+    total = Decimal(0)
+    for conversation in conversations:
+        total += get_model(conversation.model).cost(completed=True) or Decimal(0)
+    try:
+        budgets.check(user, team_id, total)
+    except budgets.BudgetExceeded as exc:
+        raise TurnError(str(exc)) from None
+
+
+@sensitive_variables("keys", "prepared")
+def prepare_columns(
+    group: RunGroup, user, *, text: str, attachment_ids: list[int], channels: list[str]
+) -> list[PreparedTurn]:
+    """Every column's send, checked and built; TurnError (nothing sent) if any is refused."""
+    columns = contexts.members(group)
+    if not columns:
+        raise TurnError("Every column of this compare continued in the playground.")
+    if len(channels) < len(columns):
+        raise ValueError("one channel per column")
+    check_capacity(user, len(columns))
+    check_budget(user, group.team_id, columns)
+    keys: dict[str, tuple[str | None, ApiKey | None]] = {}  # one read per provider
+    prepared = []
+    for conversation, channel in zip(columns, channels, strict=False):
+        provider = get_model(conversation.model).provider
+        if provider.slug not in keys:
+            keys[provider.slug] = resolve_api_key(user, conversation, provider)
+        prepared.append(
+            prepare_turn(
+                conversation,
+                user,
+                text=text,
+                model_key=conversation.model,
+                system_prompt=conversation.system_prompt,
+                channel=channel,
+                values=conversation.params,
+                attachment_ids=attachment_ids,
+                wire_format=conversation.wire_format,
+                paid_by=keys[provider.slug],
+            )
+        )
+    return prepared
+
+
+def write_column(prepared: PreparedTurn, user) -> tuple[Turn, dict[str, Any]]:
+    """One column's rows (write_turn's transaction), and its frame for the watchers."""
+    turn = write_turn(prepared, user)
+    return turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)
+
+
+async def send_to_columns(
+    group: RunGroup, user, *, text: str, attachment_ids: list[int], layer
+) -> list[asyncio.Task]:
+    """Send `text` (and images) to every column at once; the run tasks started.
+
+    Every column is checked and its upstream request sent before any row is written. Then
+    the columns are written and started one after the other, each as soon as its rows are
+    saved: the first column's text need not wait for the sixth column's rows (measured with
+    bench.compare, this halved the added time to first token at the median). A write that
+    fails then (the conversation changed meanwhile) stops that column and the ones after it,
+    and says which were sent."""
+    began = time.monotonic()
+    count = await group.conversations.acount()
+    channels = [await layer.new_channel() for _ in range(max(count, 1))]
+    prepared = await database_sync_to_async(prepare_columns)(
+        group, user, text=text, attachment_ids=attachment_ids, channels=channels
+    )
+    started = [runs.begin(p.run) for p in prepared]
+    tasks = []
+    for index, (column, run) in enumerate(zip(prepared, started, strict=True)):
+        try:
+            turn, event = await database_sync_to_async(write_column)(column, user)
+        except BaseException as exc:
+            await asyncio.gather(*(r.abandon() for r in started[index:]))
+            if isinstance(exc, TurnError) and index:
+                raise TurnError(f"Column {index + 1}: {exc} Columns 1–{index} were sent.") from exc
+            raise
+        await layer.group_send(runs.group_name(event["conversation_id"]), event)
+        # Every watcher has this column's new rows: its deltas may follow.
+        tasks.append(runs.start(turn.run, run))
+    if drivers.stopped_at.get(group.pk, 0.0) > began:
+        # Stop was pressed while the columns were being written: those started after it
+        # missed it. Said again to every column (stopping is one function).
+        await runs.stop(Conversation.objects.filter(group_id=group.pk))
+    return tasks
+
+
+# Sweeps
+
+
+def pending_cells(group: RunGroup) -> list[Conversation]:
+    """Cells that never sent: a sweep started again (after a restart) runs only these."""
+    return list(
+        group.conversations.filter(messages__isnull=True).order_by("position", "pk").distinct()
+    )
+
+
+def start_sweep(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -> bool:
+    """Start the sweep's driver in this process unless one runs already. It is a task of
+    the process, not of the socket that asked: the tab may close meanwhile."""
+    if drivers.is_running(group.pk):
+        return False
+    task = asyncio.create_task(_drive(group, user, layer, on_error), name=f"sweep-{group.pk}")
+    drivers.running[group.pk] = task
+    drivers.stopping.discard(group.pk)
+
+    def forget(_: asyncio.Task) -> None:
+        drivers.running.pop(group.pk, None)
+        drivers.stopping.discard(group.pk)
+
+    task.add_done_callback(forget)
+    return True
+
+
+async def wait_sweep(group_id: int, timeout: float = 30.0) -> None:
+    """Wait for this process's driver of a sweep to finish (tests)."""
+    task = drivers.running.get(group_id)
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+
+
+async def _drive(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -> None:
+    cells = await database_sync_to_async(pending_cells)(group)
+    if not cells:
+        return
+    prompt = group.spec.get("prompt", "")
+    slots = asyncio.Semaphore(drivers.concurrency())
+    refused: list[str] = []
+
+    async def one(cell: Conversation) -> None:
+        async with slots:
+            if refused or group.pk in drivers.stopping:
+                return  # a budget ran out, or Stop: the cells after it are not sent
+            try:
+                task = await _start_cell(cell, user, prompt, layer)
+            except TurnError as exc:
+                refused.append(f"{cell.title}: {exc}")
+                return
+            if task is not None:
+                await asyncio.wait([task])
+
+    try:
+        await asyncio.gather(*(one(cell) for cell in cells))
+    finally:
+        if refused:
+            await on_error(f"Not every cell ran. {refused[0]}")
+
+
+async def _start_cell(cell: Conversation, user, prompt: str, layer) -> asyncio.Task | None:
+    """Start one cell through the normal turn: prepare, begin, write, start. Waits for a
+    free run slot while the user's other replies fill the cap. None: already started
+    (another driver took it)."""
+    limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
+    for _ in range(ATTEMPTS_AT_CAP):
+        if await database_sync_to_async(streaming_count)(user) < limit:
+            break
+        await asyncio.sleep(0.5)
+    channel = await layer.new_channel()
+
+    def prepare() -> PreparedTurn | None:
+        if cell.messages.exists():
+            return None
+        check_budget(user, cell.team_id, [cell])
+        return prepare_turn(
+            cell,
+            user,
+            text=prompt,
+            model_key=cell.model,
+            system_prompt=cell.system_prompt,
+            channel=channel,
+            values=cell.params,
+            wire_format=cell.wire_format,
+        )
+
+    prepared = await database_sync_to_async(prepare)()
+    if prepared is None:
+        return None
+    run = runs.begin(prepared.run)
+
+    def write() -> tuple[Turn, dict[str, Any]]:
+        turn = write_turn(prepared, user)
+        return turn, contexts.append_event(turn, RunGroup.Kind.SWEEP)
+
+    try:
+        turn, event = await database_sync_to_async(write)()
+    except BaseException:
+        await run.abandon()
+        raise
+    await layer.group_send(runs.group_name(cell.pk), event)
+    return runs.start(turn.run, run)

@@ -1,0 +1,493 @@
+"""Compare: 2-6 columns, each an ordinary conversation of a run group, sent to at once
+through the normal run engine, streamed over one socket, stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from playground.accounts.models import ApiKey, Budget, Membership, Team
+from playground.chat import runs
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.compare import setup
+from tests.conftest import ORIGIN, SECRET_KEY_VALUE, Socket, session_cookie
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+MODEL = "empiriolabs:gemma-4-e4b"
+
+
+def make_compare(user, team=None, columns=None, title="Duel") -> RunGroup:
+    columns = columns or [
+        setup.ColumnSetup(MODEL, "chat", "Be brief.", {"temperature": "0.2", "seed": "7"}),
+        setup.ColumnSetup(MODEL, "messages", "", {"temperature": "1.0"}),
+    ]
+    return setup.create_compare(user, team, title, setup.plan_columns(columns))
+
+
+async def open_group(user, group_id: int) -> tuple[bool, Socket]:
+    from playground.asgi import application
+
+    cookie = await database_sync_to_async(session_cookie)(user)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, f"/ws/groups/{group_id}/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return connected, Socket(communicator)
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+async def finish(group: RunGroup) -> None:
+    ids = [
+        pk
+        async for pk in Message.objects.filter(conversation__group=group).values_list(
+            "pk", flat=True
+        )
+    ]
+    for pk in ids:
+        await runs.wait(pk)
+
+
+# HTTP: setting up and opening
+
+
+def test_it_creates_a_compare_whose_columns_are_conversations_of_the_group(user):
+    response = client_for(user).post(
+        "/compare/new/",
+        {
+            "columns": "2",
+            "title": "Brief or not",
+            "c1-model": MODEL,
+            "c1-wire_format": "chat",
+            "c1-system_prompt": "Be brief.",
+            "c1-params": "temperature = 0.2\nstop = END",
+            "c2-model": "aimlapi:google/gemma-3n-e4b-it",
+            "c2-wire_format": "chat",
+            "c2-params": "top_k = 40",
+        },
+    )
+    group = RunGroup.objects.get()
+    assert response.status_code == 302 and response.url == f"/compare/{group.pk}/"
+    assert group.kind == "compare" and group.owner == user and group.team is None
+    first, second = group.conversations.order_by("position")
+    assert (first.position, second.position) == (0, 1)
+    assert first.params == {"temperature": 0.2, "stop": ["END"]}
+    assert first.system_prompt == "Be brief."
+    assert second.model == "aimlapi:google/gemma-3n-e4b-it" and second.params == {"top_k": 40}
+    assert first.title  # never taken for an abandoned empty conversation
+    page = client_for(user).get(response.url).content.decode()
+    assert f'ws-connect="/ws/groups/{group.pk}/' in page
+    assert f'id="column-list-{first.pk}"' in page and f'id="column-list-{second.pk}"' in page
+    assert "temperature=0.2" in page and "Gemma 3n E4B" in page
+
+
+def test_a_column_a_format_or_a_parameter_refuses_names_the_column_and_saves_nothing(user):
+    response = client_for(user).post(
+        "/compare/new/",
+        {
+            "columns": "2",
+            "c1-model": MODEL,
+            "c1-params": "temperature = 9",
+            "c2-model": "aimlapi:google/gemma-3n-e4b-it",
+            "c2-wire_format": "responses",
+        },
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Column 1: temperature" in page
+    assert "Column 2: Gemma 3n E4B is not served over Responses" in page
+    assert not RunGroup.objects.exists() and not Conversation.objects.exists()
+
+
+def test_a_repeated_setup_gets_a_seed_per_column_and_shows_it(user):
+    response = client_for(user).post(
+        "/compare/new/",
+        {"columns": "2", "c1-model": MODEL, "repeat": "3", "vary_seed": "on"},
+    )
+    group = RunGroup.objects.get()
+    seeds = [c.params.get("seed") for c in group.conversations.order_by("position")]
+    assert seeds == [1, 2, 3]
+    page = client_for(user).get(response.url).content.decode()
+    assert all(f"seed {n}" in page for n in (1, 2, 3))
+
+
+def test_more_than_six_columns_are_refused(user):
+    with pytest.raises(setup.SetupError, match="2 to 6 columns"):
+        setup.plan_columns([setup.ColumnSetup(MODEL)] * 7)
+    with pytest.raises(setup.SetupError, match="at most 6 times"):
+        setup.plan_columns([setup.ColumnSetup(MODEL)], repeat=7)
+
+
+def test_grouped_columns_stay_out_of_the_sidebar_and_history_links_their_group(user):
+    group = make_compare(user)
+    client = client_for(user)
+    own = Conversation.objects.create(owner=user, model=MODEL, title="Plain chat")
+    Message.objects.create(conversation=own, role="user", text="hi", created_by=user)
+    home = client.get(f"/c/{own.pk}/").content.decode()
+    assert all(f'id="conv-{c.pk}"' not in home for c in group.conversations.all())
+    history = client.get("/review/").content.decode()
+    assert f'href="/compare/{group.pk}/"' in history
+    listing = client.get("/compare/").content.decode()
+    assert f'href="/compare/{group.pk}/"' in listing and "Duel" in listing
+
+
+def test_someone_elses_compare_is_a_404_everywhere(user, other_user):
+    group = make_compare(other_user)
+    column = group.conversations.first()
+    client = client_for(user)
+    assert client.get(f"/compare/{group.pk}/").status_code == 404
+    assert client.get(f"/compare/{group.pk}/diff/?a={column.pk}&b={column.pk}").status_code == 404
+    assert client.post(f"/compare/{group.pk}/columns/{column.pk}/continue/").status_code == 404
+    assert Conversation.objects.get(pk=column.pk).group_id == group.pk
+
+
+def test_continue_in_playground_turns_a_column_into_a_plain_conversation(user):
+    group = make_compare(user)
+    column = group.conversations.get(position=1)
+    response = client_for(user).post(f"/compare/{group.pk}/columns/{column.pk}/continue/")
+    assert response.status_code == 302 and response.url == f"/c/{column.pk}/"
+    column.refresh_from_db()
+    assert column.group_id is None and column.wire_format == "messages"
+    assert group.conversations.count() == 1
+    page = client_for(user).get(f"/c/{column.pk}/").content.decode()
+    assert f'id="conv-{column.pk}"' not in page or "current" in page  # a normal conversation
+
+
+def test_the_word_diff_of_two_columns_marks_what_changed(user):
+    group = make_compare(user)
+    left, right = group.conversations.order_by("position")
+    for conversation, text in ((left, "The cat sat on the mat."), (right, "The dog sat on a mat.")):
+        Message.objects.create(conversation=conversation, role="assistant", text=text)
+    response = client_for(user).get(f"/compare/{group.pk}/diff/?a={left.pk}&b={right.pk}")
+    page = response.content.decode()
+    assert "<del>cat</del>" in page and "<ins>dog</ins>" in page
+    assert "<del>the</del>" in page and "<ins>a</ins>" in page
+    assert "temperature: 0.2 → 1.0" in page and "seed: 7 → unset" in page
+
+
+def test_model_output_in_a_diff_is_escaped(user):
+    group = make_compare(user)
+    left, right = group.conversations.order_by("position")
+    Message.objects.create(conversation=left, role="assistant", text="a")
+    Message.objects.create(conversation=right, role="assistant", text="<script>x()</script>")
+    page = client_for(user).get(f"/compare/{group.pk}/diff/?a={left.pk}&b={right.pk}")
+    assert "<script>x()" not in page.content.decode()
+
+
+# WebSocket: one message to every column
+
+
+async def test_one_send_streams_every_column_through_the_run_engine_in_its_own_format(
+    upstream, user, api_key
+):
+    upstream.default = Behaviour(tokens=["Hello", " there"], interval=0.02)
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    assert ok
+    await socket.drain()
+    await socket.send(action="send", text="Greet me")
+    await socket.until(lambda f: "composer-sent" in f or 'id="prompt"' in f)
+    await finish(group)
+    await socket.drain()
+    replies = [
+        m
+        async for m in Message.objects.filter(conversation__group=group, role="assistant").order_by(
+            "conversation__position"
+        )
+    ]
+    assert [r.status for r in replies] == ["complete", "complete"]
+    assert [r.text for r in replies] == ["Hello there", "Hello there"]
+    assert [r.wire_format for r in replies] == ["chat", "messages"]
+    assert sorted(r.path for r in upstream.requests) == ["/v1/chat/completions", "/v1/messages"]
+    chat_body = next(r.body for r in upstream.requests if r.path.endswith("completions"))
+    assert chat_body["temperature"] == 0.2
+    assert chat_body["messages"][0] == {"role": "system", "content": "Be brief."}
+    # Both columns' text reached the page as deltas, then each column's figures.
+    for reply in replies:
+        assert any(f.startswith(f"+t{reply.pk}:") for f in socket.frames)
+        stats = [f for f in socket.frames if f'id="col-stats-{reply.conversation_id}"' in f]
+        assert "TTFT" in stats[-1] and "tokens" in stats[-1] and "Complete" in stats[-1]
+    prompts = Message.objects.filter(conversation__group=group, role="user", text="Greet me")
+    assert await prompts.acount() == 2
+    await socket.close()
+
+
+async def test_stop_all_stops_every_column(upstream, user, api_key):
+    upstream.default = Behaviour(n_tokens=200, interval=0.05)
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Go on")
+    await socket.until(lambda f: f.startswith("+t"))
+    await socket.send(action="stop")
+    await finish(group)
+    statuses = [
+        m.status async for m in Message.objects.filter(conversation__group=group, role="assistant")
+    ]
+    assert statuses == ["stopped", "stopped"]
+    await socket.close()
+
+
+async def test_closing_the_tab_loses_nothing(upstream, user, api_key):
+    upstream.default = Behaviour(n_tokens=8, interval=0.03)
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Keep going")
+    await socket.until(lambda f: f.startswith("+t"))
+    await socket.close()
+    await finish(group)
+    replies = Message.objects.filter(conversation__group=group, role="assistant")
+    assert [m.text async for m in replies] == [Behaviour(n_tokens=8).text] * 2
+    page = await database_sync_to_async(lambda: client_for(user).get(f"/compare/{group.pk}/"))()
+    assert page.content.decode().count("status-complete") >= 2
+
+
+async def test_the_run_cap_counts_every_column_and_refuses_the_whole_send(
+    upstream, user, api_key, settings
+):
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "MAX_RUNS_PER_USER": 2}
+    columns = [setup.ColumnSetup(MODEL)] * 3
+    group = await database_sync_to_async(make_compare)(user, columns=columns)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Three at once")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "needs 3 replies at once" in frame
+    await socket.drain()
+    assert upstream.requests == [] and not await Message.objects.aexists()
+    await socket.close()
+
+
+async def test_a_budget_counts_every_column(upstream, user, api_key):
+    @database_sync_to_async
+    def prepare():
+        Budget.set(team=None, user=user, monthly_cost=Decimal("0.05"), daily_messages=None, by=user)
+        return make_compare(user)  # two columns at $0.03 each: $0.06
+
+    group = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Too dear")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "budget" in frame
+    await socket.drain()
+    assert upstream.requests == [] and not await Message.objects.aexists()
+    await socket.close()
+
+
+def lab_with(owner, role_user, role) -> Team:
+    team = Team.create(name="Lab", owner=owner)
+    team.add_member(role_user, role)
+    ApiKey.store(provider="empiriolabs", plaintext=SECRET_KEY_VALUE, team=team)
+    return team
+
+
+async def test_a_viewer_watches_a_team_compare_stream_but_cannot_send_or_stop(
+    upstream, user, other_user
+):
+    upstream.default = Behaviour(n_tokens=30, interval=0.03)
+
+    @database_sync_to_async
+    def prepare():
+        team = lab_with(other_user, user, Membership.Role.VIEWER)
+        return make_compare(other_user, team=team)
+
+    group = await prepare()
+    ok, watcher = await open_group(user, group.pk)
+    assert ok
+    await watcher.drain()
+    await watcher.send(action="send", text="From a viewer")
+    assert "watch this compare but not run it" in await watcher.until(
+        lambda f: "composer-error" in f
+    )
+    await watcher.send(action="stop")
+    await watcher.until(lambda f: "composer-error" in f)
+    assert upstream.requests == []
+    # The owner sends; the viewer sees both columns stream.
+    ok, owner = await open_group(other_user, group.pk)
+    await owner.drain()
+    await owner.send(action="send", text="From the owner")
+    await finish(group)
+    await watcher.drain()
+    replies = [m.pk async for m in Message.objects.filter(role="assistant")]
+    assert len(replies) == 2
+    assert all(any(f.startswith(f"+t{pk}:") for f in watcher.frames) for pk in replies)
+    assert not any(SECRET_KEY_VALUE in f for f in watcher.frames)
+    await watcher.close()
+    await owner.close()
+
+
+async def test_an_outsider_cannot_open_the_socket(user, other_user):
+    group = await database_sync_to_async(make_compare)(other_user)
+    ok, _ = await open_group(user, group.pk)
+    assert not ok
+
+
+async def test_a_member_removed_from_the_team_is_cut_off(upstream, user, other_user):
+    @database_sync_to_async
+    def prepare():
+        team = lab_with(other_user, user, Membership.Role.MEMBER)
+        return team, make_compare(other_user, team=team)
+
+    team, group = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    assert ok
+    await socket.drain()
+    await database_sync_to_async(team.memberships.filter(user=user).delete)()
+    await socket.send(action="send", text="Still here?")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "no longer have access" in frame
+    await asyncio.sleep(0.1)
+    assert upstream.requests == []
+
+
+async def test_an_image_goes_to_every_column_in_its_own_wire_format(
+    upstream, user, api_key, settings, tmp_path
+):
+    from tests.test_images import image_bytes, upload
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+    @database_sync_to_async
+    def prepare():
+        upload(client_for(user), image_bytes("PNG"))
+        from playground.chat.models import Attachment
+
+        return make_compare(user), Attachment.objects.get().pk
+
+    group, image = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="What is this?", attachment=[str(image)])
+    await socket.until(lambda f: 'id="prompt"' in f or "composer-error" in f)
+    await finish(group)
+    assert len(upstream.requests) == 2
+    chat = next(r.body for r in upstream.requests if r.path.endswith("completions"))
+    parts = chat["messages"][-1]["content"]
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    messages = next(r.body for r in upstream.requests if r.path.endswith("/messages"))
+    assert messages["messages"][-1]["content"][1]["type"] == "image"
+    await socket.close()
+
+
+async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, api_key):
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Once")
+    await socket.until(lambda f: 'id="prompt"' in f)
+    await finish(group)
+    second = await Message.objects.filter(
+        conversation__group=group, conversation__position=1, role="assistant"
+    ).afirst()
+    await socket.send(action="rerun", message_id=second.pk)
+    replies = Message.objects.filter(conversation_id=second.conversation_id, role="assistant")
+    async with asyncio.timeout(5):
+        while await replies.acount() < 2:
+            await asyncio.sleep(0.02)
+    await finish(group)
+    assert [m.status async for m in replies] == ["complete", "complete"]
+    assert [r.path for r in upstream.requests][-1] == "/v1/messages"
+    await socket.close()
+
+
+async def test_a_stop_pressed_while_the_columns_are_written_stops_every_column(
+    upstream, user, api_key
+):
+    upstream.default = Behaviour(n_tokens=100, interval=0.05)  # five seconds each
+    columns = [setup.ColumnSetup(MODEL)] * 6
+    group = await database_sync_to_async(make_compare)(user, columns=columns)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Go")
+    await socket.send(action="stop")  # before most columns (perhaps any) are written
+    replies = Message.objects.filter(conversation__group=group, role="assistant")
+    async with asyncio.timeout(4):
+        while await replies.acount() < 6 or await replies.filter(status="streaming").aexists():
+            await asyncio.sleep(0.05)
+    assert {m.status async for m in replies} == {"stopped"}
+    await socket.close()
+
+
+def test_a_column_can_start_from_a_prompt_version_of_its_space(user, other_user):
+    from playground.prompts.models import Prompt
+
+    prompt = Prompt.objects.create(owner=user, name="greeter")
+    version = prompt.add_version(
+        user,
+        system_prompt="Greet warmly.",
+        messages=[{"role": "user", "content": "Hi"}],
+        model=MODEL,
+        wire_format="responses",
+        params={"temperature": 0.3, "top_p": 0.8},
+    )
+    templated = prompt.add_version(
+        user, system_prompt="Greet {{name}}.", messages=[], model=MODEL, params={}
+    )
+    client = client_for(user)
+    form = client.get("/compare/new/").content.decode()
+    assert f'<option value="{version.pk}">greeter v1</option>' in form
+    response = client.post(
+        "/compare/new/",
+        {
+            "columns": "2",
+            "title": "From the library",
+            "c1-model": MODEL,
+            "c1-prompt_version": str(version.pk),
+            "c1-params": "temperature = 0.9",
+            "c2-model": MODEL,
+        },
+    )
+    group = RunGroup.objects.get()
+    first = group.conversations.get(position=0)
+    assert (first.system_prompt, first.wire_format) == ("Greet warmly.", "responses")
+    assert first.params == {"temperature": 0.9, "top_p": 0.8}  # the column's own value wins
+    assert group.spec["columns"][0]["prompt_version"] == version.pk
+    assert "From the prompt greeter v1" in client.get(response.url).content.decode()
+    # A system prompt with variables, or someone else's version, is refused by name.
+    data = {"columns": "2", "c1-model": MODEL, "c2-model": MODEL}
+    page = client.post("/compare/new/", {**data, "c1-prompt_version": str(templated.pk)})
+    assert "has variables ({{name}})" in page.content.decode()
+    theirs = Prompt.objects.create(owner=other_user, name="private")
+    hidden = theirs.add_version(other_user, system_prompt="Secret", messages=[], model=MODEL)
+    page = client.post("/compare/new/", {**data, "c1-prompt_version": str(hidden.pk)})
+    assert "Column 1: No such prompt version." in page.content.decode()
+    assert RunGroup.objects.count() == 1
+
+
+async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
+    upstream, user, api_key, connect
+):
+    upstream.default = Behaviour(tokens=["Side", " door"], interval=0.02)
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await playground.send_prompt("Through the playground")
+    await playground.until(lambda f: "status-complete" in f)
+    await finish(group)
+    await compare.drain()
+    redrawn = [
+        f
+        for f in compare.frames
+        if f'id="column-list-{column.pk}" class="column-list" hx-swap-oob="true"' in f
+    ]
+    assert "Through the playground" in redrawn[0]
+    reply = await Message.objects.filter(conversation=column, role="assistant").alast()
+    done = [f for f in compare.frames if f'id="msg-{reply.pk}"' in f and "status-complete" in f]
+    assert done and "Side door" in done[-1]
+    await compare.close()
+    await playground.close()
