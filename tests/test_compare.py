@@ -491,3 +491,42 @@ async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
     assert done and "Side door" in done[-1]
     await compare.close()
     await playground.close()
+
+
+async def test_a_column_refused_as_its_rows_are_written_sends_nothing(
+    upstream, user, api_key, monkeypatch
+):
+    """The rows of every column are written in one transaction: a column refused there (its
+    conversation moved on since it was read) leaves no row in any column, and the upstream
+    requests already begun for the others are closed."""
+    from playground.compare import engine
+
+    upstream.default = Behaviour(n_tokens=50, interval=0.05)
+    columns = [setup.ColumnSetup(MODEL)] * 3
+    group = await database_sync_to_async(make_compare)(user, columns=columns)
+    real_write, calls, abandoned = engine.write_turn, [], []
+
+    def write_turn(prepared, who):
+        calls.append(prepared.conversation.pk)
+        if len(calls) == 2:
+            raise engine.TurnError("The conversation changed while you sent: send again.")
+        return real_write(prepared, who)
+
+    real_abandon = runs.Run.abandon
+
+    async def abandon(run):
+        abandoned.append(run.request.conversation_id)
+        await real_abandon(run)
+
+    monkeypatch.setattr(engine, "write_turn", write_turn)
+    monkeypatch.setattr(runs.Run, "abandon", abandon)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="All or none")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "Column 2: The conversation changed while you sent" in frame
+    assert "Nothing was sent." in frame
+    assert not await Message.objects.filter(conversation__group=group).aexists()
+    ids = [pk async for pk in group.conversations.values_list("pk", flat=True)]
+    assert sorted(abandoned) == sorted(ids)  # every begun upstream request was closed
+    await socket.close()

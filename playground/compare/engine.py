@@ -2,8 +2,8 @@
 
 A compare send is one prepare_turn() per column (reads only; any refusal refuses the whole
 send, so no column runs alone), then every column's upstream request goes out at once
-(runs.begin), then every column's rows are written in one transaction (write_turn), then
-each run starts. A sweep runs its cells the same way, a few at a time, from a task of the
+(runs.begin), then every column's rows are written in one transaction (write_turn each),
+then every run starts. A sweep runs its cells the same way, a few at a time, from a task of the
 server process: like a run, it is not the socket's, so closing the tab changes nothing.
 
 Both count against the per-user run cap (PLAYGROUND_RUN["MAX_RUNS_PER_USER"]) and the budgets
@@ -21,6 +21,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.models import ApiKey
@@ -108,10 +109,20 @@ def prepare_columns(
     return prepared
 
 
-def write_column(prepared: PreparedTurn, user) -> tuple[Turn, dict[str, Any]]:
-    """One column's rows (write_turn's transaction), and its frame for the watchers."""
-    turn = write_turn(prepared, user)
-    return turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)
+def write_columns(
+    prepared: list[PreparedTurn], user
+) -> list[tuple[Turn, dict[str, Any]]]:
+    """Every column's rows in one transaction (all or none), then each column's frame for
+    its watchers. TurnError naming the column if any is refused: then nothing was saved."""
+    turns = []
+    with transaction.atomic():
+        for index, column in enumerate(prepared):
+            try:
+                turns.append(write_turn(column, user))
+            except TurnError as exc:
+                where = f"Column {index + 1}: " if len(prepared) > 1 else ""
+                raise TurnError(f"{where}{exc} Nothing was sent.") from exc
+    return [(turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)) for turn in turns]
 
 
 async def send_to_columns(
@@ -119,12 +130,12 @@ async def send_to_columns(
 ) -> list[asyncio.Task]:
     """Send `text` (and images) to every column at once; the run tasks started.
 
-    Every column is checked and its upstream request sent before any row is written. Then
-    the columns are written and started one after the other, each as soon as its rows are
-    saved: the first column's text need not wait for the sixth column's rows (measured with
-    bench.compare, this halved the added time to first token at the median). A write that
-    fails then (the conversation changed meanwhile) stops that column and the ones after it,
-    and says which were sent."""
+    Three steps, whatever the number of columns: every column is checked and its request
+    built (reads only, one thread hop); every column's upstream request goes out at once
+    (runs.begin); every column's rows are written in one transaction (one more hop, one
+    commit). Then the watchers get every column's new rows and every run starts. If any
+    column is refused, at either step, no row is written and the upstream requests already
+    begun are closed (Run.abandon): nothing is sent."""
     began = time.monotonic()
     count = await group.conversations.acount()
     channels = [await layer.new_channel() for _ in range(max(count, 1))]
@@ -132,20 +143,23 @@ async def send_to_columns(
         group, user, text=text, attachment_ids=attachment_ids, channels=channels
     )
     started = [runs.begin(p.run) for p in prepared]
-    tasks = []
-    for index, (column, run) in enumerate(zip(prepared, started, strict=True)):
-        try:
-            turn, event = await database_sync_to_async(write_column)(column, user)
-        except BaseException as exc:
-            await asyncio.gather(*(r.abandon() for r in started[index:]))
-            if isinstance(exc, TurnError) and index:
-                raise TurnError(f"Column {index + 1}: {exc} Columns 1–{index} were sent.") from exc
-            raise
-        await layer.group_send(runs.group_name(event["conversation_id"]), event)
-        # Every watcher has this column's new rows: its deltas may follow.
-        tasks.append(runs.start(turn.run, run))
+    try:
+        written = await database_sync_to_async(write_columns)(prepared, user)
+    except BaseException:
+        await asyncio.gather(*(run.abandon() for run in started))
+        raise
+    # Every watcher gets the columns' new rows before any delta of theirs can follow.
+    await asyncio.gather(
+        *(
+            layer.group_send(runs.group_name(event["conversation_id"]), event)
+            for _, event in written
+        )
+    )
+    tasks = [
+        runs.start(turn.run, run) for (turn, _), run in zip(written, started, strict=True)
+    ]
     if drivers.stopped_at.get(group.pk, 0.0) > began:
-        # Stop was pressed while the columns were being written: those started after it
+        # Stop was pressed while the columns were being written: they started after it and
         # missed it. Said again to every column (stopping is one function).
         await runs.stop(Conversation.objects.filter(group_id=group.pk))
     return tasks
