@@ -54,11 +54,15 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) --extra test --extra bench -c requirements/test.txt -o requirements/bench.txt
 
 # The embedded default: SQLite under var/, the in-memory channel layer, secrets generated
-# into var/ on first run, one Daphne process. collectstatic writes the hashed and gzipped
-# static files into var/static, which WhiteNoise serves.
+# into var/ on first run, one Daphne process and one task worker (experiments run there; it
+# stops with Daphne). collectstatic writes the hashed and gzipped static files into
+# var/static, which WhiteNoise serves. More workers: `manage.py db_worker` anywhere that
+# reaches the same database.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py db_worker --no-reload --interval 0.5 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=4096 --websocket_connect_timeout 30 playground.asgi:application
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).

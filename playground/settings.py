@@ -71,6 +71,8 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
+    "django_tasks",
+    "django_tasks_db",
     "playground.accounts",
     "playground.providers",
     "playground.chat",
@@ -307,6 +309,25 @@ PLAYGROUND_SHUTDOWN_GRACE = envfloat("PLAYGROUND_SHUTDOWN_GRACE", 10.0)
 if PLAYGROUND_RUN["ALIVE_TTL"] <= PLAYGROUND_RUN["CHECKPOINT_INTERVAL"]:
     # A run streaming text checkpoints that often; only quieter ones are checked for a key.
     raise ImproperlyConfigured("PLAYGROUND_ALIVE_TTL must exceed PLAYGROUND_CHECKPOINT_INTERVAL")
+# Background tasks (Django's tasks framework, backported): the ORM backend, so any number of
+# `manage.py db_worker` processes share the queue through the database. Experiments use it.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+# Experiments (playground/experiments/): upload caps, how many items may run at once per
+# endpoint across all workers (an endpoint's own setting, on its gate, overrides it), how long
+# a worker's claim on an item lasts without renewal (a killed worker's item is retried by
+# another after it), and the regex check's time limit.
+PLAYGROUND_EXPERIMENTS = {
+    "MAX_ROWS": envint("PLAYGROUND_DATASET_MAX_ROWS", 10_000),
+    "MAX_UPLOAD_BYTES": envint("PLAYGROUND_DATASET_MAX_BYTES", 10 * 1024 * 1024),
+    "CONCURRENCY": envint("PLAYGROUND_EXPERIMENT_CONCURRENCY", 4),
+    "LEASE": envfloat("PLAYGROUND_EXPERIMENT_LEASE", 30.0),
+    # Drain tasks queued per run: each worker that picks one shares the run's items.
+    "TASKS_PER_RUN": envint("PLAYGROUND_EXPERIMENT_TASKS_PER_RUN", 2),
+    "RATE_LIMIT_RETRIES": envint("PLAYGROUND_EXPERIMENT_RATE_LIMIT_RETRIES", 5),
+    "REGEX_TIMEOUT": envfloat("PLAYGROUND_EXPERIMENT_REGEX_TIMEOUT", 0.1),
+    # Seconds between progress polls of a results page when there is no Redis.
+    "POLL_INTERVAL": envfloat("PLAYGROUND_EXPERIMENT_POLL_INTERVAL", 2.0),
+}
 # Open WebSockets one Daphne process holds. Over it a socket is accepted and at once closed
 # with code 4503, which the page shows and retries after a backoff, instead of the handshake
 # timing out. An idle socket costs about 25 KB of RSS (bench `idle`), so 5,000 is ~125 MB:

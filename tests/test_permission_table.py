@@ -15,12 +15,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from playground.accounts.models import ApiKey, Budget, Invitation, Membership, Team
 from playground.chat import runs
 from playground.chat.models import Conversation, Message, Preset, RunGroup
+from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
 from playground.review.models import (
     Annotation,
     Comment,
@@ -37,6 +38,7 @@ TABLE = Path(__file__).resolve().parents[1] / "docs" / "permissions.md"
 MODEL = "empiriolabs:gemma-4-e4b"
 TEAM_KEY = "sk-team-PLAINTEXT-never-shown-4321"
 OUTSIDER = "not a member"
+DUMMY_TASKS = "django_tasks.backends.dummy.DummyBackend"
 
 
 def read_table() -> list[tuple[str, str, str, bool]]:
@@ -237,6 +239,82 @@ def http_usage_members(w: World) -> bool:
 def http_budget(w: World) -> bool:
     w.client.post(f"/teams/{w.team.pk}/budgets/", {"monthly_cost": "5"})
     return Budget.objects.filter(team=w.team).exists()
+
+
+def _experiment(w: World) -> Experiment:
+    dataset = Dataset.objects.create(owner=w.founder, team=w.team, name="Cases", columns=["q"])
+    DatasetRow.objects.create(dataset=dataset, position=0, variables={"q": "Hello"})
+    variant = {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}
+    return Experiment.objects.create(
+        owner=w.founder,
+        team=w.team,
+        name="Team experiment",
+        dataset=dataset,
+        prompt="{{q}}",
+        variants=[variant],
+    )
+
+
+def _run(w: World) -> ExperimentRun:
+    experiment = _experiment(w)
+    group = RunGroup.objects.create(kind=RunGroup.Kind.EXPERIMENT, owner=w.founder, team=w.team)
+    run = ExperimentRun.objects.create(
+        experiment=experiment,
+        number=1,
+        group=group,
+        dataset=experiment.dataset,
+        spec={"name": "x", "prompt": "{{q}}", "variants": experiment.variants, "checks": []},
+        started_by=w.founder,
+    )
+    Item.objects.create(
+        run=run, row=experiment.dataset.rows.get(), variant=0, position=0, endpoint="empiriolabs"
+    )
+    return run
+
+
+def http_experiment_open(w: World) -> bool:
+    run = _run(w)
+    pages = [
+        w.client.get(f"/experiments/{run.experiment_id}/"),
+        w.client.get(f"/experiments/runs/{run.pk}/"),
+        w.client.get(f"/experiments/runs/{run.pk}/export.json"),
+    ]
+    return all(p.status_code == 200 for p in pages) and b"Team experiment" in pages[0].content
+
+
+def http_experiment_change(w: World) -> bool:
+    experiment = _experiment(w)
+    data = {
+        "name": "Renamed experiment",
+        "dataset": experiment.dataset_id,
+        "prompt": "{{q}}?",
+        "variants": MODEL,
+        "checks": "",
+        "repeats": 1,
+        "rows": "",
+    }
+    w.client.post("/space/", {"space": w.team.pk})
+    w.client.post(f"/experiments/{experiment.pk}/", data)
+    return Experiment.objects.get(pk=experiment.pk).name == "Renamed experiment"
+
+
+def http_experiment_run(w: World) -> bool:
+    experiment = _experiment(w)
+    with override_settings(TASKS={"default": {"BACKEND": DUMMY_TASKS}}):
+        w.client.post(f"/experiments/{experiment.pk}/run/")
+    return ExperimentRun.objects.filter(experiment=experiment).exists()
+
+
+def http_experiment_stop(w: World) -> bool:
+    run = _run(w)
+    w.client.post(f"/experiments/runs/{run.pk}/stop/")
+    return ExperimentRun.objects.get(pk=run.pk).status != "running"
+
+
+def http_dataset_change(w: World) -> bool:
+    dataset = _experiment(w).dataset
+    w.client.post(f"/experiments/datasets/{dataset.pk}/rows/", {"variables": '{"q": "Added"}'})
+    return DatasetRow.objects.filter(variables={"q": "Added"}).exists()
 
 
 def _team_group(w: World, kind: str = "compare") -> RunGroup:

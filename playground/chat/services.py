@@ -553,14 +553,16 @@ def prepare_turn(
     return PreparedTurn(conversation, model, text, attached, parent, seen, body, run, key)
 
 
-def write_turn(prepared: PreparedTurn, user) -> Turn:
+def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
     """Save a prepared send: the prompt, the streaming reply, the conversation's settings and
     the user's last settings, in one transaction of six statements. TurnError (nothing saved)
     if a reply is streaming, the conversation moved on since it was read, or the user has
-    too many replies streaming."""
+    too many replies streaming. `batch` (an experiment item): the per-user cap does not
+    apply, the experiment's per-endpoint concurrency does instead, and the user's last
+    settings are left as they were."""
     conversation = prepared.conversation
     with transaction.atomic():
-        title = _lock_for_turn(conversation, user, prepared.seen)
+        title = _lock_for_turn(conversation, user, prepared.seen, batch=batch)
         conversation.title = title
         conversation.title_from(prepared.text or "Image")
         conversation.updated = timezone.now()
@@ -592,13 +594,14 @@ def write_turn(prepared: PreparedTurn, user) -> Turn:
             prepared.run.wire_format,
             prepared.key,
         )
-        LastSettings.remember_now(user, conversation)
+        if not batch:
+            LastSettings.remember_now(user, conversation)
     return Turn(
         [prompt, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
     )
 
 
-def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
+def _lock_for_turn(conversation: Conversation, user, seen: int, *, batch: bool = False) -> str:
     """Lock the conversation's row and check, in one query, that a turn may start; its
     current title (another tab may have renamed it).
 
@@ -624,7 +627,7 @@ def _lock_for_turn(conversation: Conversation, user, seen: int) -> str:
     title, busy, moved, running = row
     if busy:
         _locked(conversation, user)  # interrupts a dead run's reply, or says one is streaming
-    elif running >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]:
+    elif running >= settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"] and not batch:
         _locked(conversation, user)  # says so, in the same words as every other turn
     if moved:
         raise TurnError("The conversation changed while you sent: send again.")
@@ -643,9 +646,10 @@ def start_turn(
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
     wire_format: str | None = None,
+    batch: bool = False,
 ) -> Turn:
     """prepare_turn() and write_turn() in one go, for callers that need not start the
-    upstream request before the rows are saved."""
+    upstream request before the rows are saved (`batch`: see write_turn)."""
     prepared = prepare_turn(
         conversation,
         user,
@@ -657,7 +661,7 @@ def start_turn(
         attachment_ids=attachment_ids,
         wire_format=wire_format,
     )
-    return write_turn(prepared, user)
+    return write_turn(prepared, user, batch=batch)
 
 
 @sensitive_variables("api_key")

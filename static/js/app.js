@@ -14,6 +14,13 @@
   // Esc stops the running reply from anywhere on the page: a document-wide shortcut.
   function onDocumentKeydown(event) {
     if (event.key !== "Escape") return;
+    const menu = document.querySelector(".topbar details[open]");
+    if (menu) {
+      // An open header menu closes first, and the focus goes back to its summary.
+      menu.open = false;
+      menu.querySelector("summary").focus();
+      return;
+    }
     if (document.querySelector(".drawer.open")) {
       closeDrawers();
       return;
@@ -24,6 +31,14 @@
       stop.click();
     }
   }
+
+  // A header menu (<details>) stays open until toggled: close it on a click outside it, and
+  // close the others when one opens, as menus do. <details> has no such behaviour of its own.
+  document.addEventListener("click", function (event) {
+    document.querySelectorAll(".topbar details[open]").forEach(function (menu) {
+      if (!menu.contains(event.target)) menu.open = false;
+    });
+  });
 
   // Keep the newest text in view while it streams, unless the reader scrolled up to read:
   // htmx swaps content but has no notion of "stay pinned to the bottom".

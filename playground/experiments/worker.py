@@ -1,0 +1,508 @@
+"""Running an experiment's items inside a tasks-framework worker (`manage.py db_worker`).
+
+A drain task (tasks.py) calls drain(): it claims items one at a time from the database and
+runs each as an ordinary turn through chat.services and chat.runs, the code a chat send uses,
+so every cell is a saved reply. Several workers drain the same run; the database decides who
+gets what:
+
+- A claim locks the run's row and the endpoint's gate row (EndpointGate) in one transaction,
+  counts the endpoint's items running under a live lease across all runs and workers, and
+  takes the next pending item only below the endpoint's concurrency. No item is taken twice.
+- A claim is a lease, renewed every few seconds while the worker lives. A worker killed
+  mid-item stops renewing; once the lease has passed, another worker takes the item again,
+  with the dead attempt's rows removed, so the item still ends with exactly one reply.
+  The second loss marks it failed: an item that kills its worker is not tried forever.
+- A reply that ends rate-limited (429, after the client's own retries) puts the item back
+  with a growing not-before time.
+- Stop: the page sets the run to stopping and calls chat.runs.stop() (which reaches this
+  process directly when Redis carries the channel layer); the lease loop sees the status
+  too and calls the same stop() here, for the embedded in-memory layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from playground.chat import runs, services
+from playground.chat.models import Conversation, Message
+from playground.experiments import checks, datasets, progress
+from playground.experiments.models import (
+    Drainer,
+    EndpointGate,
+    ExperimentRun,
+    Item,
+    lease_expiry,
+)
+from playground.providers import catalog, params
+from playground.providers.specs import JSON_OUTPUT, JSON_SCHEMA
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # the first, and one retry after a worker died holding it
+IDLE_PAUSE = 0.25  # seconds between claims while every slot of an endpoint is busy
+MAX_IDLE_PAUSE = 2.0
+MAX_SLOTS = 32
+RATE_LIMITED = ("Rate limited", "(429)")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def drain(run_id: int) -> int:
+    """Run the run's items until none is left to claim; the number this call ran."""
+    me = worker_id()
+    slots = await sync_to_async(_slots)(run_id)
+    if not slots:
+        return 0
+    stopping = asyncio.Event()
+    await Drainer.objects.aupdate_or_create(
+        run_id=run_id, worker=me, defaults={"seen": timezone.now()}
+    )
+    lease = asyncio.create_task(_lease_loop(run_id, me, stopping), name=f"experiment-lease-{me}")
+    try:
+        done = await asyncio.gather(*(_slot(run_id, me, stopping) for _ in range(slots)))
+    finally:
+        lease.cancel()
+        await asyncio.gather(lease, return_exceptions=True)
+        await Drainer.objects.filter(run_id=run_id, worker=me).adelete()
+    await sync_to_async(finish_if_done)(run_id)
+    return sum(done)
+
+
+def _slots(run_id: int) -> int:
+    endpoints = set(
+        Item.objects.filter(run_id=run_id).order_by().values_list("endpoint", flat=True).distinct()
+    )
+    gates = EndpointGate.objects.filter(endpoint__in=endpoints)
+    return min(MAX_SLOTS, sum(g.limit for g in gates))
+
+
+async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
+    ran = 0
+    pause = IDLE_PAUSE
+    while not stopping.is_set():
+        item = await sync_to_async(claim)(run_id, me)
+        if item is None:
+            if not await sync_to_async(_work_left)(run_id):
+                return ran
+            # An idle slot asks less and less often: a slot freed in this worker claims at
+            # once in its own loop, so only another worker's leftovers wait for this one.
+            await asyncio.sleep(pause)
+            pause = min(MAX_IDLE_PAUSE, pause * 2)
+            continue
+        pause = IDLE_PAUSE
+        try:
+            await run_item(item, me, stopping)
+        except Exception:
+            log.exception("experiment item %s failed", item.pk)
+            await _end(item, me, Item.Status.FAILED, error="The playground failed on this item.")
+        ran += 1
+    return ran
+
+
+def _work_left(run_id: int) -> bool:
+    """Items that may still need this worker: pending ones (waiting for a slot or a backoff)
+    and running ones whose lease may yet pass (their worker may be dead)."""
+    run = ExperimentRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    if run != ExperimentRun.Status.RUNNING:
+        return False
+    return Item.objects.filter(
+        run_id=run_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
+    ).exists()
+
+
+def claim(run_id: int, me: str) -> Item | None:
+    """The next item this worker may run, now marked running under its lease; or None."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status != ExperimentRun.Status.RUNNING:
+            return None
+        ready = Q(status=Item.Status.PENDING) & (
+            Q(not_before__isnull=True) | Q(not_before__lte=now)
+        )
+        abandoned = Q(status=Item.Status.RUNNING, lease_until__lt=now)
+        candidates = Item.objects.filter(run_id=run_id).filter(ready | abandoned)
+        endpoints = sorted(set(candidates.order_by().values_list("endpoint", flat=True)))
+        alive = now - timedelta(seconds=settings.PLAYGROUND_EXPERIMENTS["LEASE"])
+        drainers = max(1, Drainer.objects.filter(run_id=run_id, seen__gte=alive).count())
+        for endpoint in endpoints:
+            gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
+            running = Item.objects.filter(
+                endpoint=endpoint, status=Item.Status.RUNNING, lease_until__gte=now
+            )
+            if running.count() >= gate.limit:
+                continue
+            # This worker's share of the endpoint's slots, among the run's live workers.
+            if running.filter(worker=me).count() >= math.ceil(gate.limit / drainers):
+                continue
+            for item in candidates.filter(endpoint=endpoint).order_by("position")[:5]:
+                if item.status == Item.Status.RUNNING and not _take_back(item):
+                    continue
+                item.status = Item.Status.RUNNING
+                item.attempts += 1
+                item.worker = me
+                item.lease_until = lease_expiry()
+                item.started = now
+                item.save(update_fields=["status", "attempts", "worker", "lease_until", "started"])
+                return Item.objects.select_related("row", "run").get(pk=item.pk)
+    return None
+
+
+def _take_back(item: Item) -> bool:
+    """An item whose worker stopped renewing its lease: try it once more, from a clean
+    conversation; after a second loss, fail it. True if it may run again."""
+    if item.conversation_id is not None:
+        Message.objects.filter(conversation_id=item.conversation_id).delete()
+    if item.attempts >= MAX_ATTEMPTS:
+        item.status = Item.Status.FAILED
+        item.error = "The worker running this item stopped twice; not tried again."
+        item.message = None
+        item.finished = timezone.now()
+        item.save(update_fields=["status", "error", "message", "finished"])
+        transaction.on_commit(lambda: progress.announce(item.run_id))
+        return False
+    log.warning("experiment item %s: its worker %s is gone, trying again", item.pk, item.worker)
+    item.message = None
+    item.save(update_fields=["message"])
+    return True
+
+
+async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
+    """Renew this worker's leases; on a stopped run, stop its replies in this process."""
+    pause = max(0.2, min(1.0, settings.PLAYGROUND_EXPERIMENTS["LEASE"] / 3))
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            mine = Item.objects.filter(run_id=run_id, worker=me, status=Item.Status.RUNNING)
+            await mine.aupdate(lease_until=lease_expiry())
+            await Drainer.objects.filter(run_id=run_id, worker=me).aupdate(seen=timezone.now())
+            run = await ExperimentRun.objects.filter(pk=run_id).afirst()
+            if run is None or not run.active or run.status == ExperimentRun.Status.STOPPING:
+                stopping.set()
+                if run is not None:
+                    await runs.stop(Conversation.objects.filter(group_id=run.group_id))
+        except Exception:
+            log.exception("experiment run %s: renewing leases failed", run_id)
+
+
+async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -> None:
+    run = item.run
+    spec = run.spec
+    variant = spec["variants"][item.variant]
+    try:
+        prompt, system_prompt, version = await sync_to_async(_prompt_of)(spec, variant, item)
+    except ValueError as exc:  # a prompt version's variable with no value in this row
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
+    conversation = await sync_to_async(_conversation_for)(item)
+    user = await sync_to_async(lambda: run.started_by)()
+    if user is None:
+        await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
+        return
+    channel = await runs.channel_layer().new_channel()
+    if stopping is not None and stopping.is_set():  # stopped since the claim: send nothing
+        await _end(item, me, Item.Status.STOPPED)
+        return
+    try:
+        turn = await sync_to_async(services.start_turn)(
+            conversation,
+            user,
+            text=prompt,
+            model_key=variant["model"],
+            system_prompt=system_prompt,
+            channel=channel,
+            values=dict(variant.get("params") or {}),
+            wire_format=variant.get("wire_format") or None,
+            batch=True,
+        )
+    except services.TurnError as exc:  # a budget, a missing key, a model gone
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
+    except params.InvalidParams as exc:
+        await _end(item, me, Item.Status.FAILED, error=f"Invalid parameters: {exc.errors}")
+        return
+    await Item.objects.filter(pk=item.pk, worker=me).aupdate(message_id=turn.run.message_id)
+    if version is not None:
+        await sync_to_async(_record_version)(turn.run.message_id, version, item.row.variables)
+    await runs.Run(turn.run).main()
+    reply = await Message.objects.aget(pk=turn.run.message_id)
+    limited = reply.status == Message.Status.ERROR and any(s in reply.error for s in RATE_LIMITED)
+    if limited and await sync_to_async(_back_off)(item, me):
+        return
+    status: str = Item.Status.FAILED
+    if reply.status == Message.Status.COMPLETE:
+        status = Item.Status.DONE
+    elif reply.status == Message.Status.STOPPED:
+        status = Item.Status.STOPPED
+    verdicts: list[dict[str, Any]] = []
+    if status == Item.Status.DONE:
+        verdicts = await cell_verdicts(item, reply, spec, prompt, user, judge=True)
+    await _end(item, me, status, error=reply.error, verdicts=verdicts)
+
+
+def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
+    """The user message template of a variant without a prompt version: the experiment's."""
+    return str(variant.get("prompt") or spec["prompt"])
+
+
+def _prompt_of(spec: dict[str, Any], variant: dict[str, Any], item: Item) -> tuple[str, str, Any]:
+    """The user message and system prompt for this row, and the prompt version they came
+    from (None: the experiment's own template). A version's missing variable: ValueError."""
+    version_pk = variant.get("prompt_version")
+    if not version_pk:
+        text = datasets.render_prompt(resolve_prompt(spec, variant), item.row.variables)
+        return text, variant.get("system_prompt", ""), None
+    from playground.prompts import library
+    from playground.prompts.models import PromptVersion
+
+    version = PromptVersion.objects.filter(pk=version_pk).first()
+    if version is None:
+        raise ValueError("The prompt version of this variant was deleted.")
+    rendered = library.render(version, item.row.variables)
+    text = rendered.messages[-1]["content"] if rendered.messages else ""
+    if not rendered.messages:  # a system-prompt-only version: the experiment's message
+        text = datasets.render_prompt(spec["prompt"], item.row.variables)
+    return text, rendered.system_prompt, version
+
+
+def _record_version(message_id: int, version: Any, variables: dict[str, str]) -> None:
+    """The reply shows (and History filters by) the prompt version it came from."""
+    from playground.prompts import library
+
+    message = Message.objects.get(pk=message_id)
+    library.record_reply(message, version, variables)
+
+
+def _conversation_for(item: Item) -> Conversation:
+    """The item's conversation in the run's group: new, or the one of a retried attempt."""
+    if item.conversation_id is not None:
+        conversation = Conversation.objects.filter(pk=item.conversation_id).first()
+        if conversation is not None:
+            return conversation
+    run = item.run
+    spec = run.spec
+    conversation = Conversation.objects.create(
+        owner_id=_owner(run),
+        team_id=run.group.team_id,
+        group_id=run.group_id,
+        position=item.position,
+        model=spec["variants"][item.variant]["model"],
+        title=f"{spec['name']} · row {item.row.position + 1} · {item.variant + 1}"[:200],
+    )
+    Item.objects.filter(pk=item.pk).update(conversation=conversation)
+    item.conversation = conversation
+    return conversation
+
+
+def _owner(run: ExperimentRun) -> int:
+    assert run.started_by_id is not None  # run_item() ended items of a run without one
+    return run.started_by_id
+
+
+def _back_off(item: Item, me: str) -> bool:
+    """Put a rate-limited item back, to be claimed after a pause; False when it was
+    rate-limited too often (it fails)."""
+    if item.rate_limited >= settings.PLAYGROUND_EXPERIMENTS["RATE_LIMIT_RETRIES"]:
+        return False
+    pause = min(60.0, 2.0 ** (item.rate_limited + 1))
+    with transaction.atomic():
+        if item.conversation_id:
+            Message.objects.filter(conversation_id=item.conversation_id).delete()
+        Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
+            status=Item.Status.PENDING,
+            worker="",
+            lease_until=None,
+            message=None,
+            attempts=item.attempts - 1,  # a 429 is the provider's pacing, not a lost worker
+            rate_limited=item.rate_limited + 1,
+            not_before=timezone.now() + timedelta(seconds=pause),
+        )
+    return True
+
+
+async def cell_verdicts(
+    item: Item, reply: Message, spec: dict[str, Any], prompt: str, user, *, judge: bool
+) -> list[dict[str, Any]]:
+    """Every check's verdict on a saved reply; the judge's only with judge=True (else the
+    verdict it gave before is kept)."""
+    out = output_of(reply, item.row.expected)
+    verdicts = []
+    previous = {v.get("check"): v for v in item.verdicts or []}
+    for index, check in enumerate(spec.get("checks") or []):
+        if check["kind"] == "judge":
+            if judge:
+                verdict = await run_judge(item, check, prompt, reply.text, user)
+            else:
+                verdicts.append(previous.get(index) or _undecided(index, "not judged yet"))
+                continue
+        else:
+            verdict = checks.evaluate(check, out)
+        verdicts.append({"check": index, **verdict.as_dict()})
+    return verdicts
+
+
+def _undecided(index: int, reason: str) -> dict[str, Any]:
+    return {"check": index, "kind": "judge", "passed": None, "reason": reason, "score": None}
+
+
+def output_of(reply: Message, expected: str) -> checks.Output:
+    return checks.Output(
+        text=reply.text,
+        expected=expected,
+        ttft_ms=reply.ttft_ms,
+        total_ms=reply.total_ms,
+        output_tokens=reply.output_tokens,
+        cost=reply.cost,
+    )
+
+
+async def run_judge(
+    item: Item, check: dict[str, Any], prompt: str, reply: str, user
+) -> checks.Verdict:
+    """Ask the judge model through the run engine: its question and answer are a
+    conversation of the run's group like any other (usage and budgets count it)."""
+    try:
+        model = catalog.get_model(check["model"])
+    except catalog.UnknownModel:
+        return checks.Verdict("judge", None, f"the judge model {check['model']} is gone")
+    values: dict[str, Any] = {}
+    if model.supports(JSON_SCHEMA):
+        schema = checks.judge_schema(check)
+        values["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+        }
+    elif model.supports(JSON_OUTPUT):
+        values["response_format"] = {"type": "json_object"}
+    question = checks.judge_prompt(check, prompt, reply, item.row.expected)
+    conversation = await sync_to_async(_judge_conversation)(item, model.key, user.pk)
+    channel = await runs.channel_layer().new_channel()
+    try:
+        turn = await sync_to_async(services.start_turn)(
+            conversation,
+            user,
+            text=question,
+            model_key=model.key,
+            system_prompt="",
+            channel=channel,
+            values=values,
+            batch=True,
+        )
+    except (services.TurnError, params.InvalidParams) as exc:
+        return checks.Verdict("judge", None, f"the judge could not run: {exc}")
+    await runs.Run(turn.run).main()
+    answer = await Message.objects.aget(pk=turn.run.message_id)
+    if answer.status != Message.Status.COMPLETE:
+        return checks.Verdict("judge", None, f"the judge failed: {answer.error or answer.status}")
+    return checks.read_judge(check, answer.text)
+
+
+def _judge_conversation(item: Item, model_key: str, owner_id: int) -> Conversation:
+    """The judge's turn, sent by `owner_id` (who started the run, or asked to re-judge)."""
+    run = item.run
+    return Conversation.objects.create(
+        owner_id=owner_id,
+        team_id=run.group.team_id,
+        group_id=run.group_id,
+        position=item.position,
+        model=model_key,
+        title=f"Judge · row {item.row.position + 1} · {item.variant + 1}",
+    )
+
+
+async def _end(
+    item: Item,
+    me: str,
+    status: str,
+    *,
+    error: str = "",
+    verdicts: list[dict[str, Any]] | None = None,
+) -> None:
+    verdicts = verdicts or []
+    await Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).aupdate(
+        status=status,
+        error=error[:2000],
+        verdicts=verdicts,
+        passed=checks.overall(verdicts) if status == Item.Status.DONE else False,
+        lease_until=None,
+        finished=timezone.now(),
+    )
+    await sync_to_async(progress.announce)(item.run_id)
+
+
+def finish_if_done(run_id: int) -> None:
+    """Mark the run done (or stopped) once no item is pending or running."""
+    left = Item.objects.filter(
+        run_id=run_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
+    ).exists()
+    if left:
+        return
+    run = ExperimentRun.objects.filter(pk=run_id).first()
+    if run is None or not run.active:
+        return
+    final = (
+        ExperimentRun.Status.STOPPED
+        if run.status == ExperimentRun.Status.STOPPING
+        else ExperimentRun.Status.DONE
+    )
+    ExperimentRun.objects.filter(pk=run_id, status=run.status).update(
+        status=final, finished=timezone.now()
+    )
+    progress.announce(run_id)
+
+
+async def rejudge(run_id: int, user_id: int) -> int:
+    """The judge checks again on every finished cell's saved reply (the judge model is
+    called; the cells' models are not), sent by `user_id`; the number of cells judged."""
+    from django.contrib.auth import get_user_model
+
+    run = await ExperimentRun.objects.select_related("group").aget(pk=run_id)
+    user = await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()
+    spec = run.spec
+    judges = [(i, c) for i, c in enumerate(spec.get("checks") or []) if c["kind"] == "judge"]
+    if user is None or not judges:
+        return 0
+    items = [
+        i
+        async for i in Item.objects.filter(run=run, status=Item.Status.DONE)
+        .exclude(message=None)
+        .select_related("row", "message", "run__group")
+    ]
+    limit = await sync_to_async(_slots)(run_id)
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def judge(item: Item) -> None:
+        assert item.message is not None
+        variant = spec["variants"][item.variant]
+        try:
+            prompt, _, _ = await sync_to_async(_prompt_of)(spec, variant, item)
+        except ValueError:
+            return
+        async with gate:
+            verdicts = {v.get("check"): v for v in item.verdicts or []}
+            for index, check in judges:
+                verdict = await run_judge(item, check, prompt, item.message.text, user)
+                verdicts[index] = {"check": index, **verdict.as_dict()}
+        ordered = [verdicts[k] for k in sorted(verdicts, key=lambda k: k or 0)]
+        await Item.objects.filter(pk=item.pk).aupdate(
+            verdicts=ordered, passed=checks.overall(ordered)
+        )
+
+    await asyncio.gather(*(judge(i) for i in items))
+    await sync_to_async(progress.announce)(run_id)
+    return len(items)

@@ -1,0 +1,173 @@
+"""Experiment runs on real `manage.py db_worker` processes over one SQLite file: the tasks
+framework as deployed. Two workers share a run; one is SIGKILLed while it holds items, and
+every item still ends with exactly one saved reply."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from bench.stack import BIN, ROOT, Stack
+from tests.upstream import Behaviour, FakeUpstream
+
+ROWS = 16
+LEASE = 2.0
+
+SEED = """
+from playground.accounts.models import ApiKey
+from django.contrib.auth.models import User
+from playground.experiments import checks, datasets, runner
+from playground.experiments.models import Experiment
+user = User.objects.create_user("worker-test")
+ApiKey.store(provider="empiriolabs", plaintext="sk-worker-test", user=user)
+parsed = datasets.Parsed(columns=["n"], rows=[
+    {"variables": {"n": str(i)}, "expected": "", "notes": ""} for i in range(%d)])
+dataset = datasets.create(user, None, "Numbers", parsed)
+experiment = Experiment.objects.create(owner=user, name="Numbers", dataset=dataset,
+    prompt="Count to {{n}}", variants=[{"model": "empiriolabs:gemma-4-e4b", "params": {}}],
+    checks=checks.parse("contains: tok"))
+print("RUN", runner.start(experiment, user).pk)
+"""
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
+    upstream = FakeUpstream().start()
+    stack = Stack(
+        upstream.base_url,
+        extra_env={
+            "PLAYGROUND_EXPERIMENT_LEASE": str(LEASE),
+            "PLAYGROUND_EXPERIMENT_CONCURRENCY": "4",
+        },
+    )
+    try:
+        stack.manage("migrate", "--noinput")
+        yield stack, upstream
+    finally:
+        stack.stop()
+        upstream.stop()
+        stack.cleanup()
+
+
+def worker(stack: Stack) -> subprocess.Popen:
+    log = open(stack.var_dir / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [
+            str(BIN / "python"),
+            "manage.py",
+            "db_worker",
+            "--no-reload",
+            "--interval",
+            "0.2",
+            "--no-startup-delay",
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def query(stack: Stack, sql: str, *args) -> list[tuple]:
+    assert stack.sqlite_path is not None
+    with sqlite3.connect(stack.sqlite_path, timeout=20) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
+    stack, upstream = stack
+    upstream.default = Behaviour(n_tokens=20, interval=0.05)  # about a second an item
+    out = stack.manage("shell", "-c", SEED % ROWS)
+    run_id = int(out.split("RUN", 1)[1].split()[0])
+    workers = [worker(stack), worker(stack)]
+    try:
+        # Both workers hold items; kill the one holding the first item still running.
+        def both_busy() -> bool:
+            held = query(
+                stack,
+                "SELECT DISTINCT worker FROM experiments_item WHERE run_id=? AND status='running'",
+                run_id,
+            )
+            return len(held) == 2
+
+        wait_for(both_busy, 30, "both workers to hold items")
+        victim_id = query(
+            stack,
+            "SELECT worker FROM experiments_item WHERE run_id=? AND status='running' LIMIT 1",
+            run_id,
+        )[0][0]
+        victim_pid = int(victim_id.split(":")[1])
+        held = {
+            pk
+            for (pk,) in query(
+                stack,
+                "SELECT id FROM experiments_item WHERE worker=? AND status='running'",
+                victim_id,
+            )
+        }
+        victim = next(w for w in workers if w.pid == victim_pid)
+        os.kill(victim_pid, signal.SIGKILL)
+        victim.wait(5)
+
+        def finished() -> bool:
+            status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
+            return status[0][0] == "done"
+
+        wait_for(finished, 90, "the surviving worker to finish the run")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+                w.wait(10)
+    items = query(
+        stack,
+        "SELECT id, status, attempts, conversation_id, message_id FROM experiments_item"
+        " WHERE run_id=?",
+        run_id,
+    )
+    assert len(items) == ROWS
+    assert {status for _, status, *_ in items} == {"done"}
+    for pk, _, attempts, conversation_id, message_id in items:
+        replies = query(
+            stack,
+            "SELECT id, status FROM chat_message WHERE conversation_id=? AND role='assistant'",
+            conversation_id,
+        )
+        assert replies == [(message_id, "complete")], f"item {pk}: {replies}"
+        assert attempts == (2 if pk in held else 1)
+    assert held  # the victim did hold items when it died
+    # Each item's request reached the upstream once; a retried one at most twice (the dead
+    # worker may have died before or after sending its first).
+    sent = Counter(
+        r.body["messages"][-1]["content"]
+        for r in upstream.requests
+        if r.path.endswith("/chat/completions")
+    )
+    retried = {
+        f"Count to {json.loads(v)['n']}"
+        for (v,) in query(
+            stack,
+            "SELECT r.variables FROM experiments_item i JOIN experiments_datasetrow r"
+            f" ON r.id = i.row_id WHERE i.id IN ({','.join(map(str, held))})",
+        )
+    }
+    assert set(sent) == {f"Count to {i}" for i in range(ROWS)}
+    for prompt, times in sent.items():
+        assert times == 1 or (prompt in retried and times == 2), (prompt, times)

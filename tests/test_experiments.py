@@ -1,0 +1,583 @@
+"""Experiments: datasets, runs on the tasks framework (immediate backend here; a real
+db_worker in test_experiment_workers.py), checks, the results grid and run comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from playground.chat.models import Conversation, Message, RunGroup
+from playground.experiments import checks, datasets, runner, worker
+from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
+from tests.upstream import Behaviour
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+MODEL = "empiriolabs:gemma-4-e4b"
+IMMEDIATE = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+
+
+@pytest.fixture
+def immediate(settings):
+    settings.TASKS = IMMEDIATE
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 1,  # one item at a time: the fake upstream's script is in order
+        "TASKS_PER_RUN": 1,
+    }
+
+
+@pytest.fixture
+def client_for(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def upload(client, name: str, content: bytes, filename: str = "cases.csv"):
+    return client.post(
+        "/experiments/datasets/",
+        {"name": name, "file": SimpleUploadedFile(filename, content)},
+    )
+
+
+# Datasets ----------------------------------------------------------------------------------
+
+
+def test_it_imports_a_csv_with_variables_expected_and_notes(client_for, user):
+    response = upload(
+        client_for, "Capitals", b"country,expected,notes\nFrance,Paris,easy\nPeru,Lima,\n"
+    )
+    dataset = Dataset.objects.get(name="Capitals")
+    assert response.status_code == 302
+    assert dataset.columns == ["country"]
+    rows = list(dataset.rows.values_list("variables", "expected", "notes"))
+    assert rows == [({"country": "France"}, "Paris", "easy"), ({"country": "Peru"}, "Lima", "")]
+
+
+def test_it_imports_jsonl(client_for):
+    content = b'{"q": "2+2", "expected": "4"}\n\n{"q": "3+3", "expected": 6}\n'
+    upload(client_for, "Sums", content, "sums.jsonl")
+    dataset = Dataset.objects.get(name="Sums")
+    assert [r.expected for r in dataset.rows.all()] == ["4", "6"]
+
+
+def test_a_bad_csv_names_the_line_and_imports_nothing(client_for):
+    response = upload(client_for, "Broken", b"a,b\n1,2\n3\n4,5\n")
+    assert response.status_code == 400
+    assert "Line 3: 1 fields, but the header has 2." in response.content.decode()
+    assert not Dataset.objects.exists() and not DatasetRow.objects.exists()
+
+
+def test_bad_jsonl_and_bad_utf8_name_line_and_column(client_for):
+    response = upload(client_for, "J", b'{"a": "1"}\n{"a": \n', "x.jsonl")
+    assert "Line 2, column 7" in response.content.decode()
+    response = upload(client_for, "U", b"a\nok\n\xff\n")
+    assert "Line 3, column 1: the file is not UTF-8." in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
+def test_the_row_cap_refuses_the_whole_file(client_for, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
+    response = upload(client_for, "Big", b"a\n1\n2\n3\n")
+    assert "at most 2" in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
+def make_experiment(user, rows=("France", "Peru"), check_lines="contains: tok", variants=None):
+    parsed = datasets.Parsed(
+        columns=["country"],
+        rows=[{"variables": {"country": c}, "expected": "", "notes": ""} for c in rows],
+    )
+    dataset = datasets.create(user, None, "Capitals", parsed)
+    return Experiment.objects.create(
+        owner=user,
+        name="Capitals",
+        dataset=dataset,
+        prompt="Capital of {{country}}?",
+        variants=variants or [{"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}],
+        checks=checks.parse(check_lines),
+    )
+
+
+def test_editing_a_used_dataset_makes_a_new_version(client_for, user, upstream, api_key, immediate):
+    experiment = make_experiment(user)
+    old = experiment.dataset
+    runner.start(experiment, user)
+    row = old.rows.get(position=0)
+    response = client_for.post(
+        f"/experiments/datasets/{old.pk}/rows/{row.pk}/",
+        {"variables": '{"country": "Chile"}', "expected": "Santiago"},
+    )
+    new = Dataset.objects.get(previous=old)
+    assert response.status_code == 302 and response.url == f"/experiments/datasets/{new.pk}/"
+    assert old.rows.get(position=0).variables == {"country": "France"}  # untouched
+    assert new.version == 2 and new.rows.get(position=0).expected == "Santiago"
+    experiment.refresh_from_db()
+    assert experiment.dataset == new  # the experiment follows; the run keeps its version
+    assert ExperimentRun.objects.get().dataset == old
+
+
+def test_a_saved_reply_becomes_a_row(client_for, user, conversation):
+    prompt = Message.objects.create(conversation=conversation, role="user", text="Hi there")
+    reply = Message.objects.create(
+        conversation=conversation, parent=prompt, role="assistant", text="Hello!"
+    )
+    dataset = make_experiment(user).dataset
+    client_for.post(f"/experiments/datasets/{dataset.pk}/rows/from-reply/", {"message": reply.pk})
+    row = dataset.rows.order_by("-position").first()
+    assert row.variables == {"input": "Hi there"} and row.expected == "Hello!"
+
+
+def test_someone_elses_reply_cannot_be_added(client_for, user, other_user):
+    foreign = Conversation.objects.create(owner=other_user, model=MODEL)
+    reply = Message.objects.create(conversation=foreign, role="assistant", text="secret")
+    dataset = make_experiment(user).dataset
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/from-reply/", {"message": reply.pk}
+    )
+    assert response.status_code == 404
+    assert not dataset.rows.filter(expected="secret").exists()
+
+
+# Runs --------------------------------------------------------------------------------------
+
+
+def test_a_run_makes_one_saved_reply_per_cell_through_the_run_engine(
+    user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    experiment = make_experiment(user, check_lines="contains: a\nnot_contains: London")
+    run = runner.start(experiment, user)
+    run.refresh_from_db()
+    items = list(run.items.select_related("message", "conversation"))
+    assert run.status == "done"
+    assert [i.status for i in items] == ["done", "done"]
+    assert [i.message.text for i in items] == ["Paris", "Lima"]
+    # Ordinary conversations of the run's group, made by the run engine (a saved request).
+    assert all(i.conversation.group_id == run.group_id for i in items)
+    assert run.group.kind == RunGroup.Kind.EXPERIMENT
+    assert items[0].message.request_body["messages"][-1]["content"] == "Capital of France?"
+    assert [v["passed"] for v in items[0].verdicts] == [True, True]
+    assert all(i.passed for i in items)
+
+
+def test_a_budget_applies_before_each_item(user, upstream, api_key, immediate, monkeypatch):
+    from playground.chat import budgets
+
+    def over(*args, **kwargs):
+        raise budgets.BudgetExceeded("Your monthly budget of $1 is used up.")
+
+    monkeypatch.setattr(budgets, "check", over)
+    run = runner.start(make_experiment(user), user)
+    items = list(run.items.all())
+    assert {i.status for i in items} == {"failed"}
+    assert "budget" in items[0].error
+    assert not upstream.requests
+
+
+def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
+    upstream.script(
+        Behaviour(tokens=["Paris"]),
+        Behaviour(tokens=['{"pass": true, "reason": "names the capital"}']),
+        Behaviour(tokens=["Cusco"]),
+        Behaviour(tokens=['{"pass": false, "reason": "Lima is the capital"}']),
+    )
+    experiment = make_experiment(user, check_lines=f"judge: {MODEL}: Is it the capital?")
+    run = runner.start(experiment, user)
+    items = list(run.items.all())
+    assert [i.verdicts[0]["passed"] for i in items] == [True, False]
+    assert items[1].verdicts[0]["reason"] == "Lima is the capital"
+    judge_request = upstream.requests[1].body
+    # Structured output where the judge model supports it.
+    assert judge_request["response_format"]["type"] in ("json_schema", "json_object")
+    assert "Is it the capital?" in judge_request["messages"][-1]["content"]
+    assert "Paris" in judge_request["messages"][-1]["content"]
+    # The judge's question and answer are replies of the group too (usage counts them).
+    assert Message.objects.filter(conversation__group=run.group, role="assistant").count() == 4
+
+
+def test_a_score_judge_uses_its_threshold():
+    check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
+    assert checks.read_judge(check, '{"score": 5, "reason": "good"}').passed is True
+    assert checks.read_judge(check, '{"score": 3, "reason": "meh"}').passed is False
+    assert checks.read_judge(check, "no idea").passed is None
+
+
+def test_checks_rerun_on_saved_outputs_without_calling_the_model(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    experiment = make_experiment(user, check_lines="contains: Paris")
+    run = runner.start(experiment, user)
+    assert [i.passed for i in run.items.all()] == [True, False]
+    sent = len(upstream.requests)
+    experiment.checks = checks.parse("contains: i")
+    experiment.save()
+    response = client_for.post(f"/experiments/runs/{run.pk}/recheck/")
+    assert response.status_code == 302
+    assert [i.passed for i in run.items.all()] == [True, True]
+    assert len(upstream.requests) == sent
+
+
+def test_a_rate_limited_item_is_retried_after_a_backoff(
+    user, upstream, api_key, immediate, settings
+):
+    settings.PLAYGROUND_UPSTREAM = {**settings.PLAYGROUND_UPSTREAM, "MAX_RETRIES": 0}
+    upstream.script(Behaviour(status=429), Behaviour(tokens=["Paris"]))
+    started = time.monotonic()
+    run = runner.start(make_experiment(user, rows=("France",)), user)
+    item = run.items.get()
+    assert item.status == "done" and item.rate_limited == 1
+    assert item.message.text == "Paris"
+    assert time.monotonic() - started >= 2.0  # the first backoff
+    # One saved reply: the rate-limited attempt's rows are gone.
+    assert Message.objects.filter(conversation=item.conversation, role="assistant").count() == 1
+
+
+def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, immediate, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
+    upstream.default = Behaviour(n_tokens=5, interval=0.05)
+    seen = []
+    original = worker.claim
+
+    def counting(run_id, me):
+        item = original(run_id, me)
+        seen.append(Item.objects.filter(status="running").count())
+        return item
+
+    worker.claim, saved = counting, worker.claim
+    try:
+        run = runner.start(make_experiment(user, rows=[str(i) for i in range(8)]), user)
+    finally:
+        worker.claim = saved
+    assert max(seen) == 2
+    assert run.items.filter(status="done").count() == 8
+
+
+def test_regex_checks_have_a_time_limit():
+    started = time.monotonic()
+    verdict = checks.evaluate(
+        {"kind": "regex", "pattern": r"(a|aa)+$"},
+        checks.Output("a" * 40 + "b", "", None, None, None, None),
+    )
+    elapsed = time.monotonic() - started
+    assert verdict.passed is False and "took over" in verdict.reason
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "passed"),
+    [
+        ("contains: Paris", "Paris!", True),
+        ("not_contains: Paris", "Paris!", False),
+        ("regex: ^\\d{3}$", "123", True),
+        ("valid_json", '{"a": 1}', True),
+        ("valid_json", "{a}", False),
+        ('json_schema: {"type": "object", "required": ["a"]}', '{"b": 1}', False),
+        ("max_tokens: 3", "x", False),
+        ("max_total_ms: 1000", "x", True),
+        ("max_cost: 0.01", "x", True),
+    ],
+)
+def test_each_check_kind(line, text, passed):
+    out = checks.Output(text, "Paris", 10.0, 100.0, 5, Decimal("0.001"))
+    assert checks.evaluate(checks.parse(line)[0], out).passed is passed
+
+
+def test_equals_expected_compares_with_the_row():
+    check = checks.parse("equals_expected")[0]
+    assert checks.evaluate(check, checks.Output(" Paris\n", "Paris", None, None, None, None)).passed
+
+
+def test_a_bad_check_line_is_named():
+    with pytest.raises(checks.CheckError, match="Check line 2"):
+        checks.parse("contains: a\nregex: (")
+
+
+# Grid, stop, compare -----------------------------------------------------------------------
+
+
+def test_the_grid_shows_cells_filters_failures_and_exports(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Cusco"]))
+    run = runner.start(make_experiment(user, check_lines="contains: Paris"), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert "Paris" in page and "Cusco" in page and "2 done" in page
+    failures = client_for.get(f"/experiments/runs/{run.pk}/?show=failures").content.decode()
+    assert "Cusco" in failures and 'id="grid-row-0"' not in failures
+    differences = client_for.get(f"/experiments/runs/{run.pk}/?show=differences")
+    assert "No rows under this filter" in differences.content.decode()  # one variant
+    csv = b"".join(client_for.get(f"/experiments/runs/{run.pk}/export.csv").streaming_content)
+    assert b"Paris" in csv and b"contains: Paris: pass" in csv
+    data = client_for.get(f"/experiments/runs/{run.pk}/export.json").json()
+    assert [d["passed"] for d in data] == [True, False]
+
+
+def test_stop_ends_the_run_and_its_pending_items(client_for, user, settings):
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = runner.start(make_experiment(user), user)
+    client_for.post(f"/experiments/runs/{run.pk}/stop/")
+    run.refresh_from_db()
+    assert run.status == "stopped"
+    assert set(run.items.values_list("status", flat=True)) == {"stopped"}
+
+
+def test_compare_shows_regressions_fixes_and_word_diffs(
+    client_for, user, upstream, api_key, immediate
+):
+    experiment = make_experiment(user, check_lines="contains: Paris")
+    upstream.script(Behaviour(tokens=["Paris"]), Behaviour(tokens=["Lima"]))
+    runner.start(experiment, user)
+    upstream.script(Behaviour(tokens=["Berlin"]), Behaviour(tokens=["Lima, Paris"]))
+    second = runner.start(experiment, user)
+    page = client_for.get(f"/experiments/runs/{second.pk}/compare/").content.decode()
+    assert "Regressions (1)" in page and "Fixes (1)" in page
+    assert "<del>Paris</del>" in page and "<ins>Berlin</ins>" in page
+
+
+def test_stop_closes_the_upstream_requests_in_flight(client_for, user, upstream, api_key, settings):
+    """A worker (here a thread, as db_worker would run it) holds two items streaming; Stop
+    from the page closes both upstream responses and nothing else starts."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 2,
+        "LEASE": 1.5,
+    }
+    upstream.default = Behaviour(n_tokens=400, interval=0.05)  # 20 s each, unless stopped
+    run = runner.start(make_experiment(user, rows=("a", "b", "c")), user)
+    drained: list[int] = []
+    thread = threading.Thread(target=lambda: drained.append(asyncio.run(worker.drain(run.pk))))
+    thread.start()
+    try:
+        assert upstream.wait_for_requests(2, timeout=10)
+        started = time.monotonic()
+        client_for.post(f"/experiments/runs/{run.pk}/stop/")
+        assert upstream.wait_for_disconnect(timeout=5, n=2)
+        stopped_in = time.monotonic() - started
+    finally:
+        thread.join(20)
+    run.refresh_from_db()
+    assert run.status == "stopped" and stopped_in < 3
+    assert sorted(run.items.values_list("status", flat=True)) == ["stopped"] * 3
+    replies = Message.objects.filter(conversation__group=run.group, role="assistant")
+    assert sorted(replies.values_list("status", flat=True)) == ["stopped", "stopped"]
+    assert len(upstream.requests) == 2  # the third item never started
+
+
+async def _progress_socket(user, run_id: int):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from playground.asgi import application
+    from tests.conftest import ORIGIN, session_cookie
+
+    cookie = await database_sync_to_async(session_cookie)(user)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    socket = WebsocketCommunicator(
+        application, f"/ws/experiments/runs/{run_id}/?show=all", headers=headers
+    )
+    connected, code = await socket.connect(timeout=5)
+    return socket, connected, code
+
+
+async def test_the_progress_socket_redraws_when_a_worker_announces(user, other_user, settings):
+    """Redis mode's live progress: the socket answers the run's group with #run-live again,
+    out of band; a user who may not see the run is refused."""
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from playground.experiments import progress
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = await sync_to_async(lambda: runner.start(make_experiment(user), user))()
+    socket, connected, _ = await _progress_socket(user, run.pk)
+    assert connected
+    first = await socket.receive_from(timeout=5)
+    assert 'id="run-live" hx-swap-oob="true"' in first and "0 done" in first
+    await Item.objects.filter(run=run, position=0).aupdate(status="done", passed=True)
+    await get_channel_layer().group_send(
+        progress.group_name(run.pk), {"type": "experiment.progress"}
+    )
+    again = await socket.receive_from(timeout=5)
+    assert "1 done" in again
+    await socket.disconnect()
+    foreign, connected, code = await _progress_socket(other_user, run.pk)
+    assert not connected and code == 4403
+
+
+def test_without_redis_the_page_polls_until_the_run_ends(client_for, user, settings):
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    run = runner.start(make_experiment(user), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert f'hx-get="/experiments/runs/{run.pk}/progress/?show=all&amp;page=1"' in page
+    assert "ws-connect" not in page
+    polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert polled.status_code == 200 and "2 remaining" in polled.content.decode()
+    Item.objects.filter(run=run).update(status="done", passed=True)
+    worker.finish_if_done(run.pk)
+    polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert polled.status_code == 286  # htmx stops polling
+    assert "2 done" in polled.content.decode()
+
+
+def test_the_differences_filter_keeps_rows_where_variants_disagree(
+    client_for, user, upstream, api_key, immediate
+):
+    variants = [
+        {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""},
+        {"label": "B", "model": MODEL, "params": {"temperature": 0.5}, "system_prompt": ""},
+    ]
+    upstream.script(*(Behaviour(tokens=[t]) for t in ["Paris", "Paris", "Lima", "Cusco"]))
+    run = runner.start(make_experiment(user, variants=variants), user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/?show=differences").content.decode()
+    assert 'id="grid-row-1"' in page and 'id="grid-row-0"' not in page
+    totals = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert totals.count('class="pass-rate"') == 2
+
+
+def test_asking_the_judge_again_calls_only_the_judge_model(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(
+        Behaviour(tokens=["Paris"]),
+        Behaviour(tokens=['{"pass": false, "reason": "too short"}']),
+    )
+    experiment = make_experiment(user, rows=("France",), check_lines=f"judge: {MODEL}: Good?")
+    run = runner.start(experiment, user)
+    assert run.items.get().passed is False
+    upstream.reset()
+    upstream.script(Behaviour(tokens=['{"pass": true, "reason": "fine after all"}']))
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/", {"judge": "1"})
+    item = run.items.get()
+    assert item.passed is True and item.verdicts[0]["reason"] == "fine after all"
+    assert len(upstream.requests) == 1 and "Good?" in str(upstream.requests[0].body)
+    assert item.message.text == "Paris"  # the cell's reply is the same one
+
+
+def test_deleting_a_team_or_a_user_takes_their_experiments_along(user, settings):
+    """Rows a run used are kept while the run exists (RESTRICT), but a deletion that takes
+    the run too goes through."""
+    from playground.accounts.models import Team
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    team = Team.create(name="Lab", owner=user)
+    experiment = make_experiment(user)
+    Experiment.objects.filter(pk=experiment.pk).update(team=team)
+    Dataset.objects.filter(pk=experiment.dataset_id).update(team=team)
+    runner.start(Experiment.objects.get(pk=experiment.pk), user)
+    team.delete()
+    assert not Experiment.objects.exists() and not Item.objects.exists()
+    other = make_experiment(user)
+    runner.start(other, user)
+    user.delete()
+    assert not Experiment.objects.exists() and not Dataset.objects.exists()
+
+
+def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user):
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Bad",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL}\n{MODEL} | {{"temperature": 99}}',
+        "checks": "contains: x\nsmells_good",
+        "repeats": 1,
+        "rows": "1-2",
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Variant line 2: temperature" in page
+    assert "Check line 2: “smells_good” is not a check" in page
+    assert not Experiment.objects.filter(name="Bad").exists()
+
+
+def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):
+    experiment = make_experiment(user, rows=("a", "b", "c"))
+    experiment.row_positions = [0, 2]
+    experiment.repeats = 2
+    experiment.save()
+    run = runner.start(experiment, user)
+    cells = sorted(run.items.values_list("row__position", "repeat"))
+    assert cells == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert set(run.items.values_list("status", flat=True)) == {"done"}
+
+
+def test_a_variant_can_be_a_prompt_version_from_the_library(
+    client_for, user, upstream, api_key, immediate
+):
+    from playground.prompts.models import Prompt, PromptRun
+
+    prompt = Prompt.objects.create(owner=user, name="capitals")
+    v1 = prompt.add_version(
+        user,
+        model=MODEL,
+        system_prompt="You are terse.",
+        messages=[{"role": "user", "content": "Capital of {{country}}? One word."}],
+    )
+    prompt.set_label("production", v1, user)
+    prompt.add_version(user, model=MODEL, messages=[{"role": "user", "content": "v2 {{country}}"}])
+    dataset = make_experiment(user, rows=("France",)).dataset
+    data = {
+        "name": "From the library",
+        "dataset": dataset.pk,
+        "prompt": "unused {{country}}",
+        "variants": "prompt: capitals@production\nprompt: capitals",
+        "checks": "",
+        "repeats": 1,
+        "rows": "",
+    }
+    response = client_for.post("/experiments/new/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    experiment = Experiment.objects.get(name="From the library")
+    assert [v["prompt_version"] for v in experiment.variants] == [v1.pk, v1.pk + 1]
+    run = runner.start(experiment, user)
+    sent = sorted(r.body["messages"][-1]["content"] for r in upstream.requests)
+    assert sent == ["Capital of France? One word.", "v2 France"]
+    first = run.items.get(variant=0)
+    assert first.message.request_body["messages"][0] == {
+        "role": "system",
+        "content": "You are terse.",
+    }
+    # The reply records the version it came from, as a playground send from Prompts does.
+    assert PromptRun.objects.get(message=first.message).version == v1
+
+
+def test_a_conversation_page_offers_add_to_dataset_and_links_its_cell(
+    client_for, user, upstream, api_key, immediate
+):
+    upstream.script(Behaviour(tokens=["Paris"]))
+    experiment = make_experiment(user, rows=("France",))
+    run = runner.start(experiment, user)
+    item = run.items.get()
+    page = client_for.get(f"/c/{item.conversation_id}/").content.decode()
+    assert f'href="/experiments/runs/{run.pk}/"' in page and 'id="add-to-dataset"' in page
+    client_for.post(
+        "/experiments/datasets/add-reply/",
+        {"dataset": experiment.dataset_id, "message": item.message_id},
+    )
+    newest = Dataset.objects.get(previous=experiment.dataset)  # a run used it: new version
+    row = newest.rows.order_by("-position").first()
+    assert row.variables == {"input": "Capital of France?"} and row.expected == "Paris"
+
+
+def test_resume_queues_another_drain_task_for_a_run_still_going(client_for, user, settings):
+    from django_tasks_db.models import DBTaskResult
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    run = runner.start(make_experiment(user), user)
+    queued = DBTaskResult.objects.count()
+    client_for.post(f"/experiments/runs/{run.pk}/resume/")
+    assert DBTaskResult.objects.count() == queued + 1
+    client_for.post(f"/experiments/runs/{run.pk}/stop/")
+    client_for.post(f"/experiments/runs/{run.pk}/resume/")
+    assert DBTaskResult.objects.count() == queued + 1  # a stopped run is not resumed
