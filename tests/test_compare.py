@@ -455,15 +455,24 @@ def test_a_column_can_start_from_a_prompt_version_of_its_space(user, other_user)
     assert first.params == {"temperature": 0.9, "top_p": 0.8}  # the column's own value wins
     assert group.spec["columns"][0]["prompt_version"] == version.pk
     assert "From the prompt greeter v1" in client.get(response.url).content.decode()
-    # A system prompt with variables, or someone else's version, is refused by name.
+    # Someone else's version is refused by name; one with variables is taken (the compare's
+    # Variables panel fills them in), but not as a sweep's base, which sends as written.
     data = {"columns": "2", "c1-model": MODEL, "c2-model": MODEL}
-    page = client.post("/compare/new/", {**data, "c1-prompt_version": str(templated.pk)})
-    assert "has variables ({{name}})" in page.content.decode()
+    client.post("/compare/new/", {**data, "c1-prompt_version": str(templated.pk)})
+    assert RunGroup.objects.count() == 2
+    with pytest.raises(setup.SetupError, match="has variables"):
+        setup.plan_sweep(
+            setup.ColumnSetup(MODEL, prompt_version=templated.pk),
+            [("temperature", "0, 1")],
+            0,
+            "Hi",
+            user=user,
+        )
     theirs = Prompt.objects.create(owner=other_user, name="private")
     hidden = theirs.add_version(other_user, system_prompt="Secret", messages=[], model=MODEL)
     page = client.post("/compare/new/", {**data, "c1-prompt_version": str(hidden.pk)})
     assert "Column 1: No such prompt version." in page.content.decode()
-    assert RunGroup.objects.count() == 1
+    assert RunGroup.objects.count() == 2
 
 
 async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
@@ -491,3 +500,104 @@ async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
     assert done and "Side door" in done[-1]
     await compare.close()
     await playground.close()
+
+
+async def test_a_column_refused_as_its_rows_are_written_sends_nothing(
+    upstream, user, api_key, monkeypatch
+):
+    """The rows of every column are written in one transaction: a column refused there (its
+    conversation moved on since it was read) leaves no row in any column, and the upstream
+    requests already begun for the others are closed."""
+    from playground.compare import engine
+
+    upstream.default = Behaviour(n_tokens=50, interval=0.05)
+    columns = [setup.ColumnSetup(MODEL)] * 3
+    group = await database_sync_to_async(make_compare)(user, columns=columns)
+    real_write, calls, abandoned = engine.write_turn, [], []
+
+    def write_turn(prepared, who):
+        calls.append(prepared.conversation.pk)
+        if len(calls) == 2:
+            raise engine.TurnError("The conversation changed while you sent: send again.")
+        return real_write(prepared, who)
+
+    real_abandon = runs.Run.abandon
+
+    async def abandon(run):
+        abandoned.append(run.request.conversation_id)
+        await real_abandon(run)
+
+    monkeypatch.setattr(engine, "write_turn", write_turn)
+    monkeypatch.setattr(runs.Run, "abandon", abandon)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="All or none")
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "Column 2: The conversation changed while you sent" in frame
+    assert "Nothing was sent." in frame
+    assert not await Message.objects.filter(conversation__group=group).aexists()
+    ids = [pk async for pk in group.conversations.values_list("pk", flat=True)]
+    assert sorted(abandoned) == sorted(ids)  # every begun upstream request was closed
+    await socket.close()
+
+
+def compare_with_a_templated_version(user):
+    from playground.prompts.models import Prompt
+
+    prompt = Prompt.objects.create(owner=user, name="support")
+    version = prompt.add_version(
+        user, system_prompt="You answer for {{company}}.", messages=[], model=MODEL, params={}
+    )
+    columns = [setup.ColumnSetup(MODEL, prompt_version=version.pk), setup.ColumnSetup(MODEL)]
+    group = setup.create_compare(user, None, "Variables", setup.plan_columns(columns, user=user))
+    return group, version
+
+
+async def test_columns_from_a_prompt_version_fill_its_variables_in_and_record_the_version(
+    upstream, user, api_key
+):
+    from playground.prompts.models import PromptRun
+
+    upstream.default = Behaviour(tokens=["Done."])
+    group, version = await database_sync_to_async(compare_with_a_templated_version)(user)
+    page = await database_sync_to_async(lambda: client_for(user).get(f"/compare/{group.pk}/"))()
+    html = page.content.decode()
+    assert 'id="compare-variables"' in html and 'name="var:company"' in html
+
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    # An undefined variable (in the system prompt, or in the message) blocks the send.
+    await socket.send(action="send", text="About {{ticket}}", **{"var:company": "Acme"})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "{{ticket}}" in frame and "nothing was sent" in frame
+    assert upstream.requests == [] and not await Message.objects.aexists()
+
+    await socket.send(
+        action="send", text="About {{ticket}}", **{"var:company": "Acme", "var:ticket": "42"}
+    )
+    await socket.until(lambda f: "composer-sent" in f or 'id="prompt"' in f)
+    await finish(group)
+    bodies = sorted(
+        (r.body["messages"][0]["content"], r.body["messages"][-1]["content"])
+        for r in upstream.requests
+    )
+    # The version's column gets its system prompt filled in; both get the filled-in message.
+    assert ("You answer for Acme.", "About 42") in bodies
+    assert sum(1 for _, text in bodies if text == "About 42") == 2
+    runs_ = [r async for r in PromptRun.objects.select_related("message__conversation")]
+    assert len(runs_) == 1
+    (run,) = runs_
+    assert run.version_id == version.pk
+    assert run.variables == {"company": "Acme", "ticket": "42"}
+    assert run.message.conversation.position == 0 and run.message.text == "Done."
+    # The column keeps its template for the next send; the panel remembers the values.
+    column = await Conversation.objects.aget(pk=run.message.conversation_id)
+    assert column.system_prompt == "You answer for {{company}}."
+    page = await database_sync_to_async(lambda: client_for(user).get(f"/compare/{group.pk}/"))()
+    assert ">Acme</textarea>" in page.content.decode()
+    # History's prompt-version filter finds the compare's reply.
+    history = await database_sync_to_async(
+        lambda: client_for(user).get(f"/review/?prompt_version={version.pk}")
+    )()
+    assert "Variables · column 1" in history.content.decode()
+    await socket.close()

@@ -126,6 +126,7 @@ def test_a_reply_whose_run_died_is_marked_interrupted(client, user, conversation
     )
     fresh = Message.objects.create(
         conversation=conversation,
+        parent=stale,  # on the shown branch: the transcript is the active branch
         role="assistant",
         status="streaming",
         checkpoint_at=timezone.now(),
@@ -149,11 +150,15 @@ def test_with_a_shared_cache_a_reply_whose_liveness_key_expired_is_marked_sooner
     settings.PLAYGROUND_SHARED_CACHE = True  # the test's LocMem cache stands in for Redis
     settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "STALE_AFTER": 60, "ALIVE_TTL": 10}
     quiet = timezone.now() - timedelta(seconds=11)
-    gone, alive = (
-        Message.objects.create(
-            conversation=conversation, role="assistant", status="streaming", checkpoint_at=quiet
-        )
-        for _ in range(2)
+    gone = Message.objects.create(
+        conversation=conversation, role="assistant", status="streaming", checkpoint_at=quiet
+    )
+    alive = Message.objects.create(  # on the shown branch: the transcript is the active one
+        conversation=conversation,
+        parent=gone,
+        role="assistant",
+        status="streaming",
+        checkpoint_at=quiet,
     )
     cache.set(liveness.key(alive.pk), 1, 10)
     cache.set(liveness.SINCE, time.time() - 60)  # the keys have been kept for a while

@@ -190,6 +190,39 @@ def test_a_run_makes_one_saved_reply_per_cell_through_the_run_engine(
     assert all(i.passed for i in items)
 
 
+def test_each_variant_sends_in_its_own_wire_format(user, upstream, api_key, immediate):
+    variants = [
+        {"label": "Chat", "model": MODEL, "params": {}, "system_prompt": ""},
+        {
+            "label": "Responses",
+            "model": MODEL,
+            "params": {},
+            "system_prompt": "Be brief.",
+            "wire_format": "responses",
+        },
+        {
+            "label": "Messages",
+            "model": MODEL,
+            "params": {},
+            "system_prompt": "Be brief.",
+            "wire_format": "messages",
+        },
+    ]
+    experiment = make_experiment(user, rows=("France",), variants=variants)
+    run = runner.start(experiment, user)
+    run.refresh_from_db()
+    assert run.status == "done"
+    paths = sorted(r.path for r in upstream.requests if r.method == "POST")
+    assert paths == ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
+    by_format = {r.path: r.body for r in upstream.requests if r.method == "POST"}
+    assert by_format["/v1/responses"]["instructions"] == "Be brief."
+    assert by_format["/v1/messages"]["system"] == "Be brief."
+    formats = set(
+        Conversation.objects.filter(group=run.group).values_list("wire_format", flat=True)
+    )
+    assert formats == {"chat", "responses", "messages"}
+
+
 def test_a_budget_applies_before_each_item(user, upstream, api_key, immediate, monkeypatch):
     from playground.chat import budgets
 

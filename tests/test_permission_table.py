@@ -668,6 +668,65 @@ async def ws_stop(w: World, connect) -> bool:
     return True
 
 
+def _sibling(w: World) -> Message:
+    """A second reply beside the world's, made the shown one: something to switch and diff."""
+    sibling = Message.objects.create(
+        conversation=w.shared,
+        parent_id=w.reply.parent_id,
+        role=Message.Role.ASSISTANT,
+        text="Later answer",
+        model=MODEL,
+        request_body={**w.reply.request_body, "temperature": 1.5},
+        created_by=w.founder,
+    )
+    Conversation.objects.filter(pk=w.shared.pk).update(active_leaf=sibling)
+    return sibling
+
+
+def http_diff(w: World) -> bool:
+    sibling = _sibling(w)
+    response = w.client.get("/review/diff/", {"a": w.reply.pk, "b": sibling.pk})
+    page = response.content.decode()
+    marked = "<del>Earlier</del>" in page and "<ins>Later</ins>" in page
+    return response.status_code == 200 and marked
+
+
+async def ws_edit(w: World, connect) -> bool:
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send(action="edit", message_id=w.reply.parent_id, text="Edited by the actor")
+    await _finished(socket)
+    return await Message.objects.filter(
+        created_by=w.actor, role="user", text="Edited by the actor", parent=None
+    ).aexists()
+
+
+async def ws_regenerate(w: World, connect) -> bool:
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send(action="regenerate", message_id=w.reply.pk)
+    await _finished(socket)
+    return await Message.objects.filter(
+        created_by=w.actor, role="assistant", parent_id=w.reply.parent_id
+    ).aexists()
+
+
+async def ws_switch(w: World, connect) -> bool:
+    await database_sync_to_async(_sibling)(w)
+    ok, socket = await connect(w.actor, w.shared.pk)
+    if not ok:
+        return False
+    await socket.drain()
+    await socket.send(action="switch", message_id=w.reply.pk)
+    await socket.drain(0.3)
+    shared = await Conversation.objects.aget(pk=w.shared.pk)
+    return shared.active_leaf_id == w.reply.pk
+
+
 HTTP: dict[str, Callable[[World], bool]] = {
     name.removeprefix("http_"): fn for name, fn in globals().items() if name.startswith("http_")
 }

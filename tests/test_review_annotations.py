@@ -100,7 +100,8 @@ def test_labels_come_from_the_space_and_show_their_colour(client, user, team, sh
 def test_the_transcript_loads_every_bar_and_the_status_in_one_request(client, user, shared):
     client.force_login(user)
     page = client.get(f"/c/{shared.pk}/").content.decode()
-    assert f'hx-get="/review/c/{shared.pk}/review/"' in page
+    # ?leaf=: the bars of the branch shown (tests/test_branches.py).
+    assert f'hx-get="/review/c/{shared.pk}/review/?leaf={reply_of(shared).pk}"' in page
     assert f'id="review-{reply_of(shared).pk}"' in page
     body = client.get(f"/review/c/{shared.pk}/review/").content.decode()
     assert f'id="review-{reply_of(shared).pk}" class="review-bar" hx-swap-oob="true"' in body

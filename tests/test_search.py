@@ -49,7 +49,7 @@ def test_it_finds_words_in_message_text_with_a_highlighted_snippet_linking_the_r
     response = hits(client, user, "rainfall")
     assert response.status_code == 200
     assert titles(response) == ["Weather chat"]
-    link = find_all(response.content, "a", href=f"/c/{c.pk}/#msg-{reply.pk}")
+    link = find_all(response.content, "a", href=f"/c/{c.pk}/?at={reply.pk}#msg-{reply.pk}")
     assert len(link) == 1
     marks = find_all(link[0], "mark")
     assert [text(m) for m in marks] == ["rainfall"]

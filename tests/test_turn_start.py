@@ -149,10 +149,12 @@ def test_a_turn_is_read_in_two_statements_and_written_in_one_transaction_of_six(
     with CaptureQueriesContext(connection) as written:
         turn = services.write_turn(prepared, user)
     assert [q["sql"].split()[0] for q in read.captured_queries] == ["SELECT", "SELECT"]
+    # The conversation's UPDATE follows the INSERTs: it records the new reply as the active leaf.
     kinds = [q["sql"].split()[0] for q in written.captured_queries]
-    assert kinds == ["BEGIN", "SELECT", "UPDATE", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    assert kinds == ["BEGIN", "SELECT", "INSERT", "INSERT", "UPDATE", "UPDATE", "COMMIT"]
     conversation.refresh_from_db()
     assert conversation.title == "And now?"
+    assert conversation.active_leaf_id == turn.messages[1].pk
     assert [m.role for m in turn.messages] == ["user", "assistant"]
     assert turn.messages[0].parent.text == "earlier"
     assert turn.run.message_id == turn.messages[1].pk

@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -39,6 +40,8 @@ from playground.chat.services import (
     rerun,
     start_turn,
     submit_tool_results,
+    switch_branch,
+    with_branch_nav,
     write_turn,
 )
 from playground.providers import params
@@ -138,6 +141,9 @@ class ConversationConsumer(SlottedConsumer):
         self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
+        # The branch this socket shows when it is not the active one: a viewer's ‹ ›, or the
+        # page's ?at= (a link to a message on another branch). A switch or a turn clears it.
+        self.view_at: int | None = _at(self.scope.get("query_string", b""))
         # The session and the user were read by the auth middleware a moment ago.
         if not await self._authorized(fresh=True):
             await self.close(code=4403)
@@ -254,6 +260,12 @@ class ConversationConsumer(SlottedConsumer):
             await self._tool_results(data)
         elif action == "rerun":
             await self._rerun(data)
+        elif action == "edit":
+            await self._edit(data)
+        elif action == "regenerate":
+            await self._run_turn(start_turn, regenerate_of=_int(data.get("message_id")), text="")
+        elif action == "switch":
+            await self._switch(_int(data.get("message_id")))
         else:
             await self._send_error("Unknown action.")
 
@@ -309,6 +321,29 @@ class ConversationConsumer(SlottedConsumer):
     async def _rerun(self, data: dict[str, Any]) -> None:
         await self._run_turn(rerun, message_id=_int(data.get("message_id")))
 
+    async def _edit(self, data: dict[str, Any]) -> None:
+        try:
+            text = _text_field(data, "text")
+        except ValueError as exc:
+            await self._send_error(str(exc))
+            return
+        await self._run_turn(start_turn, edit_of=_int(data.get("message_id")), text=text)
+
+    async def _switch(self, message_id: int) -> None:
+        """‹ ›: show the branch through `message_id`. Who may run makes it the conversation's
+        active branch (every watcher and a reload show it, the next send continues it); a
+        viewer, who may change nothing, reads it in this tab only."""
+        if not self._may_run():
+            self.view_at = message_id
+            await self._send_transcript()
+            return
+        try:
+            await database_sync_to_async(switch_branch)(self.conversation, message_id)
+        except TurnError as exc:
+            await self._send_error(str(exc))
+            return
+        await self.channel_layer.group_send(self.group, {"type": "chat.branch"})
+
     def _may_run(self) -> bool:
         """receive() has just confirmed the kept decision, which includes the role."""
         return self.can_run
@@ -354,6 +389,16 @@ class ConversationConsumer(SlottedConsumer):
             return
         reply = turn.messages[-1]
         self.shown[reply.pk] = [0, 0]
+        if service is rerun or "edit_of" in kwargs or "regenerate_of" in kwargs:
+            # A sibling branch: every watcher redraws the transcript (the new branch, shown
+            # now) and asks the run for its text, as on joining.
+            if html:
+                await self.channel_layer.group_send(
+                    self.group, {"type": "chat.append", "html": html, "streaming_ids": []}
+                )
+            await self.channel_layer.group_send(self.group, {"type": "chat.branch"})
+            runs.start(turn.run, run)
+            return
         if html is None:
             html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         await self.channel_layer.group_send(
@@ -419,7 +464,20 @@ class ConversationConsumer(SlottedConsumer):
             return
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
+        if self.view_at is not None and event["streaming_ids"]:
+            # A viewer reading another branch: the new turn continues the active one, so
+            # they are shown that branch again, with it.
+            self.view_at = None
+            await self._send_transcript()
+            return
         await self.send(text_data=event["html"])
+
+    async def chat_branch(self, event: dict[str, Any]) -> None:
+        """The active branch changed (a switch, an edit, a regeneration): redraw it."""
+        if not await self._still_allowed():
+            return
+        self.view_at = None
+        await self._send_transcript()
 
     async def run_delta(self, event: dict[str, Any]) -> None:
         if not await self._still_allowed():
@@ -519,7 +577,7 @@ class ConversationConsumer(SlottedConsumer):
     # Helpers
 
     async def _send_transcript(self) -> None:
-        context = await database_sync_to_async(transcript_context)(self.conversation)
+        context = await database_sync_to_async(transcript_context)(self.conversation, self.view_at)
         await self._send_partial("transcript-oob", context)
         for message in context["transcript"]:
             if message.is_streaming:
@@ -560,6 +618,7 @@ class ConversationConsumer(SlottedConsumer):
         )
         if not message.is_streaming:
             # Its run is gone, so nobody else renders the finished reply for this socket.
+            await database_sync_to_async(with_branch_nav)(message)
             html = await render(f"{TEMPLATE}#message-oob", {"message": message})
             await self.run_done({"message_id": message_id, "html": html})
 
@@ -643,7 +702,12 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
     """The rows, and one frame for every watcher: them, and the sidebar row with its title
     (a send gives a new conversation its title, and moves it to the top)."""
     turn = write_turn(prepared, user)
-    rows = render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    # A sibling branch is drawn by each watcher with the whole transcript (chat.branch).
+    rows = (
+        ""
+        if prepared.branching
+        else render_to_string(f"{TEMPLATE}#appended", {"transcript": turn.messages})
+    )
     context = {
         "c": turn.conversation,
         "conversation": turn.conversation,
@@ -672,6 +736,11 @@ def _turn_written(conversation: Conversation, user, turn: Turn, data: dict[str, 
     except Exception:
         # The reply is streaming already; what an extension records about it is secondary.
         log.exception("an extension failed to record the turn of reply %s", turn.messages[-1].pk)
+
+
+def _at(query_string: bytes) -> int | None:
+    values = parse_qs(query_string.decode("latin-1")).get("at") or [""]
+    return int(values[0]) if values[0].isdigit() else None
 
 
 def _ints(value: Any) -> list[int]:

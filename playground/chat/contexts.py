@@ -10,21 +10,44 @@ from typing import Any
 
 from playground.chat.models import Conversation, Message
 from playground.chat.panel import settings_context
+from playground.chat.services import active_branch, branch_nav, children_ids
 from playground.providers import catalog
 from playground.providers.specs import CHAT, Model
 
 
-def transcript_context(conversation: Conversation) -> dict[str, Any]:
-    transcript = list(conversation.messages.select_related("created_by"))
+def transcript_context(conversation: Conversation, at: int | None = None) -> dict[str, Any]:
+    """The active branch of the conversation (or, with `at`, the branch through that
+    message, down to its newest turn), each message with its place among its siblings.
+    `other_branch`: the shown leaf when it is not the active branch's."""
+    messages = list(conversation.messages.select_related("created_by"))
     # A reply whose run died is shown as interrupted. Checked on the rows just read, so
     # the usual case (none) costs no query of its own: every socket opens through here.
     cutoff = Message.suspect_cutoff()
-    if any(m.is_streaming and m.checkpoint_at and m.checkpoint_at < cutoff for m in transcript):
+    if any(m.is_streaming and m.checkpoint_at and m.checkpoint_at < cutoff for m in messages):
         Message.objects.filter(conversation=conversation).mark_stale_interrupted()
-        transcript = list(conversation.messages.select_related("created_by"))
+        messages = list(conversation.messages.select_related("created_by"))
+    by_id = {m.pk: m for m in messages}
+    # Read fresh: the socket's conversation was loaded when it opened, and any tab may switch.
+    active = Conversation.objects.filter(pk=conversation.pk).values_list("active_leaf_id")
+    transcript = active_branch(by_id, (active.first() or (None,))[0])
+    other_branch = None
+    if at in by_id:
+        shown = active_branch(by_id, at)
+        if shown[-1] is not transcript[-1]:
+            # A link to a message off the active branch (History, a diff) or a viewer's ‹ ›
+            # shows that branch, and says so.
+            transcript, other_branch = shown, shown[-1].pk
+    children = children_ids(by_id)
+    for message in transcript:
+        message.branch_nav = branch_nav(children[message.parent_id], message.pk)
     latest = transcript[-1] if transcript else None
     awaiting = latest.pk if latest and latest.awaits_tool_results else None
-    return {"conversation": conversation, "transcript": transcript, "awaiting_tools": awaiting}
+    return {
+        "conversation": conversation,
+        "transcript": transcript,
+        "awaiting_tools": awaiting,
+        "other_branch": other_branch,
+    }
 
 
 def model_or_default(key: str) -> Model:

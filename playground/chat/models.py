@@ -124,6 +124,11 @@ class Conversation(models.Model):
         related_name="conversations",
     )
     position = models.PositiveIntegerField(default=0)
+    # The end of the branch the transcript shows and the next send continues; None (or a
+    # message since deleted): the newest message's branch. Set by every turn and by ‹ ›.
+    active_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = ConversationQuerySet.as_manager()
 
@@ -299,6 +304,8 @@ class Message(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     objects = MessageQuerySet.as_manager()
+    # Not a column: "‹ 2 / 3 ›" among its siblings, set where a transcript is drawn.
+    branch_nav: dict[str, Any] | None = None
 
     class Meta:
         ordering = ["created", "id"]

@@ -82,8 +82,9 @@ def get_model(model_key: str) -> Model:
 
 
 def history(conversation: Conversation) -> list[Message]:
-    """The linear branch ending at the newest message: what the model sees as context."""
-    return _branch(_messages_of(conversation))
+    """The active branch (see active_branch): what the model sees as context. The caller's
+    `conversation` must be fresh (its active_leaf_id is used)."""
+    return active_branch(_messages_of(conversation), conversation.active_leaf_id)
 
 
 def _messages_of(conversation: Conversation) -> dict[int, Message]:
@@ -91,10 +92,50 @@ def _messages_of(conversation: Conversation) -> dict[int, Message]:
     return {m.pk: m for m in conversation.messages.defer("request_body", "logprobs")}
 
 
-def _branch(by_id: dict[int, Message]) -> list[Message]:
+# The functions below take `by_id` in Message.Meta.ordering (created, id), as every query of a
+# conversation's messages returns them: the order is the age, and `created` need not be read.
+
+
+def _newest(by_id: dict[int, Message], messages) -> Message:
+    rank = {pk: i for i, pk in enumerate(by_id)}
+    return max(messages, key=lambda m: rank[m.pk])
+
+
+def newest_below(by_id: dict[int, Message], node: Message) -> Message:
+    """The newest message in `node`'s subtree: a leaf, since a child is always newer than its
+    parent. Switching to a branch shows it down to its latest turn."""
+    children: dict[int, list[Message]] = {}
+    for message in by_id.values():
+        if message.parent_id is not None:
+            children.setdefault(message.parent_id, []).append(message)
+    subtree, stack = [], [node]
+    while stack:  # iteratively: a long conversation is a deep tree
+        current = stack.pop()
+        subtree.append(current)
+        stack.extend(children.get(current.pk, ()))
+    return _newest(by_id, subtree)
+
+
+def active_branch(by_id: dict[int, Message], active_id: int | None) -> list[Message]:
+    """Root to leaf through the conversation's active leaf, the branch the transcript shows
+    and the next turn continues. No active leaf (an imported conversation) or one deleted
+    since: the newest message's branch. A leaf that has since got replies (written by code
+    that set no leaf) continues down to the newest of them."""
     if not by_id:
         return []
-    return _walk(by_id, max(by_id.values(), key=lambda m: (m.created, m.pk)))
+    end = by_id.get(active_id) if active_id is not None else None
+    newest = by_id[next(reversed(by_id))]  # the usual case: the latest turn's branch
+    end = newest if end is None or end is newest else newest_below(by_id, end)
+    return _walk(by_id, end)
+
+
+def children_ids(by_id: dict[int, Message]) -> dict[int | None, list[int]]:
+    """Each parent's children ids (None: the roots), oldest first: a message's siblings are
+    its parent's children (edits, regenerations, re-runs)."""
+    children: dict[int | None, list[int]] = {}
+    for message in by_id.values():
+        children.setdefault(message.parent_id, []).append(message.pk)
+    return children
 
 
 def _walk(by_id: dict[int, Message], newest: Message) -> list[Message]:
@@ -122,25 +163,32 @@ CONTEXT_FIELDS = (
 
 def _context_of(conversation: Conversation) -> tuple[list[Message], int]:
     """history() for building a request, and the newest message id: the messages hold only
-    CONTEXT_FIELDS (any other field is read when first used, as with defer()).
+    CONTEXT_FIELDS (any other field is read when first used, as with defer())."""
+    by_id, active_id = _context_rows(conversation)
+    if not by_id:
+        return [], 0
+    return active_branch(by_id, active_id), max(by_id)
+
+
+def _context_rows(conversation: Conversation) -> tuple[dict[int, Message], int | None]:
+    """Every message of the conversation (CONTEXT_FIELDS only) by id, and its active leaf id,
+    read in one query (the leaf fresh: another tab may have switched branches).
 
     Plain SQL: every send runs it before its upstream request goes out, and the ORM's query
     (a related manager, defer(), model rows) cost more CPU than SQLite took to run it. JSON
     columns go through the field's own from_db_value(), as the ORM does."""
     sql, names, decoders = _context_sql(connection.vendor)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [conversation.pk])
+        cursor.execute(sql, [conversation.pk, conversation.pk])
         rows = cursor.fetchall()
-    if not rows:
-        return [], 0
     by_id = {}
     for row in rows:
         values = [
-            v if d is None else d(v, None, connection) for v, d in zip(row, decoders, strict=True)
+            v if d is None else d(v, None, connection)
+            for v, d in zip(row[:-1], decoders, strict=True)
         ]
         by_id[row[0]] = Message.from_db(connection.alias, names, values)
-    # Ordered as Message.Meta.ordering: the last row is the newest, as in history().
-    return _walk(by_id, by_id[rows[-1][0]]), max(by_id)
+    return by_id, (rows[0][-1] if rows else None)
 
 
 @functools.cache
@@ -150,8 +198,12 @@ def _context_sql(vendor: str) -> tuple[str, list[str], list]:
     quote = connection.ops.quote_name
     fields = [f for f in Message._meta.concrete_fields if f.attname in CONTEXT_FIELDS]
     columns = ", ".join(quote(f.column) for f in fields)
+    leaf = (
+        f"(SELECT {quote('active_leaf_id')} FROM {quote(Conversation._meta.db_table)}"
+        f" WHERE {quote('id')} = %s)"
+    )
     sql = (
-        f"SELECT {columns} FROM {quote(Message._meta.db_table)}"
+        f"SELECT {columns}, {leaf} FROM {quote(Message._meta.db_table)}"
         f" WHERE {quote('conversation_id')} = %s ORDER BY {quote('created')}, {quote('id')}"
     )
     names = [f.attname for f in fields]
@@ -367,6 +419,9 @@ def _turn(
     within_budget(user, conversation, model)
     parent = created[-1] if created else parent
     reply = _reply(conversation, user, parent, model, body, channel, fmt, key)
+    conversation.active_leaf = reply  # a re-run's new branch is the one shown
+    if parent is not None and parent.role != Message.Role.TOOL:
+        with_branch_nav(reply)
     conversation.save()  # bumps `updated`: the sidebar is newest first
     sent = with_image_data(body)
     run = RunRequest(
@@ -491,6 +546,8 @@ class PreparedTurn:
     body: dict[str, Any]  # as saved, images by reference
     run: RunRequest  # as sent; message_id is 0 until write_turn() makes the reply
     key: ApiKey | None = None  # the key that pays, recorded on the reply (never its text)
+    new_prompt: bool = True  # False: a regeneration, only a reply is written under `parent`
+    branching: bool = False  # an edit or a regeneration: a sibling branch, not the next turn
 
 
 @sensitive_variables("api_key", "paid_by")
@@ -499,45 +556,85 @@ def prepare_turn(
     user,
     *,
     text: str,
-    model_key: str,
-    system_prompt: str,
     channel: str,
+    model_key: str = "",
+    system_prompt: str = "",
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
     wire_format: str | None = None,
+    edit_of: int | None = None,
+    regenerate_of: int | None = None,
     paid_by: tuple[str | None, ApiKey | None] | None = None,
 ) -> PreparedTurn:
     """Validate a send and build its request: reads only (the key, the history).
 
+    `edit_of` (a user message): the new text goes in as its sibling, with its images, and
+    the reply below it. `regenerate_of` (a reply): a new reply as its sibling, `text` unused.
+    Both take the conversation's saved settings (the panel saves each change) and the
+    branch above the message as context, whatever branch is shown.
+
     `paid_by`: resolve_api_key()'s answer for this user, space and provider, when the caller
     has it already (a compare's columns share one: reading it once per column cost most of
     a column's preparation)."""
-    text = text.strip()
-    if not text and not attachment_ids:
-        raise TurnError("Write a message first.")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
-    model = apply_settings(
-        conversation,
-        user,
-        model_key=model_key,
-        system_prompt=system_prompt,
-        values=values or {},
-        wire_format=wire_format,
-    )
+    if edit_of is not None or regenerate_of is not None:
+        conversation.refresh_from_db(fields=["model", "wire_format", "params", "system_prompt"])
+        model = get_model(conversation.model)
+        system_prompt = conversation.system_prompt
+    else:
+        text = text.strip()
+        if not text and not attachment_ids:
+            raise TurnError("Write a message first.")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+        model = apply_settings(
+            conversation,
+            user,
+            model_key=model_key,
+            system_prompt=system_prompt,
+            values=values or {},
+            wire_format=wire_format,
+        )
     fmt = conversation.wire_format
-    attached = attachments_for(user, model, attachment_ids or [])
+    branching = edit_of is not None or regenerate_of is not None
+    text = "" if regenerate_of is not None else text.strip()
+    attached: list[Attachment] = []
+    if not branching:
+        attached = attachments_for(user, model, attachment_ids or [])
     within_budget(user, conversation, model)  # before the key: a refused send spends nothing
     if paid_by is None:
         paid_by = resolve_api_key(user, conversation, model.provider)
     api_key, key = paid_by
-    branch, seen = _context_of(conversation)
-    prompt = Message(
-        role=Message.Role.USER,
-        text=text,
-        content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
-    )
-    messages = build_messages(model, system_prompt, [*branch, prompt], fmt)
+    by_id, active_id = _context_rows(conversation)
+    seen = max(by_id, default=0)
+    if regenerate_of is not None:
+        original = by_id.get(regenerate_of)
+        if original is None or original.role != Message.Role.ASSISTANT or not original.parent_id:
+            raise TurnError("That reply cannot be regenerated.")
+        branch = _walk(by_id, by_id[original.parent_id])
+    elif edit_of is not None:
+        original = by_id.get(edit_of)
+        if original is None or original.role != Message.Role.USER:
+            raise TurnError("Only a sent message of this conversation can be edited.")
+        image_ids = [p["attachment"] for p in original.content_parts if p.get("type") == "image"]
+        if not text and not image_ids:
+            raise TurnError("Write a message first.")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+        attached = _attachments_of(model, image_ids)
+        parent = by_id.get(original.parent_id) if original.parent_id else None
+        branch = _walk(by_id, parent) if parent is not None else []
+    else:
+        branch = active_branch(by_id, active_id)
+    context = list(branch)
+    if regenerate_of is None:
+        context.append(
+            Message(
+                role=Message.Role.USER,
+                text=text,
+                content_parts=[{"type": "image", "attachment": a.pk} for a in attached],
+            )
+        )
+    messages = build_messages(model, system_prompt, context, fmt)
     body = build_body(model, messages, conversation.params, fmt)
     run = RunRequest(
         0,
@@ -550,7 +647,31 @@ def prepare_turn(
         team_id=conversation.team_id,
     )
     parent = branch[-1] if branch else None
-    return PreparedTurn(conversation, model, text, attached, parent, seen, body, run, key)
+    return PreparedTurn(
+        conversation,
+        model,
+        text,
+        attached,
+        parent,
+        seen,
+        body,
+        run,
+        key,
+        new_prompt=regenerate_of is None,
+        branching=branching,
+    )
+
+
+def _attachments_of(model: Model, ids: list[int]) -> list[Attachment]:
+    """An edited message's images, kept: whoever sent them, they are the conversation's."""
+    if not ids:
+        return []
+    if not model.supports(IMAGES):
+        raise TurnError(f"{model.label} does not accept images: the edited message has some.")
+    found = {a.pk: a for a in Attachment.objects.filter(pk__in=ids)}
+    if len(found) != len(set(ids)):
+        raise TurnError("An image of this message is no longer stored.")
+    return [found[pk] for pk in dict.fromkeys(ids)]
 
 
 def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
@@ -566,6 +687,31 @@ def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
         conversation.title = title
         conversation.title_from(prepared.text or "Image")
         conversation.updated = timezone.now()
+        created = []
+        if prepared.new_prompt:
+            prompt = _insert(
+                conversation=conversation,
+                parent=prepared.parent,
+                role=Message.Role.USER,
+                text=prepared.text,
+                content_parts=[{"type": "image", "attachment": a.pk} for a in prepared.attached],
+                created_by=user,
+            )
+            if prepared.attached:
+                prompt.attachments.set(prepared.attached)
+            created.append(prompt)
+        reply = _reply(
+            conversation,
+            user,
+            created[-1] if created else prepared.parent,
+            prepared.model,
+            prepared.body,
+            prepared.run.channel,
+            prepared.run.wire_format,
+            prepared.key,
+        )
+        # The new reply's branch is the one shown and continued, in every tab.
+        conversation.active_leaf_id = reply.pk
         Conversation.objects.filter(pk=conversation.pk).update(
             title=conversation.title,
             model=conversation.model,
@@ -573,31 +719,14 @@ def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
             params=conversation.params,
             system_prompt=conversation.system_prompt,
             updated=conversation.updated,
-        )
-        prompt = _insert(
-            conversation=conversation,
-            parent=prepared.parent,
-            role=Message.Role.USER,
-            text=prepared.text,
-            content_parts=[{"type": "image", "attachment": a.pk} for a in prepared.attached],
-            created_by=user,
-        )
-        if prepared.attached:
-            prompt.attachments.set(prepared.attached)
-        reply = _reply(
-            conversation,
-            user,
-            prompt,
-            prepared.model,
-            prepared.body,
-            prepared.run.channel,
-            prepared.run.wire_format,
-            prepared.key,
+            active_leaf_id=reply.pk,
         )
         if not batch:
             LastSettings.remember_now(user, conversation)
+        if not prepared.new_prompt:
+            with_branch_nav(reply)
     return Turn(
-        [prompt, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
+        [*created, reply], replace(prepared.run, message_id=reply.pk, reply=reply), conversation
     )
 
 
@@ -640,12 +769,14 @@ def start_turn(
     user,
     *,
     text: str,
-    model_key: str,
-    system_prompt: str,
     channel: str,
+    model_key: str = "",
+    system_prompt: str = "",
     values: dict[str, Any] | None = None,
     attachment_ids: list[int] | None = None,
     wire_format: str | None = None,
+    edit_of: int | None = None,
+    regenerate_of: int | None = None,
     batch: bool = False,
 ) -> Turn:
     """prepare_turn() and write_turn() in one go, for callers that need not start the
@@ -660,6 +791,8 @@ def start_turn(
         values=values,
         attachment_ids=attachment_ids,
         wire_format=wire_format,
+        edit_of=edit_of,
+        regenerate_of=regenerate_of,
     )
     return write_turn(prepared, user, batch=batch)
 
@@ -726,3 +859,43 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             fmt=original.wire_format,
             key=key,
         )
+
+
+def switch_branch(conversation: Conversation, message_id: int) -> Message:
+    """Make the branch through `message_id` (a message of this conversation) the active one,
+    down to its newest turn: the transcript shows it and the next send continues it. The
+    new active leaf; TurnError for a message not in the conversation."""
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        by_id = _messages_of(locked)
+        target = by_id.get(message_id)
+        if target is None:
+            raise TurnError("That message is not in this conversation.")
+        leaf = newest_below(by_id, target)
+        Conversation.objects.filter(pk=locked.pk).update(active_leaf_id=leaf.pk)
+    conversation.active_leaf_id = leaf.pk
+    return leaf
+
+
+def branch_nav(sibling_ids: list[int], message_id: int) -> dict[str, Any] | None:
+    """ "‹ 2 / 3 ›": where a message stands among its siblings (ids oldest first)."""
+    if len(sibling_ids) < 2:
+        return None
+    index = sibling_ids.index(message_id)
+    return {
+        "index": index + 1,
+        "count": len(sibling_ids),
+        "prev": sibling_ids[index - 1] if index > 0 else None,
+        "next": sibling_ids[index + 1] if index + 1 < len(sibling_ids) else None,
+    }
+
+
+def with_branch_nav(reply: Message) -> None:
+    """A new sibling's "‹ n / n ›", kept on the row object the run renders when it ends (no
+    sibling can appear meanwhile: one reply streams at a time)."""
+    ids = list(
+        Message.objects.filter(conversation_id=reply.conversation_id, parent_id=reply.parent_id)
+        .order_by("created", "pk")
+        .values_list("pk", flat=True)
+    )
+    reply.branch_nav = branch_nav(ids, reply.pk)

@@ -158,7 +158,9 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     conversation = get_conversation_for_user(request.user, pk)
     # Opening a conversation enters its space, so the sidebar and new conversations follow.
     set_space(request, conversation.team)
-    context = transcript_context(conversation)
+    # ?at=<message>: open on that message's branch (a link from History or a diff).
+    at = request.GET.get("at", "")
+    context = transcript_context(conversation, int(at) if at.isdigit() else None)
     context.update(conversation_settings_context(conversation))
     context.update(_head_context(request.user, conversation))
     can_run = conversation.can_run(request.user)

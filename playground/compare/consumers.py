@@ -37,6 +37,7 @@ from playground.chat.consumers import (
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import TurnError, rerun, submit_tool_results
 from playground.compare import access, contexts, drivers, engine
+from playground.prompts import variables as syntax
 
 TEMPLATE = "compare/group.html"
 # Compare sends in flight in this process (see _send_all), kept from the garbage collector.
@@ -164,6 +165,7 @@ class GroupConsumer(ConversationConsumer):
             return
         try:
             text = _text_field(data, "text")
+            values = _variable_values(data)
         except ValueError as exc:
             await self._send_error(str(exc))
             return
@@ -172,12 +174,15 @@ class GroupConsumer(ConversationConsumer):
         # column's first text arrived after the sixth column started). Not the socket's
         # either: a tab closed mid-send still sends every column.
         task = asyncio.create_task(
-            self._send_to_columns(text, _ints(data.get("attachment"))), name="compare-send"
+            self._send_to_columns(text, _ints(data.get("attachment")), values),
+            name="compare-send",
         )
         _sending.add(task)
         task.add_done_callback(_sending.discard)
 
-    async def _send_to_columns(self, text: str, attachment_ids: list[int]) -> None:
+    async def _send_to_columns(
+        self, text: str, attachment_ids: list[int], values: dict[str, str]
+    ) -> None:
         try:
             await engine.send_to_columns(
                 self.run_group,
@@ -185,6 +190,7 @@ class GroupConsumer(ConversationConsumer):
                 text=text,
                 attachment_ids=attachment_ids,
                 layer=self.channel_layer,
+                values=values,
             )
         except TurnError as exc:
             await self._tell(self._send_error(str(exc)))
@@ -397,6 +403,25 @@ def check_group_access(user, session, group_id: int, *, fresh: bool = False):
         return group, can_run, ids
     except (Http404, ObjectDoesNotExist):
         return None
+
+
+VARIABLE_FIELD = "var:"  # the Variables panel's fields, as in the playground's
+
+
+def _variable_values(data: dict[str, Any]) -> dict[str, str]:
+    """The Variables panel's values (fields `var:NAME`); ValueError if one is not text or is
+    too long."""
+    values = {}
+    for key, value in data.items():
+        if not (isinstance(key, str) and key.startswith(VARIABLE_FIELD)):
+            continue
+        name = key.removeprefix(VARIABLE_FIELD)
+        if not isinstance(value, str):
+            raise ValueError(f"The value of {{{{{name}}}}} must be text: nothing was sent.")
+        if len(value) > syntax.MAX_VALUE_CHARS:
+            raise ValueError(f"The value of {{{{{name}}}}} is too long: nothing was sent.")
+        values[name] = value
+    return values
 
 
 @functools.cache

@@ -11,6 +11,9 @@ from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import Turn
 from playground.compare import drivers, setup
+from playground.prompts import library
+from playground.prompts import variables as syntax
+from playground.prompts.models import PromptSession
 from playground.providers import catalog
 from playground.providers.specs import FORMAT_LABELS, IMAGES
 
@@ -44,6 +47,21 @@ def _column(conversation: Conversation, transcript: Sequence[Message | None]) ->
         # "… · column 2 · prompt greet v3": the prompt version a column came from, if any.
         "source": conversation.title.partition(setup.SOURCE)[2],
     }
+
+
+def variable_fields(group: RunGroup, user) -> list[dict[str, str]]:
+    """The compare's Variables panel: one field per {{variable}} of the system prompts of its
+    columns set up from prompt versions (one value for all of them, filled in at each send),
+    with the user's last values for those prompts."""
+    sessions = PromptSession.objects.filter(conversation__group=group).order_by(
+        "conversation__position"
+    )
+    rows = list(sessions.values_list("conversation__system_prompt", "version__prompt_id"))
+    if not rows:
+        return []
+    values = library.last_values(user, list(dict.fromkeys(p for _, p in rows)))
+    names = syntax.names_in_all(template for template, _ in rows)
+    return [{"name": name, "value": values.get(name, "")} for name in names]
 
 
 def group_context(group: RunGroup, baseline: int = 0) -> dict[str, Any]:

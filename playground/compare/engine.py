@@ -2,8 +2,8 @@
 
 A compare send is one prepare_turn() per column (reads only; any refusal refuses the whole
 send, so no column runs alone), then every column's upstream request goes out at once
-(runs.begin), then every column's rows are written in one transaction (write_turn), then
-each run starts. A sweep runs its cells the same way, a few at a time, from a task of the
+(runs.begin), then every column's rows are written in one transaction (write_turn each),
+then every run starts. A sweep runs its cells the same way, a few at a time, from a task of the
 server process: like a run, it is not the socket's, so closing the tab changes nothing.
 
 Both count against the per-user run cap (PLAYGROUND_RUN["MAX_RUNS_PER_USER"]) and the budgets
@@ -16,11 +16,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.models import ApiKey
@@ -36,6 +38,9 @@ from playground.chat.services import (
     write_turn,
 )
 from playground.compare import contexts, drivers
+from playground.prompts import library
+from playground.prompts import variables as syntax
+from playground.prompts.models import PromptSession, PromptVersion
 
 log = logging.getLogger(__name__)
 
@@ -73,79 +78,172 @@ def check_budget(user, team_id: int | None, conversations: list[Conversation]) -
         raise TurnError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class FromVersion:
+    """A column set up from a prompt version: what its reply records (a PromptRun), and the
+    system prompt template the column keeps once its send is written with the filled-in text."""
+
+    version: PromptVersion
+    variables: dict[str, str]
+    system_template: str
+    edited: bool
+
+
+def _fill_in(
+    columns: list[Conversation], text: str, values: dict[str, str]
+) -> tuple[str, list[tuple[str, FromVersion | None]]]:
+    """The message, and each column's system prompt, with the Variables panel's values filled
+    in where columns come from prompt versions (the message too then: one message for all).
+    TurnError naming every variable without a value: nothing is sent."""
+    sessions = {
+        s.conversation_id: s.version
+        for s in PromptSession.objects.filter(conversation__in=columns).select_related(
+            "version__prompt"
+        )
+    }
+    filled: list[tuple[str, FromVersion | None]] = []
+    if not sessions:
+        return text, [(c.system_prompt, None) for c in columns]
+    templates = [text] + [c.system_prompt for c in columns if c.pk in sessions]
+    try:
+        rendered = iter(syntax.render_all(templates, values))
+    except syntax.UndefinedVariables as exc:
+        raise TurnError(str(exc)) from None
+    filled_text = next(rendered)
+    for conversation in columns:
+        version = sessions.get(conversation.pk)
+        if version is None:
+            filled.append((conversation.system_prompt, None))
+            continue
+        used = {n: values[n] for n in syntax.names_in_all([text, conversation.system_prompt])}
+        edited = (
+            conversation.system_prompt != version.system_prompt
+            or conversation.model != version.model
+            or conversation.params != version.all_params()
+        )
+        filled.append(
+            (next(rendered), FromVersion(version, used, conversation.system_prompt, edited))
+        )
+    return filled_text, filled
+
+
 @sensitive_variables("keys", "prepared")
 def prepare_columns(
-    group: RunGroup, user, *, text: str, attachment_ids: list[int], channels: list[str]
-) -> list[PreparedTurn]:
-    """Every column's send, checked and built; TurnError (nothing sent) if any is refused."""
+    group: RunGroup,
+    user,
+    *,
+    text: str,
+    attachment_ids: list[int],
+    channels: list[str],
+    values: dict[str, str] | None = None,
+) -> list[tuple[PreparedTurn, FromVersion | None]]:
+    """Every column's send, checked and built; TurnError (nothing sent) if any is refused.
+    `values`: the Variables panel's, for the columns set up from prompt versions."""
     columns = contexts.members(group)
     if not columns:
         raise TurnError("Every column of this compare continued in the playground.")
     if len(channels) < len(columns):
         raise ValueError("one channel per column")
+    filled_text, filled = _fill_in(columns, text, values or {})
     check_capacity(user, len(columns))
     check_budget(user, group.team_id, columns)
     keys: dict[str, tuple[str | None, ApiKey | None]] = {}  # one read per provider
     prepared = []
-    for conversation, channel in zip(columns, channels, strict=False):
+    for conversation, channel, (system_prompt, source) in zip(
+        columns, channels, filled, strict=False
+    ):
         provider = get_model(conversation.model).provider
         if provider.slug not in keys:
             keys[provider.slug] = resolve_api_key(user, conversation, provider)
-        prepared.append(
-            prepare_turn(
-                conversation,
-                user,
-                text=text,
-                model_key=conversation.model,
-                system_prompt=conversation.system_prompt,
-                channel=channel,
-                values=conversation.params,
-                attachment_ids=attachment_ids,
-                wire_format=conversation.wire_format,
-                paid_by=keys[provider.slug],
-            )
+        turn = prepare_turn(
+            conversation,
+            user,
+            text=filled_text,
+            model_key=conversation.model,
+            system_prompt=system_prompt,
+            channel=channel,
+            values=conversation.params,
+            attachment_ids=attachment_ids,
+            wire_format=conversation.wire_format,
+            paid_by=keys[provider.slug],
         )
+        prepared.append((turn, source))
     return prepared
 
 
-def write_column(prepared: PreparedTurn, user) -> tuple[Turn, dict[str, Any]]:
-    """One column's rows (write_turn's transaction), and its frame for the watchers."""
-    turn = write_turn(prepared, user)
-    return turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)
+def write_columns(
+    prepared: list[tuple[PreparedTurn, FromVersion | None]], user
+) -> list[tuple[Turn, dict[str, Any]]]:
+    """Every column's rows in one transaction (all or none), then each column's frame for
+    its watchers. A column from a prompt version keeps its system prompt template and its
+    reply records the version and the values (History filters by them). TurnError naming
+    the column if any is refused: then nothing was saved."""
+    turns = []
+    with transaction.atomic():
+        for index, (column, source) in enumerate(prepared):
+            try:
+                turn = write_turn(column, user)
+            except TurnError as exc:
+                where = f"Column {index + 1}: " if len(prepared) > 1 else ""
+                raise TurnError(f"{where}{exc} Nothing was sent.") from exc
+            if source is not None:
+                library.record_reply(
+                    turn.messages[-1], source.version, source.variables, edited=source.edited
+                )
+                if turn.conversation.system_prompt != source.system_template:
+                    Conversation.objects.filter(pk=turn.conversation.pk).update(
+                        system_prompt=source.system_template
+                    )
+                    turn.conversation.system_prompt = source.system_template
+            turns.append(turn)
+        remembered: dict[int, dict[str, str]] = {}  # the panel's values, by prompt
+        for _, source in prepared:
+            if source is not None:
+                remembered.setdefault(source.version.prompt_id, {}).update(source.variables)
+        for prompt_id, used in remembered.items():
+            library.remember_values(user, prompt_id, used)
+    return [(turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)) for turn in turns]
 
 
 async def send_to_columns(
-    group: RunGroup, user, *, text: str, attachment_ids: list[int], layer
+    group: RunGroup,
+    user,
+    *,
+    text: str,
+    attachment_ids: list[int],
+    layer,
+    values: dict[str, str] | None = None,
 ) -> list[asyncio.Task]:
     """Send `text` (and images) to every column at once; the run tasks started.
 
-    Every column is checked and its upstream request sent before any row is written. Then
-    the columns are written and started one after the other, each as soon as its rows are
-    saved: the first column's text need not wait for the sixth column's rows (measured with
-    bench.compare, this halved the added time to first token at the median). A write that
-    fails then (the conversation changed meanwhile) stops that column and the ones after it,
-    and says which were sent."""
+    Three steps, whatever the number of columns: every column is checked and its request
+    built (reads only, one thread hop); every column's upstream request goes out at once
+    (runs.begin); every column's rows are written in one transaction (one more hop, one
+    commit). Then the watchers get every column's new rows and every run starts. If any
+    column is refused, at either step, no row is written and the upstream requests already
+    begun are closed (Run.abandon): nothing is sent."""
     began = time.monotonic()
     count = await group.conversations.acount()
     channels = [await layer.new_channel() for _ in range(max(count, 1))]
     prepared = await database_sync_to_async(prepare_columns)(
-        group, user, text=text, attachment_ids=attachment_ids, channels=channels
+        group, user, text=text, attachment_ids=attachment_ids, channels=channels, values=values
     )
-    started = [runs.begin(p.run) for p in prepared]
-    tasks = []
-    for index, (column, run) in enumerate(zip(prepared, started, strict=True)):
-        try:
-            turn, event = await database_sync_to_async(write_column)(column, user)
-        except BaseException as exc:
-            await asyncio.gather(*(r.abandon() for r in started[index:]))
-            if isinstance(exc, TurnError) and index:
-                raise TurnError(f"Column {index + 1}: {exc} Columns 1–{index} were sent.") from exc
-            raise
-        await layer.group_send(runs.group_name(event["conversation_id"]), event)
-        # Every watcher has this column's new rows: its deltas may follow.
-        tasks.append(runs.start(turn.run, run))
+    started = [runs.begin(p.run) for p, _ in prepared]
+    try:
+        written = await database_sync_to_async(write_columns)(prepared, user)
+    except BaseException:
+        await asyncio.gather(*(run.abandon() for run in started))
+        raise
+    # Every watcher gets the columns' new rows before any delta of theirs can follow.
+    await asyncio.gather(
+        *(
+            layer.group_send(runs.group_name(event["conversation_id"]), event)
+            for _, event in written
+        )
+    )
+    tasks = [runs.start(turn.run, run) for (turn, _), run in zip(written, started, strict=True)]
     if drivers.stopped_at.get(group.pk, 0.0) > began:
-        # Stop was pressed while the columns were being written: those started after it
+        # Stop was pressed while the columns were being written: they started after it and
         # missed it. Said again to every column (stopping is one function).
         await runs.stop(Conversation.objects.filter(group_id=group.pk))
     return tasks

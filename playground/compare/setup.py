@@ -21,6 +21,7 @@ from django.http import Http404
 from playground.chat.models import Conversation, RunGroup
 from playground.chat.services import TurnError, clean_settings, get_model, pick_format
 from playground.prompts import library, variables
+from playground.prompts.models import PromptSession, PromptVersion
 from playground.providers import params
 from playground.providers.specs import CHAT, FORMAT_LABELS
 
@@ -69,11 +70,14 @@ def parse_param_lines(text: str) -> dict[str, Any]:
     return values
 
 
-def resolve_prompt_version(column: ColumnSetup, user=None, team_id: int | None = None):
+def resolve_prompt_version(
+    column: ColumnSetup, user=None, team_id: int | None = None, *, variables_ok: bool = False
+):
     """A column naming a prompt version (the prompt library) takes its model, wire format,
     system prompt and parameters from it; parameters set on the column win. The version must
-    be one `user` may see, of the compare's own space, and its system prompt must have no
-    {{variables}}: a compare sends it as written (the playground fills variables in)."""
+    be one `user` may see, of the compare's own space. Unless `variables_ok` (a compare, whose
+    Variables panel fills them in at each send), its system prompt must have no
+    {{variables}}: a sweep sends it as written."""
     if column.prompt_version is None:
         return column
     try:
@@ -83,11 +87,11 @@ def resolve_prompt_version(column: ColumnSetup, user=None, team_id: int | None =
     if version.prompt.team_id != team_id:
         raise TurnError(f"{version} belongs to another space: pick a prompt of this one.")
     names = variables.names_in(version.system_prompt)
-    if names:
+    if names and not variables_ok:
         listed = ", ".join("{{" + name + "}}" for name in names)
         raise TurnError(
-            f"{version}'s system prompt has variables ({listed}): a compare sends it as "
-            "written, so fill them in with Open in playground."
+            f"{version}'s system prompt has variables ({listed}): a sweep sends it as "
+            "written, so fill them in with Open in playground or use it in a compare."
         )
     return ColumnSetup(
         version.model,
@@ -100,11 +104,16 @@ def resolve_prompt_version(column: ColumnSetup, user=None, team_id: int | None =
 
 
 def _checked(
-    column: ColumnSetup, where: str, user=None, team_id: int | None = None
+    column: ColumnSetup,
+    where: str,
+    user=None,
+    team_id: int | None = None,
+    *,
+    variables_ok: bool = False,
 ) -> dict[str, Any]:
     """The column as its spec stores it, or SetupError naming `where` and each field."""
     try:
-        column = resolve_prompt_version(column, user, team_id)
+        column = resolve_prompt_version(column, user, team_id, variables_ok=variables_ok)
         model = get_model(column.model)
         fmt = pick_format(model, column.wire_format or CHAT)
         cleaned = clean_settings(model, column.system_prompt, column.params, fmt)
@@ -150,7 +159,7 @@ def plan_columns(
     checked = []
     for number, column in enumerate(columns, start=1):
         try:
-            checked.append(_checked(column, f"Column {number}", user, team_id))
+            checked.append(_checked(column, f"Column {number}", user, team_id, variables_ok=True))
         except SetupError as exc:
             errors += exc.errors
     if errors:
@@ -190,7 +199,19 @@ def create_compare(user, team, title: str, columns: list[dict]) -> RunGroup:
         for n, c in enumerate(columns, start=1)
     ]
     spec = {"columns": columns}
-    return _group(user, team, RunGroup.Kind.COMPARE, title.strip()[:200], spec, members)
+    with transaction.atomic():
+        group = _group(user, team, RunGroup.Kind.COMPARE, title.strip()[:200], spec, members)
+        # A column from a prompt version is that version's session, as "Open in playground"
+        # makes one: its send fills the version's {{variables}} in and records the version.
+        versions = {c["prompt_version"] for c in columns if c.get("prompt_version")}
+        by_pk = {v.pk: v for v in PromptVersion.objects.filter(pk__in=versions)}
+        conversations = group.conversations.order_by("position")
+        PromptSession.objects.bulk_create(
+            PromptSession(conversation=conversation, version=by_pk[column["prompt_version"]])
+            for conversation, column in zip(conversations, columns, strict=True)
+            if column.get("prompt_version") in by_pk
+        )
+    return group
 
 
 def _values(text: str) -> list[str]:

@@ -177,6 +177,8 @@ def group_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     group, can_run = access.get_group_and_role(request.user, pk)
     context = contexts.group_context(group, _baseline(request))
     context["can_run"] = can_run
+    if group.kind == RunGroup.Kind.COMPARE:
+        context["variables"] = contexts.variable_fields(group, request.user)
     return render(request, TEMPLATE, context)
 
 

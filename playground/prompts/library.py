@@ -23,7 +23,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from playground.prompts import variables as syntax
-from playground.prompts.models import Prompt, PromptRun, PromptVersion
+from playground.prompts.models import Prompt, PromptRun, PromptVersion, VariableValues
 
 UndefinedVariables = syntax.UndefinedVariables
 
@@ -126,6 +126,28 @@ def record_reply(
         defaults={"version": version, "variables": dict(variables), "edited": edited},
     )
     return run
+
+
+def remember_values(user, prompt_id: int, values: Mapping[str, str]) -> None:
+    """Keep `values` as the user's last values for the prompt's variables (merged with the
+    others), to fill a Variables panel in again."""
+    saved = VariableValues.objects.filter(user=user, prompt_id=prompt_id).first()
+    merged = {**(saved.values if saved else {}), **values}
+    VariableValues.objects.update_or_create(
+        user=user, prompt_id=prompt_id, defaults={"values": merged}
+    )
+
+
+def last_values(user, prompt_ids: list[int]) -> dict[str, str]:
+    """The user's last values for these prompts' variables, merged in the order given."""
+    merged: dict[str, str] = {}
+    saved = {
+        v.prompt_id: v.values
+        for v in VariableValues.objects.filter(user=user, prompt_id__in=prompt_ids)
+    }
+    for prompt_id in prompt_ids:
+        merged.update(saved.get(prompt_id, {}))
+    return merged
 
 
 def version_json(version: PromptVersion) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -44,7 +44,8 @@ def conversation_review(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     transcript asks once on load instead of once per reply."""
     conversation = get_conversation_for_user(request.user, pk)
     replies = list(
-        conversation.messages.filter(role=Message.Role.ASSISTANT)
+        _on_branch(conversation, request.GET.get("leaf", ""))
+        .filter(role=Message.Role.ASSISTANT)
         .exclude(status=Message.Status.STREAMING)
         .only("pk", "conversation_id")  # the bars need no text
     )
@@ -60,6 +61,20 @@ def conversation_review(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         "status_choices": annotating.STATUS_CHOICES,
     }
     return render(request, f"{TEMPLATE}#conversation", context)
+
+
+def _on_branch(conversation: Conversation, leaf: str) -> QuerySet[Message]:
+    """The conversation's messages, or (leaf: a message id) those of the branch ending there,
+    the one the transcript shows."""
+    messages = conversation.messages.all()
+    if not leaf.isdigit():
+        return messages
+    parents = dict(messages.values_list("pk", "parent_id"))
+    path, node = [], int(leaf) if int(leaf) in parents else None
+    while node is not None:
+        path.append(node)
+        node = parents.get(node)
+    return messages.filter(pk__in=path) if path else messages
 
 
 @require_GET

@@ -33,6 +33,7 @@ PLAIN_FIELDS = (
     "usage", "ttft_ms", "total_ms", "tokens_per_second",
 )  # fmt: skip
 CONVERSATION_FIELDS = ("title", "model", "system_prompt", "params")
+ACTIVE_LEAF = "active_leaf"
 BATCH = 200  # messages read per query: memory stays flat however long the conversation
 
 
@@ -162,7 +163,10 @@ def as_json(conversation: Conversation) -> Iterator[str]:
         parent = numbers.get(message.parent_id) if message.parent_id else None
         record = message_record(message, number, parent, hashes)
         yield ("" if number == 1 else ",\n") + json.dumps(record, ensure_ascii=False)
-    yield "\n]}\n"
+    # The branch its transcript shows and continues (‹ ›), by its leaf's number in this file;
+    # null: the newest message's, as for a conversation that never switched.
+    active = numbers.get(conversation.active_leaf_id) if conversation.active_leaf_id else None
+    yield f"\n], {json.dumps(ACTIVE_LEAF)}: {json.dumps(active)}}}\n"
 
 
 def _openai_message(message: Message) -> dict[str, Any]:

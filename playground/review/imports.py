@@ -104,6 +104,7 @@ class _Plan:
     conversation: dict[str, Any]
     messages: list[dict[str, Any]] = field(default_factory=list)  # in file order
     hashes: set[str] = field(default_factory=set)
+    active_leaf: int | None = None  # the file's number of the shown branch's leaf
 
 
 def _message_lines(text: str) -> list[int]:
@@ -150,6 +151,10 @@ def parse_export(text: str) -> _Plan:
     if len(records) > MAX_MESSAGES:
         raise Refused(f"line 1: more than {MAX_MESSAGES} messages.")
     plan = _Plan(conversation=head)
+    active = data.get(exports.ACTIVE_LEAF)
+    if active is not None and (not isinstance(active, int) or isinstance(active, bool)):
+        raise Refused(f'line 1: "{exports.ACTIVE_LEAF}" must be a message id or null.')
+    plan.active_leaf = active
     seen: set[int] = set()
     lines: list[int] | None = None
     for index, record in enumerate(records):
@@ -161,6 +166,8 @@ def parse_export(text: str) -> _Plan:
             laid_out = len(lines) == len(records)
             where = f"line {lines[index]}" if laid_out else f"message {index + 1}"
             raise Refused(f"{where}: {exc}") from None
+    if active is not None and active not in seen:
+        raise Refused(f'line 1: "{exports.ACTIVE_LEAF}" names no message of the file.')
     return plan
 
 
@@ -439,6 +446,9 @@ def import_export(user, team: Team | None, text: str) -> Conversation:
             if hashes:
                 message.attachments.set([ids[sha] for sha in hashes])
             made[record["id"]] = message
+        if plan.active_leaf is not None:
+            conversation.active_leaf = made[plan.active_leaf]
+            conversation.save(update_fields=["active_leaf"])
         review.write(conversation, made)
     return conversation
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from playground.accounts.models import Membership
 from playground.chat.models import Conversation, Message
+from playground.chat.services import active_branch
 from playground.review.models import ShareLink
 
 TOKEN_BYTES = 32
@@ -78,10 +79,12 @@ def open_link(token: str) -> ShareLink:
 
 
 def shown_messages(link: ShareLink) -> list[Message]:
-    """The whole transcript, or the one reply with the prompt it answers."""
+    """The transcript (its active branch, as its owners see it), or the one reply with the
+    prompt it answers."""
     related = ("created_by",)
     if link.message_id is None:
-        return list(link.conversation.messages.select_related(*related))
+        messages = link.conversation.messages.select_related(*related)
+        return active_branch({m.pk: m for m in messages}, link.conversation.active_leaf_id)
     reply = Message.objects.select_related(*related).get(pk=link.message_id)
     if reply.parent_id is None:
         return [reply]

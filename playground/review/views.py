@@ -11,7 +11,7 @@ from playground.accounts.models import Membership, Team
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Message
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
-from playground.review import exports, history, imports, search, sharing
+from playground.review import diffs, exports, history, imports, search, sharing
 from playground.review.models import ReviewStatus
 
 TEMPLATE = "review/history.html"
@@ -142,6 +142,25 @@ def export(request: AuthenticatedHttpRequest, pk: int, fmt: str) -> StreamingHtt
     response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@require_GET
+@login_required
+def diff_page(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Two replies side by side (?a=&b=), each loaded through the user's own visibility; with
+    only ?a=, a picker of the replies to set beside it."""
+    left = diffs.get_reply_for_user(request.user, request.GET.get("a"))
+    if not request.GET.get("b"):
+        q = request.GET.get("q", "")
+        context = {"left": left, "candidates": diffs.candidates(request.user, left), "q": q}
+        if q:
+            try:
+                context["found"] = diffs.found_elsewhere(request.user, left, q)
+            except search.InvalidQuery as exc:
+                context["search_error"] = str(exc)
+        return render(request, "review/diff.html", context)
+    right = diffs.get_reply_for_user(request.user, request.GET.get("b"))
+    return render(request, "review/diff.html", {"left": left, "diff": diffs.diff(left, right)})
 
 
 def _spaces(user) -> list[tuple[str, str]]:

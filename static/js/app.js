@@ -14,6 +14,13 @@
   // Esc stops the running reply from anywhere on the page: a document-wide shortcut.
   function onDocumentKeydown(event) {
     if (event.key !== "Escape") return;
+    const menu = document.querySelector(".topbar details[open]");
+    if (menu) {
+      // An open header menu closes first, and the focus goes back to its summary.
+      menu.open = false;
+      menu.querySelector("summary").focus();
+      return;
+    }
     if (document.querySelector(".drawer.open")) {
       closeDrawers();
       return;
@@ -24,6 +31,14 @@
       stop.click();
     }
   }
+
+  // A header menu (<details>) stays open until toggled: close it on a click outside it, and
+  // close the others when one opens, as menus do. <details> has no such behaviour of its own.
+  document.addEventListener("click", function (event) {
+    document.querySelectorAll(".topbar details[open]").forEach(function (menu) {
+      if (!menu.contains(event.target)) menu.open = false;
+    });
+  });
 
   // Keep the newest text in view while it streams, unless the reader scrolled up to read:
   // htmx swaps content but has no notion of "stay pinned to the bottom".
@@ -332,6 +347,27 @@
     }
   }
 
+  // ‹ › redraws the whole transcript, and the button that had the focus with it: keep the
+  // keyboard where it was, on the same arrow of the same branch point (htmx restores focus
+  // only to an element with the same id, and a sibling's buttons are new elements).
+  let branchFocus = null;
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest && event.target.closest(".branch-nav button");
+    branchFocus = button
+      ? { group: button.parentElement.dataset.group, dir: button.dataset.dir }
+      : branchFocus;
+  });
+  function restoreBranchFocus() {
+    // Still on the old button (the redraw has not come yet), or moved on: nothing to do.
+    if (!branchFocus || (document.activeElement && document.activeElement !== document.body)) return;
+    const nav = document.querySelector('.branch-nav[data-group="' + branchFocus.group + '"]');
+    if (!nav) return;
+    const wanted = nav.querySelector('button[data-dir="' + branchFocus.dir + '"]');
+    const target = wanted && !wanted.disabled ? wanted : nav.querySelector("button:not([disabled])");
+    if (target) target.focus();
+    branchFocus = null;
+  }
+  document.addEventListener("htmx:wsAfterMessage", restoreBranchFocus);
   // Compare columns scroll on their own. "Sync scroll" moves the others to the same place
   // (as a fraction of each one's height, since replies differ in length), and a column read
   // at its end keeps its newest text in view while it streams. Scroll positions are the

@@ -231,3 +231,16 @@ def page(browser, live_server: LiveServer):
         yield page
     finally:
         context.close()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """test_browser.py walks the first run of a new site (no account yet, set-up form first),
+    on the session's shared server: its tests go before every other browser test, whatever
+    the file names sort as."""
+    e2e = [i for i, item in enumerate(items) if item.path.parent.name == "e2e"]
+    if not e2e:
+        return
+    first_run = [item for item in items if item.path.name == "test_browser.py"]
+    rest = [item for item in items if item.path.name != "test_browser.py"]
+    start = e2e[0]
+    items[:] = rest[:start] + first_run + rest[start:]

@@ -170,7 +170,7 @@ def test_first_run_to_streamed_and_stopped_replies(page, live_server):
     assert "Complete" in meta
     assert re.search(r"\d+ \+ 60 tokens", meta), meta
     assert re.search(r"TTFT \d+ ms", meta), meta
-    assert page.locator(".message.user").first.inner_text().endswith("Count to sixty, slowly.")
+    assert page.locator(".message.user .body").first.inner_text() == "Count to sixty, slowly."
     assert chat_requests(upstream)[0].headers["authorization"] == f"Bearer {API_KEY}"
 
     # Sends a second message and stops it with Esc while it streams.

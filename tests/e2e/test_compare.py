@@ -126,3 +126,96 @@ def test_a_two_by_two_by_two_sweep_runs_on_after_the_tab_closes_and_reopens_from
     assert bodies == sorted((t, p, s) for t in (0, 1.4) for p in (0.9, 1.0) for s in (1, 2))
     page.locator("table.sweep tbody tr").nth(1).locator("summary").click()
     assert "same text as the baseline" in page.locator("table.sweep tbody tr").nth(1).inner_text()
+
+
+@pytest.mark.e2e
+def test_a_three_column_compare_streams_all_three_and_reopens_from_history_after_the_tab_closes(
+    page, live_server
+):
+    upstream = live_server.upstream
+    upstream.reset()
+    sign_in(page, live_server.url)
+    page.goto("/compare/new/")
+    page.get_by_role("link", name="Add a column").click()
+    page.locator("select[name=c3-model]").wait_for()
+    page.get_by_label("Title").fill("Three ways")
+    for n, temperature in ((1, "0"), (2, "0.7"), (3, "1.4")):
+        page.locator(f"select[name=c{n}-model]").select_option(MODEL_KEY)
+        page.locator(f"textarea[name=c{n}-params]").fill(f"temperature = {temperature}")
+    page.get_by_role("button", name="Create compare").click()
+    page.wait_for_url(lambda url: "/compare/" in url and url.rstrip("/").split("/")[-1].isdigit())
+    columns = page.locator("section.column")
+    assert columns.count() == 3
+
+    upstream.default = Behaviour(n_tokens=60, interval=0.03)
+    page.wait_for_timeout(300)  # the socket's first frame (the page as it is) has arrived
+    page.locator("#prompt").fill("Count")
+    page.keyboard.press("Enter")
+    # All three are seen streaming at the same moment.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('section.column .message.assistant.streaming .body')]
+                 .filter(el => el.textContent.includes('tok3')).length === 3"""
+    )
+    url = page.url
+    page.goto("about:blank")  # the tab closes mid-run
+
+    page.goto("/review/")
+    page.get_by_role("link", name="Compares and sweeps").click()
+    page.get_by_role("link", name="Three ways").click()
+    page.wait_for_url(url)
+    page.wait_for_function(
+        "() => document.querySelectorAll('section.column .message.assistant.complete').length"
+        " === 3",
+        timeout=30_000,
+    )
+    text = Behaviour(n_tokens=60).text
+    for n in range(3):
+        assert columns.nth(n).locator(".message.assistant .body").inner_text().strip() == text
+    temperatures = sorted(r.body["temperature"] for r in upstream.requests)
+    assert temperatures == [0, 0.7, 1.4]
+
+
+MAKE_PROMPT = """
+from django.contrib.auth import get_user_model
+from playground.prompts.models import Prompt
+user = get_user_model().objects.get(username={username!r})
+prompt, _ = Prompt.objects.get_or_create(owner=user, team=None, name="compare-greeter")
+if not prompt.versions.exists():
+    prompt.add_version(user, system_prompt="Greet {{{{guest}}}} warmly.", messages=[],
+                       model={model!r}, params={{}})
+"""
+
+
+@pytest.mark.e2e
+def test_a_compare_column_from_a_prompt_version_fills_its_variables_in(page, live_server):
+    from tests.e2e.test_browser import USERNAME
+
+    upstream = live_server.upstream
+    upstream.reset()
+    sign_in(page, live_server.url)
+    live_server.manage("shell", "-c", MAKE_PROMPT.format(username=USERNAME, model=MODEL_KEY))
+    page.locator("#space-switcher summary").click()
+    page.locator("#space-switcher button", has_text="Personal").click()
+    page.goto("/compare/new/")
+    page.get_by_label("Title").fill("Greeters")
+    page.locator("select[name=c1-prompt_version]").select_option(label="compare-greeter v1")
+    page.locator("select[name=c2-model]").select_option(MODEL_KEY)
+    page.locator("textarea[name=c2-system_prompt]").fill("Greet tersely.")
+    page.get_by_role("button", name="Create compare").click()
+    page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1].isdigit())
+    assert "Variables" in page.locator("#compare-variables").inner_text()
+
+    upstream.default = Behaviour(tokens=["Hello!"])
+    page.wait_for_timeout(300)  # the socket's first frame has arrived
+    page.locator("#prompt").fill("Hi")
+    page.keyboard.press("Enter")  # {{guest}} has no value: refused, says which
+    page.locator("#composer-error", has_text="{{guest}}").wait_for()
+    assert upstream.requests == []
+    page.get_by_label("guest").fill("Ada")
+    page.locator("#prompt").fill("Hi")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelectorAll('section.column .message.assistant.complete').length === 2"
+    )
+    systems = sorted(r.body["messages"][0]["content"] for r in upstream.requests)
+    assert systems == ["Greet Ada warmly.", "Greet tersely."]

@@ -28,6 +28,7 @@ def test_an_admin_sets_up_a_llama_cpp_endpoint_and_its_parameters_reach_it(page,
     # An admin of its own: a new conversation starts from its user's last settings, and the
     # other browser tests expect the first admin's to be the defaults.
     sign_in(page, live_server.url)
+    page.locator("#account-menu summary").click()
     page.get_by_role("button", name="Log out").click()
     live_server.manage("shell", "-c", ADMIN_SCRIPT.format(username=ADMIN, password=PASSWORD))
     page.goto("/login/")
@@ -36,6 +37,7 @@ def test_an_admin_sets_up_a_llama_cpp_endpoint_and_its_parameters_reach_it(page,
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(lambda url: "/login/" not in url)
 
+    page.locator("#account-menu summary").click()
     page.get_by_role("link", name="Endpoints").click()
     page.fill("#id_name", "Lab llama")
     page.fill("#id_slug", "lab-llama")

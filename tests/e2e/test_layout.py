@@ -182,3 +182,36 @@ def test_at_390_px_tab_stays_inside_an_open_drawer(page, live_server):
         # Closed, the header is reachable again and the focus is back on its toggle.
         assert not page.locator(".topbar").evaluate("el => el.inert")
         assert page.evaluate(FOCUS_PLACE) == "header"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1280px", "390px"])
+def test_the_header_fits_one_row_and_its_menus_open_and_close(page, live_server, size):
+    sign_in(page, live_server.url)
+    page.set_viewport_size(size)
+    page.goto("/review/")
+    assert page_overflow(page) == 0
+    header = page.locator(".topbar").bounding_box()
+    assert header is not None
+    if size is WIDE:  # every top-level entry on one line
+        assert header["height"] < 70
+
+    review = page.locator("#review-menu")
+    queues = review.get_by_role("link", name="Queues")
+    assert not queues.is_visible()
+    review.locator("summary").click()
+    assert queues.is_visible()
+    assert inside_viewport(page, "#review-menu .menu-list")
+    # Opening another menu closes this one; Escape closes that one and gives the focus back.
+    account = page.locator("#account-menu")
+    account.locator("summary").click()
+    assert not review.evaluate("el => el.open")
+    assert page.get_by_role("link", name="API keys").is_visible()
+    assert inside_viewport(page, "#account-menu .menu-list")
+    page.keyboard.press("Escape")
+    assert not account.evaluate("el => el.open")
+    assert page.evaluate("document.activeElement.closest('#account-menu') !== null")
+    # The keyboard opens one too, and a link in it leads on.
+    page.keyboard.press("Enter")
+    page.get_by_role("link", name="API keys").click()
+    page.wait_for_url("**/keys/")

@@ -14,7 +14,9 @@ from tests.upstream import Behaviour
 
 CHECK = """
 from playground.prompts.models import PromptRun
-run = PromptRun.objects.select_related("version", "message").get()
+run = PromptRun.objects.select_related("version", "message").get(
+    version__prompt__name="support-reply"
+)
 print(json.dumps({"version": run.version.number, "variables": run.variables,
                   "text": run.message.text, "status": run.message.status}))
 """
