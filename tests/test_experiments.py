@@ -296,6 +296,24 @@ def test_a_rate_limited_item_is_retried_after_a_backoff(
     assert Message.objects.filter(conversation=item.conversation, role="assistant").count() == 1
 
 
+def test_a_workers_replies_are_not_rendered_when_no_one_can_watch_them(
+    user, upstream, api_key, immediate, monkeypatch
+):
+    from playground.chat import runs
+
+    rendered = []
+    original = runs.render_to_string
+
+    def counting(*args, **kwargs):
+        rendered.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "render_to_string", counting)
+    run = runner.start(make_experiment(user), user)
+    assert run.items.filter(status="done").count() == 2
+    assert rendered == []  # the in-process layer's conversation groups had no member
+
+
 def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, immediate, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
     upstream.default = Behaviour(n_tokens=5, interval=0.05)

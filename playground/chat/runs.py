@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
@@ -521,10 +521,9 @@ class Run:
         group has no member (a background worker's experiment item), rendering it would only
         cost CPU on the database thread; _finish then sends the done signal with the HTML
         rendered only if a watcher joined meanwhile."""
-        groups = getattr(self.layer, "groups", None)
-        if type(self.layer).__name__ != "InMemoryChannelLayer" or not isinstance(groups, dict):
-            return True
-        return bool(groups.get(self.group))
+        if not isinstance(self.layer, InMemoryChannelLayer):
+            return True  # Redis: watchers may be in any process
+        return bool(self.layer.groups.get(self.group))
 
     async def _final_values(self) -> dict[str, Any]:
         if self.usage is None:
