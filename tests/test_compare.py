@@ -13,7 +13,7 @@ from django.test import Client
 
 from playground.accounts.models import ApiKey, Budget, Membership, Team
 from playground.chat import runs
-from playground.chat.models import Conversation, Message, RunGroup
+from playground.chat.models import Conversation, LastSettings, Message, RunGroup
 from playground.compare import setup
 from tests.conftest import ORIGIN, SECRET_KEY_VALUE, Socket, session_cookie
 from tests.upstream import Behaviour
@@ -219,6 +219,8 @@ async def test_one_send_streams_every_column_through_the_run_engine_in_its_own_f
         assert "TTFT" in stats[-1] and "tokens" in stats[-1] and "Complete" in stats[-1]
     prompts = Message.objects.filter(conversation__group=group, role="user", text="Greet me")
     assert await prompts.acount() == 2
+    # A new conversation still starts from the user's own last settings, not a column's.
+    assert not await LastSettings.objects.filter(user=user).aexists()
     await socket.close()
 
 

@@ -674,13 +674,14 @@ def _attachments_of(model: Model, ids: list[int]) -> list[Attachment]:
     return [found[pk] for pk in dict.fromkeys(ids)]
 
 
-def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
+def write_turn(prepared: PreparedTurn, user, *, batch: bool = False, remember: bool = True) -> Turn:
     """Save a prepared send: the prompt, the streaming reply, the conversation's settings and
     the user's last settings, in one transaction of six statements. TurnError (nothing saved)
     if a reply is streaming, the conversation moved on since it was read, or the user has
     too many replies streaming. `batch` (an experiment item): the per-user cap does not
     apply, the experiment's per-endpoint concurrency does instead, and the user's last
-    settings are left as they were."""
+    settings are left as they were. `remember=False` (a compare column, a sweep cell): the
+    last settings, which a new conversation starts from, are left as they were too."""
     conversation = prepared.conversation
     with transaction.atomic():
         title = _lock_for_turn(conversation, user, prepared.seen, batch=batch)
@@ -721,7 +722,7 @@ def write_turn(prepared: PreparedTurn, user, *, batch: bool = False) -> Turn:
             updated=conversation.updated,
             active_leaf_id=reply.pk,
         )
-        if not batch:
+        if remember and not batch:
             LastSettings.remember_now(user, conversation)
         if not prepared.new_prompt:
             with_branch_nav(reply)

@@ -182,7 +182,7 @@ def write_columns(
     with transaction.atomic():
         for index, (column, source) in enumerate(prepared):
             try:
-                turn = write_turn(column, user)
+                turn = write_turn(column, user, remember=False)
             except TurnError as exc:
                 where = f"Column {index + 1}: " if len(prepared) > 1 else ""
                 raise TurnError(f"{where}{exc} Nothing was sent.") from exc
@@ -342,7 +342,7 @@ async def _start_cell(cell: Conversation, user, prompt: str, layer) -> asyncio.T
     run = runs.begin(prepared.run)
 
     def write() -> tuple[Turn, dict[str, Any]]:
-        turn = write_turn(prepared, user)
+        turn = write_turn(prepared, user, remember=False)
         return turn, contexts.append_event(turn, RunGroup.Kind.SWEEP)
 
     try:

@@ -59,7 +59,7 @@ def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
     # Everything by keyboard: focus, then Enter or Space, as a keyboard user would.
     bar.get_by_role("button", name="Thumbs down").focus()
     rita.keyboard.press("Enter")
-    rita.locator(f"#review-{reply} .thumb.down[aria-pressed=true]").wait_for()
+    rita.locator(f"#review-{reply} .rate-thumb.down[aria-pressed=true]").wait_for()
     rita.locator(f"#review-{reply}").get_by_role("button", name="Score 2").focus()
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply} .score-2[aria-pressed=true]").wait_for()

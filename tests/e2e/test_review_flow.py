@@ -77,7 +77,7 @@ def test_search_branch_diff_annotate_share_and_revoke(page, browser, live_server
     bar.locator(".rate").wait_for()
     page.wait_for_load_state("networkidle")
     bar.get_by_role("button", name="Thumbs up").click()
-    page.locator(f"#review-{new_id} .thumb.up[aria-pressed=true]").wait_for()
+    page.locator(f"#review-{new_id} .rate-thumb.up[aria-pressed=true]").wait_for()
     page.locator(f"#review-{new_id} .comments summary").click()
     page.locator(f"#comment-text-{new_id}").fill("Numbats do not dig burrows.")
     page.locator(f"#review-{new_id} .comment-form button").click()
