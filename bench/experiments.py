@@ -69,7 +69,9 @@ class Db:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     upstream = FakeUpstream().start()
-    upstream.default = Behaviour(n_tokens=args.tokens, interval=1 / args.rate)
+    # A steady rate, as a provider streams: the fake upstream's sleeps run late on a busy
+    # machine and, one after the other, would add ~5-10 % to every item on their own.
+    upstream.default = Behaviour(n_tokens=args.tokens, interval=1 / args.rate, steady=True)
     database_url = create_pg_database(args.database_url) if args.database_url else None
     stack = Stack(
         upstream.base_url,
@@ -133,9 +135,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         spans = [(b - a).total_seconds() for a, b in times]
+        # The upstream's own time per item (the reply's total_ms): the rest of an item's span
+        # is the worker's overhead inside the item; the slots' idle time is between items.
+        streams = [
+            float(ms) / 1000
+            for (ms,) in db.rows(
+                "SELECT m.total_ms FROM experiments_item i JOIN chat_message m"
+                f" ON m.id = i.message_id WHERE i.run_id = {run_id} AND m.total_ms IS NOT NULL"
+            )
+        ]
         # From the first claim to the last item's end: the run itself, without worker boot.
         run_s = (max(b for _, b in times) - min(a for a, _ in times)).total_seconds()
-        requests = sum(1 for r in upstream.requests if r.path.endswith("/chat/completions"))
+        chats = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+        requests = len(chats)
+        # The upstream's own time per request, from its arrival to the last byte written: the
+        # fake upstream's sleeps overshoot (a busy machine wakes it late), so the ideal is
+        # also given with the measured time in place of tokens / rate.
+        served = [r.completed_at - r.received_at for r in chats if r.completed_at is not None]
+        served_mean = sum(served) / len(served) if served else None
         per_item = args.tokens / args.rate
         ideal = math.ceil(items / args.concurrency) * per_item
         return {
@@ -147,9 +164,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ideal_s": round(ideal, 2),
             "run_s": round(run_s, 2),
             "run_over_ideal_pct": round(100 * (run_s - ideal) / ideal, 1),
+            "upstream_s_mean": round(served_mean, 3) if served_mean else None,
+            "run_over_upstream_bound_pct": (
+                round(100 * (run_s / (math.ceil(items / args.concurrency) * served_mean) - 1), 1)
+                if served_mean
+                else None
+            ),
             "wall_over_ideal_pct": round(100 * (wall - ideal) / ideal, 1),
             "item_s_mean": round(sum(spans) / len(spans), 3) if spans else None,
             "item_s_max": round(max(spans), 3) if spans else None,
+            "stream_s_mean": round(sum(streams) / len(streams), 3) if streams else None,
+            # Slot-seconds not inside any item, per item: the wait between an item's end and
+            # the next claim on a slot (claims, polls, the database thread's queue).
+            "idle_s_per_item": round((run_s * args.concurrency - sum(spans)) / items, 3),
             "worker_cpu_ms_per_item": round(1000 * cpu / items, 1),
             "statuses": statuses,
             "items_without_exactly_one_reply": sum(1 for _, n in replies if n != 1),

@@ -146,6 +146,28 @@ def test_someone_elses_reply_cannot_be_added(client_for, user, other_user):
     assert not dataset.rows.filter(expected="secret").exists()
 
 
+def test_a_viewer_is_not_offered_the_upload_and_new_experiment_forms(user, other_user):
+    from playground.accounts.models import Membership, Team
+    from playground.accounts.spaces import SESSION_KEY
+
+    team = Team.create(name="Acme", owner=user)
+    team.add_member(other_user, Membership.Role.VIEWER)
+    pages = {}
+    for who in (user, other_user):
+        client = Client()
+        client.force_login(who)
+        session = client.session
+        session[SESSION_KEY] = team.pk
+        session.save()
+        pages[who.pk] = client.get("/experiments/").content.decode()
+        refused = client.post("/experiments/new/", {"name": "x"}).status_code
+        assert refused == (403 if who == other_user else 400)
+    owner, viewer = pages[user.pk], pages[other_user.pk]
+    assert 'id="experiment-new"' in owner and 'id="dataset-upload"' in owner
+    assert 'id="experiment-new"' not in viewer and 'id="dataset-upload"' not in viewer
+    assert "You are a viewer in this space" in viewer
+
+
 # Runs --------------------------------------------------------------------------------------
 
 
@@ -274,24 +296,57 @@ def test_a_rate_limited_item_is_retried_after_a_backoff(
     assert Message.objects.filter(conversation=item.conversation, role="assistant").count() == 1
 
 
+def test_a_workers_replies_are_not_rendered_when_no_one_can_watch_them(
+    user, upstream, api_key, immediate, monkeypatch
+):
+    from playground.chat import runs
+
+    rendered = []
+    original = runs.render_to_string
+
+    def counting(*args, **kwargs):
+        rendered.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "render_to_string", counting)
+    run = runner.start(make_experiment(user), user)
+    assert run.items.filter(status="done").count() == 2
+    assert rendered == []  # the in-process layer's conversation groups had no member
+
+
 def test_concurrency_per_endpoint_is_never_exceeded(user, upstream, api_key, immediate, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
     upstream.default = Behaviour(n_tokens=5, interval=0.05)
     seen = []
-    original = worker.claim
+    original = worker.claim_many
 
-    def counting(run_id, me):
-        item = original(run_id, me)
+    def counting(run_id, me, wanted):
+        items = original(run_id, me, wanted)
         seen.append(Item.objects.filter(status="running").count())
-        return item
+        return items
 
-    worker.claim, saved = counting, worker.claim
+    worker.claim_many, saved = counting, worker.claim_many
     try:
         run = runner.start(make_experiment(user, rows=[str(i) for i in range(8)]), user)
     finally:
-        worker.claim = saved
+        worker.claim_many = saved
     assert max(seen) == 2
     assert run.items.filter(status="done").count() == 8
+
+
+def test_one_claim_takes_several_items_within_the_endpoint_limit_and_the_workers_share(
+    user, api_key, settings
+):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 3}
+    run = runner.start(make_experiment(user, rows=[str(i) for i in range(6)]), user)
+    first = worker.claim_many(run.pk, "w1", 8)
+    assert [i.position for i in first] == [0, 1, 2]  # in order, 3 of the 8 asked for
+    assert all(i.status == "running" and i.worker == "w1" and i.attempts == 1 for i in first)
+    assert worker.claim_many(run.pk, "w2", 8) == []  # the endpoint is full, for every worker
+    Item.objects.filter(pk=first[0].pk).update(status="done")
+    second = worker.claim_many(run.pk, "w2", 8)
+    assert [i.position for i in second] == [3]
+    assert Item.objects.filter(status="running").count() == 3
 
 
 def test_regex_checks_have_a_time_limit():

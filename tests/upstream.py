@@ -66,6 +66,7 @@ class Behaviour:
     tokens: list[str] | None = None  # content pieces; None → n_tokens generated words
     n_tokens: int = 5  # "tok0", " tok1", " tok2", ... (see token_list())
     interval: float = 0.0  # seconds between chunks
+    steady: bool = False  # pace chunks on a clock from the request: late wakes don't add up
     reasoning: list[str] = field(default_factory=list)  # sent before the content
     reasoning_key: str = "reasoning_content"  # or "reasoning" (OpenRouter / vLLM style)
     tool_calls: list[dict] = field(default_factory=list)  # {"id"?, "name", "arguments": str|dict}
@@ -120,6 +121,7 @@ class Recorded:
     first_token_sent_wall: float | None = None  # time.time()
     tokens_sent: int = 0
     completed: bool = False  # the whole response was written
+    completed_at: float | None = None  # time.monotonic() when it was
     generation: int = 0  # FakeUpstream.reset() count when it arrived
 
 
@@ -458,6 +460,7 @@ class FakeUpstream:
             writer.transport.abort()
             return False
         rec.completed = True
+        rec.completed_at = time.monotonic()
         return b.chunked and keep_alive
 
 
@@ -484,6 +487,7 @@ class _SSEWriter:
         self.created = int(time.time())
         self.id = f"chatcmpl-fake{rec.index}"
         self.model = DEFAULT_MODEL
+        self.next_at = rec.received_at  # with steady pacing: when the next chunk is due
 
     async def run(self, request: dict) -> None:
         self.model = str(request.get("model") or DEFAULT_MODEL)
@@ -656,7 +660,12 @@ class _SSEWriter:
             raise _ClientGone
 
     async def _pause(self) -> None:
-        if self.b.interval:
+        if self.b.interval and self.b.steady:
+            # A provider at N tokens a second: each chunk is due `interval` after the one
+            # before was due, so the event loop waking late (a busy machine) is caught up.
+            self.next_at += self.b.interval
+            await self._sleep(max(0.0, self.next_at - time.monotonic()))
+        elif self.b.interval:
             await self._sleep(self.b.interval)
 
     async def _sleep(self, seconds: float) -> None:

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
@@ -194,13 +194,13 @@ class Run:
         never waits for the channel layer: publishing only ever logs its failures."""
         await self._publish()
         html = await self._save_final_retrying()
-        if html is None:
+        if html is None and self._heard():
             try:
                 html = await self._html()
             except Exception:
                 log.exception("run %s: rendering the reply failed", self.request.message_id)
                 html = ""  # the watchers still learn the run ended; a reload shows the reply
-        done = {"type": "run.done", "message_id": self.request.message_id, "html": html}
+        done = {"type": "run.done", "message_id": self.request.message_id, "html": html or ""}
         await self._send_retrying(self.layer.group_send, self.group, done, DONE_RETRIES)
         await self._tell_team("activity.done")
 
@@ -511,10 +511,19 @@ class Run:
         meanwhile, or None if it was not rendered here."""
         values = await self._final_values()
         reply = self.request.reply
-        if reply is None:
+        if reply is None or not self._heard():
             await Message.objects.filter(pk=self.request.message_id).aupdate(**values)
             return None
         return await database_sync_to_async(_save_and_render)(reply, values)
+
+    def _heard(self) -> bool:
+        """Whether the finished reply's HTML can reach anyone: with an in-process layer whose
+        group has no member (a background worker's experiment item), rendering it would only
+        cost CPU on the database thread; _finish then sends the done signal with the HTML
+        rendered only if a watcher joined meanwhile."""
+        if not isinstance(self.layer, InMemoryChannelLayer):
+            return True  # Redis: watchers may be in any process
+        return bool(self.layer.groups.get(self.group))
 
     async def _final_values(self) -> dict[str, Any]:
         if self.usage is None:

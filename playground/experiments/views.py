@@ -42,6 +42,13 @@ def _space(request: AuthenticatedHttpRequest, *, change: bool = False) -> int | 
     return membership.team_id
 
 
+def _can_add(request: AuthenticatedHttpRequest) -> bool:
+    """Whether the user may upload datasets and create experiments in the current space
+    (a viewer may not: the forms are not shown to them)."""
+    membership = current_space(request)
+    return membership is None or membership.can_run()
+
+
 @require_GET
 @login_required
 def index(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -53,6 +60,7 @@ def index(request: AuthenticatedHttpRequest) -> HttpResponse:
         "upload": forms.DatasetUploadForm(),
         "form": forms.ExperimentForm(user, team_id),
         "caps": datasets.caps(),
+        "can_add": _can_add(request),
     }
     return render(request, INDEX, context)
 
@@ -83,6 +91,7 @@ def dataset_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         "datasets": Dataset.objects.visible_to(request.user).in_space(team_id),
         "form": forms.ExperimentForm(request.user, team_id),
         "caps": datasets.caps(),
+        "can_add": True,  # _space(change=True) let only those who may add get here
     }
     return render(request, INDEX, context, status=400)
 
@@ -204,6 +213,7 @@ def experiment_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             "experiments": Experiment.objects.visible_to(request.user).in_space(team_id),
             "datasets": Dataset.objects.visible_to(request.user).in_space(team_id),
             "caps": datasets.caps(),
+            "can_add": True,
         }
         return render(request, INDEX, context, status=400)
     data = form.cleaned_data

@@ -1,13 +1,14 @@
 """Running an experiment's items inside a tasks-framework worker (`manage.py db_worker`).
 
-A drain task (tasks.py) calls drain(): it claims items one at a time from the database and
-runs each as an ordinary turn through chat.services and chat.runs, the code a chat send uses,
-so every cell is a saved reply. Several workers drain the same run; the database decides who
-gets what:
+A drain task (tasks.py) calls drain(): its slots claim items from the database (the slots
+freed together in one transaction) and run each as an ordinary turn through chat.services
+and chat.runs, the code a chat send uses, so every cell is a saved reply. Several workers
+drain the same run; the database decides who gets what:
 
 - A claim locks the run's row and the endpoint's gate row (EndpointGate) in one transaction,
   counts the endpoint's items running under a live lease across all runs and workers, and
-  takes the next pending item only below the endpoint's concurrency. No item is taken twice.
+  takes the next pending items (as many as slots asked) only below the endpoint's
+  concurrency and this worker's share of it. No item is taken twice.
 - A claim is a lease, renewed every few seconds while the worker lives. A worker killed
   mid-item stops renewing; once the lease has passed, another worker takes the item again,
   with the dead attempt's rows removed, so the item still ends with exactly one reply.
@@ -73,8 +74,9 @@ async def drain(run_id: int) -> int:
         run_id=run_id, worker=me, defaults={"seen": timezone.now()}
     )
     lease = asyncio.create_task(_lease_loop(run_id, me, stopping), name=f"experiment-lease-{me}")
+    claims = _Claims(run_id, me)
     try:
-        done = await asyncio.gather(*(_slot(run_id, me, stopping) for _ in range(slots)))
+        done = await asyncio.gather(*(_slot(claims, stopping) for _ in range(slots)))
     finally:
         lease.cancel()
         await asyncio.gather(lease, return_exceptions=True)
@@ -91,11 +93,51 @@ def _slots(run_id: int) -> int:
     return min(MAX_SLOTS, sum(g.limit for g in gates))
 
 
-async def _slot(run_id: int, me: str, stopping: asyncio.Event) -> int:
+class _Claims:
+    """One worker's claims, shared by its slots: the slots asking at the same time (those
+    whose items ended together, as items of one length do) are served by one trip to the
+    database thread, instead of each queueing there behind the others with its own claim."""
+
+    def __init__(self, run_id: int, me: str) -> None:
+        self.run_id = run_id
+        self.me = me
+        self.waiting: list[asyncio.Future[Item | None]] = []
+        self.serving: asyncio.Task | None = None
+
+    async def next(self) -> Item | None:
+        """An item for the calling slot, claimed under the gates; None if none may run now."""
+        future: asyncio.Future[Item | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        if self.serving is None or self.serving.done():
+            self.serving = asyncio.create_task(self._serve())
+        return await future
+
+    async def _serve(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(0)  # the slots ending in this same turn of the loop join in
+            asking, self.waiting = self.waiting, []
+            try:
+                items = await sync_to_async(claim_many)(self.run_id, self.me, len(asking))
+            except BaseException as exc:
+                for future in asking:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future in asking:
+                if not future.done():
+                    future.set_result(items.pop(0) if items else None)
+                # A slot gone meanwhile (cancelled): its item's lease passes and another
+                # worker retries it, as after a killed worker.
+
+
+async def _slot(claims: _Claims, stopping: asyncio.Event) -> int:
+    run_id, me = claims.run_id, claims.me
     ran = 0
     pause = IDLE_PAUSE
     while not stopping.is_set():
-        item = await sync_to_async(claim)(run_id, me)
+        item = await claims.next()
         if item is None:
             if not await sync_to_async(_work_left)(run_id):
                 return ran
@@ -127,11 +169,19 @@ def _work_left(run_id: int) -> bool:
 
 def claim(run_id: int, me: str) -> Item | None:
     """The next item this worker may run, now marked running under its lease; or None."""
+    items = claim_many(run_id, me, 1)
+    return items[0] if items else None
+
+
+def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
+    """Up to `wanted` items this worker may run, marked running under its lease in one
+    transaction, within each endpoint's concurrency and this worker's share of it."""
     now = timezone.now()
+    taken: list[int] = []
     with transaction.atomic():
         run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status != ExperimentRun.Status.RUNNING:
-            return None
+            return []
         ready = Q(status=Item.Status.PENDING) & (
             Q(not_before__isnull=True) | Q(not_before__lte=now)
         )
@@ -141,16 +191,21 @@ def claim(run_id: int, me: str) -> Item | None:
         alive = now - timedelta(seconds=settings.PLAYGROUND_EXPERIMENTS["LEASE"])
         drainers = max(1, Drainer.objects.filter(run_id=run_id, seen__gte=alive).count())
         for endpoint in endpoints:
+            if len(taken) >= wanted:
+                break
             gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
             running = Item.objects.filter(
                 endpoint=endpoint, status=Item.Status.RUNNING, lease_until__gte=now
             )
-            if running.count() >= gate.limit:
-                continue
+            free = gate.limit - running.count()
             # This worker's share of the endpoint's slots, among the run's live workers.
-            if running.filter(worker=me).count() >= math.ceil(gate.limit / drainers):
+            share = math.ceil(gate.limit / drainers) - running.filter(worker=me).count()
+            room = min(free, share, wanted - len(taken))
+            if room <= 0:
                 continue
-            for item in candidates.filter(endpoint=endpoint).order_by("position")[:5]:
+            for item in candidates.filter(endpoint=endpoint).order_by("position")[: room + 4]:
+                if room <= 0:
+                    break
                 if item.status == Item.Status.RUNNING and not _take_back(item):
                     continue
                 item.status = Item.Status.RUNNING
@@ -159,8 +214,13 @@ def claim(run_id: int, me: str) -> Item | None:
                 item.lease_until = lease_expiry()
                 item.started = now
                 item.save(update_fields=["status", "attempts", "worker", "lease_until", "started"])
-                return Item.objects.select_related("row", "run").get(pk=item.pk)
-    return None
+                taken.append(item.pk)
+                room -= 1
+        if not taken:
+            return []
+        # Everything run_item() reads, in this same trip to the database thread.
+        chosen = Item.objects.select_related("row", "run__group", "run__started_by")
+        return list(chosen.filter(pk__in=taken).order_by("position"))
 
 
 def _take_back(item: Item) -> bool:
@@ -204,42 +264,39 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     run = item.run
     spec = run.spec
     variant = spec["variants"][item.variant]
-    try:
-        prompt, system_prompt, version = await sync_to_async(_prompt_of)(spec, variant, item)
-    except ValueError as exc:  # a prompt version's variable with no value in this row
-        await _end(item, me, Item.Status.FAILED, error=str(exc))
-        return
-    conversation = await sync_to_async(_conversation_for)(item)
-    user = await sync_to_async(lambda: run.started_by)()
-    if user is None:
+    if run.started_by is None:
         await _end(item, me, Item.Status.FAILED, error="The person who started the run is gone.")
         return
+    user = run.started_by
     channel = await runs.channel_layer().new_channel()
     if stopping is not None and stopping.is_set():  # stopped since the claim: send nothing
         await _end(item, me, Item.Status.STOPPED)
         return
     try:
-        turn = await sync_to_async(services.start_turn)(
-            conversation,
-            user,
-            text=prompt,
-            model_key=variant["model"],
-            system_prompt=system_prompt,
-            channel=channel,
-            values=dict(variant.get("params") or {}),
-            wire_format=variant.get("wire_format") or None,
-            batch=True,
+        prepared, prompt, version = await sync_to_async(_prepare)(
+            spec, variant, item, user, channel
         )
+    except ValueError as exc:  # a prompt version's variable with no value in this row
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
     except services.TurnError as exc:  # a budget, a missing key, a model gone
         await _end(item, me, Item.Status.FAILED, error=str(exc))
         return
     except params.InvalidParams as exc:
         await _end(item, me, Item.Status.FAILED, error=f"Invalid parameters: {exc.errors}")
         return
-    await Item.objects.filter(pk=item.pk, worker=me).aupdate(message_id=turn.run.message_id)
-    if version is not None:
-        await sync_to_async(_record_version)(turn.run.message_id, version, item.row.variables)
-    await runs.Run(turn.run).main()
+    # As a chat send does: the upstream request goes out while the rows are written.
+    reply_run = runs.begin(prepared.run)
+    try:
+        turn = await sync_to_async(_write)(prepared, user, item, me, version)
+    except BaseException as exc:
+        await reply_run.abandon()
+        if not isinstance(exc, services.TurnError):
+            raise
+        await _end(item, me, Item.Status.FAILED, error=str(exc))
+        return
+    reply_run.request = turn.run
+    await reply_run.main()
     reply = await Message.objects.aget(pk=turn.run.message_id)
     limited = reply.status == Message.Status.ERROR and any(s in reply.error for s in RATE_LIMITED)
     if limited and await sync_to_async(_back_off)(item, me):
@@ -253,6 +310,37 @@ async def run_item(item: Item, me: str, stopping: asyncio.Event | None = None) -
     if status == Item.Status.DONE:
         verdicts = await cell_verdicts(item, reply, spec, prompt, user, judge=True)
     await _end(item, me, status, error=reply.error, verdicts=verdicts)
+
+
+def _prepare(
+    spec: dict[str, Any], variant: dict[str, Any], item: Item, user, channel: str
+) -> tuple[services.PreparedTurn, str, Any]:
+    """The item's turn checked and built (services.prepare_turn: budgets, key, parameters),
+    with its message and prompt version, in one trip to the database thread (each trip
+    waits in its queue behind the other slots')."""
+    prompt, system_prompt, version = _prompt_of(spec, variant, item)
+    prepared = services.prepare_turn(
+        _conversation_for(item),
+        user,
+        text=prompt,
+        model_key=variant["model"],
+        system_prompt=system_prompt,
+        channel=channel,
+        values=dict(variant.get("params") or {}),
+        wire_format=variant.get("wire_format") or None,
+    )
+    return prepared, prompt, version
+
+
+def _write(
+    prepared: services.PreparedTurn, user, item: Item, me: str, version: Any
+) -> services.Turn:
+    """The turn's rows, the item's reply and the reply's prompt version, in one trip."""
+    turn = services.write_turn(prepared, user, batch=True)
+    Item.objects.filter(pk=item.pk, worker=me).update(message_id=turn.run.message_id)
+    if version is not None:
+        _record_version(turn.run.message_id, version, item.row.variables)
+    return turn
 
 
 def resolve_prompt(spec: dict[str, Any], variant: dict[str, Any]) -> str:
@@ -433,8 +521,12 @@ async def _end(
     error: str = "",
     verdicts: list[dict[str, Any]] | None = None,
 ) -> None:
-    verdicts = verdicts or []
-    await Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).aupdate(
+    await sync_to_async(_end_now)(item, me, status, error, verdicts or [])
+
+
+def _end_now(item: Item, me: str, status: str, error: str, verdicts: list[dict[str, Any]]) -> None:
+    """The item's last write and the page's nudge, in one trip to the database thread."""
+    Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
         status=status,
         error=error[:2000],
         verdicts=verdicts,
@@ -442,7 +534,7 @@ async def _end(
         lease_until=None,
         finished=timezone.now(),
     )
-    await sync_to_async(progress.announce)(item.run_id)
+    progress.announce(item.run_id)
 
 
 def finish_if_done(run_id: int) -> None:
