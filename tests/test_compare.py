@@ -517,11 +517,11 @@ async def test_a_column_refused_as_its_rows_are_written_sends_nothing(
     group = await database_sync_to_async(make_compare)(user, columns=columns)
     real_write, calls, abandoned = engine.write_turn, [], []
 
-    def write_turn(prepared, who):
+    def write_turn(prepared, who, **options):
         calls.append(prepared.conversation.pk)
         if len(calls) == 2:
             raise engine.TurnError("The conversation changed while you sent: send again.")
-        return real_write(prepared, who)
+        return real_write(prepared, who, **options)
 
     real_abandon = runs.Run.abandon
 
