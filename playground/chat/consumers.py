@@ -583,11 +583,18 @@ class ConversationConsumer(SlottedConsumer):
             if message.is_streaming:
                 await self._request_snapshot(message.pk, message.run_channel)
 
+    def _own_messages(self):
+        """The messages this socket serves: its conversation's."""
+        return Message.objects.filter(conversation_id=self.conversation_id)
+
+    async def _finished_html(self, message: Message) -> str:
+        """A finished reply whose run is gone, rendered for this socket."""
+        await database_sync_to_async(with_branch_nav)(message)
+        return await render(f"{TEMPLATE}#message-oob", {"message": message})
+
     async def _request_snapshot(self, message_id: int, run_channel: str | None) -> None:
         if run_channel is None:
-            message = await Message.objects.filter(
-                pk=message_id, conversation_id=self.conversation_id
-            ).afirst()
+            message = await self._own_messages().filter(pk=message_id).afirst()
             run_channel = message.run_channel if message else ""
         if not run_channel or message_id in self.waiting:
             return
@@ -607,7 +614,7 @@ class ConversationConsumer(SlottedConsumer):
         """The run did not answer (its process died): fall back to the saved text."""
         if message_id not in self.waiting:
             return
-        mine = Message.objects.filter(pk=message_id, conversation_id=self.conversation_id)
+        mine = self._own_messages().filter(pk=message_id)
         await mine.amark_stale_interrupted()
         message = await mine.afirst()
         if message is None:
@@ -618,8 +625,7 @@ class ConversationConsumer(SlottedConsumer):
         )
         if not message.is_streaming:
             # Its run is gone, so nobody else renders the finished reply for this socket.
-            await database_sync_to_async(with_branch_nav)(message)
-            html = await render(f"{TEMPLATE}#message-oob", {"message": message})
+            html = await self._finished_html(message)
             await self.run_done({"message_id": message_id, "html": html})
 
     async def _send_partial(self, name: str, context: dict[str, Any]) -> None:

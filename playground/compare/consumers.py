@@ -344,36 +344,13 @@ class GroupConsumer(ConversationConsumer):
         for message_id, run_channel in streaming:
             await self._request_snapshot(message_id, run_channel)
 
-    async def _request_snapshot(self, message_id: int, run_channel: str | None) -> None:
-        if run_channel is None:
-            message = await Message.objects.filter(
-                pk=message_id, conversation__group_id=self.group_id
-            ).afirst()
-            run_channel = message.run_channel if message else ""
-        if not run_channel or message_id in self.waiting:
-            return
-        self.waiting[message_id] = []
-        with contextlib.suppress(Exception):  # the timeout falls back to the saved text
-            await self.channel_layer.send(
-                run_channel,
-                {"type": "run.snapshot", "message_id": message_id, "reply_to": self.channel_name},
-            )
-        self._later(settings.PLAYGROUND_RUN["SNAPSHOT_TIMEOUT"], self._snapshot_timeout, message_id)
+    def _own_messages(self):
+        """The messages this socket serves: those of every column or cell of its group."""
+        return Message.objects.filter(conversation__group_id=self.group_id)
 
-    async def _snapshot_timeout(self, message_id: int) -> None:
-        if message_id not in self.waiting:
-            return
-        mine = Message.objects.filter(pk=message_id, conversation__group_id=self.group_id)
-        await mine.amark_stale_interrupted()
-        message = await mine.afirst()
-        if message is None:
-            self.waiting.pop(message_id, None)
-            return
-        await self.run_snapshot(
-            {"message_id": message_id, "text": message.text, "reasoning": message.reasoning}
-        )
-        if not message.is_streaming:
-            await self.run_done({"message_id": message_id, "html": ""})
+    async def _finished_html(self, message: Message) -> str:
+        """Nothing: run_done draws a column's or cell's finished reply itself."""
+        return ""
 
     async def _send_partial(self, name: str, context: dict[str, Any]) -> None:
         template = TEMPLATE if name.startswith("sweep-") else "chat/playground.html"
