@@ -180,7 +180,9 @@ def connect():
 
     opened: list[WebsocketCommunicator] = []
 
-    async def _connect(user, conversation_id, *, origin: bytes | None = ORIGIN, cookie=None):
+    async def _connect(
+        user, conversation_id, *, origin: bytes | None = ORIGIN, cookie=None, query: str = ""
+    ):
         headers = [(b"host", b"127.0.0.1:8000")]
         if origin is not None:
             headers.append((b"origin", origin))
@@ -191,7 +193,7 @@ def connect():
         if cookie:
             headers.append((b"cookie", cookie))
         communicator = WebsocketCommunicator(
-            application, f"/ws/conversations/{conversation_id}/", headers=headers
+            application, f"/ws/conversations/{conversation_id}/{query}", headers=headers
         )
         opened.append(communicator)
         connected, _ = await communicator.connect(timeout=5)

@@ -380,7 +380,8 @@ def test_a_link_to_a_message_off_the_active_branch_opens_its_branch(client, team
     page = client.get(f"/c/{conversation.pk}/", {"at": old.pk}).content.decode()
     assert f'id="msg-{old.pk}"' in page and f'id="msg-{new.pk}"' not in page
     assert "branch-notice" in page and f'"action": "switch", "message_id": {old.pk}' in page
-    assert f'ws-connect="/ws/conversations/{conversation.pk}/?at={old.pk}"' in page
+    assert f'ws-connect="/ws/conversations/{conversation.pk}/?v=' in page
+    assert f'&amp;at={old.pk}"' in page
     # On the active branch (or a message not of this conversation), the page is as usual.
     for at in (new.pk, 999999, "x"):
         page = client.get(f"/c/{conversation.pk}/", {"at": at}).content.decode()

@@ -143,7 +143,10 @@ class ConversationConsumer(SlottedConsumer):
         self.allowed, self.can_run = False, False
         # The branch this socket shows when it is not the active one: a viewer's ‹ ›, or the
         # page's ?at= (a link to a message on another branch). A switch or a turn clears it.
-        self.view_at: int | None = _at(self.scope.get("query_string", b""))
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.view_at: int | None = _at(query)
+        # The page's transcript, fingerprinted (?v=): left alone at connect when unchanged.
+        shown_digest = (query.get("v") or [""])[0]
         # The session and the user were read by the auth middleware a moment ago.
         if not await self._authorized(fresh=True):
             await self.close(code=4403)
@@ -154,7 +157,7 @@ class ConversationConsumer(SlottedConsumer):
         await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
         open_sockets.add(self)
-        await self._send_transcript()
+        await self._send_transcript(unless=shown_digest)
         await self._announce("presence.join")
         return True
 
@@ -576,9 +579,16 @@ class ConversationConsumer(SlottedConsumer):
 
     # Helpers
 
-    async def _send_transcript(self) -> None:
+    async def _send_transcript(self, unless: str = "") -> None:
+        """Draw the transcript, or (`unless` the page's digest matches) only catch up the
+        replies still streaming."""
         context = await database_sync_to_async(transcript_context)(self.conversation, self.view_at)
-        await self._send_partial("transcript-oob", context)
+        if not unless or unless != context["transcript_digest"]:
+            await self._send_partial("transcript-oob", context)
+        else:
+            # Still one frame, so the page (and a test) knows the socket is live: who else
+            # watches, nobody yet (their answers to this socket's join come next).
+            await self._send_partial("presence", {"watchers": []})
         for message in context["transcript"]:
             if message.is_streaming:
                 await self._request_snapshot(message.pk, message.run_channel)
@@ -744,8 +754,8 @@ def _turn_written(conversation: Conversation, user, turn: Turn, data: dict[str, 
         log.exception("an extension failed to record the turn of reply %s", turn.messages[-1].pk)
 
 
-def _at(query_string: bytes) -> int | None:
-    values = parse_qs(query_string.decode("latin-1")).get("at") or [""]
+def _at(query: dict[str, list[str]]) -> int | None:
+    values = query.get("at") or [""]
     return int(values[0]) if values[0].isdigit() else None
 
 

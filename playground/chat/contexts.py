@@ -6,6 +6,7 @@ side imports the other.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from playground.chat.models import Conversation, Message
@@ -47,7 +48,24 @@ def transcript_context(conversation: Conversation, at: int | None = None) -> dic
         "transcript": transcript,
         "awaiting_tools": awaiting,
         "other_branch": other_branch,
+        "transcript_digest": transcript_digest(transcript, other_branch),
     }
+
+
+def transcript_digest(transcript: list[Message], other_branch: int | None) -> str:
+    """A short fingerprint of what the transcript partial draws, so a socket opening on a page
+    that already shows this transcript can leave it alone: redrawing it would replace the
+    elements under the reader's cursor and focus (the review bars among them) for nothing.
+
+    A streaming reply counts by id and status only: its text is caught up by the run's
+    snapshot whatever the page shows. A finished reply is immutable apart from its status,
+    so its lengths stand for its text."""
+    parts = [str(other_branch)]
+    for m in transcript:
+        parts.append(f"{m.pk}:{m.status}:{m.branch_nav}")
+        if not m.is_streaming:
+            parts.append(f"{len(m.text)}:{len(m.reasoning)}:{len(m.error)}")
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
 
 def model_or_default(key: str) -> Model:

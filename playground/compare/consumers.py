@@ -334,9 +334,9 @@ class GroupConsumer(ConversationConsumer):
 
     # Helpers
 
-    async def _send_transcript(self) -> None:
+    async def _send_transcript(self, unless: str = "") -> None:
         """The page as it is now (a reconnect may have missed frames), then a snapshot from
-        each run still streaming."""
+        each run still streaming. (The group page carries no digest: always drawn.)"""
         html, streaming = await database_sync_to_async(contexts.body_oob)(
             self.run_group, self.baseline
         )

@@ -402,8 +402,8 @@
   // A mention in the inbox links to its comment (#comment-N), which arrives later, out of
   // band, inside a closed "Comments" <details>: the browser cannot scroll to it by itself,
   // and htmx has no way to act on the URL's fragment. Open it, and bring it into view the
-  // first time. The bars arrive twice on a page load (the page, then the socket's transcript
-  // redraws them), so each arrival opens it again.
+  // first time. The bars can arrive twice on a page load (when the socket opens on a newer
+  // transcript than the page drew, it redraws them), so each arrival opens it again.
   let commentShown = false;
   document.addEventListener("htmx:oobAfterSwap", function () {
     if (!location.hash.startsWith("#comment-")) return;
