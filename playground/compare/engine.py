@@ -134,14 +134,18 @@ def prepare_columns(
     *,
     text: str,
     attachment_ids: list[int],
-    channels: list[str],
+    channels: list[str] | None = None,
     values: dict[str, str] | None = None,
 ) -> list[tuple[PreparedTurn, FromVersion | None]]:
     """Every column's send, checked and built; TurnError (nothing sent) if any is refused.
-    `values`: the Variables panel's, for the columns set up from prompt versions."""
+    `values`: the Variables panel's, for the columns set up from prompt versions.
+    `channels`: each column's run channel; None: "" until the caller sets each
+    `prepared.run.channel` (send_to_columns, once it knows how many columns there are)."""
     columns = contexts.members(group)
     if not columns:
         raise TurnError("Every column of this compare continued in the playground.")
+    if channels is None:
+        channels = [""] * len(columns)
     if len(channels) < len(columns):
         raise ValueError("one channel per column")
     filled_text, filled = _fill_in(columns, text, values or {})
@@ -205,6 +209,10 @@ def write_columns(
     return [(turn, contexts.append_event(turn, RunGroup.Kind.COMPARE)) for turn in turns]
 
 
+class NoAccess(TurnError):
+    """The sender may no longer see the group (send_to_columns' `authorize`): nothing sent."""
+
+
 async def send_to_columns(
     group: RunGroup,
     user,
@@ -213,21 +221,31 @@ async def send_to_columns(
     attachment_ids: list[int],
     layer,
     values: dict[str, str] | None = None,
+    authorize: Callable[[], RunGroup] | None = None,
 ) -> list[asyncio.Task]:
     """Send `text` (and images) to every column at once; the run tasks started.
 
     Three steps, whatever the number of columns: every column is checked and its request
     built (reads only, one thread hop); every column's upstream request goes out at once
-    (runs.begin); every column's rows are written in one transaction (one more hop, one
-    commit). Then the watchers get every column's new rows and every run starts. If any
-    column is refused, at either step, no row is written and the upstream requests already
-    begun are closed (Run.abandon): nothing is sent."""
+    (runs.begin); every column's rows are written in one transaction and every column's new
+    rows rendered (one more hop, one commit). Then the watchers get every column's new rows
+    and every run starts. If any column is refused, at either step, no row is written and
+    the upstream requests already begun are closed (Run.abandon): nothing is sent.
+
+    `authorize`: the sender's access, read again from the database in the first hop (the
+    group as it is now; NoAccess or TurnError refuse the send), so that checking it costs
+    no hop of its own before the columns' requests can go out."""
     began = time.monotonic()
-    count = await group.conversations.acount()
-    channels = [await layer.new_channel() for _ in range(max(count, 1))]
-    prepared = await database_sync_to_async(prepare_columns)(
-        group, user, text=text, attachment_ids=attachment_ids, channels=channels, values=values
-    )
+
+    def prepare() -> list[tuple[PreparedTurn, FromVersion | None]]:
+        checked = authorize() if authorize is not None else group
+        return prepare_columns(
+            checked, user, text=text, attachment_ids=attachment_ids, values=values
+        )
+
+    prepared = await database_sync_to_async(prepare)()
+    for column, _ in prepared:
+        column.run.channel = await layer.new_channel()
     started = [runs.begin(p.run) for p, _ in prepared]
     try:
         written = await database_sync_to_async(write_columns)(prepared, user)
