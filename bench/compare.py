@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.compare                       # 10 rounds, 6 columns
     .venv/bin/python -m bench.compare --rounds 20 --columns 6 --tokens 20 --rate 100
+    .venv/bin/python -m bench.compare --profile /tmp/prof   # py-spy Daphne for the whole run
 
 It starts the stack as bench.relay does (bench/stack.py: a fresh SQLite var dir, one Daphne
 process, the fake upstream in a process of its own). Each round, in one run:
@@ -22,15 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench import direct
 from bench.client import View, open_socket, read_until, send_payload
 from bench.relay import added_from_send, machine, percentile
-from bench.stack import Stack
+from bench.stack import BIN, Stack
 
 SEED_GROUPS = """
 import json
@@ -154,6 +159,28 @@ def table(rounds: list[Round], columns: int) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def profiling(pid: int, path: Path | None):
+    """py-spy the Daphne process (the thread holding the GIL, as bench.relay --profile) into
+    `path`, a raw file for bench.pyspy_top; nothing if None."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "500"]
+    command += ["--format", "raw", "--nonblocking", "--gil", "--output", str(path)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(20)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.upstream_proc import UpstreamProcess
 
@@ -162,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--rate", type=float, default=100.0, help="tokens per second")
+    parser.add_argument("--profile", type=Path, help="py-spy Daphne into this directory")
     args = parser.parse_args(argv)
     upstream = UpstreamProcess(args.tokens, 1 / args.rate)
     stack = Stack(upstream.base_url)
@@ -170,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         seed = stack.prepare(args.rounds)
         code = SEED_GROUPS.format(columns=args.columns, rounds=args.rounds)
         groups = json.loads(stack.manage("shell", "-c", code).strip().splitlines()[-1])
-        stack.start_servers(1)
-        rounds = asyncio.run(run(args, stack, upstream, seed.cookie, groups, seed.conversations))
+        (server,) = stack.start_servers(1)
+        where = args.profile / f"compare-{server.pid}.txt" if args.profile else None
+        with profiling(server.pid, where):
+            rounds = asyncio.run(
+                run(args, stack, upstream, seed.cookie, groups, seed.conversations)
+            )
+        if where is not None:
+            print(f"profile: {where} (python -m bench.pyspy_top {where})")
         print()
         print(f"Machine: {machine()}; SQLite + in-memory channel layer, one Daphne process;")
         print("client, upstream and Daphne on the same host.")

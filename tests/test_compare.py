@@ -667,9 +667,11 @@ async def test_a_send_takes_two_trips_to_the_database_thread_and_reads_access_in
     counting(consumers)
     counting(engine)
     await socket.send(action="send", text="Two trips")
-    await finish(group)
     await socket.until(lambda f: "composer-sent" in f or 'id="prompt"' in f)
-    assert trips == ["prepare", "write_columns"]
+    await finish(group)  # the rows exist once the composer is cleared
+    # (A column that finished is then drawn again, member_html: after the send.)
+    assert trips[:2] == ["prepare", "write_columns"]
+    assert "check_group_access" not in trips and "write_columns" not in trips[2:]
     assert await Message.objects.filter(conversation__group=group).acount() == 4
     # Lowered to viewer with no signal (no revocation): the kept decision still says
     # "may run", the send's own read says otherwise, and nothing goes upstream.
@@ -683,3 +685,37 @@ async def test_a_send_takes_two_trips_to_the_database_thread_and_reads_access_in
     assert len(upstream.requests) == sent
     assert await Message.objects.filter(conversation__group=group).acount() == 4
     await socket.close()
+
+
+def test_a_send_reads_its_columns_their_prompt_versions_and_the_run_count_in_one_query(
+    user, api_key
+):
+    """read_columns: the columns in order, whether any comes from a prompt version, and the
+    user's streaming replies, in one statement (not three)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from playground.compare import contexts, engine
+
+    columns = [setup.ColumnSetup(MODEL)] * 3
+    group = make_compare(user, columns=columns)
+    found, from_versions, running = engine.read_columns(group, user)
+    assert [c.pk for c in found] == [c.pk for c in contexts.members(group)]
+    assert [c.params for c in found] == [c.params for c in contexts.members(group)]
+    assert (from_versions, running) == (False, 0)
+    with CaptureQueriesContext(connection) as queries:
+        prepared = engine.prepare_columns(group, user, text="Count", attachment_ids=[])
+    assert len(prepared) == 3
+    first, *rest = [q["sql"] for q in queries.captured_queries]
+    assert "prompts_promptsession" in first and "COUNT(" in first
+    assert not [s for s in rest if "prompts_promptsession" in s or "COUNT(" in s]
+    assert not [s for s in rest if s.startswith('SELECT "chat_conversation"')]
+
+
+def test_a_compare_from_prompt_versions_is_known_as_such_by_the_one_query(user):
+    from playground.compare import engine
+
+    group, _ = compare_with_a_templated_version(user)
+    _, from_versions, running = engine.read_columns(group, user)
+    assert bool(from_versions) is True
+    assert running == 0
