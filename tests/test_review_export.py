@@ -48,7 +48,9 @@ def tree(user):
         request_body=body, usage={"prompt_tokens": 5, "completion_tokens": 2},
         ttft_ms=12.5, total_ms=40.0, tokens_per_second=50.0, cost=Decimal("0.000120"),
         reasoning="thinking", finish_reason="stop", wire_format="messages",
-        thinking_signatures=[{"chars": 8, "signature": "EqQBCkYIBxgC"}],
+        thinking_signatures=[
+            {"chars": 8, "signature": "EqQBCkYIBxgC"}, {"chars": 0, "redacted": "EmwKAhgB"}
+        ],
     )  # fmt: skip
     Message.objects.create(
         conversation=conversation, role="assistant", parent=ask, text="Museums.",

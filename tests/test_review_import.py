@@ -53,7 +53,7 @@ def test_export_import_export_is_equal_apart_from_ids_and_times(client, user, tr
     assert copy.wire_format == "messages"
     assert (reply.wire_format, reply.thinking_signatures) == (
         "messages",
-        [{"chars": 8, "signature": "EqQBCkYIBxgC"}],
+        [{"chars": 8, "signature": "EqQBCkYIBxgC"}, {"chars": 0, "redacted": "EmwKAhgB"}],
     )
 
 
@@ -147,6 +147,7 @@ def msg(ident, parent=None, **extra):
         ([msg(1, wire_format="grpc")], 'line 2: "wire_format" must be one of chat,'),
         ([msg(1, thinking_signatures=[{"chars": -1, "signature": "s"}])], "thinking_signatures"),
         ([msg(1, thinking_signatures=["s"])], '"thinking_signatures" needs "chars"'),
+        ([msg(1, thinking_signatures=[{"chars": 0, "redacted": 7}])], '"signature" or "redacted"'),
     ],
 )
 def test_bad_records_are_refused_and_nothing_is_half_imported(client, user, messages, message):

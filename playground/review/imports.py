@@ -207,13 +207,15 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     for block in record.get("thinking_signatures") or []:
         if (
             not isinstance(block, dict)
-            or set(block) != {"chars", "signature"}
-            or not isinstance(block["signature"], str)
+            or set(block) not in ({"chars", "signature"}, {"chars", "redacted"})
+            or not isinstance(block.get("signature", block.get("redacted")), str)
             or not isinstance(block["chars"], int)
             or isinstance(block["chars"], bool)
             or block["chars"] < 0
         ):
-            raise Refused('each of "thinking_signatures" needs "chars" (≥ 0) and "signature".')
+            raise Refused(
+                'each of "thinking_signatures" needs "chars" (≥ 0) and "signature" or "redacted".'
+            )
     if record.get("cost") is not None:
         try:
             cost = Decimal(record["cost"])
