@@ -1,11 +1,12 @@
 """Compare bench: what a 6-column send adds to each column's time to first token.
 
-    .venv/bin/python -m bench.compare                       # 10 rounds, 6 columns
+    .venv/bin/python -m bench.compare                       # 10 rounds (+1 warm-up), 6 columns
     .venv/bin/python -m bench.compare --rounds 20 --columns 6 --tokens 20 --rate 100
     .venv/bin/python -m bench.compare --profile /tmp/prof   # py-spy Daphne for the whole run
 
 It starts the stack as bench.relay does (bench/stack.py: a fresh SQLite var dir, one Daphne
-process, the fake upstream in a process of its own). Each round, in one run:
+process, the fake upstream in a process of its own). `--warmup` rounds (1) run first and are
+left out of the figures. Each round, in one run:
 
 1. a compare of `--columns` columns (a fresh group each round): one WebSocket client sends
    one message; each column's TTFT is from the send to that column's first text frame;
@@ -167,8 +168,9 @@ async def run(args, stack: Stack, upstream, cookie: str, groups, conversations) 
             one = await direct.run_direct(http, chat_url, template, key, 1, tag_prefix=f"d1-{n}")
             result.direct_one_ms = one[0].ttft_ms
             rounds.append(result)
+            label = "warm-up" if n < args.warmup else "round"
             print(
-                f"round {n}: columns {[round(v) for v in result.compare_ms]} ms, "
+                f"{label} {n}: columns {[round(v) for v in result.compare_ms]} ms, "
                 f"single {result.single_ms and round(result.single_ms)} ms, "
                 f"CPU {result.compare_cpu_ms and round(result.compare_cpu_ms, 1)} / "
                 f"{result.single_cpu_ms and round(result.single_cpu_ms, 1)} ms, "
@@ -177,7 +179,7 @@ async def run(args, stack: Stack, upstream, cookie: str, groups, conversations) 
             )
     finally:
         await http.aclose()
-    return rounds
+    return rounds[args.warmup :]
 
 
 def table(rounds: list[Round], columns: int) -> str:
@@ -240,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="rounds run first and left out of the figures (the process's first send loads "
+        "and compiles the templates: its figures are the process's start, not a send's)",
+    )
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--rate", type=float, default=100.0, help="tokens per second")
@@ -249,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(upstream.base_url)
     print(f"machine: {machine()}\nvar dir: {stack.var_dir}", flush=True)
     try:
-        seed = stack.prepare(args.rounds)
-        code = SEED_GROUPS.format(columns=args.columns, rounds=args.rounds)
+        seed = stack.prepare(args.rounds + args.warmup)
+        code = SEED_GROUPS.format(columns=args.columns, rounds=args.rounds + args.warmup)
         groups = json.loads(stack.manage("shell", "-c", code).strip().splitlines()[-1])
         (server,) = stack.start_servers(1)
         where = args.profile / f"compare-{server.pid}.txt" if args.profile else None
