@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db.models import Avg, Count, Exists, OuterRef, Q
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -132,13 +132,18 @@ def _flag_field(label: str) -> Callable[[Any], forms.Field]:
 
 def _prompt_version_field(user: Any) -> forms.Field:
     prompt_model = apps.get_model("prompts", "Prompt")
+    # A deleted prompt that replies came from is archived, not removed (Prompt.delete_by):
+    # its versions stay choosable, so those replies are still found.
     versions = (
         apps.get_model("prompts", "PromptVersion")
-        .objects.filter(prompt__in=prompt_model.objects.visible_to(user))
+        .objects.filter(prompt__in=prompt_model.objects.visible_to(user, deleted=True))
         .select_related("prompt")
-        .order_by("prompt__name", "-number")[:500]
+        .order_by(F("prompt__deleted").asc(nulls_first=True), "prompt__name", "-number")[:500]
     )
-    choices = [(str(v.pk), f"{v.prompt.name} v{v.number}") for v in versions]
+    choices = [
+        (str(v.pk), f"{v.prompt.name} v{v.number}{' (deleted)' if v.prompt.deleted else ''}")
+        for v in versions
+    ]
     return _choice("Prompt version", choices)
 
 
