@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from playground.accounts.models import Team
-from playground.chat.models import Conversation, ConversationQuerySet, Message
+from playground.chat.models import Conversation, ConversationQuerySet, Message, RunGroup
 from playground.chat.sidebar import Cursor, InvalidCursor
 from playground.providers import catalog
 from playground.review import search
@@ -307,6 +307,8 @@ class Row:
     messages: int = 0
     snippets: list[search.Snippet] = field(default_factory=list)
     ratings: dict[str, Any] = field(default_factory=dict)  # ups, downs, score (mean)
+    # The row's compare or sweep, when the user may delete it (RunGroup.may_delete).
+    deletable_group: RunGroup | None = None
 
 
 @dataclass
@@ -339,7 +341,7 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
     found = list(
         conversations.select_related("owner", "team", "review").only(
             "id", "title", "model", "updated", "created", "owner__username", "team__name",
-            "review__status",
+            "review__status", "group",
         )[: PAGE_SIZE + 1]
     )  # fmt: skip
     shown = found[:PAGE_SIZE]
@@ -353,14 +355,32 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
     )
     snippets = engine.snippets(query, ids) if query is not None else {}
     ratings = _ratings(ids)
+    groups = _deletable_groups(user, {c.group_id for c in shown if c.group_id})
     rows = [
-        Row(c, counts.get(c.pk, 0), snippets.get(c.pk, []), ratings.get(c.pk, {})) for c in shown
+        Row(
+            c,
+            counts.get(c.pk, 0),
+            snippets.get(c.pk, []),
+            ratings.get(c.pk, {}),
+            groups.get(c.group_id) if c.group_id else None,
+        )
+        for c in shown
     ]
     next_url = ""
     if len(found) > PAGE_SIZE:
         after_shown = str(Cursor.after(shown[-1]))
         next_url = f"{reverse('review:history')}?{form.query_string(after=after_shown)}"
     return Page(rows, next_url)
+
+
+def _deletable_groups(user: Any, ids: set[int]) -> dict[int, RunGroup]:
+    """The compares and sweeps among `ids` that `user` may delete: one query for the page.
+    (Experiment runs are deleted from their experiment, not from here.)"""
+    if not ids:
+        return {}
+    kinds = (RunGroup.Kind.COMPARE, RunGroup.Kind.SWEEP)
+    found = RunGroup.objects.deletable_by(user).filter(pk__in=ids, kind__in=kinds)
+    return {g.pk: g for g in found.only("id", "kind", "title")}
 
 
 def _ratings(ids: list[int]) -> dict[int, dict[str, Any]]:
