@@ -104,3 +104,34 @@ async def test_a_rerun_of_a_plain_reply_records_no_prompt_version(
     await socket.send(action="rerun", message_id=first.pk)
     await socket.until(lambda f: f"msg-{first.pk}" not in f and "status-complete" in f)
     assert not await PromptRun.objects.aexists()
+
+
+async def test_a_rerun_in_a_compare_column_keeps_its_prompt_version(upstream, user, api_key):
+    import asyncio
+
+    from channels.db import database_sync_to_async
+
+    from playground.chat.models import Message
+    from playground.prompts.models import PromptRun
+    from tests.test_compare import compare_with_a_templated_version, finish, open_group
+
+    group, version = await database_sync_to_async(compare_with_a_templated_version)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="About it", **{"var:company": "Acme"})
+    await socket.until(lambda f: "composer-sent" in f or 'id="prompt"' in f)
+    await finish(group)
+    first = await PromptRun.objects.select_related("message").aget()
+
+    await socket.send(action="rerun", message_id=first.message_id)
+    replies = Message.objects.filter(
+        conversation_id=first.message.conversation_id, role="assistant"
+    )
+    async with asyncio.timeout(5):
+        while await replies.acount() < 2:
+            await asyncio.sleep(0.02)
+    await finish(group)
+
+    again = await PromptRun.objects.exclude(message_id=first.message_id).aget()
+    assert again.version_id == version.pk and again.variables == first.variables
+    await socket.close()
