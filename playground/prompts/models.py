@@ -156,8 +156,10 @@ class Prompt(models.Model):
         the pickers and every playground it was opened in (its PromptSessions go, so those
         conversations are plain chats with the template text), and gives its name up; its
         versions stay, so the replies keep their record and History still filters by them
-        (listed as deleted). A prompt no reply came from is removed with its versions,
-        labels and their history. Either way the replies' text is untouched."""
+        (listed as deleted); an experiment variant that pinned one of them still runs it.
+        A prompt no reply came from is removed with its versions, labels and their history
+        (an experiment variant that pinned one then fails its items, saying so: see
+        experiments/worker.py). Either way the replies' text is untouched."""
         self._check_name_change(user, "delete")
         with transaction.atomic():
             if not PromptRun.objects.filter(version__prompt=self).exists():
