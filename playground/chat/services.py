@@ -242,9 +242,13 @@ def as_openai(message: Message, fmt: str = CHAT) -> dict[str, Any] | None:
 
 
 def thinking_blocks(message: Message) -> list[dict[str, str]]:
-    """The reply's thinking blocks as the model wrote them, each with its signature."""
+    """The reply's thinking blocks as the model wrote them, each with its signature, or
+    (redacted by the provider) with its encrypted data."""
     blocks, at = [], 0
     for saved in message.thinking_signatures:
+        if isinstance(saved, dict) and isinstance(saved.get("redacted"), str):
+            blocks.append({"redacted": saved["redacted"]})
+            continue
         if not isinstance(saved, dict) or not isinstance(saved.get("signature"), str):
             continue  # not one the run saved
         chars = saved["chars"] if isinstance(saved.get("chars"), int) else 0
