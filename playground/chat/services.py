@@ -15,7 +15,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import budgets, images
+from playground.chat import budgets, extensions, images
 from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
@@ -852,7 +852,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
         api_key, key = resolve_api_key(user, locked, model.provider)
-        return _turn(
+        turn = _turn(
             locked,
             user,
             [],
@@ -864,6 +864,8 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             fmt=original.wire_format,
             key=key,
         )
+        extensions.reply_repeated.send(Conversation, original=original, reply=turn.messages[-1])
+        return turn
 
 
 def switch_branch(conversation: Conversation, message_id: int) -> Message:

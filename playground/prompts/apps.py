@@ -21,4 +21,5 @@ class PromptsConfig(AppConfig):
 
         extensions.preparing_send.connect(play.prepare_send, sender=Conversation)
         extensions.turn_written.connect(play.record_turn, sender=Conversation)
+        extensions.reply_repeated.connect(play.record_rerun, sender=Conversation)
         extensions.page_panels.connect(play.panel, sender=Conversation)
