@@ -127,7 +127,7 @@ class GroupConsumer(ConversationConsumer):
             return
         too_large = text_data is None or len(text_data) > 400_000
         data, action, unreadable = {}, None, False
-        if not too_large:
+        if text_data is not None and not too_large:
             try:
                 data = json.loads(text_data)
                 action = data.get("action")

@@ -202,6 +202,7 @@ def append_event(turn: Turn, kind: str | None = None) -> dict[str, Any]:
     reply = turn.messages[-1]
     if kind is None and conversation.group_id is not None:
         kind = RunGroup.objects.values_list("kind", flat=True).get(pk=conversation.group_id)
+    chat_html: str
     if kind == RunGroup.Kind.SWEEP:
         chat_html = render_to_string(f"{CHAT_TEMPLATE}#appended", {"transcript": turn.messages})
         row = _row(conversation, reply, None, None)

@@ -139,8 +139,9 @@ def read_columns(group: RunGroup, user) -> tuple[list[Conversation], bool, int]:
     sql = _columns_sql(connection.vendor)
     streaming = Message.Status.STREAMING.value
     columns = list(Conversation.objects.raw(sql, [user.pk, streaming, group.pk]))
-    from_versions = any(c.from_version for c in columns)
-    running = columns[0].running if columns else 0
+    # The two figures come as extra attributes of every row (the same count on each).
+    from_versions = any(getattr(c, "from_version") for c in columns)  # noqa: B009
+    running = int(getattr(columns[0], "running")) if columns else 0  # noqa: B009
     return columns, from_versions, running
 
 
