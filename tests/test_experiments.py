@@ -631,6 +631,40 @@ async def test_the_progress_socket_redraws_when_a_worker_announces(user, other_u
     assert not connected and code == 4403
 
 
+async def test_the_progress_socket_of_a_stopping_run_looks_again_until_it_ends(
+    user, settings
+):
+    """Redis mode has no poll: a socket watching a run left stopping by dead workers
+    redraws every POLL_INTERVAL, each look reaping it, so it shows the run stopped once
+    the leases pass, though no worker is left to announce anything."""
+    from datetime import timedelta
+
+    from asgiref.sync import sync_to_async
+    from django.utils import timezone
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 2,
+        "POLL_INTERVAL": 0.2,
+    }
+    run = await sync_to_async(_stopped_while_a_dead_worker_holds)(user)
+    socket, connected, _ = await _progress_socket(user, run.pk)
+    assert connected
+    first = await socket.receive_from(timeout=5)
+    assert "2 remaining" in first
+    await Item.objects.filter(run=run, status="running").aupdate(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    again = await socket.receive_from(timeout=5)
+    while "2 remaining" in again:  # a look before the leases passed
+        again = await socket.receive_from(timeout=5)
+    assert "3 stopped" in again and "0 remaining" in again
+    await socket.disconnect()
+    await run.arefresh_from_db()
+    assert run.status == "stopped"
+
+
 def test_without_redis_the_page_polls_until_the_run_ends(client_for, user, settings):
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
     run = runner.start(make_experiment(user), user)
