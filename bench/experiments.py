@@ -31,6 +31,7 @@ from bench.stack import (
 from tests.experiment_seed import MODEL, db_worker, start_run
 from tests.upstream import Behaviour, FakeUpstream
 
+
 class Db:
     """Read-only queries against the bench's database, SQLite or PostgreSQL."""
 

@@ -233,12 +233,12 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
             if w.poll() is None:
                 w.terminate()
                 w.wait(10)
-    items = dict(
-        (pk, (status, attempts))
+    items = {
+        pk: (status, attempts)
         for pk, status, attempts in query(
             stack, "SELECT id, status, attempts FROM experiments_item WHERE run_id=?", run_id
         )
-    )
+    }
     assert held
     assert {items[pk] for pk in held} == {("stopped", 1)}  # stopped, not retried
     # Nothing left pending or running, nothing tried twice (the first items may have ended

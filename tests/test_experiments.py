@@ -631,9 +631,7 @@ async def test_the_progress_socket_redraws_when_a_worker_announces(user, other_u
     assert not connected and code == 4403
 
 
-async def test_the_progress_socket_of_a_stopping_run_looks_again_until_it_ends(
-    user, settings
-):
+async def test_the_progress_socket_of_a_stopping_run_looks_again_until_it_ends(user, settings):
     """Redis mode has no poll: a socket watching a run left stopping by dead workers
     redraws every POLL_INTERVAL, each look reaping it, so it shows the run stopped once
     the leases pass, though no worker is left to announce anything."""
