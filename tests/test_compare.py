@@ -603,3 +603,119 @@ async def test_columns_from_a_prompt_version_fill_its_variables_in_and_record_th
     )()
     assert "Variables · column 1" in history.content.decode()
     await socket.close()
+
+
+# The send's cost: what a column adds to its time to first token (bench/compare.py)
+
+
+def test_a_columns_new_rows_are_drawn_once_for_both_pages_as_each_page_draws_them(user, api_key):
+    """Each new message's row is rendered once (contexts.message_html) and goes into both
+    frames: the playground's (for a socket on the column's own page) and the compare
+    page's. Both are what the pages' own templates draw."""
+    from django.template.loader import render_to_string
+
+    from playground.compare import contexts, engine
+
+    group = make_compare(user)
+    prepared = engine.prepare_columns(group, user, text="Hi <both>", attachment_ids=[])
+    for n, (column, _) in enumerate(prepared):
+        column.run.channel = f"test.channel{n}"
+    written = engine.write_columns(prepared, user)
+    assert len(written) == 2
+    for turn, event in written:
+        prompt, reply = turn.messages
+        assert event["html"] == render_to_string(
+            "chat/playground.html#appended", {"transcript": turn.messages}
+        )
+        column = contexts._column(turn.conversation, [reply])
+        assert event["compare_html"] == render_to_string(
+            "compare/group.html#column-redrawn", {"col": {**column, "messages": turn.messages}}
+        ).replace(' class="column-list" hx-swap-oob="true"', ' hx-swap-oob="beforeend"', 1)
+        assert "Hi &lt;both&gt;" in event["compare_html"]
+        assert f'id="text-{reply.pk}"' in event["compare_html"]
+        assert reply.run_channel == turn.run.channel != ""
+
+
+async def test_a_send_takes_two_trips_to_the_database_thread_and_reads_access_in_the_first(
+    upstream, user, other_user, monkeypatch
+):
+    """A send reads the sender's access again from the database (a role lowered without any
+    signal still refuses it) in the same trip as its columns' preparation: two trips in all
+    before the columns stream (prepare, write), none of its own for the check."""
+    from playground.compare import consumers, engine
+
+    @database_sync_to_async
+    def prepare():
+        team = lab_with(other_user, user, Membership.Role.MEMBER)
+        return make_compare(other_user, team=team)
+
+    group = await prepare()
+    ok, socket = await open_group(user, group.pk)
+    assert ok
+    await socket.drain()
+    trips = []
+
+    def counting(module):
+        real = module.database_sync_to_async
+
+        def wrapper(fn, *args, **kwargs):
+            trips.append(getattr(fn, "__name__", repr(fn)))
+            return real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(module, "database_sync_to_async", wrapper)
+
+    counting(consumers)
+    counting(engine)
+    await socket.send(action="send", text="Two trips")
+    await socket.until(lambda f: "composer-sent" in f or 'id="prompt"' in f)
+    await finish(group)  # the rows exist once the composer is cleared
+    # (A column that finished is then drawn again, member_html: after the send.)
+    assert trips[:2] == ["prepare", "write_columns"]
+    assert "check_group_access" not in trips and "write_columns" not in trips[2:]
+    assert await Message.objects.filter(conversation__group=group).acount() == 4
+    # Lowered to viewer with no signal (no revocation): the kept decision still says
+    # "may run", the send's own read says otherwise, and nothing goes upstream.
+    sent = len(upstream.requests)
+    await Membership.objects.filter(user=user).aupdate(role=Membership.Role.VIEWER)
+    await socket.send(action="send", text="Not any more")
+    assert "watch this compare but not run it" in await socket.until(
+        lambda f: "composer-error" in f
+    )
+    await asyncio.sleep(0.1)
+    assert len(upstream.requests) == sent
+    assert await Message.objects.filter(conversation__group=group).acount() == 4
+    await socket.close()
+
+
+def test_a_send_reads_its_columns_their_prompt_versions_and_the_run_count_in_one_query(
+    user, api_key
+):
+    """read_columns: the columns in order, whether any comes from a prompt version, and the
+    user's streaming replies, in one statement (not three)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from playground.compare import contexts, engine
+
+    columns = [setup.ColumnSetup(MODEL)] * 3
+    group = make_compare(user, columns=columns)
+    found, from_versions, running = engine.read_columns(group, user)
+    assert [c.pk for c in found] == [c.pk for c in contexts.members(group)]
+    assert [c.params for c in found] == [c.params for c in contexts.members(group)]
+    assert (from_versions, running) == (False, 0)
+    with CaptureQueriesContext(connection) as queries:
+        prepared = engine.prepare_columns(group, user, text="Count", attachment_ids=[])
+    assert len(prepared) == 3
+    first, *rest = [q["sql"] for q in queries.captured_queries]
+    assert "prompts_promptsession" in first and "COUNT(" in first
+    assert not [s for s in rest if "prompts_promptsession" in s or "COUNT(" in s]
+    assert not [s for s in rest if s.startswith('SELECT "chat_conversation"')]
+
+
+def test_a_compare_from_prompt_versions_is_known_as_such_by_the_one_query(user):
+    from playground.compare import engine
+
+    group, _ = compare_with_a_templated_version(user)
+    _, from_versions, running = engine.read_columns(group, user)
+    assert bool(from_versions) is True
+    assert running == 0

@@ -125,19 +125,26 @@ class GroupConsumer(ConversationConsumer):
         if self._rate_limited():
             await self._send_error("Too many messages at once: slow down a little.")
             return
+        too_large = text_data is None or len(text_data) > 400_000
+        data, action, unreadable = {}, None, False
+        if text_data is not None and not too_large:
+            try:
+                data = json.loads(text_data)
+                action = data.get("action")
+            except (ValueError, AttributeError, RecursionError):
+                unreadable = True
         # Every message re-reads the decision from the database: sends are rare here and
-        # each one spends up to six runs.
-        self.epoch = (-1, -1)
+        # each one spends up to six runs. A send reads it in the same trip to the database
+        # thread as its columns' preparation (_send_to_columns), not in a trip of its own.
+        if action != "send":
+            self.epoch = (-1, -1)
         if self.cut_off or not await self._authorized():
             await self._cut_off()
             return
-        if text_data is None or len(text_data) > 400_000:
+        if too_large:
             await self._send_error("That message is too large.")
             return
-        try:
-            data = json.loads(text_data)
-            action = data.get("action")
-        except (ValueError, AttributeError, RecursionError):
+        if unreadable:
             await self._send_error("The playground could not read that message.")
             return
         handlers = {
@@ -147,7 +154,7 @@ class GroupConsumer(ConversationConsumer):
             "rerun": self._rerun_in_member,
             "tool_results": self._tool_results_in_member,
         }
-        handler = handlers.get(action)
+        handler = handlers.get(action) if isinstance(action, str) else None
         if handler is None:
             await self._send_error("Unknown action.")
             return
@@ -191,11 +198,31 @@ class GroupConsumer(ConversationConsumer):
                 attachment_ids=attachment_ids,
                 layer=self.channel_layer,
                 values=values,
+                authorize=self._authorize_send,
             )
+        except engine.NoAccess:
+            self.allowed = False
+            await self._tell(self._cut_off())
+            return
         except TurnError as exc:
             await self._tell(self._send_error(str(exc)))
             return
         await self._tell(self.send(text_data=composer_sent_html()))
+
+    def _authorize_send(self) -> RunGroup:
+        """The group as it is now, if this socket's user may still run it (read from the
+        database, in the send's first trip to the database thread); else NoAccess or
+        TurnError, and nothing is sent."""
+        session = self.scope.get("session")
+        checked = check_group_access(self.user, session, self.group_id, ids=False)
+        if checked is None:
+            raise engine.NoAccess(NO_ACCESS)
+        group, can_run, _ = checked
+        if not can_run:
+            raise TurnError("You can watch this compare but not run it.")
+        if group.kind != RunGroup.Kind.COMPARE:
+            raise TurnError("A sweep sends its own message: use Run sweep.")
+        return group
 
     async def _tell(self, sending: Coroutine[Any, Any, None]) -> None:
         """Say something on this socket if it is still open (the tab may have closed)."""
@@ -361,9 +388,10 @@ class GroupConsumer(ConversationConsumer):
         await self.send(text_data=html)
 
 
-def check_group_access(user, session, group_id: int, *, fresh: bool = False):
+def check_group_access(user, session, group_id: int, *, fresh: bool = False, ids: bool = True):
     """(group, may run it, its conversations' ids) if this socket's user may still see it,
-    else None. The session and password checks are the conversation socket's."""
+    else None. The session and password checks are the conversation socket's. `ids=False`:
+    the ids are not read (a send reads the columns themselves), [] in their place."""
     from django.contrib.auth import HASH_SESSION_KEY
     from django.utils.crypto import constant_time_compare
 
@@ -379,8 +407,8 @@ def check_group_access(user, session, group_id: int, *, fresh: bool = False):
         ):
             return None
         group, can_run = access.get_group_and_role(user, group_id)
-        ids = list(group.conversations.values_list("pk", flat=True))
-        return group, can_run, ids
+        members = list(group.conversations.values_list("pk", flat=True)) if ids else []
+        return group, can_run, members
     except (Http404, ObjectDoesNotExist):
         return None
 

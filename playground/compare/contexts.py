@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
@@ -199,17 +200,21 @@ def append_event(turn: Turn, kind: str | None = None) -> dict[str, Any]:
     conversation itself, and the compare page's (a column's new rows, or a sweep's row)."""
     conversation = turn.conversation
     reply = turn.messages[-1]
-    chat_html = render_to_string(f"{CHAT_TEMPLATE}#appended", {"transcript": turn.messages})
     if kind is None and conversation.group_id is not None:
         kind = RunGroup.objects.values_list("kind", flat=True).get(pk=conversation.group_id)
+    chat_html: str
     if kind == RunGroup.Kind.SWEEP:
+        chat_html = render_to_string(f"{CHAT_TEMPLATE}#appended", {"transcript": turn.messages})
         row = _row(conversation, reply, None, None)
         compare_html = render_to_string(f"{TEMPLATE}#sweep-row-oob", {"row": row})
     else:
+        # Both pages draw the same rows: each is rendered once, for both (a compare send
+        # renders six columns' before any of them streams).
+        rows = mark_safe("".join(map(message_html, turn.messages)))
+        chat_html = CHAT_APPENDED.format(rows)
         column = _column(conversation, [reply])
-        compare_html = render_to_string(
-            f"{TEMPLATE}#column-appended", {"col": column, "messages": turn.messages}
-        )
+        context = {"col": column, "rows": rows}  # rows: message_html's, of the new messages
+        compare_html = render_to_string(f"{TEMPLATE}#column-appended", context)
     return {
         "type": "chat.append",
         "html": chat_html,
@@ -217,3 +222,16 @@ def append_event(turn: Turn, kind: str | None = None) -> dict[str, Any]:
         "conversation_id": conversation.pk,
         "compare_html": compare_html,
     }
+
+
+# chat/playground.html#appended around rows drawn already (tests/test_compare.py checks
+# that the two agree).
+CHAT_APPENDED = (
+    '<div id="empty-state" hx-swap-oob="delete"></div>'
+    '<div id="transcript-list" hx-swap-oob="beforeend">{}</div>'
+)
+
+
+def message_html(message: Message) -> str:
+    """One row of a transcript, as the playground and the compare page both draw it."""
+    return render_to_string(f"{CHAT_TEMPLATE}#message", {"message": message})
