@@ -273,7 +273,13 @@ class ConversationConsumer(SlottedConsumer):
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
-        if self._may_run() and extensions.preparing_send.has_listeners(Conversation):
+        # Only a send that carries an extension's field (a prompt version) goes to a database
+        # thread for the extensions: a plain send's first trip there is its own.
+        if (
+            self._may_run()
+            and extensions.concerns_send(data)
+            and extensions.preparing_send.has_listeners(Conversation)
+        ):
             try:
                 rows = await database_sync_to_async(_prepare_by_extensions)(
                     self.conversation, self.user, data
@@ -412,7 +418,11 @@ class ConversationConsumer(SlottedConsumer):
         runs.start(turn.run, run)
         if service is start_turn:
             await self.send(text_data=composer_sent_html())
-            if sent is not None and extensions.turn_written.has_listeners(Conversation):
+            if (
+                sent is not None
+                and extensions.concerns_send(sent)
+                and extensions.turn_written.has_listeners(Conversation)
+            ):
                 record = database_sync_to_async(_turn_written)
                 await record(self.conversation, self.user, turn, sent)
 
