@@ -151,6 +151,34 @@ async def test_only_a_send_with_an_extensions_field_goes_to_the_extensions(
         extensions.turn_written.disconnect(probe_record, sender=Conversation)
 
 
+async def test_a_send_takes_no_extra_trip_to_close_old_connections(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    """Channels closes old connections before every handler, a trip to the database thread;
+    a send's queries all go through database_sync_to_async, which closes them itself, so its
+    message skips that trip. Other actions still take it."""
+    import channels.consumer
+
+    from playground.chat import consumers
+
+    trips: list[str] = []
+
+    async def counted():
+        trips.append("close")
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    monkeypatch.setattr(consumers, "aclose_old_connections", counted)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    trips.clear()
+    await socket.send_prompt("No detour")
+    await socket.until(lambda f: "status-complete" in f)
+    assert trips == []
+    await socket.send(action="stop")
+    await socket.drain()
+    assert trips == ["close"]
+
+
 def test_a_conversation_that_moved_on_since_it_was_read_refuses_the_write(
     user, api_key, conversation
 ):

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
+from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
@@ -257,7 +257,9 @@ class ConversationConsumer(SlottedConsumer):
             return
         if action == "send":
             await self._start(data)
-        elif action == "stop":
+            return
+        await aclose_old_connections()  # see dispatch()
+        if action == "stop":
             await self._stop()
         elif action == "tool_results":
             await self._tool_results(data)
@@ -465,9 +467,15 @@ class ConversationConsumer(SlottedConsumer):
         # database thread. The relay's handlers touch no database (their HTML is rendered
         # once, by the sender): under load that hop queued each frame behind other
         # sockets' queries.
-        handler = RELAY_HANDLERS.get(message.get("type", ""))
+        # websocket.receive too: receive() closes old connections itself, for the actions that
+        # query outside database_sync_to_async (which closes them before and after each call);
+        # a send's every query goes through it, so the send skips that hop, before its turn.
+        kind = message.get("type", "")
+        handler = RELAY_HANDLERS.get(kind)
         if handler is not None:
             await handler(self, message)
+        elif kind == "websocket.receive":
+            await self.websocket_receive(message)
         else:
             await super().dispatch(message)
 
