@@ -15,7 +15,7 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
@@ -475,7 +475,7 @@ class ConversationConsumer(SlottedConsumer):
         if handler is not None:
             await handler(self, message)
         elif kind == "websocket.receive":
-            await self.websocket_receive(message)
+            await self.websocket_receive(cast(Any, message))
         else:
             await super().dispatch(message)
 
