@@ -4,14 +4,14 @@ through the channel layer, so the progress and the cells fill in without polling
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
 
-from bench.stack import BIN, ROOT, ServiceUnavailable, Stack, flush_redis
+from bench.stack import ServiceUnavailable, Stack, flush_redis
+from tests.experiment_seed import db_worker, start_run
 from tests.scaleout import REDIS_URL as SCALEOUT_REDIS_URL
 from tests.scaleout import service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
@@ -19,19 +19,6 @@ from tests.upstream import Behaviour, FakeUpstream
 ROWS = 6
 # A database number apart from the scale-out tests' (the fixture flushes it).
 REDIS_URL = SCALEOUT_REDIS_URL.rsplit("/", 1)[0] + "/11"
-SEED = """
-from django.contrib.auth import get_user_model
-from playground.experiments import checks, datasets, runner
-from playground.experiments.models import Experiment
-user = get_user_model().objects.get(pk=%d)
-parsed = datasets.Parsed(columns=["n"], rows=[
-    {"variables": {"n": str(i)}, "expected": "", "notes": ""} for i in range(%d)])
-dataset = datasets.create(user, None, "Live", parsed)
-experiment = Experiment.objects.create(owner=user, name="Live", dataset=dataset,
-    prompt="{{n}}", variants=[{"model": "empiriolabs:gemma-4-e4b", "params": {}}],
-    checks=checks.parse("contains: tok"))
-print("RUN", runner.start(experiment, user).pk)
-"""
 
 
 @pytest.fixture
@@ -58,8 +45,7 @@ async def test_a_worker_s_progress_reaches_the_page_s_socket(redis_stack):
     stack, upstream = redis_stack
     upstream.default = Behaviour(n_tokens=10, interval=0.05)  # half a second an item
     seed = stack.prepare(0)
-    out = stack.manage("shell", "-c", SEED % (seed.user_id, ROWS))
-    run_id = int(out.split("RUN", 1)[1].split()[0])
+    run_id = start_run(stack, rows=ROWS, name="Live", prompt="{{n}}", user_id=seed.user_id)
     (server,) = stack.start_servers(1)
     ws_url = server.url.replace("http://", "ws://") + f"/ws/experiments/runs/{run_id}/?show=all"
     frames: list[str] = []
@@ -71,21 +57,7 @@ async def test_a_worker_s_progress_reaches_the_page_s_socket(redis_stack):
         open_timeout=10,
     ) as socket:
         frames.append(str(await socket.recv(decode=True)))  # the state on connect: none done
-        worker = subprocess.Popen(
-            [
-                str(BIN / "python"),
-                "manage.py",
-                "db_worker",
-                "--no-reload",
-                "--interval",
-                "0.2",
-                "--no-startup-delay",
-            ],
-            cwd=ROOT,
-            env=stack.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = db_worker(stack)
         try:
             deadline = time.monotonic() + 60
             while f"{ROWS} done" not in frames[-1] and time.monotonic() < deadline:

@@ -15,27 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.stack import BIN, ROOT, Stack
+from bench.stack import Stack
+from tests.experiment_seed import db_worker, start_run
 from tests.upstream import Behaviour, FakeUpstream
 
 ROWS = 16
 LEASE = 2.0
-
-SEED = """
-from playground.accounts.models import ApiKey
-from django.contrib.auth.models import User
-from playground.experiments import checks, datasets, runner
-from playground.experiments.models import Experiment
-user = User.objects.create_user("worker-test")
-ApiKey.store(provider="empiriolabs", plaintext="sk-worker-test", user=user)
-parsed = datasets.Parsed(columns=["n"], rows=[
-    {"variables": {"n": str(i)}, "expected": "", "notes": ""} for i in range(%d)])
-dataset = datasets.create(user, None, "Numbers", parsed)
-experiment = Experiment.objects.create(owner=user, name="Numbers", dataset=dataset,
-    prompt="Count to {{n}}", variants=[{"model": "empiriolabs:gemma-4-e4b", "params": {}}],
-    checks=checks.parse("contains: tok"))
-print("RUN", runner.start(experiment, user).pk)
-"""
 
 
 @pytest.fixture
@@ -58,22 +43,7 @@ def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
 
 
 def worker(stack: Stack) -> subprocess.Popen:
-    log = open(stack.var_dir / f"worker-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [
-            str(BIN / "python"),
-            "manage.py",
-            "db_worker",
-            "--no-reload",
-            "--interval",
-            "0.2",
-            "--no-startup-delay",
-        ],
-        cwd=ROOT,
-        env=stack.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return db_worker(stack, stack.var_dir / f"worker-{time.monotonic_ns()}.log")
 
 
 def query(stack: Stack, sql: str, *args) -> list[tuple]:
@@ -94,8 +64,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
     stack, upstream = stack
     upstream.default = Behaviour(n_tokens=20, interval=0.05)  # about a second an item
-    out = stack.manage("shell", "-c", SEED % ROWS)
-    run_id = int(out.split("RUN", 1)[1].split()[0])
+    run_id = start_run(stack, rows=ROWS, name="Numbers", prompt="Count to {{n}}")
     workers = [worker(stack), worker(stack)]
     try:
         # Both workers hold items; kill the one holding the first item still running.

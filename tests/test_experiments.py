@@ -4,8 +4,6 @@ db_worker in test_experiment_workers.py), checks, the results grid and run compa
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from decimal import Decimal
 
@@ -432,37 +430,53 @@ def test_compare_shows_regressions_fixes_and_word_diffs(
     assert "<del>Paris</del>" in page and "<ins>Berlin</ins>" in page
 
 
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="intermittent in full runs (a SQLite table lock between the worker thread and the "
-    "test, once a 20 s stall); to be fixed, see the closing note of 2026-11-30",
-)
-def test_stop_closes_the_upstream_requests_in_flight(client_for, user, upstream, api_key, settings):
-    """A worker (here a thread, as db_worker would run it) holds two items streaming; Stop
-    from the page closes both upstream responses and nothing else starts."""
+@pytest.mark.parametrize("reach", ["channel layer", "lease loop only"])
+async def test_stop_closes_the_upstream_requests_in_flight(
+    client_for, user, upstream, api_key, settings, monkeypatch, reach
+):
+    """A worker's drain (as db_worker runs it, on an event loop of its own) holds two items
+    streaming; Stop from the page closes both upstream responses, nothing else starts, and
+    the run ends stopped. "lease loop only": the page's process cannot reach the worker's
+    replies (db_worker is another process and the embedded layer is in memory), so the
+    worker's lease loop must see the stop and end them itself.
+
+    The drain runs as a task of the test's loop and the page's request through
+    sync_to_async, so the worker's queries and the page's share asgiref's one database
+    thread. The test database is SQLite in memory with a shared cache, whose table locks
+    fail at once ("database table is locked": neither the busy timeout nor WAL applies to
+    it), so a worker on a thread of its own collided with the page's BEGIN IMMEDIATE now
+    and then, instead of waiting for it as two processes on the SQLite file do."""
+    from asgiref.sync import sync_to_async
+
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
     settings.PLAYGROUND_EXPERIMENTS = {
         **settings.PLAYGROUND_EXPERIMENTS,
         "CONCURRENCY": 2,
-        "LEASE": 1.5,
+        "LEASE": 1.5,  # the lease loop looks at the run every 0.5 s
     }
+    if reach == "lease loop only":
+        monkeypatch.setattr(runner.runs, "stop_sync", lambda where: [])
     upstream.default = Behaviour(n_tokens=400, interval=0.05)  # 20 s each, unless stopped
-    run = runner.start(make_experiment(user, rows=("a", "b", "c")), user)
-    drained: list[int] = []
-    thread = threading.Thread(target=lambda: drained.append(asyncio.run(worker.drain(run.pk))))
-    thread.start()
+    run = await sync_to_async(
+        lambda: runner.start(make_experiment(user, rows=("a", "b", "c")), user)
+    )()
+    drain = asyncio.create_task(worker.drain(run.pk))
     try:
-        assert upstream.wait_for_requests(2, timeout=10)
-        client_for.post(f"/experiments/runs/{run.pk}/stop/")
+        assert await asyncio.to_thread(upstream.wait_for_requests, 2, 10)
+        await sync_to_async(client_for.post)(f"/experiments/runs/{run.pk}/stop/")
         # Both closed long before their 20 s streams would end (a bound, not a timing).
-        assert upstream.wait_for_disconnect(timeout=10, n=2)
+        assert await asyncio.to_thread(upstream.wait_for_disconnect, 10, 2)
+        assert await asyncio.wait_for(drain, 10) == 2
     finally:
-        thread.join(20)
-    run.refresh_from_db()
+        if not drain.done():  # never left running into the next test
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+    await run.arefresh_from_db()
     assert run.status == "stopped"
-    assert sorted(run.items.values_list("status", flat=True)) == ["stopped"] * 3
-    replies = Message.objects.filter(conversation__group=run.group, role="assistant")
-    assert sorted(replies.values_list("status", flat=True)) == ["stopped", "stopped"]
+    statuses = [s async for s in run.items.values_list("status", flat=True)]
+    assert statuses == ["stopped"] * 3
+    replies = Message.objects.filter(conversation__group=run.group_id, role="assistant")
+    assert [s async for s in replies.values_list("status", flat=True)] == ["stopped"] * 2
     assert len(upstream.requests) == 2  # the third item never started
 
 

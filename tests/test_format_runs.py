@@ -168,6 +168,46 @@ async def test_a_messages_turn_that_thought_and_called_tools_goes_back_with_its_
     assert answered.status == "complete" and answered.text == "Sunny."
 
 
+async def test_a_redacted_thinking_block_goes_back_as_it_came(
+    upstream, user, api_key, conversation, connect
+):
+    """A block the provider redacted shows nothing, but is saved in its place (after the
+    signed block it followed) and sent back with its encrypted data on the next turn."""
+    upstream.script(
+        Behaviour(
+            tokens=[],
+            reasoning=["Oslo. "],
+            redacted_thinking="EmwKAhgBEgy3va3pzix/LafPsn4a",
+            tool_calls=[{"id": "call_a", "name": "get_weather", "arguments": {"city": "Oslo"}}],
+        ),
+        Behaviour(tokens=["Sunny."]),
+    )
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Weather?",
+        wire_format="messages",
+        **{
+            "param:tools": json.dumps(WEATHER_TOOL),
+            "param:enable_thinking": "true",
+            "param:thinking_budget": "2048",
+        },
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    asking = await reply_of(conversation)
+    assert asking.reasoning == "Oslo. "
+    assert asking.thinking_signatures == [
+        {"chars": 6, "signature": "fake-signature"},
+        {"chars": 0, "redacted": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+    ]
+    await socket.send(action="tool_results", message_id=str(asking.pk), **{"result:call_a": "21C"})
+    await socket.until(lambda f: "Sunny." in f and "status-complete" in f)
+    assert upstream.requests[-1].body["messages"][-2]["content"] == [
+        {"type": "thinking", "thinking": "Oslo. ", "signature": "fake-signature"},
+        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+        {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Oslo"}},
+    ]
+
+
 @pytest.mark.parametrize("fmt", ["chat", "responses"])
 async def test_other_formats_send_no_thinking_blocks_back(
     upstream, user, api_key, conversation, connect, fmt

@@ -352,6 +352,21 @@ def http_compare_continue(w: World) -> bool:
     return Conversation.objects.get(pk=column.pk).group_id is None
 
 
+def http_compare_delete_own(w: World) -> bool:
+    from playground.compare import setup
+
+    columns = setup.plan_columns([setup.ColumnSetup(MODEL), setup.ColumnSetup(MODEL)])
+    group = setup.create_compare(w.actor, w.team, "Mine", columns)
+    w.client.post(f"/compare/{group.pk}/delete/")
+    return not RunGroup.objects.filter(pk=group.pk).exists()
+
+
+def http_compare_delete_others(w: World) -> bool:
+    group = _team_group(w)
+    w.client.post(f"/compare/{group.pk}/delete/")
+    return not RunGroup.objects.filter(pk=group.pk).exists()
+
+
 def http_read_review(w: World) -> bool:
     Annotation.objects.create(message=w.reply, author=w.founder, thumbs=1)
     Comment.objects.create(message=w.reply, author=w.founder, text="Founder says so")
@@ -511,6 +526,30 @@ def http_prompt_open(w: World) -> bool:
     return Conversation.objects.filter(
         owner=w.actor, team=w.team, prompt_session__isnull=False
     ).exists()
+
+
+def http_prompt_rename(w: World) -> bool:
+    from playground.prompts.models import Prompt
+
+    prompt = _team_prompt(w)
+    w.client.post(f"/prompts/{prompt.pk}/rename/", {"name": "renamed"})
+    return Prompt.objects.get(pk=prompt.pk).name == "renamed"
+
+
+def http_prompt_delete(w: World) -> bool:
+    from playground.prompts.models import Prompt
+
+    prompt = _team_prompt(w)
+    w.client.post(f"/prompts/{prompt.pk}/delete/")
+    return not Prompt.objects.visible_to(w.founder).filter(pk=prompt.pk).exists()
+
+
+def http_prompt_protected_delete(w: World) -> bool:
+    from playground.prompts.models import Prompt
+
+    prompt = _team_prompt(w, protected=True)
+    w.client.post(f"/prompts/{prompt.pk}/delete/")
+    return not Prompt.objects.visible_to(w.founder).filter(pk=prompt.pk).exists()
 
 
 def http_prompt_api(w: World) -> bool:

@@ -25,6 +25,7 @@ def tree(user):
         model="empiriolabs:gemma-4-e4b",
         system_prompt="Be brief.",
         params={"temperature": 0.2},
+        wire_format="messages",
     )
     image = Attachment.objects.create(
         owner=user, file="attachments/x.png", sha256=HASH, content_type="image/png",
@@ -46,7 +47,10 @@ def tree(user):
         conversation=conversation, role="assistant", parent=ask, text="Fjords.",
         request_body=body, usage={"prompt_tokens": 5, "completion_tokens": 2},
         ttft_ms=12.5, total_ms=40.0, tokens_per_second=50.0, cost=Decimal("0.000120"),
-        reasoning="thinking", finish_reason="stop",
+        reasoning="thinking", finish_reason="stop", wire_format="messages",
+        thinking_signatures=[
+            {"chars": 8, "signature": "EqQBCkYIBxgC"}, {"chars": 0, "redacted": "EmwKAhgB"}
+        ],
     )  # fmt: skip
     Message.objects.create(
         conversation=conversation, role="assistant", parent=ask, text="Museums.",

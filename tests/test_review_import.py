@@ -48,6 +48,13 @@ def test_export_import_export_is_equal_apart_from_ids_and_times(client, user, tr
     reply = ask.children.order_by("pk").first()
     url = reply.request_body["messages"][0]["content"][1]["image_url"]["url"]
     assert url == f"attachment:{ask.attachments.get().pk}"
+    # The format a reply was asked in, and its signed thinking blocks, which a later turn in
+    # the Messages format must send back as written.
+    assert copy.wire_format == "messages"
+    assert (reply.wire_format, reply.thinking_signatures) == (
+        "messages",
+        [{"chars": 8, "signature": "EqQBCkYIBxgC"}, {"chars": 0, "redacted": "EmwKAhgB"}],
+    )
 
 
 def test_jsonl_export_imports_as_the_same_tree(client, user, tree):  # noqa: F811
@@ -137,6 +144,10 @@ def msg(ident, parent=None, **extra):
         ([msg(1, role="root")], '"role" must be one of'),
         ([msg(1, usage={"a": 1}), msg(2, cost="lots")], 'line 3: "cost" must be a decimal'),
         ([msg(1, attachments=[{"sha256": "f" * 64}])], "image sha256:" + "f" * 64),
+        ([msg(1, wire_format="grpc")], 'line 2: "wire_format" must be one of chat,'),
+        ([msg(1, thinking_signatures=[{"chars": -1, "signature": "s"}])], "thinking_signatures"),
+        ([msg(1, thinking_signatures=["s"])], '"thinking_signatures" needs "chars"'),
+        ([msg(1, thinking_signatures=[{"chars": 0, "redacted": 7}])], '"signature" or "redacted"'),
     ],
 )
 def test_bad_records_are_refused_and_nothing_is_half_imported(client, user, messages, message):

@@ -68,6 +68,7 @@ class Behaviour:
     interval: float = 0.0  # seconds between chunks
     steady: bool = False  # pace chunks on a clock from the request: late wakes don't add up
     reasoning: list[str] = field(default_factory=list)  # sent before the content
+    redacted_thinking: str = ""  # Messages: a redacted_thinking block with this data, after it
     reasoning_key: str = "reasoning_content"  # or "reasoning" (OpenRouter / vLLM style)
     tool_calls: list[dict] = field(default_factory=list)  # {"id"?, "name", "arguments": str|dict}
     logprobs: bool = False
@@ -877,6 +878,8 @@ class _MessagesWriter(_NamedEventWriter):
             deltas = [{"type": "thinking_delta", "thinking": piece} for piece in b.reasoning]
             deltas.append({"type": "signature_delta", "signature": "fake-signature"})
             await self._block({"type": "thinking", "thinking": "", "signature": ""}, deltas)
+        if b.redacted_thinking:
+            await self._block({"type": "redacted_thinking", "data": b.redacted_thinking}, [])
         index = self.block
         self.block += 1
         await self._typed(
@@ -1154,6 +1157,8 @@ def _message(b: Behaviour, request: dict) -> dict:
     content: list[dict] = []
     if b.reasoning:
         content.append({"type": "thinking", "thinking": "".join(b.reasoning), "signature": "x"})
+    if b.redacted_thinking:
+        content.append({"type": "redacted_thinking", "data": b.redacted_thinking})
     content.append({"type": "text", "text": b.text})
     for i, call in enumerate(b.tool_calls):
         arguments = call.get("arguments") or {}

@@ -36,6 +36,7 @@ from playground.chat.services import (
     PreparedTurn,
     Turn,
     TurnError,
+    active_branch,
     prepare_turn,
     rerun,
     start_turn,
@@ -588,6 +589,32 @@ class ConversationConsumer(SlottedConsumer):
         self.watchers_shown = shown
         watchers = [{"name": n, "initials": initials(n)} for n in shown]
         await self._send_partial("presence", {"watchers": watchers})
+
+    async def review_changed(self, event: dict[str, Any]) -> None:
+        """A teammate changed a reply's review or the conversation's review status
+        (playground.review.live): this page fetches the bar or the status again, through
+        the ordinary views and as its own user. Not the author's own sockets (their page
+        drew the change already; a refetch would replace the control under their keys),
+        and a bar only when the reply is on the branch this page shows."""
+        if event.get("by") == self.user.pk or not await self._still_allowed():
+            return
+        message_id = event.get("message_id")
+        if message_id is not None and not await database_sync_to_async(self._shows)(message_id):
+            return
+        context = {"message_id": message_id, "conversation_id": self.conversation_id}
+        await self._send_partial("review-refresh", {**context, "refresh_oob": True})
+
+    def _shows(self, message_id: int) -> bool:
+        """Whether the transcript this socket draws holds the message (its branch, as
+        contexts.transcript_context picks it)."""
+        by_id = {m.pk: m for m in self._own_messages().only("pk", "parent_id")}
+        if message_id not in by_id:
+            return False
+        at = self.view_at if self.view_at in by_id else None
+        if at is None:
+            active = Conversation.objects.filter(pk=self.conversation_id)
+            at = active.values_list("active_leaf_id", flat=True).first()
+        return any(m.pk == message_id for m in active_branch(by_id, at))
 
     async def server_restarting(self, event: dict[str, Any]) -> None:
         """The process is shutting down: this arrives after the run's last "done" frame (same

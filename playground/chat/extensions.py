@@ -9,6 +9,9 @@ them (DESIGN.md: the arrows point one way). They connect receivers in AppConfig.
 - `turn_written(conversation, user, turn, data)`: after that send's rows are saved and its
   run has started, in a database thread: record what the reply came from. A failing receiver
   is logged; the reply goes on.
+- `reply_repeated(original, reply)`: a Re-run made `reply` from `original`'s request, inside
+  the re-run's transaction: record on the new reply what the original came from (so a
+  History filter by it finds re-runs too). A failing receiver refuses the re-run.
 - `page_panels(request, conversation, can_run)`: each receiver returns HTML (safe, rendered
   from a template) drawn above the message box, or "".
 
@@ -27,6 +30,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 preparing_send = Signal()
 turn_written = Signal()
+reply_repeated = Signal()
 page_panels = Signal()
 # The socket-message fields that preparing_send's and turn_written's receivers act on.
 send_fields: set[str] = set()

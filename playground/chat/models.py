@@ -57,6 +57,24 @@ class RunGroupQuerySet(models.QuerySet):
             Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
         ).distinct()
 
+    def deletable_by(self, user) -> RunGroupQuerySet:
+        """The groups `user` may delete (RunGroup.may_delete), in one query: History asks for
+        a whole page's at once."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        roles = Membership.Role
+        runs_in_team = Q(
+            team__memberships__user=user,
+            team__memberships__role__in=[roles.OWNER, roles.ADMIN, roles.MEMBER],
+        )
+        manages_team = Q(
+            team__memberships__user=user,
+            team__memberships__role__in=[roles.OWNER, roles.ADMIN],
+        )
+        return self.filter(
+            Q(owner=user, team__isnull=True) | (Q(owner=user) & runs_in_team) | manages_team
+        ).distinct()
+
 
 class RunGroup(models.Model):
     """Conversations started together: a compare's columns, a sweep's cells, an experiment
@@ -94,6 +112,17 @@ class RunGroup(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"{self.get_kind_display()} {self.pk}"
+
+    def may_delete(self, user) -> bool:
+        """Delete the group with its conversations: a personal group's owner; in a team, the
+        member who started it while they may still run there, and the team's owners and
+        admins (who tidy up after anyone). Viewers delete nothing."""
+        if self.team_id is None:
+            return user.pk == self.owner_id
+        membership = Membership.objects.filter(team_id=self.team_id, user=user).first()
+        if membership is None:
+            return False
+        return membership.can_manage() or (user.pk == self.owner_id and membership.can_run())
 
 
 class Conversation(models.Model):

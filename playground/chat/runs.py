@@ -313,6 +313,9 @@ class Run:
                 thought = len(self.reasoning.shown) + len(self.reasoning.pending)
                 chars = thought - sum(block["chars"] for block in self.signatures)
                 self.signatures.append({"chars": chars, "signature": signature})
+            case client.RedactedThinking(data=data):
+                # In its place among the signed blocks; it covers none of the shown reasoning.
+                self.signatures.append({"chars": 0, "redacted": data})
             case client.ToolCallDelta():
                 self._first_token()
                 call = self.tool_calls.setdefault(

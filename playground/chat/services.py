@@ -15,7 +15,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import budgets, images, plainsql
+from playground.chat import budgets, extensions, images, plainsql
 from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
@@ -242,9 +242,13 @@ def as_openai(message: Message, fmt: str = CHAT) -> dict[str, Any] | None:
 
 
 def thinking_blocks(message: Message) -> list[dict[str, str]]:
-    """The reply's thinking blocks as the model wrote them, each with its signature."""
+    """The reply's thinking blocks as the model wrote them, each with its signature, or
+    (redacted by the provider) with its encrypted data."""
     blocks, at = [], 0
     for saved in message.thinking_signatures:
+        if isinstance(saved, dict) and isinstance(saved.get("redacted"), str):
+            blocks.append({"redacted": saved["redacted"]})
+            continue
         if not isinstance(saved, dict) or not isinstance(saved.get("signature"), str):
             continue  # not one the run saved
         chars = saved["chars"] if isinstance(saved.get("chars"), int) else 0
@@ -852,7 +856,7 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             raise TurnError("That reply cannot be re-run.")
         model = get_model(original.model)
         api_key, key = resolve_api_key(user, locked, model.provider)
-        return _turn(
+        turn = _turn(
             locked,
             user,
             [],
@@ -864,6 +868,8 @@ def rerun(conversation: Conversation, user, *, message_id: int, channel: str) ->
             fmt=original.wire_format,
             key=key,
         )
+        extensions.reply_repeated.send(Conversation, original=original, reply=turn.messages[-1])
+        return turn
 
 
 def switch_branch(conversation: Conversation, message_id: int) -> Message:

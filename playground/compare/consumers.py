@@ -332,6 +332,9 @@ class GroupConsumer(ConversationConsumer):
             self.run_group, message_id, done_html, self.baseline
         )
 
+    async def review_changed(self, event: dict[str, Any]) -> None:
+        """The group page shows no review bars: nothing to fetch."""
+
     # Helpers
 
     async def _send_transcript(self, unless: str = "") -> None:

@@ -11,14 +11,18 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from playground.accounts.models import Membership
 from playground.accounts.spaces import current_space
+from playground.chat import runs
 from playground.chat.diffing import params_diff, word_diff
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.compare import access, contexts, setup
-from playground.http import AuthenticatedHttpRequest
+from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.prompts.models import Prompt, PromptVersion
 from playground.providers import catalog
 from playground.providers.specs import FORMAT_LABELS
@@ -177,6 +181,7 @@ def group_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     group, can_run = access.get_group_and_role(request.user, pk)
     context = contexts.group_context(group, _baseline(request))
     context["can_run"] = can_run
+    context["can_delete"] = group.may_delete(request.user)
     if group.kind == RunGroup.Kind.COMPARE:
         context["variables"] = contexts.variable_fields(group, request.user)
     return render(request, TEMPLATE, context)
@@ -225,3 +230,44 @@ def column_continue(request: AuthenticatedHttpRequest, pk: int, column: int) -> 
     conversation.group = None
     conversation.save(update_fields=["group", "updated"])
     return redirect("conversation", pk=conversation.pk)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def group_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """GET: what deleting the group does, and the button (a page: no script needed, the
+    keyboard reaches it like any form). POST: stop its runs still streaming, then delete it
+    with its conversations and their messages.
+
+    History deletes from a row with htmx (`from=history`): the answer removes every row of
+    the group from the list and says what was deleted."""
+    group = access.get_group_for_user(request.user, pk)
+    if not group.may_delete(request.user):
+        raise PermissionDenied(
+            "Only whoever started it (while they may run in the team) and the team's owners"
+            " and admins delete a compare or sweep."
+        )
+    members = Conversation.objects.filter(group=group)
+    if request.method == "GET":
+        replies = Message.objects.filter(conversation__in=members, role=Message.Role.ASSISTANT)
+        context = {
+            "group": group,
+            "conversations": members.count(),
+            "replies": replies.count(),
+            "streaming": replies.filter(status=Message.Status.STREAMING).count(),
+        }
+        return render(request, "compare/delete.html", context)
+    ids = list(members.values_list("pk", flat=True))
+    name = str(group)
+    # The one stop function, before the rows go: a run still streaming is told to close its
+    # upstream request in whatever process it lives, and its final save finds no row.
+    runs.stop_sync(members)
+    group.delete()  # its conversations, and their messages, go with it (CASCADE)
+    done = f"Deleted {name} and its {len(ids)} conversation{pluralize(len(ids))}."
+    if request.htmx and request.POST.get("from") == "history":
+        context = {"removed": ids, "notice": done}
+        return render(request, "review/history.html#group-deleted", context)
+    messages.success(request, done)
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("compare:list"))
+    return redirect("compare:list")

@@ -24,4 +24,5 @@ class PromptsConfig(AppConfig):
         extensions.connect_send(
             play.prepare_send, play.record_turn, fields=[play.VERSION_FIELD], sender=Conversation
         )
+        extensions.reply_repeated.connect(play.record_rerun, sender=Conversation)
         extensions.page_panels.connect(play.panel, sender=Conversation)

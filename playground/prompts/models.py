@@ -14,7 +14,7 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -29,14 +29,16 @@ class PromptError(Exception):
 
 
 class PromptQuerySet(models.QuerySet["Prompt"]):
-    def visible_to(self, user) -> PromptQuerySet:
+    def visible_to(self, user, *, deleted: bool = False) -> PromptQuerySet:
         """Own personal prompts plus those of the user's teams (any role). Start every lookup
-        here, as for conversations."""
+        here, as for conversations. A deleted (archived) prompt is left out unless
+        `deleted=True`: only History asks for those, to filter replies by their versions."""
         if not user.is_authenticated or not user.is_active:
             return self.none()
-        return self.filter(
-            Q(owner=user, team__isnull=True) | Q(team__memberships__user=user)
-        ).distinct()
+        reachable = self.filter(Q(owner=user, team__isnull=True) | Q(team__memberships__user=user))
+        if not deleted:
+            reachable = reachable.filter(deleted__isnull=True)
+        return reachable.distinct()
 
     def in_space(self, team_id: int | None) -> PromptQuerySet:
         """One space's prompts: a team's, or (None) the personal ones."""
@@ -59,17 +61,24 @@ class Prompt(models.Model):
     description = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # Set when a prompt whose versions replies recorded is deleted: see delete_by().
+    deleted = models.DateTimeField(null=True, blank=True)
 
     objects = PromptQuerySet.as_manager()
 
     class Meta:
         ordering = ["name", "id"]
+        # A deleted (archived) prompt gives its name up: a new prompt may take it.
         constraints = [
             models.UniqueConstraint(
-                fields=["owner", "name"], condition=Q(team__isnull=True), name="prompt_name"
+                fields=["owner", "name"],
+                condition=Q(team__isnull=True, deleted__isnull=True),
+                name="prompt_name",
             ),
             models.UniqueConstraint(
-                fields=["team", "name"], condition=Q(team__isnull=False), name="team_prompt_name"
+                fields=["team", "name"],
+                condition=Q(team__isnull=False, deleted__isnull=True),
+                name="team_prompt_name",
             ),
         ]
 
@@ -96,6 +105,71 @@ class Prompt(models.Model):
             return user.pk == self.owner_id
         membership = self._membership(user)
         return bool(membership and membership.can_manage())
+
+    def has_protected_label(self) -> bool:
+        return self.labels.filter(protected=True).exists()
+
+    def can_change_name(self, user) -> bool:
+        """Rename or delete: as can_edit, but a prompt with a protected label only for the
+        space's admins. The read API finds a prompt by name, so renaming or deleting it moves
+        what `?label=production` answers just as moving that label would."""
+        if not self.can_edit(user):
+            return False
+        return self.can_admin(user) or not self.has_protected_label()
+
+    def _check_name_change(self, user, doing: str) -> None:
+        if not self.can_edit(user):
+            raise PromptError(f"Viewers can read the team's prompts but not {doing} them.")
+        if not self.can_change_name(user):
+            raise PromptError(
+                f"{self.name} has a protected label: only the team's owners and admins {doing} it."
+            )
+
+    def rename(self, name: str, user) -> None:
+        """Give the prompt a new name, unique in its space. The read API answers to the new
+        name only: apps fetching the old one get a 404 and must be told."""
+        name = clean_prompt_name(name)
+        self._check_name_change(user, "rename")
+        if name == self.name:
+            return
+        clash = Prompt.objects.in_space(self.team_id).filter(name=name, deleted__isnull=True)
+        if self.team_id is None:
+            clash = clash.filter(owner_id=self.owner_id)
+        if clash.exclude(pk=self.pk).exists():
+            raise PromptError(f"There is already a prompt named {name} in this space.")
+        try:
+            with transaction.atomic():
+                Prompt.objects.filter(pk=self.pk).update(name=name, updated=timezone.now())
+        except IntegrityError:  # taken between the check and the write
+            raise PromptError(f"There is already a prompt named {name} in this space.") from None
+        self.name = name
+
+    def replies_count(self) -> int:
+        return PromptRun.objects.filter(version__prompt=self).count()
+
+    def delete_by(self, user) -> bool:
+        """Delete the prompt for `user` (PromptError if they may not). True if it was
+        archived rather than removed.
+
+        Replies record the version they came from (PromptRun), and History filters by it.
+        So a prompt that replies came from is archived: it leaves the library, the read API,
+        the pickers and every playground it was opened in (its PromptSessions go, so those
+        conversations are plain chats with the template text), and gives its name up; its
+        versions stay, so the replies keep their record and History still filters by them
+        (listed as deleted); an experiment variant that pinned one of them still runs it.
+        A prompt no reply came from is removed with its versions, labels and their history
+        (an experiment variant that pinned one then fails its items, saying so: see
+        experiments/worker.py). Either way the replies' text is untouched."""
+        self._check_name_change(user, "delete")
+        with transaction.atomic():
+            if not PromptRun.objects.filter(version__prompt=self).exists():
+                self.delete()
+                return False
+            PromptSession.objects.filter(version__prompt=self).delete()
+            VariableValues.objects.filter(prompt=self).delete()
+            self.deleted = timezone.now()
+            self.save(update_fields=["deleted", "updated"])
+        return True
 
     def latest_version(self) -> PromptVersion | None:
         return self.versions.order_by("-number").first()

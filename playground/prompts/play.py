@@ -26,6 +26,7 @@ from playground.prompts import library
 from playground.prompts import variables as syntax
 from playground.prompts.models import (
     Prompt,
+    PromptRun,
     PromptSession,
     PromptVersion,
     VariableValues,
@@ -208,6 +209,14 @@ def record_turn(
     library.record_reply(reply, plan.version, plan.variables, edited=plan.edited or drifted)
     Conversation.objects.filter(pk=conversation.pk).update(system_prompt=plan.system_template)
     conversation.system_prompt = plan.system_template
+
+
+def record_rerun(sender: Any, *, original: Message, reply: Message, **kw: Any) -> None:
+    """A Re-run sends the original's request again, byte for byte: the new reply came from
+    the same version with the same values (and is as edited as the original was)."""
+    run = PromptRun.objects.filter(message=original).first()
+    if run is not None:
+        library.record_reply(reply, run.version, run.variables, edited=run.edited)
 
 
 def panel(sender: Any, *, request, conversation: Conversation, can_run: bool, **kw: Any) -> str:

@@ -12,15 +12,17 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from playground.accounts.models import Membership, Team
 from playground.accounts.spaces import current_space
 from playground.chat.access import get_conversation_for_user
 from playground.chat.diffing import params_diff, word_diff
-from playground.http import AuthenticatedHttpRequest
+from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.prompts import library, play
 from playground.prompts.forms import ROLES, NewPromptForm, VersionForm
 from playground.prompts.models import (
@@ -97,6 +99,52 @@ def prompt_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _detail(request, library.get_prompt_for_user(request.user, pk))
 
 
+@require_POST
+@login_required
+def prompt_rename(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A new name in the same space; a clash or a bad name comes back in the form (422 to
+    htmx, which swaps it in; the whole page with the error otherwise)."""
+    prompt = library.get_prompt_for_user(request.user, pk, edit=True)
+    try:
+        prompt.rename(request.POST.get("name", ""), request.user)
+    except PromptError as exc:
+        refused = not prompt.can_change_name(request.user)
+        if request.htmx and not refused:
+            context = {"prompt": prompt, "rename_error": str(exc), "typed": request.POST}
+            return render(request, "prompts/detail.html#rename-form", context, status=422)
+        messages.error(request, str(exc))
+        return _detail(request, prompt, 403 if refused else 400)
+    messages.success(request, f"Renamed to {prompt.name}: the read API answers to that name now.")
+    url = reverse("prompts:detail", args=[prompt.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def prompt_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """GET: what deleting would do, and the button (a page, so it needs no script and the
+    keyboard reaches it like any form). POST: delete, or archive when replies came from it
+    (Prompt.delete_by says why)."""
+    prompt = library.get_prompt_for_user(request.user, pk, edit=True)
+    if not prompt.can_change_name(request.user):
+        messages.error(
+            request,
+            f"{prompt.name} has a protected label: only the team's owners and admins delete it.",
+        )
+        return _detail(request, prompt, 403)
+    if request.method == "GET":
+        context = {"prompt": prompt, "replies": prompt.replies_count()}
+        return render(request, "prompts/delete.html", context)
+    name = prompt.name
+    try:
+        archived = prompt.delete_by(request.user)
+    except PromptError as exc:  # a role changed since the check above
+        raise PermissionDenied(str(exc)) from None
+    kept = " Replies made from it keep their record; History still filters by it."
+    messages.success(request, f"Deleted {name}.{kept if archived else ''}")
+    return redirect("prompts:list")
+
+
 def _detail(request: AuthenticatedHttpRequest, prompt: Prompt, status: int = 200) -> HttpResponse:
     versions = list(prompt.versions.select_related("created_by"))
     labels = list(prompt.labels.select_related("version", "updated_by"))
@@ -115,6 +163,7 @@ def _detail(request: AuthenticatedHttpRequest, prompt: Prompt, status: int = 200
             "moves": moves,
             "can_edit": prompt.can_edit(request.user),
             "can_admin": prompt.can_admin(request.user),
+            "can_change_name": prompt.can_change_name(request.user),
         },
         status=status,
     )

@@ -47,6 +47,7 @@ __all__ = [
     "LogprobsDelta",
     "ReasoningDelta",
     "ThinkingSignature",
+    "RedactedThinking",
     "ResponseId",
     "StreamError",
     "TextDelta",
@@ -90,6 +91,14 @@ class ThinkingSignature:
     reasoning since the previous signature."""
 
     signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedactedThinking:
+    """A thinking block the provider encrypted (Messages `redacted_thinking`): nothing to
+    show, but it must go back to the provider as it came, in its place among the others."""
+
+    data: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +207,7 @@ Event = (
     | TextDelta
     | ReasoningDelta
     | ThinkingSignature
+    | RedactedThinking
     | ToolCallDelta
     | LogprobsDelta
     | Usage

@@ -353,12 +353,19 @@ def _messages_body(model: Model, body: dict[str, Any]) -> dict[str, Any]:
         elif role == "user":
             add("user", _messages_content(content))
         elif role == "assistant":
-            # Thinking first, each block with its signature, as the model wrote them: a turn
-            # that called tools must send its thinking back so (Messages, extended thinking).
+            # Thinking first, each block with its signature (or, redacted, its encrypted data),
+            # as the model wrote them: a turn that called tools must send its thinking back so
+            # (Messages, extended thinking).
             blocks = [
-                {"type": "thinking", "thinking": b.get("thinking", ""), "signature": b["signature"]}
+                {"type": "redacted_thinking", "data": b["redacted"]}
+                if b.get("redacted")
+                else {
+                    "type": "thinking",
+                    "thinking": b.get("thinking", ""),
+                    "signature": b["signature"],
+                }
                 for b in message.get("thinking_blocks") or []
-                if b.get("signature")
+                if b.get("signature") or b.get("redacted")
             ]
             blocks += _messages_content(content)
             for call in message.get("tool_calls") or []:
@@ -652,6 +659,8 @@ class MessagesDecoder(Decoder):
                 if block.get("signature"):  # usually "" here, the signature_delta follows
                     events.append(client.ThinkingSignature(str(block["signature"])))
                 return events
+            if block.get("type") == "redacted_thinking" and block.get("data"):
+                return [client.RedactedThinking(str(block["data"]))]
             return []
         if kind == "message_start":
             message = payload.get("message") or {}
@@ -694,6 +703,8 @@ class MessagesDecoder(Decoder):
                     events.append(client.ReasoningDelta(str(block["thinking"])))
                 if block.get("signature"):
                     events.append(client.ThinkingSignature(str(block["signature"])))
+            elif block.get("type") == "redacted_thinking" and block.get("data"):
+                events.append(client.RedactedThinking(str(block["data"])))
             elif block.get("type") == "text" and block.get("text"):
                 events.append(client.TextDelta(str(block["text"])))
             elif block.get("type") == "tool_use":

@@ -24,6 +24,7 @@ from django.utils.safestring import SafeString, mark_safe
 from playground.accounts.models import Membership, Team
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Conversation, Message
+from playground.review import live
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
 
 MAX_COMMENT = 5000
@@ -130,6 +131,7 @@ def annotate(
         annotation.save()  # `updated` says when, even for a labels-only change
         if labels is not None:
             annotation.labels.set(labels)
+        live.announce(message.conversation_id, user.pk, message_id=message.pk)
     return annotation
 
 
@@ -164,6 +166,7 @@ def add_comment(user, message: Message, text: str) -> Comment:
     with transaction.atomic():
         comment = Comment.objects.create(message=message, author=user, text=text)
         Mention.objects.bulk_create(Mention(comment=comment, user=person) for person in people)
+        live.announce(message.conversation_id, user.pk, message_id=message.pk)
     return comment
 
 
@@ -215,7 +218,10 @@ def set_status(user, conversation: Conversation, status: str) -> ReviewStatus:
         raise AnnotationError("Pick unreviewed, in review, approved or flagged.")
     if not can_annotate(user, conversation):
         raise AnnotationError("Viewers can read the review but not change it.")
-    return ReviewStatus.set(conversation, status, user)
+    with transaction.atomic():
+        review_status = ReviewStatus.set(conversation, status, user)
+        live.announce(conversation.pk, user.pk)
+    return review_status
 
 
 def status_of(conversation: Conversation) -> ReviewStatus:
@@ -249,6 +255,7 @@ def bulk_set_status(user, ids: list[int], status: str) -> tuple[int, int]:
                 refused += 1
                 continue
             ReviewStatus.set(conversation, status, user)
+            live.announce(conversation.pk, user.pk)
             changed += 1
     return changed, refused
 

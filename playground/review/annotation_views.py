@@ -122,9 +122,13 @@ def comment(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _bar(request, message, comments_open=True)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 def set_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """POST sets the status; GET draws it as it is (a page told that a teammate set it)."""
+    if request.method == "GET":
+        conversation = get_conversation_for_user(request.user, pk)
+        return render(request, f"{TEMPLATE}#status", _status_context(request, conversation))
     conversation = get_conversation_for_user(request.user, pk, run=True)
     try:
         annotating.set_status(request.user, conversation, request.POST.get("status", ""))

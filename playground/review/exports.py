@@ -30,9 +30,11 @@ HASH_SCHEME = "sha256:"  # how an exported request names an image instead of its
 PLAIN_FIELDS = (
     "role", "text", "reasoning", "tool_calls", "tool_call_id", "logprobs", "reasoning_ms",
     "schema_check", "status", "finish_reason", "error", "notes", "response_id", "model",
-    "usage", "ttft_ms", "total_ms", "tokens_per_second",
+    "usage", "ttft_ms", "total_ms", "tokens_per_second", "wire_format", "thinking_signatures",
 )  # fmt: skip
-CONVERSATION_FIELDS = ("title", "model", "system_prompt", "params")
+# wire_format: the API shape the reply was asked in (a re-run repeats it); thinking_signatures:
+# the Messages format's signed thinking blocks, which a later turn must send back as written.
+CONVERSATION_FIELDS = ("title", "model", "system_prompt", "params", "wire_format")
 ACTIVE_LEAF = "active_leaf"
 BATCH = 200  # messages read per query: memory stays flat however long the conversation
 

@@ -20,12 +20,12 @@ from urllib.parse import urlencode
 from django import forms
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db.models import Avg, Count, Exists, OuterRef, Q
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from playground.accounts.models import Team
-from playground.chat.models import Conversation, ConversationQuerySet, Message
+from playground.chat.models import Conversation, ConversationQuerySet, Message, RunGroup
 from playground.chat.sidebar import Cursor, InvalidCursor
 from playground.providers import catalog
 from playground.review import search
@@ -132,13 +132,18 @@ def _flag_field(label: str) -> Callable[[Any], forms.Field]:
 
 def _prompt_version_field(user: Any) -> forms.Field:
     prompt_model = apps.get_model("prompts", "Prompt")
+    # A deleted prompt that replies came from is archived, not removed (Prompt.delete_by):
+    # its versions stay choosable, so those replies are still found.
     versions = (
         apps.get_model("prompts", "PromptVersion")
-        .objects.filter(prompt__in=prompt_model.objects.visible_to(user))
+        .objects.filter(prompt__in=prompt_model.objects.visible_to(user, deleted=True))
         .select_related("prompt")
-        .order_by("prompt__name", "-number")[:500]
+        .order_by(F("prompt__deleted").asc(nulls_first=True), "prompt__name", "-number")[:500]
     )
-    choices = [(str(v.pk), f"{v.prompt.name} v{v.number}") for v in versions]
+    choices = [
+        (str(v.pk), f"{v.prompt.name} v{v.number}{' (deleted)' if v.prompt.deleted else ''}")
+        for v in versions
+    ]
     return _choice("Prompt version", choices)
 
 
@@ -302,6 +307,8 @@ class Row:
     messages: int = 0
     snippets: list[search.Snippet] = field(default_factory=list)
     ratings: dict[str, Any] = field(default_factory=dict)  # ups, downs, score (mean)
+    # The row's compare or sweep, when the user may delete it (RunGroup.may_delete).
+    deletable_group: RunGroup | None = None
 
 
 @dataclass
@@ -334,7 +341,7 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
     found = list(
         conversations.select_related("owner", "team", "review").only(
             "id", "title", "model", "updated", "created", "owner__username", "team__name",
-            "review__status",
+            "review__status", "group",
         )[: PAGE_SIZE + 1]
     )  # fmt: skip
     shown = found[:PAGE_SIZE]
@@ -348,14 +355,32 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
     )
     snippets = engine.snippets(query, ids) if query is not None else {}
     ratings = _ratings(ids)
+    groups = _deletable_groups(user, {c.group_id for c in shown if c.group_id})
     rows = [
-        Row(c, counts.get(c.pk, 0), snippets.get(c.pk, []), ratings.get(c.pk, {})) for c in shown
+        Row(
+            c,
+            counts.get(c.pk, 0),
+            snippets.get(c.pk, []),
+            ratings.get(c.pk, {}),
+            groups.get(c.group_id) if c.group_id else None,
+        )
+        for c in shown
     ]
     next_url = ""
     if len(found) > PAGE_SIZE:
         after_shown = str(Cursor.after(shown[-1]))
         next_url = f"{reverse('review:history')}?{form.query_string(after=after_shown)}"
     return Page(rows, next_url)
+
+
+def _deletable_groups(user: Any, ids: set[int]) -> dict[int, RunGroup]:
+    """The compares and sweeps among `ids` that `user` may delete: one query for the page.
+    (Experiment runs are deleted from their experiment, not from here.)"""
+    if not ids:
+        return {}
+    kinds = (RunGroup.Kind.COMPARE, RunGroup.Kind.SWEEP)
+    found = RunGroup.objects.deletable_by(user).filter(pk__in=ids, kind__in=kinds)
+    return {g.pk: g for g in found.only("id", "kind", "title")}
 
 
 def _ratings(ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from playground.accounts.models import Team
-from playground.chat.models import Attachment, Conversation, Message
+from playground.chat.models import FORMAT_LABELS, Attachment, Conversation, Message
 from playground.chat.services import ATTACHMENT_SCHEME
 from playground.providers import catalog
 from playground.review import exports
@@ -86,16 +86,20 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "finish_reason": (str,), "error": (str,), "notes": (list,), "response_id": (str,),
     "model": (str,), "request_body": (dict,), "usage": (dict,), "ttft_ms": (int, float),
     "total_ms": (int, float), "tokens_per_second": (int, float), "content_parts": (list,),
-    "cost": (str,), "created": (str,), "attachments": (list,),
+    "cost": (str,), "created": (str,), "attachments": (list,), "wire_format": (str,),
+    "thinking_signatures": (list,),
 }  # fmt: skip
 _REQUIRED_BLANK = {"text", "reasoning", "tool_call_id", "finish_reason", "error", "response_id",
                    "model"}  # fmt: skip
 _LENGTHS = {"tool_call_id": 200, "finish_reason": 40, "response_id": 200, "model": 200}
 _MESSAGE_KEYS = {"id", "parent", "role", "status", "annotations", "comments", *_TYPES}
-_CONVERSATION_KEYS = {"title", "model", "system_prompt", "params", "created", "updated", "review"}
+_CONVERSATION_KEYS = {
+    "title", "model", "system_prompt", "params", "created", "updated", "review", "wire_format",
+}  # fmt: skip
 _ANNOTATION_KEYS = {"author", "thumbs", "score", "labels", "created", "updated"}
 _COMMENT_KEYS = {"author", "text", "mentions", "created"}
 _COLOUR = re.compile(r"#[0-9a-f]{6}")
+_FORMATS = ", ".join(FORMAT_LABELS)
 _THUMBS = {"up": 1, "down": -1, None: None}
 
 
@@ -136,6 +140,8 @@ def parse_export(text: str) -> _Plan:
             raise Refused(f'line 1: conversation "{key}" must be text of at most {limit} chars.')
     if not isinstance(head.get("params", {}), dict):
         raise Refused('line 1: conversation "params" must be an object.')
+    if head.get("wire_format", "chat") not in FORMAT_LABELS:
+        raise Refused(f'line 1: conversation "wire_format" must be one of {_FORMATS}.')
     review = head.get("review")
     if review is not None and (
         not isinstance(review, dict)
@@ -196,6 +202,20 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
             raise Refused(f'"{key}" has the wrong type.')
         if key in _LENGTHS and len(str(value)) > _LENGTHS[key]:
             raise Refused(f'"{key}" is longer than {_LENGTHS[key]} characters.')
+    if record.get("wire_format", "chat") not in FORMAT_LABELS:
+        raise Refused(f'"wire_format" must be one of {_FORMATS}.')
+    for block in record.get("thinking_signatures") or []:
+        if (
+            not isinstance(block, dict)
+            or set(block) not in ({"chars", "signature"}, {"chars", "redacted"})
+            or not isinstance(block.get("signature", block.get("redacted")), str)
+            or not isinstance(block["chars"], int)
+            or isinstance(block["chars"], bool)
+            or block["chars"] < 0
+        ):
+            raise Refused(
+                'each of "thinking_signatures" needs "chars" (≥ 0) and "signature" or "redacted".'
+            )
     if record.get("cost") is not None:
         try:
             cost = Decimal(record["cost"])
@@ -413,6 +433,7 @@ def import_export(user, team: Team | None, text: str) -> Conversation:
             model=head.get("model") or catalog.DEFAULT_MODEL_KEY,
             system_prompt=head.get("system_prompt", ""),
             params=head.get("params", {}),
+            wire_format=head.get("wire_format") or "chat",
         )
         made: dict[int, Message] = {}
         for record in plan.messages:

@@ -414,6 +414,41 @@
     if (!commentShown) target.scrollIntoView({ block: "center" });
     commentShown = true;
   });
+  // A teammate's annotation, comment or review status arrives as a loader that fetches the
+  // bar (or the status) again (playground/review/live.py). A comment being written there
+  // would be lost to the new copy, so that bar waits (the reader sees the change on their
+  // next action); otherwise what the reader had open (labels, comments) stays open and the
+  // keyboard stays on the same control of the new copy.
+  const CONTROLS = "button, summary, input, select, textarea, a[href]";
+  document.addEventListener("htmx:confirm", function (event) {
+    const loader = event.target;
+    if (!loader.classList || !loader.classList.contains("review-refresh")) return;
+    const shown = document.querySelector(loader.getAttribute("hx-target"));
+    const drafting = shown && Array.from(shown.querySelectorAll("textarea")).some(function (t) {
+      return t.value.trim() !== "";
+    });
+    if (!shown || drafting) {
+      event.preventDefault();
+      return;
+    }
+    loader.dataset.open = Array.from(shown.querySelectorAll("details[open]")).map(function (d) {
+      return d.className;
+    }).join(" ");
+    const controls = Array.from(shown.querySelectorAll(CONTROLS));
+    loader.dataset.focus = String(controls.indexOf(document.activeElement));
+  });
+  document.addEventListener("htmx:afterSettle", function (event) {
+    const loader = event.detail.requestConfig && event.detail.requestConfig.elt;
+    if (!loader || !loader.classList || !loader.classList.contains("review-refresh")) return;
+    const shown = document.querySelector(loader.getAttribute("hx-target"));
+    if (!shown) return;
+    (loader.dataset.open || "").split(" ").filter(Boolean).forEach(function (name) {
+      const details = shown.querySelector("details." + name);
+      if (details) details.open = true;
+    });
+    const focused = shown.querySelectorAll(CONTROLS)[Number(loader.dataset.focus)];
+    if (focused && Number(loader.dataset.focus) >= 0) focused.focus();
+  });
   // "All shown" ticks every History row's checkbox: a client-side toggle of many inputs,
   // which htmx (server round trips) has no attribute for.
   document.addEventListener("change", function (event) {

@@ -108,3 +108,52 @@ def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
         assert sam.locator(".history-row", has_text="Capital").count() == 0  # not flagged now
     finally:
         sam_context.close()
+
+
+@pytest.mark.e2e
+def test_a_teammate_watching_sees_the_rating_comment_and_status_arrive(browser, page, live_server):
+    sign_in(page, live_server.url)
+    seed = SEED.replace('"rita"', '"rina"').replace('"sam"', '"sol"').replace("Review crew", "Pair")
+    pk, reply = live_server.manage("shell", "-c", seed).strip().splitlines()[-1].split()
+    page.context.clear_cookies()
+    contexts = []
+    pages = {}
+    for name in ("rina", "sol"):
+        context = browser.new_context(base_url=live_server.url)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        pages[name] = context.new_page()
+        log_in(pages[name], name)
+        sockets = Sockets(pages[name])
+        with sockets.transcript_loaded():
+            pages[name].goto(f"/c/{pk}/")
+        pages[name].locator(f"#review-{reply} .rate").wait_for()
+    rina, sol = pages["rina"], pages["sol"]
+    try:
+        # Sol reads the comments while Rina works: they stay open when the bar is redrawn.
+        sol.locator(f"#review-{reply} .comments summary").click()
+        rina.locator(f"#review-{reply}").get_by_role("button", name="Thumbs down").click()
+        rina.locator(f"#review-{reply} .rate-thumb.down[aria-pressed=true]").wait_for()
+        sol.locator(f"#review-{reply} .rate-thumb.down", has_text="1").wait_for()
+        # Sol's own thumbs are not pressed: the bar was drawn for Sol, not copied from Rina's.
+        assert (
+            sol.locator(f"#review-{reply} .rate-thumb.down").get_attribute("aria-pressed")
+            == "false"
+        )
+        rina.locator(f"#review-{reply} .comments summary").click()
+        rina.locator(f"#comment-text-{reply}").fill("Bergen is not the capital")
+        rina.locator(f"#review-{reply} .comment-form button").click()
+        sol.locator(f"#review-{reply} .comment", has_text="Bergen is not the capital").wait_for()
+        assert sol.locator(f"#review-{reply} details.comments").get_attribute("open") is not None
+        rina.get_by_label("Review status").select_option("flagged")
+        sol.locator("#review-status .review-set", has_text="set by rina").wait_for()
+        # A comment Sol is writing is never lost to a redraw: that bar waits.
+        sol.locator(f"#comment-text-{reply}").fill("I think it is Oslo")
+        rina.locator(f"#review-{reply}").get_by_role("button", name="Score 4").click()
+        rina.locator(f"#review-{reply} .mean-score", has_text="4").wait_for()
+        sol.wait_for_timeout(1_000)
+        assert sol.locator(f"#comment-text-{reply}").input_value() == "I think it is Oslo"
+        assert sol.locator(f"#review-{reply} .mean-score").count() == 0
+    finally:
+        for context in contexts:
+            context.close()

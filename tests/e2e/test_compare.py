@@ -174,6 +174,13 @@ def test_a_three_column_compare_streams_all_three_and_reopens_from_history_after
     temperatures = sorted(r.body["temperature"] for r in upstream.requests)
     assert temperatures == [0, 0.7, 1.4]
 
+    # Deleted from its page (after a confirm): gone from the list of compares and sweeps.
+    page.get_by_role("link", name="Delete…").click()
+    page.get_by_role("button", name="Delete compare").click()
+    page.wait_for_url(lambda url: url.rstrip("/").endswith("/compare"))
+    page.locator(".flash li").first.wait_for()
+    assert page.get_by_role("link", name="Three ways").count() == 0
+
 
 MAKE_PROMPT = """
 from django.contrib.auth import get_user_model

@@ -61,6 +61,9 @@ def test_a_folded_section_stays_folded_after_a_reload(page, live_server):
 def test_the_filter_box_finds_a_parameter_by_name(page, live_server):
     open_conversation(page, live_server)
     page.locator('details[data-section="logprobs"] summary').click()  # folded
+    # <details> fires "toggle" in a task of its own, after the click: the fold is remembered
+    # (in a cookie) only then, and a filter typed before it would be taken for the user's.
+    page.wait_for_function("document.cookie.includes('logprobs')")
     box = page.locator("#param-filter")
     box.fill("top")
     visible = page.locator("#settings .param:visible").evaluate_all(

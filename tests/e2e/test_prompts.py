@@ -103,3 +103,27 @@ def test_a_prompt_goes_from_library_to_playground_and_back_in_history(page, live
     page.goto("/review/")
     page.get_by_label("Prompt version").select_option(label="support-reply v2")
     page.locator("#history-results a", has_text="support-reply v2").first.wait_for()
+
+    # Renamed, apps ask for the new name; deleted (replies came from it), it is archived:
+    # gone from the library and the API, still a History filter, marked deleted.
+    page.goto(prompt_url)
+    page.locator(".prompt-manage summary").click()
+    page.get_by_label("New name").fill("support-answer")
+    page.get_by_role("button", name="Rename").click()
+    page.locator("h1", has_text="support-answer").wait_for()
+    headers = {"Authorization": f"Bearer {token}"}
+    read = page.context.request.get
+    assert read(f"{live_server.url}/api/prompts/support-reply", headers=headers).status == 404
+    assert read(f"{live_server.url}/api/prompts/support-answer", headers=headers).status == 200
+    page.locator(".prompt-manage summary").click()
+    page.get_by_role("link", name="Delete support-answer…").click()
+    page.locator("li", has_text="came from its versions").wait_for()
+    page.get_by_role("button", name="Delete support-answer").click()
+    page.wait_for_url(lambda url: url.rstrip("/").endswith("/prompts"))
+    assert page.locator("a", has_text="support-answer").count() == 0
+    assert read(f"{live_server.url}/api/prompts/support-answer", headers=headers).status == 404
+    page.goto("/review/")
+    with page.expect_response(lambda r: "prompt_version=" in r.url):
+        page.get_by_label("Prompt version").select_option(label="support-answer v2 (deleted)")
+    # The conversation keeps the title it was given when the version was opened.
+    page.locator("#history-results a", has_text="support-reply v2").first.wait_for()

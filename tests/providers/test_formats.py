@@ -20,6 +20,7 @@ from playground.providers.client import (
     Finish,
     LogprobsDelta,
     ReasoningDelta,
+    RedactedThinking,
     ResponseId,
     StreamError,
     TextDelta,
@@ -526,6 +527,22 @@ async def test_a_messages_thinking_block_ends_with_its_signature(upstream) -> No
     assert ThinkingSignature("fake-signature") in events
 
 
+async def test_a_redacted_thinking_block_is_kept_in_its_place(upstream) -> None:
+    upstream.script(Behaviour(tokens=["Hi"], reasoning=["Hm. "], redacted_thinking="EmwKAhgB"))
+    events = await collect(upstream, MESSAGES)
+    kinds = [e for e in events if isinstance(e, ThinkingSignature | RedactedThinking)]
+    assert kinds == [ThinkingSignature("fake-signature"), RedactedThinking("EmwKAhgB")]
+    whole = formats.MessagesDecoder().whole(
+        {
+            "content": [
+                {"type": "redacted_thinking", "data": "EmwKAhgB"},
+                {"type": "text", "text": "Hi"},
+            ]
+        }
+    )
+    assert RedactedThinking("EmwKAhgB") in whole
+
+
 def test_a_saved_turn_goes_back_with_its_thinking_blocks_first_in_messages_only() -> None:
     turn = {
         "role": "assistant",
@@ -535,6 +552,7 @@ def test_a_saved_turn_goes_back_with_its_thinking_blocks_first_in_messages_only(
         ],
         "thinking_blocks": [
             {"thinking": "One. ", "signature": "s1"},
+            {"redacted": "EmwKAhgB"},
             {"thinking": "Two. ", "signature": "s2"},
         ],
     }
@@ -543,6 +561,7 @@ def test_a_saved_turn_goes_back_with_its_thinking_blocks_first_in_messages_only(
     sent = formats.to_wire(model, MESSAGES, body)["messages"][1]["content"]
     assert sent == [
         {"type": "thinking", "thinking": "One. ", "signature": "s1"},
+        {"type": "redacted_thinking", "data": "EmwKAhgB"},
         {"type": "thinking", "thinking": "Two. ", "signature": "s2"},
         {"type": "tool_use", "id": "c1", "name": "f", "input": {}},
     ]
