@@ -23,31 +23,13 @@ from datetime import datetime
 from typing import Any
 
 from bench.stack import (
-    BIN,
-    ROOT,
     Stack,
     cpu_seconds,
     create_pg_database,
     drop_pg_database,
 )
+from tests.experiment_seed import MODEL, db_worker, start_run
 from tests.upstream import Behaviour, FakeUpstream
-
-SEED = """
-from django.contrib.auth.models import User
-from playground.accounts.models import ApiKey
-from playground.experiments import checks, datasets, runner
-from playground.experiments.models import Experiment
-user = User.objects.create_user("bench-experiments")
-ApiKey.store(provider="empiriolabs", plaintext="sk-bench", user=user)
-parsed = datasets.Parsed(columns=["n"], rows=[
-    {"variables": {"n": str(i)}, "expected": "", "notes": ""} for i in range(%(rows)d)])
-dataset = datasets.create(user, None, "Bench", parsed)
-variants = [{"model": "empiriolabs:gemma-4-e4b", "params": {"temperature": round(0.1 * v, 1)}}
-            for v in range(%(variants)d)]
-experiment = Experiment.objects.create(owner=user, name="Bench", dataset=dataset,
-    prompt="Row {{n}}", variants=variants, checks=checks.parse("contains: tok"))
-print("RUN", runner.start(experiment, user).pk)
-"""
 
 
 class Db:
@@ -85,28 +67,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workers: list[subprocess.Popen] = []
     try:
         stack.manage("migrate", "--noinput")
-        out = stack.manage("shell", "-c", SEED % {"rows": args.rows, "variants": args.variants})
-        run_id = int(out.split("RUN", 1)[1].split()[0])
+        variants = [
+            {"model": MODEL, "params": {"temperature": round(0.1 * v, 1)}}
+            for v in range(args.variants)
+        ]
+        run_id = start_run(
+            stack,
+            rows=args.rows,
+            name="Bench",
+            prompt="Row {{n}}",
+            username="bench-experiments",
+            api_key="sk-bench",
+            variants=variants,
+        )
         db = Db(stack)
         started = time.monotonic()
-        for _ in range(args.workers):
-            workers.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "python"),
-                        "manage.py",
-                        "db_worker",
-                        "--no-reload",
-                        "--interval",
-                        "0.2",
-                        "--no-startup-delay",
-                    ],
-                    cwd=ROOT,
-                    env=stack.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        workers.extend(db_worker(stack) for _ in range(args.workers))
         deadline = started + args.timeout
         while time.monotonic() < deadline:
             status = db.rows(f"SELECT status FROM experiments_experimentrun WHERE id={run_id}")

@@ -3,8 +3,8 @@ drain it: the tasks framework as deployed (test_experiment_workers.py, test_expe
 
 The seed runs in `manage.py shell` against the stack's own database: a dataset of `rows`
 rows with one variable `n` (0, 1, ...), an experiment with one variant on the fake upstream's
-model and the check "contains: tok", and a run started (its drain tasks queued for the
-workers)."""
+model (or the `variants` given) and the check "contains: tok", and a run started (its drain
+tasks queued for the workers). bench/experiments.py seeds its runs here too."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ parsed = datasets.Parsed(columns=["n"], rows=[
     {"variables": {"n": str(i)}, "expected": "", "notes": ""} for i in range(spec["rows"])])
 dataset = datasets.create(user, None, spec["name"], parsed)
 experiment = Experiment.objects.create(owner=user, name=spec["name"], dataset=dataset,
-    prompt=spec["prompt"], variants=[{"model": spec["model"], "params": {}}],
+    prompt=spec["prompt"], variants=spec["variants"],
     checks=checks.parse("contains: tok"))
 print("RUN", runner.start(experiment, user).pk)
 """
@@ -48,14 +48,16 @@ def start_run(
     user_id: int | None = None,
     username: str = "worker-test",
     api_key: str = "sk-worker-test",
+    variants: list[dict] | None = None,
 ) -> int:
     """Seed the experiment and start its run; the run's id. With no `user_id`, a user
-    `username` with an empiriolabs key `api_key` is created to start it."""
+    `username` with an empiriolabs key `api_key` is created to start it. `variants`: the
+    experiment's ({"model", "params"} each); by default one on MODEL."""
     spec = {
         "rows": rows,
         "name": name,
         "prompt": prompt,
-        "model": MODEL,
+        "variants": variants or [{"model": MODEL, "params": {}}],
         "user_id": user_id,
         "username": username,
         "api_key": api_key,

@@ -1,6 +1,7 @@
-"""Experiment runs on real `manage.py db_worker` processes over one SQLite file: the tasks
-framework as deployed. Two workers share a run; one is SIGKILLed while it holds items, and
-every item still ends with exactly one saved reply."""
+"""Experiment runs on real `manage.py db_worker` processes over one SQLite file (and, for a
+stopped run, PostgreSQL too): the tasks framework as deployed. Two workers share a run; one is
+SIGKILLed while it holds items, and every item still ends with exactly one saved reply; or,
+Stop pressed meanwhile, the run still ends stopped by itself."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.stack import Stack
+from bench.stack import ServiceUnavailable, Stack, create_pg_database, drop_pg_database
 from tests.experiment_seed import db_worker, start_run
+from tests.scaleout import PG_ADMIN_URL, service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
 
 ROWS = 16
@@ -47,6 +49,11 @@ def worker(stack: Stack) -> subprocess.Popen:
 
 
 def query(stack: Stack, sql: str, *args) -> list[tuple]:
+    if stack.database_url:
+        import psycopg
+
+        with psycopg.connect(stack.database_url, autocommit=True) as pg:
+            return pg.execute(sql.replace("?", "%s"), args).fetchall()
     assert stack.sqlite_path is not None
     with sqlite3.connect(stack.sqlite_path, timeout=20) as db:
         return db.execute(sql, args).fetchall()
@@ -140,3 +147,104 @@ def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
     assert set(sent) == {f"Count to {i}" for i in range(ROWS)}
     for prompt, times in sent.items():
         assert times == 1 or (prompt in retried and times == 2), (prompt, times)
+
+
+STOP_LEASE = 6.0  # long enough for `manage.py shell` to press Stop before the leases pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
+    database_url = None
+    if request.param == "postgresql":
+        try:
+            database_url = create_pg_database(PG_ADMIN_URL, prefix="playground_test")
+        except ServiceUnavailable as exc:
+            service_unavailable(str(exc))  # a failure under CI=true, a skip elsewhere
+    upstream = FakeUpstream().start()
+    stack = Stack(
+        upstream.base_url,
+        database_url,
+        extra_env={
+            "PLAYGROUND_EXPERIMENT_LEASE": str(STOP_LEASE),
+            "PLAYGROUND_EXPERIMENT_CONCURRENCY": "4",
+        },
+    )
+    try:
+        stack.manage("migrate", "--noinput")
+        yield stack, upstream
+    finally:
+        stack.stop()
+        upstream.stop()
+        stack.cleanup()
+        if database_url:
+            drop_pg_database(PG_ADMIN_URL, database_url)
+
+
+def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(stopping_stack):
+    """Stop is pressed while one of two workers is frozen holding items (it renews nothing,
+    sees nothing), and that worker is then SIGKILLed. Nobody presses Stop again: the live
+    worker stops its own replies, waits for the dead one's leases to pass, stops its items
+    (not retried) and ends the run stopped."""
+    stack, upstream = stopping_stack
+    upstream.default = Behaviour(n_tokens=200, interval=0.05)  # 10 s an item, unless stopped
+    run_id = start_run(stack, rows=ROWS, name="Stopped", prompt="Count to {{n}}")
+    workers = [worker(stack), worker(stack)]
+    try:
+
+        def holders() -> list[tuple]:
+            return query(
+                stack,
+                "SELECT DISTINCT worker FROM experiments_item WHERE run_id=? AND status='running'",
+                run_id,
+            )
+
+        wait_for(lambda: len(holders()) == 2, 60, "both workers to hold items")
+        victim_id = holders()[0][0]
+        victim_pid = int(victim_id.split(":")[1])
+        victim = next(w for w in workers if w.pid == victim_pid)
+        os.kill(victim_pid, signal.SIGSTOP)
+        held = {
+            pk
+            for (pk,) in query(
+                stack,
+                "SELECT id FROM experiments_item WHERE worker=? AND status='running'",
+                victim_id,
+            )
+        }
+        stack.manage(
+            "shell",
+            "-c",
+            "from playground.experiments import runner\n"
+            "from playground.experiments.models import ExperimentRun\n"
+            f"runner.stop(ExperimentRun.objects.get(pk={run_id}))",
+        )
+        os.kill(victim_pid, signal.SIGKILL)
+        victim.wait(5)
+        status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
+        assert status == [("stopping",)]  # the dead worker's leases were still live
+
+        def stopped() -> bool:
+            status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
+            return status[0][0] == "stopped"
+
+        wait_for(stopped, 4 * STOP_LEASE + 30, "the live worker to end the stopping run")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+                w.wait(10)
+    items = {
+        pk: (status, attempts)
+        for pk, status, attempts in query(
+            stack, "SELECT id, status, attempts FROM experiments_item WHERE run_id=?", run_id
+        )
+    }
+    assert held
+    assert {items[pk] for pk in held} == {("stopped", 1)}  # stopped, not retried
+    # Nothing left pending or running, nothing tried twice (the first items may have ended
+    # done before the second worker had a share of the endpoint).
+    assert {status for status, _ in items.values()} <= {"stopped", "done"}
+    assert {attempts for _, attempts in items.values()} <= {0, 1}
+    assert query(
+        stack, "SELECT finished IS NOT NULL FROM experiments_experimentrun WHERE id=?", run_id
+    ) == [(True,)]

@@ -480,6 +480,116 @@ async def test_stop_closes_the_upstream_requests_in_flight(
     assert len(upstream.requests) == 2  # the third item never started
 
 
+DEAD = "gone-host:4242:dead00"  # a worker SIGKILLed while it held items: it renews nothing
+
+
+def _stopped_while_a_dead_worker_holds(user, rows=("a", "b", "c")):
+    """A run whose worker was killed holding two items, then Stop pressed while their
+    leases were still live: the run stays stopping, the two items running."""
+    run = runner.start(make_experiment(user, rows=rows), user)
+    held = worker.claim_many(run.pk, DEAD, 2)
+    assert len(held) == 2
+    runner.stop(run)
+    run.refresh_from_db()
+    assert run.status == "stopping"
+    assert run.items.filter(status="running", worker=DEAD).count() == 2
+    return run
+
+
+def _assert_reaped(run, announced) -> None:
+    run.refresh_from_db()
+    assert run.status == "stopped" and run.finished is not None
+    items = list(run.items.values_list("status", "attempts", "worker"))
+    assert [status for status, _, _ in items] == ["stopped"] * len(items)
+    # Stopped, not retried: nobody claimed them again.
+    assert [(a, w) for _, a, w in items if w] == [(1, DEAD), (1, DEAD)]
+    assert run.pk in announced  # the page's live progress hears of it
+
+
+async def test_a_surviving_workers_lease_loop_ends_a_stopping_run_left_by_a_dead_worker(
+    user, settings, monkeypatch
+):
+    """Another worker's drain of the stopping run (as db_worker runs it, on the test's
+    loop and database thread, see the Stop test) waits for the dead worker's leases to pass,
+    then its lease loop stops those items and ends the run; before, it returned at once and
+    the run stayed stopping until someone pressed Stop again."""
+    from asgiref.sync import sync_to_async
+
+    from playground.experiments import progress
+    from playground.experiments.models import Drainer
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 2,
+        "LEASE": 1.0,
+    }
+    announced: list[int] = []
+    monkeypatch.setattr(progress, "announce", announced.append)
+    run = await sync_to_async(_stopped_while_a_dead_worker_holds)(user)
+    announced.clear()
+    assert await asyncio.wait_for(worker.drain(run.pk), 10) == 0
+    await sync_to_async(_assert_reaped)(run, announced)
+    assert not await Drainer.objects.filter(run=run).aexists()
+
+
+def test_a_stopping_run_whose_workers_all_died_ends_when_its_page_is_opened(
+    client_for, user, settings, monkeypatch
+):
+    """No worker left to reap it: the run page (here its poll) does, once the leases
+    passed, and not before (a live worker may still be ending those items)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from playground.experiments import progress
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
+    announced: list[int] = []
+    monkeypatch.setattr(progress, "announce", announced.append)
+    run = _stopped_while_a_dead_worker_holds(user)
+    page = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert page.status_code == 200 and "2 remaining" in page.content.decode()
+    run.refresh_from_db()
+    assert run.status == "stopping"  # the leases are still live
+    announced.clear()
+    run.items.filter(status="running").update(lease_until=timezone.now() - timedelta(seconds=1))
+    polled = client_for.get(f"/experiments/runs/{run.pk}/progress/")
+    assert polled.status_code == 286  # htmx stops polling: the run is over
+    assert "3 stopped" in polled.content.decode()
+    _assert_reaped(run, announced)
+    assert client_for.get(f"/experiments/runs/{run.pk}/").status_code == 200
+
+
+def test_reaping_a_stopping_run_ends_it_once(user, settings, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from playground.experiments import progress
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 2}
+    announced: list[int] = []
+    monkeypatch.setattr(progress, "announce", announced.append)
+    run = _stopped_while_a_dead_worker_holds(user)
+    announced.clear()
+    assert worker.reap(run.pk) is False  # leases live: nothing to do yet
+    assert announced == []
+    run.items.filter(status="running").update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert worker.reap(run.pk) is True
+    assert worker.reap(run.pk) is False  # a second reaper finds it ended
+    assert announced == [run.pk]
+    _assert_reaped(run, announced)
+    # A running run's lost items are the claim's to retry, never the reaper's.
+    running = runner.start(make_experiment(user, rows=("x",)), user)
+    worker.claim_many(running.pk, DEAD, 1)
+    running.items.update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert worker.reap(running.pk) is False
+    assert running.items.get().status == "running"
+
+
 async def _progress_socket(user, run_id: int):
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
@@ -519,6 +629,38 @@ async def test_the_progress_socket_redraws_when_a_worker_announces(user, other_u
     await socket.disconnect()
     foreign, connected, code = await _progress_socket(other_user, run.pk)
     assert not connected and code == 4403
+
+
+async def test_the_progress_socket_of_a_stopping_run_looks_again_until_it_ends(user, settings):
+    """Redis mode has no poll: a socket watching a run left stopping by dead workers
+    redraws every POLL_INTERVAL, each look reaping it, so it shows the run stopped once
+    the leases pass, though no worker is left to announce anything."""
+    from datetime import timedelta
+
+    from asgiref.sync import sync_to_async
+    from django.utils import timezone
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {
+        **settings.PLAYGROUND_EXPERIMENTS,
+        "CONCURRENCY": 2,
+        "POLL_INTERVAL": 0.2,
+    }
+    run = await sync_to_async(_stopped_while_a_dead_worker_holds)(user)
+    socket, connected, _ = await _progress_socket(user, run.pk)
+    assert connected
+    first = await socket.receive_from(timeout=5)
+    assert "2 remaining" in first
+    await Item.objects.filter(run=run, status="running").aupdate(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    again = await socket.receive_from(timeout=5)
+    while "2 remaining" in again:  # a look before the leases passed
+        again = await socket.receive_from(timeout=5)
+    assert "3 stopped" in again and "0 remaining" in again
+    await socket.disconnect()
+    await run.arefresh_from_db()
+    assert run.status == "stopped"
 
 
 def test_without_redis_the_page_polls_until_the_run_ends(client_for, user, settings):

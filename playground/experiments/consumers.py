@@ -21,6 +21,7 @@ from django.template.loader import render_to_string
 from playground.chat import access, consumers
 from playground.experiments import pages, progress
 from playground.experiments.access import get_run_for_user
+from playground.experiments.models import ExperimentRun
 
 MIN_INTERVAL = 1.0  # seconds between redraws of one page: a 1,000-item run is 1,000 events
 render = sync_to_async(render_to_string, thread_sensitive=False)
@@ -97,6 +98,15 @@ class RunProgressConsumer(consumers.SlottedConsumer):
             await self.close(code=4403)
             return
         await self.send(text_data=await render("experiments/run.html#live", context))
+        if context["run"].status == ExperimentRun.Status.STOPPING:
+            # Its workers may have died: the next look reaps it once their leases pass
+            # (pages.run_context), as the page's poll does without Redis.
+            self._look_again(settings.PLAYGROUND_EXPERIMENTS["POLL_INTERVAL"])
+
+    def _look_again(self, wait: float) -> None:
+        current = asyncio.current_task()
+        if self.pending is None or self.pending.done() or self.pending is current:
+            self.pending = asyncio.create_task(self._draw_after(wait))
 
 
 def _context(user, run_id: int, show: str, page: str | None) -> dict[str, Any] | None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from playground.experiments import grid, progress
+from playground.experiments import grid, progress, worker
 from playground.experiments.models import ExperimentRun
 
 
 def run_context(user, run: ExperimentRun, show: str, page_number: str | None) -> dict:
-    """The run page's context; the progress socket (consumers.py) renders it too."""
+    """The run page's context; the progress socket (consumers.py) renders it too.
+
+    A stopping run is reaped first (worker.reap): when every worker died holding its items,
+    opening the page (or its poll, or its socket's redraw) ends it once the leases passed."""
+    if run.status == ExperimentRun.Status.STOPPING:
+        worker.reap(run.pk)
+        run.refresh_from_db(fields=["status", "finished"])
     if show not in grid.FILTERS:
         show = "all"
     previous = run.experiment.runs.filter(number__lt=run.number).order_by("-number").first()

@@ -8,7 +8,6 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from playground.chat import runs
 from playground.chat.models import Conversation, Message, RunGroup
@@ -97,24 +96,15 @@ def start(experiment: Experiment, user) -> ExperimentRun:
 def stop(run: ExperimentRun) -> None:
     """Stop the whole run: nothing pending starts, and every reply in flight is stopped
     through chat.runs.stop() (its upstream request closed), in whatever process it runs."""
-    with transaction.atomic():
-        updated = ExperimentRun.objects.filter(
-            pk=run.pk, status=ExperimentRun.Status.RUNNING
-        ).update(status=ExperimentRun.Status.STOPPING)
-        now = timezone.now()
-        Item.objects.filter(run=run, status=Item.Status.PENDING).update(
-            status=Item.Status.STOPPED, finished=now
-        )
-        # Items whose worker is gone (lease passed): nobody would end them.
-        Item.objects.filter(run=run, status=Item.Status.RUNNING, lease_until__lt=now).update(
-            status=Item.Status.STOPPED, finished=now
-        )
+    updated = ExperimentRun.objects.filter(pk=run.pk, status=ExperimentRun.Status.RUNNING).update(
+        status=ExperimentRun.Status.STOPPING
+    )
     if updated:
         with contextlib.suppress(Exception):  # the workers' lease loops stop them too
             runs.stop_sync(Conversation.objects.filter(group_id=run.group_id))
-    # Nothing was running (or the workers are gone): the run ends here.
-    if not Item.objects.filter(run=run, status=Item.Status.RUNNING).exists():
-        worker.finish_if_done(run.pk)
+    # Pending items, and those whose worker is gone (lease passed): nobody would end them.
+    # Nothing left running (or the workers are gone): the run ends here.
+    worker.reap(run.pk)
     progress.announce(run.pk)
 
 

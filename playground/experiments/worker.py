@@ -18,6 +18,11 @@ drain the same run; the database decides who gets what:
 - Stop: the page sets the run to stopping and calls chat.runs.stop() (which reaches this
   process directly when Redis carries the channel layer); the lease loop sees the status
   too and calls the same stop() here, for the embedded in-memory layer.
+- A stopping run ends by itself (reap()): its items whose worker died (lease passed) end
+  stopped, not retried, and the run ends stopped once nothing runs. A worker's lease loop
+  does it while the worker lives, and its drain waits for the other workers' items to end
+  or their leases to pass first; with no worker left, the run page does it when opened
+  (pages.run_context: the page, its poll and its socket).
 """
 
 from __future__ import annotations
@@ -77,12 +82,39 @@ async def drain(run_id: int) -> int:
     claims = _Claims(run_id, me)
     try:
         done = await asyncio.gather(*(_slot(claims, stopping) for _ in range(slots)))
+        await _settle(run_id)
     finally:
         lease.cancel()
         await asyncio.gather(lease, return_exceptions=True)
         await Drainer.objects.filter(run_id=run_id, worker=me).adelete()
     await sync_to_async(finish_if_done)(run_id)
     return sum(done)
+
+
+async def _settle(run_id: int) -> None:
+    """A stopping run whose items another worker holds: wait (the lease loop renewing and
+    reaping) until they end or their leases pass and are reaped, so a worker killed while
+    holding them does not leave the run stopping. Bounded: a live worker whose item will not
+    end keeps renewing, and ends the run itself when it does."""
+    pause = _lease_pause()
+    deadline = asyncio.get_running_loop().time() + 2 * settings.PLAYGROUND_EXPERIMENTS["LEASE"]
+    while asyncio.get_running_loop().time() < deadline:
+        if not await sync_to_async(_held)(run_id):
+            return
+        await asyncio.sleep(pause)
+
+
+def _held(run_id: int) -> bool:
+    """Whether a stopping run still has items running."""
+    return ExperimentRun.objects.filter(
+        pk=run_id,
+        status=ExperimentRun.Status.STOPPING,
+        items__status=Item.Status.RUNNING,
+    ).exists()
+
+
+def _lease_pause() -> float:
+    return max(0.2, min(1.0, settings.PLAYGROUND_EXPERIMENTS["LEASE"] / 3))
 
 
 def _slots(run_id: int) -> int:
@@ -243,8 +275,9 @@ def _take_back(item: Item) -> bool:
 
 
 async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
-    """Renew this worker's leases; on a stopped run, stop its replies in this process."""
-    pause = max(0.2, min(1.0, settings.PLAYGROUND_EXPERIMENTS["LEASE"] / 3))
+    """Renew this worker's leases; on a stopped run, stop its replies in this process and
+    reap the items of workers that died holding them."""
+    pause = _lease_pause()
     while True:
         await asyncio.sleep(pause)
         try:
@@ -256,6 +289,8 @@ async def _lease_loop(run_id: int, me: str, stopping: asyncio.Event) -> None:
                 stopping.set()
                 if run is not None:
                     await runs.stop(Conversation.objects.filter(group_id=run.group_id))
+                if run is not None and run.status == ExperimentRun.Status.STOPPING:
+                    await sync_to_async(reap)(run_id)
         except Exception:
             log.exception("experiment run %s: renewing leases failed", run_id)
 
@@ -556,6 +591,38 @@ def finish_if_done(run_id: int) -> None:
         status=final, finished=timezone.now()
     )
     progress.announce(run_id)
+
+
+def reap(run_id: int) -> bool:
+    """End what a stopping run leaves behind: its pending items and those whose worker is
+    gone (lease passed) end stopped, never retried; once nothing runs the run ends stopped,
+    as runner.stop() ends it. The run's row is locked first, as a claim locks it, so several
+    workers (and pages) reaping at once end each item and the run once. True if the run
+    ended here."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status != ExperimentRun.Status.STOPPING:
+            return False
+        gone = Q(status=Item.Status.PENDING) | Q(status=Item.Status.RUNNING, lease_until__lt=now)
+        reaped = (
+            Item.objects.filter(run_id=run_id)
+            .filter(gone)
+            .update(status=Item.Status.STOPPED, lease_until=None, finished=now)
+        )
+        left = Item.objects.filter(
+            run_id=run_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
+        ).exists()
+        ended = not left and bool(
+            ExperimentRun.objects.filter(pk=run_id, status=ExperimentRun.Status.STOPPING).update(
+                status=ExperimentRun.Status.STOPPED, finished=now
+            )
+        )
+        if reaped or ended:
+            transaction.on_commit(lambda: progress.announce(run_id))
+    if reaped:
+        log.warning("experiment run %s: %s items of gone workers stopped", run_id, reaped)
+    return ended
 
 
 async def rejudge(run_id: int, user_id: int) -> int:
