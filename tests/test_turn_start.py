@@ -105,6 +105,80 @@ async def test_an_unexpected_write_error_closes_the_upstream_request_too(
     assert await Message.objects.acount() == 0
 
 
+async def test_only_a_send_with_an_extensions_field_goes_to_the_extensions(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    """A plain send takes no trip to a database thread for preparing_send or turn_written;
+    one carrying a field an extension connected for does, and the extension is heard."""
+    from playground.chat import consumers, extensions
+    from playground.chat.models import Conversation
+
+    calls: list[str] = []
+    real_prepare, real_record = consumers._prepare_by_extensions, consumers._turn_written
+
+    def prepare(*args):
+        calls.append("prepare")
+        return real_prepare(*args)
+
+    def record(*args):
+        calls.append("record")
+        return real_record(*args)
+
+    monkeypatch.setattr(consumers, "_prepare_by_extensions", prepare)
+    monkeypatch.setattr(consumers, "_turn_written", record)
+    monkeypatch.setattr(extensions, "send_fields", set(extensions.send_fields))
+    heard: list[str] = []
+
+    def probe_prepare(sender, *, data, **kwargs):
+        heard.append(f"prepare {data['probe']}")
+
+    def probe_record(sender, *, turn, **kwargs):
+        heard.append(f"record {turn.messages[-1].role}")
+
+    extensions.connect_send(probe_prepare, probe_record, fields=["probe"], sender=Conversation)
+    try:
+        ok, socket = await connect(user, conversation.pk)
+        await socket.drain()
+        await socket.send_prompt("Plain", probe="")
+        await socket.until(lambda f: "status-complete" in f)
+        assert calls == [] and heard == []
+        await socket.send_prompt("Probed", probe="yes")
+        await socket.until(lambda f: "status-complete" in f)
+        assert calls == ["prepare", "record"]
+        assert heard == ["prepare yes", "record assistant"]
+    finally:
+        extensions.preparing_send.disconnect(probe_prepare, sender=Conversation)
+        extensions.turn_written.disconnect(probe_record, sender=Conversation)
+
+
+async def test_a_send_takes_no_extra_trip_to_close_old_connections(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    """Channels closes old connections before every handler, a trip to the database thread;
+    a send's queries all go through database_sync_to_async, which closes them itself, so its
+    message skips that trip. Other actions still take it."""
+    import channels.consumer
+
+    from playground.chat import consumers
+
+    trips: list[str] = []
+
+    async def counted():
+        trips.append("close")
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    monkeypatch.setattr(consumers, "aclose_old_connections", counted)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    trips.clear()
+    await socket.send_prompt("No detour")
+    await socket.until(lambda f: "status-complete" in f)
+    assert trips == []
+    await socket.send(action="stop")
+    await socket.drain()
+    assert trips == ["close"]
+
+
 def test_a_conversation_that_moved_on_since_it_was_read_refuses_the_write(
     user, api_key, conversation
 ):
@@ -159,6 +233,44 @@ def test_a_turn_is_read_in_two_statements_and_written_in_one_transaction_of_six(
     assert turn.messages[0].parent.text == "earlier"
     assert turn.run.message_id == turn.messages[1].pk
     assert LastSettings.objects.get(user=user).model == MODEL
+
+
+def test_a_turns_statements_are_sent_without_building_them_through_the_orm(
+    user, api_key, conversation, monkeypatch
+):
+    """Compiling a query cost more CPU than running it: the send's reads, its rows and the
+    final save send SQL built once per process (plainsql, services' plain SQL)."""
+    from django.db.models.sql import compiler
+
+    Message.objects.create(conversation=conversation, role="user", text="earlier")
+    api_key.last_used = timezone.now()
+    api_key.save()
+    LastSettings.objects.create(user=user, model="an earlier model")
+    budgets.check(user, None, None)
+    prepare(conversation, user)  # the process's first turn builds and caches its SQL
+    compiled: list[str] = []
+    for cls in (compiler.SQLCompiler, compiler.SQLInsertCompiler, compiler.SQLUpdateCompiler):
+        real = cls.as_sql
+
+        def spy(self, *args, real=real, **kwargs):
+            compiled.append(type(self).__name__)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "as_sql", spy)
+    with CaptureQueriesContext(connection) as sent:
+        prepared = prepare(conversation, user, text="Again")
+        turn = services.write_turn(prepared, user)
+        run = runs.Run(turn.run)
+        run.text.shown = "Done"
+        values = async_to_sync(run._final_values)()
+        assert runs._save_and_render(turn.run.reply, values)
+    assert compiled == []
+    assert len(sent.captured_queries) == 10  # 2 reads, 7 in the transaction, the final save
+    conversation.refresh_from_db()
+    assert conversation.active_leaf_id == turn.messages[-1].pk
+    assert LastSettings.objects.get(user=user).model == MODEL
+    reply = Message.objects.get(pk=turn.messages[-1].pk)
+    assert (reply.status, reply.text) == ("complete", "Done")
 
 
 def test_a_title_given_meanwhile_in_another_tab_is_kept(user, api_key, conversation):

@@ -15,11 +15,11 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
+from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
@@ -258,7 +258,9 @@ class ConversationConsumer(SlottedConsumer):
             return
         if action == "send":
             await self._start(data)
-        elif action == "stop":
+            return
+        await aclose_old_connections()  # see dispatch()
+        if action == "stop":
             await self._stop()
         elif action == "tool_results":
             await self._tool_results(data)
@@ -274,7 +276,13 @@ class ConversationConsumer(SlottedConsumer):
             await self._send_error("Unknown action.")
 
     async def _start(self, data: dict[str, Any]) -> None:
-        if self._may_run() and extensions.preparing_send.has_listeners(Conversation):
+        # Only a send that carries an extension's field (a prompt version) goes to a database
+        # thread for the extensions: a plain send's first trip there is its own.
+        if (
+            self._may_run()
+            and extensions.concerns_send(data)
+            and extensions.preparing_send.has_listeners(Conversation)
+        ):
             try:
                 rows = await database_sync_to_async(_prepare_by_extensions)(
                     self.conversation, self.user, data
@@ -413,7 +421,11 @@ class ConversationConsumer(SlottedConsumer):
         runs.start(turn.run, run)
         if service is start_turn:
             await self.send(text_data=composer_sent_html())
-            if sent is not None and extensions.turn_written.has_listeners(Conversation):
+            if (
+                sent is not None
+                and extensions.concerns_send(sent)
+                and extensions.turn_written.has_listeners(Conversation)
+            ):
                 record = database_sync_to_async(_turn_written)
                 await record(self.conversation, self.user, turn, sent)
 
@@ -456,9 +468,15 @@ class ConversationConsumer(SlottedConsumer):
         # database thread. The relay's handlers touch no database (their HTML is rendered
         # once, by the sender): under load that hop queued each frame behind other
         # sockets' queries.
-        handler = RELAY_HANDLERS.get(message.get("type", ""))
+        # websocket.receive too: receive() closes old connections itself, for the actions that
+        # query outside database_sync_to_async (which closes them before and after each call);
+        # a send's every query goes through it, so the send skips that hop, before its turn.
+        kind = message.get("type", "")
+        handler = RELAY_HANDLERS.get(kind)
         if handler is not None:
             await handler(self, message)
+        elif kind == "websocket.receive":
+            await self.websocket_receive(cast(Any, message))
         else:
             await super().dispatch(message)
 

@@ -15,10 +15,15 @@ them (DESIGN.md: the arrows point one way). They connect receivers in AppConfig.
 - `page_panels(request, conversation, can_run)`: each receiver returns HTML (safe, rendered
   from a template) drawn above the message box, or "".
 
-All are sent with sender=Conversation.
+All are sent with sender=Conversation. preparing_send and turn_written are sent only for a send
+that carries (not empty) one of the socket-message fields in `send_fields`, which the app adds
+to with its receivers (connect_send): a plain send takes no trip to a database thread for them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from django.dispatch import Signal
 from django.utils.safestring import SafeString, mark_safe
@@ -27,6 +32,23 @@ preparing_send = Signal()
 turn_written = Signal()
 reply_repeated = Signal()
 page_panels = Signal()
+# The socket-message fields that preparing_send's and turn_written's receivers act on.
+send_fields: set[str] = set()
+
+
+def connect_send(prepare: Any, record: Any, *, fields: Iterable[str], sender: Any) -> None:
+    """Connect a receiver of preparing_send and one of turn_written (either may be None) for
+    the sends that carry one of `fields`."""
+    send_fields.update(fields)
+    if prepare is not None:
+        preparing_send.connect(prepare, sender=sender)
+    if record is not None:
+        turn_written.connect(record, sender=sender)
+
+
+def concerns_send(data: dict[str, Any]) -> bool:
+    """Whether a send's socket message is one for preparing_send and turn_written."""
+    return any(data.get(name) not in (None, "") for name in send_fields)
 
 
 def panels_html(request, conversation, can_run: bool) -> SafeString:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from playground.accounts.models import ApiKey
+from playground.chat import plainsql
 from playground.chat.models import Conversation
 
 TEAM, USER = "team", "user"
@@ -17,13 +18,14 @@ RULE = "Team conversations use the team key when the team has one, else the send
 
 def paying_key(user, conversation: Conversation, provider_slug: str) -> ApiKey | None:
     """The key `user`'s next turn in `conversation` spends, or None."""
+    # Plain SQL (plainsql.first): every send reads it before its upstream request goes out.
     if conversation.team_id is not None and conversation.can_run(user):
-        team_key = ApiKey.objects.filter(
-            provider=provider_slug, team_id=conversation.team_id
-        ).first()
+        team_key = plainsql.first(
+            ApiKey, {"provider": provider_slug, "team_id": conversation.team_id}
+        )
         if team_key is not None:
             return team_key
-    return ApiKey.objects.filter(provider=provider_slug, user=user).first()
+    return plainsql.first(ApiKey, {"provider": provider_slug, "user_id": user.pk})
 
 
 def owner_kind(key: ApiKey | None) -> str:

@@ -11,7 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from playground.accounts.models import Membership
-from playground.chat import liveness
+from playground.chat import liveness, plainsql
 from playground.providers.specs import CHAT, FORMAT_LABELS
 
 FORMAT_CHOICES = list(FORMAT_LABELS.items())
@@ -521,7 +521,7 @@ class LastSettings(models.Model):
         """remember() inside a transaction that writes anyway: one UPDATE instead of a read
         and, when they changed, a write."""
         wanted = cls._wanted(conversation)
-        if not cls.objects.filter(user=user).update(**wanted, updated=timezone.now()):
+        if not plainsql.update(cls, {"user_id": user.pk}, {**wanted, "updated": timezone.now()}):
             cls.objects.create(user=user, **wanted)
 
 

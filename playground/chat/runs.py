@@ -29,7 +29,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from playground.chat import liveness
+from playground.chat import liveness, plainsql
 from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery, formats
@@ -587,7 +587,7 @@ def _save_and_render(reply: Message, values: dict[str, Any]) -> str:
     """The final UPDATE by pk, then the reply rendered from the row the turn wrote with the
     values just saved: what a read back would return, without the read (a full Message row
     cost more CPU than the UPDATE). "" if the reply was deleted meanwhile."""
-    if not Message.objects.filter(pk=reply.pk).update(**values):
+    if not plainsql.update(Message, {"id": reply.pk}, values):
         return ""
     for name, value in values.items():
         setattr(reply, name, value)

@@ -15,7 +15,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.crypto import KeyDecryptionError
 from playground.accounts.models import ApiKey
-from playground.chat import budgets, extensions, images
+from playground.chat import budgets, extensions, images, plainsql
 from playground.chat.keys import owner_kind, paying_key
 from playground.chat.models import Attachment, Conversation, LastSettings, Message
 from playground.chat.runs import RunRequest
@@ -717,14 +717,18 @@ def write_turn(prepared: PreparedTurn, user, *, batch: bool = False, remember: b
         )
         # The new reply's branch is the one shown and continued, in every tab.
         conversation.active_leaf_id = reply.pk
-        Conversation.objects.filter(pk=conversation.pk).update(
-            title=conversation.title,
-            model=conversation.model,
-            wire_format=conversation.wire_format,
-            params=conversation.params,
-            system_prompt=conversation.system_prompt,
-            updated=conversation.updated,
-            active_leaf_id=reply.pk,
+        plainsql.update(
+            Conversation,
+            {"id": conversation.pk},
+            {
+                "title": conversation.title,
+                "model": conversation.model,
+                "wire_format": conversation.wire_format,
+                "params": conversation.params,
+                "system_prompt": conversation.system_prompt,
+                "updated": conversation.updated,
+                "active_leaf_id": reply.pk,
+            },
         )
         if remember and not batch:
             LastSettings.remember_now(user, conversation)

@@ -19,7 +19,10 @@ class PromptsConfig(AppConfig):
         from playground.chat.models import Conversation
         from playground.prompts import play
 
-        extensions.preparing_send.connect(play.prepare_send, sender=Conversation)
-        extensions.turn_written.connect(play.record_turn, sender=Conversation)
+        # A send without a prompt version is none of play's business (prepare_send returns
+        # at once without one, and then record_turn has no plan to record).
+        extensions.connect_send(
+            play.prepare_send, play.record_turn, fields=[play.VERSION_FIELD], sender=Conversation
+        )
         extensions.reply_repeated.connect(play.record_rerun, sender=Conversation)
         extensions.page_panels.connect(play.panel, sender=Conversation)
