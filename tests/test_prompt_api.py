@@ -134,3 +134,10 @@ def test_a_token_for_a_team_one_is_not_in_is_refused(client, user, other_user):
     client.force_login(user)
     response = client.post("/prompts/tokens/", {"name": "bot", "space": str(team.pk)})
     assert response.status_code == 400 and not AccessToken.objects.exists()
+
+
+def test_access_tokens_are_reached_from_the_account_menu(client, user):
+    client.force_login(user)
+    page = client.get("/keys/").content.decode()
+    menu = page[page.index('id="account-menu"') :]
+    assert 'href="/prompts/tokens/">Access tokens</a>' in menu[: menu.index("</details>")]
