@@ -19,10 +19,10 @@ def held_transcripts(monkeypatch):
     gate = asyncio.Event()
     real = consumers.ConversationConsumer._send_transcript
 
-    async def held(self):
+    async def held(self, *args, **kwargs):
         reached.append(self.channel_name)
         await gate.wait()
-        await real(self)
+        await real(self, *args, **kwargs)
 
     monkeypatch.setattr(consumers.ConversationConsumer, "_send_transcript", held)
     return reached, gate
