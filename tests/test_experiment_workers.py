@@ -149,7 +149,7 @@ def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
         assert times == 1 or (prompt in retried and times == 2), (prompt, times)
 
 
-STOP_LEASE = 6.0  # long enough for `manage.py shell` to press Stop before the leases pass
+STOP_LEASE = 10.0  # long enough for `manage.py shell` to press Stop before the leases pass
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -181,8 +181,8 @@ def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
 
 
 def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(stopping_stack):
-    """Stop is pressed while one of two workers is frozen holding items (it renews nothing,
-    sees nothing), and that worker is then SIGKILLed. Nobody presses Stop again: the live
+    """One of two workers is SIGKILLed holding items, and Stop is pressed while its leases
+    are still live (so Stop cannot end those items itself). Nobody presses Stop again: the live
     worker stops its own replies, waits for the dead one's leases to pass, stops its items
     (not retried) and ends the run stopped."""
     stack, upstream = stopping_stack
@@ -202,7 +202,10 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
         victim_id = holders()[0][0]
         victim_pid = int(victim_id.split(":")[1])
         victim = next(w for w in workers if w.pid == victim_pid)
-        os.kill(victim_pid, signal.SIGSTOP)
+        # Killed outright, not frozen first: a frozen worker can be stopped inside a
+        # transaction, and on PostgreSQL its row locks would then hold Stop itself.
+        os.kill(victim_pid, signal.SIGKILL)
+        victim.wait(5)
         held = {
             pk
             for (pk,) in query(
@@ -218,8 +221,6 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
             "from playground.experiments.models import ExperimentRun\n"
             f"runner.stop(ExperimentRun.objects.get(pk={run_id}))",
         )
-        os.kill(victim_pid, signal.SIGKILL)
-        victim.wait(5)
         status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
         assert status == [("stopping",)]  # the dead worker's leases were still live
 
@@ -232,7 +233,11 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
         for w in workers:
             if w.poll() is None:
                 w.terminate()
-                w.wait(10)
+                try:
+                    w.wait(10)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    w.wait(5)
     items = {
         pk: (status, attempts)
         for pk, status, attempts in query(
