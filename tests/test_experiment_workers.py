@@ -25,13 +25,17 @@ ROWS = 16
 LEASE = 2.0
 
 
-@pytest.fixture
-def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
+def migrated_stack(
+    lease: float, database_url: str | None = None
+) -> Iterator[tuple[Stack, FakeUpstream]]:
+    """A fresh playground (SQLite, or the PostgreSQL database given) and a fake upstream,
+    with experiment leases of `lease` seconds; the database is dropped by the caller."""
     upstream = FakeUpstream().start()
     stack = Stack(
         upstream.base_url,
+        database_url,
         extra_env={
-            "PLAYGROUND_EXPERIMENT_LEASE": str(LEASE),
+            "PLAYGROUND_EXPERIMENT_LEASE": str(lease),
             "PLAYGROUND_EXPERIMENT_CONCURRENCY": "4",
         },
     )
@@ -42,6 +46,11 @@ def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
         stack.stop()
         upstream.stop()
         stack.cleanup()
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
+    yield from migrated_stack(LEASE)
 
 
 def worker(stack: Stack) -> subprocess.Popen:
@@ -160,22 +169,9 @@ def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
             database_url = create_pg_database(PG_ADMIN_URL, prefix="playground_test")
         except ServiceUnavailable as exc:
             service_unavailable(str(exc))  # a failure under CI=true, a skip elsewhere
-    upstream = FakeUpstream().start()
-    stack = Stack(
-        upstream.base_url,
-        database_url,
-        extra_env={
-            "PLAYGROUND_EXPERIMENT_LEASE": str(STOP_LEASE),
-            "PLAYGROUND_EXPERIMENT_CONCURRENCY": "4",
-        },
-    )
     try:
-        stack.manage("migrate", "--noinput")
-        yield stack, upstream
+        yield from migrated_stack(STOP_LEASE, database_url)
     finally:
-        stack.stop()
-        upstream.stop()
-        stack.cleanup()
         if database_url:
             drop_pg_database(PG_ADMIN_URL, database_url)
 

@@ -127,6 +127,22 @@ async def test_tool_calls_are_answered_in_the_same_format(
         assert "input_schema" in body["tools"][0]
 
 
+async def ask_with_thinking_and_tools(connect, user, conversation):
+    """A Messages-format send with the weather tool and extended thinking, read to its end."""
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Weather?",
+        wire_format="messages",
+        **{
+            "param:tools": json.dumps(WEATHER_TOOL),
+            "param:enable_thinking": "true",
+            "param:thinking_budget": "2048",
+        },
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    return socket
+
+
 async def test_a_messages_turn_that_thought_and_called_tools_goes_back_with_its_signed_thinking(
     upstream, user, api_key, conversation, connect
 ):
@@ -141,17 +157,7 @@ async def test_a_messages_turn_that_thought_and_called_tools_goes_back_with_its_
         ),
         Behaviour(tokens=["Sunny."]),
     )
-    ok, socket = await connect(user, conversation.pk)
-    await socket.send_prompt(
-        "Weather?",
-        wire_format="messages",
-        **{
-            "param:tools": json.dumps(WEATHER_TOOL),
-            "param:enable_thinking": "true",
-            "param:thinking_budget": "2048",
-        },
-    )
-    await socket.until(lambda f: "status-complete" in f)
+    socket = await ask_with_thinking_and_tools(connect, user, conversation)
     asking = await reply_of(conversation)
     assert asking.reasoning == "Oslo is in Norway. "
     assert asking.thinking_signatures == [{"chars": 19, "signature": "fake-signature"}]
@@ -182,17 +188,7 @@ async def test_a_redacted_thinking_block_goes_back_as_it_came(
         ),
         Behaviour(tokens=["Sunny."]),
     )
-    ok, socket = await connect(user, conversation.pk)
-    await socket.send_prompt(
-        "Weather?",
-        wire_format="messages",
-        **{
-            "param:tools": json.dumps(WEATHER_TOOL),
-            "param:enable_thinking": "true",
-            "param:thinking_budget": "2048",
-        },
-    )
-    await socket.until(lambda f: "status-complete" in f)
+    socket = await ask_with_thinking_and_tools(connect, user, conversation)
     asking = await reply_of(conversation)
     assert asking.reasoning == "Oslo. "
     assert asking.thinking_signatures == [
