@@ -41,6 +41,13 @@ def log_in(page, username: str) -> None:
 
 
 @pytest.mark.e2e
+def settled(page, reply) -> None:
+    """The bar htmx swapped in is live: its settle step, which wires its controls, is over.
+    A key pressed on a control of the new bar before that does nothing (seen: within the
+    swap's 20 ms settle delay, Enter on "Score 2" sent no request)."""
+    page.locator(f"#review-{reply}:not(.htmx-added):not(.htmx-settling)").wait_for()
+
+
 def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
     browser, page, live_server
 ):
@@ -62,18 +69,22 @@ def test_a_reviewer_annotates_and_mentions_and_the_teammate_sees_the_badge(
     bar.get_by_role("button", name="Thumbs down").focus()
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply} .rate-thumb.down[aria-pressed=true]").wait_for()
+    settled(rita, reply)
     rita.locator(f"#review-{reply}").get_by_role("button", name="Score 2").focus()
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply} .score-2[aria-pressed=true]").wait_for()
+    settled(rita, reply)
     rita.locator(f"#review-{reply} .label-pick summary").focus()
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply}").get_by_label("Hallucination").focus()
     rita.keyboard.press("Space")
     rita.locator(f"#review-{reply} .rate .review-label", has_text="Hallucination").wait_for()
+    settled(rita, reply)
     rita.locator(f"#review-{reply} .comments summary").focus()
     rita.keyboard.press("Enter")
     rita.locator(f"#review-{reply} .comment-form button").click()  # empty: refused, shown
     rita.locator(f"#review-{reply} .error", has_text="Write a comment first.").wait_for()
+    settled(rita, reply)
     rita.locator(f"#comment-text-{reply}").fill("@sam Bergen is wrong <b>really</b>")
     rita.locator(f"#review-{reply} .comment-form button").focus()
     rita.keyboard.press("Enter")
