@@ -36,6 +36,16 @@ def _static_files_without_collectstatic() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Users made in this process get MD5 hashes, as Django's testing documentation advises:
+    the default PBKDF2 costs about 0.2 s a password here, and some 900 tests make a user
+    with one (over 3 minutes of a run). No test here checks a hash's algorithm or cost; the
+    browser tests' servers are separate processes with the real hasher, and sign in with it."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_real_hosts(settings) -> None:
     """Point every catalog provider at a closed loopback port: no test reaches a real host.
