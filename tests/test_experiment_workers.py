@@ -159,6 +159,7 @@ def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
 
 
 STOP_LEASE = 10.0  # long enough for `manage.py shell` to press Stop before the leases pass
+SHORT = 8  # the upstream's first replies, two rounds of the endpoint's 4 slots, are short
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -183,6 +184,9 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
     (not retried) and ends the run stopped."""
     stack, upstream = stopping_stack
     upstream.default = Behaviour(n_tokens=200, interval=0.05)  # 10 s an item, unless stopped
+    # The first worker to claim takes all the endpoint's slots, and the other gets one only
+    # when an item ends: the first items end within half a second, so it need not wait 10 s.
+    upstream.script(*(Behaviour(n_tokens=10, interval=0.05) for _ in range(SHORT)))
     run_id = start_run(stack, rows=ROWS, name="Stopped", prompt="Count to {{n}}")
     workers = [worker(stack), worker(stack)]
     try:
@@ -194,7 +198,17 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
                 run_id,
             )
 
-        wait_for(lambda: len(holders()) == 2, 60, "both workers to hold items")
+        def both_hold_long_items() -> bool:
+            # Every short item has ended: the items running now take 10 s.
+            ended = query(
+                stack,
+                "SELECT COUNT(*) FROM experiments_item"
+                " WHERE run_id=? AND status NOT IN ('pending', 'running')",
+                run_id,
+            )[0][0]
+            return ended >= SHORT and len(holders()) == 2
+
+        wait_for(both_hold_long_items, 60, "both workers to hold items")
         victim_id = holders()[0][0]
         victim_pid = int(victim_id.split(":")[1])
         victim = next(w for w in workers if w.pid == victim_pid)
