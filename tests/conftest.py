@@ -46,6 +46,28 @@ def _fast_password_hashing() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup) -> Iterator[None]:
+    """pytest-django's, and before it drops the test database: the connections that other
+    threads opened are closed. The async tests' database calls run in asgiref's executor
+    thread, whose connection stays open on PostgreSQL (CONN_MAX_AGE); DROP DATABASE waited
+    5 s for it, then failed and left the test database behind on the server."""
+    yield
+    import gc
+    import threading
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    here = threading.get_ident()
+    for wrapper in [o for o in gc.get_objects() if isinstance(o, BaseDatabaseWrapper)]:
+        if wrapper.connection is not None and wrapper._thread_ident != here:
+            wrapper.inc_thread_sharing()
+            try:
+                wrapper.close()
+            finally:
+                wrapper.dec_thread_sharing()
+
+
 @pytest.fixture(autouse=True)
 def _no_real_hosts(settings) -> None:
     """Point every catalog provider at a closed loopback port: no test reaches a real host.
