@@ -196,29 +196,68 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("daphne log (tail)", server.stderr_tail()))
 
 
+class _Chromium:
+    """The one Chromium of the browser tests: launched for the first e2e module, closed after
+    the last (every test opens contexts of its own, which share no cookies, storage or cache)."""
+
+    def __init__(self) -> None:
+        self.playwright = None
+        self.browser = None
+
+    def get(self):
+        if self.browser is None:
+            from playwright.sync_api import sync_playwright
+
+            playwright = sync_playwright().start()
+            try:
+                self.browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+            except BaseException:
+                playwright.stop()
+                raise
+            self.playwright = playwright
+        return self.browser
+
+    def close(self) -> None:
+        browser, playwright = self.browser, self.playwright
+        self.browser = self.playwright = None
+        try:
+            if browser is not None:
+                browser.close()
+        finally:
+            if playwright is not None:
+                playwright.stop()
+
+
+_chromium = _Chromium()
+
+
+def _is_e2e(item) -> bool:
+    return item.path.parent.name == "e2e"
+
+
 @pytest.fixture(scope="module")
-def browser():
+def browser(request):
     """Module scope, never session: while Playwright's sync driver runs, this thread has a
     running event loop, and every later async test or sync ORM call in the session would
-    fail ("cannot be called from a running event loop", SynchronousOnlyOperation)."""
+    fail ("cannot be called from a running event loop", SynchronousOnlyOperation). The
+    browser tests run one after another (pytest_collection_modifyitems below), so the
+    Chromium behind this fixture is launched once and closed with the last module that
+    uses it (and in any case when pytest ends)."""
     if not os.access(CHROMIUM, os.X_OK):
         reason = f"{CHROMIUM} is missing: install Debian's 'chromium' package (make browser)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
+    if _chromium.browser is None:
+        request.config.add_cleanup(_chromium.close)
     try:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+        yield _chromium.get()
     finally:
-        playwright.stop()
+        users = [item for item in request.session.items if "browser" in item.fixturenames]
+        if not users or users[-1].path == request.node.path or request.session.shouldstop:
+            _chromium.close()
 
 
 @pytest.fixture
@@ -237,7 +276,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     """test_browser.py walks the first run of a new site (no account yet, set-up form first),
     on the session's shared server: its tests go before every other browser test, whatever
     the file names sort as."""
-    e2e = [i for i, item in enumerate(items) if item.path.parent.name == "e2e"]
+    e2e = [i for i, item in enumerate(items) if _is_e2e(item)]
     if not e2e:
         return
     first_run = [item for item in items if item.path.name == "test_browser.py"]
