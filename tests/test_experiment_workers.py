@@ -16,7 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.stack import ServiceUnavailable, Stack, create_pg_database, drop_pg_database
+from bench.stack import (
+    BIN,
+    ROOT,
+    ServiceUnavailable,
+    Stack,
+    create_pg_database,
+    drop_pg_database,
+)
 from tests.experiment_seed import db_worker, start_run
 from tests.scaleout import PG_ADMIN_URL, service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
@@ -158,7 +165,7 @@ def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
         assert times == 1 or (prompt in retried and times == 2), (prompt, times)
 
 
-STOP_LEASE = 10.0  # long enough for `manage.py shell` to press Stop before the leases pass
+STOP_LEASE = 6.0  # Stop, pressed a moment after the kill, comes seconds before they pass
 SHORT = 8  # the upstream's first replies, two rounds of the endpoint's 4 slots, are short
 
 
@@ -177,6 +184,30 @@ def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
             drop_pg_database(PG_ADMIN_URL, database_url)
 
 
+def stop_button(stack: Stack, run_id: int) -> subprocess.Popen:
+    """A process on the stack's database that presses Stop on the run (runner.stop(), what
+    the run page's button calls) when a line arrives on its stdin: started early, it has
+    Django set up by then, so Stop comes at once rather than a start-up later."""
+    code = (
+        "import sys\n"
+        "import django\n"
+        "django.setup()\n"
+        "from playground.experiments import runner\n"
+        "from playground.experiments.models import ExperimentRun\n"
+        "sys.stdin.readline()\n"
+        f"runner.stop(ExperimentRun.objects.get(pk={run_id}))\n"
+    )
+    return subprocess.Popen(
+        [str(BIN / "python"), "-c", code],
+        cwd=ROOT,
+        env=stack.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(stopping_stack):
     """One of two workers is SIGKILLed holding items, and Stop is pressed while its leases
     are still live (so Stop cannot end those items itself). Nobody presses Stop again: the live
@@ -189,6 +220,7 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
     upstream.script(*(Behaviour(n_tokens=10, interval=0.05) for _ in range(SHORT)))
     run_id = start_run(stack, rows=ROWS, name="Stopped", prompt="Count to {{n}}")
     workers = [worker(stack), worker(stack)]
+    stop = stop_button(stack, run_id)
     try:
 
         def holders() -> list[tuple]:
@@ -224,13 +256,8 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
                 victim_id,
             )
         }
-        stack.manage(
-            "shell",
-            "-c",
-            "from playground.experiments import runner\n"
-            "from playground.experiments.models import ExperimentRun\n"
-            f"runner.stop(ExperimentRun.objects.get(pk={run_id}))",
-        )
+        _, errors = stop.communicate("stop\n", timeout=60)
+        assert stop.returncode == 0, errors
         status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
         assert status == [("stopping",)]  # the dead worker's leases were still live
 
@@ -240,6 +267,9 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
 
         wait_for(stopped, 4 * STOP_LEASE + 30, "the live worker to end the stopping run")
     finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.communicate()
         for w in workers:
             if w.poll() is None:
                 w.terminate()
