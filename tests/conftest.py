@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,6 +112,32 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite() -> Iterator[Path]:
+    """A SQLite database file brought up to date by `manage.py migrate`, once a session.
+    Fixtures that start a playground process of their own over SQLite copy it in first
+    (copy_database); their `migrate` still runs, with nothing left to apply."""
+    from bench.stack import Stack
+
+    stack = Stack("http://127.0.0.1:9/v1")
+    try:
+        stack.manage("migrate", "--noinput")
+        assert stack.sqlite_path is not None
+        yield stack.sqlite_path
+    finally:
+        stack.cleanup()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite database `source` (WAL or not) at `target`."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from bench.stack import (
     create_pg_database,
     drop_pg_database,
 )
+from tests.conftest import copy_database
 from tests.experiment_seed import db_worker, start_run
 from tests.scaleout import PG_ADMIN_URL, service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
@@ -33,10 +35,11 @@ LEASE = 2.0
 
 
 def migrated_stack(
-    lease: float, database_url: str | None = None
+    lease: float, database_url: str | None = None, sqlite: Path | None = None
 ) -> Iterator[tuple[Stack, FakeUpstream]]:
-    """A fresh playground (SQLite, or the PostgreSQL database given) and a fake upstream,
-    with experiment leases of `lease` seconds; the database is dropped by the caller."""
+    """A fresh playground (SQLite, a copy of `sqlite` when given, or the PostgreSQL database
+    given) and a fake upstream, with experiment leases of `lease` seconds; the database is
+    dropped by the caller."""
     upstream = FakeUpstream().start()
     stack = Stack(
         upstream.base_url,
@@ -47,6 +50,8 @@ def migrated_stack(
         },
     )
     try:
+        if sqlite is not None and database_url is None:
+            copy_database(sqlite, stack.var_dir / "db.sqlite3")
         stack.manage("migrate", "--noinput")
         yield stack, upstream
     finally:
@@ -56,8 +61,8 @@ def migrated_stack(
 
 
 @pytest.fixture
-def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
-    yield from migrated_stack(LEASE)
+def stack(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream]]:
+    yield from migrated_stack(LEASE, sqlite=migrated_sqlite)
 
 
 def worker(stack: Stack) -> subprocess.Popen:
@@ -170,7 +175,7 @@ SHORT = 8  # the upstream's first replies, two rounds of the endpoint's 4 slots,
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
+def stopping_stack(request, migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream]]:
     database_url = None
     if request.param == "postgresql":
         try:
@@ -178,7 +183,7 @@ def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
         except ServiceUnavailable as exc:
             service_unavailable(str(exc))  # a failure under CI=true, a skip elsewhere
     try:
-        yield from migrated_stack(STOP_LEASE, database_url)
+        yield from migrated_stack(STOP_LEASE, database_url, sqlite=migrated_sqlite)
     finally:
         if database_url:
             drop_pg_database(PG_ADMIN_URL, database_url)
