@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_database
 from tests.upstream import Behaviour, FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,12 +151,17 @@ def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
     yield from start_live_server(e2e_upstream)
 
 
-def start_live_server(upstream: FakeUpstream, **extra_env: str) -> Iterator[LiveServer]:
-    """A live server of its own (a fresh database), with these settings in its environment;
-    for fixtures of tests that need a server configured differently."""
+def start_live_server(
+    upstream: FakeUpstream, database: Path | None = None, **extra_env: str
+) -> Iterator[LiveServer]:
+    """A live server of its own (a fresh database: a copy of the migrated SQLite file
+    `database`, when given), with these settings in its environment; for fixtures of tests
+    that need a server configured differently."""
     var_dir = Path(tempfile.mkdtemp(prefix="playground-e2e-"))
     env = {**_server_env(var_dir, upstream), **extra_env}
     try:
+        if database is not None:
+            copy_database(database, var_dir / "db.sqlite3")
         _manage(env, "migrate", "--noinput")
         _manage(env, "collectstatic", "--noinput", "--verbosity", "0")
     except RuntimeError as exc:
