@@ -273,6 +273,10 @@ PLAYGROUND_ENDPOINT_ALLOW_PRIVATE = envbool("PLAYGROUND_ENDPOINT_ALLOW_PRIVATE",
 # streaming message without a checkpoint for STALE_AFTER seconds is marked interrupted.
 PLAYGROUND_RUN = {
     "FRAME_INTERVAL": envfloat("PLAYGROUND_FRAME_INTERVAL", 0.05),
+    # After a reply's first token, its upstream response is read at most once per READ_PACE
+    # seconds, each read taking all that arrived meanwhile (providers.client.Timeouts.pace):
+    # a token costs a fraction of a read instead of a whole one. 0 reads each chunk at once.
+    "READ_PACE": envfloat("PLAYGROUND_READ_PACE", 0.05),
     "CHECKPOINT_INTERVAL": envfloat("PLAYGROUND_CHECKPOINT_INTERVAL", 2.0),
     "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),

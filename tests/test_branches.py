@@ -40,6 +40,12 @@ async def two_turns(upstream, socket, conversation) -> tuple[list[Message], list
     return rows, ["One", "Two"]
 
 
+def reply_done(frame: str) -> bool:
+    """The run's last frame: its reply, rendered out of band. Not a redrawn transcript (an
+    edit or a regeneration redraws it at once), whose earlier replies are complete too."""
+    return "status-complete" in frame and 'id="transcript"' not in frame
+
+
 def page_of(user, conversation) -> str:
     client = Client()
     client.force_login(user)
@@ -107,7 +113,7 @@ async def test_switching_shows_the_branch_keeps_it_on_reload_and_continues_it(
     (first, one, second, two), _ = await two_turns(upstream, socket, conversation)
     upstream.script(Behaviour(tokens=["Three"]))
     await socket.send(action="edit", message_id=second.pk, text="Second, edited")
-    await socket.until(lambda f: "status-complete" in f)
+    await socket.until(reply_done)
     ok, watcher = await connect(user, conversation.pk)  # another tab
     await watcher.drain()
 
@@ -288,9 +294,9 @@ async def test_the_exports_keep_every_branch_made_by_edits_and_regenerations(
     ok, socket = await connect(user, conversation.pk)
     (first, one, second, two), _ = await two_turns(upstream, socket, conversation)
     await socket.send(action="edit", message_id=second.pk, text="Second, edited")
-    await socket.until(lambda f: "status-complete" in f)
+    await socket.until(reply_done)
     await socket.send(action="regenerate", message_id=one.pk)
-    await socket.until(lambda f: "status-complete" in f)
+    await socket.until(reply_done)
 
     def download(fmt: str) -> str:
         client = Client()

@@ -753,9 +753,10 @@ def _text_field(data: dict[str, Any], name: str) -> str:
 
 
 @functools.cache
+@functools.cache
 def composer_sent_html() -> str:
-    """The composer cleared after a send: the same for everyone, so rendered once (a trip to
-    a render thread per send, saved)."""
+    """The composer cleared after a send: the same for everyone, so rendered once per
+    process."""
     return render_to_string(f"{TEMPLATE}#composer-sent", {})
 
 

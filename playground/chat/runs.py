@@ -281,6 +281,7 @@ class Run:
             # The settings dict mixes floats with this one whole number, so it reads as float.
             max_retries=int(params["MAX_RETRIES"]),
             keepalive_expiry=params["KEEPALIVE_EXPIRY"],
+            pace=settings.PLAYGROUND_RUN["READ_PACE"],
         )
         endpoint = catalog.endpoint(self.request.model.provider)
         model, fmt = self.request.model, self.request.wire_format

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import httpcore
 import httpx
 
-from playground.providers import netpolicy
+from playground.providers import netpolicy, readpace
 from playground.providers.sse import SSEDecoder, SSEEvent
 
 __all__ = [
@@ -285,6 +286,10 @@ class Timeouts:
     # further apart pay one new connection. Servers with shorter timeouts (gunicorn's 2 s) are
     # covered by the retry on a dead reused connection in _stream().
     keepalive_expiry: float = 4.0
+    # Once a reply's first text, reasoning or tool call has arrived, its connection is read
+    # at most once per `pace` seconds, each read taking all that came meanwhile (readpace.py).
+    # 0 reads every chunk as it comes. The first token is never held.
+    pace: float = 0.0
 
     def as_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
@@ -361,14 +366,24 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _new_client(keepalive_expiry: float) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=200, max_keepalive_connections=32, keepalive_expiry=keepalive_expiry
+    context = _ssl_context()
+    transport = httpx.AsyncHTTPTransport(verify=context)
+    # The pool httpx would build, with the paced network backend (readpace.py), as
+    # netpolicy.guarded_client does for its own.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=200,
+        max_keepalive_connections=32,
+        keepalive_expiry=keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=readpace.PacedBackend(),
     )
     return httpx.AsyncClient(
-        limits=limits,
+        transport=transport,
         timeout=DEFAULT_TIMEOUTS.as_httpx(),
         follow_redirects=False,
-        verify=_ssl_context(),
+        verify=context,
     )
 
 
@@ -797,9 +812,10 @@ def _silence_message(timeouts: Timeouts) -> str:
 class _BodyState:
     """What arrived so far on one response; decides between retry and partial-reply errors."""
 
-    __slots__ = ("received", "finished", "stopped", "saw_done", "has_id")
+    __slots__ = ("received", "finished", "stopped", "saw_done", "has_id", "pace")
 
-    def __init__(self) -> None:
+    def __init__(self, pace: float = 0.0) -> None:
+        self.pace = pace  # Timeouts.pace
         self.has_id = False  # a ResponseId was sent
         self.received = False  # any body byte: from here on, never retry
         self.finished = False  # a finish_reason was seen: the reply itself is complete
@@ -808,6 +824,8 @@ class _BodyState:
 
 
 _DRAIN_SECONDS = 0.25
+# A reply has begun: from here on, reads are paced (Timeouts.pace).
+_PACED_AFTER = (TextDelta, ReasoningDelta, ToolCallDelta)
 
 # How a pooled connection the server has closed fails a request sent on it: a FIN gives h11's
 # "Server disconnected without sending a response", an RST a read or write error. ConnectError
@@ -988,7 +1006,7 @@ async def _read_success(
                 event = StreamError(UpstreamError("stream", event.reason))
             yield event
         return
-    state = _BodyState()
+    state = _BodyState(timeouts.pace)
     request_id = response.headers.get("x-request-id", "").strip()
     if request_id:
         state.has_id = True
@@ -1017,15 +1035,24 @@ async def _read_sse(
 ) -> AsyncIterator[Event]:
     decoder = SSEDecoder()
     chunks = response.aiter_bytes()
-    async for chunk in chunks:
-        state.received = state.received or bool(chunk)
-        for event in _decode(decoder.feed(chunk), api_key, state, wire_decoder):
-            yield event
-        if state.stopped:
-            break
-    else:
-        for event in _decode(decoder.flush(), api_key, state, wire_decoder):
-            yield event
+    # Timeouts.pace: from the reply's first token on, this response's reads are paced.
+    paced: readpace.PacedStream | None = None
+    network = response.extensions.get("network_stream") if state.pace > 0 else None
+    try:
+        async for chunk in chunks:
+            state.received = state.received or bool(chunk)
+            for event in _decode(decoder.feed(chunk), api_key, state, wire_decoder):
+                if network is not None and isinstance(event, _PACED_AFTER):
+                    paced, network = readpace.paced(network, state.pace), None
+                yield event
+            if state.stopped:
+                break
+        else:
+            for event in _decode(decoder.flush(), api_key, state, wire_decoder):
+                yield event
+    finally:
+        if paced is not None:
+            paced.pace = 0.0  # the connection goes back to the pool for another request
     if state.saw_done:
         await _drain(chunks)
     elif not state.stopped and not state.finished:

@@ -31,6 +31,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from playground.providers import readpace
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Never reachable, whatever the setting: link-local (the metadata services of AWS, GCP,
@@ -244,7 +246,7 @@ def guarded_client(
         keepalive_expiry=keepalive_expiry,
         http1=True,
         http2=False,
-        network_backend=GuardedBackend(policy),
+        network_backend=readpace.PacedBackend(GuardedBackend(policy)),
     )
     return httpx.AsyncClient(
         transport=transport,

@@ -7,7 +7,7 @@ import ipaddress
 import httpx
 import pytest
 
-from playground.providers import netpolicy
+from playground.providers import netpolicy, readpace
 from playground.providers.client import (
     ConnectionProblem,
     Endpoint,
@@ -150,7 +150,9 @@ async def test_the_socket_goes_to_the_address_that_was_checked(
     async with client:
         response = await client.get(f"http://does-not-exist.invalid:{upstream.port}/v1/models")
     assert response.status_code == 200  # .invalid never resolves: only our answer was used
-    backend = client._transport._pool._network_backend  # type: ignore[attr-defined]
+    paced = client._transport._pool._network_backend  # type: ignore[attr-defined]
+    assert isinstance(paced, readpace.PacedBackend)
+    backend = paced.inner
     assert isinstance(backend, netpolicy.GuardedBackend)
     assert backend.connected == ["127.0.0.1"] and lookups == ["does-not-exist.invalid"]
 
