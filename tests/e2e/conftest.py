@@ -203,8 +203,8 @@ def pytest_runtest_makereport(item, call):
 
 
 class _Chromium:
-    """The one Chromium of the browser tests: launched for the first e2e module, closed after
-    the last (every test opens contexts of its own, which share no cookies, storage or cache)."""
+    """One Chromium for a run of browser tests, one after another (each test opens browser
+    contexts of its own, which share no cookies, storage or cache)."""
 
     def __init__(self) -> None:
         self.playwright = None
@@ -243,14 +243,14 @@ def _is_e2e(item) -> bool:
     return item.path.parent.name == "e2e"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser(request):
-    """Module scope, never session: while Playwright's sync driver runs, this thread has a
-    running event loop, and every later async test or sync ORM call in the session would
-    fail ("cannot be called from a running event loop", SynchronousOnlyOperation). The
-    browser tests run one after another (pytest_collection_modifyitems below), so the
-    Chromium behind this fixture is launched once and closed with the last module that
-    uses it (and in any case when pytest ends)."""
+    """The session's Chromium, launched for the first browser test after any test that is
+    not one. Never kept past such a test: while Playwright's sync driver runs, this thread
+    has a running event loop, and an async test or a sync ORM call would fail ("cannot be
+    called from a running event loop", SynchronousOnlyOperation). pytest-django orders the
+    tests on live_server among the transactional ones and the other browser tests with those
+    that use no database, so a full run launches it twice rather than once a module."""
     if not os.access(CHROMIUM, os.X_OK):
         reason = f"{CHROMIUM} is missing: install Debian's 'chromium' package (make browser)"
         if os.environ.get("CI") == "true":
@@ -258,12 +258,15 @@ def browser(request):
         pytest.skip(reason)
     if _chromium.browser is None:
         request.config.add_cleanup(_chromium.close)
-    try:
-        yield _chromium.get()
-    finally:
-        users = [item for item in request.session.items if "browser" in item.fixturenames]
-        if not users or users[-1].path == request.node.path or request.session.shouldstop:
-            _chromium.close()
+    return _chromium.get()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a browser test's own teardown: close the Chromium unless the next test uses it."""
+    yield
+    if nextitem is None or "browser" not in getattr(nextitem, "fixturenames", ()):
+        _chromium.close()
 
 
 @pytest.fixture
