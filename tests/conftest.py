@@ -60,8 +60,16 @@ def django_db_setup(django_db_setup) -> Iterator[None]:
 
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    def wrappers() -> Iterator[BaseDatabaseWrapper]:
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, BaseDatabaseWrapper):
+                    yield o
+            except ReferenceError:  # a weak proxy whose object is gone
+                continue
+
     here = threading.get_ident()
-    for wrapper in [o for o in gc.get_objects() if isinstance(o, BaseDatabaseWrapper)]:
+    for wrapper in list(wrappers()):
         if wrapper.connection is not None and wrapper._thread_ident != here:
             wrapper.inc_thread_sharing()
             try:
