@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,46 @@ def _static_files_without_collectstatic() -> Iterator[None]:
         STATIC_ROOT=None,
     ):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Users made in this process get MD5 hashes, as Django's testing documentation advises:
+    the default PBKDF2 costs about 0.2 s a password here, and some 900 tests make a user
+    with one (over 3 minutes of a run). No test here checks a hash's algorithm or cost; the
+    browser tests' servers are separate processes with the real hasher, and sign in with it."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup) -> Iterator[None]:
+    """pytest-django's, and before it drops the test database: the connections that other
+    threads opened are closed. The async tests' database calls run in asgiref's executor
+    thread, whose connection stays open on PostgreSQL (CONN_MAX_AGE); DROP DATABASE waited
+    5 s for it, then failed and left the test database behind on the server."""
+    yield
+    import gc
+    import threading
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    def wrappers() -> Iterator[BaseDatabaseWrapper]:
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, BaseDatabaseWrapper):
+                    yield o
+            except ReferenceError:  # a weak proxy whose object is gone
+                continue
+
+    here = threading.get_ident()
+    for wrapper in list(wrappers()):
+        if wrapper.connection is not None and wrapper._thread_ident != here:
+            wrapper.inc_thread_sharing()
+            try:
+                wrapper.close()
+            finally:
+                wrapper.dec_thread_sharing()
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +120,32 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite() -> Iterator[Path]:
+    """A SQLite database file brought up to date by `manage.py migrate`, once a session.
+    Fixtures that start a playground process of their own over SQLite copy it in first
+    (copy_database); their `migrate` still runs, with nothing left to apply."""
+    from bench.stack import Stack
+
+    stack = Stack("http://127.0.0.1:9/v1")
+    try:
+        stack.manage("migrate", "--noinput")
+        assert stack.sqlite_path is not None
+        yield stack.sqlite_path
+    finally:
+        stack.cleanup()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite database `source` (WAL or not) at `target`."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
 from bench.stack import ServiceUnavailable, Stack, flush_redis
+from tests.conftest import copy_database
 from tests.experiment_seed import db_worker, start_run
 from tests.scaleout import REDIS_URL as SCALEOUT_REDIS_URL
 from tests.scaleout import service_unavailable
@@ -22,7 +24,7 @@ REDIS_URL = SCALEOUT_REDIS_URL.rsplit("/", 1)[0] + "/11"
 
 
 @pytest.fixture
-def redis_stack() -> Iterator[tuple[Stack, FakeUpstream]]:
+def redis_stack(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream]]:
     try:
         flush_redis(REDIS_URL)
     except ServiceUnavailable as exc:
@@ -34,6 +36,7 @@ def redis_stack() -> Iterator[tuple[Stack, FakeUpstream]]:
         extra_env={"PLAYGROUND_EXPERIMENT_CONCURRENCY": "1"},
     )
     try:
+        copy_database(migrated_sqlite, stack.var_dir / "db.sqlite3")  # the test's prepare()
         yield stack, upstream
     finally:
         stack.stop()

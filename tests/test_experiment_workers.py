@@ -13,10 +13,19 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from bench.stack import ServiceUnavailable, Stack, create_pg_database, drop_pg_database
+from bench.stack import (
+    BIN,
+    ROOT,
+    ServiceUnavailable,
+    Stack,
+    create_pg_database,
+    drop_pg_database,
+)
+from tests.conftest import copy_database
 from tests.experiment_seed import db_worker, start_run
 from tests.scaleout import PG_ADMIN_URL, service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
@@ -26,10 +35,11 @@ LEASE = 2.0
 
 
 def migrated_stack(
-    lease: float, database_url: str | None = None
+    lease: float, database_url: str | None = None, sqlite: Path | None = None
 ) -> Iterator[tuple[Stack, FakeUpstream]]:
-    """A fresh playground (SQLite, or the PostgreSQL database given) and a fake upstream,
-    with experiment leases of `lease` seconds; the database is dropped by the caller."""
+    """A fresh playground (SQLite, a copy of `sqlite` when given, or the PostgreSQL database
+    given) and a fake upstream, with experiment leases of `lease` seconds; the database is
+    dropped by the caller."""
     upstream = FakeUpstream().start()
     stack = Stack(
         upstream.base_url,
@@ -40,6 +50,8 @@ def migrated_stack(
         },
     )
     try:
+        if sqlite is not None and database_url is None:
+            copy_database(sqlite, stack.var_dir / "db.sqlite3")
         stack.manage("migrate", "--noinput")
         yield stack, upstream
     finally:
@@ -49,8 +61,8 @@ def migrated_stack(
 
 
 @pytest.fixture
-def stack() -> Iterator[tuple[Stack, FakeUpstream]]:
-    yield from migrated_stack(LEASE)
+def stack(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream]]:
+    yield from migrated_stack(LEASE, sqlite=migrated_sqlite)
 
 
 def worker(stack: Stack) -> subprocess.Popen:
@@ -158,11 +170,12 @@ def test_a_killed_worker_leaves_every_item_with_exactly_one_saved_result(stack):
         assert times == 1 or (prompt in retried and times == 2), (prompt, times)
 
 
-STOP_LEASE = 10.0  # long enough for `manage.py shell` to press Stop before the leases pass
+STOP_LEASE = 6.0  # Stop, pressed a moment after the kill, comes seconds before they pass
+SHORT = 8  # the upstream's first replies, two rounds of the endpoint's 4 slots, are short
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
+def stopping_stack(request, migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream]]:
     database_url = None
     if request.param == "postgresql":
         try:
@@ -170,10 +183,34 @@ def stopping_stack(request) -> Iterator[tuple[Stack, FakeUpstream]]:
         except ServiceUnavailable as exc:
             service_unavailable(str(exc))  # a failure under CI=true, a skip elsewhere
     try:
-        yield from migrated_stack(STOP_LEASE, database_url)
+        yield from migrated_stack(STOP_LEASE, database_url, sqlite=migrated_sqlite)
     finally:
         if database_url:
             drop_pg_database(PG_ADMIN_URL, database_url)
+
+
+def stop_button(stack: Stack, run_id: int) -> subprocess.Popen:
+    """A process on the stack's database that presses Stop on the run (runner.stop(), what
+    the run page's button calls) when a line arrives on its stdin: started early, it has
+    Django set up by then, so Stop comes at once rather than a start-up later."""
+    code = (
+        "import sys\n"
+        "import django\n"
+        "django.setup()\n"
+        "from playground.experiments import runner\n"
+        "from playground.experiments.models import ExperimentRun\n"
+        "sys.stdin.readline()\n"
+        f"runner.stop(ExperimentRun.objects.get(pk={run_id}))\n"
+    )
+    return subprocess.Popen(
+        [str(BIN / "python"), "-c", code],
+        cwd=ROOT,
+        env=stack.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(stopping_stack):
@@ -183,8 +220,12 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
     (not retried) and ends the run stopped."""
     stack, upstream = stopping_stack
     upstream.default = Behaviour(n_tokens=200, interval=0.05)  # 10 s an item, unless stopped
+    # The first worker to claim takes all the endpoint's slots, and the other gets one only
+    # when an item ends: the first items end within half a second, so it need not wait 10 s.
+    upstream.script(*(Behaviour(n_tokens=10, interval=0.05) for _ in range(SHORT)))
     run_id = start_run(stack, rows=ROWS, name="Stopped", prompt="Count to {{n}}")
     workers = [worker(stack), worker(stack)]
+    stop = stop_button(stack, run_id)
     try:
 
         def holders() -> list[tuple]:
@@ -194,7 +235,17 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
                 run_id,
             )
 
-        wait_for(lambda: len(holders()) == 2, 60, "both workers to hold items")
+        def both_hold_long_items() -> bool:
+            # Every short item has ended: the items running now take 10 s.
+            ended = query(
+                stack,
+                "SELECT COUNT(*) FROM experiments_item"
+                " WHERE run_id=? AND status NOT IN ('pending', 'running')",
+                run_id,
+            )[0][0]
+            return ended >= SHORT and len(holders()) == 2
+
+        wait_for(both_hold_long_items, 60, "both workers to hold items")
         victim_id = holders()[0][0]
         victim_pid = int(victim_id.split(":")[1])
         victim = next(w for w in workers if w.pid == victim_pid)
@@ -210,13 +261,8 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
                 victim_id,
             )
         }
-        stack.manage(
-            "shell",
-            "-c",
-            "from playground.experiments import runner\n"
-            "from playground.experiments.models import ExperimentRun\n"
-            f"runner.stop(ExperimentRun.objects.get(pk={run_id}))",
-        )
+        _, errors = stop.communicate("stop\n", timeout=60)
+        assert stop.returncode == 0, errors
         status = query(stack, "SELECT status FROM experiments_experimentrun WHERE id=?", run_id)
         assert status == [("stopping",)]  # the dead worker's leases were still live
 
@@ -226,6 +272,9 @@ def test_a_run_stopped_while_a_dead_worker_holds_items_ends_stopped_by_itself(st
 
         wait_for(stopped, 4 * STOP_LEASE + 30, "the live worker to end the stopping run")
     finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.communicate()
         for w in workers:
             if w.poll() is None:
                 w.terminate()

@@ -22,6 +22,7 @@ import pytest
 from bench import client
 from bench.client import View
 from bench.stack import Seed, Stack, free_port
+from tests.conftest import copy_database
 from tests.scaleout import service_unavailable
 from tests.upstream import Behaviour, FakeUpstream
 
@@ -69,7 +70,7 @@ class OwnRedis:
 
 
 @pytest.fixture
-def redis_stack() -> Iterator[tuple[Stack, FakeUpstream, Seed, OwnRedis]]:
+def redis_stack(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream, Seed, OwnRedis]]:
     if REDIS_SERVER is None:
         service_unavailable("needs redis-server (Debian's redis-server package)")
     redis = OwnRedis()
@@ -77,6 +78,7 @@ def redis_stack() -> Iterator[tuple[Stack, FakeUpstream, Seed, OwnRedis]]:
     upstream = FakeUpstream().start()
     stack = Stack(upstream.base_url, redis_url=redis.url, extra_env={"PLAYGROUND_ALIVE_TTL": "3"})
     try:
+        copy_database(migrated_sqlite, stack.var_dir / "db.sqlite3")
         seed = stack.prepare(3)
         stack.start_servers(1)
         yield stack, upstream, seed, redis

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -13,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from bench import client
 from bench.client import View
 from bench.stack import Seed, Stack
+from tests.conftest import copy_database
 from tests.upstream import Behaviour, FakeUpstream
 
 GRACE = 1.5
@@ -20,11 +22,12 @@ RESTARTED = "The server restarted while this reply was being written."
 
 
 @pytest.fixture
-def stack() -> Iterator[tuple[Stack, FakeUpstream, Seed]]:
+def stack(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream, Seed]]:
     """One Daphne process over SQLite and the in-memory layer, as `make run` serves."""
     upstream = FakeUpstream().start()
     stack = Stack(upstream.base_url, extra_env={"PLAYGROUND_SHUTDOWN_GRACE": str(GRACE)})
     try:
+        copy_database(migrated_sqlite, stack.var_dir / "db.sqlite3")
         seed = stack.prepare(3)
         stack.start_servers(1)
         yield stack, upstream, seed

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_database
 from tests.upstream import Behaviour, FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,12 +151,17 @@ def live_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
     yield from start_live_server(e2e_upstream)
 
 
-def start_live_server(upstream: FakeUpstream, **extra_env: str) -> Iterator[LiveServer]:
-    """A live server of its own (a fresh database), with these settings in its environment;
-    for fixtures of tests that need a server configured differently."""
+def start_live_server(
+    upstream: FakeUpstream, database: Path | None = None, **extra_env: str
+) -> Iterator[LiveServer]:
+    """A live server of its own (a fresh database: a copy of the migrated SQLite file
+    `database`, when given), with these settings in its environment; for fixtures of tests
+    that need a server configured differently."""
     var_dir = Path(tempfile.mkdtemp(prefix="playground-e2e-"))
     env = {**_server_env(var_dir, upstream), **extra_env}
     try:
+        if database is not None:
+            copy_database(database, var_dir / "db.sqlite3")
         _manage(env, "migrate", "--noinput")
         _manage(env, "collectstatic", "--noinput", "--verbosity", "0")
     except RuntimeError as exc:
@@ -196,29 +202,71 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("daphne log (tail)", server.stderr_tail()))
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Module scope, never session: while Playwright's sync driver runs, this thread has a
-    running event loop, and every later async test or sync ORM call in the session would
-    fail ("cannot be called from a running event loop", SynchronousOnlyOperation)."""
+class _Chromium:
+    """One Chromium for a run of browser tests, one after another (each test opens browser
+    contexts of its own, which share no cookies, storage or cache)."""
+
+    def __init__(self) -> None:
+        self.playwright = None
+        self.browser = None
+
+    def get(self):
+        if self.browser is None:
+            from playwright.sync_api import sync_playwright
+
+            playwright = sync_playwright().start()
+            try:
+                self.browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+            except BaseException:
+                playwright.stop()
+                raise
+            self.playwright = playwright
+        return self.browser
+
+    def close(self) -> None:
+        browser, playwright = self.browser, self.playwright
+        self.browser = self.playwright = None
+        try:
+            if browser is not None:
+                browser.close()
+        finally:
+            if playwright is not None:
+                playwright.stop()
+
+
+_chromium = _Chromium()
+
+
+def _is_e2e(item) -> bool:
+    return item.path.parent.name == "e2e"
+
+
+@pytest.fixture
+def browser(request):
+    """The session's Chromium, launched for the first browser test after any test that is
+    not one. Never kept past such a test: while Playwright's sync driver runs, this thread
+    has a running event loop, and an async test or a sync ORM call would fail ("cannot be
+    called from a running event loop", SynchronousOnlyOperation). pytest-django orders the
+    tests on live_server among the transactional ones and the other browser tests with those
+    that use no database, so a full run launches it twice rather than once a module."""
     if not os.access(CHROMIUM, os.X_OK):
         reason = f"{CHROMIUM} is missing: install Debian's 'chromium' package (make browser)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    if _chromium.browser is None:
+        request.config.add_cleanup(_chromium.close)
+    return _chromium.get()
 
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a browser test's own teardown: close the Chromium unless the next test uses it."""
+    yield
+    if nextitem is None or "browser" not in getattr(nextitem, "fixturenames", ()):
+        _chromium.close()
 
 
 @pytest.fixture
@@ -237,7 +285,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     """test_browser.py walks the first run of a new site (no account yet, set-up form first),
     on the session's shared server: its tests go before every other browser test, whatever
     the file names sort as."""
-    e2e = [i for i, item in enumerate(items) if item.path.parent.name == "e2e"]
+    e2e = [i for i, item in enumerate(items) if _is_e2e(item)]
     if not e2e:
         return
     first_run = [item for item in items if item.path.name == "test_browser.py"]

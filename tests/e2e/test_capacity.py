@@ -4,6 +4,7 @@ by itself once a socket is free."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -15,9 +16,9 @@ from tests.upstream import FakeUpstream
 
 
 @pytest.fixture(scope="module")
-def capped_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
+def capped_server(e2e_upstream: FakeUpstream, migrated_sqlite: Path) -> Iterator[LiveServer]:
     """A second live Daphne that holds one socket at a time."""
-    yield from start_live_server(e2e_upstream, PLAYGROUND_MAX_SOCKETS="1")
+    yield from start_live_server(e2e_upstream, migrated_sqlite, PLAYGROUND_MAX_SOCKETS="1")
 
 
 def new_page(browser, server: LiveServer):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ FAIL = '{"pass": false, "reason": "not the capital"}'
 
 
 @pytest.fixture(scope="module")
-def experiment_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
+def experiment_server(e2e_upstream: FakeUpstream, migrated_sqlite: Path) -> Iterator[LiveServer]:
     """A server of its own and one worker. One item at a time, so the fake upstream's
     scripted replies meet the items (and their judges) in order."""
     env = {
@@ -29,7 +30,7 @@ def experiment_server(e2e_upstream: FakeUpstream) -> Iterator[LiveServer]:
         "PLAYGROUND_EXPERIMENT_TASKS_PER_RUN": "1",
         "PLAYGROUND_EXPERIMENT_POLL_INTERVAL": "0.5",
     }
-    for server in start_live_server(e2e_upstream, **env):
+    for server in start_live_server(e2e_upstream, migrated_sqlite, **env):
         log = open(server.var_dir / "worker.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen(
             [

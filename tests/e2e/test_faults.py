@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bench.stack import Seed, Stack
+from tests.conftest import copy_database
 from tests.e2e.test_browser import Sockets
 from tests.upstream import Behaviour, FakeUpstream
 
 
 @pytest.fixture
-def own_server() -> Iterator[tuple[Stack, FakeUpstream, Seed]]:
+def own_server(migrated_sqlite: Path) -> Iterator[tuple[Stack, FakeUpstream, Seed]]:
     upstream = FakeUpstream().start()
     stack = Stack(upstream.base_url, extra_env={"PLAYGROUND_SHUTDOWN_GRACE": "0.5"})
     try:
+        copy_database(migrated_sqlite, stack.var_dir / "db.sqlite3")
         seed = stack.prepare(2)
         stack.start_servers(1)
         yield stack, upstream, seed
