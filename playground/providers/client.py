@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-import httpcore
 import httpx
 
 from playground.providers import netpolicy, readpace
@@ -367,20 +366,8 @@ def _ssl_context() -> ssl.SSLContext:
 
 def _new_client(keepalive_expiry: float) -> httpx.AsyncClient:
     context = _ssl_context()
-    transport = httpx.AsyncHTTPTransport(verify=context)
-    # The pool httpx would build, with the paced network backend (readpace.py), as
-    # netpolicy.guarded_client does for its own.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context,
-        max_connections=200,
-        max_keepalive_connections=32,
-        keepalive_expiry=keepalive_expiry,
-        http1=True,
-        http2=False,
-        network_backend=readpace.PacedBackend(),
-    )
     return httpx.AsyncClient(
-        transport=transport,
+        transport=readpace.transport(context, keepalive_expiry),
         timeout=DEFAULT_TIMEOUTS.as_httpx(),
         follow_redirects=False,
         verify=context,

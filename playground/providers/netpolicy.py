@@ -235,18 +235,8 @@ def guarded_client(
     followed (a 3xx could point anywhere) and no proxy from the environment is used (the
     proxy, not us, would then pick the address)."""
     context = verify or _ssl_context()
-    transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False)
-    # httpx takes no network backend; its transport is a thin wrapper around this pool (and
-    # maps httpcore's errors to its own), so the pool is replaced with one that uses ours.
-    # tests/providers/test_address_policy.py fails if a future httpx stops routing through it.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context,
-        max_connections=200,
-        max_keepalive_connections=32,
-        keepalive_expiry=keepalive_expiry,
-        http1=True,
-        http2=False,
-        network_backend=readpace.PacedBackend(GuardedBackend(policy)),
+    transport = readpace.transport(
+        context, keepalive_expiry, GuardedBackend(policy), trust_env=False
     )
     return httpx.AsyncClient(
         transport=transport,

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpcore
+import httpx
 
 
 class PacedStream(httpcore.AsyncNetworkStream):
@@ -99,3 +100,28 @@ def paced(stream: Any, pace: float) -> PacedStream | None:
         stream.pace = pace
         return stream
     return None
+
+
+def transport(
+    context: ssl.SSLContext,
+    keepalive_expiry: float,
+    inner: httpcore.AsyncNetworkBackend | None = None,
+    *,
+    trust_env: bool = True,
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose connections are PacedStreams (over `inner`'s, or anyio's).
+    httpx takes no network backend: its transport is a thin wrapper around an httpcore pool
+    (which also maps httpcore's errors to httpx's), so the pool is replaced with one that
+    uses ours. tests/providers/test_address_policy.py fails if a future httpx stops routing
+    through it."""
+    made = httpx.AsyncHTTPTransport(verify=context, trust_env=trust_env)
+    made._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=200,
+        max_keepalive_connections=32,
+        keepalive_expiry=keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=PacedBackend(inner),
+    )
+    return made
