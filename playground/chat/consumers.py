@@ -753,7 +753,6 @@ def _text_field(data: dict[str, Any], name: str) -> str:
 
 
 @functools.cache
-@functools.cache
 def composer_sent_html() -> str:
     """The composer cleared after a send: the same for everyone, so rendered once per
     process."""
