@@ -10,7 +10,9 @@ That is every ORM query and every savepoint; not counted are what the driver iss
 (SQLite's implicit BEGIN, COMMIT through `connection.commit()`) and the PRAGMAs run once when
 a connection opens.
 
-`GET /__bench__/queries` answers the counts so far as JSON; every other request goes to
+`GET /__bench__/queries` answers the counts so far as JSON; `GET /__bench__/statements` the
+wall-clock time (time.time()) and kind of the last STATEMENT_LOG statements, which the bench
+lines up with each turn's send and its upstream request. Every other request goes to
 `playground.asgi.application` untouched. Nothing under playground/ imports this module.
 """
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from typing import Any
 
 from django.db import connections
@@ -27,8 +30,11 @@ from django.db.backends.signals import connection_created
 from playground.asgi import application as playground_application  # sets Django up
 
 QUERIES_PATH = "/__bench__/queries"
+STATEMENTS_PATH = "/__bench__/statements"
+STATEMENT_LOG = 20_000
 
 _counts: Counter[str] = Counter()
+_log: deque[tuple[float, str]] = deque(maxlen=STATEMENT_LOG)
 _lock = threading.Lock()
 
 
@@ -42,6 +48,7 @@ def _count(execute, sql, params, many, context):
     kind = statement_kind(str(sql))
     with _lock:
         _counts[kind] += 1
+        _log.append((time.time(), kind))
     return execute(sql, params, many, context)
 
 
@@ -64,9 +71,15 @@ def snapshot() -> dict[str, int]:
         return dict(_counts)
 
 
+def statements() -> list[tuple[float, str]]:
+    with _lock:
+        return list(_log)
+
+
 async def application(scope: dict, receive: Any, send: Any) -> None:
-    if scope["type"] == "http" and scope.get("path") == QUERIES_PATH:
-        body = json.dumps(snapshot()).encode()
+    path = scope.get("path") if scope["type"] == "http" else None
+    if path in (QUERIES_PATH, STATEMENTS_PATH):
+        body = json.dumps(snapshot() if path == QUERIES_PATH else statements()).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -74,6 +75,26 @@ def cpu_ms_per_token(cpu_s: float, turns: int, cpu_ms_per_turn: float, tokens: i
     if tokens <= 0:
         return math.nan
     return (cpu_s * 1000 - turns * cpu_ms_per_turn) / tokens
+
+
+def statements_by_phase(
+    results: list[StreamResult], records: list[dict[str, Any]], log: list[tuple[float, str]]
+) -> tuple[list[int], list[int]]:
+    """For each turn that reached the upstream: the SQL statements Daphne ran from its send to
+    the upstream's receipt of its request, and from its send to its first text on the client
+    (all wall-clock times). Only meaningful for turns that do not overlap (the turns scenario
+    spaces them out)."""
+    received = {r["tag"]: r["received_wall"] for r in records if r.get("tag")}
+    times = sorted(t for t, _ in log)
+    before_upstream: list[int] = []
+    before_token: list[int] = []
+    for r in results:
+        if r.tag not in received or r.first_text_at is None:
+            continue
+        start = bisect.bisect_left(times, r.sent_at)
+        before_upstream.append(bisect.bisect_left(times, received[r.tag]) - start)
+        before_token.append(bisect.bisect_left(times, r.first_text_at) - start)
+    return before_upstream, before_token
 
 
 def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -303,6 +324,8 @@ class Bench:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     template: dict[str, Any] | None = None  # a body the playground sent upstream
+    # The last streams() batch: its client results and the upstream's records.
+    last: tuple[list[StreamResult], list[dict[str, Any]]] = ([], [])
     http: httpx.AsyncClient | None = None  # the direct client's
     cpu_ms_per_turn: float | None = None  # from the `turns` scenario
 
@@ -401,6 +424,7 @@ class Bench:
         if self.template is None:
             self.template = next((r["body"] for r in records if isinstance(r["body"], dict)), None)
         stats = analyse(results, records, tokens, writes)
+        self.last = (results, records)
         self.raw[name] = {
             "stats": stats.__dict__,
             "cpu_s": meter.cpu,
@@ -579,10 +603,15 @@ class Bench:
             "≤ 10",
         )
         by_kind = ", ".join(f"{kind} {n / k:g}" for kind, n in window.queries.items())
+        self.row(label, "SQL statements per turn, all", f"{window.statements / k:g} ({by_kind})")
+        log = await asyncio.to_thread(self.stack.statements)
+        upstream, token = statements_by_phase(*self.last, log)
         self.row(
             label,
-            "SQL statements per turn",
-            f"{window.statements / k:g} ({by_kind})",
+            "SQL statements from the send to the upstream request; to the first token, p50 / max",
+            f"{percentile([float(n) for n in upstream], 50):g} / {max(upstream, default=0)}; "
+            f"{percentile([float(n) for n in token], 50):g} / {max(token, default=0)} "
+            f"(n={len(upstream)})",
             "≤ 4 on the hot path",
         )
 

@@ -344,6 +344,14 @@ class Stack:
                     total[kind] = total.get(kind, 0) + n
         return total
 
+    def statements(self) -> list[tuple[float, str]]:
+        """(time.time(), first word) of the latest SQL statements, all Daphne processes."""
+        out: list[tuple[float, str]] = []
+        for server in self.servers:
+            with urllib.request.urlopen(server.url + "/__bench__/statements", timeout=10) as r:
+                out += [(t, kind) for t, kind in json.load(r)]
+        return sorted(out)
+
     def saved_messages(self, ids: list[int]) -> dict[int, tuple[str, str]]:
         """{message id: (status, text)} straight from the database."""
         if not ids:

@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 from tests.upstream import Behaviour, FakeUpstream, Recorded
@@ -37,10 +38,12 @@ def record_rows(upstream: FakeUpstream) -> list[dict[str, Any]]:
     with upstream._cond:  # the server thread appends while we read
         requests = list(upstream.requests)
         gone = {d.request_index: d.tokens_sent for d in upstream.disconnects}
+    wall_minus_monotonic = time.time() - time.monotonic()
     return [
         {
             "index": r.index,
             "tag": tag_of(r),
+            "received_wall": r.received_at + wall_minus_monotonic,
             "first_token_sent_wall": r.first_token_sent_wall,
             "tokens_sent": r.tokens_sent,
             "completed": r.completed,

@@ -84,3 +84,33 @@ async def test_the_direct_client_times_the_first_content_delta():
         # The first token goes out at once, the remaining four 50 ms apart.
         assert r.ttft_ms is not None and 0 < r.ttft_ms < 150
         assert r.done_at is not None and r.done_at - r.first_text_at >= 0.15
+
+
+def test_statements_by_phase_counts_each_turns_statements_before_its_request_and_token():
+    from bench.client import StreamResult
+    from bench.relay import statements_by_phase
+
+    turns = [
+        StreamResult("bench-turns-0", "", 1, sent_at=10.0, first_text_at=10.010),
+        StreamResult("bench-turns-1", "", 2, sent_at=20.0, first_text_at=20.010),
+        StreamResult("bench-turns-2", "", 3, sent_at=30.0),  # never got a token: left out
+    ]
+    records = [
+        {"tag": "bench-turns-0", "received_wall": 10.004},
+        {"tag": "bench-turns-1", "received_wall": 20.002},
+        {"tag": None, "received_wall": 25.0},
+    ]
+    log = [
+        (9.0, "UPDATE"),  # the turn before's final save
+        (10.001, "SELECT"),
+        (10.002, "SELECT"),
+        (10.005, "BEGIN"),
+        (10.006, "INSERT"),
+        (10.011, "UPDATE"),  # after the first token
+        (20.001, "SELECT"),
+        (20.003, "SELECT"),
+        (20.004, "INSERT"),
+    ]
+    before_upstream, before_token = statements_by_phase(turns, records, log)
+    assert before_upstream == [2, 1]
+    assert before_token == [4, 3]
