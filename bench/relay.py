@@ -376,11 +376,15 @@ class Bench:
         window = Window()
         meter = ProcessMeter(self.pids)
 
+        profile = contextlib.ExitStack()
+
         async def at_send() -> None:
+            # The profile covers the CPU window: the sends, not the sockets' connects.
+            profile.enter_context(self.profiling(name))
             window.queries0 = await asyncio.to_thread(self.stack.queries)
             window.cpu0 = meter.cpu_now()
 
-        with self.profiling(name):
+        with profile:
             async with meter:
                 results = await run_streams(
                     targets,

@@ -165,6 +165,30 @@ async def test_a_second_tab_joining_mid_reply_sees_everything_exactly_once(
     assert any(has(f, hx_swap_oob="innerHTML") for f in second.frames)
 
 
+async def test_the_senders_rows_frame_clears_its_composer_and_no_one_elses(
+    upstream, user, api_key, conversation, connect
+):
+    upstream.default = Behaviour(tokens=["Hi"], interval=0.01)
+    ok, sender = await connect(user, conversation.pk)
+    ok, other_tab = await connect(user, conversation.pk)
+    await sender.send_prompt("Say hi")
+
+    def rows(frame: str) -> bool:
+        return has(frame, "div", id="transcript-list", hx_swap_oob="beforeend")
+
+    mine, theirs = await sender.until(rows), await other_tab.until(rows)
+    # One frame for the sender: the new rows, and the composer emptied for the next prompt.
+    assert has(mine, "textarea", id="prompt", hx_swap_oob="true")
+    assert has(mine, "div", id="attachment-tray", hx_swap_oob="true")
+    # The other tab gets the same rows, but what its user is typing stays.
+    assert not has(theirs, "textarea", id="prompt")
+    await other_tab.until(lambda f: "status-complete" in f)
+    assert not any(has(f, "textarea", id="prompt", hx_swap_oob="true") for f in other_tab.frames)
+    await sender.until(lambda f: "status-complete" in f)
+    await sender.close()
+    await other_tab.close()
+
+
 async def test_reopening_after_the_tab_closed_resumes_live(
     upstream, user, api_key, conversation, connect
 ):

@@ -413,21 +413,21 @@ class ConversationConsumer(SlottedConsumer):
             return
         if html is None:
             html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
-        await self.channel_layer.group_send(
-            self.group, {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
-        )
-        # Every watcher has the reply's row now (a group delivers in order): deltas may
-        # follow, before the composer, which no delta depends on.
-        runs.start(turn.run, run)
+        append = {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
         if service is start_turn:
-            await self.send(text_data=composer_sent_html())
-            if (
-                sent is not None
-                and extensions.concerns_send(sent)
-                and extensions.turn_written.has_listeners(Conversation)
-            ):
-                record = database_sync_to_async(_turn_written)
-                await record(self.conversation, self.user, turn, sent)
+            # The sender's copy of the rows also clears its composer: one frame, not two.
+            append["sender"] = self.channel_name
+        await self.channel_layer.group_send(self.group, append)
+        # Every watcher has the reply's row now (a group delivers in order): deltas may follow.
+        runs.start(turn.run, run)
+        if (
+            service is start_turn
+            and sent is not None
+            and extensions.concerns_send(sent)
+            and extensions.turn_written.has_listeners(Conversation)
+        ):
+            record = database_sync_to_async(_turn_written)
+            await record(self.conversation, self.user, turn, sent)
 
     async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
         """A send: read and build the request, send it upstream, and write the rows while
@@ -481,7 +481,8 @@ class ConversationConsumer(SlottedConsumer):
             await super().dispatch(message)
 
     async def chat_append(self, event: dict[str, Any]) -> None:
-        """New rows, rendered once by the socket that created them."""
+        """New rows, rendered once by the socket that created them; for that socket (the
+        event's "sender") with its composer cleared in the same frame."""
         if not await self._still_allowed():
             return
         for message_id in event["streaming_ids"]:
@@ -492,7 +493,10 @@ class ConversationConsumer(SlottedConsumer):
             self.view_at = None
             await self._send_transcript()
             return
-        await self.send(text_data=event["html"])
+        html = event["html"]
+        if event.get("sender") == self.channel_name:
+            html += composer_sent_html()
+        await self.send(text_data=html)
 
     async def chat_branch(self, event: dict[str, Any]) -> None:
         """The active branch changed (a switch, an edit, a regeneration): redraw it."""

@@ -366,8 +366,8 @@ def _ssl_context() -> ssl.SSLContext:
 
 def _new_client(keepalive_expiry: float) -> httpx.AsyncClient:
     context = _ssl_context()
-    return httpx.AsyncClient(
-        transport=readpace.transport(context, keepalive_expiry),
+    return readpace.client(
+        readpace.transport(context, keepalive_expiry),
         timeout=DEFAULT_TIMEOUTS.as_httpx(),
         follow_redirects=False,
         verify=context,
@@ -931,15 +931,17 @@ async def _stream(
     while True:
         watch = _ConnectionWatch()
         answered = False
+        request = http.build_request(
+            "POST",
+            url,
+            json=payload,
+            headers=headers,
+            timeout=timeouts.as_httpx(),
+            extensions={"trace": watch},
+        )
         try:
-            async with http.stream(
-                "POST",
-                url,
-                json=payload,
-                headers=headers,
-                timeout=timeouts.as_httpx(),
-                extensions={"trace": watch},
-            ) as response:
+            response = await readpace.send(http, request)
+            try:
                 answered = True
                 if response.is_success:
                     decoder = wire.decoder() if wire is not None else None
@@ -950,6 +952,8 @@ async def _stream(
                 failure = _failure_from_status(
                     response.status_code, response.headers, raw, api_key, timeouts, attempt
                 )
+            finally:
+                await response.aclose()
         except (httpx.TransportError, httpx.InvalidURL) as exc:
             if stale_retry and not answered and watch.reused_and_dead(exc):
                 stale_retry = False

@@ -238,8 +238,8 @@ def guarded_client(
     transport = readpace.transport(
         context, keepalive_expiry, GuardedBackend(policy), trust_env=False
     )
-    return httpx.AsyncClient(
-        transport=transport,
+    return readpace.client(
+        transport,
         follow_redirects=False,
         trust_env=False,
         timeout=timeout or httpx.Timeout(10.0),

@@ -702,6 +702,51 @@ def test_each_event_loop_gets_its_own_client() -> None:
     assert asyncio.run(grab()) is not asyncio.run(grab())
 
 
+async def test_a_cookie_one_reply_sets_never_goes_out_with_the_next_request(
+    upstream: FakeUpstream,
+) -> None:
+    # The shared client serves every user: a provider's cookie for one would reach the next.
+    upstream.script(Behaviour(headers={"set-cookie": "session=first-user; Path=/"}))
+    assert text_of(await collect(upstream)) == Behaviour().text
+    assert text_of(await collect(upstream, "sk-second-user-0000")) == Behaviour().text
+    assert "cookie" not in upstream.requests[-1].headers
+    assert not get_client().cookies
+
+
+async def test_a_streaming_request_goes_straight_to_the_transport(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # httpx's client layer (auth, redirects, hooks, cookie parsing) is skipped: a quarter
+    # millisecond of CPU per turn. Headers, body and timeouts are the request's own.
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("AsyncClient.send was called")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", refuse)
+    assert text_of(await collect(upstream)) == Behaviour().text
+    sent = upstream.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.body["stream"] is True
+
+
+async def test_with_a_proxy_in_the_environment_requests_go_through_the_client(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The proxy is one of the client's mounts: only the client knows which URLs it covers.
+    await aclose_clients()
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    calls = []
+    original = httpx.AsyncClient.send
+
+    async def counting(self: httpx.AsyncClient, *args: object, **kwargs: object):
+        calls.append(args)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting)
+    assert text_of(await collect(upstream)) == Behaviour().text
+    assert len(calls) == 1
+
+
 async def test_keep_alive_connections_are_reused_across_streams(upstream: FakeUpstream) -> None:
     for _ in range(3):
         assert text_of(await collect(upstream)) == Behaviour().text
