@@ -59,8 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.02)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     args = parser.parse_args()
-    upstream = FakeUpstream().start()
+    upstream = FakeUpstream(port=args.port).start()
     upstream.default = Behaviour(n_tokens=args.tokens, interval=args.interval)
     print(json.dumps({"port": upstream.port}), flush=True)
     for line in sys.stdin:
@@ -84,7 +85,9 @@ def main() -> None:
 class UpstreamProcess:
     """The parent's handle on `python -m bench.upstream_proc`."""
 
-    def __init__(self, tokens: int, interval: float) -> None:
+    def __init__(self, tokens: int, interval: float, port: int = 0) -> None:
+        """`port` 0 takes a free one; a fixed port lets a server started by hand (a peer
+        such as Open WebUI in bench.peers) be pointed at this upstream beforehand."""
         from bench.stack import BIN, ROOT
 
         self.process = subprocess.Popen(
@@ -96,6 +99,8 @@ class UpstreamProcess:
                 str(tokens),
                 "--interval",
                 str(interval),
+                "--port",
+                str(port),
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
