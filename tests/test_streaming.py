@@ -568,3 +568,60 @@ async def test_a_turn_after_the_providers_keepalive_timeout_succeeds_without_ret
     assert len(upstream.requests) == 2  # one answered request per turn
     assert len(upstream.dropped) == dropped
     await socket.close()
+
+
+async def test_on_a_warm_connection_the_request_goes_out_before_the_rows_are_written(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    # Begun together, the rows' transaction (on the database thread) won the race for the
+    # GIL and the provider got the request only after it. Now the turn writes once the
+    # request body is sent.
+    from playground.chat import consumers
+
+    begun, underway_at_write = [], []
+    write = consumers._write_and_render
+
+    def recording_begin(request):
+        run = runs.Run(request)
+        run.begin_upstream()
+        begun.append(run)
+        return run
+
+    def recording_write(prepared, user):
+        underway_at_write.append(begun[-1]._underway.is_set())
+        return write(prepared, user)
+
+    monkeypatch.setattr(runs, "begin", recording_begin)
+    monkeypatch.setattr(consumers, "_write_and_render", recording_write)
+    ok, socket = await connect(user, conversation.pk)
+    for prompt in ("Warm the pool", "Second"):
+        await socket.send_prompt(prompt)
+        await socket.until(lambda f: "status-complete" in f)
+    assert underway_at_write == [True, True]
+    await socket.close()
+
+
+async def test_a_request_that_cannot_go_out_does_not_hold_up_the_rows(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    # Waiting for a free connection (or anything else before the body is sent) delays the
+    # write by at most runs.UNDERWAY_WAIT: the user sees their message at once.
+    from playground.providers import client
+
+    original = client.stream
+    release = asyncio.Event()
+
+    async def stalled(*args, **kwargs):
+        await release.wait()
+        async for event in original(*args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(client, "stream", stalled)
+    ok, socket = await connect(user, conversation.pk)
+    sent = time.monotonic()
+    await socket.send_prompt("Hello")
+    await socket.until(lambda f: 'hx-swap-oob="beforeend"' in f)
+    assert time.monotonic() - sent < 0.5
+    release.set()
+    await socket.until(lambda f: "status-complete" in f)
+    await socket.close()

@@ -431,14 +431,17 @@ class ConversationConsumer(SlottedConsumer):
 
     async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
         """A send: read and build the request, send it upstream, and write the rows while
-        the provider works on its first token. If the write fails, the request is closed.
-        The new rows are rendered in the same trip to the database thread: one hop fewer
-        between the send and the first token."""
+        the provider works on its first token: once the request is on its way (see
+        Run.underway), so that the provider gets it after the turn's two reads, not after
+        its whole transaction too. If the write fails, the request is closed. The new rows
+        are rendered in the same trip to the database thread: one hop fewer between the
+        send and the first token."""
         prepared = await database_sync_to_async(prepare_turn)(
             self.conversation, self.user, channel=channel, **kwargs
         )
         run = runs.begin(prepared.run)
         try:
+            await run.underway()
             turn, html = await database_sync_to_async(_write_and_render)(prepared, self.user)
         except BaseException:
             await run.abandon()

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 render = sync_to_async(render_to_string, thread_sensitive=False)
 
 STOP_REPEAT_AFTER = 1.0  # seconds
+UNDERWAY_WAIT = 0.02  # seconds a turn waits for its upstream request to go out, see underway()
 # A publish that fails (Redis restarting) is tried again after these pauses, then dropped:
 # watchers see the gap in the offsets and catch up from a snapshot. The final "done" gets
 # longer, because a watcher that misses it keeps showing the reply as streaming.
@@ -131,6 +132,7 @@ class Run:
         self.checkpointed_len = 0
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
+        self._underway = asyncio.Event()  # see underway()
         self._stream_task: asyncio.Task | None = None
 
     def begin_upstream(self) -> None:
@@ -140,6 +142,16 @@ class Run:
             self._stream_task = asyncio.create_task(
                 self._consume(), name=f"run-upstream-{self.request.channel}"
             )
+
+    async def underway(self, timeout: float = UNDERWAY_WAIT) -> None:
+        """Return once the upstream request is on its way (client.stream's `underway`): its
+        body sent on a pooled connection, a new connection being opened, or the attempt
+        over. At most `timeout`: a request waiting for a free connection does not hold up
+        the caller. The turn writes its rows after this, so on a warm pool the request goes
+        out first rather than racing the rows' transaction for the GIL."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._underway.wait()
 
     async def abandon(self) -> None:
         """The rows were not written: close the upstream request begun for them. Nothing was
@@ -287,7 +299,12 @@ class Run:
         model, fmt = self.request.model, self.request.wire_format
         body = formats.to_wire(model, fmt, self.request.body)
         events = client.stream(
-            endpoint, self.request.api_key, body, timeouts=timeouts, wire=formats.wire(fmt)
+            endpoint,
+            self.request.api_key,
+            body,
+            timeouts=timeouts,
+            wire=formats.wire(fmt),
+            underway=self._underway,
         )
         try:
             async for event in events:
@@ -295,6 +312,7 @@ class Run:
                 if self._over_cap():
                     break
         finally:
+            self._underway.set()  # ended (or failed) before the request went out
             # Closing the generator closes the upstream response, also on cancellation (stop).
             await events.aclose()
 

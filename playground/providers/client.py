@@ -828,14 +828,19 @@ class _ConnectionWatch:
     connection goes straight to `http11.send_request_headers`.
     """
 
-    __slots__ = ("opened",)
+    __slots__ = ("opened", "underway")
 
-    def __init__(self) -> None:
+    def __init__(self, underway: asyncio.Event | None = None) -> None:
         self.opened = False
+        self.underway = underway
 
     async def __call__(self, name: str, info: dict[str, Any]) -> None:
         if name.endswith((".connect_tcp.started", ".connect_unix_socket.started")):
             self.opened = True
+            if self.underway is not None:
+                self.underway.set()  # a new connection: its connect is what takes time
+        elif name == "http11.send_request_body.complete" and self.underway is not None:
+            self.underway.set()
 
     def reused_and_dead(self, exc: Exception) -> bool:
         """The request died with the pooled connection it was sent on."""
@@ -861,8 +866,13 @@ async def stream(
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     client: httpx.AsyncClient | None = None,
     wire: Wire | None = None,
+    underway: asyncio.Event | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Stream a chat completion as typed events; failures end it with one StreamError.
+
+    `underway` is set once the request is on its way: its body sent on a pooled connection,
+    or a new connection being opened (whose connect the caller need not wait for). The
+    caller sets it itself if the stream ends first.
 
     `wire` (formats.py) sends `body`, already in that format, to the Responses or Messages
     path with that format's headers and reads that format's events; None is Chat Completions.
@@ -893,7 +903,7 @@ async def stream(
     # aclosing: a stop closes this generator, and that must close the upstream response now.
     try:
         async with contextlib.aclosing(
-            _stream(http, endpoint, api_key, body, timeouts, wire)
+            _stream(http, endpoint, api_key, body, timeouts, wire, underway)
         ) as events:
             async for event in events:
                 yield event
@@ -909,6 +919,7 @@ async def _stream(
     body: dict[str, Any],
     timeouts: Timeouts,
     wire: Wire | None = None,
+    underway: asyncio.Event | None = None,
 ) -> AsyncGenerator[Event, None]:
     if wire is None:
         headers = build_headers(endpoint, api_key)
@@ -929,7 +940,7 @@ async def _stream(
     # unanswered points at the server, which the retry policy handles.
     stale_retry = True
     while True:
-        watch = _ConnectionWatch()
+        watch = _ConnectionWatch(underway)
         answered = False
         request = http.build_request(
             "POST",
