@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -396,7 +397,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--openwebui-token", help="API key or JWT; default: WEBUI_AUTH=False sign-in")
     p.add_argument("--openwebui-pid", type=int, help="its process, for its CPU per 1,000 tokens")
     p.add_argument("--litellm", help="LiteLLM proxy's URL, e.g. http://127.0.0.1:4000")
-    p.add_argument("--litellm-key", default="sk-bench", help="its master key (any, if it has none)")
+    p.add_argument(
+        "--litellm-key",
+        default=os.environ.get("LITELLM_MASTER_KEY", ""),
+        help="its master key; default: $LITELLM_MASTER_KEY (kept out of the printed command)",
+    )
     p.add_argument("--litellm-pid", type=int, help="its process, for its CPU per 1,000 tokens")
     p.add_argument(
         "--upstream-port",
