@@ -1,16 +1,20 @@
-"""A peer beside the playground: the same streams through Open WebUI, in the same run.
+"""Peers beside the playground: the same streams through Open WebUI and LiteLLM, in one run.
 
-    .venv/bin/python -m bench.peers --openwebui http://127.0.0.1:8090 [--openwebui-token JWT]
-        [--openwebui-pid PID] [--streams 200 --tokens 100 --rate 50 --ramp 1 --rounds 3]
+    .venv/bin/python -m bench.peers [--openwebui http://127.0.0.1:8090 [--openwebui-token JWT]
+        [--openwebui-pid PID]] [--litellm http://127.0.0.1:4000 [--litellm-key KEY]
+        [--litellm-pid PID]] [--only single,burst,concurrent] [--single-reps 40
+        --single-tokens 10] [--streams 200 --tokens 100 --rate 50 --ramp 1 --rounds N]
 
 It starts what `bench.relay` starts (fresh var dir, one Daphne, the fake upstream in its own
-process), the fake upstream on a fixed port (`--upstream-port`, 8011) so that an Open WebUI
-started beforehand by hand (bench/README.md says how) relays to this very process. Then, for
-`burst` (all sends at once) and `concurrent` (sends spread over `--ramp` s), `--rounds` times:
-N playground streams over WebSockets, N requests through Open WebUI's streaming
-`/api/chat/completions` (SSE) and N direct requests to the fake upstream, the three batches in
-a rotating order, each against the same upstream pace. It prints one table per scenario.
-Nothing of Open WebUI is imported or installed here: it is a URL and a token.
+process), the fake upstream on a fixed port (`--upstream-port`, 8011) so that the peers,
+started beforehand by hand (bench/README.md says how), relay to this very process. Then, for
+`single` (`--single-reps` sequential one-stream requests per system), `burst` (all sends at
+once) and `concurrent` (sends spread over `--ramp` s), round after round: the playground's
+streams over WebSockets, the same through each peer given (Open WebUI's streaming
+`/api/chat/completions`, LiteLLM proxy's `/v1/chat/completions`, both SSE) and direct
+requests to the fake upstream, in an order rotated every round, each against the same upstream
+pace. It prints one table per scenario. Nothing of either peer is imported or installed here:
+each is a URL and a token.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -31,8 +36,19 @@ from bench.direct import DirectResult
 from bench.relay import Bench, ProcessMeter, added_from_send, machine, percentile
 from bench.stack import Stack
 
-SYSTEMS = ("playground", "openwebui", "direct")
-LABELS = {"playground": "playground", "openwebui": "Open WebUI", "direct": "direct client"}
+PEERS = ("openwebui", "litellm")
+SYSTEMS = ("playground", *PEERS, "direct")
+LABELS = {
+    "playground": "playground",
+    "openwebui": "Open WebUI",
+    "litellm": "LiteLLM proxy",
+    "direct": "direct client",
+}
+
+
+def systems_for(peers: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The systems of a run: the playground, the peers given (in PEERS' order), direct."""
+    return ("playground", *(p for p in PEERS if p in peers), "direct")
 
 
 # -- pure helpers (tests/test_bench_peers.py) -------------------------------------------------
@@ -82,12 +98,22 @@ def http_batch(results: list[DirectResult], n_tokens: int, records=None) -> Batc
     return Batch(len(results), ok, lost, duplicated, tokens, makespan, ttft, leg)
 
 
-def rotation(round_index: int) -> list[str]:
-    """The order of the three batches in a round: rotated each round, so over three rounds
-    each system goes first, second and last once (a slow start or a noisy neighbour does not
-    always hit the same one)."""
-    k = round_index % len(SYSTEMS)
-    return list(SYSTEMS[k:] + SYSTEMS[:k])
+def rotation(round_index: int, systems: tuple[str, ...] = SYSTEMS) -> list[str]:
+    """The order of the batches in a round: rotated each round, so over len(systems) rounds
+    each system takes each place once (a slow start or a noisy neighbour does not always hit
+    the same one)."""
+    k = round_index % len(systems)
+    return list(systems[k:] + systems[:k])
+
+
+def added_ratio(peer_added: tuple[float, float], playground_added: tuple[float, float]):
+    """Peer-added ÷ playground-added TTFT, (p50, p99): how many times the playground's added
+    latency the peer adds. NaN where the playground adds nothing measurable (≤ 0 ms: the
+    direct client's percentile was as slow or slower), where a ratio would mean nothing."""
+    return tuple(
+        peer / mine if mine > 0 and not math.isnan(peer) else math.nan
+        for peer, mine in zip(peer_added, playground_added, strict=True)
+    )
 
 
 def summary(batches: list[Batch], direct_batches: list[Batch]) -> dict[str, Any]:
@@ -118,7 +144,17 @@ def summary(batches: list[Batch], direct_batches: list[Batch]) -> dict[str, Any]
     }
 
 
-def table(label: str, figures: dict[str, dict[str, Any]], rounds: int) -> str:
+def _pair(pair: tuple[float, float], unit: str = " ms", fmt: str = ".1f") -> str:
+    a, b = pair
+    return "—" if math.isnan(a) else f"{a:{fmt}} / {b:{fmt}}{unit}"
+
+
+def table(
+    label: str,
+    figures: dict[str, dict[str, Any]],
+    rounds: int,
+    systems: tuple[str, ...],
+) -> str:
     """One scenario's figures, a column per system."""
 
     def cell(system: str, key: str) -> str:
@@ -133,8 +169,7 @@ def table(label: str, figures: dict[str, dict[str, Any]], rounds: int) -> str:
         if key in ("ttft", "added", "return_leg"):
             if system == "direct" and key != "ttft":
                 return "—"
-            a, b = f[key]
-            return "—" if math.isnan(a) else f"{a:.1f} / {b:.1f} ms"
+            return _pair(f[key])
         if key == "cpu":
             return "—" if math.isnan(f["cpu_per_1000"]) else f"{f['cpu_per_1000']:.3f} s"
         raise KeyError(key)
@@ -151,18 +186,61 @@ def table(label: str, figures: dict[str, dict[str, Any]], rounds: int) -> str:
     lines = [
         f"{label}",
         "",
-        "| figure | " + " | ".join(LABELS[s] for s in SYSTEMS) + " |",
-        "|---|" + "---|" * len(SYSTEMS),
+        "| figure | " + " | ".join(LABELS[s] for s in systems) + " |",
+        "|---|" + "---|" * len(systems),
     ]
     lines += [
-        f"| {name} | " + " | ".join(cell(s, key) for s in SYSTEMS) + " |" for name, key in rows
+        f"| {name} | " + " | ".join(cell(s, key) for s in systems) + " |" for name, key in rows
     ]
-    ratio = figures["playground"]["tokens_per_s"] / figures["openwebui"]["tokens_per_s"]
-    lines += ["", f"playground ÷ Open WebUI tokens/s: {ratio:.2f}× (issue 9's target: ≥ 1.5×)"]
+    lines.append("")
+    for peer in (s for s in systems if s in PEERS):
+        ratio = figures["playground"]["tokens_per_s"] / figures[peer]["tokens_per_s"]
+        lines.append(
+            f"playground ÷ {LABELS[peer]} tokens/s: {ratio:.2f}× (issue 9's target: ≥ 1.5×)"
+        )
     return "\n".join(lines)
 
 
-# -- Open WebUI ---------------------------------------------------------------------------------
+def single_table(
+    label: str,
+    figures: dict[str, dict[str, Any]],
+    warmup: dict[str, float],
+    systems: tuple[str, ...],
+) -> str:
+    """The one-stream scenario: TTFT and added TTFT from the send per system, then each
+    peer's added TTFT ÷ the playground's (issue 9: ≥ 5× better than both peers)."""
+
+    def row(name: str, cell) -> str:
+        return f"| {name} | " + " | ".join(cell(s) for s in systems) + " |"
+
+    lines = [
+        label,
+        "",
+        "| figure | " + " | ".join(LABELS[s] for s in systems) + " |",
+        "|---|" + "---|" * len(systems),
+        row("completed", lambda s: f"{figures[s]['ok']}/{figures[s]['streams']}"),
+        row(
+            "first request after start (not in the figures): TTFT",
+            lambda s: "—" if math.isnan(warmup.get(s, math.nan)) else f"{warmup[s]:.1f} ms",
+        ),
+        row("TTFT from send p50 / p99", lambda s: _pair(figures[s]["ttft"])),
+        row(
+            "added TTFT from send p50 / p99",
+            lambda s: "—" if s == "direct" else _pair(figures[s]["added"]),
+        ),
+        "",
+    ]
+    mine = figures["playground"]["added"]
+    for peer in (s for s in systems if s in PEERS):
+        ratio = added_ratio(figures[peer]["added"], mine)
+        lines.append(
+            f"{LABELS[peer]} added ÷ playground added, p50 / p99: {_pair(ratio, '×', '.1f')}"
+            " (issue 9's target: ≥ 5×)"
+        )
+    return "\n".join(lines)
+
+
+# -- the peers ----------------------------------------------------------------------------------
 
 
 async def openwebui_token(http: httpx.AsyncClient, base: str) -> str:
@@ -175,25 +253,44 @@ async def openwebui_token(http: httpx.AsyncClient, base: str) -> str:
     return response.json()["token"]
 
 
-async def openwebui_model(http: httpx.AsyncClient, base: str, token: str) -> str:
-    """The first model Open WebUI lists (it lists what the fake upstream's /v1/models does);
-    the call also fills its model cache, and fails early on a wrong token or URL."""
-    response = await http.get(f"{base}/api/models", headers={"Authorization": f"Bearer {token}"})
+async def first_model(http: httpx.AsyncClient, models_url: str, token: str) -> str:
+    """The first model a peer lists (Open WebUI lists what the fake upstream's /v1/models
+    does, LiteLLM its config's model_list); the call also fills Open WebUI's model cache, and
+    fails early on a wrong token or URL."""
+    response = await http.get(models_url, headers={"Authorization": f"Bearer {token}"})
     response.raise_for_status()
     models = [m["id"] for m in response.json()["data"]]
     if not models:
-        raise RuntimeError(f"Open WebUI at {base} lists no model: is its upstream this bench's?")
+        raise RuntimeError(f"{models_url} lists no model: is its upstream this bench's?")
     return models[0]
+
+
+@dataclass
+class Peer:
+    """One peer as the bench sees it: where to post, with which token and model."""
+
+    chat_url: str
+    token: str
+    model: str
+    pid: int | None
 
 
 @dataclass
 class Peers:
     bench: Bench
-    base: str  # Open WebUI's URL
-    token: str
-    model: str
-    pid: int | None
-    http: httpx.AsyncClient  # Open WebUI's client; the direct client keeps bench.http
+    peers: dict[str, Peer]
+    http: httpx.AsyncClient  # the peers' client; the direct client keeps bench.http
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        return systems_for(tuple(self.peers))
+
+    async def run(self, system: str, name: str, n: int, tokens: int, interval: float, ramp: float):
+        if system == "playground":
+            return await self.playground(name, n, tokens, interval, ramp)
+        if system == "direct":
+            return await self.direct(name, n, tokens, interval, ramp)
+        return await self.peer(system, name, n, tokens, interval, ramp)
 
     async def playground(self, name: str, n: int, tokens: int, interval: float, ramp: float):
         stats, _, window = await self.bench.streams(name, n, tokens, interval, ramp)
@@ -209,26 +306,27 @@ class Peers:
             window.cpu_s,
         )
 
-    async def openwebui(self, name: str, n: int, tokens: int, interval: float, ramp: float):
+    async def peer(self, system: str, name: str, n: int, tokens: int, interval: float, ramp: float):
+        peer = self.peers[system]
         up = self.bench.upstream
         up.set_default(tokens, interval)
         up.reset()
         assert self.bench.template is not None
-        template = {**self.bench.template, "model": self.model}
-        meter = ProcessMeter([self.pid] if self.pid else [])
+        template = {**self.bench.template, "model": peer.model}
+        meter = ProcessMeter([peer.pid] if peer.pid else [])
         async with meter:
             results = await direct.run_direct(
                 self.http,
-                f"{self.base}/api/chat/completions",
+                peer.chat_url,
                 template,
-                self.token,
+                peer.token,
                 n,
                 tag_prefix=f"bench-{name}",  # `bench-` tags: the upstream records them
                 ramp=ramp,
             )
             await asyncio.sleep(0.3)  # as bench.streams does before reading the CPU
         batch = http_batch(results, tokens, up.records())
-        if self.pid:
+        if peer.pid:
             batch.server_cpu_s = meter.cpu
         self.bench.raw.setdefault(name, {})["results"] = [r.__dict__ for r in results]
         return batch
@@ -238,29 +336,56 @@ class Peers:
         self.bench.upstream.reset()
         return http_batch(await self.bench.direct(name, n, ramp), tokens)
 
+    async def rounds(
+        self,
+        label: str,
+        name: str,
+        n: int,
+        tokens: int,
+        rate: float,
+        ramp: float,
+        rounds: int,
+        pause: float = 1.0,
+        verbose: bool = True,
+    ) -> dict[str, dict[str, Any]]:
+        """`rounds` rounds of one batch per system, rotated; the figures per system."""
+        interval = 1 / rate if rate else 0.0
+        systems = self.systems
+        batches: dict[str, list[Batch]] = {s: [] for s in systems}
+        for r in range(rounds):
+            order = rotation(r, systems)
+            if verbose:
+                print(f"[{label}] round {r + 1}/{rounds}: {', '.join(order)}", flush=True)
+            for system in order:
+                batch = await self.run(system, f"{name}-r{r}-{system}", n, tokens, interval, ramp)
+                batches[system].append(batch)
+                if verbose:
+                    print(
+                        f"  {LABELS[system]}: {batch.ok}/{batch.streams} ok, lost {batch.lost},"
+                        f" {batch.tokens_per_s:,.0f} tokens/s, TTFT p50"
+                        f" {percentile(batch.ttft_ms, 50):.1f} ms",
+                        flush=True,
+                    )
+                await asyncio.sleep(pause)  # let the last replies' work settle
+        self.bench.raw[name] = {s: [b.__dict__ for b in batches[s]] for s in systems}
+        return {s: summary(batches[s], batches["direct"]) for s in systems}
+
     async def scenario(
         self, label: str, name: str, n: int, tokens: int, rate: float, ramp: float, rounds: int
     ) -> str:
-        interval = 1 / rate if rate else 0.0
-        batches: dict[str, list[Batch]] = {s: [] for s in SYSTEMS}
-        for r in range(rounds):
-            order = rotation(r)
-            print(f"[{label}] round {r + 1}/{rounds}: {', '.join(order)}", flush=True)
-            for system in order:
-                batch = await getattr(self, system)(
-                    f"{name}-r{r}-{system}", n, tokens, interval, ramp
-                )
-                batches[system].append(batch)
-                print(
-                    f"  {LABELS[system]}: {batch.ok}/{batch.streams} ok, lost {batch.lost},"
-                    f" {batch.tokens_per_s:,.0f} tokens/s, TTFT p50"
-                    f" {percentile(batch.ttft_ms, 50):.1f} ms",
-                    flush=True,
-                )
-                await asyncio.sleep(1.0)  # let the last replies' work settle
-        figures = {s: summary(batches[s], batches["direct"]) for s in SYSTEMS}
-        self.bench.raw[name] = {s: [b.__dict__ for b in batches[s]] for s in SYSTEMS}
-        return table(label, figures, rounds)
+        figures = await self.rounds(label, name, n, tokens, rate, ramp, rounds)
+        return table(label, figures, rounds, self.systems)
+
+    async def single(self, reps: int, tokens: int, rate: float, warmup: dict[str, float]) -> str:
+        """`reps` rounds of one request per system, one after the other (relay.py's `single`,
+        with the peers in the rotation); `warmup` is each system's first request's TTFT."""
+        label = f"1 stream, {reps} sequential requests per system, {tokens} tokens at {rate:g}"
+        label += " tok/s"
+        print(f"[{label}]", flush=True)
+        figures = await self.rounds(
+            label, "single", 1, tokens, rate, 0.0, reps, pause=0.1, verbose=False
+        )
+        return single_table(label, figures, warmup, self.systems)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -268,43 +393,78 @@ class Peers:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--openwebui", required=True, help="Open WebUI's URL, e.g. http://127.0.0.1:8090"
-    )
+    p.add_argument("--openwebui", help="Open WebUI's URL, e.g. http://127.0.0.1:8090")
     p.add_argument("--openwebui-token", help="API key or JWT; default: WEBUI_AUTH=False sign-in")
     p.add_argument("--openwebui-pid", type=int, help="its process, for its CPU per 1,000 tokens")
+    p.add_argument("--litellm", help="LiteLLM proxy's URL, e.g. http://127.0.0.1:4000")
+    p.add_argument(
+        "--litellm-key",
+        default=os.environ.get("LITELLM_MASTER_KEY", ""),
+        help="its master key; default: $LITELLM_MASTER_KEY (kept out of the printed command)",
+    )
+    p.add_argument("--litellm-pid", type=int, help="its process, for its CPU per 1,000 tokens")
     p.add_argument(
         "--upstream-port",
         type=int,
         default=8011,
-        help="the fake upstream's port: Open WebUI's OPENAI_API_BASE_URL must point at it",
+        help="the fake upstream's port: the peers' upstream URLs must point at it",
     )
+    p.add_argument("--single-reps", type=int, default=40, help="single: requests per system")
+    p.add_argument("--single-tokens", type=int, default=10)
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--rate", type=float, default=50, help="upstream tokens/s per stream")
     p.add_argument("--ramp", type=float, default=1.0, help="concurrent: sends spread over s")
-    p.add_argument("--rounds", type=int, default=3, help="batches of each system per scenario")
-    p.add_argument("--only", default="burst,concurrent")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="batches of each system per scenario; default: one per system, so that each"
+        " takes each place in the rotation once",
+    )
+    p.add_argument("--only", default="single,burst,concurrent")
+    args = p.parse_args(argv)
+    if not (args.openwebui or args.litellm):
+        p.error("give at least one peer: --openwebui URL and/or --litellm URL")
+    if args.rounds is None:
+        args.rounds = 2 + bool(args.openwebui) + bool(args.litellm)
+    return args
+
+
+async def connect_peers(args: argparse.Namespace, http: httpx.AsyncClient) -> dict[str, Peer]:
+    peers = {}
+    if args.openwebui:
+        base = args.openwebui.rstrip("/")
+        token = args.openwebui_token or await openwebui_token(http, base)
+        model = await first_model(http, f"{base}/api/models", token)
+        peers["openwebui"] = Peer(f"{base}/api/chat/completions", token, model, args.openwebui_pid)
+    if args.litellm:
+        base = args.litellm.rstrip("/")
+        model = await first_model(http, f"{base}/v1/models", args.litellm_key)
+        peers["litellm"] = Peer(
+            f"{base}/v1/chat/completions", args.litellm_key, model, args.litellm_pid
+        )
+    return peers
 
 
 async def main_async(args: argparse.Namespace, bench: Bench) -> list[str]:
     http = direct.new_client()
     try:
-        token = args.openwebui_token or await openwebui_token(http, args.openwebui)
-        model = await openwebui_model(http, args.openwebui, token)
-        peers = Peers(bench, args.openwebui.rstrip("/"), token, model, args.openwebui_pid, http)
+        peers = Peers(bench, await connect_peers(args, http), http)
         # Warm-up, not in the figures: the first turn after Daphne starts (imports, templates,
-        # the first upstream connection), the first request through Open WebUI, the first
-        # direct one. It also records the body the playground sends upstream, which Open WebUI
-        # (its model swapped in) and the direct client are sent.
+        # the first upstream connection), the first request through each peer, the first
+        # direct one (relay.py's `single` leaves its first turn out the same way). It also
+        # records the body the playground sends upstream, which the peers (their model
+        # swapped in) and the direct client are sent.
         interval = 1 / args.rate if args.rate else 0.0
-        await peers.playground("warmup", 1, 5, interval, 0.0)
-        await peers.openwebui("warmup-owui", 1, 5, interval, 0.0)
-        await peers.direct("warmup-direct", 1, 5, interval, 0.0)
+        warmup = {}
+        for system in peers.systems:
+            batch = await peers.run(system, f"warmup-{system}", 1, 5, interval, 0.0)
+            warmup[system] = percentile(batch.ttft_ms, 50)
         only = set(args.only.split(","))
         tables = []
         n, tok, rate = args.streams, args.tokens, args.rate
+        if "single" in only:
+            tables.append(await peers.single(args.single_reps, args.single_tokens, rate, warmup))
         if "burst" in only:
             label = f"{n} streams at once, {tok} tokens at {rate:g} tok/s"
             tables.append(await peers.scenario(label, "burst", n, tok, rate, 0.0, args.rounds))
@@ -325,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     only = set(args.only.split(","))
-    needed = 1 + len(only & {"burst", "concurrent"}) * args.rounds * args.streams
+    needed = (
+        1
+        + ("single" in only) * args.single_reps
+        + len(only & {"burst", "concurrent"}) * args.rounds * args.streams
+    )
     upstream = UpstreamProcess(args.tokens, 1 / args.rate, port=args.upstream_port)
     # The Daphne options of `make run` and bench.relay's defaults.
     stack = Stack(
@@ -340,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_servers(1)
         bench = Bench(stack, upstream, seed.cookie, seed.conversations)
         tables = asyncio.run(main_async(args, bench))
+        peers = " and ".join(LABELS[p] for p in PEERS if getattr(args, p))
         print()
         print(f"Machine: {machine()}; 1 Daphne process, SQLite + in-memory channel layer;")
-        print("Open WebUI, the fake upstream, Daphne and the clients on the same host.")
+        print(f"{peers}, the fake upstream, Daphne and the clients on the same host.")
         print(f"Command: python -m bench.peers {' '.join(sys.argv[1:] if argv is None else argv)}")
         for text in tables:
             print()
