@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench import direct
 from bench.client import View, open_socket, read_until, send_payload
-from bench.relay import added_from_send, machine, percentile
+from bench.relay import added_from_send, command_args, machine, percentile
 from bench.stack import BIN, Stack
 
 SEED_GROUPS = """
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = UpstreamProcess(args.tokens, 1 / args.rate)
     stack = Stack(upstream.base_url)
     print(f"machine: {machine()}\nvar dir: {stack.var_dir}", flush=True)
-    try:
+    with stack.serving(upstream):
         seed = stack.prepare(args.rounds + args.warmup)
         code = SEED_GROUPS.format(columns=args.columns, rounds=args.rounds + args.warmup)
         groups = json.loads(stack.manage("shell", "-c", code).strip().splitlines()[-1])
@@ -272,19 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"Machine: {machine()}; SQLite + in-memory channel layer, one Daphne process;")
         print("client, upstream and Daphne on the same host.")
-        print(
-            f"Command: python -m bench.compare {' '.join(sys.argv[1:] if argv is None else argv)}"
-        )
+        print(f"Command: python -m bench.compare {command_args(argv)}")
         print()
         print(table(rounds, args.columns))
         return 0
-    except Exception:
-        print(stack.log_tails(), file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
-        upstream.stop()
-        stack.cleanup()
 
 
 if __name__ == "__main__":

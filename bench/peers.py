@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
 import statistics
@@ -33,7 +32,14 @@ import httpx
 
 from bench import client, direct
 from bench.direct import DirectResult
-from bench.relay import Bench, ProcessMeter, added_from_send, machine, percentile
+from bench.relay import (
+    Bench,
+    ProcessMeter,
+    added_from_send,
+    command_args,
+    machine,
+    percentile,
+)
 from bench.stack import Stack
 
 PEERS = ("openwebui", "litellm")
@@ -499,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         websocket_connect_timeout=30,
     )
     print(f"machine: {machine()}\nvar dir: {stack.var_dir}", flush=True)
-    try:
+    with stack.serving(upstream):
         seed = stack.prepare(needed)
         stack.start_servers(1)
         bench = Bench(stack, upstream, seed.cookie, seed.conversations)
@@ -508,19 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"Machine: {machine()}; 1 Daphne process, SQLite + in-memory channel layer;")
         print(f"{peers}, the fake upstream, Daphne and the clients on the same host.")
-        print(f"Command: python -m bench.peers {' '.join(sys.argv[1:] if argv is None else argv)}")
+        print(f"Command: python -m bench.peers {command_args(argv)}")
         for text in tables:
             print()
             print(text)
         return 0
-    except Exception:
-        print(stack.log_tails(), file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
-        upstream.stop()
-        with contextlib.suppress(OSError):
-            stack.cleanup()
 
 
 if __name__ == "__main__":

@@ -800,6 +800,11 @@ class Bench:
         return "\n".join(lines)
 
 
+def command_args(argv: list[str] | None) -> str:
+    """The bench's arguments as given, for the "Command:" line under its table."""
+    return " ".join(sys.argv[1:] if argv is None else argv)
+
+
 def machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -927,28 +932,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"machine: {machine()}\nmode: {mode}\nvar dir: {stack.var_dir}", flush=True)
     try:
-        seed = stack.prepare(needed)
-        stack.start_servers(args.processes)
-        bench = Bench(stack, upstream, seed.cookie, seed.conversations, args.profile)
-        asyncio.run(main_async(args, bench))
-        print()
-        print(f"Machine: {machine()}; {mode}; client, upstream and Daphne on the same host.")
-        print(f"Command: python -m bench.relay {' '.join(sys.argv[1:] if argv is None else argv)}")
-        print()
-        print(bench.table())
-        if args.json:
-            args.json.write_text(json.dumps(bench.raw, indent=1, default=str))
-        return 0
-    except Exception:
-        print(stack.log_tails(), file=sys.stderr)
-        raise
+        with stack.serving(upstream, keep=args.keep):
+            seed = stack.prepare(needed)
+            stack.start_servers(args.processes)
+            bench = Bench(stack, upstream, seed.cookie, seed.conversations, args.profile)
+            asyncio.run(main_async(args, bench))
+            print()
+            print(f"Machine: {machine()}; {mode}; client, upstream and Daphne on the same host.")
+            print(f"Command: python -m bench.relay {command_args(argv)}")
+            print()
+            print(bench.table())
+            if args.json:
+                args.json.write_text(json.dumps(bench.raw, indent=1, default=str))
+            return 0
     finally:
-        stack.stop()
-        upstream.stop()
-        if not args.keep:
-            stack.cleanup()
-            if database_url:
-                drop_pg_database(args.database_url, database_url)
+        if database_url and not args.keep:  # once Daphne, stopped above, has let go of it
+            drop_pg_database(args.database_url, database_url)
 
 
 if __name__ == "__main__":

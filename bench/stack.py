@@ -10,6 +10,7 @@ alike): every row inserted, updated or deleted in any playground table adds a ro
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -22,8 +23,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,6 +315,22 @@ class Stack:
 
     def log_tails(self) -> str:
         return "\n".join(f"--- daphne :{s.port} ---\n{s.log_tail()}" for s in self.servers)
+
+    @contextlib.contextmanager
+    def serving(self, upstream: Any, *, keep: bool = False) -> Iterator[None]:
+        """One bench run on this stack: a failure prints Daphne's log tails to stderr; at the
+        end the servers and `upstream` (anything with stop()) stop and, unless `keep`, the
+        var dir goes."""
+        try:
+            yield
+        except Exception:
+            print(self.log_tails(), file=sys.stderr)
+            raise
+        finally:
+            self.stop()
+            upstream.stop()
+            if not keep:
+                self.cleanup()
 
     # -- measurements ---------------------------------------------------------------------------
 
