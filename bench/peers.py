@@ -315,7 +315,7 @@ class Peers:
     async def peer(self, system: str, name: str, n: int, tokens: int, interval: float, ramp: float):
         peer = self.peers[system]
         up = self.bench.upstream
-        up.set_default(tokens, interval)
+        up.set_default(tokens, interval, self.bench.first_token_delay)
         up.reset()
         assert self.bench.template is not None
         template = {**self.bench.template, "model": peer.model}
@@ -338,7 +338,7 @@ class Peers:
         return batch
 
     async def direct(self, name: str, n: int, tokens: int, interval: float, ramp: float):
-        self.bench.upstream.set_default(tokens, interval)
+        self.bench.upstream.set_default(tokens, interval, self.bench.first_token_delay)
         self.bench.upstream.reset()
         return http_batch(await self.bench.direct(name, n, ramp), tokens)
 
@@ -382,15 +382,32 @@ class Peers:
         figures = await self.rounds(label, name, n, tokens, rate, ramp, rounds)
         return table(label, figures, rounds, self.systems)
 
-    async def single(self, reps: int, tokens: int, rate: float, warmup: dict[str, float]) -> str:
+    async def single(
+        self,
+        reps: int,
+        tokens: int,
+        rate: float,
+        warmup: dict[str, float],
+        provider_ms: float = 0.0,
+    ) -> str:
         """`reps` rounds of one request per system, one after the other (relay.py's `single`,
-        with the peers in the rotation); `warmup` is each system's first request's TTFT."""
+        with the peers in the rotation); `warmup` is each system's first request's TTFT.
+        `provider_ms`: the upstream takes that long to its first token, as a real provider
+        does (relay.py's second `single` block)."""
         label = f"1 stream, {reps} sequential requests per system, {tokens} tokens at {rate:g}"
         label += " tok/s"
+        name = "single"
+        if provider_ms > 0:
+            label += f", provider's first token after {provider_ms:g} ms"
+            name = "single-provider"
         print(f"[{label}]", flush=True)
-        figures = await self.rounds(
-            label, "single", 1, tokens, rate, 0.0, reps, pause=0.1, verbose=False
-        )
+        self.bench.first_token_delay = provider_ms / 1000
+        try:
+            figures = await self.rounds(
+                label, name, 1, tokens, rate, 0.0, reps, pause=0.1, verbose=False
+            )
+        finally:
+            self.bench.first_token_delay = 0.0
         return single_table(label, figures, warmup, self.systems)
 
 
@@ -417,6 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--single-reps", type=int, default=40, help="single: requests per system")
     p.add_argument("--single-tokens", type=int, default=10)
+    p.add_argument(
+        "--single-provider-ms",
+        type=float,
+        default=100,
+        help="single: as many again, the upstream's first token after this many ms (0: none)",
+    )
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--rate", type=float, default=50, help="upstream tokens/s per stream")
@@ -471,6 +494,16 @@ async def main_async(args: argparse.Namespace, bench: Bench) -> list[str]:
         n, tok, rate = args.streams, args.tokens, args.rate
         if "single" in only:
             tables.append(await peers.single(args.single_reps, args.single_tokens, rate, warmup))
+            if args.single_provider_ms > 0:
+                tables.append(
+                    await peers.single(
+                        args.single_reps,
+                        args.single_tokens,
+                        rate,
+                        warmup,
+                        args.single_provider_ms,
+                    )
+                )
         if "burst" in only:
             label = f"{n} streams at once, {tok} tokens at {rate:g} tok/s"
             tables.append(await peers.scenario(label, "burst", n, tok, rate, 0.0, args.rounds))
@@ -493,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     needed = (
         1
-        + ("single" in only) * args.single_reps
+        + ("single" in only) * args.single_reps * (1 + (args.single_provider_ms > 0))
         + len(only & {"burst", "concurrent"}) * args.rounds * args.streams
     )
     upstream = UpstreamProcess(args.tokens, 1 / args.rate, port=args.upstream_port)

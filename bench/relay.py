@@ -328,6 +328,8 @@ class Bench:
     last: tuple[list[StreamResult], list[dict[str, Any]]] = ([], [])
     http: httpx.AsyncClient | None = None  # the direct client's
     cpu_ms_per_turn: float | None = None  # from the `turns` scenario
+    # s the upstream waits before each answer (a real provider's own time to first token)
+    first_token_delay: float = 0.0
 
     @property
     def urls(self) -> list[str]:
@@ -392,7 +394,7 @@ class Bench:
     async def streams(
         self, name: str, n: int, tokens: int, interval: float, ramp: float
     ) -> tuple[StreamStats, ProcessMeter, Window]:
-        self.upstream.set_default(tokens, interval)
+        self.upstream.set_default(tokens, interval, self.first_token_delay)
         self.upstream.reset()
         writes_before = len(self.stack.writes())
         targets = self.take(n)
@@ -486,7 +488,13 @@ class Bench:
         if errors:
             self.row(label, "direct client errors", "; ".join(errors))
 
-    async def single(self, reps: int, tokens: int, interval: float) -> None:
+    async def single(
+        self, reps: int, tokens: int, interval: float, provider_ms: float = 0.0
+    ) -> None:
+        """`reps` one-stream turns against an upstream that answers at once, then (with
+        `provider_ms`) as many against one that takes that long to its first token, as a
+        real provider does: the turn's rows are then written while it works, and what is
+        left is what the playground adds to a real user's wait."""
         print(
             f"[single] {reps} sequential 1-stream replies of {tokens} tokens, each followed by"
             " one direct request",
@@ -503,15 +511,29 @@ class Bench:
             f"{percentile(warm.client_ttft_ms, 50):.1f} / "
             f"{percentile([r.ttft_ms for r in warm_direct if r.ttft_ms], 50):.1f} ms",
         )
+        await self.single_turns("1 stream", "single", reps, tokens, interval, "≤ 5 / ≤ 15 ms")
+        if provider_ms > 0:
+            label = f"1 stream, provider's first token after {provider_ms:g} ms"
+            print(f"[{label}] {reps} more, each followed by one direct request", flush=True)
+            self.first_token_delay = provider_ms / 1000
+            try:
+                await self.single_turns(label, "single-provider", reps, tokens, interval)
+            finally:
+                self.first_token_delay = 0.0
+
+    async def single_turns(
+        self, label: str, name: str, reps: int, tokens: int, interval: float, target: str = ""
+    ) -> None:
+        """`reps` one-stream turns, each followed by one direct request to the same upstream."""
         from_send: list[float] = []
         return_leg: list[float] = []
         direct_results: list[DirectResult] = []
         for i in range(reps):
-            stats, _, _ = await self.streams(f"single{i}", 1, tokens, interval, 0.0)
+            stats, _, _ = await self.streams(f"{name}{i}", 1, tokens, interval, 0.0)
             from_send += stats.client_ttft_ms
             return_leg += stats.added_ttft_ms
-            direct_results += await self.direct(f"single{i}", 1, 0.0)
-        self.ttft_rows("1 stream", from_send, return_leg, direct_results, "≤ 5 / ≤ 15 ms")
+            direct_results += await self.direct(f"{name}{i}", 1, 0.0)
+        self.ttft_rows(label, from_send, return_leg, direct_results, target)
 
     async def burst(self, n: int, tokens: int, rate: float) -> None:
         label = f"{n} streams at once"
@@ -830,6 +852,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0, help="spread the sends over this many s")
     p.add_argument("--single-reps", type=int, default=40, help="sequential 1-stream replies")
     p.add_argument("--single-tokens", type=int, default=10)
+    p.add_argument(
+        "--single-provider-ms",
+        type=float,
+        default=100,
+        help="single: as many again, the upstream's first token after this many ms (0: none)",
+    )
     p.add_argument("--turns", type=int, default=50, help="1-token turns for the per-turn CPU")
     p.add_argument("--turn-spacing", type=float, default=0.1, help="s between 1-token turns")
     p.add_argument("--long-streams", type=int, default=20, help="long replies (CPU per token)")
@@ -874,7 +902,9 @@ async def main_async(args: argparse.Namespace, bench: Bench) -> None:
     only = set(args.only.split(","))
     try:
         if "single" in only:
-            await bench.single(args.single_reps, args.single_tokens, 1 / args.rate)
+            await bench.single(
+                args.single_reps, args.single_tokens, 1 / args.rate, args.single_provider_ms
+            )
         if "burst" in only:
             await bench.burst(args.streams, args.tokens, args.rate)
         if "concurrent" in only:
@@ -900,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only.split(","))
     needed = (
-        ("single" in only) * (args.single_reps + 1)
+        ("single" in only) * (args.single_reps * (1 + (args.single_provider_ms > 0)) + 1)
         + ("burst" in only) * args.streams
         + ("concurrent" in only) * args.streams
         + ("turns" in only) * args.turns

@@ -3,6 +3,7 @@
     python -m bench.upstream_proc --tokens 100 --interval 0.02
     → {"port": 40123}
     ← {"cmd": "default", "n_tokens": 100, "interval": 0}   → {"ok": true}
+      (with "first_token_delay": 0.1, each answer waits 0.1 s first: a provider's own TTFT)
     ← {"cmd": "records"}                                    → {"records": [...]}
     ← {"cmd": "reset"}                                      → {"ok": true}
 
@@ -69,7 +70,11 @@ def main() -> None:
         if command["cmd"] == "records":
             reply: dict[str, Any] = {"records": record_rows(upstream)}
         elif command["cmd"] == "default":
-            upstream.default = Behaviour(n_tokens=command["n_tokens"], interval=command["interval"])
+            upstream.default = Behaviour(
+                n_tokens=command["n_tokens"],
+                interval=command["interval"],
+                silence=command.get("first_token_delay", 0.0),  # before the response
+            )
             reply = {"ok": True}
         elif command["cmd"] == "reset":
             default = upstream.default
@@ -133,8 +138,15 @@ class UpstreamProcess:
     def records(self) -> list[dict[str, Any]]:
         return self._call(cmd="records")["records"]
 
-    def set_default(self, n_tokens: int, interval: float) -> None:
-        self._call(cmd="default", n_tokens=n_tokens, interval=interval)
+    def set_default(self, n_tokens: int, interval: float, first_token_delay: float = 0.0) -> None:
+        """Every answer from now: `n_tokens` chunks `interval` s apart, the first after
+        `first_token_delay` s (the time a real provider takes to its first token)."""
+        self._call(
+            cmd="default",
+            n_tokens=n_tokens,
+            interval=interval,
+            first_token_delay=first_token_delay,
+        )
 
     def reset(self) -> None:
         self._call(cmd="reset")

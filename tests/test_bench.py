@@ -86,6 +86,30 @@ async def test_the_direct_client_times_the_first_content_delta():
         assert r.done_at is not None and r.done_at - r.first_text_at >= 0.15
 
 
+async def test_the_upstream_process_holds_the_first_token_for_the_providers_delay():
+    """bench.relay's and bench.peers' second `single` block: every system, the direct client
+    included, waits the same provider delay, so it cancels out of the added TTFT."""
+    from bench.upstream_proc import UpstreamProcess
+
+    upstream = UpstreamProcess(tokens=2, interval=0.0)
+    template = {"model": "gemma-3-27b-it", "stream": True, "messages": []}
+    try:
+        async with direct.new_client() as http:
+
+            async def ttft_ms() -> float:
+                url = upstream.base_url + "/chat/completions"
+                [result] = await direct.run_direct(http, url, template, "sk-x", 1, tag_prefix="d")
+                assert result.error == "" and result.ttft_ms is not None
+                return result.ttft_ms
+
+            upstream.set_default(2, 0.0, first_token_delay=0.3)
+            assert await ttft_ms() >= 300
+            upstream.set_default(2, 0.0)
+            assert await ttft_ms() < 300
+    finally:
+        upstream.stop()
+
+
 def test_statements_by_phase_counts_each_turns_statements_before_its_request_and_token():
     from bench.client import StreamResult
     from bench.relay import statements_by_phase
