@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -827,6 +828,24 @@ def command_args(argv: list[str] | None) -> str:
     return " ".join(sys.argv[1:] if argv is None else argv)
 
 
+@functools.cache
+def calibration_ms() -> float:
+    """The best of 5 runs of a fixed pure-Python workload (JSON both ways, dict lookups, string
+    formatting: what a relay does per chunk), in ms. The same machine kind runs this code up to
+    twice as fast on one day as on another: this number, printed with every table, says how
+    fast this stretch of this machine was, so figures from different runs can be set side by
+    side. Lower is faster."""
+    chunk = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": " tok"}}]}
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        for i in range(20_000):
+            data = json.loads(json.dumps(chunk))
+            f"+t{i}:{data['choices'][0]['delta']['content']}"
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -837,7 +856,8 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{model}, {os.cpu_count()} cores, {mem:.0f} GB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}; calibration {calibration_ms():.0f} ms (a fixed"
+        " Python workload, best of 5; lower is faster)"
     )
 
 
@@ -973,7 +993,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(bench.table())
             if args.json:
-                args.json.write_text(json.dumps(bench.raw, indent=1, default=str))
+                raw = {"machine": machine(), "calibration_ms": calibration_ms(), **bench.raw}
+                args.json.write_text(json.dumps(raw, indent=1, default=str))
             return 0
     finally:
         if database_url and not args.keep:  # once Daphne, stopped above, has let go of it

@@ -138,3 +138,16 @@ def test_statements_by_phase_counts_each_turns_statements_before_its_request_and
     before_upstream, before_token = statements_by_phase(turns, records, log)
     assert before_upstream == [2, 1]
     assert before_token == [4, 3]
+
+
+def test_the_machine_line_carries_the_calibration_it_timed(monkeypatch):
+    from bench import relay
+
+    ticks = iter(range(0, 100, 2))  # each of the 5 runs "takes" 2 s
+    monkeypatch.setattr(relay.time, "perf_counter", lambda: next(ticks))
+    relay.calibration_ms.cache_clear()
+    try:
+        assert relay.calibration_ms() == 2000
+        assert "calibration 2000 ms" in relay.machine()
+    finally:
+        relay.calibration_ms.cache_clear()
