@@ -39,6 +39,7 @@ from bench.relay import (
     command_args,
     machine,
     percentile,
+    single_streams,
 )
 from bench.stack import Stack
 
@@ -401,13 +402,10 @@ class Peers:
             label += f", provider's first token after {provider_ms:g} ms"
             name = "single-provider"
         print(f"[{label}]", flush=True)
-        self.bench.first_token_delay = provider_ms / 1000
-        try:
+        with self.bench.provider_delay(provider_ms):
             figures = await self.rounds(
                 label, name, 1, tokens, rate, 0.0, reps, pause=0.1, verbose=False
             )
-        finally:
-            self.bench.first_token_delay = 0.0
         return single_table(label, figures, warmup, self.systems)
 
 
@@ -526,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     needed = (
         1
-        + ("single" in only) * args.single_reps * (1 + (args.single_provider_ms > 0))
+        + ("single" in only) * single_streams(args)
         + len(only & {"burst", "concurrent"}) * args.rounds * args.streams
     )
     upstream = UpstreamProcess(args.tokens, 1 / args.rate, port=args.upstream_port)

@@ -352,6 +352,17 @@ class Bench:
         print(f"  {figure}: {value}" + (f"   (target {target})" if target else ""), flush=True)
 
     @contextlib.contextmanager
+    def provider_delay(self, ms: float):
+        """Within the block, every upstream answer (the playground's, a peer's, the direct
+        client's) waits `ms` before its first token: the upstream is set from
+        first_token_delay before each batch."""
+        self.first_token_delay = ms / 1000
+        try:
+            yield
+        finally:
+            self.first_token_delay = 0.0
+
+    @contextlib.contextmanager
     def profiling(self, name: str):
         if self.profile_dir is None:
             yield
@@ -516,11 +527,8 @@ class Bench:
         if provider_ms > 0:
             label = f"1 stream, provider's first token after {provider_ms:g} ms"
             print(f"[{label}] {reps} more, each followed by one direct request", flush=True)
-            self.first_token_delay = provider_ms / 1000
-            try:
+            with self.provider_delay(provider_ms):
                 await self.single_turns(label, "single-provider", reps, tokens, interval)
-            finally:
-                self.first_token_delay = 0.0
 
     async def single_turns(
         self, label: str, name: str, reps: int, tokens: int, interval: float, target: str = ""
@@ -846,6 +854,11 @@ def calibration_ms() -> float:
     return best * 1000
 
 
+def single_streams(args: argparse.Namespace) -> int:
+    """The one-stream turns `single` makes (both blocks), its warm-up left out."""
+    return args.single_reps * (1 + (args.single_provider_ms > 0))
+
+
 def machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -950,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only.split(","))
     needed = (
-        ("single" in only) * (args.single_reps * (1 + (args.single_provider_ms > 0)) + 1)
+        ("single" in only) * (single_streams(args) + 1)
         + ("burst" in only) * args.streams
         + ("concurrent" in only) * args.streams
         + ("turns" in only) * args.turns

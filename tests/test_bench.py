@@ -151,3 +151,19 @@ def test_the_machine_line_carries_the_calibration_it_timed(monkeypatch):
         assert "calibration 2000 ms" in relay.machine()
     finally:
         relay.calibration_ms.cache_clear()
+
+
+def test_the_provider_delay_holds_for_its_block_only_and_single_counts_both_blocks():
+    import argparse
+
+    from bench.relay import Bench, single_streams
+
+    bench = Bench(stack=None, upstream=None, cookie="", conversations=[])  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError), bench.provider_delay(100):
+        assert bench.first_token_delay == 0.1
+        raise RuntimeError
+    assert bench.first_token_delay == 0.0
+    args = argparse.Namespace(single_reps=40, single_provider_ms=100)
+    assert single_streams(args) == 80
+    args.single_provider_ms = 0
+    assert single_streams(args) == 40
