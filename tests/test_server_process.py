@@ -4,7 +4,10 @@ oversized socket message gets a close frame with a reason."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from bench.stack import Seed, Stack
 from tests.conftest import copy_database
 from tests.upstream import Behaviour, FakeUpstream
 
+ROOT = Path(__file__).resolve().parent.parent
 GRACE = 1.5
 RESTARTED = "The server restarted while this reply was being written."
 
@@ -144,3 +148,21 @@ async def test_a_message_over_the_size_limit_closes_the_socket_with_1009_and_a_r
     again = await client.open_socket(server.url, seed.conversations[0], seed.cookie)
     await client.read_until(again, View(), lambda v: v.frames >= 1, 10)
     await again.close()
+
+
+def test_the_asgi_module_leaves_what_it_loaded_out_of_garbage_collection(tmp_path):
+    # A full collection otherwise scans every module, class and compiled template each time:
+    # a pause of the whole server (see the end of playground/asgi.py).
+    code = (
+        "import gc; import playground.asgi; "
+        "print(gc.get_freeze_count(), len(gc.get_objects(generation=2)))"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environ.update(PLAYGROUND_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="playground.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    frozen, oldest = map(int, result.stdout.split())
+    assert frozen > 50_000
+    assert oldest < frozen / 10
