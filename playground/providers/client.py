@@ -942,15 +942,16 @@ async def _stream(
     while True:
         watch = _ConnectionWatch(underway)
         answered = False
-        request = http.build_request(
-            "POST",
-            url,
-            json=payload,
-            headers=headers,
-            timeout=timeouts.as_httpx(),
-            extensions={"trace": watch},
-        )
         try:
+            # Built inside the try: httpx refuses a URL it cannot parse here (InvalidURL).
+            request = http.build_request(
+                "POST",
+                url,
+                json=payload,
+                headers=headers,
+                timeout=timeouts.as_httpx(),
+                extensions={"trace": watch},
+            )
             response = await readpace.send(http, request)
             try:
                 answered = True

@@ -336,6 +336,13 @@ async def test_a_base_url_without_scheme_is_reported_without_retrying() -> None:
     assert error.kind == "connection" and "base URL" in error.message
 
 
+async def test_a_base_url_httpx_cannot_parse_is_reported_as_an_error_event() -> None:
+    # httpx refuses it while building the request, before any connection.
+    events = [e async for e in stream(Endpoint("http://[::1/v1"), KEY, BODY, timeouts=FAST)]
+    error = error_of(events)
+    assert error.kind == "connection" and "base URL" in error.message
+
+
 async def test_a_cut_mid_stream_is_never_retried_and_keeps_the_partial_text(
     upstream: FakeUpstream,
 ) -> None:
