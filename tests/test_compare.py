@@ -504,6 +504,30 @@ async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
     await playground.close()
 
 
+async def test_a_regeneration_on_a_columns_own_page_leaves_the_compare_socket_open(
+    upstream, user, api_key, connect
+):
+    """A sibling branch's frame for the column's page (its sidebar row, no streaming rows)
+    is nothing the compare page draws: it used to end its socket with an IndexError."""
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await playground.send_prompt("Through the playground")
+    await playground.until(lambda f: "status-complete" in f)
+    await finish(group)
+    reply = await Message.objects.filter(conversation=column, role="assistant").alast()
+    await playground.send(action="regenerate", message_id=reply.pk)
+    await playground.until(lambda f: "status-complete" in f and f'id="msg-{reply.pk}"' not in f)
+    await finish(group)
+    await compare.drain()  # raises what the compare consumer raised
+    assert await Message.objects.filter(conversation=column, role="assistant").acount() == 2
+    await compare.close()
+    await playground.close()
+
+
 async def test_a_column_refused_as_its_rows_are_written_sends_nothing(
     upstream, user, api_key, monkeypatch
 ):

@@ -327,6 +327,10 @@ class GroupConsumer(ConversationConsumer):
         if html is not None:
             await self.send(text_data=html)
             return
+        if not event["streaming_ids"]:
+            # A sidebar row, a sibling branch's (chat.branch follows) or rows written before
+            # a send (its own chat.append follows): nothing this page draws.
+            return
         # Sent from the conversation's own page: draw the member again from the database,
         # then catch its reply up from the run (the saved text lags what it streamed).
         html = await database_sync_to_async(contexts.member_redrawn_html)(
