@@ -26,6 +26,7 @@ from playground import serving  # noqa: E402
 from playground.chat import shutdown  # noqa: E402
 from playground.origin import SameOriginValidator  # noqa: E402
 from playground.pacing import HandshakePacer  # noqa: E402
+from playground.providers import client  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -47,10 +48,13 @@ serving.install()
 # Under Daphne: finish or interrupt running replies on SIGTERM/SIGINT instead of dropping them.
 shutdown.install()
 
+# The first send after a start does not wait for the upstream client's SSL context.
+client.warm()
+
 # Everything loaded by now lives as long as the process: modules, classes, settings, URL
-# patterns, and the playground's template, compiled here once. That is some 110k objects,
-# which every full (oldest-generation) collection scanned: a pause of 70-110 ms for every
-# socket, every few hundred turns, measured in Daphne. Frozen, they are left out of every
-# collection; a full one then scans what requests made (about 22 ms, same measure).
+# patterns, the SSL context, and the playground's template, compiled here once. That is some
+# 110k objects, which every full (oldest-generation) collection scanned: a pause of 70-110 ms
+# for every socket, every few hundred turns, measured in Daphne. Frozen, they are left out of
+# every collection; a full one then scans what requests made (about 22 ms, same measure).
 get_template("chat/playground.html")
 gc.freeze()
