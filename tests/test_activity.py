@@ -189,3 +189,29 @@ async def test_an_activity_socket_takes_a_slot_and_gives_it_back(
     assert fresh.taken == 0
     ok, again = await open_activity(user, lab.pk)
     assert ok and fresh.taken == 1
+
+
+@pytestmark_live
+async def test_a_reply_deleted_while_it_streams_leaves_the_streaming_list(
+    upstream, user, other_user, connect
+):
+    """Its run still says that it ended; the row goes although the reply is gone, instead
+    of showing as streaming until the page is loaded again."""
+    from playground.chat import runs
+
+    upstream.default = Behaviour(n_tokens=100, interval=0.05)
+    lab = await database_sync_to_async(make_lab)(user, other_user)
+    shared = await Conversation.objects.acreate(
+        owner=other_user, team=lab, model=MODEL, title="Doomed"
+    )
+    ok, watcher = await open_activity(user, lab.pk)
+    await watcher.receive()
+    ok, sender = await connect(other_user, shared.pk)
+    await sender.send_prompt("Go")
+    await watcher.until(lambda f: "act-" in f and "Doomed" in f)
+    reply = await Message.objects.aget(conversation=shared, role="assistant")
+    await runs.stop(shared.messages.all())  # as the delete view does
+    await shared.adelete()
+    await runs.wait(reply.pk)
+    await watcher.drain()
+    assert any(f'<li id="act-{reply.pk}" hx-swap-oob="delete">' in f for f in watcher.frames)

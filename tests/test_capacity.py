@@ -72,3 +72,29 @@ async def test_a_socket_turned_away_ignores_what_it_is_sent(one_slot, user, conv
     assert await second.communicator.receive_nothing(timeout=0.2)
     await second.close()
     assert one_slot.taken == 1  # the turned-away socket never held the slot
+
+
+async def test_a_progress_socket_turned_away_closes_without_an_error(
+    one_slot, user, conversation, connect
+):
+    """An experiment results page's socket over capacity set nothing up; closing it used to
+    raise AttributeError (no redraw pending to cancel)."""
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from playground.asgi import application
+    from tests.conftest import ORIGIN, session_cookie
+
+    ok, first = await connect(user, conversation.pk)
+    await first.receive()
+    cookie = await database_sync_to_async(session_cookie)(user)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)]
+    progress = WebsocketCommunicator(application, "/ws/experiments/runs/1/", headers=headers)
+    ok, _ = await progress.connect(timeout=5)
+    assert ok
+    assert await progress.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": consumers.AT_CAPACITY,
+    }
+    await progress.disconnect()  # raises what the consumer raised
+    assert one_slot.taken == 1

@@ -528,6 +528,34 @@ async def test_a_regeneration_on_a_columns_own_page_leaves_the_compare_socket_op
     await playground.close()
 
 
+async def test_a_rerun_in_the_compare_shows_on_the_columns_own_page_as_a_new_branch(
+    upstream, user, api_key, connect
+):
+    """A re-run is a sibling of the reply it repeats: the column's own page draws its branch
+    again, as after a re-run there, instead of appending the new reply under the old one."""
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    await compare.send(action="send", text="Once")
+    await compare.until(lambda f: 'id="prompt"' in f)
+    await finish(group)
+    first = await Message.objects.filter(conversation=column, role="assistant").aget()
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await compare.send(action="rerun", message_id=first.pk)
+    await playground.until(lambda f: "status-complete" in f and f'id="msg-{first.pk}"' not in f)
+    await finish(group)
+    second = await Message.objects.filter(conversation=column, role="assistant").alast()
+    assert second.pk != first.pk
+    # Whatever the page drew last of the new reply was a whole branch without the old one.
+    drawn = [f for f in playground.frames if f'id="msg-{second.pk}"' in f]
+    assert 'hx-swap-oob="beforeend"' not in drawn[0]
+    assert f'id="msg-{first.pk}"' not in drawn[0]
+    await compare.close()
+    await playground.close()
+
+
 async def test_a_column_refused_as_its_rows_are_written_sends_nothing(
     upstream, user, api_key, monkeypatch
 ):

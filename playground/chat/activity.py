@@ -124,7 +124,7 @@ class ActivityConsumer(consumers.SlottedConsumer):
         allowed = await database_sync_to_async(still_member)(
             self.user, self.scope.get("session"), self.team_id
         )
-        self.checked_at = time.monotonic()
+        self.checked_at, self.is_member = time.monotonic(), allowed
         return allowed
 
     async def _reply(self, message_id: int) -> Message | None:
@@ -154,6 +154,10 @@ class ActivityConsumer(consumers.SlottedConsumer):
     async def activity_done(self, event: dict[str, Any]) -> None:
         message = await self._reply(event["message_id"])
         if message is None:
+            if self.is_member:
+                # Deleted while it streamed (its conversation was): its row goes all the same.
+                context = {"finished": [], "message_id": event["message_id"], "dropped": []}
+                await self.send(text_data=await render_async(f"{TEMPLATE}#finished-oob", context))
             return
         self.finished.insert(0, message.pk)
         dropped = self.finished[FINISHED_SHOWN:]

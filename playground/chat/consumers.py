@@ -490,9 +490,10 @@ class ConversationConsumer(SlottedConsumer):
             return
         for message_id in event["streaming_ids"]:
             self.shown.setdefault(message_id, [0, 0])
-        if self.view_at is not None and event["streaming_ids"]:
+        if event["streaming_ids"] and (self.view_at is not None or event.get("branch")):
             # A viewer reading another branch: the new turn continues the active one, so
-            # they are shown that branch again, with it.
+            # they are shown that branch again, with it. A new sibling branch (a compare's
+            # re-run) is drawn whole too.
             self.view_at = None
             await self._send_transcript()
             return

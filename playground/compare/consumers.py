@@ -304,6 +304,10 @@ class GroupConsumer(ConversationConsumer):
         except TurnError as exc:
             await self._send_error(str(exc))
             return
+        if service is rerun:
+            # A sibling of the reply it repeats: the column's own page draws its branch
+            # again (as after a re-run there), not the new reply under the old one.
+            event["branch"] = True
         await self.channel_layer.group_send(runs.group_name(conversation.pk), event)
         runs.start(turn.run)
 

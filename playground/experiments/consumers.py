@@ -28,7 +28,9 @@ render = sync_to_async(render_to_string, thread_sensitive=False)
 
 
 class RunProgressConsumer(consumers.SlottedConsumer):
+    # Defaults for a socket turned away at capacity, which connect() sets nothing up for.
     group = ""
+    pending: asyncio.Task | None = None
 
     async def connect(self) -> None:
         if not await self.take_slot():
@@ -39,7 +41,7 @@ class RunProgressConsumer(consumers.SlottedConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.show = (query.get("show") or ["all"])[0]
         self.page: str | None = (query.get("page") or [""])[0] or None
-        self.pending: asyncio.Task | None = None
+        self.pending = None
         self.drawn_at = float("-inf")
         if not await self._allowed():
             self._give_back_slot()
