@@ -108,6 +108,15 @@ def test_the_transcript_loads_every_bar_and_the_status_in_one_request(client, us
     assert 'id="review-status"' in body and "Thumbs up" in body
 
 
+@pytest.mark.parametrize("leaf", ["²", "x", "99999"])
+def test_a_leaf_that_is_no_message_id_shows_every_bar(client, user, shared, leaf):
+    # "²" is a digit to str.isdigit() but not to int().
+    client.force_login(user)
+    response = client.get(f"/review/c/{shared.pk}/review/", {"leaf": leaf})
+    assert response.status_code == 200
+    assert f'id="review-{reply_of(shared).pk}"' in response.content.decode()
+
+
 def test_user_messages_cannot_be_annotated(client, user, shared):
     ask = shared.messages.get(role="user")
     response = post(client, user, f"/review/m/{ask.pk}/annotate/", {"thumbs": "up"})

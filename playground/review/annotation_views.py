@@ -67,7 +67,8 @@ def _on_branch(conversation: Conversation, leaf: str) -> QuerySet[Message]:
     """The conversation's messages, or (leaf: a message id) those of the branch ending there,
     the one the transcript shows."""
     messages = conversation.messages.all()
-    if not leaf.isdigit():
+    # isascii too: str.isdigit() is true of "²", which int() refuses.
+    if not (leaf.isascii() and leaf.isdigit()):
         return messages
     parents = dict(messages.values_list("pk", "parent_id"))
     path, node = [], int(leaf) if int(leaf) in parents else None
