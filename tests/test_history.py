@@ -114,6 +114,15 @@ def test_it_filters_by_date_range_inclusive(client, user):
     assert get(client, user, since="not a date").status_code == 400
 
 
+def test_the_last_day_there_is_can_end_the_range(client, user):
+    # The day after 9999-12-31 is out of range for a date: that was a 500, here and on
+    # the new-queue page, which takes the same filters.
+    conv(user, "march", when=datetime(2026, 3, 1, tzinfo=UTC))
+    assert titles(get(client, user, until="9999-12-31")) == ["march"]
+    assert titles(get(client, user, since="0001-01-01", until="9999-12-31")) == ["march"]
+    assert client.get("/review/queues/new/", {"until": "9999-12-31"}).status_code == 200
+
+
 def test_it_filters_conversations_with_images_and_with_tool_calls(client, user, tmp_path):
     with_image = conv(user, "has image")
     message = Message.objects.create(conversation=with_image, role="user", text="look")

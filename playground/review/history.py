@@ -105,6 +105,8 @@ def _since_apply(conversations: ConversationQuerySet, day: date) -> Conversation
 
 
 def _until_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
+    if day == date.max:  # it has no next day to end before, and nothing is later
+        return conversations
     end = timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
     return conversations.filter(updated__lt=end)
 
