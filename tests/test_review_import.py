@@ -157,6 +157,40 @@ def test_bad_records_are_refused_and_nothing_is_half_imported(client, user, mess
     assert not Conversation.objects.exists() and not Message.objects.exists()
 
 
+NOTE_TIMES = {"created": "2026-01-01T00:00:00+00:00", "updated": "2026-01-01T00:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("x.json", export_text([msg(1, role=["user"])]), 'line 2: "role" must be one of'),
+        ("x.json", export_text([msg(1, status={})]), 'line 2: "status" must be one of'),
+        (
+            "x.json",
+            export_text([msg(1, content_parts=[{"attachment": ["f" * 64]}])]),
+            "line 2: an image part names an image",
+        ),
+        (
+            "x.json",
+            export_text(
+                [{**msg(1), "annotations": [{"author": "ada", "thumbs": [1], **NOTE_TIMES}]}]
+            ),
+            'line 2: an annotation\'s "thumbs" is',
+        ),
+        ("x.json", export_text([msg(1)], wire_format=["chat"]), 'conversation "wire_format"'),
+        ("x.jsonl", jl({"messages": [turn(["user"], "a")]}), 'line 1: message 1: "role"'),
+    ],
+)
+def test_a_list_or_object_where_text_belongs_is_refused_not_a_crash(
+    client, user, name, content, message
+):
+    # Checked by `in` against a set or dict, a list or object raised TypeError (a 500).
+    response = upload(client, user, name, content)
+    assert response.status_code == 400
+    assert message in html.unescape(response.content.decode())
+    assert not Conversation.objects.exists()
+
+
 def test_deep_nesting_is_refused(client, user):
     deep = "[" * 100 + "]" * 100
     text = export_text([msg(1)]).replace('"params": {}', f'"params": {{"a": {deep}}}')

@@ -32,8 +32,9 @@ MAX_BYTES = 10 * 1024 * 1024
 MAX_MESSAGES = 5000
 MAX_DEPTH = 32
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-ROLES = {choice.value for choice in Message.Role}
-STATUSES = {choice.value for choice in Message.Status}
+# Tuples, not sets: `x in` a set raises TypeError for a list or object from the file.
+ROLES = tuple(choice.value for choice in Message.Role)
+STATUSES = tuple(choice.value for choice in Message.Status)
 
 
 class Refused(ValueError):
@@ -140,7 +141,7 @@ def parse_export(text: str) -> _Plan:
             raise Refused(f'line 1: conversation "{key}" must be text of at most {limit} chars.')
     if not isinstance(head.get("params", {}), dict):
         raise Refused('line 1: conversation "params" must be an object.')
-    if head.get("wire_format", "chat") not in FORMAT_LABELS:
+    if head.get("wire_format", "chat") not in tuple(FORMAT_LABELS):  # a dict: see ROLES
         raise Refused(f'line 1: conversation "wire_format" must be one of {_FORMATS}.')
     review = head.get("review")
     if review is not None and (
@@ -230,7 +231,9 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     for part in record.get("content_parts") or []:
         if not isinstance(part, dict):
             raise Refused('"content_parts" must hold objects.')
-        if "attachment" in part and part["attachment"] not in plan.hashes:
+        if "attachment" in part and (
+            not isinstance(part["attachment"], str) or part["attachment"] not in plan.hashes
+        ):
             raise Refused("an image part names an image not in this message's attachments.")
     _check_review(record)
     seen.add(ident)
@@ -261,7 +264,7 @@ def _check_review(record: dict[str, Any]) -> None:
         if not isinstance(note.get("author"), str) or note["author"] in authors:
             raise Refused("each annotation needs an author, one annotation per author.")
         authors.add(note["author"])
-        if note.get("thumbs") not in _THUMBS:
+        if note.get("thumbs") not in tuple(_THUMBS):  # a dict: see ROLES
             raise Refused('an annotation\'s "thumbs" is "up", "down" or null.')
         score = note.get("score")
         if score is not None and (
@@ -518,7 +521,7 @@ def parse_jsonl(text: str) -> tuple[str, list[tuple[int, list[dict[str, Any]]]]]
                 if role == "system" and index == 0:
                     prompt = _content(message.get("content"))
                     continue
-                if role not in {"user", "assistant", "tool"}:
+                if role not in ("user", "assistant", "tool"):  # see ROLES
                     raise Refused(f'message {index + 1}: "role" {role!r} is not supported here.')
                 calls = message.get("tool_calls") or []
                 call_id = message.get("tool_call_id") or ""
