@@ -352,6 +352,9 @@ def test_a_label_missing_from_the_space_is_added_only_by_its_admins(
            "updated": "2026-01-01T00:00:00+00:00"}], '"score" is 1 to 5'),
         ([{"author": "ada", "thumbs": "sideways"}], '"thumbs" is "up", "down"'),
         ([{"author": "ada", "created": "yesterday", "updated": "x"}], "times with a zone"),
+        # Valid ISO, but before year 1 once in UTC: saving it raised OverflowError (a 500).
+        ([{"author": "ada", "created": "0001-01-01T00:00:00+01:00",
+           "updated": "2026-01-01T00:00:00+00:00"}], "times with a zone"),
         ([{"author": "ada", "labels": [{"name": "x", "colour": "red"}],
            "created": "2026-01-01T00:00:00+00:00", "updated": "2026-01-01T00:00:00+00:00"}],
          "colour"),

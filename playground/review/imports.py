@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -245,7 +245,10 @@ def _when(value: Any) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
+        # The database stores UTC: a time that has none (0001-01-01 at +01:00) is refused
+        # here, not met as an OverflowError while saving.
+        when.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
     return when if when.tzinfo else None
 
