@@ -123,6 +123,21 @@ def test_the_last_day_there_is_can_end_the_range(client, user):
     assert client.get("/review/queues/new/", {"until": "9999-12-31"}).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["contains", "isnull", "in", "gt", "exact"])
+def test_a_prompt_variable_named_like_a_lookup_is_a_variable(client, user, name):
+    # The name went into the ORM path as it was: "isnull" and "contains" answered 500 and
+    # "in" or "gt" compared the whole values object instead of that key.
+    from playground.prompts.models import PromptRun
+    from tests.test_prompts import make_prompt
+
+    version = make_prompt(user).versions.get()
+    hit, miss = conv(user, "from the prompt"), conv(user, "other value")
+    for c, value in ((hit, "refund"), (miss, "other")):
+        reply = Message.objects.create(conversation=c, role="assistant", text="ok")
+        PromptRun.objects.create(message=reply, version=version, variables={name: value})
+    assert titles(get(client, user, prompt_var=f"{name}=refund")) == ["from the prompt"]
+
+
 def test_it_filters_conversations_with_images_and_with_tool_calls(client, user, tmp_path):
     with_image = conv(user, "has image")
     message = Message.objects.create(conversation=with_image, role="user", text="look")

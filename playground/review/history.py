@@ -161,7 +161,10 @@ def _prompt_variable_field(user: Any) -> forms.Field:
 
 def _prompt_variable_apply(conversations: ConversationQuerySet, value: str) -> ConversationQuerySet:
     name, _, wanted = value.partition("=")
-    return conversations.filter(_with_message(**{f"prompt_run__variables__{name}": wanted}))
+    # __exact last: a variable may be called "contains" or "isnull", which would otherwise
+    # be taken for a lookup, not a key.
+    lookup = f"prompt_run__variables__{name}__exact"
+    return conversations.filter(_with_message(**{lookup: wanted}))
 
 
 FILTERS: list[Filter] = [
