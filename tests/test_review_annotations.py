@@ -401,3 +401,23 @@ def test_history_rows_show_thumbs_and_the_mean_score(client, user, other_user, s
     page = client.get("/review/").content.decode()
     row = page[page.index(f'id="history-{shared.pk}"') :]
     assert "👍 2" in row and "score 4.5" in row and "👎" not in row.split("</li>")[0]
+
+
+TOO_LARGE = str(2**64)  # an integer, but past any row id: SQLite raised OverflowError
+
+
+@pytest.mark.parametrize(
+    ("url", "data", "status"),
+    [
+        ("/review/bulk/", {"c": [TOO_LARGE], "status": "approved"}, 404),
+        ("/review/bulk/", {"c": [TOO_LARGE], "export": "json"}, 404),
+        ("/review/m/{reply}/annotate/", {"labels_form": "1", "label": [TOO_LARGE]}, 422),
+        ("/review/inbox/read/", {"mention": TOO_LARGE}, 404),
+    ],
+)
+def test_an_id_too_large_for_the_database_is_refused_not_a_crash(
+    client, user, shared, url, data, status
+):
+    response = post(client, user, url.format(reply=reply_of(shared).pk), data)
+    assert response.status_code == status
+    assert not Annotation.objects.exists() and not ReviewStatus.objects.exists()

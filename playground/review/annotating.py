@@ -28,6 +28,9 @@ from playground.review import live
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
 
 MAX_COMMENT = 5000
+# The largest row id (a signed 64-bit integer). A larger one in an `__in` list is not just
+# missing: SQLite raises OverflowError, so ids from a request are checked against it first.
+MAX_ID = 2**63 - 1
 MAX_LABELS = 100  # per space: the picker shows them all
 # @name, not inside a word or an e-mail address; Django usernames allow letters, digits, _.+-
 MENTION = re.compile(r"(?<![\w@])@([\w.+-]{1,150})")
@@ -119,6 +122,8 @@ def annotate(
         raise AnnotationError("A score is a whole number from 1 to 5.")
     labels: list[Label] | None = None
     if label_ids is not None:
+        if any(abs(pk) > MAX_ID for pk in label_ids):
+            raise AnnotationError("Pick labels from this space's label set.")
         labels = list(Label.objects.for_conversation(message.conversation).filter(pk__in=label_ids))
         if len(labels) != len(set(label_ids)):
             raise AnnotationError("Pick labels from this space's label set.")

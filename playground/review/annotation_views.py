@@ -159,6 +159,8 @@ def _selection(request: AuthenticatedHttpRequest) -> list[int]:
         ids = list(dict.fromkeys(int(v) for v in request.POST.getlist("c")))
     except ValueError:
         raise Http404("No such conversation") from None
+    if any(abs(pk) > annotating.MAX_ID for pk in ids):
+        raise Http404("No such conversation")
     return ids[:MAX_SELECTION]
 
 
@@ -243,6 +245,8 @@ def inbox_read(request: AuthenticatedHttpRequest) -> HttpResponse:
         ids = [int(raw)] if raw else None
     except ValueError:
         raise Http404("No such mention") from None
+    if ids and abs(ids[0]) > annotating.MAX_ID:
+        raise Http404("No such mention")
     annotating.mark_read(request.user, ids)
     return redirect("review:inbox")
 
