@@ -148,6 +148,17 @@ def test_query_syntax_in_the_input_is_only_text(client, user, q, outcome):
         assert titles(response) == (["found"] if outcome == FOUND else [])
 
 
+def test_the_diff_pickers_search_refuses_a_null_character_too(client, user):
+    # History's form refuses it before searching; the picker parsed the query itself, and
+    # FTS5 raised "unterminated string" (a 500).
+    reply = say(conv(user, "here"), "a needle")
+    say(conv(user, "elsewhere"), "another needle")
+    client.force_login(user)
+    response = client.get("/review/diff/", {"a": reply.pk, "q": "needle\x00"})
+    assert response.status_code == 200
+    assert b"Null characters are not allowed." in response.content
+
+
 def test_near_and_or_are_plain_words(client, user):
     say(conv(user, "station"), "The shop is near the station.")
     say(conv(user, "other"), "The shop is far from the station.")

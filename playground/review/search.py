@@ -51,6 +51,10 @@ class Query:
     def parse(cls, raw: str) -> Query:
         if len(raw) > MAX_QUERY_CHARS:
             raise InvalidQuery(f"Search for at most {MAX_QUERY_CHARS} characters.")
+        # As History's form says: FTS5 ends a string at NUL ("unterminated string") and
+        # PostgreSQL refuses it in text; the diff picker parses without that form.
+        if "\x00" in raw:
+            raise InvalidQuery("Null characters are not allowed.")
         phrases = [" ".join(p.split()) for p in _PHRASE.findall(raw)]
         # What is left after the phrases; a quote without a partner is only punctuation.
         rest = _PHRASE.sub(" ", raw).replace('"', " ")
