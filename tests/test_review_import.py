@@ -367,3 +367,34 @@ def test_malformed_annotations_are_refused_with_their_line(client, user, annotat
     body = html.unescape(response.content.decode())
     assert response.status_code == 400 and message in body and "line 2" in body
     assert not Conversation.objects.exists()
+
+
+def test_a_saved_request_cannot_name_an_image_by_row_id(
+    client, user, other_user, settings, tmp_path
+):
+    """An export names images by hash; a crafted file naming `attachment:<id>` made View code
+    (and a re-run) read that row's image, whoever's it was."""
+    import base64
+
+    from playground.chat.models import Attachment
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    (tmp_path / "attachments").mkdir()
+    (tmp_path / "attachments" / "eve.png").write_bytes(b"EVE-PRIVATE-PIXELS")
+    theirs = Attachment.objects.create(
+        owner=other_user, file="attachments/eve.png", sha256="cd" * 32,
+        content_type="image/png", size=18, width=1, height=1,
+    )  # fmt: skip
+    image = {"type": "image_url", "image_url": {"url": f"attachment:{theirs.pk}"}}
+    body = {"model": "gemma", "messages": [{"role": "user", "content": [image]}]}
+    reply = msg(2, parent=1, role="assistant", model="empiriolabs:gemma-4-e4b", request_body=body)
+    response = upload(client, user, "x.json", export_text([msg(1), reply]))
+    if response.status_code == 302:  # imported: the image must not reach the importer
+        copy = imported(response).messages.get(role="assistant")
+        page = client.get(f"/m/{copy.pk}/code/", headers={"HX-Request": "true"})
+        assert base64.b64encode(b"EVE-PRIVATE-PIXELS").decode() not in page.content.decode()
+    assert response.status_code == 400
+    assert 'line 3: "request_body" names an image by row id' in html.unescape(
+        response.content.decode()
+    )

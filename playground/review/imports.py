@@ -217,6 +217,10 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
             raise Refused(
                 'each of "thinking_signatures" needs "chars" (≥ 0) and "signature" or "redacted".'
             )
+    if _names_rows(record.get("request_body")):
+        raise Refused(
+            f'"request_body" names an image by row id ({ATTACHMENT_SCHEME}), not by sha256.'
+        )
     if record.get("cost") is not None:
         try:
             cost = Decimal(record["cost"])
@@ -238,6 +242,22 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     _check_review(record)
     seen.add(ident)
     plan.messages.append(record)
+
+
+def _names_rows(body: Any) -> bool:
+    """Whether a saved request names an image by this server's row id. An export never does
+    (it writes sha256:); View code and re-runs load whatever row is named, whoever's it is,
+    so such a file could read another person's image."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return False
+    for message in body["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            image = part.get("image_url") if isinstance(part, dict) else None
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(url, str) and url.startswith(ATTACHMENT_SCHEME):
+                return True
+    return False
 
 
 def _when(value: Any) -> datetime | None:
