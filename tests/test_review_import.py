@@ -398,3 +398,24 @@ def test_a_saved_request_cannot_name_an_image_by_row_id(
     assert 'line 3: "request_body" names an image by row id' in html.unescape(
         response.content.decode()
     )
+
+
+def test_an_imported_label_keeps_the_label_sets_rules(client, user, reviewed, monkeypatch):
+    """Names are unique per space whatever their case, and a space has at most MAX_LABELS:
+    the labels page refuses a second "good" beside "Good", and so does import."""
+    from playground.review import annotating
+    from playground.review.models import Label
+
+    _, first = download(client, user, reviewed, "json")
+    Label.objects.filter(name="Good").update(name="good")
+    copy = imported(upload(client, user, "trip.json", first, space=str(reviewed.team_id)))
+    assert sorted(Label.objects.values_list("name", flat=True)) == ["Terse", "good"]
+    labels = Label.objects.filter(annotations__message__conversation=copy)
+    assert sorted(labels.values_list("name", flat=True)) == ["Terse", "good"]
+
+    Label.objects.filter(name="Terse").delete()
+    monkeypatch.setattr(annotating, "MAX_LABELS", 1)
+    response = upload(client, user, "trip.json", first, space=str(reviewed.team_id))
+    assert response.status_code == 400
+    assert "at most 1 labels" in html.unescape(response.content.decode())
+    assert Label.objects.count() == 1

@@ -332,8 +332,10 @@ class _Review:
         else:
             people = people.filter(memberships__team=team)
         self.people = {p.get_username(): p for p in people}
+        # By lower-cased name: a space has one label of a name whatever its case, as the
+        # labels page (annotating.create_label) makes sure.
         self.labels = {
-            label.name: label
+            label.name.lower(): label
             for label in Label.objects.in_space(team.pk if team else None, user.pk)
         }
 
@@ -353,18 +355,20 @@ class _Review:
 
     def label(self, found: dict[str, str], index: int) -> Label:
         name = found["name"]
-        if name not in self.labels:
-            from playground.review.annotating import can_manage_labels
+        if name.lower() not in self.labels:
+            from playground.review.annotating import MAX_LABELS, can_manage_labels
 
             if not can_manage_labels(self.user, self.team):
                 raise Refused(
                     f"{self.where(index)}: the label {name!r} is not in this space's label set "
                     "(its admins can add it)."
                 )
-            self.labels[name] = Label.objects.create(
+            if len(self.labels) >= MAX_LABELS:
+                raise Refused(f"{self.where(index)}: a space has at most {MAX_LABELS} labels.")
+            self.labels[name.lower()] = Label.objects.create(
                 team=self.team, owner=self.user, name=name, colour=found["colour"]
             )
-        return self.labels[name]
+        return self.labels[name.lower()]
 
     def check(self) -> None:
         """Every name resolves, before anything is written."""
