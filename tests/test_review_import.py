@@ -419,3 +419,28 @@ def test_an_imported_label_keeps_the_label_sets_rules(client, user, reviewed, mo
     assert response.status_code == 400
     assert "at most 1 labels" in html.unescape(response.content.decode())
     assert Label.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": "x"},
+        {"messages": ["x"]},
+        {"messages": [{"role": "user", "content": ["x"]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+    ],
+)
+def test_a_saved_request_not_shaped_as_one_is_refused(client, user, settings, body):
+    """View code and re-runs read a saved request as the playground writes it: a crafted one
+    crashed the import (an image_url that is no object) or View code (the others)."""
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    reply = msg(2, parent=1, role="assistant", model="empiriolabs:gemma-4-e4b", request_body=body)
+    response = upload(client, user, "x.json", export_text([msg(1), reply]))
+    if response.status_code == 302:
+        copy = imported(response).messages.get(role="assistant")
+        client.get(f"/m/{copy.pk}/code/", headers={"HX-Request": "true"})
+    assert response.status_code == 400
+    assert 'line 3: "request_body" is not a saved chat request' in html.unescape(
+        response.content.decode()
+    )

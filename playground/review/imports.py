@@ -217,10 +217,7 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
             raise Refused(
                 'each of "thinking_signatures" needs "chars" (≥ 0) and "signature" or "redacted".'
             )
-    if _names_rows(record.get("request_body")):
-        raise Refused(
-            f'"request_body" names an image by row id ({ATTACHMENT_SCHEME}), not by sha256.'
-        )
+    _check_request(record.get("request_body"))
     if record.get("cost") is not None:
         try:
             cost = Decimal(record["cost"])
@@ -244,20 +241,33 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     plan.messages.append(record)
 
 
-def _names_rows(body: Any) -> bool:
-    """Whether a saved request names an image by this server's row id. An export never does
-    (it writes sha256:); View code and re-runs load whatever row is named, whoever's it is,
-    so such a file could read another person's image."""
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        return False
-    for message in body["messages"]:
-        content = message.get("content") if isinstance(message, dict) else None
+def _check_request(body: Any) -> None:
+    """A saved request as the playground writes it (Chat Completions shape), which View code
+    and re-runs read without checking: messages are objects, a list content holds objects,
+    and an image part's image_url is an object. Its images are named by sha256, as an export
+    names them: those code loads whatever row `attachment:<id>` names, whoever's it is, so
+    such a file could read another person's image."""
+    if body is None:
+        return
+    messages = body.get("messages", [])
+    if not isinstance(messages, list):
+        raise Refused('"request_body" is not a saved chat request.')
+    for message in messages:
+        if not isinstance(message, dict):
+            raise Refused('"request_body" is not a saved chat request.')
+        content = message.get("content")
         for part in content if isinstance(content, list) else []:
-            image = part.get("image_url") if isinstance(part, dict) else None
-            url = image.get("url") if isinstance(image, dict) else None
-            if isinstance(url, str) and url.startswith(ATTACHMENT_SCHEME):
-                return True
-    return False
+            if not isinstance(part, dict):
+                raise Refused('"request_body" is not a saved chat request.')
+            if part.get("type") != "image_url" and "image_url" not in part:
+                continue
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise Refused('"request_body" is not a saved chat request.')
+            if image["url"].startswith(ATTACHMENT_SCHEME):
+                raise Refused(
+                    f'"request_body" names an image by row id ({ATTACHMENT_SCHEME}), not by sha256.'
+                )
 
 
 def _when(value: Any) -> datetime | None:
