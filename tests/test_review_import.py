@@ -444,3 +444,14 @@ def test_a_saved_request_not_shaped_as_one_is_refused(client, user, settings, bo
     assert 'line 3: "request_body" is not a saved chat request' in html.unescape(
         response.content.decode()
     )
+
+
+def test_an_image_part_without_its_image_is_refused(client, user):
+    # The transcript links each image part's attachment: one without crashed the page.
+    response = upload(
+        client, user, "x.json", export_text([msg(1, content_parts=[{"type": "image"}])])
+    )
+    if response.status_code == 302:
+        client.get(f"/c/{imported(response).pk}/")
+    assert response.status_code == 400
+    assert "line 2: an image part names an image" in html.unescape(response.content.decode())

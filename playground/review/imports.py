@@ -232,8 +232,9 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     for part in record.get("content_parts") or []:
         if not isinstance(part, dict):
             raise Refused('"content_parts" must hold objects.')
-        if "attachment" in part and (
-            not isinstance(part["attachment"], str) or part["attachment"] not in plan.hashes
+        # An image part without its image too: the transcript links every image part's.
+        if ("attachment" in part or part.get("type") == "image") and (
+            not isinstance(part.get("attachment"), str) or part["attachment"] not in plan.hashes
         ):
             raise Refused("an image part names an image not in this message's attachments.")
     _check_review(record)
