@@ -82,6 +82,18 @@ def test_bad_jsonl_and_bad_utf8_name_line_and_column(client_for):
     assert not Dataset.objects.exists()
 
 
+def test_jsonl_that_python_cannot_read_is_refused_not_a_crash(client_for):
+    """JSON that is well-formed but beyond what json.loads takes (an integer of more than
+    4300 digits, or nesting deeper than the recursion limit) names its line too."""
+    huge = b'{"a": ' + b"1" * 5000 + b"}\n"
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    response = upload(client_for, "J", b'{"a": "1"}\n' + huge + deep, "x.jsonl")
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Line 2" in page and "Line 3" in page
+    assert not Dataset.objects.exists()
+
+
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
     response = upload(client_for, "Big", b"a\n1\n2\n3\n")
