@@ -762,6 +762,37 @@ def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user)
     assert not Experiment.objects.filter(name="Bad").exists()
 
 
+def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):
+    """Parameters or a schema with an integer of more than 4300 digits, or nested deeper than
+    the recursion limit: json.loads raises ValueError or RecursionError, not JSONDecodeError."""
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Odd",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL} | {{"seed": {"1" * 5000}}}',
+        "checks": "json_schema: " + "[" * 100_000 + "]" * 100_000,
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Variant line 1: the parameters are not JSON" in page
+    assert "Check line 1: the schema is not JSON" in page
+    assert not Experiment.objects.filter(name="Odd").exists()
+
+
+def test_a_row_edit_with_json_python_cannot_read_is_refused(client_for, user):
+    dataset = make_experiment(user).dataset
+    row = dataset.rows.get(position=0)
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/{row.pk}/",
+        {"variables": '{"country": ' + "1" * 5000 + "}", "expected": ""},
+    )
+    assert response.status_code == 302
+    assert dataset.rows.get(position=0).variables == {"country": "France"}
+
+
 def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):
     experiment = make_experiment(user, rows=("a", "b", "c"))
     experiment.row_positions = [0, 2]

@@ -114,8 +114,10 @@ def _parse_one(kind: str, arg: str) -> dict[str, Any]:
     if kind == "json_schema":
         try:
             schema = json.loads(arg)
-        except json.JSONDecodeError as exc:
-            raise CheckError(f"the schema is not JSON: {exc.msg}.") from None
+        except (ValueError, RecursionError) as exc:  # also a huge integer, deep nesting
+            raise CheckError(
+                f"the schema is not JSON: {getattr(exc, 'msg', 'unreadable')}."
+            ) from None
         if not isinstance(schema, dict):
             raise CheckError("the schema must be a JSON object.")
         problem = unsafe_schema(schema)
