@@ -276,6 +276,12 @@ def test_a_score_judge_uses_its_threshold():
     assert checks.read_judge(check, "no idea").passed is None
 
 
+def test_a_judge_answer_nested_too_deep_is_undecided_not_a_crash():
+    check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
+    answer = '{"score": ' + "[" * 100_000 + "]" * 100_000 + ', "reason": "x"}'
+    assert checks.read_judge(check, answer).passed is None
+
+
 def test_checks_rerun_on_saved_outputs_without_calling_the_model(
     client_for, user, upstream, api_key, immediate
 ):

@@ -287,7 +287,7 @@ def read_judge(check: dict[str, Any], answer: str) -> Verdict:
     if start != -1 and end > start:
         try:
             data = json.loads(answer[start : end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to read
             data = None
     reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else answer.strip()[:500]
     if threshold:
