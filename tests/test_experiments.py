@@ -298,6 +298,23 @@ def test_checks_rerun_on_saved_outputs_without_calling_the_model(
     assert len(upstream.requests) == sent
 
 
+def test_a_recheck_does_not_pass_off_another_checks_verdict_as_the_judges(
+    client_for, user, upstream, api_key, immediate
+):
+    """The judge's kept verdict is found by the check's index: after the checks changed, the
+    verdict at that index may be another kind's, which is no judge's verdict."""
+    upstream.script(Behaviour(tokens=["Paris"]))
+    experiment = make_experiment(user, rows=("France",), check_lines="contains: Paris")
+    run = runner.start(experiment, user)
+    assert run.items.get().passed is True
+    experiment.checks = checks.parse(f"judge: {MODEL}: Good?")
+    experiment.save()
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/")
+    item = run.items.get()
+    assert [v["kind"] for v in item.verdicts] == ["judge"]
+    assert item.verdicts[0]["passed"] is None and item.passed is None
+
+
 def test_a_rate_limited_item_is_retried_after_a_backoff(
     user, upstream, api_key, immediate, settings
 ):
