@@ -276,6 +276,15 @@ def test_a_score_judge_uses_its_threshold():
     assert checks.read_judge(check, "no idea").passed is None
 
 
+def test_the_word_pass_in_a_judge_answers_key_is_no_verdict():
+    """A judge that writes its verdict as a string: the key "pass" is not a PASS."""
+    check = {"kind": "judge", "model": MODEL, "threshold": None, "rubric": "r"}
+    assert checks.read_judge(check, '{"pass": "false", "reason": "wrong"}').passed is not True
+    assert checks.read_judge(check, '{"pass": "FAIL", "reason": "wrong"}').passed is False
+    assert checks.read_judge(check, '{"pass": no, "reason": "wrong"}').passed is None
+    assert checks.read_judge(check, "Verdict: PASS").passed is True
+
+
 def test_a_judge_answer_nested_too_deep_is_undecided_not_a_crash():
     check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
     answer = '{"score": ' + "[" * 100_000 + "]" * 100_000 + ', "reason": "x"}'

@@ -300,7 +300,12 @@ def read_judge(check: dict[str, Any], answer: str) -> Verdict:
         return Verdict("judge", score >= threshold, f"{score}/5: {reason}", score=score)
     verdict = data.get("pass") if isinstance(data, dict) else None
     if not isinstance(verdict, bool):
-        words = re.findall(r"\b(PASS|FAIL)\b", answer.upper())
+        # A word where the verdict is written: the key "pass" (and a JSON reason) is none.
+        if isinstance(data, dict) and "pass" in data:
+            text = str(verdict)
+        else:
+            text = re.sub(r'"pass"\s*:', ":", answer, flags=re.IGNORECASE)
+        words = re.findall(r"\b(PASS|FAIL)\b", text.upper())
         verdict = words[0] == "PASS" if words else None
     if verdict is None:
         return Verdict("judge", None, f"the judge gave no verdict: {reason}"[:500])
