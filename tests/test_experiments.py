@@ -82,6 +82,18 @@ def test_bad_jsonl_and_bad_utf8_name_line_and_column(client_for):
     assert not Dataset.objects.exists()
 
 
+def test_jsonl_that_python_cannot_read_is_refused_not_a_crash(client_for):
+    """JSON that is well-formed but beyond what json.loads takes (an integer of more than
+    4300 digits, or nesting deeper than the recursion limit) names its line too."""
+    huge = b'{"a": ' + b"1" * 5000 + b"}\n"
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    response = upload(client_for, "J", b'{"a": "1"}\n' + huge + deep, "x.jsonl")
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Line 2" in page and "Line 3" in page
+    assert not Dataset.objects.exists()
+
+
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
     response = upload(client_for, "Big", b"a\n1\n2\n3\n")
@@ -264,6 +276,21 @@ def test_a_score_judge_uses_its_threshold():
     assert checks.read_judge(check, "no idea").passed is None
 
 
+def test_the_word_pass_in_a_judge_answers_key_is_no_verdict():
+    """A judge that writes its verdict as a string: the key "pass" is not a PASS."""
+    check = {"kind": "judge", "model": MODEL, "threshold": None, "rubric": "r"}
+    assert checks.read_judge(check, '{"pass": "false", "reason": "wrong"}').passed is not True
+    assert checks.read_judge(check, '{"pass": "FAIL", "reason": "wrong"}').passed is False
+    assert checks.read_judge(check, '{"pass": no, "reason": "wrong"}').passed is None
+    assert checks.read_judge(check, "Verdict: PASS").passed is True
+
+
+def test_a_judge_answer_nested_too_deep_is_undecided_not_a_crash():
+    check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
+    answer = '{"score": ' + "[" * 100_000 + "]" * 100_000 + ', "reason": "x"}'
+    assert checks.read_judge(check, answer).passed is None
+
+
 def test_checks_rerun_on_saved_outputs_without_calling_the_model(
     client_for, user, upstream, api_key, immediate
 ):
@@ -278,6 +305,23 @@ def test_checks_rerun_on_saved_outputs_without_calling_the_model(
     assert response.status_code == 302
     assert [i.passed for i in run.items.all()] == [True, True]
     assert len(upstream.requests) == sent
+
+
+def test_a_recheck_does_not_pass_off_another_checks_verdict_as_the_judges(
+    client_for, user, upstream, api_key, immediate
+):
+    """The judge's kept verdict is found by the check's index: after the checks changed, the
+    verdict at that index may be another kind's, which is no judge's verdict."""
+    upstream.script(Behaviour(tokens=["Paris"]))
+    experiment = make_experiment(user, rows=("France",), check_lines="contains: Paris")
+    run = runner.start(experiment, user)
+    assert run.items.get().passed is True
+    experiment.checks = checks.parse(f"judge: {MODEL}: Good?")
+    experiment.save()
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/")
+    item = run.items.get()
+    assert [v["kind"] for v in item.verdicts] == ["judge"]
+    assert item.verdicts[0]["passed"] is None and item.passed is None
 
 
 def test_a_rate_limited_item_is_retried_after_a_backoff(
@@ -748,6 +792,37 @@ def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user)
     assert "Variant line 2: temperature" in page
     assert "Check line 2: “smells_good” is not a check" in page
     assert not Experiment.objects.filter(name="Bad").exists()
+
+
+def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):
+    """Parameters or a schema with an integer of more than 4300 digits, or nested deeper than
+    the recursion limit: json.loads raises ValueError or RecursionError, not JSONDecodeError."""
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Odd",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL} | {{"seed": {"1" * 5000}}}',
+        "checks": "json_schema: " + "[" * 100_000 + "]" * 100_000,
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Variant line 1: the parameters are not JSON" in page
+    assert "Check line 1: the schema is not JSON" in page
+    assert not Experiment.objects.filter(name="Odd").exists()
+
+
+def test_a_row_edit_with_json_python_cannot_read_is_refused(client_for, user):
+    dataset = make_experiment(user).dataset
+    row = dataset.rows.get(position=0)
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/{row.pk}/",
+        {"variables": '{"country": ' + "1" * 5000 + "}", "expected": ""},
+    )
+    assert response.status_code == 302
+    assert dataset.rows.get(position=0).variables == {"country": "France"}
 
 
 def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):

@@ -114,8 +114,10 @@ def _parse_one(kind: str, arg: str) -> dict[str, Any]:
     if kind == "json_schema":
         try:
             schema = json.loads(arg)
-        except json.JSONDecodeError as exc:
-            raise CheckError(f"the schema is not JSON: {exc.msg}.") from None
+        except (ValueError, RecursionError) as exc:  # also a huge integer, deep nesting
+            raise CheckError(
+                f"the schema is not JSON: {getattr(exc, 'msg', 'unreadable')}."
+            ) from None
         if not isinstance(schema, dict):
             raise CheckError("the schema must be a JSON object.")
         problem = unsafe_schema(schema)
@@ -285,7 +287,7 @@ def read_judge(check: dict[str, Any], answer: str) -> Verdict:
     if start != -1 and end > start:
         try:
             data = json.loads(answer[start : end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to read
             data = None
     reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else answer.strip()[:500]
     if threshold:
@@ -298,7 +300,12 @@ def read_judge(check: dict[str, Any], answer: str) -> Verdict:
         return Verdict("judge", score >= threshold, f"{score}/5: {reason}", score=score)
     verdict = data.get("pass") if isinstance(data, dict) else None
     if not isinstance(verdict, bool):
-        words = re.findall(r"\b(PASS|FAIL)\b", answer.upper())
+        # A word where the verdict is written: the key "pass" (and a JSON reason) is none.
+        if isinstance(data, dict) and "pass" in data:
+            text = str(verdict)
+        else:
+            text = re.sub(r'"pass"\s*:', ":", answer, flags=re.IGNORECASE)
+        words = re.findall(r"\b(PASS|FAIL)\b", text.upper())
         verdict = words[0] == "PASS" if words else None
     if verdict is None:
         return Verdict("judge", None, f"the judge gave no verdict: {reason}"[:500])

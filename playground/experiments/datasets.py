@@ -113,6 +113,9 @@ def _jsonl(text: str) -> Parsed:
         except json.JSONDecodeError as exc:
             errors.append(f"Line {number}, column {exc.colno}: {exc.msg}.")
             continue
+        except (ValueError, RecursionError):  # an integer of over 4300 digits, deep nesting
+            errors.append(f"Line {number}: the JSON is too large or too deeply nested to read.")
+            continue
         if not isinstance(record, dict):
             errors.append(f"Line {number}, column 1: each line must be a JSON object.")
             continue

@@ -45,9 +45,9 @@ def parse_variants(text: str, user=None, team_id: int | None = None) -> list[dic
         where = f"Variant line {number}"
         try:
             values = json.loads(raw) if raw else {}
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # also a huge integer, deep nesting
             raise forms.ValidationError(
-                f"{where}: the parameters are not JSON ({exc.msg})."
+                f"{where}: the parameters are not JSON ({getattr(exc, 'msg', 'unreadable')})."
             ) from None
         if not isinstance(values, dict):
             raise forms.ValidationError(f"{where}: the parameters must be a JSON object.")
@@ -187,8 +187,8 @@ class RowForm(forms.Form):
         text = self.cleaned_data["variables"].strip() or "{}"
         try:
             value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not JSON: {exc.msg}.") from None
+        except (ValueError, RecursionError) as exc:  # also a huge integer, deep nesting
+            raise forms.ValidationError(f"Not JSON: {getattr(exc, 'msg', 'unreadable')}.") from None
         if not isinstance(value, dict) or not all(
             isinstance(v, str | int | float) and not isinstance(v, bool) for v in value.values()
         ):

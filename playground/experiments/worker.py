@@ -471,7 +471,10 @@ async def cell_verdicts(
             if judge:
                 verdict = await run_judge(item, check, prompt, reply.text, user)
             else:
-                verdicts.append(previous.get(index) or _undecided(index, "not judged yet"))
+                kept = previous.get(index)
+                if kept is None or kept.get("kind") != "judge":  # checks changed: not its own
+                    kept = _undecided(index, "not judged yet")
+                verdicts.append(kept)
                 continue
         else:
             verdict = checks.evaluate(check, out)
