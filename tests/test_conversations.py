@@ -229,3 +229,11 @@ async def test_the_first_send_fills_the_hidden_row_under_today(
     frame = await socket.until(lambda f: has(f, id=f"conv-{conversation.pk}"))
     assert not has(frame, id="day-today")
     await socket.until(lambda f: "status-complete" in f)
+
+
+@pytest.mark.parametrize("at", ["²", "٣", "abc", "-1", "99999999999999999999999"])
+def test_an_at_that_names_no_message_opens_the_active_branch(client, user, conversation, at):
+    # str.isdigit() is true of "²", which int() refuses: the page must not fail on it.
+    client.force_login(user)
+    response = client.get(f"/c/{conversation.pk}/", {"at": at})
+    assert response.status_code == 200

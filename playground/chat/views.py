@@ -159,8 +159,9 @@ def conversation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     # Opening a conversation enters its space, so the sidebar and new conversations follow.
     set_space(request, conversation.team)
     # ?at=<message>: open on that message's branch (a link from History or a diff).
+    # ASCII digits only: isdigit() is also true of "²", which int() refuses.
     at = request.GET.get("at", "")
-    context = transcript_context(conversation, int(at) if at.isdigit() else None)
+    context = transcript_context(conversation, int(at) if at.isascii() and at.isdigit() else None)
     context.update(conversation_settings_context(conversation))
     context.update(_head_context(request.user, conversation))
     can_run = conversation.can_run(request.user)
