@@ -367,3 +367,24 @@ def test_a_last_format_the_model_is_not_served_over_falls_back_to_chat_completio
     client.post("/c/new/", headers=HX)
     new = Conversation.objects.exclude(pk=conversation.pk).get(owner=user)
     assert (new.model, new.wire_format) == ("aimlapi:google/gemma-3n-e4b-it", "chat")
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_json_with_a_number_json_cannot_hold_gets_a_field_error(client, user, conversation, number):
+    # Python's json reads these, but the saved params must be JSON again (SQLite checks it).
+    client.force_login(user)
+    limit = f'{{"type": "number", "maximum": {number}}}'
+    schema = f'{{"type": "object", "properties": {{"n": {limit}}}}}'
+    tools = f'[{{"type": "function", "function": {{"name": "f", "parameters": {schema}}}}}]'
+    response = post_settings(client, conversation, **{"param:tools": tools})
+    assert response.status_code == 200
+    assert b"tools is not valid JSON" in response.content
+    response = post_settings(
+        client,
+        conversation,
+        **{"param:response_format:type": "json_schema", "param:response_format:schema": schema},
+    )
+    assert response.status_code == 200
+    assert b"response_format is not valid JSON" in response.content
+    conversation.refresh_from_db()
+    assert conversation.params == {}

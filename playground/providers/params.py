@@ -129,9 +129,28 @@ def _token_bias(param: Param, value: Any) -> dict[str, float]:
     return cleaned
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite(text)
+    return number
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
 def _json(text: str) -> Any:
     try:
-        return json.loads(text)
+        # Python reads NaN, Infinity and 1e309 (as inf); JSON has no such numbers, and the
+        # value is saved in a JSON column that refuses them.
+        return json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
+    except _NotFinite as exc:
+        raise ValueError(f"is not valid JSON ({exc} is not a finite number)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except ValueError:
