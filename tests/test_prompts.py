@@ -304,3 +304,23 @@ def test_the_variables_panel_is_hidden_from_those_who_cannot_see_the_prompt(clie
     client.force_login(mate)
     page = client.get(f"/c/{conversation.pk}/")
     assert page.status_code == 200 and b'id="prompt-variables"' not in page.content
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "1e309"])
+def test_json_with_a_number_json_cannot_hold_is_refused(client, user, number):
+    # Python's json reads these, but a version's fields must be JSON again (SQLite checks it).
+    client.force_login(user)
+    tools = (
+        '[{"type": "function", "function": {"name": "f", "parameters": '
+        f'{{"type": "object", "properties": {{"n": {{"type": "number", "maximum": {number}}}}}}}'
+        "}}]"
+    )
+    response = client.post("/prompts/new/", new_prompt_data(tools=tools))
+    assert response.status_code == 200
+    assert "This is not valid JSON." in response.content.decode()
+    assert not Prompt.objects.exists()
+    prompt = make_prompt(user)
+    response = client.post(f"/prompts/{prompt.pk}/versions/new/", new_prompt_data(tools=tools))
+    assert response.status_code == 200
+    assert "This is not valid JSON." in response.content.decode()
+    assert prompt.versions.count() == 1
