@@ -324,3 +324,19 @@ def test_json_with_a_number_json_cannot_hold_is_refused(client, user, number):
     assert response.status_code == 200
     assert "This is not valid JSON." in response.content.decode()
     assert prompt.versions.count() == 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"response_format": '{"type": "json_schema", "json_schema": "reply"}'},
+        {"params": '{"tool_choice": {"type": "function", "function": "f"}}'},
+        {"params": '{"tool_choice": {"type": "function", "function": {"name": 5}}}'},
+    ],
+)
+def test_a_json_field_of_the_wrong_shape_is_refused(client, user, extra):
+    client.force_login(user)
+    tools = '[{"type": "function", "function": {"name": "f"}}]'
+    response = client.post("/prompts/new/", new_prompt_data(tools=tools, **extra))
+    assert response.status_code == 200
+    assert not Prompt.objects.exists()

@@ -226,7 +226,10 @@ def unsafe_schema(schema: Any) -> str | None:
 
 def _tool_choice(param: Param, value: Any) -> str | dict[str, Any]:
     if isinstance(value, dict):
-        name = (value.get("function") or {}).get("name", "")
+        # Typed JSON (a prompt version's parameters) may hold anything here.
+        function = value.get("function")
+        name = function.get("name", "") if isinstance(function, dict) else ""
+        name = name if isinstance(name, str) else ""
     elif isinstance(value, str) and value in ("auto", "none", "required"):
         return value
     else:
@@ -247,6 +250,8 @@ def _response_format(param: Param, value: Any) -> dict[str, Any]:
     if kind != "json_schema":
         raise ValueError("must be json_object or json_schema")
     spec = value.get("json_schema") or {}
+    if not isinstance(spec, dict):
+        raise ValueError("json_schema must be an object with a schema")
     schema = spec.get("schema")
     if isinstance(schema, str):
         schema = _json(schema) if schema.strip() else None
