@@ -125,6 +125,12 @@ REFUSALS = {
         "Only PNG, JPEG, WebP and GIF",
     ),
     "truncated": (image_bytes("PNG", size=(300, 300))[:200], "cut.png", "damaged or incomplete"),
+    # Cut inside a header segment: Pillow fails while opening, before any pixel is read.
+    "truncated in the header": (
+        image_bytes("JPEG", size=(300, 300))[:200],
+        "cut.jpg",
+        "damaged or incomplete",
+    ),
     "bomb": (png_bomb(20000, 20000), "bomb.png", "The image is too large"),
     "bomb under pillow's own limit": (
         png_bomb(9000, 8000),

@@ -71,6 +71,9 @@ def clean(data: bytes) -> CleanImage:
         ) from None
     except UnidentifiedImageError:
         raise ImageRejected("Only PNG, JPEG, WebP and GIF images can be attached.") from None
+    except (OSError, ValueError, SyntaxError):
+        # A known format cut inside its header: Pillow gives up while reading the header.
+        raise ImageRejected("The image is damaged or incomplete.") from None
     if image.format not in ACCEPTED:
         raise ImageRejected("Only PNG, JPEG, WebP and GIF images can be attached.")
     width, height = image.size
