@@ -144,6 +144,8 @@ def test_foreign_conversations_never_appear(client, user, other_user):
         "after=-5_2",
         "after=12345678901234567_1",  # seventeen digits: past the year 2286
         "after=1700000000000000_1&pinned=x",
+        "after=1700000000000000_1&space=x",
+        "after=1700000000000000_1&space=99999999999999999999",  # past any database id
     ],
 )
 def test_a_cursor_that_is_not_ours_is_refused(client, user, query):

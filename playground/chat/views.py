@@ -208,6 +208,9 @@ def conversation_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         space = int(request.GET["space"]) if "space" in request.GET else None
     except ValueError:
         return HttpResponseBadRequest("Not a space.")
+    if space is not None and not 0 < space < 2**63:
+        # Past any database id: SQLite cannot even compare a team_id with it (OverflowError).
+        return HttpResponseBadRequest("Not a space.")
     page = sidebar.page(request.user, after, pinned=pinned, space=space)
     return render(request, f"{TEMPLATE}#sidebar-page", {"sidebar": page})
 
