@@ -771,3 +771,34 @@ def test_a_compare_from_prompt_versions_is_known_as_such_by_the_one_query(user):
     _, from_versions, running = engine.read_columns(group, user)
     assert bool(from_versions) is True
     assert running == 0
+
+
+def test_a_repeated_column_keeps_its_prompt_version(user):
+    # "Repeat column 1" runs column 1's setup: when that is a prompt version, the version's.
+    from playground.prompts.models import Prompt
+
+    prompt = Prompt.objects.create(owner=user, name="greeter")
+    version = prompt.add_version(
+        user,
+        system_prompt="Greet warmly.",
+        messages=[{"role": "user", "content": "Hi"}],
+        model="aimlapi:google/gemma-3n-e4b-it",
+        params={"top_p": 0.8},
+    )
+    client_for(user).post(
+        "/compare/new/",
+        {
+            "columns": "2",
+            "c1-model": MODEL,
+            "c1-prompt_version": str(version.pk),
+            "repeat": "2",
+            "vary_seed": "on",
+        },
+    )
+    group = RunGroup.objects.get()
+    columns = list(group.conversations.order_by("position"))
+    assert [(c.system_prompt, c.model) for c in columns] == [
+        ("Greet warmly.", "aimlapi:google/gemma-3n-e4b-it")
+    ] * 2
+    assert [c.params for c in columns] == [{"top_p": 0.8, "seed": 1}, {"top_p": 0.8, "seed": 2}]
+    assert [c["prompt_version"] for c in group.spec["columns"]] == [version.pk] * 2

@@ -152,7 +152,12 @@ def plan_columns(
             values = dict(base.params)
             if vary_seed:
                 values["seed"] = n
-            columns.append(ColumnSetup(base.model, base.wire_format, base.system_prompt, values))
+            # The prompt version too: it, not the fields beside it, is the column's setup.
+            columns.append(
+                ColumnSetup(
+                    base.model, base.wire_format, base.system_prompt, values, base.prompt_version
+                )
+            )
     if not MIN_COLUMNS <= len(columns) <= most:
         raise SetupError([f"A compare has {MIN_COLUMNS} to {most} columns."])
     errors: list[str] = []
