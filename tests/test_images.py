@@ -51,8 +51,13 @@ def animated_gif() -> bytes:
         (image_bytes("JPEG"), "image/jpeg"),
         (image_bytes("WEBP"), "image/webp"),
         (animated_gif(), "image/png"),
+        # A JPEG with a second picture (a phone's depth map, a 3D pair): Pillow calls it MPO.
+        (
+            image_bytes("MPO", save_all=True, append_images=[Image.new("RGB", (40, 30))]),
+            "image/jpeg",
+        ),
     ],
-    ids=["png", "jpeg", "webp", "gif"],
+    ids=["png", "jpeg", "webp", "gif", "mpo"],
 )
 def test_each_accepted_format_is_stored_and_shown_as_a_thumbnail(client, user, data, stored_type):
     client.force_login(user)

@@ -18,7 +18,9 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ACCEPTED = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "png"}
+# MPO is a JPEG carrying a second picture (a phone's depth map, a 3D pair): its first is
+# the photo, and every browser shows the file as a JPEG.
+ACCEPTED = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "png"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
