@@ -303,3 +303,14 @@ def test_uploads_are_limited_per_minute(client, user, settings):
     response = upload(client, image_bytes("PNG", size=(12, 10)))
     assert "Too many images in the last minute" in response.content.decode()
     assert Attachment.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_uploading_the_same_image_again_counts_toward_the_limit(client, user, settings):
+    # It makes no new row (the bytes are stored once), but it is decoded and re-encoded again.
+    settings.PLAYGROUND_IMAGES = {**settings.PLAYGROUND_IMAGES, "MAX_PER_MINUTE": 2}
+    client.force_login(user)
+    for _ in range(2):
+        upload(client, image_bytes("PNG", size=(10, 10)))
+    response = upload(client, image_bytes("PNG", size=(10, 10)))
+    assert "Too many images in the last minute" in response.content.decode()

@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
@@ -394,6 +395,19 @@ def message_code(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return render(request, f"{TEMPLATE}#code", context)
 
 
+def _uploads_in_the_last_minute(user_id: int, adding: int) -> int:
+    """How many images the user uploaded in this minute's window before these `adding`."""
+    key = f"attachments:uploads:{user_id}"
+    try:
+        cache.add(key, 0, timeout=60)
+        return cache.incr(key, adding) - adding
+    except ValueError:  # expired between add and incr: a new window
+        cache.set(key, adding, timeout=60)
+        return 0
+    except Exception:
+        return 0  # the cache (Redis) is away: the row count still limits new images
+
+
 @require_POST
 @login_required
 def attachment_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -406,6 +420,8 @@ def attachment_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
     recent = Attachment.objects.filter(
         owner=request.user, created__gte=timezone.now() - timedelta(minutes=1)
     ).count()
+    # An image stored before makes no new row, but is decoded all the same: count uploads too.
+    recent = max(recent, _uploads_in_the_last_minute(request.user.pk, len(uploads)))
     if recent + len(uploads) > settings.PLAYGROUND_IMAGES["MAX_PER_MINUTE"]:
         # Decoding and re-encoding images is real work: one user cannot keep a process busy.
         uploads, errors = [], ["Too many images in the last minute: wait a moment."]
