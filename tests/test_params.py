@@ -163,6 +163,14 @@ def test_the_message_names_the_range_and_the_value():
     assert caught.value.errors == {"temperature": "temperature must be between 0 and 2 (got 2.5)"}
 
 
+def test_a_whole_number_is_kept_exactly():
+    # Read as a float, 2**53 + 1 would become 2**53: another seed than the one typed.
+    typed = "9007199254740993"
+    assert params.clean(GEMMA_3N_E4B, {"seed": typed}) == {"seed": 9007199254740993}
+    assert params.clean(GEMMA_3N_E4B, {"seed": 9007199254740993}) == {"seed": 9007199254740993}
+    assert params.clean(GEMMA_3N_E4B, {"seed": "12.0"}) == {"seed": 12}
+
+
 def test_unset_values_are_left_out():
     assert params.clean(GEMMA_4_E4B, {"temperature": "", "stop": [], "seed": None}) == {}
     # An empty row of the list editor is not a stop string.

@@ -55,7 +55,12 @@ def _number(param: Param, value: Any) -> float | int:
     if param.type == "integer":
         if number != int(number):
             raise ValueError("must be a whole number")
-        number = int(number)
+        # From the value itself when it is a whole number: a float holds whole numbers
+        # exactly only up to 2**53, and a seed one off is another seed.
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = int(number)
     low, high = param.min, param.max
     if low is not None and high is not None and not low <= number <= high:
         raise ValueError(f"must be between {_fmt(low)} and {_fmt(high)} (got {_fmt(number)})")
