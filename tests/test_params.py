@@ -186,6 +186,14 @@ def test_type_errors_are_plain():
     assert errors["tools"].startswith("tools is not valid JSON")
 
 
+@pytest.mark.parametrize("token", ["²", "١٣", "-1", "1.5"])
+def test_a_token_id_is_a_whole_number_in_ascii_digits(token):
+    # "²".isdigit() is true: it went to the server as a token id.
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_3N_E4B, {"logit_bias": {token: "5"}})
+    assert "token ids are whole numbers" in caught.value.errors["logit_bias"]
+
+
 @pytest.mark.parametrize(
     ("tools", "fragment"),
     [

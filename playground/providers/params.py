@@ -120,7 +120,8 @@ def _token_bias(param: Param, value: Any) -> dict[str, float]:
     cleaned = {}
     for token, bias in value.items():
         token = str(token).strip()
-        if not token.isdigit():
+        # ASCII only: isdigit() is also true of "²" and other scripts' digits.
+        if not (token.isascii() and token.isdigit()):
             raise ValueError(f"token ids are whole numbers (got {token!r})")
         try:
             bias = float(bias)
