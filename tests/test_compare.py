@@ -802,3 +802,14 @@ def test_a_repeated_column_keeps_its_prompt_version(user):
     ] * 2
     assert [c.params for c in columns] == [{"top_p": 0.8, "seed": 1}, {"top_p": 0.8, "seed": 2}]
     assert [c["prompt_version"] for c in group.spec["columns"]] == [version.pk] * 2
+
+
+def test_a_prompt_version_that_is_not_a_number_is_ignored_like_none(user):
+    # "²".isdigit() is true, but int() refuses it: it must read as no version, as "abc" does.
+    for raw in ("abc", "²"):
+        response = client_for(user).post(
+            "/compare/new/",
+            {"columns": "2", "c1-model": MODEL, "c2-model": MODEL, "c1-prompt_version": raw},
+        )
+        assert response.status_code == 302, response.content.decode()[:200]
+    assert RunGroup.objects.count() == 2

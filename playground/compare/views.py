@@ -46,7 +46,8 @@ def _column_from(post, n: int) -> setup.ColumnSetup:
         wire_format=post.get(f"c{n}-wire_format", "") or "chat",
         system_prompt=post.get(f"c{n}-system_prompt", ""),
         params=values,
-        prompt_version=int(version) if version.isdigit() else None,
+        # ASCII digits only: isdigit() is also true of "²", which int() refuses.
+        prompt_version=int(version) if version.isascii() and version.isdigit() else None,
     )
 
 
