@@ -173,6 +173,18 @@ def test_discover_then_offer_picked_and_typed_models(admin_client, lab, upstream
     assert "lab:gemma-3-4b-it" in keys and "lab:gemma-3-27b-it" not in keys
 
 
+@pytest.mark.parametrize("raw", ["²", "1" * 5000])
+def test_a_listed_context_that_only_looks_like_digits_is_ignored(admin_client, lab, raw) -> None:
+    # str.isdigit() is true for "²" and for 5000 digits, but int() refuses both: not a 500.
+    response = admin_client.post(
+        reverse("endpoint_models_add", args=[lab.pk]),
+        {"listed": ["m"], "pick": ["m"], "ctx:m": raw, "out:m": raw, "context_window": "4096"},
+    )
+    assert response.status_code == 302
+    row = lab.models.get(model_id="m")
+    assert (row.context_window, row.max_output) == (4096, None)
+
+
 def test_probe_records_capabilities_and_the_servers_refusal(admin_client, lab, upstream) -> None:
     row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
     upstream.refuse = {"json_schema": "Input should be 'text' or 'json_object'"}

@@ -333,3 +333,25 @@ def test_a_member_cannot_join_twice_by_link(client, user, lab):
     response = accept(client, invite(client, lab))
     assert response.status_code == 400 and "already a member" in error_of(response)
     assert Invitation.objects.get().state == "pending"
+
+
+def test_a_removed_admin_cannot_come_back_through_a_link_they_made(
+    client, user, other_user, carol, lab
+):
+    """A link carries its maker's right to invite: removed, or demoted below the role it
+    gives, the maker no longer has it, so neither they nor whoever holds the link join."""
+    admin = join(lab, other_user, Role.ADMIN)
+    client.force_login(other_user)
+    comeback = invite(client, lab, "admin")
+    for_carol = invite(client, lab, "admin")
+    client.force_login(user)
+    me = lab.memberships.get(user=user)
+    admin.remove(by=me)
+    client.force_login(other_user)
+    response = accept(client, comeback)
+    assert response.status_code == 400 and "ask for a new one" in error_of(response)
+    assert role_of(lab, other_user) is None
+    join(lab, other_user, Role.ADMIN).set_role(Role.MEMBER, by=me)
+    client.force_login(carol)
+    assert accept(client, for_carol).status_code == 400
+    assert role_of(lab, carol) is None

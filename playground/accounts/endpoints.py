@@ -241,7 +241,10 @@ def endpoint_models_add(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _listed_int(request: HttpRequest, kind: str, model_id: str) -> int | None:
     raw = request.POST.get(f"{kind}:{model_id}", "")
-    return int(raw) if raw.isdigit() and 0 < int(raw) < 2**31 else None
+    # isdigit() alone passes "²" and digit strings too long for int(): ASCII, ten digits at most.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10):
+        return None
+    return int(raw) if 0 < int(raw) < 2**31 else None
 
 
 @login_required

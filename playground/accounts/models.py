@@ -247,6 +247,15 @@ class Invitation(models.Model):
                 raise TeamError(f"This invitation is {state}: ask for a new one.")
             if self.team.memberships.filter(user=user).exists():
                 raise TeamError(f"You are already a member of {self.team.name}.")
+            # A link carries its maker's right to invite: a maker since removed (or demoted
+            # below the role it gives) must not come back, or let anyone in, through it.
+            maker = None
+            if self.created_by_id is not None:
+                maker = self.team.memberships.filter(user_id=self.created_by_id).first()
+            if maker is None or not maker.may_assign(self.role):
+                raise TeamError(
+                    "Whoever made this invitation can no longer invite: ask for a new one."
+                )
             # Claimed with a conditional update: two people opening the link at once cannot
             # both join.
             claimed = Invitation.objects.filter(pk=self.pk, used_at__isnull=True).update(

@@ -52,6 +52,9 @@ _ALWAYS_REFUSED = [
     (ipaddress.ip_network("224.0.0.0/4"), "a multicast address"),
     (ipaddress.ip_network("ff00::/8"), "a multicast address"),
     (ipaddress.ip_network("240.0.0.0/4"), "a reserved address"),
+    # Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on the translator's
+    # prefix length, so it cannot be unwrapped and checked; Python 3.11 calls it global.
+    (ipaddress.ip_network("64:ff9b:1::/48"), "a local-use NAT64 address"),
 ]
 # Reachable only where PLAYGROUND_ENDPOINT_ALLOW_PRIVATE is on: teams run their own GPU boxes.
 _PRIVATE = [

@@ -36,6 +36,7 @@ METADATA_SPELLINGS = [
     "[::ffff:a9fe:a9fe]",  # IPv4-mapped, hex
     "[::169.254.169.254]",  # IPv4-compatible
     "[64:ff9b::a9fe:a9fe]",  # NAT64
+    "[64:ff9b:1::a9fe:a9fe]",  # local-use NAT64 (RFC 8215): Python 3.11 calls it global
     "[2002:a9fe:a9fe::]",  # 6to4
     "[fd00:ec2::254]",  # AWS metadata over IPv6
     "169.254.0.1",  # anywhere in link-local
