@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -113,6 +114,18 @@ def test_each_formats_snippets_send_the_body_the_playground_sends(
         assert "client.messages.create(**request, extra_body=extra_body)" in code
     if kind != "curl":
         assert result.stdout.strip() == upstream.default.text
+
+
+def test_the_curl_snippet_quotes_a_base_url_the_shell_would_run(upstream, settings, tmp_path):
+    from playground.providers.specs import Provider
+
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {}
+    marker = tmp_path / "ran"
+    base_url = f"{upstream.base_url}?x=$(touch {marker})&y=1"
+    code = export.as_curl(BODY, Provider("lab-vllm", "Lab", base_url))
+    run_snippet("curl", code, upstream.base_url)  # curl refuses that URL: the shell must not
+    assert not marker.exists()
+    assert shlex.split(code.splitlines()[0].rstrip("\\"))[1] == f"{base_url}/chat/completions"
 
 
 def test_a_custom_endpoint_gets_its_own_variable_name():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pprint
 import re
+import shlex
 from typing import Any
 
 from playground.providers import catalog, formats
@@ -92,8 +93,11 @@ def _headers(provider: Provider, fmt: str) -> list[str]:
 def as_curl(body: dict[str, Any], provider: Provider, fmt: str = CHAT) -> str:
     payload = json.dumps(body, indent=2, ensure_ascii=False)
     headers = "".join(f'  -H "{header}" \\\n' for header in _headers(provider, fmt))
+    # Quoted: an endpoint's base URL is an admin's text, and `$(…)` or `&` in it would run
+    # or cut the command in the user's shell. A plain URL needs no quotes and gets none.
+    url = shlex.quote(f"{_url(provider)}{formats.PATHS[fmt]}")
     return (
-        f"curl {_url(provider)}{formats.PATHS[fmt]} \\\n"
+        f"curl {url} \\\n"
         f"{headers}"
         '  -H "Content-Type: application/json" \\\n'
         "  -d @- <<'JSON'\n"
