@@ -175,3 +175,21 @@ async def test_a_tool_result_that_is_not_text_is_refused(user, conversation, con
     frame = await socket.until(lambda f: "composer-error" in f)
     assert "“result:call_1” must be text, not an object" in html.unescape(frame)
     await socket.close()
+
+
+async def test_usage_counts_sent_as_strings_do_not_fail_the_final_save(
+    upstream, user, api_key, conversation, connect
+):
+    # int() in the client reads "5" as 5, but the raw usage keeps the string.
+    upstream.default = Behaviour(
+        tokens=["one", " two"], interval=0.01, usage_fields={"completion_tokens": "5"}
+    )
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "one two" and reply.error == ""
+    assert reply.output_tokens is None and reply.tokens_per_second is None
+    await socket.close()

@@ -73,6 +73,7 @@ class Behaviour:
     tool_calls: list[dict] = field(default_factory=list)  # {"id"?, "name", "arguments": str|dict}
     logprobs: bool = False
     usage: bool = True  # final chunk with choices: [] and a usage object
+    usage_fields: dict = field(default_factory=dict)  # merged into that usage object
     finish_reason: str | None = None  # None → "tool_calls" if tool_calls else "stop"
     status: int = 200
     error_body: dict | str | None = None  # None → OpenAI-shaped error for `status`
@@ -83,6 +84,8 @@ class Behaviour:
     mid_stream_error: dict | None = None  # {"message", "type", "code"} sent after K tokens
     error_after: int = 1
     bad_line_after: int | None = None  # an unparsable `data:` line before content token K
+    raw_data: list[str] = field(default_factory=list)  # `data:` payloads sent as they are ...
+    raw_after: int = 1  # ... before content token K (odd shapes the fake never builds)
     line_ending: str = "\n"  # "\r\n" or "\r" to exercise parsers
     split_bytes: bool = False  # one byte per write: splits UTF-8 characters and CRLFs
     keepalive_comments: bool = False  # ": keep-alive" before each event and during silences
@@ -552,7 +555,8 @@ class _SSEWriter:
         await self._pause()
         await self._chunk({}, finish_reason=b.resolved_finish_reason())
         if b.usage:
-            await self._event(self._base(choices=[], usage=_usage(request, b)))
+            usage = {**_usage(request, b), **b.usage_fields}
+            await self._event(self._base(choices=[], usage=usage))
         if not b.no_done:
             await self._data("[DONE]")
 
@@ -566,6 +570,9 @@ class _SSEWriter:
             raise _Abort
         if b.bad_line_after == i:
             await self._data("{not json")
+        if b.raw_data and b.raw_after == i:
+            for text in b.raw_data:
+                await self._data(text)
         if b.mid_stream_error is not None and b.error_after == i:
             await self._mid_error(self._error_payload(b.mid_stream_error))
             return True  # like real providers: no finish, no [DONE]

@@ -556,7 +556,9 @@ class Run:
         ended = time.monotonic()
         status = self._status()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        completion = (self.usage or {}).get("completion_tokens")
+        # Checked like output_tokens: the raw usage may hold "5" or a list, and a failing
+        # division here would fail every final save.
+        completion = _count((self.usage or {}).get("completion_tokens"))
         generating = ended - (self.first_token_at or ended)
         reasoning_ms = None
         if self.first_reasoning_at is not None:
@@ -589,7 +591,7 @@ class Run:
             "response_id": self.response_id,
             "usage": self.usage,
             "input_tokens": _count((self.usage or {}).get("prompt_tokens")),
-            "output_tokens": _count(completion),
+            "output_tokens": completion,
             "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
             "total_ms": round((ended - self.started) * 1000, 1),
             "tokens_per_second": round(completion / generating, 1)
