@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 
 import pytest
 from channels.layers import get_channel_layer
@@ -192,4 +193,22 @@ async def test_usage_counts_sent_as_strings_do_not_fail_the_final_save(
     assert reply.status == Message.Status.COMPLETE
     assert reply.text == "one two" and reply.error == ""
     assert reply.output_tokens is None and reply.tokens_per_second is None
+    await socket.close()
+
+
+async def test_a_tool_call_whose_name_and_id_are_not_strings_does_not_crash_the_run(
+    upstream, user, api_key, conversation, connect
+):
+    odd = {"index": 0, "id": 7, "function": {"name": 5, "arguments": "{}"}}
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [odd]}}]}
+    upstream.default = Behaviour(tokens=["one", " two"], raw_data=[json.dumps(chunk)])
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "one two" and reply.error == ""
+    call = reply.tool_calls[0]  # what is not a string is treated as not sent
+    assert call["id"] == "" and call["function"] == {"name": "", "arguments": "{}"}
     await socket.close()

@@ -461,10 +461,16 @@ def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
     index = call.get("index")
     return ToolCallDelta(
         index=index if isinstance(index, int) else position,
-        id=call.get("id") or None,
-        name=function.get("name") or None,
+        id=text_or_none(call.get("id")),
+        name=text_or_none(function.get("name")),
         arguments=arguments,
     )
+
+
+def text_or_none(value: Any) -> str | None:
+    """A tool call's id or name if it is a non-empty string, else None: the run joins names
+    as text (an int there crashed it) and sends ids back to the provider as they came."""
+    return value if isinstance(value, str) and value else None
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

@@ -550,7 +550,9 @@ class ResponsesDecoder(Decoder):
             index = _int(payload.get("output_index"))
             self.calls[index] = str(item.get("call_id") or item.get("id") or "")
             return [
-                client.ToolCallDelta(index, self.calls[index] or None, item.get("name") or None, "")
+                client.ToolCallDelta(
+                    index, self.calls[index] or None, client.text_or_none(item.get("name")), ""
+                )
             ]
         if kind == "response.function_call_arguments.delta":
             index = _int(payload.get("output_index"))
@@ -604,7 +606,10 @@ class ResponsesDecoder(Decoder):
                 self.calls[index] = str(item.get("call_id") or "")
                 events.append(
                     client.ToolCallDelta(
-                        index, self.calls[index], item.get("name"), item.get("arguments") or ""
+                        index,
+                        self.calls[index],
+                        client.text_or_none(item.get("name")),
+                        item.get("arguments") or "",
                     )
                 )
         return events + self._end(payload)
@@ -649,7 +654,12 @@ class MessagesDecoder(Decoder):
             index = _int(payload.get("index"))
             if block.get("type") == "tool_use":
                 # input arrives as input_json_delta pieces; the start holds an empty object.
-                return [client.ToolCallDelta(index, block.get("id"), block.get("name"), "")]
+                id_, name = block.get("id"), block.get("name")
+                return [
+                    client.ToolCallDelta(
+                        index, client.text_or_none(id_), client.text_or_none(name), ""
+                    )
+                ]
             if block.get("type") == "text" and block.get("text"):
                 return [client.TextDelta(str(block["text"]))]
             if block.get("type") == "thinking":
@@ -710,7 +720,12 @@ class MessagesDecoder(Decoder):
             elif block.get("type") == "tool_use":
                 arguments = json.dumps(block.get("input") or {})
                 events.append(
-                    client.ToolCallDelta(index, block.get("id"), block.get("name"), arguments)
+                    client.ToolCallDelta(
+                        index,
+                        client.text_or_none(block.get("id")),
+                        client.text_or_none(block.get("name")),
+                        arguments,
+                    )
                 )
         self.start_usage = {}
         events += self._events(

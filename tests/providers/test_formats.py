@@ -566,3 +566,14 @@ def test_a_saved_turn_goes_back_with_its_thinking_blocks_first_in_messages_only(
         {"type": "tool_use", "id": "c1", "name": "f", "input": {}},
     ]
     assert "thinking" not in json.dumps(formats.to_wire(model, RESPONSES, body))
+
+
+def test_a_tool_call_name_or_id_that_is_not_a_string_is_treated_as_not_sent() -> None:
+    block = {"type": "tool_use", "id": 1, "name": ["f"], "input": {}}
+    start = {"type": "content_block_start", "index": 0, "content_block": block}
+    events = formats.MessagesDecoder().events(SSEEvent(json.dumps(start)), KEY, False)
+    assert events == [ToolCallDelta(0, None, None, "")]
+    item = {"type": "function_call", "call_id": "c1", "name": {"n": 1}}
+    added = {"type": "response.output_item.added", "output_index": 0, "item": item}
+    events = formats.ResponsesDecoder().events(SSEEvent(json.dumps(added)), KEY, False)
+    assert events == [ToolCallDelta(0, "c1", None, "")]
