@@ -501,8 +501,9 @@ def _events_from_sse(sse: SSEEvent, api_key: str | None, *, want_id: bool = Fals
         return [StreamError(mid_stream_error(payload["error"], api_key))]
     try:
         events = _events_from_chunk(payload)
-    except (AttributeError, TypeError, ValueError):
-        # Wrong shapes (e.g. "choices" as a string) must not crash the consumer.
+    except (AttributeError, TypeError, ValueError, LookupError, OverflowError):
+        # Wrong shapes (e.g. "choices" as a string, or an object: KeyError) must not crash
+        # the consumer; nor a count of 1e999, which JSON reads as inf and int() refuses.
         return [Unreadable("The provider sent a malformed chunk.")]
     chunk_id = payload.get("id")
     if want_id and isinstance(chunk_id, str) and chunk_id:
@@ -1086,7 +1087,7 @@ def _whole(text: str, api_key: str | None, decoder: Decoder | None) -> list[Even
         return [Unreadable("The provider sent an unexpected answer.")]
     try:
         return decoder.whole(payload)
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, LookupError, OverflowError):
         return [Unreadable("The provider sent a malformed answer.")]
 
 

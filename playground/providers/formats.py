@@ -483,7 +483,8 @@ class Decoder:
             return payload
         try:
             return self._events(payload, api_key, want_id)
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, LookupError, OverflowError):
+            # OverflowError: a count of 1e999 reads as inf, which int() refuses.
             return [client.Unreadable("The provider sent a malformed event.")]
 
     def _events(

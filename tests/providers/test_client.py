@@ -536,6 +536,27 @@ async def test_an_unreadable_data_line_is_skipped_and_the_stream_goes_on() -> No
     ]
 
 
+async def test_chunks_whose_shape_raises_other_errors_are_skipped_too() -> None:
+    # choices as an object fails on [0] (KeyError); 1e999 parses as inf, and int(inf) raises
+    # OverflowError: both crashed the run instead of being skipped like other odd shapes.
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        b'data: {"choices": {"text": "x"}}\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 1e999}}\n\n'
+        b'data: {"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert events == [
+        TextDelta("a"),
+        Unreadable("The provider sent a malformed chunk."),
+        Unreadable("The provider sent a malformed chunk."),
+        TextDelta("b"),
+        Finish("stop"),
+    ]
+
+
 async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
     sse = (
         b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -577,3 +578,25 @@ def test_a_tool_call_name_or_id_that_is_not_a_string_is_treated_as_not_sent() ->
     added = {"type": "response.output_item.added", "output_index": 0, "item": item}
     events = formats.ResponsesDecoder().events(SSEEvent(json.dumps(added)), KEY, False)
     assert events == [ToolCallDelta(0, "c1", None, "")]
+
+
+async def test_a_count_too_large_for_an_int_is_an_unreadable_event_not_a_crash() -> None:
+    start = {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 1e999}}}
+    events = formats.MessagesDecoder().events(SSEEvent(json.dumps(start)), KEY, True)
+    assert events == [Unreadable("The provider sent a malformed event.")]
+    body = b'{"type": "message", "content": [], "usage": {"output_tokens": 1e999}}'
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, content=body, headers={"content-type": "application/json"}
+        )
+    )
+    events = await _collect_with(transport, MESSAGES)
+    assert len(events) == 1 and isinstance(events[0], StreamError)
+    assert events[0].error.message == "The provider sent a malformed answer."
+
+
+async def _collect_with(transport: httpx.MockTransport, fmt: str) -> list[Event]:
+    async with httpx.AsyncClient(transport=transport) as http:
+        wire = formats.wire(fmt)
+        endpoint = Endpoint("http://x/v1")
+        return [e async for e in stream(endpoint, KEY, {"model": "m"}, client=http, wire=wire)]
