@@ -440,14 +440,22 @@ def _events_from_chunk(chunk: dict[str, Any]) -> list[Event]:
             events.append(TextDelta(content))
         for position, call in enumerate(delta.get("tool_calls") or []):
             events.append(_tool_call_delta(position, call))
-        logprobs = (choice.get("logprobs") or {}).get("content")
-        if logprobs:
-            events.append(LogprobsDelta(list(logprobs)))
+        # Logprobs and usage ride along with text: malformed, they are skipped on their own
+        # (an Unreadable, noted), never taking the chunk's text with them.
+        try:
+            logprobs = (choice.get("logprobs") or {}).get("content")
+            if logprobs:
+                events.append(LogprobsDelta(list(logprobs)))
+        except (AttributeError, TypeError, ValueError):
+            events.append(Unreadable("The provider sent a malformed chunk."))
         if choice.get("finish_reason"):
             events.append(Finish(str(choice["finish_reason"])))
     usage = chunk.get("usage")
     if isinstance(usage, dict):
-        events.append(_usage(usage))
+        try:
+            events.append(_usage(usage))
+        except (TypeError, ValueError, OverflowError):
+            events.append(Unreadable("The provider sent a malformed chunk."))
     return events
 
 

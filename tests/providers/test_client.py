@@ -557,6 +557,25 @@ async def test_chunks_whose_shape_raises_other_errors_are_skipped_too() -> None:
     ]
 
 
+async def test_malformed_usage_or_logprobs_do_not_throw_away_the_chunk_s_text() -> None:
+    # Some servers send usage on every chunk: a bad count there must not cost the text.
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "a"}}], "usage": {"prompt_tokens": "many"}}\n\n'
+        b'data: {"choices": [{"delta": {"content": "b"}, "logprobs": {"content": 5}}]}\n\n'
+        b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    async with sse_client(sse) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    assert events == [
+        TextDelta("a"),
+        Unreadable("The provider sent a malformed chunk."),
+        TextDelta("b"),
+        Unreadable("The provider sent a malformed chunk."),
+        Finish("stop"),
+    ]
+
+
 async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
     sse = (
         b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
