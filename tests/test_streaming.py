@@ -294,6 +294,22 @@ async def test_it_refuses_an_empty_message_and_an_unknown_model(
     assert await Message.objects.filter(conversation=conversation).acount() == 0
 
 
+async def test_a_message_id_too_large_for_an_int_is_refused_not_a_crash(
+    upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    # 1e999 reads as inf (int() raises OverflowError); the other is past any database id.
+    for raw in ("1e999", "9" * 30):
+        for action in ("regenerate", "rerun", "switch"):
+            await socket.communicator.send_to(
+                text_data=f'{{"action": "{action}", "message_id": {raw}}}'
+            )
+            await socket.until(lambda f: "composer-error" in f)
+    await socket.send(action="dance")  # the socket is still there and answering
+    assert "Unknown action" in await socket.until(lambda f: "composer-error" in f)
+    assert upstream.requests == []
+
+
 async def test_model_output_is_sanitized_while_streaming_and_when_done(
     upstream, user, api_key, conversation, connect
 ):

@@ -820,7 +820,7 @@ def _ints(value: Any) -> list[int]:
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 reads as inf
         return 0
 
 
