@@ -540,7 +540,11 @@ class ResponsesDecoder(Decoder):
             if payload.get("delta"):
                 events.append(client.TextDelta(str(payload["delta"])))
             if payload.get("logprobs"):
-                events.append(client.LogprobsDelta(list(payload["logprobs"])))
+                # Malformed, the logprobs are skipped on their own: the text stays.
+                if isinstance(payload["logprobs"], list):
+                    events.append(client.LogprobsDelta(payload["logprobs"]))
+                else:
+                    events.append(client.Unreadable("The provider sent a malformed event."))
             return events
         if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
             return [client.ReasoningDelta(str(payload["delta"]))] if payload.get("delta") else []

@@ -600,3 +600,10 @@ async def _collect_with(transport: httpx.MockTransport, fmt: str) -> list[Event]
         wire = formats.wire(fmt)
         endpoint = Endpoint("http://x/v1")
         return [e async for e in stream(endpoint, KEY, {"model": "m"}, client=http, wire=wire)]
+
+
+def test_malformed_responses_logprobs_do_not_throw_away_the_text() -> None:
+    delta = {"type": "response.output_text.delta", "delta": "a", "logprobs": 5}
+    events = formats.ResponsesDecoder().events(SSEEvent(json.dumps(delta)), KEY, False)
+    assert events == [TextDelta("a"), Unreadable("The provider sent a malformed event.")]
+
