@@ -519,6 +519,13 @@ def _usage(prompt: int, completion: int, total: int | None, raw: dict[str, Any])
     return client.Usage(prompt, completion, total, {**named, **raw})
 
 
+def _arguments(value: Any) -> str:
+    """Tool call arguments as text, which the run joins: a few servers send them parsed."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
@@ -614,7 +621,7 @@ class ResponsesDecoder(Decoder):
                         index,
                         self.calls[index],
                         client.text_or_none(item.get("name")),
-                        item.get("arguments") or "",
+                        _arguments(item.get("arguments")),
                     )
                 )
         return events + self._end(payload)

@@ -607,3 +607,9 @@ def test_malformed_responses_logprobs_do_not_throw_away_the_text() -> None:
     events = formats.ResponsesDecoder().events(SSEEvent(json.dumps(delta)), KEY, False)
     assert events == [TextDelta("a"), Unreadable("The provider sent a malformed event.")]
 
+
+def test_a_whole_responses_answer_with_parsed_arguments_gives_them_as_text() -> None:
+    # The run joins argument pieces as text; an object here crashed it.
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": {"x": 1}}
+    events = formats.ResponsesDecoder().whole({"output": [call], "status": "completed"})
+    assert events[0] == ToolCallDelta(0, "c1", "f", '{"x": 1}')
