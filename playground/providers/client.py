@@ -227,7 +227,7 @@ class Decoder(Protocol):
 
     def events(self, sse: SSEEvent, api_key: str | None, want_id: bool) -> list[Event]: ...
 
-    def whole(self, payload: dict[str, Any]) -> list[Event]: ...
+    def whole(self, payload: dict[str, Any], api_key: str | None = None) -> list[Event]: ...
 
 
 class Wire(Protocol):
@@ -1094,7 +1094,7 @@ def _whole(text: str, api_key: str | None, decoder: Decoder | None) -> list[Even
     if not isinstance(payload, dict):
         return [Unreadable("The provider sent an unexpected answer.")]
     try:
-        return decoder.whole(payload)
+        return decoder.whole(payload, api_key)  # providers echo the key in errors
     except (AttributeError, TypeError, ValueError, LookupError, OverflowError):
         return [Unreadable("The provider sent a malformed answer.")]
 

@@ -492,8 +492,9 @@ class Decoder:
     ) -> list[client.Event]:
         raise NotImplementedError
 
-    def whole(self, payload: dict[str, Any]) -> list[client.Event]:
-        """A server that ignored stream: true and answered with one object."""
+    def whole(self, payload: dict[str, Any], api_key: str | None = None) -> list[client.Event]:
+        """A server that ignored stream: true and answered with one object. `api_key` is
+        scrubbed from an error in it, as from the stream's."""
         raise NotImplementedError
 
 
@@ -599,12 +600,12 @@ class ResponsesDecoder(Decoder):
             )
         return events
 
-    def whole(self, payload: dict[str, Any]) -> list[client.Event]:
+    def whole(self, payload: dict[str, Any], api_key: str | None = None) -> list[client.Event]:
         events: list[client.Event] = []
         if isinstance(payload.get("id"), str):
             events.append(client.ResponseId(payload["id"][: client.MAX_RESPONSE_ID]))
         if payload.get("error"):
-            return [client.StreamError(client.mid_stream_error(payload["error"], None))]
+            return [client.StreamError(client.mid_stream_error(payload["error"], api_key))]
         for index, item in enumerate(payload.get("output") or []):
             if item.get("type") == "reasoning":
                 for part in [*(item.get("content") or []), *(item.get("summary") or [])]:
@@ -713,9 +714,10 @@ class MessagesDecoder(Decoder):
             ]
         return []  # ping, content_block_stop
 
-    def whole(self, payload: dict[str, Any]) -> list[client.Event]:
+    def whole(self, payload: dict[str, Any], api_key: str | None = None) -> list[client.Event]:
         if payload.get("type") == "error":
-            return [client.StreamError(client.mid_stream_error(payload.get("error") or {}, None))]
+            error = payload.get("error") or {}
+            return [client.StreamError(client.mid_stream_error(error, api_key))]
         events: list[client.Event] = []
         if isinstance(payload.get("id"), str):
             events.append(client.ResponseId(payload["id"][: client.MAX_RESPONSE_ID]))

@@ -613,3 +613,22 @@ def test_a_whole_responses_answer_with_parsed_arguments_gives_them_as_text() -> 
     call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": {"x": 1}}
     events = formats.ResponsesDecoder().whole({"output": [call], "status": "completed"})
     assert events[0] == ToolCallDelta(0, "c1", "f", '{"x": 1}')
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body"),
+    [
+        (RESPONSES, {"error": {"message": f"Incorrect API key provided: {KEY}"}}),
+        (MESSAGES, {"type": "error", "error": {"message": f"invalid x-api-key {KEY}"}}),
+    ],
+)
+async def test_a_key_echoed_in_a_whole_json_answer_is_scrubbed(fmt, body) -> None:
+    raw = json.dumps(body).encode()
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, content=raw, headers={"content-type": "application/json"}
+        )
+    )
+    events = await _collect_with(transport, fmt)
+    assert len(events) == 1 and isinstance(events[0], StreamError)
+    assert KEY not in events[0].error.message and "[redacted]" in events[0].error.message
