@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import html
 import json
 import logging
 import math
 import random
+import re
 import ssl
 import string
 import time
@@ -552,7 +554,7 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
     try:
         payload = json.loads(text)
     except ValueError:
-        return clean(text, api_key)
+        return clean(_html_text(text), api_key)
     message: Any = payload
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -567,6 +569,19 @@ def _provider_message(raw: bytes, api_key: str | None) -> str:
     if not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
     return clean(message, api_key)
+
+
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _html_text(text: str) -> str:
+    """A proxy's HTML error page (nginx, Cloudflare) as words: the transcript shows plain
+    text, so its markup would appear as such. Its title, else its text without tags."""
+    if not text.lstrip()[:15].lower().startswith(("<html", "<!doctype html")):
+        return text
+    title = _HTML_TITLE.search(text)
+    return html.unescape(title.group(1) if title else _HTML_TAG.sub(" ", text))
 
 
 def _validation_detail(items: list[Any]) -> str:

@@ -167,6 +167,13 @@ async def test_a_custom_auth_header_without_scheme_carries_the_bare_key(
 # --- HTTP errors ------------------------------------------------------------------------------
 
 
+NGINX_413 = (
+    "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
 def provider_error(message: str) -> dict:
     return {"error": {"message": message, "type": "invalid_request_error", "code": None}}
 
@@ -215,6 +222,12 @@ def provider_error(message: str) -> dict:
             "plain text failure",
             "bad_request",
             "The provider refused the request (400): plain text failure",
+        ),
+        (  # a proxy's error page (nginx, here): its title, not its markup
+            413,
+            NGINX_413,
+            "bad_request",
+            "The provider refused the request (413): 413 Request Entity Too Large",
         ),
     ],
 )
