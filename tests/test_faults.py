@@ -212,3 +212,18 @@ async def test_a_tool_call_whose_name_and_id_are_not_strings_does_not_crash_the_
     call = reply.tool_calls[0]  # what is not a string is treated as not sent
     assert call["id"] == "" and call["function"] == {"name": "", "arguments": "{}"}
     await socket.close()
+
+
+async def test_a_nul_character_in_the_reply_does_not_fail_its_saves(
+    upstream, user, api_key, conversation, connect
+):
+    # PostgreSQL refuses NUL in text and jsonb: every checkpoint and the final save failed.
+    upstream.default = Behaviour(tokens=["one\x00", " two"], reasoning=["th\x00ink"])
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "one\ufffd two" and reply.reasoning == "th\ufffdink"
+    await socket.close()

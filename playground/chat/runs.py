@@ -322,12 +322,12 @@ class Run:
                 self._first_token()
                 self.chunks += 1
                 self.first_text_at = self.first_text_at or time.monotonic()
-                self.text.pending += text
+                self.text.pending += _storable(text)
             case client.ReasoningDelta(text=text):
                 self._first_token()
                 self.chunks += 1
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
-                self.reasoning.pending += text
+                self.reasoning.pending += _storable(text)
             case client.ThinkingSignature(signature=signature):
                 thought = len(self.reasoning.shown) + len(self.reasoning.pending)
                 chars = thought - sum(block["chars"] for block in self.signatures)
@@ -622,6 +622,12 @@ def _save_and_render(reply: Message, values: dict[str, Any]) -> str:
 def _reply_context(message: Message) -> dict[str, Any]:
     awaiting = message.pk if message.awaits_tool_results else None
     return {"message": message, "awaiting_tools": awaiting}
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL refuses NUL in text: a model that streams one would fail every checkpoint
+    and the final save. It is shown as U+FFFD, like any other character that cannot be."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _count(value: Any) -> int | None:
