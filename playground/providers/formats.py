@@ -657,7 +657,9 @@ class MessagesDecoder(Decoder):
                 return [client.ReasoningDelta(str(delta["thinking"]))]
             if which == "input_json_delta":
                 index = _int(payload.get("index"))
-                return [client.ToolCallDelta(index, None, None, str(delta.get("partial_json", "")))]
+                # _arguments: null is no piece (str() made it "None"), an object is JSON.
+                piece = _arguments(delta.get("partial_json"))
+                return [client.ToolCallDelta(index, None, None, piece)]
             if which == "signature_delta" and delta.get("signature"):
                 # Saved with the reply: a thinking block goes back with its signature.
                 return [client.ThinkingSignature(str(delta["signature"]))]

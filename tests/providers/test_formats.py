@@ -632,3 +632,10 @@ async def test_a_key_echoed_in_a_whole_json_answer_is_scrubbed(fmt, body) -> Non
     events = await _collect_with(transport, fmt)
     assert len(events) == 1 and isinstance(events[0], StreamError)
     assert KEY not in events[0].error.message and "[redacted]" in events[0].error.message
+
+
+def test_a_null_partial_json_adds_nothing_to_the_arguments() -> None:
+    delta = {"type": "input_json_delta", "partial_json": None}
+    event = {"type": "content_block_delta", "index": 0, "delta": delta}
+    events = formats.MessagesDecoder().events(SSEEvent(json.dumps(event)), KEY, False)
+    assert events == [ToolCallDelta(0, None, None, "")]  # not the text "None"
