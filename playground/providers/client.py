@@ -848,6 +848,7 @@ class _BodyState:
 
 
 _DRAIN_SECONDS = 0.25
+_UNDECODABLE = "The provider sent a body that could not be decoded."
 # A reply has begun: from here on, reads are paced (Timeouts.pace).
 _PACED_AFTER = (TextDelta, ReasoningDelta, ToolCallDelta)
 
@@ -997,7 +998,10 @@ async def _stream(
                     async for event in _read_success(response, api_key, timeouts, decoder):
                         yield event
                     return
-                raw = await response.aread()
+                try:
+                    raw = await response.aread()
+                except httpx.DecodingError:
+                    raw = b""  # a body that fails to decompress: the status says enough
                 failure = _failure_from_status(
                     response.status_code, response.headers, raw, api_key, timeouts, attempt
                 )
@@ -1035,7 +1039,11 @@ async def _read_success(
 ) -> AsyncIterator[Event]:
     if "application/json" in response.headers.get("content-type", ""):
         # Some servers ignore stream=true and answer with one chat.completion object.
-        raw = await response.aread()
+        try:
+            raw = await response.aread()
+        except httpx.DecodingError:
+            yield StreamError(UpstreamError("stream", _UNDECODABLE))
+            return
         try:
             events = _whole(raw.decode("utf-8", errors="replace"), api_key, decoder)
         except _Done:
@@ -1054,6 +1062,10 @@ async def _read_success(
     try:
         async for event in _read_sse(response, api_key, state, decoder):
             yield event
+    except httpx.DecodingError:
+        # A bad Content-Encoding (no TransportError, so nothing else catches it): the
+        # server did answer, so it is not retried; the text so far stays.
+        yield StreamError(UpstreamError("stream", _UNDECODABLE))
     except httpx.TransportError as exc:
         if not state.received:
             raise  # nothing arrived yet: the caller may retry

@@ -589,6 +589,32 @@ async def test_malformed_usage_or_logprobs_do_not_throw_away_the_chunk_s_text() 
     ]
 
 
+class NotGzip(httpx.AsyncByteStream):
+    """A body read as it streams (content= would be decoded at once, in the transport)."""
+
+    async def __aiter__(self):
+        yield b"not gzip"
+
+
+@pytest.mark.parametrize(
+    ("status", "ctype"),
+    [(200, "text/event-stream"), (200, "application/json"), (400, "application/json")],
+)
+async def test_a_body_that_fails_to_decompress_ends_the_stream_with_an_error(status, ctype) -> None:
+    # httpx raises DecodingError, which is no TransportError: it escaped stream() entirely.
+    headers = {"content-type": ctype, "content-encoding": "gzip"}
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(status, stream=NotGzip(), headers=headers)
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        events = [e async for e in stream(Endpoint("http://x/v1"), KEY, BODY, client=client)]
+    expected = {
+        200: "The provider sent a body that could not be decoded.",
+        400: "The provider refused the request (400).",
+    }
+    assert error_of(events).message == expected[status]
+
+
 async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
     sse = (
         b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"content": "a"}}]}\n\n'
