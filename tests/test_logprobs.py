@@ -52,3 +52,17 @@ def test_non_numeric_alternatives_are_shown_without_error():
     )
     alternatives = message.token_view()[0]["alternatives"]
     assert [a["percent"] for a in alternatives] == ["100.0", "?"]
+
+
+def test_alternatives_that_are_not_a_list_are_left_out_without_error():
+    # Saved as the upstream sent them: a number there made every render of the page fail.
+    message = Message(
+        logprobs=[
+            {"token": "a", "logprob": -0.1, "top_logprobs": 5},
+            {"token": "b", "logprob": -0.2, "top_logprobs": {"token": "c"}},
+            {"token": "d", "logprob": -0.3, "top_logprobs": None},
+        ]
+    )
+    tokens = message.token_view()
+    assert [t["token"] for t in tokens] == ["a", "b", "d"]
+    assert all(t["alternatives"] == [] for t in tokens)

@@ -397,9 +397,11 @@ class Message(models.Model):
                 continue
             logprob = _logprob(entry.get("logprob"))
             probability = math.exp(logprob) if logprob is not None else 0.0
+            # Saved as the upstream sent them: anything but a list has no alternatives.
+            tops = entry.get("top_logprobs")
             alternatives = [
                 {"token": alt.get("token", ""), "percent": _percent(alt.get("logprob"))}
-                for alt in entry.get("top_logprobs") or []
+                for alt in (tops if isinstance(tops, list) else [])
                 if isinstance(alt, dict) and alt.get("token") != entry.get("token")
             ]
             tokens.append(
