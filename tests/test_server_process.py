@@ -150,34 +150,34 @@ async def test_a_message_over_the_size_limit_closes_the_socket_with_1009_and_a_r
     await again.close()
 
 
+def _after_importing_asgi(code: str, var_dir) -> str:
+    """What `code` prints in a fresh interpreter that has imported playground.asgi, as
+    Daphne does at start-up (the embedded default: no DATABASE_URL or REDIS_URL)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environ.update(PLAYGROUND_VAR_DIR=str(var_dir), DJANGO_SETTINGS_MODULE="playground.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import playground.asgi; {code}"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_the_asgi_module_builds_the_upstream_ssl_context_at_start_up(tmp_path):
     # Built on the first send instead, it cost that send 25-50 ms of CPU after every start.
     code = (
-        "from playground.providers import client; import playground.asgi; "
-        "print(client._ssl_context.cache_info().currsize)"
+        "from playground.providers import client; print(client._ssl_context.cache_info().currsize)"
     )
-    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    environ.update(PLAYGROUND_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="playground.settings")
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1"]
+    assert _after_importing_asgi(code, tmp_path).split() == ["1"]
 
 
 def test_the_asgi_module_leaves_what_it_loaded_out_of_garbage_collection(tmp_path):
     # A full collection otherwise scans every module, class and compiled template each time:
     # a pause of the whole server (see the end of playground/asgi.py).
-    code = (
-        "import gc; import playground.asgi; "
-        "print(gc.get_freeze_count(), len(gc.get_objects(generation=2)))"
-    )
-    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    environ.update(PLAYGROUND_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="playground.settings")
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    frozen, oldest = map(int, result.stdout.split())
+    code = "import gc; print(gc.get_freeze_count(), len(gc.get_objects(generation=2)))"
+    frozen, oldest = map(int, _after_importing_asgi(code, tmp_path).split())
     assert frozen > 50_000
     assert oldest < frozen / 10

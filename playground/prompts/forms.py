@@ -4,7 +4,6 @@ parameter rules the playground applies (chat.services.clean_settings)."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, cast
 
 from django import forms
@@ -26,17 +25,6 @@ def _json_field(label: str, help_text: str) -> forms.CharField:
         help_text=help_text,
         widget=forms.Textarea(attrs={"rows": 4, "class": "code-input", "spellcheck": "false"}),
     )
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(text)
-    return number
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
 
 
 class VersionForm(forms.Form):
@@ -72,9 +60,7 @@ class VersionForm(forms.Form):
         if not raw:
             return kind()
         try:
-            # NaN, Infinity and 1e309 (read as inf) are no JSON: the version's JSON columns
-            # refuse them.
-            value = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+            value = params.loads_finite(raw)
         except (ValueError, RecursionError):
             raise forms.ValidationError({name: "This is not valid JSON."}) from None
         if not isinstance(value, kind):

@@ -150,11 +150,16 @@ def _refuse_constant(name: str) -> Any:
     raise _NotFinite(name)
 
 
+def loads_finite(text: str) -> Any:
+    """json.loads, refusing NaN, Infinity and 1e309 (which Python reads as inf) with a
+    ValueError: JSON has no such numbers, and the JSON columns they are saved in refuse them.
+    RecursionError for nesting too deep, as json.loads."""
+    return json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
+
+
 def _json(text: str) -> Any:
     try:
-        # Python reads NaN, Infinity and 1e309 (as inf); JSON has no such numbers, and the
-        # value is saved in a JSON column that refuses them.
-        return json.loads(text, parse_float=_finite, parse_constant=_refuse_constant)
+        return loads_finite(text)
     except _NotFinite as exc:
         raise ValueError(f"is not valid JSON ({exc} is not a finite number)") from None
     except json.JSONDecodeError as exc:
