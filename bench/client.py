@@ -49,6 +49,9 @@ class Status:
 
 _DELTA = re.compile(r"\+([tr])(\d+):")
 _ARTICLE = re.compile(r'<article id="msg-(\d+)" class="message (\w+) (\w+)"([^>]*)>')
+# A send's provisional rows (the reply's first text shown before its rows are written):
+# that text was on the screen from this frame on, under an id the reply gets later.
+_EARLY_TEXT = re.compile(r'id="text-sending-reply">([^<]+)<')
 _STREAM_ELEMENT = re.compile(
     r'<(span|div)\b([^>]*?)\bid="(text|reasoning)-(\d+)"([^>]*)>(.*?)</\1>', re.DOTALL
 )
@@ -58,6 +61,8 @@ def parse_frame(frame: str) -> list[Piece | Status]:
     """The events in one server frame, in document order.
 
     Current format:
+      early     <article id="msg-sending-reply" ...> with the reply's first text, before its
+                rows exist (View.feed counts it for the reply whose rows come next)
       delta     +t42:raw text      (+r42: for reasoning; app.js appends it as a text node)
       snapshot  <div id="text-42" hx-swap-oob="innerHTML">full text so far</div>
       rendered  <article id="msg-42" class="message assistant streaming" ...> with a
@@ -107,6 +112,7 @@ class View:
     final: set[int] = field(default_factory=set)  # ids whose finished message replaced the row
     roles: dict[int, str] = field(default_factory=dict)
     first_text_at: dict[int, float] = field(default_factory=dict)  # time.time()
+    early_text_at: float | None = None  # provisional rows' text, for the next reply
     last_text_at: dict[int, float] = field(default_factory=dict)
     frames: int = 0
     wire_bytes: int = 0
@@ -120,10 +126,16 @@ class View:
         self.frames += 1
         self.wire_bytes += size
         delta_ids = set()
+        if self.early_text_at is None and _EARLY_TEXT.search(frame):
+            self.early_text_at = now
         for event in events:
             if isinstance(event, Status):
                 self.statuses[event.message_id] = event.status
                 self.roles[event.message_id] = event.role
+                if event.role == "assistant" and self.early_text_at is not None:
+                    # The real rows of the provisional ones: the text was shown earlier.
+                    self.first_text_at.setdefault(event.message_id, self.early_text_at)
+                    self.early_text_at = None
                 if event.oob and event.status in FINAL_STATUSES:
                     self.final.add(event.message_id)
                 continue

@@ -277,6 +277,10 @@ PLAYGROUND_RUN = {
     # seconds, each read taking all that arrived meanwhile (providers.client.Timeouts.pace):
     # a token costs a fraction of a read instead of a whole one. 0 reads each chunk at once.
     "READ_PACE": envfloat("PLAYGROUND_READ_PACE", 0.05),
+    # A turn waits up to this long for its reply's first text before writing its rows: a
+    # provider that answers sooner has that text shown to the sender at once, in provisional
+    # rows (chat/runs.py, EarlyText); a slower one gets its rows this much later. 0: off.
+    "EARLY_TEXT_WAIT": envfloat("PLAYGROUND_EARLY_TEXT_WAIT", 0.005),
     "CHECKPOINT_INTERVAL": envfloat("PLAYGROUND_CHECKPOINT_INTERVAL", 2.0),
     "HEARTBEAT_INTERVAL": envfloat("PLAYGROUND_HEARTBEAT_INTERVAL", 15.0),
     "STALE_AFTER": envfloat("PLAYGROUND_STALE_AFTER", 60.0),

@@ -96,6 +96,15 @@ def _no_real_hosts(settings) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _rows_before_text(settings) -> None:
+    """The fake upstream answers faster than a turn's rows are written, so whether a reply's
+    first text is shown early (EarlyText) would be a race in every streaming test. The
+    suite shows the rows first; tests/test_early_text.py turns it on and orders the race
+    itself. The browser tests' server keeps the default (on)."""
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "EARLY_TEXT_WAIT": 0}
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer() -> Iterator[None]:
     # The in-memory layer's queues belong to one event loop; every test gets its own.
     channel_layers.backends.clear()

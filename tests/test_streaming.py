@@ -603,9 +603,9 @@ async def test_on_a_warm_connection_the_request_goes_out_before_the_rows_are_wri
         begun.append(run)
         return run
 
-    def recording_write(prepared, user):
+    def recording_write(prepared, user, early=None):
         underway_at_write.append(begun[-1]._underway.is_set())
-        return write(prepared, user)
+        return write(prepared, user, early)
 
     monkeypatch.setattr(runs, "begin", recording_begin)
     monkeypatch.setattr(consumers, "_write_and_render", recording_write)

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import weakref
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -372,10 +373,10 @@ class ConversationConsumer(SlottedConsumer):
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
-        run, html = None, None
+        run, html, early = None, None, None
         try:
             if service is start_turn:
-                run, turn, html = await self._send_turn(channel, **kwargs)
+                run, turn, html, early = await self._send_turn(channel, **kwargs)
             else:
                 turn = await database_sync_to_async(service)(
                     self.conversation, self.user, channel=channel, **kwargs
@@ -400,7 +401,9 @@ class ConversationConsumer(SlottedConsumer):
             await self._send_partial("param-errors", context)
             return
         reply = turn.messages[-1]
-        self.shown[reply.pk] = [0, 0]
+        # Where every watcher's deltas start: past the text the rows carry (EarlyText).
+        offsets = [len(early.text), len(early.reasoning)] if early and early.shown else [0, 0]
+        self.shown[reply.pk] = list(offsets)
         if service is rerun or "edit_of" in kwargs or "regenerate_of" in kwargs:
             # A sibling branch: every watcher redraws the transcript (the new branch, shown
             # now) and asks the run for its text, as on joining.
@@ -414,8 +417,11 @@ class ConversationConsumer(SlottedConsumer):
         if html is None:
             html = await render(f"{TEMPLATE}#appended", {"transcript": turn.messages})
         append = {"type": "chat.append", "html": html, "streaming_ids": [reply.pk]}
+        if offsets != [0, 0]:
+            append["offsets"] = offsets
         if service is start_turn:
-            # The sender's copy of the rows also clears its composer: one frame, not two.
+            # The sender's copy of the rows also clears its composer (and replaces the
+            # provisional rows, if it had them): one frame, not two.
             append["sender"] = self.channel_name
         await self.channel_layer.group_send(self.group, append)
         # Every watcher has the reply's row now (a group delivers in order): deltas may follow.
@@ -429,24 +435,55 @@ class ConversationConsumer(SlottedConsumer):
             record = database_sync_to_async(_turn_written)
             await record(self.conversation, self.user, turn, sent)
 
-    async def _send_turn(self, channel: str, **kwargs: Any) -> tuple[runs.Run, Turn, str]:
+    async def _send_turn(
+        self, channel: str, **kwargs: Any
+    ) -> tuple[runs.Run, Turn, str, runs.EarlyText | None]:
         """A send: read and build the request, send it upstream, and write the rows while
         the provider works on its first token: once the request is on its way (see
         Run.underway), so that the provider gets it after the turn's two reads, not after
         its whole transaction too. If the write fails, the request is closed. The new rows
         are rendered in the same trip to the database thread: one hop fewer between the
-        send and the first token."""
+        send and the first token.
+
+        A provider that answers faster than the rows are written gets its first text shown
+        to the sender at once, in provisional rows that the real ones replace (EarlyText):
+        the turn waits up to EARLY_TEXT_WAIT for it before writing (the write would hold
+        the GIL while the answer is read), and takes any that arrives during the write."""
         prepared = await database_sync_to_async(prepare_turn)(
             self.conversation, self.user, channel=channel, **kwargs
         )
         run = runs.begin(prepared.run)
+        early = None
+        if settings.PLAYGROUND_RUN["EARLY_TEXT_WAIT"] and not prepared.branching:
+            early = runs.EarlyText(run)
         try:
             await run.underway()
-            turn, html = await database_sync_to_async(_write_and_render)(prepared, self.user)
+            if early is not None:
+                await run.arrived(settings.PLAYGROUND_RUN["EARLY_TEXT_WAIT"])
+                await self._show_early(prepared, early)
+            writing = asyncio.ensure_future(
+                database_sync_to_async(_write_and_render)(prepared, self.user, early)
+            )
+            if early is not None and not early.shown:
+                arrived = run.arrived()
+                try:
+                    await asyncio.wait([writing, arrived], return_when=FIRST_COMPLETED)
+                finally:
+                    arrived.cancel()
+                await self._show_early(prepared, early)
+            turn, html = await writing
         except BaseException:
+            if early is not None and early.shown:
+                await self.send(text_data=PROVISIONAL_GONE)
             await run.abandon()
             raise
-        return run, turn, html
+        return run, turn, html, early
+
+    async def _show_early(self, prepared: PreparedTurn, early: runs.EarlyText) -> None:
+        """The reply's first text, if it has arrived and the rows are not being rendered
+        yet, to this socket in provisional rows."""
+        if not early.shown and early.take():
+            await self.send(text_data=provisional_html(prepared, early, self.user))
 
     async def _stop(self) -> None:
         if not self._may_run():
@@ -488,8 +525,9 @@ class ConversationConsumer(SlottedConsumer):
         event's "sender") with its composer cleared in the same frame."""
         if not await self._still_allowed():
             return
+        offsets = event.get("offsets", (0, 0))  # a send's reply, past its early text
         for message_id in event["streaming_ids"]:
-            self.shown.setdefault(message_id, [0, 0])
+            self.shown.setdefault(message_id, list(offsets))
         if event["streaming_ids"] and (self.view_at is not None or event.get("branch")):
             # A viewer reading another branch: the new turn continues the active one, so
             # they are shown that branch again, with it. A new sibling branch (a compare's
@@ -500,6 +538,8 @@ class ConversationConsumer(SlottedConsumer):
         html = event["html"]
         if event.get("sender") == self.channel_name:
             html += composer_sent_html()
+            if "offsets" in event:
+                html = PROVISIONAL_GONE + html
         await self.send(text_data=html)
 
     async def chat_branch(self, event: dict[str, Any]) -> None:
@@ -767,10 +807,16 @@ def composer_sent_html() -> str:
     return render_to_string(f"{TEMPLATE}#composer-sent", {})
 
 
-def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
+def _write_and_render(
+    prepared: PreparedTurn, user, early: runs.EarlyText | None = None
+) -> tuple[Turn, str]:
     """The rows, and one frame for every watcher: them, and the sidebar row with its title
-    (a send gives a new conversation its title, and moves it to the top)."""
+    (a send gives a new conversation its title, and moves it to the top). The reply's row
+    carries the text its sender was shown early, if any."""
     turn = write_turn(prepared, user)
+    if early is not None:
+        reply = turn.messages[-1]
+        reply.text, reply.reasoning = early.close()
     # A sibling branch is drawn by each watcher with the whole transcript (chat.branch).
     rows = (
         ""
@@ -784,6 +830,43 @@ def _write_and_render(prepared: PreparedTurn, user) -> tuple[Turn, str]:
         "first_message": turn.messages[0].parent_id is None,
     }
     return turn, rows + render_to_string(f"{TEMPLATE}#sidebar-item-oob", context)
+
+
+# The provisional rows of a send (provisional_html) have these ids; the sender's copy of
+# the real rows, or a failed write, deletes them.
+PROVISIONAL_IDS = ("sending-prompt", "sending-reply")
+PROVISIONAL_GONE = "".join(
+    f'<article id="msg-{pk}" hx-swap-oob="delete"></article>' for pk in PROVISIONAL_IDS
+)
+
+
+def provisional_html(prepared: PreparedTurn, early: runs.EarlyText, user) -> str:
+    """The rows a send will write, drawn before they exist with the reply's first text: the
+    same partial as the real ones, with ids of their own. The prompt is drawn as streaming
+    too, which leaves out its Edit form (it has no id to edit yet). Rendered on the event
+    loop, not in a thread: nothing in it reads the database, and a hop would cost more."""
+    streaming = Message.Status.STREAMING
+    prompt = Message(
+        pk=PROVISIONAL_IDS[0],
+        role=Message.Role.USER,
+        status=streaming,
+        text=prepared.text,
+        content_parts=[{"type": "image", "attachment": a.pk} for a in prepared.attached],
+        created_by=user,
+    )
+    reply = Message(
+        pk=PROVISIONAL_IDS[1],
+        role=Message.Role.ASSISTANT,
+        status=streaming,
+        model=prepared.model.key,
+        wire_format=prepared.run.wire_format,
+        text=early.text,
+        reasoning=early.reasoning,
+    )
+    rows = [prompt, reply] if prepared.new_prompt else [reply]
+    # The empty state stays until the real rows remove it: a write that fails leaves the
+    # page as it was.
+    return render_to_string(f"{TEMPLATE}#provisional", {"transcript": rows})
 
 
 def _prepare_by_extensions(conversation: Conversation, user, data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
@@ -90,6 +91,42 @@ class RunRequest:
     team_id: int | None = None  # a team conversation's runs show on its Activity page
 
 
+class EarlyText:
+    """A reply's first text, shown to its sender before the turn's rows are written.
+
+    With a fast provider the first token arrives while the rows are being written on the
+    database thread, and the rows must reach the watchers before any delta. The sender's
+    socket takes what has arrived (take(), on the event loop) and shows it at once in
+    provisional rows; the database thread renders the real rows with whatever was taken
+    (close()), and every watcher's offsets start past it. The lock makes it one or the
+    other: once the rows are being rendered, nothing more is taken."""
+
+    def __init__(self, run: Run) -> None:
+        self._lock = threading.Lock()
+        self._run = run
+        self._closed = False
+        self.shown = False  # taken for the sender
+        self.text = ""
+        self.reasoning = ""
+
+    def take(self) -> bool:
+        """Take the text that has arrived, unless the rows are already being rendered;
+        whether there was any (then `shown`: the caller shows it)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.text = self._run.text.take()[1]
+            self.reasoning = self._run.reasoning.take()[1]
+            self.shown = bool(self.text or self.reasoning)
+            return self.shown
+
+    def close(self) -> tuple[str, str]:
+        """What was taken, for the rows; nothing more will be."""
+        with self._lock:
+            self._closed = True
+            return self.text, self.reasoning
+
+
 @dataclass
 class Stream:
     """Text shown to watchers so far, and what is waiting for the next frame."""
@@ -133,6 +170,7 @@ class Run:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._underway = asyncio.Event()  # see underway()
+        self._answered = asyncio.Event()  # text or reasoning arrived, or none will: arrived()
         self._stream_task: asyncio.Task | None = None
 
     def begin_upstream(self) -> None:
@@ -152,6 +190,18 @@ class Run:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._underway.wait()
+
+    def arrived(self, timeout: float | None = None) -> asyncio.Task:
+        """A task that ends once the reply's first text or reasoning has arrived, or the
+        upstream response ended without any, or after `timeout` seconds (None: no limit),
+        for a turn that shows that text early."""
+
+        async def wait() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._answered.wait()
+
+        return asyncio.ensure_future(wait())
 
     async def abandon(self) -> None:
         """The rows were not written: close the upstream request begun for them. Nothing was
@@ -313,6 +363,7 @@ class Run:
                     break
         finally:
             self._underway.set()  # ended (or failed) before the request went out
+            self._answered.set()
             # Closing the generator closes the upstream response, also on cancellation (stop).
             await events.aclose()
 
@@ -358,6 +409,7 @@ class Run:
                 self.response_id = response_id
         if self.text.pending or self.reasoning.pending:
             self._wake.set()
+            self._answered.set()
 
     def _over_cap(self) -> bool:
         """A reply past PLAYGROUND_MAX_REPLY_CHARS ends here, cut at the cap, as "length":
