@@ -248,6 +248,30 @@ def test_a_budget_applies_before_each_item(user, upstream, api_key, immediate, m
     assert not upstream.requests
 
 
+@pytest.mark.parametrize("kind", ["cost", "messages"])
+def test_items_in_flight_count_against_the_budget(
+    user, upstream, api_key, immediate, settings, kind
+):
+    """A budget with room for two replies, four items at once: only two start (the others
+    waited for them, then were refused), though none of the four was counted when the
+    first ones were checked: a reply's cost is recorded when it ends."""
+    from playground.accounts.models import Budget
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    upstream.default = Behaviour(n_tokens=5, interval=0.05)
+    limits = {"monthly_cost": Decimal("0.06"), "daily_messages": None}  # $0.03 a reply
+    if kind == "messages":
+        limits = {"monthly_cost": None, "daily_messages": 2}
+    Budget.set(team=None, user=user, by=user, **limits)
+    run = runner.start(make_experiment(user, rows=[str(i) for i in range(6)]), user)
+    run.refresh_from_db()
+    assert run.status == "done"
+    assert len(upstream.requests) == 2
+    statuses = list(run.items.values_list("status", flat=True))
+    assert sorted(statuses) == ["done"] * 2 + ["failed"] * 4
+    assert all("Not sent" in i.error for i in run.items.filter(status="failed"))
+
+
 def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
     upstream.script(
         Behaviour(tokens=["Paris"]),
