@@ -818,6 +818,31 @@ def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user)
     assert not Experiment.objects.filter(name="Bad").exists()
 
 
+def test_the_rows_of_a_run_are_capped_at_the_largest_dataset(client_for, user, settings):
+    """Each range was capped alone, so enough ranges asked for any number of rows (and the
+    form built a set of them all); together they may name at most MAX_ROWS, overlaps once."""
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 5}
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Rows",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": MODEL,
+        "checks": "",
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", {**data, "rows": "1-3, 4-6"})
+    assert response.status_code == 400
+    assert "At most 5 rows in a run; these ranges name 6." in response.content.decode()
+    huge = ", ".join(f"{n * 100_000 + 1}-{(n + 1) * 100_000}" for n in range(1000))
+    response = client_for.post("/experiments/new/", {**data, "rows": huge})
+    assert response.status_code == 400 and "At most 5 rows" in response.content.decode()
+    assert not Experiment.objects.filter(name="Rows").exists()
+    response = client_for.post("/experiments/new/", {**data, "rows": "1-5, 2-4, 5"})
+    assert response.status_code == 302
+    assert Experiment.objects.get(name="Rows").row_positions == [0, 1, 2, 3, 4]
+
+
 def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):
     """Parameters or a schema with an integer of more than 4300 digits, or nested deeper than
     the recursion limit: json.loads raises ValueError or RecursionError, not JSONDecodeError."""
