@@ -485,6 +485,36 @@ def test_stop_ends_the_run_and_its_pending_items(client_for, user, settings):
     assert set(run.items.values_list("status", flat=True)) == {"stopped"}
 
 
+def test_a_stopped_cell_is_shown_stopped_not_failed(client_for, user, upstream, api_key, settings):
+    """A cell whose reply the user stopped has no verdict: not under Failures, not drawn
+    failed, and no regression against a run where it passed. Every failed cell is a
+    failure, one whose worker was lost twice too."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    experiment = make_experiment(user, rows=("France", "Peru", "Chile"), check_lines="")
+    earlier = runner.start(experiment, user)
+    earlier.items.update(status="done", passed=True)
+    run = runner.start(experiment, user)
+    stopped, failed, lost = worker.claim_many(run.pk, "w1", 3)
+    worker._end_now(stopped, "w1", Item.Status.STOPPED, "", [])
+    worker._end_now(failed, "w1", Item.Status.FAILED, "The upstream failed.", [])
+    past = timezone.now() - timedelta(seconds=1)
+    Item.objects.filter(pk=lost.pk).update(attempts=worker.MAX_ATTEMPTS, lease_until=past)
+    assert worker.claim_many(run.pk, "w2", 1) == []  # lost twice: failed, not retried
+    assert [i.passed for i in run.items.order_by("position")] == [None, False, False]
+    failures = client_for.get(f"/experiments/runs/{run.pk}/?show=failures").content.decode()
+    assert 'id="grid-row-0"' not in failures
+    assert 'id="grid-row-1"' in failures and 'id="grid-row-2"' in failures
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert "2 failed" in page and "1 stopped" in page
+    assert page.count(' cell-fail"') == 2  # the failed cells'
+    compared = client_for.get(f"/experiments/runs/{run.pk}/compare/").content.decode()
+    assert "Regressions (2)" in compared
+
+
 def test_compare_shows_regressions_fixes_and_word_diffs(
     client_for, user, upstream, api_key, immediate
 ):

@@ -336,8 +336,9 @@ def _take_back(item: Item) -> bool:
         item.status = Item.Status.FAILED
         item.error = "The worker running this item stopped twice; not tried again."
         item.message = None
+        item.passed = False  # failed, as _end_now() marks a failed item
         item.finished = timezone.now()
-        item.save(update_fields=["status", "error", "message", "finished"])
+        item.save(update_fields=["status", "error", "message", "passed", "finished"])
         transaction.on_commit(lambda: progress.announce(item.run_id))
         return False
     log.warning("experiment item %s: its worker %s is gone, trying again", item.pk, item.worker)
@@ -635,12 +636,18 @@ async def _end(
 
 
 def _end_now(item: Item, me: str, status: str, error: str, verdicts: list[dict[str, Any]]) -> None:
-    """The item's last write and the page's nudge, in one trip to the database thread."""
+    """The item's last write and the page's nudge, in one trip to the database thread. A
+    stopped item has no verdict (passed None): the user stopped it, it did not fail."""
+    passed: bool | None = False
+    if status == Item.Status.DONE:
+        passed = checks.overall(verdicts)
+    elif status == Item.Status.STOPPED:
+        passed = None
     Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
         status=status,
         error=error[:2000],
         verdicts=verdicts,
-        passed=checks.overall(verdicts) if status == Item.Status.DONE else False,
+        passed=passed,
         lease_until=None,
         finished=timezone.now(),
     )
