@@ -248,6 +248,30 @@ def test_a_budget_applies_before_each_item(user, upstream, api_key, immediate, m
     assert not upstream.requests
 
 
+@pytest.mark.parametrize("kind", ["cost", "messages"])
+def test_items_in_flight_count_against_the_budget(
+    user, upstream, api_key, immediate, settings, kind
+):
+    """A budget with room for two replies, four items at once: only two start (the others
+    waited for them, then were refused), though none of the four was counted when the
+    first ones were checked: a reply's cost is recorded when it ends."""
+    from playground.accounts.models import Budget
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    upstream.default = Behaviour(n_tokens=5, interval=0.05)
+    limits = {"monthly_cost": Decimal("0.06"), "daily_messages": None}  # $0.03 a reply
+    if kind == "messages":
+        limits = {"monthly_cost": None, "daily_messages": 2}
+    Budget.set(team=None, user=user, by=user, **limits)
+    run = runner.start(make_experiment(user, rows=[str(i) for i in range(6)]), user)
+    run.refresh_from_db()
+    assert run.status == "done"
+    assert len(upstream.requests) == 2
+    statuses = list(run.items.values_list("status", flat=True))
+    assert sorted(statuses) == ["done"] * 2 + ["failed"] * 4
+    assert all("Not sent" in i.error for i in run.items.filter(status="failed"))
+
+
 def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
     upstream.script(
         Behaviour(tokens=["Paris"]),
@@ -459,6 +483,36 @@ def test_stop_ends_the_run_and_its_pending_items(client_for, user, settings):
     run.refresh_from_db()
     assert run.status == "stopped"
     assert set(run.items.values_list("status", flat=True)) == {"stopped"}
+
+
+def test_a_stopped_cell_is_shown_stopped_not_failed(client_for, user, upstream, api_key, settings):
+    """A cell whose reply the user stopped has no verdict: not under Failures, not drawn
+    failed, and no regression against a run where it passed. Every failed cell is a
+    failure, one whose worker was lost twice too."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    experiment = make_experiment(user, rows=("France", "Peru", "Chile"), check_lines="")
+    earlier = runner.start(experiment, user)
+    earlier.items.update(status="done", passed=True)
+    run = runner.start(experiment, user)
+    stopped, failed, lost = worker.claim_many(run.pk, "w1", 3)
+    worker._end_now(stopped, "w1", Item.Status.STOPPED, "", [])
+    worker._end_now(failed, "w1", Item.Status.FAILED, "The upstream failed.", [])
+    past = timezone.now() - timedelta(seconds=1)
+    Item.objects.filter(pk=lost.pk).update(attempts=worker.MAX_ATTEMPTS, lease_until=past)
+    assert worker.claim_many(run.pk, "w2", 1) == []  # lost twice: failed, not retried
+    assert [i.passed for i in run.items.order_by("position")] == [None, False, False]
+    failures = client_for.get(f"/experiments/runs/{run.pk}/?show=failures").content.decode()
+    assert 'id="grid-row-0"' not in failures
+    assert 'id="grid-row-1"' in failures and 'id="grid-row-2"' in failures
+    page = client_for.get(f"/experiments/runs/{run.pk}/").content.decode()
+    assert "2 failed" in page and "1 stopped" in page
+    assert page.count(' cell-fail"') == 2  # the failed cells'
+    compared = client_for.get(f"/experiments/runs/{run.pk}/compare/").content.decode()
+    assert "Regressions (2)" in compared
 
 
 def test_compare_shows_regressions_fixes_and_word_diffs(
@@ -792,6 +846,31 @@ def test_the_experiment_form_names_bad_variant_and_check_lines(client_for, user)
     assert "Variant line 2: temperature" in page
     assert "Check line 2: “smells_good” is not a check" in page
     assert not Experiment.objects.filter(name="Bad").exists()
+
+
+def test_the_rows_of_a_run_are_capped_at_the_largest_dataset(client_for, user, settings):
+    """Each range was capped alone, so enough ranges asked for any number of rows (and the
+    form built a set of them all); together they may name at most MAX_ROWS, overlaps once."""
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 5}
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Rows",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": MODEL,
+        "checks": "",
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", {**data, "rows": "1-3, 4-6"})
+    assert response.status_code == 400
+    assert "At most 5 rows in a run; these ranges name 6." in response.content.decode()
+    huge = ", ".join(f"{n * 100_000 + 1}-{(n + 1) * 100_000}" for n in range(1000))
+    response = client_for.post("/experiments/new/", {**data, "rows": huge})
+    assert response.status_code == 400 and "At most 5 rows" in response.content.decode()
+    assert not Experiment.objects.filter(name="Rows").exists()
+    response = client_for.post("/experiments/new/", {**data, "rows": "1-5, 2-4, 5"})
+    assert response.status_code == 302
+    assert Experiment.objects.get(name="Rows").row_positions == [0, 1, 2, 3, 4]
 
 
 def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):

@@ -103,11 +103,16 @@ class Limit:
     def warn(self) -> bool:
         return self.fraction >= WARN_AT
 
-    def would_exceed(self, price: Decimal) -> bool:
+    def would_exceed(
+        self, price: Decimal, *, reserved_cost: Decimal = Decimal(0), reserved_messages: int = 0
+    ) -> bool:
+        """Whether one more reply at `price` goes over. `reserved_*`: replies started but not
+        in `used` yet (a reply's cost is recorded when it ends), as a batch counts its own."""
         if self.kind == "cost":
+            used = self.used + reserved_cost
             # A model without a price is refused once the budget is spent.
-            return self.used + price > self.limit if price else self.used >= self.limit
-        return self.used + 1 > self.limit
+            return used + price > self.limit if price else used >= self.limit
+        return self.used + reserved_messages + 1 > self.limit
 
     def resets_text(self) -> str:
         return timezone.localtime(self.resets).strftime("%d %b %Y %H:%M %Z").lstrip("0")

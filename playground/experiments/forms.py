@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from playground.chat import services
-from playground.experiments import checks
+from playground.experiments import checks, datasets
 from playground.experiments.models import Dataset
 from playground.providers import params
 
@@ -159,18 +159,33 @@ class ExperimentForm(forms.Form):
             raise forms.ValidationError(str(exc)) from None
 
     def clean_rows(self) -> list[int]:
+        """The 0-based positions of the rows named. At most MAX_ROWS of them, the most a
+        dataset holds: counted on the merged ranges before any is expanded, so no number of
+        ranges makes the form build (and the experiment store) more."""
         text = self.cleaned_data["rows"].strip()
-        positions: set[int] = set()
+        ranges: list[tuple[int, int]] = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             first, _, last = part.partition("-")
             try:
                 a, b = int(first), int(last or first)
             except ValueError:
                 raise forms.ValidationError(f"“{part}” is not a row number or range.") from None
-            if a < 1 or b < a or b - a > 100_000:
+            if a < 1 or b < a:
                 raise forms.ValidationError(f"“{part}” is not a range of rows.")
-            positions.update(range(a - 1, b))
-        return sorted(positions)
+            ranges.append((a, b))
+        merged: list[list[int]] = []
+        for a, b in sorted(ranges):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        count = sum(b - a + 1 for a, b in merged)
+        max_rows = datasets.caps()[0]
+        if count > max_rows:
+            raise forms.ValidationError(
+                f"At most {max_rows:,} rows in a run; these ranges name {count:,}."
+            )
+        return [p for a, b in merged for p in range(a - 1, b)]
 
 
 class DatasetUploadForm(forms.Form):

@@ -92,7 +92,12 @@ def _by_row(run: ExperimentRun, items: Any) -> list[Row]:
 
 
 def _failing(row: Row) -> bool:
-    return any(c is not None and c.passed is False for c in row.cells)
+    """A cell that failed, or whose checks failed; a stopped cell is neither."""
+    return any(
+        c is not None
+        and (c.status == Item.Status.FAILED or (c.status == Item.Status.DONE and c.passed is False))
+        for c in row.cells
+    )
 
 
 def _differing(row: Row) -> bool:

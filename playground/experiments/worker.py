@@ -34,6 +34,7 @@ import os
 import socket
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -42,7 +43,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from playground.chat import runs, services
+from playground.chat import budgets, runs, services
 from playground.chat.models import Conversation, Message
 from playground.experiments import checks, datasets, progress
 from playground.experiments.models import (
@@ -207,13 +208,20 @@ def claim(run_id: int, me: str) -> Item | None:
 
 def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
     """Up to `wanted` items this worker may run, marked running under its lease in one
-    transaction, within each endpoint's concurrency and this worker's share of it."""
+    transaction, within each endpoint's concurrency and this worker's share of it, and
+    within the budgets with the run's replies in flight counted (_Budget)."""
     now = timezone.now()
     taken: list[int] = []
     with transaction.atomic():
-        run = ExperimentRun.objects.select_for_update().filter(pk=run_id).first()
+        run = (
+            ExperimentRun.objects.select_for_update(of=("self",))
+            .select_related("group", "started_by")
+            .filter(pk=run_id)
+            .first()
+        )
         if run is None or run.status != ExperimentRun.Status.RUNNING:
             return []
+        budget = _Budget.of(run, now)
         ready = Q(status=Item.Status.PENDING) & (
             Q(not_before__isnull=True) | Q(not_before__lte=now)
         )
@@ -223,7 +231,7 @@ def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
         alive = now - timedelta(seconds=settings.PLAYGROUND_EXPERIMENTS["LEASE"])
         drainers = max(1, Drainer.objects.filter(run_id=run_id, seen__gte=alive).count())
         for endpoint in endpoints:
-            if len(taken) >= wanted:
+            if len(taken) >= wanted or (budget is not None and budget.full):
                 break
             gate = EndpointGate.objects.select_for_update().get(endpoint=endpoint)
             running = Item.objects.filter(
@@ -236,7 +244,7 @@ def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
             if room <= 0:
                 continue
             for item in candidates.filter(endpoint=endpoint).order_by("position")[: room + 4]:
-                if room <= 0:
+                if room <= 0 or (budget is not None and not budget.admits(item)):
                     break
                 if item.status == Item.Status.RUNNING and not _take_back(item):
                     continue
@@ -255,6 +263,70 @@ def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
         return list(chosen.filter(pk__in=taken).order_by("position"))
 
 
+class _Budget:
+    """The budgets on a run's sender in its space, with the run's replies in flight counted:
+    a claim takes an item only if its reply fits beside them.
+
+    budgets.check() (services.prepare_turn, before each item's request) counts what is
+    recorded: a reply once it is written, its cost once it ends. The items of a run start
+    several at a time, each checked before the others count, so a run could go over a
+    budget by up to its concurrency. A claim holds the run's row (the claims of all its
+    workers take turns), so it reserves each running item's reply at its variant's price:
+    a message until the reply is written, the price until the reply ends. An item that does
+    not fit waits while replies are in flight (they may end cheaper, or fail); with none in
+    flight it is taken, and prepare_turn refuses it with the budget's message. Not reserved:
+    the judge's replies (checked as they start), and other runs or chats of the space at the
+    same time (each checked alone, as any send)."""
+
+    def __init__(self, found: list[budgets.Limit], prices: list[Decimal]) -> None:
+        self.limits, self.prices = found, prices
+        self.cost = Decimal(0)
+        self.messages = 0
+        self.in_flight = 0
+        self.full = False
+
+    @classmethod
+    def of(cls, run: ExperimentRun, now: Any) -> _Budget | None:
+        """None when no budget applies (no query then: budgets.limits() reads its cache)."""
+        if run.started_by is None:
+            return None
+        found = budgets.limits(run.started_by, run.group.team_id)
+        if not found:
+            return None
+        budget = cls(found, [_price(v["model"]) for v in run.spec["variants"]])
+        live = Item.objects.filter(run_id=run.pk, status=Item.Status.RUNNING, lease_until__gte=now)
+        for variant, reply in live.values_list("variant", "message__status"):
+            if reply is None or reply == Message.Status.STREAMING:
+                budget._reserve(variant, message=reply is None)
+        return budget
+
+    def _reserve(self, variant: int, *, message: bool) -> None:
+        self.cost += self.prices[variant]
+        self.messages += message
+        self.in_flight += 1
+
+    def admits(self, item: Item) -> bool:
+        """Whether the item may start now; if so its reply is reserved, else the run is full."""
+        price = self.prices[item.variant]
+        over = any(
+            limit.would_exceed(price, reserved_cost=self.cost, reserved_messages=self.messages)
+            for limit in self.limits
+        )
+        if over and self.in_flight:
+            self.full = True
+            return False
+        self._reserve(item.variant, message=True)
+        return True
+
+
+def _price(model_key: str) -> Decimal:
+    """A completed reply's price, as services.within_budget checks it."""
+    try:
+        return catalog.get_model(model_key).cost(completed=True) or Decimal(0)
+    except catalog.UnknownModel:
+        return Decimal(0)  # the item fails when it starts
+
+
 def _take_back(item: Item) -> bool:
     """An item whose worker stopped renewing its lease: try it once more, from a clean
     conversation; after a second loss, fail it. True if it may run again."""
@@ -264,8 +336,9 @@ def _take_back(item: Item) -> bool:
         item.status = Item.Status.FAILED
         item.error = "The worker running this item stopped twice; not tried again."
         item.message = None
+        item.passed = False  # failed, as _end_now() marks a failed item
         item.finished = timezone.now()
-        item.save(update_fields=["status", "error", "message", "finished"])
+        item.save(update_fields=["status", "error", "message", "passed", "finished"])
         transaction.on_commit(lambda: progress.announce(item.run_id))
         return False
     log.warning("experiment item %s: its worker %s is gone, trying again", item.pk, item.worker)
@@ -563,12 +636,18 @@ async def _end(
 
 
 def _end_now(item: Item, me: str, status: str, error: str, verdicts: list[dict[str, Any]]) -> None:
-    """The item's last write and the page's nudge, in one trip to the database thread."""
+    """The item's last write and the page's nudge, in one trip to the database thread. A
+    stopped item has no verdict (passed None): the user stopped it, it did not fail."""
+    passed: bool | None = False
+    if status == Item.Status.DONE:
+        passed = checks.overall(verdicts)
+    elif status == Item.Status.STOPPED:
+        passed = None
     Item.objects.filter(pk=item.pk, worker=me, status=Item.Status.RUNNING).update(
         status=status,
         error=error[:2000],
         verdicts=verdicts,
-        passed=checks.overall(verdicts) if status == Item.Status.DONE else False,
+        passed=passed,
         lease_until=None,
         finished=timezone.now(),
     )
