@@ -504,6 +504,33 @@ async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
     await playground.close()
 
 
+async def test_a_column_continued_in_the_playground_leaves_an_open_compare_page(
+    upstream, user, api_key, connect
+):
+    """Once a column continues in the playground, the compare page still open shows it as
+    moved out and no longer draws its new turns (it used to keep relaying them)."""
+    upstream.default = Behaviour(tokens=["Side", " door"], interval=0.02)
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    url = f"/compare/{group.pk}/columns/{column.pk}/continue/"
+    response = await database_sync_to_async(lambda: client_for(user).post(url))()
+    assert response.status_code == 302
+    left = await compare.until(lambda f: f'id="col-{column.pk}"' in f)
+    assert "continued in the playground" in left and f'href="/c/{column.pk}/"' in left
+    assert "column-list" not in left
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await playground.send_prompt("Through the playground")
+    await playground.until(lambda f: "status-complete" in f)
+    await runs.wait((await Message.objects.filter(conversation=column).alast()).pk)
+    await compare.drain()
+    assert not [f for f in compare.frames if "Through the playground" in f or "Side" in f]
+    await compare.close()
+    await playground.close()
+
+
 async def test_a_regeneration_on_a_columns_own_page_leaves_the_compare_socket_open(
     upstream, user, api_key, connect
 ):
