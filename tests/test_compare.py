@@ -383,6 +383,20 @@ async def test_an_image_goes_to_every_column_in_its_own_wire_format(
     await socket.close()
 
 
+async def test_an_attachment_id_past_any_row_id_is_refused_not_a_crash(upstream, user, api_key):
+    """An id too large for the database's integers (no row has one) is an image that is not
+    there: the send is refused and says so. SQLite raised OverflowError from the query, which
+    ended the send without a word."""
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Look", attachment=[str(2**64)])
+    refused = await socket.until(lambda f: "composer-error" in f or 'id="prompt"' in f)
+    assert "no longer available" in refused
+    assert not await Message.objects.filter(conversation__group=group).aexists()
+    await socket.close()
+
+
 async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, api_key):
     group = await database_sync_to_async(make_compare)(user)
     ok, socket = await open_group(user, group.pk)
