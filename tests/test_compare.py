@@ -383,6 +383,20 @@ async def test_an_image_goes_to_every_column_in_its_own_wire_format(
     await socket.close()
 
 
+async def test_an_attachment_id_past_any_row_id_is_refused_not_a_crash(upstream, user, api_key):
+    """An id too large for the database's integers (no row has one) is an image that is not
+    there: the send is refused and says so. SQLite raised OverflowError from the query, which
+    ended the send without a word."""
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Look", attachment=[str(2**64)])
+    refused = await socket.until(lambda f: "composer-error" in f or 'id="prompt"' in f)
+    assert "no longer available" in refused
+    assert not await Message.objects.filter(conversation__group=group).aexists()
+    await socket.close()
+
+
 async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, api_key):
     group = await database_sync_to_async(make_compare)(user)
     ok, socket = await open_group(user, group.pk)
@@ -500,6 +514,33 @@ async def test_a_send_from_a_columns_own_page_shows_in_the_compare(
     reply = await Message.objects.filter(conversation=column, role="assistant").alast()
     done = [f for f in compare.frames if f'id="msg-{reply.pk}"' in f and "status-complete" in f]
     assert done and "Side door" in done[-1]
+    await compare.close()
+    await playground.close()
+
+
+async def test_a_column_continued_in_the_playground_leaves_an_open_compare_page(
+    upstream, user, api_key, connect
+):
+    """Once a column continues in the playground, the compare page still open shows it as
+    moved out and no longer draws its new turns (it used to keep relaying them)."""
+    upstream.default = Behaviour(tokens=["Side", " door"], interval=0.02)
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    url = f"/compare/{group.pk}/columns/{column.pk}/continue/"
+    response = await database_sync_to_async(lambda: client_for(user).post(url))()
+    assert response.status_code == 302
+    left = await compare.until(lambda f: f'id="col-{column.pk}"' in f)
+    assert "continued in the playground" in left and f'href="/c/{column.pk}/"' in left
+    assert "column-list" not in left
+    ok, playground = await connect(user, column.pk)
+    await playground.drain()
+    await playground.send_prompt("Through the playground")
+    await playground.until(lambda f: "status-complete" in f)
+    await runs.wait((await Message.objects.filter(conversation=column).alast()).pk)
+    await compare.drain()
+    assert not [f for f in compare.frames if "Through the playground" in f or "Side" in f]
     await compare.close()
     await playground.close()
 

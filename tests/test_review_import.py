@@ -9,6 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from playground.accounts.models import Membership, Team
+from playground.chat import budgets
 from playground.chat.models import Conversation, Message
 from playground.review import imports
 from tests.test_review_export import HASH, download, tree  # noqa: F401 (fixture)
@@ -255,6 +256,26 @@ def test_import_goes_into_the_chosen_team_space_only_if_allowed(client, user, ot
         response = upload(client, user, "x.json", text, space=str(refused.pk))
         assert response.status_code == 400
     assert Conversation.objects.count() == 1
+
+
+def test_imported_replies_count_as_no_spend_in_any_space_even_after_a_move(
+    client,
+    user,
+    tree,  # noqa: F811
+):
+    """An imported reply keeps the cost it had where it ran, but spent nothing here: no
+    space's Usage or budget counts it, and moving its conversation into a team (which takes
+    the replies' spend along) does not start charging the team for it."""
+    _, first = download(client, user, tree, "json")
+    team = Team.create(name="Lab", owner=user)
+    into_team = imported(upload(client, user, "trip.json", first, space=str(team.pk)))
+    personal = imported(upload(client, user, "trip.json", first))
+    assert personal.messages.filter(role="assistant", cost__gt=0).exists()
+    assert not budgets.replies_in_space(user, None).filter(conversation=personal).exists()
+    assert not budgets.replies_in_space(user, team.pk).exists()
+    personal.move_to(team, user)
+    assert not budgets.replies_in_space(user, team.pk).exists()
+    assert into_team.messages.filter(role="assistant", cost__gt=0).exists()
 
 
 def test_images_are_only_matched_among_those_the_importer_may_see(client, user, other_user, tree):  # noqa: F811

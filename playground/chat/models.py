@@ -193,8 +193,9 @@ class Conversation(models.Model):
             raise TeamError(f"You cannot start conversations in {team.name}.")
         self.team = team
         self.save(update_fields=["team", "updated"])
-        # Replies carry their space, so usage and budgets need no join: they move along.
-        self.messages.update(team=team)
+        # Replies carry their space, so usage and budgets need no join: they move along. Not
+        # imported ones (no created_by): they spent nothing here, in either space.
+        self.messages.exclude(role=Message.Role.ASSISTANT, created_by=None).update(team=team)
 
     def title_from(self, text: str) -> None:
         if not self.title:
@@ -310,7 +311,9 @@ class Message(models.Model):
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     # The conversation's space (None: personal), copied onto each reply so usage and budget
-    # aggregates read one indexed table, without a join.
+    # aggregates read one indexed table, without a join. None on an imported reply, in any
+    # space: it was paid for where it ran, so no Usage page or budget here counts it
+    # (review/imports.py).
     team = models.ForeignKey(
         "accounts.Team",
         null=True,

@@ -294,7 +294,9 @@ def attachments_for(user, model: Model, ids: list[int]) -> list[Attachment]:
     limit = settings.PLAYGROUND_IMAGES["MAX_PER_MESSAGE"]
     if len(ids) > limit:
         raise TurnError(f"Attach at most {limit} images to one message.")
-    found = {a.pk: a for a in Attachment.objects.filter(owner=user, pk__in=ids)}
+    # An id past the database's integers is no row's: SQLite raises OverflowError on it.
+    stored = [pk for pk in ids if 0 < pk < 2**63]
+    found = {a.pk: a for a in Attachment.objects.filter(owner=user, pk__in=stored)}
     if len(found) != len(set(ids)):
         raise TurnError("An attached image is no longer available: attach it again.")
     return [found[pk] for pk in dict.fromkeys(ids)]

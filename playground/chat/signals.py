@@ -19,9 +19,11 @@ from playground.accounts.models import Membership, Team
 from playground.chat.access import revoke_access, revoke_conversation_access
 from playground.chat.models import Conversation
 
-# The fields whose change can end access, remembered as loaded so a save can tell.
+# The fields whose change can end access, remembered as loaded so a save can tell. A
+# conversation's group too: a compare page watches its columns through it, and a column
+# continued in the playground is no longer the page's to show (compare/consumers.py).
 USER_FIELDS = ("is_active", "password")
-CONVERSATION_FIELDS = ("owner_id", "team_id")
+CONVERSATION_FIELDS = ("owner_id", "team_id", "group_id")
 
 
 def _remember(instance: Any, fields: tuple[str, ...]) -> None:

@@ -60,12 +60,13 @@ class GroupConsumer(ConversationConsumer):
         self.epoch, self.checked_at = (-1, -1), float("-inf")
         self.allowed, self.can_run = False, False
         self.member_ids: list[int] = []
+        self.joined_ids: list[int] = []  # the columns whose channel-layer groups it is in
         if not await self._authorized(fresh=True):
             await self.close(code=4403)
             return False
         self.user_group = chat_access.user_group(self.user.pk or 0)
-        self.groups_joined = [runs.group_name(pk) for pk in self.member_ids]
-        for name in [*self.groups_joined, self.user_group]:
+        self.joined_ids = list(self.member_ids)
+        for name in [*map(runs.group_name, self.joined_ids), self.user_group]:
             await self.channel_layer.group_add(name, self.channel_name)
         self.group = self.user_group  # ConversationConsumer.disconnect leaves these two
         await self.accept()
@@ -74,8 +75,8 @@ class GroupConsumer(ConversationConsumer):
         return True
 
     async def disconnect(self, code: int) -> None:
-        for name in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(name, self.channel_name)
+        for pk in getattr(self, "joined_ids", []):
+            await self.channel_layer.group_discard(runs.group_name(pk), self.channel_name)
         await super().disconnect(code)
 
     async def _announce(self, kind: str, to: str | None = None) -> None:
@@ -108,7 +109,19 @@ class GroupConsumer(ConversationConsumer):
             return False
         self.run_group, self.can_run, self.member_ids = checked
         self.allowed = True
+        await self._leave_departed()
         return True
+
+    async def _leave_departed(self) -> None:
+        """Columns (or cells) that left the group since this socket joined them (Continue in
+        playground): their runs are no longer relayed here, and the page shows each one as
+        moved out, with a link to where it went on."""
+        departed = [pk for pk in self.joined_ids if pk not in self.member_ids]
+        self.joined_ids = [pk for pk in self.joined_ids if pk in self.member_ids]
+        for pk in departed:
+            await self.channel_layer.group_discard(runs.group_name(pk), self.channel_name)
+            html = await render(f"{TEMPLATE}#column-left", {"group": self.run_group, "pk": pk})
+            await self.send(text_data=html)
 
     async def _cut_off(self) -> None:
         if self.cut_off:

@@ -501,6 +501,8 @@ def import_export(user, team: Team | None, text: str) -> Conversation:
                     else part
                     for part in record.get("content_parts") or []
                 ],
+                # A reply keeps the figures it had where it ran, but no space or author:
+                # it spent nothing here, so no Usage page or budget counts it.
                 created_by=user if record["role"] == Message.Role.USER else None,
                 **values,
             )
