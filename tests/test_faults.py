@@ -227,3 +227,27 @@ async def test_a_nul_character_in_the_reply_does_not_fail_its_saves(
     assert reply.status == Message.Status.COMPLETE
     assert reply.text == "one\ufffd two" and reply.reasoning == "th\ufffdink"
     await socket.close()
+
+
+async def test_a_nul_character_in_a_tool_call_does_not_fail_its_saves(
+    upstream, user, api_key, conversation, connect
+):
+    # The tool calls are saved in a jsonb column, which refuses \u0000 like text does.
+    calls = [
+        {"id": "call\x00a", "name": "look\x00up", "arguments": '{"q": "a\x00b"}'},
+        {"id": "call_b", "name": "echo", "arguments": {"q": "c\x00d"}},  # sent as \\u0000
+    ]
+    upstream.default = Behaviour(tokens=["Calling"], tool_calls=calls)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Look it up")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE and reply.error == ""
+    assert reply.text == "Calling" and reply.finish_reason == "tool_calls"
+    first, second = reply.tool_calls
+    assert first["id"] == "call\ufffda"
+    assert first["function"] == {"name": "look\ufffdup", "arguments": '{"q": "a\ufffdb"}'}
+    # An escaped NUL inside the arguments' JSON is no NUL character: it is kept as it came.
+    assert json.loads(second["function"]["arguments"]) == {"q": "c\x00d"}
+    await socket.close()

@@ -95,6 +95,7 @@ class Behaviour:
     echo_key_in_error: bool = False  # error message contains the caller's API key
     chunked: bool = True  # Transfer-Encoding: chunked; False → Connection: close + EOF
     cut_after_head: bool = False  # abort the TCP connection right after the 200 head
+    whole: bool = False  # answer even a stream request with one JSON object, as some servers do
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -450,7 +451,7 @@ class FakeUpstream:
             }
             await _send_json(writer, 400, error, b.headers, keep_alive=keep_alive)
             return keep_alive
-        if not request.get("stream"):
+        if not request.get("stream") or b.whole:
             whole = {"chat": _completion, "responses": _response_object, "messages": _message}
             body = whole[fmt](b, request)
             await _send_json(writer, 200, body, b.headers, keep_alive=keep_alive)

@@ -392,9 +392,10 @@ class Run:
                     event.index,
                     {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
                 )
-                call["id"] = event.id or call["id"]
-                call["function"]["name"] += event.name or ""
-                call["function"]["arguments"] += event.arguments
+                call["id"] = _storable(event.id or call["id"])
+                call["function"]["name"] += _storable(event.name or "")
+                # Valid JSON escapes a NUL inside a string, so a bare one is never data.
+                call["function"]["arguments"] += _storable(event.arguments)
             case client.LogprobsDelta(content=content):
                 self.logprobs.extend(content)
             case client.Usage(raw=raw):
@@ -677,8 +678,9 @@ def _reply_context(message: Message) -> dict[str, Any]:
 
 
 def _storable(text: str) -> str:
-    """PostgreSQL refuses NUL in text: a model that streams one would fail every checkpoint
-    and the final save. It is shown as U+FFFD, like any other character that cannot be."""
+    """PostgreSQL refuses NUL in text and jsonb: a model that streams one would fail every
+    checkpoint and the final save. It is shown as U+FFFD, like any other character that
+    cannot be."""
     return text.replace("\x00", "\ufffd")
 
 

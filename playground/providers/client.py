@@ -999,9 +999,11 @@ async def _stream(
                         yield event
                     return
                 try:
-                    raw = await response.aread()
+                    # None past the cap: an endless error page is not held; the status says
+                    # enough, as it does for a body that fails to decompress.
+                    raw = await _read_at_most(response, _MAX_ERROR_BODY_BYTES) or b""
                 except httpx.DecodingError:
-                    raw = b""  # a body that fails to decompress: the status says enough
+                    raw = b""
                 failure = _failure_from_status(
                     response.status_code, response.headers, raw, api_key, timeouts, attempt
                 )
@@ -1040,9 +1042,17 @@ async def _read_success(
     if "application/json" in response.headers.get("content-type", ""):
         # Some servers ignore stream=true and answer with one chat.completion object.
         try:
-            raw = await response.aread()
+            raw = await _read_at_most(response, _MAX_WHOLE_ANSWER_BYTES)
         except httpx.DecodingError:
             yield StreamError(UpstreamError("stream", _UNDECODABLE))
+            return
+        if raw is None:
+            size = f"{_MAX_WHOLE_ANSWER_BYTES / 1_000_000:g} MB"
+            yield StreamError(
+                UpstreamError(
+                    "stream", f"The provider's answer is larger than {size}; it was not read."
+                )
+            )
             return
         try:
             events = _whole(raw.decode("utf-8", errors="replace"), api_key, decoder)
@@ -1077,6 +1087,24 @@ async def _read_success(
             yield StreamError(
                 UpstreamError("stream", "The stream was cut before the reply finished.")
             )
+
+
+# A body that is read whole (not streamed) is held in memory, so it is read only up to a cap: a
+# broken or hostile endpoint could otherwise send gigabytes. A whole answer holds a complete
+# reply, which PLAYGROUND_MAX_REPLY_CHARS (2 million by default) allows to be long, and JSON may
+# spell each character as a six-byte \uXXXX escape. An error body needs a message, not a book.
+_MAX_WHOLE_ANSWER_BYTES = 16_000_000
+_MAX_ERROR_BODY_BYTES = 256_000
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
+    """The (decoded) body, or None as soon as it is longer than `limit` bytes."""
+    raw = bytearray()
+    async for chunk in response.aiter_bytes():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return bytes(raw)
 
 
 async def _read_sse(

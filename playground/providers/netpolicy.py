@@ -11,7 +11,8 @@ server_hostname), and the Host header is the URL's host.
 
 Spellings need no special parsing: getaddrinfo turns 2852039166, 0251.0376.0251.0376,
 0xA9FEA9FE and 169.254.43518 into 169.254.169.254, and IPv6 forms that embed an IPv4 address
-(::ffff:a.b.c.d, 64:ff9b::/96, 2002::/16, ::a.b.c.d) are unwrapped before the check.
+(::ffff:a.b.c.d, ::ffff:0:a.b.c.d, 64:ff9b::/96, 2002::/16, ::a.b.c.d) are unwrapped before
+the check.
 
 Pure Python + httpx/httpcore, like client.py: no Django. The policy comes in as an argument.
 """
@@ -67,6 +68,8 @@ _PRIVATE = [
     ipaddress.ip_network("fc00::/7"),
 ]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv4-translated (SIIT, RFC 2765): Python 3.11 calls ::ffff:0:7f00:1 global, not loopback.
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 class AddressRefused(httpcore.ConnectError):
@@ -85,7 +88,7 @@ def unwrap(address: IPAddress) -> IPAddress:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address in _NAT64:
+    if address in _NAT64 or address in _TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     # The deprecated IPv4-compatible form ::a.b.c.d (but not :: and ::1 themselves).
     if int(address) >> 32 == 0 and int(address) > 1:

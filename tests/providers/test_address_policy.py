@@ -105,6 +105,28 @@ def test_the_refusal_names_the_reason() -> None:
     CLOSED.check("api.example", [ipaddress.ip_address("93.184.215.14")])
 
 
+@pytest.mark.parametrize(
+    ("spelling", "carried"),
+    [
+        ("::ffff:0:7f00:1", "loopback or private"),
+        ("::ffff:0:a00:5", "loopback or private"),
+        ("::ffff:0:a9fe:a9fe", "cloud metadata"),
+        ("::ffff:0:a9fe:1", "link-local"),
+    ],
+)
+def test_ipv4_translated_addresses_are_checked_as_the_ipv4_address_they_carry(
+    spelling: str, carried: str
+) -> None:
+    # ::ffff:0:a.b.c.d (SIIT, RFC 2765) carries an IPv4 address; Python calls the range
+    # global. The policy alone is asked: no connection is made to any of these.
+    address = ipaddress.ip_address(spelling)
+    assert carried in (netpolicy.refusal(address, allow_private=False) or "")
+    assert netpolicy.unwrap(address) == ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    with pytest.raises(netpolicy.AddressRefused):
+        CLOSED.check(spelling, netpolicy.resolve_now(spelling))
+    assert netpolicy.refusal(ipaddress.ip_address("::ffff:0:808:808"), False) is None
+
+
 def test_one_bad_answer_among_good_ones_refuses_the_name() -> None:
     answers = [ipaddress.ip_address("10.0.0.2"), ipaddress.ip_address("169.254.169.254")]
     with pytest.raises(netpolicy.AddressRefused):

@@ -14,6 +14,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from playground.providers import client as client_module
 from playground.providers.client import (
     Endpoint,
     Event,
@@ -613,6 +614,43 @@ async def test_a_body_that_fails_to_decompress_ends_the_stream_with_an_error(sta
         400: "The provider refused the request (400).",
     }
     assert error_of(events).message == expected[status]
+
+
+async def test_a_whole_json_answer_from_the_fake_server_is_understood(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.script(Behaviour(tokens=["Hi", "!"], whole=True))
+    events = await collect(upstream)
+    assert text_of(events) == "Hi!" and Finish("stop") in events
+
+
+async def test_a_whole_json_answer_larger_than_the_cap_is_not_read(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read whole, an endless or huge body would be held in memory before any check.
+    monkeypatch.setattr(client_module, "_MAX_WHOLE_ANSWER_BYTES", 10_000)
+    upstream.script(Behaviour(tokens=[KEY, "x" * 20_000], whole=True))
+    events = await collect(upstream)
+    assert not any(isinstance(e, TextDelta) for e in events)
+    error = error_of(events)
+    assert error.kind == "stream"
+    assert error.message == "The provider's answer is larger than 0.01 MB; it was not read."
+    assert KEY not in str(error)
+
+
+async def test_an_error_body_larger_than_the_cap_is_not_read(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_MAX_ERROR_BODY_BYTES", 10_000)
+    body = {"error": {"message": f"bad {KEY} " + "x" * 20_000, "type": "invalid_request_error"}}
+    upstream.script(Behaviour(status=400, error_body=body))
+    events = await collect(upstream)
+    assert error_of(events).message == "The provider refused the request (400)."
+    assert len(upstream.requests) == 1
+    # Under the cap the provider's own words are shown, as before.
+    upstream.script(Behaviour(status=400, error_body={"error": {"message": "bad model"}}))
+    events = await collect(upstream)
+    assert error_of(events).message == "The provider refused the request (400): bad model"
 
 
 async def test_the_provider_s_id_for_the_reply_comes_first_and_once() -> None:
