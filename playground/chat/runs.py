@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import time
 from asyncio import FIRST_COMPLETED
@@ -578,18 +579,20 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
+        # What the provider sent beyond the reply's text is made storable here, once, rather
+        # than per streamed chunk (text and reasoning already are, for the checkpoints).
         return {
             "status": status,
             "text": self.text.shown,
             "reasoning": self.reasoning.shown,
-            "thinking_signatures": self.signatures,
-            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)],
-            "logprobs": self.logprobs or None,
-            "finish_reason": self.finish_reason,
-            "error": error.get(status, ""),
+            "thinking_signatures": _storable_json(self.signatures),
+            "tool_calls": _storable_json([self.tool_calls[i] for i in sorted(self.tool_calls)]),
+            "logprobs": _storable_json(self.logprobs) or None,
+            "finish_reason": _storable(self.finish_reason),
+            "error": _storable(error.get(status, "")),
             "notes": notes,
-            "response_id": self.response_id,
-            "usage": self.usage,
+            "response_id": _storable(self.response_id),
+            "usage": _storable_json(self.usage),
             "input_tokens": _count((self.usage or {}).get("prompt_tokens")),
             "output_tokens": completion,
             "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
@@ -628,6 +631,25 @@ def _storable(text: str) -> str:
     """PostgreSQL refuses NUL in text: a model that streams one would fail every checkpoint
     and the final save. It is shown as U+FFFD, like any other character that cannot be."""
     return text.replace("\x00", "\ufffd")
+
+
+def _storable_json(value: Any) -> Any:
+    """_storable for a JSON value from the provider: PostgreSQL's jsonb refuses \\u0000 too,
+    in keys as in strings (a logprobs token, a usage field, a tool call's arguments). Looked
+    for in the dumped JSON first: a long reply's logprobs are walked only if one is there."""
+    if "\\u0000" not in json.dumps(value):
+        return value
+    return _without_nul(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _count(value: Any) -> int | None:
