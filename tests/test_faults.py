@@ -275,3 +275,18 @@ async def test_a_nul_character_in_a_mid_stream_error_does_not_fail_the_save(
     assert reply.status == Message.Status.ERROR
     assert "bro\ufffdken" in reply.error and "\x00" not in reply.error
     await socket.close()
+
+
+async def test_a_finish_reason_longer_than_its_column_does_not_fail_the_save(
+    upstream, user, api_key, conversation, connect
+):
+    # On PostgreSQL the column is a varchar(40): a longer reason failed every final save.
+    upstream.default = Behaviour(tokens=["one"], finish_reason="r" * 60)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE and reply.text == "one"
+    assert reply.finish_reason == "r" * 40
+    await socket.close()

@@ -49,6 +49,7 @@ PUBLISH_RETRIES = (0.1, 0.3, 0.6)
 DONE_RETRIES = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)
 SAVE_RETRIES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s, see below
 RESTARTED = "The server restarted while this reply was being written."
+FINISH_REASON_MAX = cast(int, Message._meta.get_field("finish_reason").max_length)
 
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
 _active: dict[int, asyncio.Task] = {}
@@ -588,7 +589,8 @@ class Run:
             "thinking_signatures": _storable_json(self.signatures),
             "tool_calls": _storable_json([self.tool_calls[i] for i in sorted(self.tool_calls)]),
             "logprobs": _storable_json(self.logprobs) or None,
-            "finish_reason": _storable(self.finish_reason),
+            # A provider's own reason, cut to its column: PostgreSQL refuses a longer one.
+            "finish_reason": _storable(self.finish_reason)[:FINISH_REASON_MAX],
             "error": _storable(error.get(status, "")),
             "notes": notes,
             "response_id": _storable(self.response_id),
