@@ -250,4 +250,66 @@ async def test_a_nul_character_in_a_tool_call_does_not_fail_its_saves(
     assert first["function"] == {"name": "look\ufffdup", "arguments": '{"q": "a\ufffdb"}'}
     # An escaped NUL inside the arguments' JSON is no NUL character: it is kept as it came.
     assert json.loads(second["function"]["arguments"]) == {"q": "c\x00d"}
+
+
+async def test_a_nul_character_in_logprobs_usage_tool_calls_or_the_id_does_not_fail_the_save(
+    upstream, user, api_key, conversation, connect
+):
+    # PostgreSQL refuses \u0000 in jsonb (logprobs, usage, tool_calls) and NUL in text
+    # (response_id): the final save failed every time and the reply ended as a saving error.
+    top = [{"token": "\x00", "logprob": -2}]
+    logprobs = [{"token": "a\x00", "logprob": -0.1, "top_logprobs": top}]
+    choice = {"index": 0, "delta": {"content": "a"}, "logprobs": {"content": logprobs}}
+    upstream.default = Behaviour(
+        tokens=["one"],
+        raw_data=[json.dumps({"id": "chatcmpl-x", "choices": [choice]})],
+        raw_after=1,
+        usage_fields={"details\x00": {"note": "n\x00"}},
+        tool_calls=[{"name": "f\x00", "arguments": '{"q": "a\x00"}'}],
+        chunk_id="chatcmpl-\x00x",
+    )
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE, reply.error
+    assert reply.logprobs[0]["token"] == "a\ufffd"
+    assert reply.logprobs[0]["top_logprobs"][0]["token"] == "\ufffd"
+    assert reply.usage["details\ufffd"] == {"note": "n\ufffd"}
+    function = reply.tool_calls[0]["function"]
+    assert function == {"name": "f\ufffd", "arguments": '{"q": "a\ufffd"}'}
+    assert reply.response_id == "chatcmpl-\ufffdx"
+    await socket.close()
+
+
+async def test_a_nul_character_in_a_mid_stream_error_does_not_fail_the_save(
+    upstream, user, api_key, conversation, connect
+):
+    # PostgreSQL refuses NUL in the error column: the provider's own message was lost.
+    upstream.default = Behaviour(
+        tokens=["one", " two"], mid_stream_error={"message": "bro\x00ken"}, error_after=1
+    )
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-error" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.ERROR
+    assert "bro\ufffdken" in reply.error and "\x00" not in reply.error
+    await socket.close()
+
+
+async def test_a_finish_reason_longer_than_its_column_does_not_fail_the_save(
+    upstream, user, api_key, conversation, connect
+):
+    # On PostgreSQL the column is a varchar(40): a longer reason failed every final save.
+    upstream.default = Behaviour(tokens=["one"], finish_reason="r" * 60)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE and reply.text == "one"
+    assert reply.finish_reason == "r" * 40
     await socket.close()

@@ -1,5 +1,6 @@
-"""The NUL-character fault tests again, on PostgreSQL: its text and jsonb columns refuse
-\u0000, where SQLite stores it, so only there does a reply carrying one fail to save.
+"""The NUL-character and column-length tests of tests/test_faults.py again, on PostgreSQL: it
+refuses NUL in text, \\u0000 in jsonb and a string longer than its varchar, all of which SQLite
+stores as they come, so only there does a missed one fail the save.
 
 In its own process because settings read DATABASE_URL once, at start-up; the same rules as
 tests/test_search_postgres.py (under CI=true an unreachable server fails, elsewhere skips)."""
@@ -19,7 +20,7 @@ from tests.test_search_postgres import _reachable
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_replies_with_a_nul_character_are_saved_on_postgresql(tmp_path):
+def test_nul_characters_are_saved_on_postgresql(tmp_path):
     try:
         _reachable(PG_ADMIN_URL)
     except ServiceUnavailable as exc:
@@ -29,7 +30,7 @@ def test_replies_with_a_nul_character_are_saved_on_postgresql(tmp_path):
     env.update(DATABASE_URL=database_url, PLAYGROUND_VAR_DIR=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--create-db"]
-        + ["tests/test_faults.py", "-k", "nul_character"],
+        + ["tests/test_faults.py", "-k", "nul_character or finish_reason_longer"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -37,4 +38,4 @@ def test_replies_with_a_nul_character_are_saved_on_postgresql(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "2 passed" in result.stdout and "skipped" not in result.stdout
+    assert "\n5 passed" in result.stdout and "skipped" not in result.stdout

@@ -75,6 +75,7 @@ class Behaviour:
     usage: bool = True  # final chunk with choices: [] and a usage object
     usage_fields: dict = field(default_factory=dict)  # merged into that usage object
     finish_reason: str | None = None  # None → "tool_calls" if tool_calls else "stop"
+    chunk_id: str = ""  # each chunk's "id"; "" → chatcmpl-fake<index>
     status: int = 200
     error_body: dict | str | None = None  # None → OpenAI-shaped error for `status`
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
@@ -490,7 +491,7 @@ class _SSEWriter:
         self.rec = rec
         self.gone = asyncio.Event()
         self.created = int(time.time())
-        self.id = f"chatcmpl-fake{rec.index}"
+        self.id = behaviour.chunk_id or f"chatcmpl-fake{rec.index}"
         self.model = DEFAULT_MODEL
         self.next_at = rec.received_at  # with steady pacing: when the next chunk is due
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ PUBLISH_RETRIES = (0.1, 0.3, 0.6)
 DONE_RETRIES = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)
 SAVE_RETRIES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s, see below
 RESTARTED = "The server restarted while this reply was being written."
+FINISH_REASON_MAX = cast(int, Message._meta.get_field("finish_reason").max_length)
 
 # The process's runs, so they are not garbage-collected mid-flight and tests can await them.
 _active: dict[int, asyncio.Task] = {}
@@ -631,18 +633,21 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
+        # What the provider sent beyond the reply's text is made storable here, once, rather
+        # than per streamed chunk (text and reasoning already are, for the checkpoints).
         return {
             "status": status,
             "text": self.text.shown,
             "reasoning": self.reasoning.shown,
-            "thinking_signatures": self.signatures,
-            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)],
-            "logprobs": self.logprobs or None,
-            "finish_reason": self.finish_reason,
-            "error": error.get(status, ""),
+            "thinking_signatures": _storable_json(self.signatures),
+            "tool_calls": _storable_json([self.tool_calls[i] for i in sorted(self.tool_calls)]),
+            "logprobs": _storable_json(self.logprobs) or None,
+            # A provider's own reason, cut to its column: PostgreSQL refuses a longer one.
+            "finish_reason": _storable(self.finish_reason)[:FINISH_REASON_MAX],
+            "error": _storable(error.get(status, "")),
             "notes": notes,
-            "response_id": self.response_id,
-            "usage": self.usage,
+            "response_id": _storable(self.response_id),
+            "usage": _storable_json(self.usage),
             "input_tokens": _count((self.usage or {}).get("prompt_tokens")),
             "output_tokens": completion,
             "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
@@ -682,6 +687,25 @@ def _storable(text: str) -> str:
     checkpoint and the final save. It is shown as U+FFFD, like any other character that
     cannot be."""
     return text.replace("\x00", "\ufffd")
+
+
+def _storable_json(value: Any) -> Any:
+    """_storable for a JSON value from the provider: PostgreSQL's jsonb refuses \\u0000 too,
+    in keys as in strings (a logprobs token, a usage field, a tool call's arguments). Looked
+    for in the dumped JSON first: a long reply's logprobs are walked only if one is there."""
+    if "\\u0000" not in json.dumps(value):
+        return value
+    return _without_nul(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _count(value: Any) -> int | None:
