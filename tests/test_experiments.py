@@ -984,3 +984,25 @@ def test_resume_queues_another_drain_task_for_a_run_still_going(client_for, user
     client_for.post(f"/experiments/runs/{run.pk}/stop/")
     client_for.post(f"/experiments/runs/{run.pk}/resume/")
     assert DBTaskResult.objects.count() == queued + 1  # a stopped run is not resumed
+
+
+@pytest.mark.parametrize("rows", ["1-", "+2", "1_0", "١-٣", "2 -", "1-" + "9" * 5000])
+def test_rows_are_plain_numbers_and_whole_ranges(client_for, user, rows):
+    """int() takes more than row numbers: "1-" (an open range, as one may mean "1 to the
+    end") ran row 1 alone, and "+2", "1_0" or other scripts' digits ran rows nobody wrote.
+    A part the form cannot read is named back in the error, shortened."""
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Rows",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": MODEL,
+        "checks": "",
+        "repeats": 1,
+        "rows": rows,
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "is not a row number or range" in page
+    assert not Experiment.objects.filter(name="Rows").exists()

@@ -165,11 +165,16 @@ class ExperimentForm(forms.Form):
         text = self.cleaned_data["rows"].strip()
         ranges: list[tuple[int, int]] = []
         for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
+            # Plain digits only: int() also takes "+2", "1_0" and other scripts' digits, and
+            # "1-" read as row 1 alone where one may mean "to the end".
+            found = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", part)
             try:
-                a, b = int(first), int(last or first)
-            except ValueError:
-                raise forms.ValidationError(f"“{part}” is not a row number or range.") from None
+                if found is None:
+                    raise ValueError(part)
+                a, b = int(found[1]), int(found[2] or found[1])
+            except ValueError:  # not numbers, or too long for int()
+                shown = part if len(part) <= 40 else part[:40] + "…"
+                raise forms.ValidationError(f"“{shown}” is not a row number or range.") from None
             if a < 1 or b < a:
                 raise forms.ValidationError(f"“{part}” is not a range of rows.")
             ranges.append((a, b))
