@@ -545,6 +545,22 @@ async def test_a_column_continued_in_the_playground_leaves_an_open_compare_page(
     await playground.close()
 
 
+async def test_a_column_deleted_from_its_own_page_is_not_said_to_continue(user, connect):
+    """A column's conversation deleted (from its page) leaves the group too: the open compare
+    page says it was deleted, with no link to a conversation that is gone."""
+    group = await database_sync_to_async(make_compare)(user)
+    column = await group.conversations.aget(position=0)
+    ok, compare = await open_group(user, group.pk)
+    await compare.drain()
+    url = f"/c/{column.pk}/delete/"
+    response = await database_sync_to_async(lambda: client_for(user).post(url))()
+    assert response.status_code == 302
+    left = await compare.until(lambda f: f'id="col-{column.pk}"' in f)
+    assert "was deleted" in left
+    assert "continued in the playground" not in left and f'href="/c/{column.pk}/"' not in left
+    await compare.close()
+
+
 async def test_a_regeneration_on_a_columns_own_page_leaves_the_compare_socket_open(
     upstream, user, api_key, connect
 ):

@@ -115,12 +115,19 @@ class GroupConsumer(ConversationConsumer):
     async def _leave_departed(self) -> None:
         """Columns (or cells) that left the group since this socket joined them (Continue in
         playground): their runs are no longer relayed here, and the page shows each one as
-        moved out, with a link to where it went on."""
+        moved out, with a link to where it went on; or as deleted (from its own page), with
+        no link to a page that is gone."""
         departed = [pk for pk in self.joined_ids if pk not in self.member_ids]
+        if not departed:
+            return
         self.joined_ids = [pk for pk in self.joined_ids if pk in self.member_ids]
+        kept = await database_sync_to_async(
+            lambda: set(Conversation.objects.filter(pk__in=departed).values_list("pk", flat=True))
+        )()
         for pk in departed:
             await self.channel_layer.group_discard(runs.group_name(pk), self.channel_name)
-            html = await render(f"{TEMPLATE}#column-left", {"group": self.run_group, "pk": pk})
+            context = {"group": self.run_group, "pk": pk, "gone": pk not in kept}
+            html = await render(f"{TEMPLATE}#column-left", context)
             await self.send(text_data=html)
 
     async def _cut_off(self) -> None:
