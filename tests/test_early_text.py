@@ -229,3 +229,40 @@ async def test_an_answer_without_text_does_not_hold_up_the_rows(
     await socket.until(lambda f: "status-error" in f)
     assert not any(PROVISIONAL in f for f in socket.frames)
     await socket.close()
+
+
+async def test_a_prompt_versions_example_turns_come_before_the_reply(
+    upstream, user, api_key, connect
+):
+    # The example turns are written and sent through the group before the turn: provisional
+    # rows sent straight to the socket would overtake them, so such a send shows none.
+    from channels.db import database_sync_to_async
+
+    from playground.prompts import play
+    from playground.prompts.models import Prompt
+
+    def opened():
+        prompt = Prompt.objects.create(owner=user, name="support")
+        version = prompt.add_version(
+            user,
+            system_prompt="",
+            messages=[
+                {"role": "user", "content": "Example question"},
+                {"role": "assistant", "content": "Example answer"},
+                {"role": "user", "content": "Ticket: {{ticket}}"},
+            ],
+            model="empiriolabs:gemma-4-e4b",
+            params={},
+        )
+        return version, play.open_in_playground(version, user)
+
+    version, conversation = await database_sync_to_async(opened)()
+    upstream.default = Behaviour(tokens=["Reply"])
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("", prompt_version=str(version.pk), **{"var:ticket": "late"})
+    # The example reply is complete too: wait for the new one.
+    await socket.until(lambda f: "status-complete" in f and "Example answer" not in f)
+    assert not any(PROVISIONAL in f for f in socket.frames)
+    frames = "".join(socket.frames)
+    assert frames.index("Example answer") < frames.index('class="message assistant streaming"')
+    await socket.close()

@@ -376,7 +376,11 @@ class ConversationConsumer(SlottedConsumer):
         run, html, early = None, None, None
         try:
             if service is start_turn:
-                run, turn, html, early = await self._send_turn(channel, **kwargs)
+                # A prompt version's send may have had rows written before it (example
+                # turns, sent through the group): provisional rows sent straight to this
+                # socket would overtake them.
+                early_ok = sent is None or not extensions.concerns_send(sent)
+                run, turn, html, early = await self._send_turn(channel, early_ok, **kwargs)
             else:
                 turn = await database_sync_to_async(service)(
                     self.conversation, self.user, channel=channel, **kwargs
@@ -436,7 +440,7 @@ class ConversationConsumer(SlottedConsumer):
             await record(self.conversation, self.user, turn, sent)
 
     async def _send_turn(
-        self, channel: str, **kwargs: Any
+        self, channel: str, early_ok: bool = True, **kwargs: Any
     ) -> tuple[runs.Run, Turn, str, runs.EarlyText | None]:
         """A send: read and build the request, send it upstream, and write the rows while
         the provider works on its first token: once the request is on its way (see
@@ -454,7 +458,7 @@ class ConversationConsumer(SlottedConsumer):
         )
         run = runs.begin(prepared.run)
         early = None
-        if settings.PLAYGROUND_RUN["EARLY_TEXT_WAIT"] and not prepared.branching:
+        if settings.PLAYGROUND_RUN["EARLY_TEXT_WAIT"] and early_ok and not prepared.branching:
             early = runs.EarlyText(run)
         try:
             await run.underway()
