@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.utils import timezone
 
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.experiments import checks, datasets, runner, worker
@@ -414,6 +416,23 @@ def test_one_claim_takes_several_items_within_the_endpoint_limit_and_the_workers
     second = worker.claim_many(run.pk, "w2", 8)
     assert [i.position for i in second] == [3]
     assert Item.objects.filter(status="running").count() == 3
+
+
+def test_an_item_failed_by_the_claim_reserves_no_budget(user, api_key):
+    """An abandoned item lost twice is failed by the claim, not run: its reply is not kept
+    reserved, so a pending item with room beside the replies truly in flight starts."""
+    from playground.accounts.models import Budget
+
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.03"), daily_messages=None)
+    run = runner.start(make_experiment(user, rows=["a", "b"]), user)
+    lost, pending = run.items.order_by("position")
+    past = timezone.now() - timedelta(minutes=5)
+    Item.objects.filter(pk=lost.pk).update(
+        status="running", worker="gone", lease_until=past, attempts=worker.MAX_ATTEMPTS
+    )
+    taken = worker.claim_many(run.pk, "w1", 2)
+    assert [i.pk for i in taken] == [pending.pk]
+    assert Item.objects.get(pk=lost.pk).status == "failed"
 
 
 def test_regex_checks_have_a_time_limit():

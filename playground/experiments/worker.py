@@ -247,6 +247,8 @@ def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
                 if room <= 0 or (budget is not None and not budget.admits(item)):
                     break
                 if item.status == Item.Status.RUNNING and not _take_back(item):
+                    if budget is not None:
+                        budget.release(item)  # failed here, not run: it spends nothing
                     continue
                 item.status = Item.Status.RUNNING
                 item.attempts += 1
@@ -304,6 +306,12 @@ class _Budget:
         self.cost += self.prices[variant]
         self.messages += message
         self.in_flight += 1
+
+    def release(self, item: Item) -> None:
+        """An item admits() reserved for that the claim then did not start."""
+        self.cost -= self.prices[item.variant]
+        self.messages -= 1
+        self.in_flight -= 1
 
     def admits(self, item: Item) -> bool:
         """Whether the item may start now; if so its reply is reserved, else the run is full."""
