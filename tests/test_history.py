@@ -232,3 +232,15 @@ def test_base_navigation_links_history(client, user, conversation):
     client.force_login(user)
     response = client.get(f"/c/{conversation.pk}/")
     assert has(response.content, "a", href=URL)
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
+def test_the_first_and_last_days_there_are_in_any_time_zone(client, user, zone):
+    # Midnight of 0001-01-01 east of UTC is before the first datetime in UTC, where the
+    # database compares: read in the reader's zone (the `tz` cookie), that was a 500.
+    conv(user, "march", when=datetime(2026, 3, 1, tzinfo=UTC))
+    client.cookies["tz"] = zone
+    assert titles(get(client, user, since="0001-01-01")) == ["march"]
+    assert titles(get(client, user, since="0001-01-01", until="9999-12-30")) == ["march"]
+    assert titles(get(client, user, since="9999-12-31")) == []
+    assert titles(get(client, user, until="0001-01-01")) == []

@@ -100,6 +100,10 @@ def _author_apply(conversations: ConversationQuerySet, value: str) -> Conversati
 
 
 def _since_apply(conversations: ConversationQuerySet, day: date) -> ConversationQuerySet:
+    # Its midnight east of UTC (the reader's zone) is before the first datetime there is,
+    # where the database compares; and nothing is earlier.
+    if day == date.min:
+        return conversations
     start = timezone.make_aware(datetime.combine(day, time.min))
     return conversations.filter(updated__gte=start)
 
