@@ -447,3 +447,15 @@ def test_only_admins_hand_items_on_and_only_to_someone_who_may_review(
     client.post(f"/review/queues/{queue.pk}/reassign/", {"from": other_user.pk, "to": viewer.pk})
     client.post(f"/review/queues/{queue.pk}/reassign/", {"from": other_user.pk, "to": "x"})
     assert list(QueueItem.objects.values_list("pk", "reviewer_id", "position")) == before
+
+
+@pytest.mark.parametrize("field", ["from", "to"])
+def test_handing_items_on_from_or_to_an_id_too_large_for_a_row_is_refused(
+    client, user, other_user, bob, queue, field
+):
+    before = list(QueueItem.objects.values_list("pk", "reviewer_id", "position"))
+    client.force_login(user)
+    data = {"from": other_user.pk, "to": bob.pk, field: str(2**64)}
+    response = client.post(f"/review/queues/{queue.pk}/reassign/", data)
+    assert response.status_code == 302
+    assert list(QueueItem.objects.values_list("pk", "reviewer_id", "position")) == before

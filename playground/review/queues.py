@@ -197,6 +197,8 @@ def reassign(queue: ReviewQueue, from_id: int, to_id: int) -> int:
     space = Space(queue.team, queue.owner_id)
     if from_id == to_id:
         raise QueueError("Pick someone else to hand the items to.")
+    if abs(from_id) > annotating.MAX_ID:  # names no one; SQLite raises OverflowError for it
+        raise QueueError("They have no open items to hand on.")
     if not eligible_reviewers(space).filter(pk=to_id).exists():
         raise QueueError("Reviewers are members of the space who may annotate (not viewers).")
     with transaction.atomic():
