@@ -196,6 +196,24 @@ def test_a_link_dies_when_its_maker_loses_the_conversation(client, user, other_u
     assert client.get(url).status_code == 404
 
 
+def test_a_maker_who_lost_the_conversation_no_longer_reads_its_title(
+    client, user, other_user, team
+):
+    # Their links are still theirs to revoke, but the page named the team's conversation
+    # as it is now, renamed after they left.
+    conversation = Conversation.objects.create(owner=user, team=team, model="m", title="Old")
+    make(client, other_user, conversation)
+    Membership.objects.filter(team=team, user=other_user).delete()
+    Conversation.objects.filter(pk=conversation.pk).update(title="Secret merger plan")
+    client.force_login(other_user)
+    response = client.get("/review/shared/")
+    assert b"Secret merger plan" not in response.content
+    assert f"/c/{conversation.pk}/" not in response.content.decode()
+    states = [text(td) for td in find_all(response.content, "td", class_="share-state")]
+    assert states == ["no access"]  # it opens for no one while they cannot see it
+    assert b"Revoke" in response.content
+
+
 def test_a_deleted_conversation_takes_its_links(client, user, chat):
     conversation, _, _ = chat
     url, _ = make(client, user, conversation)

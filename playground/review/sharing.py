@@ -120,6 +120,26 @@ def revoke(user, pk: int | str) -> ShareLink:
     return link
 
 
+def listing(user) -> list[tuple[ShareLink, str, bool]]:
+    """The links `user` may manage, each with its state and whether `user` may see its
+    conversation. Their own link on a team conversation outlives their leaving the team (to
+    be revoked), but the page must not go on naming that conversation: its title is read
+    now, and its link opens for no one while they cannot see it."""
+    links = list(manageable(user)[:500])
+    ids = {link.conversation_id for link in links}
+    seen = set(
+        Conversation.objects.visible_to(user).filter(pk__in=ids).values_list("pk", flat=True)
+    )
+    return [
+        (
+            link,
+            state(link) if link.conversation_id in seen else "no access",
+            link.conversation_id in seen,
+        )
+        for link in links
+    ]
+
+
 def state(link: ShareLink) -> str:
     if link.revoked is not None:
         return "revoked"

@@ -99,8 +99,7 @@ def share_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @login_required
 def share_links(request: AuthenticatedHttpRequest) -> HttpResponse:
-    links = [(link, sharing.state(link)) for link in sharing.manageable(request.user)[:500]]
-    return render(request, "review/share_links.html", {"links": links})
+    return render(request, "review/share_links.html", {"links": sharing.listing(request.user)})
 
 
 @require_POST
