@@ -96,6 +96,18 @@ def test_jsonl_that_python_cannot_read_is_refused_not_a_crash(client_for):
     assert not Dataset.objects.exists()
 
 
+def test_jsonl_lines_end_at_newline_only(client_for):
+    """JSON allows U+2028, U+2029 and U+0085 unescaped inside a string; they do not end a
+    JSONL line, so such a file imports, and the line numbers stay true."""
+    content = '{"a": "one\u2028two\x85three"}\n{"a": "x\u2029y"}\n{"a": \n'.encode()
+    response = upload(client_for, "J", content, "x.jsonl")
+    assert "Line 3, column 7" in response.content.decode()
+    content = '{"a": "one\u2028two\u2029three\x85four"}\n'.encode()
+    upload(client_for, "J", content, "x.jsonl")
+    row = Dataset.objects.get(name="J").rows.get()
+    assert row.variables == {"a": "one\u2028two\u2029three\x85four"}
+
+
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
     response = upload(client_for, "Big", b"a\n1\n2\n3\n")

@@ -105,7 +105,9 @@ def _jsonl(text: str) -> Parsed:
     errors: list[str] = []
     columns: dict[str, None] = {}
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # A line ends at "\n" (a "\r" before it is whitespace to JSON), not where splitlines()
+    # would also end it: U+2028, U+2029 or U+0085 may stand unescaped in a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
