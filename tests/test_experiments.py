@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from playground.chat.models import Conversation, Message, RunGroup
-from playground.experiments import checks, datasets, runner, worker
+from playground.experiments import checks, datasets, forms, runner, worker
 from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
 from tests.upstream import Behaviour
 
@@ -106,6 +106,19 @@ def test_jsonl_lines_end_at_newline_only(client_for):
     upload(client_for, "J", content, "x.jsonl")
     row = Dataset.objects.get(name="J").rows.get()
     assert row.variables == {"a": "one\u2028two\u2029three\x85four"}
+
+
+def test_a_nul_in_a_dataset_is_refused_not_a_crash(client_for):
+    """PostgreSQL keeps no NUL in jsonb or text: a CSV with one, a JSONL `\\u0000` or a row
+    edited to hold one would fail the save with a 500 there. Each is refused by line."""
+    response = upload(client_for, "C", b"a,b\n1,2\n3,x\x00y\n")
+    assert response.status_code == 400
+    assert "Line 3, column 2" in response.content.decode()
+    response = upload(client_for, "J", b'{"a": "1"}\n{"a": "2\\u0000"}\n', "x.jsonl")
+    assert response.status_code == 400 and "Line 2" in response.content.decode()
+    assert not Dataset.objects.exists()
+    form = forms.RowForm({"variables": '{"a": "x\\u0000"}', "expected": "", "notes": ""})
+    assert not form.is_valid() and "variables" in form.errors
 
 
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
