@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from playground.chat.models import Conversation, Message, RunGroup
-from playground.experiments import checks, datasets, runner, worker
+from playground.experiments import checks, datasets, forms, runner, worker
 from playground.experiments.models import Dataset, DatasetRow, Experiment, ExperimentRun, Item
 from tests.upstream import Behaviour
 
@@ -94,6 +94,31 @@ def test_jsonl_that_python_cannot_read_is_refused_not_a_crash(client_for):
     assert response.status_code == 400
     assert "Line 2" in page and "Line 3" in page
     assert not Dataset.objects.exists()
+
+
+def test_jsonl_lines_end_at_newline_only(client_for):
+    """JSON allows U+2028, U+2029 and U+0085 unescaped inside a string; they do not end a
+    JSONL line, so such a file imports, and the line numbers stay true."""
+    content = '{"a": "one\u2028two\x85three"}\n{"a": "x\u2029y"}\n{"a": \n'.encode()
+    response = upload(client_for, "J", content, "x.jsonl")
+    assert "Line 3, column 7" in response.content.decode()
+    content = '{"a": "one\u2028two\u2029three\x85four"}\n'.encode()
+    upload(client_for, "J", content, "x.jsonl")
+    row = Dataset.objects.get(name="J").rows.get()
+    assert row.variables == {"a": "one\u2028two\u2029three\x85four"}
+
+
+def test_a_nul_in_a_dataset_is_refused_not_a_crash(client_for):
+    """PostgreSQL keeps no NUL in jsonb or text: a CSV with one, a JSONL `\\u0000` or a row
+    edited to hold one would fail the save with a 500 there. Each is refused by line."""
+    response = upload(client_for, "C", b"a,b\n1,2\n3,x\x00y\n")
+    assert response.status_code == 400
+    assert "Line 3, column 2" in response.content.decode()
+    response = upload(client_for, "J", b'{"a": "1"}\n{"a": "2\\u0000"}\n', "x.jsonl")
+    assert response.status_code == 400 and "Line 2" in response.content.decode()
+    assert not Dataset.objects.exists()
+    form = forms.RowForm({"variables": '{"a": "x\\u0000"}', "expected": "", "notes": ""})
+    assert not form.is_valid() and "variables" in form.errors
 
 
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):

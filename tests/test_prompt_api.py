@@ -110,8 +110,19 @@ def test_unknown_prompts_labels_and_versions_answer_404(client, user, other_user
         "/api/prompts/support?version=9",
     ):
         assert client.get(url, headers=bearer(plaintext)).status_code == 404, url
+    client.force_login(user)
+    assert client.get(f"/prompts/{prompt.pk}/v/0/").status_code == 404
     bad = client.get("/api/prompts/support?version=x", headers=bearer(plaintext))
     assert bad.status_code == 400
+
+
+def test_version_zero_is_not_the_newest(client, user, prompt):
+    """Versions count from 1: `?version=0` names none (404), it does not fall back to the
+    newest the way leaving `version` out does, so a client pinned to it never drifts; nor
+    does the page of version 0."""
+    _, plaintext = AccessToken.issue(user, name="bot")
+    for url in ("/api/prompts/support?version=0", "/api/prompts/support?version=-0"):
+        assert client.get(url, headers=bearer(plaintext)).status_code == 404, url
 
 
 def test_a_team_token_reads_only_that_team_and_stops_when_its_user_leaves(

@@ -21,6 +21,8 @@ from playground.experiments.models import Dataset, DatasetRow
 RESERVED = ("expected", "notes")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_ERRORS = 20  # listed; the count says how many more
+# PostgreSQL keeps no NUL in text or jsonb: a row holding one would fail the save.
+NUL = "a NUL character (\\u0000) cannot be stored."
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -94,6 +96,9 @@ def _csv(text: str) -> Parsed:
                     f"Line {line}: {len(values)} fields, but the header has {len(header)}."
                 )
                 continue
+            for i, value in enumerate(values, 1):
+                if "\x00" in value:
+                    errors.append(f"Line {line}, column {i}: {NUL}")
             parsed.rows.append(_row(dict(zip(header, values, strict=True))))
     except csv.Error as exc:
         errors.append(f"Line {reader.line_num}: {exc}.")
@@ -105,7 +110,9 @@ def _jsonl(text: str) -> Parsed:
     errors: list[str] = []
     columns: dict[str, None] = {}
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # A line ends at "\n" (a "\r" before it is whitespace to JSON), not where splitlines()
+    # would also end it: U+2028, U+2029 or U+0085 may stand unescaped in a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -124,6 +131,8 @@ def _jsonl(text: str) -> Parsed:
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 errors.append(f"Line {number}, field {i} ({key[:40]!r}): must be text or a number.")
                 continue
+            if isinstance(value, str) and "\x00" in value:
+                errors.append(f"Line {number}, field {i} ({key[:40]!r}): {NUL}")
             values[key] = str(value)
         _check_names(list(record), errors, f"Line {number}")
         columns.update((k, None) for k in record if k not in RESERVED)

@@ -213,4 +213,6 @@ class RowForm(forms.Form):
             isinstance(v, str | int | float) and not isinstance(v, bool) for v in value.values()
         ):
             raise forms.ValidationError("A JSON object of names to text.")
+        if any("\x00" in f"{k}{v}" for k, v in value.items()):
+            raise forms.ValidationError("A NUL character (\\u0000) cannot be stored.")
         return {str(k): str(v) for k, v in value.items()}

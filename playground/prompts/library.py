@@ -65,10 +65,13 @@ def resolve(
             raise LookupError(f"The prompt {prompt.name} has no label {label!r}.")
         return found.version
     versions = prompt.versions.all()
-    version = versions.filter(number=number).first() if number else versions.first()
+    # `is None`, not falsiness: version 0 is a number naming no version, not "the newest".
+    version = versions.first() if number is None else versions.filter(number=number).first()
     if version is None:
         raise LookupError(
-            f"The prompt {prompt.name} has no version {number}." if number else "No versions yet."
+            "No versions yet."
+            if number is None
+            else f"The prompt {prompt.name} has no version {number}."
         )
     return version
 
