@@ -6,35 +6,13 @@ tests/test_search_postgres.py (under CI=true an unreachable server fails, elsewh
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-import sys
-from pathlib import Path
-
-from bench.stack import ServiceUnavailable, _with_db
-from tests.scaleout import PG_ADMIN_URL, service_unavailable
-from tests.test_search_postgres import _reachable
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scaleout import pytest_on_postgresql
 
 
 def test_usage_and_budgets_pass_on_postgresql(tmp_path):
-    try:
-        _reachable(PG_ADMIN_URL)
-    except ServiceUnavailable as exc:
-        service_unavailable(f"PostgreSQL usage tests need PostgreSQL: {exc}")
-    database_url = _with_db(PG_ADMIN_URL, f"playground_usage_{secrets.token_hex(4)}")
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
-    env.update(DATABASE_URL=database_url, PLAYGROUND_VAR_DIR=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--create-db"]
-        + ["tests/test_usage.py", "tests/test_budgets.py", "-k", "not on_sqlite"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    output = pytest_on_postgresql(
+        "usage",
+        tmp_path,
+        ["tests/test_usage.py", "tests/test_budgets.py", "-k", "not on_sqlite"],
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout
+    assert " passed" in output and "skipped" not in output
