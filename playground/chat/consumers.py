@@ -80,6 +80,9 @@ class SocketSlots:
 
 
 slots = SocketSlots()
+# Turns whose socket was cancelled mid-way, kept so they are not garbage-collected before
+# their run starts (see _run_turn).
+_orphaned: set[asyncio.Task] = set()
 # Accepted sockets of this process, so a shutdown can tell each one (see shutdown.py).
 open_sockets: weakref.WeakSet[ConversationConsumer] = weakref.WeakSet()
 
@@ -363,13 +366,32 @@ class ConversationConsumer(SlottedConsumer):
 
     async def _run_turn(self, service, *, sent: dict[str, Any] | None = None, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run.
-        `sent`: the socket message of a send, for extensions.turn_written."""
+        `sent`: the socket message of a send, for extensions.turn_written.
+
+        Once taken, the turn is the server's, like the run it starts: a socket closed in the
+        middle of it is cancelled by the server (it was still busy here), and the rows being
+        written on the database thread are written all the same. Cancelled with the socket,
+        the turn would leave its reply "streaming" with no run until the stale sweep; shielded,
+        it ends as it would have had the tab stayed open."""
         if shutdown.draining:
             await self._send_error(shutdown.RESTARTING)
             return
         if not self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
+        turn = asyncio.create_task(
+            self._turn(service, sent=sent, **kwargs), name=f"turn-{self.conversation_id}"
+        )
+        try:
+            await asyncio.shield(turn)
+        except asyncio.CancelledError:
+            if not turn.done():
+                _orphaned.add(turn)
+                turn.add_done_callback(_orphaned.discard)
+                turn.add_done_callback(_log_orphan_failure)
+            raise
+
+    async def _turn(self, service, *, sent: dict[str, Any] | None, **kwargs) -> None:
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
@@ -759,6 +781,12 @@ async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.C
 
 
 shutdown.when_draining(close_all)
+
+
+def _log_orphan_failure(task: asyncio.Task) -> None:
+    """A turn that outlived its socket has no one to raise to."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a turn failed after its socket closed", exc_info=task.exception())
 
 
 def check_access(user, session, conversation_id: int, *, fresh: bool = False):
