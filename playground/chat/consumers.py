@@ -15,7 +15,7 @@ import re
 import time
 import weakref
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -417,17 +417,9 @@ class ConversationConsumer(SlottedConsumer):
         if not self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
-        turn = asyncio.create_task(
-            self._turn(service, sent=sent, **kwargs), name=f"turn-{self.conversation_id}"
+        await outlive_socket(
+            self._turn(service, sent=sent, **kwargs), f"turn-{self.conversation_id}"
         )
-        try:
-            await asyncio.shield(turn)
-        except asyncio.CancelledError:
-            if not turn.done():
-                _orphaned.add(turn)
-                turn.add_done_callback(_orphaned.discard)
-                turn.add_done_callback(_log_orphan_failure)
-            raise
 
     async def _turn(self, service, *, sent: dict[str, Any] | None, **kwargs) -> None:
         # The default prefix: channels_redis serves all of a process's channels of one
@@ -819,6 +811,21 @@ async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.C
 
 
 shutdown.when_draining(close_all)
+
+
+async def outlive_socket(work: Coroutine[Any, Any, None], name: str) -> None:
+    """Await `work` (a turn: its rows, then its run) as a task that a cancelled socket
+    leaves running to its end: the rows are written on the database thread all the same,
+    and a run that never starts would leave its reply "streaming" until the stale sweep."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _orphaned.add(task)
+            task.add_done_callback(_orphaned.discard)
+            task.add_done_callback(_log_orphan_failure)
+        raise
 
 
 def _log_orphan_failure(task: asyncio.Task) -> None:
