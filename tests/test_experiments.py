@@ -121,6 +121,16 @@ def test_a_nul_in_a_dataset_is_refused_not_a_crash(client_for):
     assert not form.is_valid() and "variables" in form.errors
 
 
+def test_a_column_name_ending_in_a_newline_is_refused(client_for):
+    """`$` also matches before a trailing newline, so `"a\\n"` passed the name check as `a`
+    and became a column no `{{a}}` reaches. A CSV header is stripped; a JSONL key is not."""
+    response = upload(client_for, "J", b'{"a\\n": "1"}\n', "x.jsonl")
+    assert response.status_code == 400
+    assert "Line 1, column 1" in response.content.decode()
+    assert "is not a variable name" in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
     settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ROWS": 2}
     response = upload(client_for, "Big", b"a\n1\n2\n3\n")
