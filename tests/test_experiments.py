@@ -4,6 +4,7 @@ db_worker in test_experiment_workers.py), checks, the results grid and run compa
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -956,6 +957,28 @@ def test_a_row_edit_with_json_python_cannot_read_is_refused(client_for, user):
     )
     assert response.status_code == 302
     assert dataset.rows.get(position=0).variables == {"country": "France"}
+
+
+@pytest.mark.parametrize("name", ["a\n", "two words", "1st", "expected"])
+def test_a_row_edit_names_variables_as_an_upload_does(client_for, user, name):
+    """An upload refuses a column that is not a variable name; a row edited or added by hand
+    took any key, and it became a column of the dataset that no `{{name}}` reaches (or one
+    called `expected`, beside the row's expected output)."""
+    dataset = make_experiment(user).dataset
+    row = dataset.rows.get(position=0)
+    variables = json.dumps({"country": "Chile", name: "x"})
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/{row.pk}/",
+        {"variables": variables, "expected": ""},
+        follow=True,
+    )
+    assert "is not a variable name" in response.content.decode()
+    client_for.post(f"/experiments/datasets/{dataset.pk}/rows/", {"variables": variables})
+    dataset.refresh_from_db()
+    assert dataset.columns == ["country"] and dataset.rows.count() == 2
+    assert dataset.rows.get(position=0).variables == {"country": "France"}
+    form = forms.RowForm({"variables": variables, "expected": "", "notes": ""})
+    assert not form.is_valid() and "variables" in form.errors
 
 
 def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):

@@ -215,4 +215,15 @@ class RowForm(forms.Form):
             raise forms.ValidationError("A JSON object of names to text.")
         if any("\x00" in f"{k}{v}" for k, v in value.items()):
             raise forms.ValidationError("A NUL character (\\u0000) cannot be stored.")
+        for name in value:
+            # As an upload's columns: each key becomes a column that {{name}} must reach.
+            if name in datasets.RESERVED:
+                raise forms.ValidationError(
+                    f"“{name}” is not a variable name here: it is the row's own field."
+                )
+            if not datasets.NAME.fullmatch(name):
+                raise forms.ValidationError(
+                    f"“{name[:40]}” is not a variable name "
+                    "(letters, digits and _, not starting with a digit)."
+                )
         return {str(k): str(v) for k, v in value.items()}
