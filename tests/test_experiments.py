@@ -928,6 +928,57 @@ def test_the_rows_of_a_run_are_capped_at_the_largest_dataset(client_for, user, s
     assert Experiment.objects.get(name="Rows").row_positions == [0, 1, 2, 3, 4]
 
 
+def test_a_run_of_more_items_than_the_cap_is_refused_before_anything_is_written(
+    client_for, user, settings
+):
+    """Rows, variants and repeats were each capped (MAX_ROWS, 10, 10) but not their product:
+    one run could write a million items in one transaction. Over MAX_ITEMS the run is
+    refused, naming the count and the cap, and nothing of it is written. Checked when the
+    run starts, as the dataset may have grown since the experiment was saved."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ITEMS": 5}
+    variant = {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}
+    experiment = make_experiment(user, rows=("a", "b", "c"), variants=[variant, variant])
+    with pytest.raises(runner.RunError) as caught:
+        runner.start(experiment, user)
+    assert (
+        str(caught.value) == "3 rows × 2 variants × 1 repeat make 6 items; a run makes at most 5."
+    )
+    assert not ExperimentRun.objects.exists() and not RunGroup.objects.exists()
+    assert not Item.objects.exists()
+    experiment.row_positions, experiment.repeats = [0, 1], 2  # 8 items
+    experiment.save()
+    response = client_for.post(f"/experiments/{experiment.pk}/run/", follow=True)
+    assert "2 rows × 2 variants × 2 repeats make 8 items" in response.content.decode()
+    assert not ExperimentRun.objects.exists() and not Item.objects.exists()
+    experiment.row_positions = [1]  # 4 items
+    experiment.save()
+    run = runner.start(experiment, user)
+    assert run.items.count() == 4
+
+
+def test_the_experiment_form_refuses_more_items_than_a_run_makes(client_for, user, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ITEMS": 10}
+    dataset = make_experiment(user, rows=("a", "b", "c")).dataset
+    data = {
+        "name": "Big",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f"{MODEL}\n{MODEL}",
+        "checks": "",
+        "repeats": 2,
+    }
+    response = client_for.post("/experiments/new/", data)
+    assert response.status_code == 400
+    assert "3 rows × 2 variants × 2 repeats make 12 items" in response.content.decode()
+    assert "a run makes at most 10" in response.content.decode()
+    assert not Experiment.objects.filter(name="Big").exists()
+    # Rows named past the dataset's end make no items.
+    response = client_for.post("/experiments/new/", {**data, "rows": "2, 7-900"})
+    assert response.status_code == 302
+    assert Experiment.objects.get(name="Big").row_positions[:2] == [1, 6]
+
+
 def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):
     """Parameters or a schema with an integer of more than 4300 digits, or nested deeper than
     the recursion limit: json.loads raises ValueError or RecursionError, not JSONDecodeError."""
