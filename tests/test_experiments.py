@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
 
@@ -310,6 +311,37 @@ def test_items_in_flight_count_against_the_budget(
     assert all("Not sent" in i.error for i in run.items.filter(status="failed"))
 
 
+def test_the_judges_replies_count_against_the_budget_with_the_items(
+    user, upstream, api_key, immediate, settings
+):
+    """A $0.03 reply and its $0.03 judge on a $0.06 budget: one cell fits, not two. The
+    claim reserved each item's own reply only, and a judge was checked (as it started)
+    against what was recorded: a judge started while another item's reply still streamed,
+    and that reply's cost came after, $0.09 in all."""
+    from playground.accounts.models import Budget
+    from playground.chat import budgets
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    verdict = '{"pass": true, "reason": "fine"}'
+    # Without the judges reserved, the first claim took two items: one reply ends at once,
+    # the other streams on (a character at a time) while the first one's judge is asked.
+    upstream.script(Behaviour(tokens=[verdict]), Behaviour(tokens=list(verdict), interval=0.02))
+    upstream.default = Behaviour(tokens=[verdict])
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.06"), daily_messages=None)
+    experiment = make_experiment(
+        user, rows=[str(i) for i in range(4)], check_lines=f"judge: {MODEL}: Good?"
+    )
+    run = runner.start(experiment, user)
+    run.refresh_from_db()
+    assert run.status == "done"
+    spent = budgets.replies_in_space(user, None).aggregate(total=Sum("cost"))["total"]
+    assert spent <= Decimal("0.06")
+    assert len(upstream.requests) == 2  # one cell: its reply and its judge
+    done = run.items.get(status="done")
+    assert done.verdicts[0]["passed"] is True
+    assert all("Not sent" in i.error for i in run.items.exclude(pk=done.pk))
+
+
 def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
     upstream.script(
         Behaviour(tokens=["Paris"]),
@@ -469,6 +501,45 @@ def test_an_item_failed_by_the_claim_reserves_no_budget(user, api_key):
     taken = worker.claim_many(run.pk, "w1", 2)
     assert [i.pk for i in taken] == [pending.pk]
     assert Item.objects.get(pk=lost.pk).status == "failed"
+
+
+def test_a_cell_is_reserved_with_its_judges_until_they_end(user, api_key, settings):
+    """A claim reserves an item's reply and its judge's; after the reply ends (its cost
+    recorded) the item stays in flight with its judge reserved, not asked yet and then
+    streaming, until the judge's answer ends. A judge conversation of the item's made before
+    the claim (a lost worker's attempt) is not this attempt's judge."""
+    from playground.accounts.models import Budget
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.06"), daily_messages=None)
+    experiment = make_experiment(user, rows=["a", "b"], check_lines=f"judge: {MODEL}: Good?")
+    run = runner.start(experiment, user)
+    judged, pending = run.items.order_by("position")
+
+    def turn(title: str, status: str, cost: str | None) -> Message:
+        conversation = Conversation.objects.create(
+            owner=user, group=run.group, position=judged.position, model=MODEL, title=title
+        )
+        return Message.objects.create(
+            conversation=conversation,
+            role="assistant",
+            status=status,
+            cost=None if cost is None else Decimal(cost),
+            created_by=user,
+        )
+
+    turn("Judge · an earlier attempt", "interrupted", None)
+    # $0.03 for the reply and $0.03 for its judge: one cell fits the $0.06, not two.
+    assert [i.pk for i in worker.claim_many(run.pk, "w1", 2)] == [judged.pk]
+    reply = turn("cell", "complete", "0.03")
+    Item.objects.filter(pk=judged.pk).update(conversation=reply.conversation, message=reply)
+    assert worker.claim_many(run.pk, "w1", 1) == []  # the judge is not asked yet
+    answer = turn("Judge", "streaming", None)
+    assert worker.claim_many(run.pk, "w1", 1) == []
+    Message.objects.filter(pk=answer.pk).update(status="complete", cost=Decimal("0.03"))
+    # The cell spent the budget and nothing is in flight: the next item is taken, for its
+    # start to refuse it with the budget's message.
+    assert [i.pk for i in worker.claim_many(run.pk, "w1", 1)] == [pending.pk]
 
 
 def test_regex_checks_have_a_time_limit():
