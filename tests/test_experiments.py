@@ -936,6 +936,32 @@ def test_asking_the_judge_again_calls_only_the_judge_model(
     assert item.message.text == "Paris"  # the cell's reply is the same one
 
 
+def test_asking_the_judge_again_stays_within_the_budget(
+    client_for, user, upstream, api_key, immediate, settings
+):
+    """Asking again sent up to the run's concurrency of judges at once, each checked as it
+    started against what was recorded: with room for one more judge, all three went. With a
+    budget in force they go one at a time, each checked with the ones before it counted."""
+    from playground.accounts.models import Budget
+    from playground.chat import budgets
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    upstream.default = Behaviour(tokens=['{"pass": true, "reason": "fine"}'])
+    experiment = make_experiment(user, rows=("a", "b", "c"), check_lines=f"judge: {MODEL}: Ok?")
+    run = runner.start(experiment, user)  # three replies and three judges: $0.18
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.21"), daily_messages=None)
+    upstream.reset()
+    again = '{"pass": false, "reason": "asked again"}'
+    upstream.default = Behaviour(tokens=list(again), interval=0.01)
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/", {"judge": "1"})
+    spent = budgets.replies_in_space(user, None).aggregate(total=Sum("cost"))["total"]
+    assert spent <= Decimal("0.21")
+    assert len(upstream.requests) == 1
+    reasons = sorted(i.verdicts[0]["reason"] for i in run.items.all())
+    assert reasons[0] == "asked again"
+    assert all("Not sent" in r for r in reasons[1:])
+
+
 def test_deleting_a_team_or_a_user_takes_their_experiments_along(user, settings):
     """Rows a run used are kept while the run exists (RESTRICT), but a deletion that takes
     the run too goes through."""

@@ -281,7 +281,8 @@ class _Budget:
     ends). An item that does not fit waits while replies are in flight (they may end
     cheaper, or fail); with none in flight it is taken, and prepare_turn refuses its reply
     or its judge with the budget's message. Not reserved: other runs or chats of the space at
-    the same time (each checked alone, as any send), and a re-judge (rejudge())."""
+    the same time (each checked alone, as any send), and a re-judge (rejudge(), which asks one
+    judge at a time when a budget applies)."""
 
     def __init__(
         self, found: list[budgets.Limit], prices: list[Decimal], judges: list[Decimal]
@@ -777,7 +778,8 @@ def reap(run_id: int) -> bool:
 
 async def rejudge(run_id: int, user_id: int) -> int:
     """The judge checks again on every finished cell's saved reply (the judge model is
-    called; the cells' models are not), sent by `user_id`; the number of cells judged."""
+    called; the cells' models are not), sent by `user_id`; the number of cells judged.
+    Several cells at once, as a run's items; one at a time when a budget applies."""
     from django.contrib.auth import get_user_model
 
     run = await ExperimentRun.objects.select_related("group").aget(pk=run_id)
@@ -793,6 +795,10 @@ async def rejudge(run_id: int, user_id: int) -> int:
         .select_related("row", "message", "run__group")
     ]
     limit = await sync_to_async(_slots)(run_id)
+    if await sync_to_async(budgets.limits)(user, run.group.team_id):
+        # Each judge is checked as it starts against what is recorded (no claim reserves
+        # these): one at a time, each is checked with the ones before it counted.
+        limit = 1
     gate = asyncio.Semaphore(max(1, limit))
 
     async def judge(item: Item) -> None:
