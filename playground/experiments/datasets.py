@@ -19,7 +19,8 @@ from django.db import transaction
 from playground.experiments.models import Dataset, DatasetRow
 
 RESERVED = ("expected", "notes")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline ("a\n").
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_ERRORS = 20  # listed; the count says how many more
 # PostgreSQL keeps no NUL in text or jsonb: a row holding one would fail the save.
 NUL = "a NUL character (\\u0000) cannot be stored."
@@ -64,7 +65,7 @@ def parse(name: str, data: bytes) -> Parsed:
 
 def _check_names(names: list[str], errors: list[str], where: str) -> None:
     for i, name in enumerate(names, 1):
-        if name not in RESERVED and not NAME.match(name):
+        if name not in RESERVED and not NAME.fullmatch(name):
             errors.append(
                 f"{where}, column {i}: “{name[:40]}” is not a variable name "
                 "(letters, digits and _, not starting with a digit)."
