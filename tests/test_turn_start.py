@@ -164,6 +164,35 @@ async def test_a_socket_cancelled_while_the_rows_are_written_leaves_the_turn_to_
     assert runs._active == {}
 
 
+async def test_a_socket_cancelled_in_a_handler_still_leaves_its_groups(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    """disconnect() never runs for an instance the server cancels (a handler still busy
+    after the socket closed): the channel would stay in the conversation's groups (and
+    the other watchers would go on listing it) until its queue's messages expired."""
+    from channels.layers import get_channel_layer
+
+    ok, watcher = await connect(user, conversation.pk)
+    await watcher.drain()
+    ok, leaving = await connect(user, conversation.pk)
+    await leaving.drain()
+    await watcher.drain()
+    group = runs.group_name(conversation.pk)
+    layer = get_channel_layer()
+    assert len(layer.groups[group]) == 2
+    entered, gate = hold_reply_row(monkeypatch)
+    await leaving.send_prompt("Bye")
+    assert await asyncio.to_thread(entered.wait, 5)
+    await watcher.drain()
+    await leaving.communicator.disconnect(timeout=0.1)
+    assert leaving.communicator.future.cancelled()
+    async with asyncio.timeout(5):
+        while len(layer.groups[group]) != 1:
+            await asyncio.sleep(0.02)
+    gate.set()
+    await settled_reply(conversation)
+
+
 async def test_only_a_send_with_an_extensions_field_goes_to_the_extensions(
     upstream, user, api_key, conversation, connect, monkeypatch
 ):

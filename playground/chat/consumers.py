@@ -127,6 +127,21 @@ class ConversationConsumer(SlottedConsumer):
         # on disconnect so none of them touches a closed socket or the database afterwards.
         self.tasks: set[asyncio.Task] = set()
         self.cut_off = False  # told it lost access, and closed
+        self.gone = False  # disconnect() has run
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server cancels an instance still busy in a handler a while after its socket
+            # closed (Daphne's application_close_timeout): disconnect() never ran, so the
+            # channel would stay in its groups and the other watchers would go on showing
+            # this one. Said goodbye here, in a task of its own (this one is cancelled).
+            if hasattr(self, "group"):
+                goodbye = asyncio.create_task(self.disconnect(1006), name="disconnect-late")
+                _orphaned.add(goodbye)
+                goodbye.add_done_callback(_orphaned.discard)
+            raise
 
     async def connect(self) -> None:
         if not await self.take_slot():
@@ -171,6 +186,9 @@ class ConversationConsumer(SlottedConsumer):
         return True
 
     async def disconnect(self, code: int) -> None:
+        if self.gone:
+            return  # once, whether the server said the socket closed or cancelled us
+        self.gone = True
         open_sockets.discard(self)
         self._give_back_slot()
         pending = list(self.tasks)
