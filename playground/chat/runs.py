@@ -37,6 +37,7 @@ from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery, formats
 from playground.providers.specs import CHAT, Model
+from playground.storable import UNSTORABLE
 
 log = logging.getLogger(__name__)
 
@@ -685,12 +686,7 @@ def _reply_context(message: Message) -> dict[str, Any]:
     return {"message": message, "awaiting_tools": awaiting}
 
 
-# What the databases cannot store: NUL (PostgreSQL refuses it in text and jsonb) and a lone
-# UTF-16 surrogate, which a JSON escape such as "\\ud800" spells but no UTF-8 holds (text columns
-# on SQLite and PostgreSQL, jsonb and a WebSocket frame all refuse it). A str read from JSON
-# holds a valid pair as one character, so any surrogate in it is a lone one.
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-# The same in JSON dumped with ensure_ascii=False, which escapes NUL but not a surrogate.
+# storable.UNSTORABLE in JSON dumped with ensure_ascii=False: NUL escaped, a surrogate not.
 _UNSTORABLE_JSON = re.compile("\\\\u0000|[\ud800-\udfff]")
 
 

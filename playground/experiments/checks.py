@@ -19,6 +19,7 @@ from django.conf import settings
 
 from playground.providers import catalog
 from playground.providers.params import unsafe_schema
+from playground.storable import unstorable
 
 SYNTAX = """contains: text
 not_contains: text
@@ -120,6 +121,9 @@ def _parse_one(kind: str, arg: str) -> dict[str, Any]:
             ) from None
         if not isinstance(schema, dict):
             raise CheckError("the schema must be a JSON object.")
+        what = unstorable(schema)  # its escapes can spell either; it is saved in jsonb
+        if what:
+            raise CheckError(f"the schema holds {what}, which cannot be stored.")
         problem = unsafe_schema(schema)
         if problem:
             raise CheckError(f"the schema: {problem}.")
