@@ -362,6 +362,29 @@ def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediat
     assert Message.objects.filter(conversation__group=run.group, role="assistant").count() == 4
 
 
+def test_a_judges_reason_or_a_schema_path_holding_a_nul_or_lone_surrogate_is_kept(
+    client_for, user, upstream, api_key, immediate
+):
+    """The judge's answer and the reply are text, but the JSON read from them spells what their
+    escapes say: a reason or a key holding "\\u0000" or "\\ud800" went into the item's
+    verdicts (jsonb), whose save failed on PostgreSQL, and a lone surrogate failed the page
+    everywhere. Shown as U+FFFD, as in a reply."""
+    upstream.script(
+        Behaviour(tokens=['{"a\\ud800": 1}']),
+        Behaviour(tokens=['{"pass": true, "reason": "ok\\u0000 \\udc00"}']),
+    )
+    schema = '{"type": "object", "additionalProperties": {"type": "string"}}'
+    lines = f"json_schema: {schema}\njudge: {MODEL}: Is it JSON?"
+    run = runner.start(make_experiment(user, rows=["France"], check_lines=lines), user)
+    item = run.items.get()
+    assert item.status == "done", item.error
+    schema_check, judged = item.verdicts
+    assert schema_check["reason"].startswith("$['a\ufffd']: ")
+    assert judged["passed"] is True and judged["reason"] == "ok\ufffd \ufffd"
+    page = client_for.get(f"/experiments/runs/{run.pk}/")
+    assert page.status_code == 200 and "ok\ufffd \ufffd" in page.content.decode()
+
+
 def test_a_score_judge_uses_its_threshold():
     check = {"kind": "judge", "model": MODEL, "threshold": 4, "rubric": "r"}
     assert checks.read_judge(check, '{"score": 5, "reason": "good"}').passed is True

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from playground.providers import catalog
 from playground.providers.params import unsafe_schema
-from playground.storable import unstorable
+from playground.storable import UNSTORABLE, unstorable
 
 SYNTAX = """contains: text
 not_contains: text
@@ -65,7 +65,10 @@ class Verdict:
     score: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As the item's verdicts store it. The reason may quote JSON read from a reply or the
+        judge's answer, whose escapes can spell a NUL or a lone surrogate (storable.py): each
+        is shown as U+FFFD, as in a reply, or the item's save would fail."""
+        return {**asdict(self), "reason": UNSTORABLE.sub("\ufffd", self.reason)}
 
 
 @dataclass
