@@ -320,13 +320,15 @@ if PLAYGROUND_RUN["ALIVE_TTL"] <= PLAYGROUND_RUN["CHECKPOINT_INTERVAL"]:
 # Background tasks (Django's tasks framework, backported): the ORM backend, so any number of
 # `manage.py db_worker` processes share the queue through the database. Experiments use it.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
-# Experiments (playground/experiments/): upload caps, how many items may run at once per
+# Experiments (playground/experiments/): upload caps, the items one run makes (rows × variants
+# × repeats, each capped alone: MAX_ROWS, 10, 10), how many items may run at once per
 # endpoint across all workers (an endpoint's own setting, on its gate, overrides it), how long
 # a worker's claim on an item lasts without renewal (a killed worker's item is retried by
 # another after it), and the regex check's time limit.
 PLAYGROUND_EXPERIMENTS = {
     "MAX_ROWS": envint("PLAYGROUND_DATASET_MAX_ROWS", 10_000),
     "MAX_UPLOAD_BYTES": envint("PLAYGROUND_DATASET_MAX_BYTES", 10 * 1024 * 1024),
+    "MAX_ITEMS": envint("PLAYGROUND_EXPERIMENT_MAX_ITEMS", 10_000),
     "CONCURRENCY": envint("PLAYGROUND_EXPERIMENT_CONCURRENCY", 4),
     "LEASE": envfloat("PLAYGROUND_EXPERIMENT_LEASE", 30.0),
     # Drain tasks queued per run: each worker that picks one shares the run's items.

@@ -418,6 +418,37 @@ async def test_rerun_in_a_column_repeats_that_columns_request(upstream, user, ap
     await socket.close()
 
 
+async def test_a_rerun_whose_socket_is_cancelled_while_its_rows_are_written_still_runs(
+    upstream, user, api_key, monkeypatch
+):
+    """The tab closes while a column's re-run is being written: the server cancels the busy
+    consumer, but the rows are written all the same, so the run starts and its reply ends,
+    rather than staying "streaming" until the stale sweep."""
+    from tests.test_turn_start import hold_reply_row, settled_reply
+
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="Once")
+    await socket.until(lambda f: 'id="prompt"' in f)
+    await finish(group)
+    first = await Message.objects.filter(
+        conversation__group=group, conversation__position=0, role="assistant"
+    ).aget()
+    entered, gate = hold_reply_row(monkeypatch)
+    await socket.send(action="rerun", message_id=first.pk)
+    assert await asyncio.to_thread(entered.wait, 5)
+    await socket.communicator.disconnect(timeout=0.1)
+    assert socket.communicator.future.cancelled()  # not a clean disconnect: cancelled
+    gate.set()
+    column = await Conversation.objects.aget(pk=first.conversation_id)
+    again = await settled_reply(column)
+    assert again.pk != first.pk
+    assert again.status == Message.Status.COMPLETE
+    assert again.text == "tok0 tok1 tok2 tok3 tok4"
+    assert runs._active == {}
+
+
 async def test_a_stop_pressed_while_the_columns_are_written_stops_every_column(
     upstream, user, api_key
 ):

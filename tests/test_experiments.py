@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
 
@@ -161,6 +163,16 @@ def test_a_nul_or_lone_surrogate_in_an_experiments_parameters_or_schema_is_a_for
     )
     response = client_for.post("/experiments/new/", {**data, "variants": MODEL, "checks": ""})
     assert response.status_code == 302
+
+
+def test_a_column_name_ending_in_a_newline_is_refused(client_for):
+    """`$` also matches before a trailing newline, so `"a\\n"` passed the name check as `a`
+    and became a column no `{{a}}` reaches. A CSV header is stripped; a JSONL key is not."""
+    response = upload(client_for, "J", b'{"a\\n": "1"}\n', "x.jsonl")
+    assert response.status_code == 400
+    assert "Line 1, column 1" in response.content.decode()
+    assert "is not a variable name" in response.content.decode()
+    assert not Dataset.objects.exists()
 
 
 def test_the_row_cap_refuses_the_whole_file(client_for, settings):
@@ -339,6 +351,37 @@ def test_items_in_flight_count_against_the_budget(
     statuses = list(run.items.values_list("status", flat=True))
     assert sorted(statuses) == ["done"] * 2 + ["failed"] * 4
     assert all("Not sent" in i.error for i in run.items.filter(status="failed"))
+
+
+def test_the_judges_replies_count_against_the_budget_with_the_items(
+    user, upstream, api_key, immediate, settings
+):
+    """A $0.03 reply and its $0.03 judge on a $0.06 budget: one cell fits, not two. The
+    claim reserved each item's own reply only, and a judge was checked (as it started)
+    against what was recorded: a judge started while another item's reply still streamed,
+    and that reply's cost came after, $0.09 in all."""
+    from playground.accounts.models import Budget
+    from playground.chat import budgets
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    verdict = '{"pass": true, "reason": "fine"}'
+    # Without the judges reserved, the first claim took two items: one reply ends at once,
+    # the other streams on (a character at a time) while the first one's judge is asked.
+    upstream.script(Behaviour(tokens=[verdict]), Behaviour(tokens=list(verdict), interval=0.02))
+    upstream.default = Behaviour(tokens=[verdict])
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.06"), daily_messages=None)
+    experiment = make_experiment(
+        user, rows=[str(i) for i in range(4)], check_lines=f"judge: {MODEL}: Good?"
+    )
+    run = runner.start(experiment, user)
+    run.refresh_from_db()
+    assert run.status == "done"
+    spent = budgets.replies_in_space(user, None).aggregate(total=Sum("cost"))["total"]
+    assert spent <= Decimal("0.06")
+    assert len(upstream.requests) == 2  # one cell: its reply and its judge
+    done = run.items.get(status="done")
+    assert done.verdicts[0]["passed"] is True
+    assert all("Not sent" in i.error for i in run.items.exclude(pk=done.pk))
 
 
 def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediate):
@@ -523,6 +566,45 @@ def test_an_item_failed_by_the_claim_reserves_no_budget(user, api_key):
     taken = worker.claim_many(run.pk, "w1", 2)
     assert [i.pk for i in taken] == [pending.pk]
     assert Item.objects.get(pk=lost.pk).status == "failed"
+
+
+def test_a_cell_is_reserved_with_its_judges_until_they_end(user, api_key, settings):
+    """A claim reserves an item's reply and its judge's; after the reply ends (its cost
+    recorded) the item stays in flight with its judge reserved, not asked yet and then
+    streaming, until the judge's answer ends. A judge conversation of the item's made before
+    the claim (a lost worker's attempt) is not this attempt's judge."""
+    from playground.accounts.models import Budget
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.06"), daily_messages=None)
+    experiment = make_experiment(user, rows=["a", "b"], check_lines=f"judge: {MODEL}: Good?")
+    run = runner.start(experiment, user)
+    judged, pending = run.items.order_by("position")
+
+    def turn(title: str, status: str, cost: str | None) -> Message:
+        conversation = Conversation.objects.create(
+            owner=user, group=run.group, position=judged.position, model=MODEL, title=title
+        )
+        return Message.objects.create(
+            conversation=conversation,
+            role="assistant",
+            status=status,
+            cost=None if cost is None else Decimal(cost),
+            created_by=user,
+        )
+
+    turn("Judge · an earlier attempt", "interrupted", None)
+    # $0.03 for the reply and $0.03 for its judge: one cell fits the $0.06, not two.
+    assert [i.pk for i in worker.claim_many(run.pk, "w1", 2)] == [judged.pk]
+    reply = turn("cell", "complete", "0.03")
+    Item.objects.filter(pk=judged.pk).update(conversation=reply.conversation, message=reply)
+    assert worker.claim_many(run.pk, "w1", 1) == []  # the judge is not asked yet
+    answer = turn("Judge", "streaming", None)
+    assert worker.claim_many(run.pk, "w1", 1) == []
+    Message.objects.filter(pk=answer.pk).update(status="complete", cost=Decimal("0.03"))
+    # The cell spent the budget and nothing is in flight: the next item is taken, for its
+    # start to refuse it with the budget's message.
+    assert [i.pk for i in worker.claim_many(run.pk, "w1", 1)] == [pending.pk]
 
 
 def test_regex_checks_have_a_time_limit():
@@ -919,6 +1001,32 @@ def test_asking_the_judge_again_calls_only_the_judge_model(
     assert item.message.text == "Paris"  # the cell's reply is the same one
 
 
+def test_asking_the_judge_again_stays_within_the_budget(
+    client_for, user, upstream, api_key, immediate, settings
+):
+    """Asking again sent up to the run's concurrency of judges at once, each checked as it
+    started against what was recorded: with room for one more judge, all three went. With a
+    budget in force they go one at a time, each checked with the ones before it counted."""
+    from playground.accounts.models import Budget
+    from playground.chat import budgets
+
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "CONCURRENCY": 4}
+    upstream.default = Behaviour(tokens=['{"pass": true, "reason": "fine"}'])
+    experiment = make_experiment(user, rows=("a", "b", "c"), check_lines=f"judge: {MODEL}: Ok?")
+    run = runner.start(experiment, user)  # three replies and three judges: $0.18
+    Budget.set(team=None, user=user, by=user, monthly_cost=Decimal("0.21"), daily_messages=None)
+    upstream.reset()
+    again = '{"pass": false, "reason": "asked again"}'
+    upstream.default = Behaviour(tokens=list(again), interval=0.01)
+    client_for.post(f"/experiments/runs/{run.pk}/recheck/", {"judge": "1"})
+    spent = budgets.replies_in_space(user, None).aggregate(total=Sum("cost"))["total"]
+    assert spent <= Decimal("0.21")
+    assert len(upstream.requests) == 1
+    reasons = sorted(i.verdicts[0]["reason"] for i in run.items.all())
+    assert reasons[0] == "asked again"
+    assert all("Not sent" in r for r in reasons[1:])
+
+
 def test_deleting_a_team_or_a_user_takes_their_experiments_along(user, settings):
     """Rows a run used are kept while the run exists (RESTRICT), but a deletion that takes
     the run too goes through."""
@@ -982,6 +1090,57 @@ def test_the_rows_of_a_run_are_capped_at_the_largest_dataset(client_for, user, s
     assert Experiment.objects.get(name="Rows").row_positions == [0, 1, 2, 3, 4]
 
 
+def test_a_run_of_more_items_than_the_cap_is_refused_before_anything_is_written(
+    client_for, user, settings
+):
+    """Rows, variants and repeats were each capped (MAX_ROWS, 10, 10) but not their product:
+    one run could write a million items in one transaction. Over MAX_ITEMS the run is
+    refused, naming the count and the cap, and nothing of it is written. Checked when the
+    run starts, as the dataset may have grown since the experiment was saved."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ITEMS": 5}
+    variant = {"label": "A", "model": MODEL, "params": {}, "system_prompt": ""}
+    experiment = make_experiment(user, rows=("a", "b", "c"), variants=[variant, variant])
+    with pytest.raises(runner.RunError) as caught:
+        runner.start(experiment, user)
+    assert (
+        str(caught.value) == "3 rows × 2 variants × 1 repeat make 6 items; a run makes at most 5."
+    )
+    assert not ExperimentRun.objects.exists() and not RunGroup.objects.exists()
+    assert not Item.objects.exists()
+    experiment.row_positions, experiment.repeats = [0, 1], 2  # 8 items
+    experiment.save()
+    response = client_for.post(f"/experiments/{experiment.pk}/run/", follow=True)
+    assert "2 rows × 2 variants × 2 repeats make 8 items" in response.content.decode()
+    assert not ExperimentRun.objects.exists() and not Item.objects.exists()
+    experiment.row_positions = [1]  # 4 items
+    experiment.save()
+    run = runner.start(experiment, user)
+    assert run.items.count() == 4
+
+
+def test_the_experiment_form_refuses_more_items_than_a_run_makes(client_for, user, settings):
+    settings.PLAYGROUND_EXPERIMENTS = {**settings.PLAYGROUND_EXPERIMENTS, "MAX_ITEMS": 10}
+    dataset = make_experiment(user, rows=("a", "b", "c")).dataset
+    data = {
+        "name": "Big",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f"{MODEL}\n{MODEL}",
+        "checks": "",
+        "repeats": 2,
+    }
+    response = client_for.post("/experiments/new/", data)
+    assert response.status_code == 400
+    assert "3 rows × 2 variants × 2 repeats make 12 items" in response.content.decode()
+    assert "a run makes at most 10" in response.content.decode()
+    assert not Experiment.objects.filter(name="Big").exists()
+    # Rows named past the dataset's end make no items.
+    response = client_for.post("/experiments/new/", {**data, "rows": "2, 7-900"})
+    assert response.status_code == 302
+    assert Experiment.objects.get(name="Big").row_positions[:2] == [1, 6]
+
+
 def test_json_that_python_cannot_read_in_the_experiment_form_is_a_form_error(client_for, user):
     """Parameters or a schema with an integer of more than 4300 digits, or nested deeper than
     the recursion limit: json.loads raises ValueError or RecursionError, not JSONDecodeError."""
@@ -1011,6 +1170,28 @@ def test_a_row_edit_with_json_python_cannot_read_is_refused(client_for, user):
     )
     assert response.status_code == 302
     assert dataset.rows.get(position=0).variables == {"country": "France"}
+
+
+@pytest.mark.parametrize("name", ["a\n", "two words", "1st", "expected"])
+def test_a_row_edit_names_variables_as_an_upload_does(client_for, user, name):
+    """An upload refuses a column that is not a variable name; a row edited or added by hand
+    took any key, and it became a column of the dataset that no `{{name}}` reaches (or one
+    called `expected`, beside the row's expected output)."""
+    dataset = make_experiment(user).dataset
+    row = dataset.rows.get(position=0)
+    variables = json.dumps({"country": "Chile", name: "x"})
+    response = client_for.post(
+        f"/experiments/datasets/{dataset.pk}/rows/{row.pk}/",
+        {"variables": variables, "expected": ""},
+        follow=True,
+    )
+    assert "is not a variable name" in response.content.decode()
+    client_for.post(f"/experiments/datasets/{dataset.pk}/rows/", {"variables": variables})
+    dataset.refresh_from_db()
+    assert dataset.columns == ["country"] and dataset.rows.count() == 2
+    assert dataset.rows.get(position=0).variables == {"country": "France"}
+    form = forms.RowForm({"variables": variables, "expected": "", "notes": ""})
+    assert not form.is_valid() and "variables" in form.errors
 
 
 def test_a_subset_of_rows_and_repeats_make_the_items(user, upstream, api_key, immediate):

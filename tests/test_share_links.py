@@ -210,8 +210,43 @@ def test_a_maker_who_lost_the_conversation_no_longer_reads_its_title(
     assert b"Secret merger plan" not in response.content
     assert f"/c/{conversation.pk}/" not in response.content.decode()
     states = [text(td) for td in find_all(response.content, "td", class_="share-state")]
-    assert states == ["no access"]  # it opens for no one while they cannot see it
+    assert states == ["maker has no access"]  # it opens for no one while they cannot see it
     assert b"Revoke" in response.content
+
+
+@pytest.mark.parametrize("loss", ["left the team", "deactivated"])
+def test_an_admin_sees_a_link_whose_maker_lost_the_conversation_as_not_live(
+    client, user, other_user, team, django_user_model, loss
+):
+    # The public page stops opening such a link; the admin's list went on calling it live.
+    conversation = Conversation.objects.create(owner=user, team=team, model="m", title="Plan")
+    url, _ = make(client, other_user, conversation)
+    if loss == "left the team":
+        Membership.objects.filter(team=team, user=other_user).delete()
+    else:
+        other_user.is_active = False
+        other_user.save(update_fields=["is_active"])
+    assert client.get(url).status_code == 404
+    admin = django_user_model.objects.create_user("root", password="pw-root-123456")
+    Membership.objects.create(team=team, user=admin, role="admin")
+    client.force_login(admin)
+    response = client.get("/review/shared/")
+    states = [text(td) for td in find_all(response.content, "td", class_="share-state")]
+    assert states == ["maker has no access"]
+    assert "Plan" in [text(a) for a in find_all(response.content, "a")]  # the admin sees it
+    assert b"Revoke" in response.content
+    assert ShareLink.objects.get().revoked is None  # listing changes nothing
+
+
+def test_a_revoked_link_whose_maker_left_still_reads_revoked(client, user, other_user, team):
+    conversation = Conversation.objects.create(owner=user, team=team, model="m")
+    _, token = make(client, other_user, conversation)
+    sharing.revoke(other_user, ShareLink.objects.get(token_hash=sharing.hash_token(token)).pk)
+    Membership.objects.filter(team=team, user=other_user).delete()
+    client.force_login(other_user)
+    response = client.get("/review/shared/")
+    states = [text(td) for td in find_all(response.content, "td", class_="share-state")]
+    assert states == ["revoked"] and b"Revoke" not in response.content
 
 
 def test_a_deleted_conversation_takes_its_links(client, user, chat):

@@ -149,3 +149,16 @@ def test_a_number_too_long_for_python_in_the_tools_box_is_a_field_error():
     with pytest.raises(params.InvalidParams) as caught:
         params.clean(GEMMA_4_E4B, {"tools": "[" + "9" * 5_000 + "]"})
     assert caught.value.errors["tools"] == "tools has a number too long to read"
+
+
+def test_a_tool_name_ending_in_a_newline_is_refused():
+    """`$` also matches before a trailing newline: `get_weather\\n` passed as a tool name (and as
+    the tool_choice naming it) and went upstream, which refuses it."""
+    tools = [{**WEATHER_TOOL[0], "function": {"name": "get_weather\n"}}]
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"tools": json.dumps(tools)})
+    assert "the name must be 1-64 letters" in caught.value.errors["tools"]
+    choice = {"type": "function", "function": {"name": "get_weather\n"}}
+    with pytest.raises(params.InvalidParams) as caught:
+        params.clean(GEMMA_4_E4B, {"tools": WEATHER_TOOL, "tool_choice": choice})
+    assert "tool_choice" in caught.value.errors

@@ -105,6 +105,65 @@ async def test_an_unexpected_write_error_closes_the_upstream_request_too(
     assert await Message.objects.acount() == 0
 
 
+def hold_reply_row(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Writing a turn's reply row (a send's, a re-run's) waits on the database thread until
+    the test sets the second event; the first says the write has begun."""
+    entered, gate = threading.Event(), threading.Event()
+    real = services._reply
+
+    def reply(*args, **kwargs):
+        entered.set()
+        assert gate.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_reply", reply)
+    return entered, gate
+
+
+async def settled_reply(conversation, timeout: float = 5.0) -> Message:
+    """The conversation's newest reply once it is no longer streaming (the stale sweep
+    would take STALE_AFTER, a minute)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await Message.objects.filter(conversation=conversation, role="assistant").alast()
+        if reply is not None and reply.status != Message.Status.STREAMING:
+            return reply
+        assert loop.time() < deadline, f"still streaming: {reply and reply.status}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("action", ["send", "rerun"])
+async def test_a_socket_cancelled_while_the_rows_are_written_leaves_the_turn_to_run(
+    upstream, user, api_key, conversation, connect, monkeypatch, action
+):
+    """The tab closes while the turn's rows are being written. The consumer is still in the
+    turn, so the server cancels it (Daphne after application_close_timeout). The run is the
+    server's, not the socket's: the rows were written, so it starts and the reply is saved,
+    rather than staying "streaming" with no run until the stale sweep."""
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    if action == "rerun":
+        await socket.send_prompt("Once")
+        await socket.until(lambda f: "status-complete" in f)
+        first = await settled_reply(conversation)
+    entered, gate = hold_reply_row(monkeypatch)
+    if action == "send":
+        await socket.send_prompt("Bye")
+    else:
+        await socket.send(action="rerun", message_id=first.pk)
+    assert await asyncio.to_thread(entered.wait, 5)
+    await socket.communicator.disconnect(timeout=0.1)
+    assert socket.communicator.future.cancelled()  # not a clean disconnect: cancelled
+    gate.set()
+    reply = await settled_reply(conversation)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.text == "tok0 tok1 tok2 tok3 tok4"
+    replies = await Message.objects.filter(role="assistant").acount()
+    assert replies == (2 if action == "rerun" else 1)
+    assert runs._active == {}
+
+
 async def test_only_a_send_with_an_extensions_field_goes_to_the_extensions(
     upstream, user, api_key, conversation, connect, monkeypatch
 ):

@@ -104,15 +104,21 @@ class Limit:
         return self.fraction >= WARN_AT
 
     def would_exceed(
-        self, price: Decimal, *, reserved_cost: Decimal = Decimal(0), reserved_messages: int = 0
+        self,
+        price: Decimal,
+        *,
+        reserved_cost: Decimal = Decimal(0),
+        reserved_messages: int = 0,
+        messages: int = 1,
     ) -> bool:
-        """Whether one more reply at `price` goes over. `reserved_*`: replies started but not
-        in `used` yet (a reply's cost is recorded when it ends), as a batch counts its own."""
+        """Whether `messages` more replies costing `price` in all go over. `reserved_*`:
+        replies started but not in `used` yet (a reply's cost is recorded when it ends), as a
+        batch counts its own."""
         if self.kind == "cost":
             used = self.used + reserved_cost
             # A model without a price is refused once the budget is spent.
             return used + price > self.limit if price else used >= self.limit
-        return self.used + reserved_messages + 1 > self.limit
+        return self.used + reserved_messages + messages > self.limit
 
     def resets_text(self) -> str:
         return timezone.localtime(self.resets).strftime("%d %b %Y %H:%M %Z").lstrip("0")

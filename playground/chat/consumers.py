@@ -15,7 +15,7 @@ import re
 import time
 import weakref
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 TEMPLATE = "chat/playground.html"
 MAX_FRAME_BYTES = 400_000
 RATE, BURST = 5.0, 20  # messages per second per socket, and the burst allowed
+# A background access re-check waits this long after the use that asked for it: past the
+# database work of the send that used the decision, which it would otherwise hold up.
+REFRESH_DELAY = 1.0
 render = sync_to_async(render_to_string, thread_sensitive=False)
 # Over PLAYGROUND_MAX_SOCKETS: accepted and closed at once with this code, so the browser
 # learns why (a refused handshake reaches page script as a bare 1006) and retries later.
@@ -80,6 +83,9 @@ class SocketSlots:
 
 
 slots = SocketSlots()
+# Turns whose socket was cancelled mid-way, kept so they are not garbage-collected before
+# their run starts (see _run_turn).
+_orphaned: set[asyncio.Task] = set()
 # Accepted sockets of this process, so a shutdown can tell each one (see shutdown.py).
 open_sockets: weakref.WeakSet[ConversationConsumer] = weakref.WeakSet()
 
@@ -142,6 +148,7 @@ class ConversationConsumer(SlottedConsumer):
         self.present: dict[str, tuple[int, str]] = {}  # channel → (user id, username)
         self.watchers_shown: list[str] = []  # the names the page shows now
         self.epoch, self.checked_at = (-1, -1), float("-inf")
+        self.refreshing = False  # a background re-check is due (_authorized)
         self.allowed, self.can_run = False, False
         # The branch this socket shows when it is not the active one: a viewer's ‹ ›, or the
         # page's ?at= (a link to a message on another branch). A switch or a turn clears it.
@@ -189,20 +196,54 @@ class ConversationConsumer(SlottedConsumer):
     async def _authorized(self, *, fresh: bool = False) -> bool:
         """May this socket's user still watch the conversation? The decision is kept, and
         trusted while nothing revoked it (access.epoch) and it is younger than
-        REAUTH_INTERVAL, the backstop for changes that bypass the signals."""
+        REAUTH_INTERVAL, the backstop for changes that bypass the signals.
+
+        A decision used in the second half of its life is checked again in the background
+        (REFRESH_DELAY later), so that a socket in use keeps a fresh one and its sends do not
+        wait for the three queries of a check; an idle socket's next use checks first, as
+        always."""
         if not self.user.is_authenticated:
             return False
         epoch = access.epoch(self.user.pk, self.conversation_id)
         interval = settings.PLAYGROUND_RUN["REAUTH_INTERVAL"]
-        if epoch == self.epoch and time.monotonic() - self.checked_at < interval:
+        age = time.monotonic() - self.checked_at
+        if epoch == self.epoch and age < interval:
+            if age >= interval / 2 and not self.refreshing and self.allowed:
+                self.refreshing = True
+                self._later(REFRESH_DELAY, self._refresh_access)
             return self.allowed
+        return await self._check_access(fresh=fresh)
+
+    async def _refresh_access(self) -> None:
+        """The background re-check _authorized asked for. The kept decision stands meanwhile;
+        a refusal cuts the socket off as a revocation would."""
+        try:
+            if self.cut_off:
+                return
+            epoch = access.epoch(self.user.pk or 0, self.conversation_id)
+            checked = await database_sync_to_async(check_access)(
+                self.user, self.scope.get("session"), self.conversation_id
+            )
+            if epoch != access.epoch(self.user.pk or 0, self.conversation_id):
+                return  # revoked meanwhile: the next use checks again, after the change
+            if not self._keep(epoch, checked):
+                await self._cut_off()
+        finally:
+            self.refreshing = False
+
+    async def _check_access(self, *, fresh: bool = False) -> bool:
+        epoch = access.epoch(self.user.pk or 0, self.conversation_id)
         self.allowed = False
         checked = await database_sync_to_async(check_access)(
             self.user, self.scope.get("session"), self.conversation_id, fresh=fresh
         )
+        return self._keep(epoch, checked)
+
+    def _keep(self, epoch: tuple[int, int], checked: tuple[Conversation, bool] | None) -> bool:
         # The epoch from before the check: a revocation during it makes the next use re-check.
         self.epoch, self.checked_at = epoch, time.monotonic()
         if checked is None:
+            self.allowed = False
             return False
         self.conversation, self.can_run = checked
         self.allowed = True
@@ -363,13 +404,24 @@ class ConversationConsumer(SlottedConsumer):
 
     async def _run_turn(self, service, *, sent: dict[str, Any] | None = None, **kwargs) -> None:
         """Create the rows through `service`, show them to every watcher, start the run.
-        `sent`: the socket message of a send, for extensions.turn_written."""
+        `sent`: the socket message of a send, for extensions.turn_written.
+
+        Once taken, the turn is the server's, like the run it starts: a socket closed in the
+        middle of it is cancelled by the server (it was still busy here), and the rows being
+        written on the database thread are written all the same. Cancelled with the socket,
+        the turn would leave its reply "streaming" with no run until the stale sweep; shielded,
+        it ends as it would have had the tab stayed open."""
         if shutdown.draining:
             await self._send_error(shutdown.RESTARTING)
             return
         if not self._may_run():
             await self._send_error("You can watch this conversation but not run it.")
             return
+        await outlive_socket(
+            self._turn(service, sent=sent, **kwargs), f"turn-{self.conversation_id}"
+        )
+
+    async def _turn(self, service, *, sent: dict[str, Any] | None, **kwargs) -> None:
         # The default prefix: channels_redis serves all of a process's channels of one
         # prefix from one receive loop; a prefix of its own starved the sockets.
         channel = await self.channel_layer.new_channel()
@@ -759,6 +811,27 @@ async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.C
 
 
 shutdown.when_draining(close_all)
+
+
+async def outlive_socket(work: Coroutine[Any, Any, None], name: str) -> None:
+    """Await `work` (a turn: its rows, then its run) as a task that a cancelled socket
+    leaves running to its end: the rows are written on the database thread all the same,
+    and a run that never starts would leave its reply "streaming" until the stale sweep."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _orphaned.add(task)
+            task.add_done_callback(_orphaned.discard)
+            task.add_done_callback(_log_orphan_failure)
+        raise
+
+
+def _log_orphan_failure(task: asyncio.Task) -> None:
+    """A turn that outlived its socket has no one to raise to."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a turn failed after its socket closed", exc_info=task.exception())
 
 
 def check_access(user, session, conversation_id: int, *, fresh: bool = False):

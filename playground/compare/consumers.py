@@ -32,6 +32,7 @@ from playground.chat.consumers import (
     _ints,
     _text_field,
     open_sockets,
+    outlive_socket,
     render,
 )
 from playground.chat.models import Conversation, Message, RunGroup
@@ -314,6 +315,12 @@ class GroupConsumer(ConversationConsumer):
         if conversation is None:
             await self._send_error("That reply is not in this compare.")
             return
+        # The turn outlives a socket cancelled while its rows are written (see _run_turn).
+        await outlive_socket(
+            self._turn_in_member(conversation, service, **kwargs), f"turn-{conversation.pk}"
+        )
+
+    async def _turn_in_member(self, conversation: Conversation, service, **kwargs: Any) -> None:
         channel = await self.channel_layer.new_channel()
         try:
 

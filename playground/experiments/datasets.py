@@ -20,7 +20,8 @@ from playground.experiments.models import Dataset, DatasetRow
 from playground.storable import unstorable
 
 RESERVED = ("expected", "notes")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline ("a\n").
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_ERRORS = 20  # listed; the count says how many more
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -63,7 +64,7 @@ def parse(name: str, data: bytes) -> Parsed:
 
 def _check_names(names: list[str], errors: list[str], where: str) -> None:
     for i, name in enumerate(names, 1):
-        if name not in RESERVED and not NAME.match(name):
+        if name not in RESERVED and not NAME.fullmatch(name):
             # Not quoted if it holds a lone surrogate: no page could show it.
             what = unstorable(name)
             shown = f"a name holding {what}" if what else f"“{name[:40]}”"

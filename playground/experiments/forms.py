@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from playground.chat import services
-from playground.experiments import checks, datasets
+from playground.experiments import checks, datasets, runner
 from playground.experiments.models import Dataset
 from playground.providers import params
 from playground.storable import unstorable
@@ -153,6 +153,21 @@ class ExperimentForm(forms.Form):
     def clean_variants(self) -> list[dict[str, Any]]:
         return parse_variants(self.cleaned_data["variants"], self.user, self.team_id)
 
+    def clean(self) -> dict[str, Any]:
+        """Rows × variants × repeats within the items a run makes (runner.too_large), counted
+        on the rows the dataset has: a range past its end names none."""
+        data = super().clean() or {}
+        dataset, variants = data.get("dataset"), data.get("variants")
+        repeats, rows = data.get("repeats"), data.get("rows")
+        if dataset is None or not variants or not repeats or rows is None:
+            return data  # a field's own error says what is wrong
+        positions = set(dataset.rows.values_list("position", flat=True))
+        count = len(positions.intersection(rows)) if rows else len(positions)
+        problem = runner.too_large(count, len(variants), repeats)
+        if problem:
+            raise forms.ValidationError(problem)
+        return data
+
     def clean_checks(self) -> list[dict[str, Any]]:
         try:
             return checks.parse(self.cleaned_data["checks"])
@@ -217,4 +232,15 @@ class RowForm(forms.Form):
         what = unstorable(value)
         if what:
             raise forms.ValidationError(f"{what[0].upper()}{what[1:]} cannot be stored.")
+        for name in value:
+            # As an upload's columns: each key becomes a column that {{name}} must reach.
+            if name in datasets.RESERVED:
+                raise forms.ValidationError(
+                    f"“{name}” is not a variable name here: it is the row's own field."
+                )
+            if not datasets.NAME.fullmatch(name):
+                raise forms.ValidationError(
+                    f"“{name[:40]}” is not a variable name "
+                    "(letters, digits and _, not starting with a digit)."
+                )
         return {str(k): str(v) for k, v in value.items()}

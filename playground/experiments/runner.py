@@ -25,6 +25,24 @@ class RunError(Exception):
     pass
 
 
+def max_items() -> int:
+    return int(settings.PLAYGROUND_EXPERIMENTS["MAX_ITEMS"])
+
+
+def too_large(rows: int, variants: int, repeats: int) -> str | None:
+    """Why a run of this size is refused, or None. Rows, variants and repeats are each
+    capped, but a run writes one item (and later a conversation) per row × variant × repeat,
+    in one transaction: their product is capped too."""
+    count, cap = rows * variants * repeats, max_items()
+    if count <= cap:
+        return None
+    parts = " × ".join(
+        f"{n:,} {word}{'' if n == 1 else 's'}"
+        for n, word in ((rows, "row"), (variants, "variant"), (repeats, "repeat"))
+    )
+    return f"{parts} make {count:,} items; a run makes at most {cap:,}."
+
+
 def start(experiment: Experiment, user) -> ExperimentRun:
     """A new run of the experiment as it is now: its items written, its drain tasks queued
     once the transaction commits (a worker must find the items)."""
@@ -38,6 +56,10 @@ def start(experiment: Experiment, user) -> ExperimentRun:
         raise RunError("The dataset has no rows to run.")
     if not experiment.variants:
         raise RunError("Add a variant first.")
+    # Before anything is written; here too, as the dataset may have grown since the save.
+    problem = too_large(len(rows), len(experiment.variants), experiment.repeats)
+    if problem:
+        raise RunError(problem)
     endpoints = []
     for variant in experiment.variants:
         try:
@@ -140,4 +162,13 @@ def reply_row(message: Message) -> dict[str, str]:
     return {"input": prompt, "expected": message.text}
 
 
-__all__ = ["RunError", "datasets", "recheck", "reply_row", "start", "stop"]
+__all__ = [
+    "RunError",
+    "datasets",
+    "max_items",
+    "recheck",
+    "reply_row",
+    "start",
+    "stop",
+    "too_large",
+]

@@ -40,7 +40,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from playground.chat import budgets, runs, services
@@ -267,21 +267,28 @@ def claim_many(run_id: int, me: str, wanted: int) -> list[Item]:
 
 class _Budget:
     """The budgets on a run's sender in its space, with the run's replies in flight counted:
-    a claim takes an item only if its reply fits beside them.
+    a claim takes an item only if its cell (its reply and its judges' replies) fits beside
+    them.
 
-    budgets.check() (services.prepare_turn, before each item's request) counts what is
-    recorded: a reply once it is written, its cost once it ends. The items of a run start
-    several at a time, each checked before the others count, so a run could go over a
-    budget by up to its concurrency. A claim holds the run's row (the claims of all its
-    workers take turns), so it reserves each running item's reply at its variant's price:
-    a message until the reply is written, the price until the reply ends. An item that does
-    not fit waits while replies are in flight (they may end cheaper, or fail); with none in
-    flight it is taken, and prepare_turn refuses it with the budget's message. Not reserved:
-    the judge's replies (checked as they start), and other runs or chats of the space at the
-    same time (each checked alone, as any send)."""
+    budgets.check() (services.prepare_turn, before each item's request and each judge's)
+    counts what is recorded: a reply once it is written, its cost once it ends. The items of
+    a run start several at a time, each checked before the others count, so a run could go
+    over a budget by up to its concurrency; and a judge asked while another item's reply
+    still streamed went over by its own price. A claim holds the run's row (the claims of
+    all its workers take turns), so it reserves each running item's cell at its prices: its
+    reply at its variant's, and each judge at its model's, each a message until it is
+    written and its price until it ends (a judge not asked yet, or refused, until the item
+    ends). An item that does not fit waits while replies are in flight (they may end
+    cheaper, or fail); with none in flight it is taken, and prepare_turn refuses its reply
+    or its judge with the budget's message. Not reserved: other runs or chats of the space at
+    the same time (each checked alone, as any send), and a re-judge (rejudge(), which asks one
+    judge at a time when a budget applies)."""
 
-    def __init__(self, found: list[budgets.Limit], prices: list[Decimal]) -> None:
+    def __init__(
+        self, found: list[budgets.Limit], prices: list[Decimal], judges: list[Decimal]
+    ) -> None:
         self.limits, self.prices = found, prices
+        self.judges = judges  # each judge's price, in the order a cell asks them
         self.cost = Decimal(0)
         self.messages = 0
         self.in_flight = 0
@@ -295,36 +302,90 @@ class _Budget:
         found = budgets.limits(run.started_by, run.group.team_id)
         if not found:
             return None
-        budget = cls(found, [_price(v["model"]) for v in run.spec["variants"]])
-        live = Item.objects.filter(run_id=run.pk, status=Item.Status.RUNNING, lease_until__gte=now)
-        for variant, reply in live.values_list("variant", "message__status"):
+        judges = [_price(c["model"]) for c in run.spec.get("checks") or [] if c["kind"] == "judge"]
+        budget = cls(found, [_price(v["model"]) for v in run.spec["variants"]], judges)
+        live = list(
+            Item.objects.filter(run_id=run.pk, status=Item.Status.RUNNING, lease_until__gte=now)
+            .values_list("variant", "message__status", "position", "started", "conversation_id")
+            .order_by()
+        )
+        asked = _judges_asked(run, live) if judges else {}
+        for variant, reply, position, _, _ in live:
             if reply is None or reply == Message.Status.STREAMING:
-                budget._reserve(variant, message=reply is None)
+                budget._reserve(budget.prices[variant], messages=int(reply is None))
+            if reply not in (None, Message.Status.STREAMING, Message.Status.COMPLETE):
+                continue  # the reply failed or stopped: no judge is asked
+            answers = asked.get(position, [])
+            for price, answer in zip(judges, answers, strict=False):
+                if answer is None or answer == Message.Status.STREAMING:
+                    budget._reserve(price, messages=int(answer is None))
+            for price in judges[len(answers) :]:
+                budget._reserve(price, messages=1)
         return budget
 
-    def _reserve(self, variant: int, *, message: bool) -> None:
-        self.cost += self.prices[variant]
-        self.messages += message
+    def _reserve(self, cost: Decimal, *, messages: int) -> None:
+        self.cost += cost
+        self.messages += messages
         self.in_flight += 1
+
+    def _cell(self, item: Item) -> tuple[Decimal, int]:
+        """What an item not started yet may spend: its reply and every judge's."""
+        return self.prices[item.variant] + sum(self.judges, Decimal(0)), 1 + len(self.judges)
 
     def release(self, item: Item) -> None:
         """An item admits() reserved for that the claim then did not start."""
-        self.cost -= self.prices[item.variant]
-        self.messages -= 1
+        cost, messages = self._cell(item)
+        self.cost -= cost
+        self.messages -= messages
         self.in_flight -= 1
 
     def admits(self, item: Item) -> bool:
-        """Whether the item may start now; if so its reply is reserved, else the run is full."""
-        price = self.prices[item.variant]
+        """Whether the item may start now; if so its cell is reserved, else the run is full."""
+        cost, messages = self._cell(item)
         over = any(
-            limit.would_exceed(price, reserved_cost=self.cost, reserved_messages=self.messages)
+            limit.would_exceed(
+                cost,
+                reserved_cost=self.cost,
+                reserved_messages=self.messages,
+                messages=messages,
+            )
             for limit in self.limits
         )
         if over and self.in_flight:
             self.full = True
             return False
-        self._reserve(item.variant, message=True)
+        self._reserve(cost, messages=messages)
         return True
+
+
+def _judges_asked(run: ExperimentRun, live: list[tuple]) -> dict[int, list[str | None]]:
+    """For each running item whose reply is complete (being judged), by position: the judges
+    asked in this attempt, in order, each as its answer's status (None: not written yet, or
+    the judge was refused). A judge's conversation is at its item's position in the run's
+    group (_judge_conversation); one made before the item was claimed is an earlier
+    attempt's (a worker lost while judging)."""
+    judged = {
+        position: (started, own)
+        for _, reply, position, started, own in live
+        if reply == Message.Status.COMPLETE
+    }
+    if not judged:
+        return {}
+    answer = Message.objects.filter(
+        conversation=OuterRef("pk"), role=Message.Role.ASSISTANT
+    ).values("status")[:1]
+    asked: dict[int, list[str | None]] = {}
+    conversations = (
+        Conversation.objects.filter(group_id=run.group_id, position__in=list(judged))
+        .annotate(answer=Subquery(answer))
+        .order_by("pk")
+        .values_list("pk", "position", "created", "answer")
+    )
+    for pk, position, created, status in conversations:
+        started, own = judged[position]
+        if pk != own and (started is None or created >= started):
+            asked.setdefault(position, []).append(status)
+    return asked
 
 
 def _price(model_key: str) -> Decimal:
@@ -717,7 +778,8 @@ def reap(run_id: int) -> bool:
 
 async def rejudge(run_id: int, user_id: int) -> int:
     """The judge checks again on every finished cell's saved reply (the judge model is
-    called; the cells' models are not), sent by `user_id`; the number of cells judged."""
+    called; the cells' models are not), sent by `user_id`; the number of cells judged.
+    Several cells at once, as a run's items; one at a time when a budget applies."""
     from django.contrib.auth import get_user_model
 
     run = await ExperimentRun.objects.select_related("group").aget(pk=run_id)
@@ -733,6 +795,10 @@ async def rejudge(run_id: int, user_id: int) -> int:
         .select_related("row", "message", "run__group")
     ]
     limit = await sync_to_async(_slots)(run_id)
+    if await sync_to_async(budgets.limits)(user, run.group.team_id):
+        # Each judge is checked as it starts against what is recorded (no claim reserves
+        # these): one at a time, each is checked with the ones before it counted.
+        limit = 1
     gate = asyncio.Semaphore(max(1, limit))
 
     async def judge(item: Item) -> None:

@@ -224,13 +224,14 @@ class Prompt(models.Model):
             label.save(update_fields=["protected", "updated"])
 
 
-LABEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline ("a\n").
+LABEL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+PROMPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def clean_label_name(name: str) -> str:
     name = name.strip().lower()
-    if not name or len(name) > LABEL_MAX or not LABEL_NAME.match(name):
+    if not name or len(name) > LABEL_MAX or not LABEL_NAME.fullmatch(name):
         raise PromptError(
             f"A label is 1-{LABEL_MAX} lowercase letters, digits, '.', '_' or '-'"
             " (like production or staging)."
@@ -241,7 +242,7 @@ def clean_label_name(name: str) -> str:
 def clean_prompt_name(name: str) -> str:
     """Names go in the read API's URL, so they are URL-safe: letters, digits, '.', '_', '-'."""
     name = name.strip()
-    if not name or len(name) > NAME_MAX or not PROMPT_NAME.match(name):
+    if not name or len(name) > NAME_MAX or not PROMPT_NAME.fullmatch(name):
         raise PromptError(
             f"A prompt name is 1-{NAME_MAX} letters, digits, '.', '_' or '-'"
             " (it goes in the read API's URL), like support-reply."

@@ -18,7 +18,8 @@ from playground.storable import unstorable
 
 FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# fullmatch, never match with `$`: `$` also matches before a trailing newline ("f\n").
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 # We evaluate response_format schemas against every reply: a regular expression could take
 # exponential time on a crafted reply (ReDoS), and a remote $ref would fetch or fail.
@@ -185,7 +186,7 @@ def _tools(param: Param, value: Any) -> list[dict[str, Any]]:
         function = tool.get("function")
         if not isinstance(function, dict):
             raise ValueError(f'{where}: needs a "function" object')
-        if not TOOL_NAME.match(str(function.get("name", ""))):
+        if not TOOL_NAME.fullmatch(str(function.get("name", ""))):
             raise ValueError(f"{where}: the name must be 1-64 letters, digits, _ or -")
         if "description" in function and not isinstance(function["description"], str):
             raise ValueError(f"{where}: the description must be text")
@@ -246,7 +247,7 @@ def _tool_choice(param: Param, value: Any) -> str | dict[str, Any]:
         return value
     else:
         name = str(value).removeprefix("function:")
-    if not TOOL_NAME.match(name):
+    if not TOOL_NAME.fullmatch(name):
         raise ValueError("must be auto, none, required or a tool's name")
     return {"type": "function", "function": {"name": name}}
 
@@ -274,7 +275,7 @@ def _response_format(param: Param, value: Any) -> dict[str, Any]:
         raise ValueError(f"the schema: {problem}")
     _check_schema(schema, "the schema")
     name = str(spec.get("name") or "reply").strip()
-    if not TOOL_NAME.match(name):
+    if not TOOL_NAME.fullmatch(name):
         raise ValueError("the schema name must be 1-64 letters, digits, _ or -")
     return {
         "type": "json_schema",

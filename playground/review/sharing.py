@@ -70,12 +70,28 @@ def open_link(token: str) -> ShareLink:
         .filter(token_hash=hash_token(token))
         .first()
     )
-    # A maker who left the team (or was deactivated) takes their links with them.
-    if link is None or not (
-        Conversation.objects.visible_to(link.created_by).filter(pk=link.conversation_id).exists()
-    ):
+    if link is None or link.pk not in makers_may_see([link]):
         raise Http404("No such page")
     return link
+
+
+def makers_may_see(links: list[ShareLink]) -> set[int]:
+    """The ids of `links` whose maker may still see the conversation. A maker who left the
+    team (or was deactivated) takes their links with them: the public page and the Shared
+    links page both ask here, so one cannot call a link live that the other will not open.
+    One query per maker, not per link."""
+    by_maker: dict[int, list[ShareLink]] = {}
+    for link in links:
+        by_maker.setdefault(link.created_by_id, []).append(link)
+    may: set[int] = set()
+    for mine in by_maker.values():
+        seen = set(
+            Conversation.objects.visible_to(mine[0].created_by)
+            .filter(pk__in={link.conversation_id for link in mine})
+            .values_list("pk", flat=True)
+        )
+        may.update(link.pk for link in mine if link.conversation_id in seen)
+    return may
 
 
 def shown_messages(link: ShareLink) -> list[Message]:
@@ -124,25 +140,25 @@ def listing(user) -> list[tuple[ShareLink, str, bool]]:
     """The links `user` may manage, each with its state and whether `user` may see its
     conversation. Their own link on a team conversation outlives their leaving the team (to
     be revoked), but the page must not go on naming that conversation: its title is read
-    now, and its link opens for no one while they cannot see it."""
+    now. A team admin sees the title, but a link whose maker lost the conversation opens for
+    no one, so its state says so rather than "live"."""
     links = list(manageable(user)[:500])
     ids = {link.conversation_id for link in links}
     seen = set(
         Conversation.objects.visible_to(user).filter(pk__in=ids).values_list("pk", flat=True)
     )
+    opening = makers_may_see(links)
     return [
-        (
-            link,
-            state(link) if link.conversation_id in seen else "no access",
-            link.conversation_id in seen,
-        )
+        (link, state(link, maker_may_see=link.pk in opening), link.conversation_id in seen)
         for link in links
     ]
 
 
-def state(link: ShareLink) -> str:
+def state(link: ShareLink, *, maker_may_see: bool) -> str:
     if link.revoked is not None:
         return "revoked"
     if link.expires is not None and link.expires <= timezone.now():
         return "expired"
+    if not maker_may_see:
+        return "maker has no access"
     return "live"
