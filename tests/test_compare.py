@@ -745,6 +745,25 @@ async def test_columns_from_a_prompt_version_fill_its_variables_in_and_record_th
     await socket.close()
 
 
+@pytest.mark.parametrize("char", ["\x00", "\ud800"])
+async def test_a_compare_send_holding_a_nul_or_lone_surrogate_is_refused(
+    char, upstream, user, api_key
+):
+    # The rows of every column failed to save (PostgreSQL keeps no NUL, no database a lone
+    # surrogate) after the requests had gone upstream.
+    group, version = await database_sync_to_async(compare_with_a_templated_version)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="send", text="About it", **{"var:company": f"Ac{char}me"})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "The value of {{company}} holds a " in frame and "nothing was sent" in frame
+    await socket.send(action="send", text=f"About{char} it", **{"var:company": "Acme"})
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "The message holds a " in frame and "nothing was sent" in frame
+    assert upstream.requests == [] and not await Message.objects.aexists()
+    await socket.close()
+
+
 # The send's cost: what a column adds to its time to first token (bench/compare.py)
 
 

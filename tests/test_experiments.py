@@ -4,6 +4,7 @@ db_worker in test_experiment_workers.py), checks, the results grid and run compa
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import time
 from datetime import timedelta
@@ -121,6 +122,47 @@ def test_a_nul_in_a_dataset_is_refused_not_a_crash(client_for):
     assert not Dataset.objects.exists()
     form = forms.RowForm({"variables": '{"a": "x\\u0000"}', "expected": "", "notes": ""})
     assert not form.is_valid() and "variables" in form.errors
+
+
+def test_a_lone_surrogate_in_a_dataset_is_refused_as_a_nul_is(client_for):
+    """A JSONL "\\ud800" reads as a str no database keeps (nor UTF-8): the save was a 500."""
+    response = upload(client_for, "J", b'{"a": "1"}\n{"a": "2\\ud800"}\n', "x.jsonl")
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 400
+    assert "Line 2, field 1 ('a'): a lone surrogate (\\ud800) cannot be stored." in page
+    response = upload(client_for, "K", b'{"\\ud800": "1"}\n', "x.jsonl")
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 400  # not a page that cannot be encoded
+    assert "Line 1, column 1: a name holding a lone surrogate (\\ud800) is not a variable" in page
+    assert not Dataset.objects.exists()
+    form = forms.RowForm({"variables": '{"a": "x\\udc00"}', "expected": "", "notes": ""})
+    assert not form.is_valid()
+    assert form.errors["variables"] == ["A lone surrogate (\\udc00) cannot be stored."]
+
+
+def test_a_nul_or_lone_surrogate_in_an_experiments_parameters_or_schema_is_a_form_error(
+    client_for, user
+):
+    """The variants' parameters and a check's schema are saved in jsonb, which refuses both
+    on PostgreSQL: the form was a 500 there."""
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Odd",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL} | {{"stop": ["\\ud800"]}}',
+        "checks": 'json_schema: {"const": "\\u0000"}',
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", data)
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 400
+    assert "Variant line 1: stop: stop holds a lone surrogate (\\ud800)" in page
+    assert (
+        "Check line 1: the schema holds a NUL character (\\u0000), which cannot be stored" in page
+    )
+    response = client_for.post("/experiments/new/", {**data, "variants": MODEL, "checks": ""})
+    assert response.status_code == 302
 
 
 def test_a_column_name_ending_in_a_newline_is_refused(client_for):
@@ -361,6 +403,29 @@ def test_a_judge_grades_through_the_run_engine(user, upstream, api_key, immediat
     assert "Paris" in judge_request["messages"][-1]["content"]
     # The judge's question and answer are replies of the group too (usage counts them).
     assert Message.objects.filter(conversation__group=run.group, role="assistant").count() == 4
+
+
+def test_a_judges_reason_or_a_schema_path_holding_a_nul_or_lone_surrogate_is_kept(
+    client_for, user, upstream, api_key, immediate
+):
+    """The judge's answer and the reply are text, but the JSON read from them spells what their
+    escapes say: a reason or a key holding "\\u0000" or "\\ud800" went into the item's
+    verdicts (jsonb), whose save failed on PostgreSQL, and a lone surrogate failed the page
+    everywhere. Shown as U+FFFD, as in a reply."""
+    upstream.script(
+        Behaviour(tokens=['{"a\\ud800": 1}']),
+        Behaviour(tokens=['{"pass": true, "reason": "ok\\u0000 \\udc00"}']),
+    )
+    schema = '{"type": "object", "additionalProperties": {"type": "string"}}'
+    lines = f"json_schema: {schema}\njudge: {MODEL}: Is it JSON?"
+    run = runner.start(make_experiment(user, rows=["France"], check_lines=lines), user)
+    item = run.items.get()
+    assert item.status == "done", item.error
+    schema_check, judged = item.verdicts
+    assert schema_check["reason"].startswith("$['a\ufffd']: ")
+    assert judged["passed"] is True and judged["reason"] == "ok\ufffd \ufffd"
+    page = client_for.get(f"/experiments/runs/{run.pk}/")
+    assert page.status_code == 200 and "ok\ufffd \ufffd" in page.content.decode()
 
 
 def test_a_score_judge_uses_its_threshold():

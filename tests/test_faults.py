@@ -7,7 +7,9 @@ import html
 import json
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.test import Client
 
 from playground.chat import runs
 from playground.chat.models import Message
@@ -312,4 +314,89 @@ async def test_a_finish_reason_longer_than_its_column_does_not_fail_the_save(
     reply = await reply_of(conversation)
     assert reply.status == Message.Status.COMPLETE and reply.text == "one"
     assert reply.finish_reason == "r" * 40
+    await socket.close()
+
+
+def _sendable(frames: list[str]) -> bool:
+    """Whether every frame could go out on a real WebSocket, which sends text as UTF-8 (the
+    test communicator hands the str over as it is)."""
+    try:
+        for frame in frames:
+            frame.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def test_a_lone_surrogate_in_the_reply_does_not_fail_its_saves_or_frames(
+    upstream, user, api_key, conversation, connect, settings, caplog
+):
+    # "\ud800" is valid JSON and reads as a str no UTF-8 can hold: SQLite and PostgreSQL
+    # refused every checkpoint and the final save, the reply stayed "streaming", and its
+    # frames could not be sent. The fake's own JSON would not escape one: these go raw.
+    settings.PLAYGROUND_RUN = {**settings.PLAYGROUND_RUN, "CHECKPOINT_INTERVAL": 0}
+    call = {
+        "index": 0,
+        "id": "call\ud800",
+        "type": "function",
+        "function": {"name": "look\udc00up", "arguments": '{"q": "a\udbffb"}'},
+    }
+    top = [{"token": "\udfff", "logprob": -2}]
+    logprobs = [{"token": "a\ud800", "logprob": -0.1, "top_logprobs": top}]
+    deltas = [
+        {"delta": {"reasoning_content": "th\udfffink"}},
+        # A valid pair (escaped "\\ud83d\\ude00") reads as one character and is kept.
+        {"delta": {"content": "a\ud800b\U0001f600"}, "logprobs": {"content": logprobs}},
+        {"delta": {"tool_calls": [call]}},
+    ]
+    chunks = [{"id": "chatcmpl-x", "choices": [{"index": 0, **d}]} for d in deltas]
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "n\ud800": "\udc00"}
+    chunks.append({"id": "chatcmpl-x", "choices": [], "usage": usage})
+    raw = [json.dumps(chunk) for chunk in chunks]
+    assert all("\\ud" in line and line.isascii() for line in raw)  # escaped, as JSON allows
+    upstream.default = Behaviour(tokens=["one", " two"], raw_data=raw, usage=False)
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    await socket.send_prompt("Count")
+    frame = await socket.until(lambda f: "status-complete" in f, timeout=5)
+    reply = await reply_of(conversation)
+    assert reply.status == Message.Status.COMPLETE, reply.error
+    assert reply.text == "onea\ufffdb\U0001f600 two" and reply.reasoning == "th\ufffdink"
+    assert "onea\ufffdb\U0001f600 two" in frame
+    first = reply.tool_calls[0]
+    assert first["id"] == "call\ufffd"
+    assert first["function"] == {"name": "look\ufffdup", "arguments": '{"q": "a\ufffdb"}'}
+    assert reply.logprobs[0]["token"] == "a\ufffd"
+    assert reply.logprobs[0]["top_logprobs"][0]["token"] == "\ufffd"
+    assert reply.usage["n\ufffd"] == "\ufffd"
+    assert _sendable(socket.frames)
+    failed = [r.getMessage() for r in caplog.records if r.name == "playground.chat.runs"]
+    assert not failed  # no checkpoint (nor save) failed on the way
+    await socket.close()
+    client = Client()
+    await database_sync_to_async(client.force_login)(user)
+    page = await database_sync_to_async(client.get)(f"/c/{conversation.pk}/")
+    assert page.status_code == 200 and "onea\ufffdb\U0001f600 two" in page.content.decode()
+
+
+async def test_a_nul_or_lone_surrogate_in_a_schema_checks_path_does_not_fail_the_save(
+    upstream, user, api_key, conversation, connect
+):
+    # The reply's text is plain ASCII, but the check names the key it read from the escapes:
+    # the schema_check column (jsonb) refused both.
+    schema = {"type": "object", "additionalProperties": {"type": "string"}}
+    upstream.script(Behaviour(tokens=['{"a\\u0000": 1}']), Behaviour(tokens=['{"b\\ud800": 1}']))
+    fields = {
+        "param:response_format:type": "json_schema",
+        "param:response_format:schema": json.dumps(schema),
+    }
+    ok, socket = await connect(user, conversation.pk)
+    assert ok
+    for key in ("a", "b"):
+        await socket.send_prompt("Count", **fields)
+        await socket.until(lambda f: "status-complete" in f and "Does not match" in f, timeout=5)
+        reply = await reply_of(conversation)
+        assert reply.status == Message.Status.COMPLETE, reply.error
+        assert reply.schema_check["path"] == f"$['{key}\ufffd']"
+    assert _sendable(socket.frames)
     await socket.close()

@@ -3,6 +3,9 @@ to the request body."""
 
 from __future__ import annotations
 
+import html
+import json
+
 import pytest
 from channels.db import database_sync_to_async
 
@@ -363,3 +366,47 @@ async def test_an_out_of_range_value_is_refused_over_the_socket(
     assert "nothing was sent" in frame
     assert upstream.requests == []
     assert await Message.objects.acount() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [("\x00", "a NUL character (\\u0000)"), ("\ud800", "a lone surrogate (\\ud800)")],
+)
+async def test_a_parameter_holding_a_nul_or_lone_surrogate_is_refused_over_the_socket(
+    char, named, upstream, user, api_key, conversation, connect
+):
+    # Saved in the conversation's params and the request body (jsonb), which refuse \u0000
+    # on PostgreSQL and a lone surrogate everywhere: the send failed with the socket. In JSON
+    # text (a schema, tools) the escape counts as the character it spells.
+    schema = json.dumps({"type": "object", "properties": {f"n{char}": {"type": "string"}}})
+    fields = {
+        "param:stop": f"END{char}",
+        "param:response_format:type": "json_schema",
+        "param:response_format:schema": schema,
+    }
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Hi", **fields)
+    frame = html.unescape(await socket.until(lambda f: "param-error-stop" in f))
+    assert f"stop holds {named}, which cannot be stored" in frame
+    assert f"response_format holds {named}, which cannot be stored" in frame
+    assert "nothing was sent" in frame
+    assert upstream.requests == []
+    assert await Message.objects.acount() == 0
+    await socket.close()
+
+
+@pytest.mark.django_db
+def test_the_panel_keeps_the_valid_parameters_and_refuses_one_holding_a_nul(
+    client, user, conversation
+):
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/settings/",
+        {"model": GEMMA_4, "param:stop": "END\x00", "param:seed": "7"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    assert "stop holds a NUL character (\\u0000)" in html.unescape(response.content.decode())
+    conversation.refresh_from_db()
+    assert conversation.params == {"seed": 7}

@@ -3,6 +3,8 @@ version and values, an undefined variable blocks the send, and no client can for
 
 from __future__ import annotations
 
+import html
+
 import pytest
 from channels.db import database_sync_to_async
 
@@ -71,6 +73,33 @@ async def test_an_undefined_variable_blocks_the_send_with_a_clear_message(
     frame = await socket.until(lambda f: "composer-error" in f)
     assert "{{ticket}}" in frame and "nothing was sent" in frame
     assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert upstream.requests == []
+    await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [("\x00", "a NUL character (\\u0000)"), ("\ud800", "a lone surrogate (\\ud800)")],
+)
+async def test_a_value_holding_a_nul_or_lone_surrogate_blocks_the_send(
+    char, named, upstream, user, api_key, connect
+):
+    # The values are remembered (jsonb) before the turn: PostgreSQL refused \u0000, every
+    # database a lone surrogate, and the socket closed on the error.
+    version, conversation = await database_sync_to_async(_opened)(user)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "",
+        system_prompt="You answer for {{company}}.",
+        prompt_version=str(version.pk),
+        **{"var:company": f"Ac{char}me", "var:ticket": "late"},
+    )
+
+    frame = html.unescape(await socket.until(lambda f: "composer-error" in f))
+    refusal = f"The value of {{{{company}}}} holds {named}, which cannot be stored"
+    assert f"{refusal}: nothing was sent." in frame
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert not await VariableValues.objects.aexists()
     assert upstream.requests == []
     await socket.close()
 

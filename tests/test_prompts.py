@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 
 from playground.accounts.models import Membership, Team
@@ -81,6 +83,20 @@ def test_it_refuses_parameters_the_model_does_not_document(client, user):
     response = client.post("/prompts/new/", new_prompt_data(params='{"temprature": 1}'))
 
     assert response.status_code == 200 and "temprature" in response.content.decode()
+    assert not Prompt.objects.exists()
+
+
+def test_a_nul_or_lone_surrogate_in_a_message_or_the_parameters_is_refused(client, user):
+    # PostgreSQL keeps no NUL in jsonb: a message holding one was a 500 there. The
+    # parameters' JSON can spell one, or a lone surrogate, which no database keeps.
+    client.force_login(user)
+    response = client.post("/prompts/new/", new_prompt_data(message_content=["Ticket\x00"]))
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 200
+    assert "A message holds a NUL character (\\u0000), which cannot be stored." in page
+    response = client.post("/prompts/new/", new_prompt_data(params='{"stop": ["\\ud800"]}'))
+    page = html.unescape(response.content.decode())
+    assert "stop holds a lone surrogate (\\ud800), which cannot be stored" in page
     assert not Prompt.objects.exists()
 
 

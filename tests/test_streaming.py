@@ -294,6 +294,36 @@ async def test_it_refuses_an_empty_message_and_an_unknown_model(
     assert await Message.objects.filter(conversation=conversation).acount() == 0
 
 
+# What no database here can store, as the user's error names it. PostgreSQL keeps no NUL in
+# text or jsonb; a lone surrogate, which a JSON escape ("\\ud800") spells, no UTF-8 holds.
+UNSTORABLE = [("\x00", "a NUL character (\\u0000)"), ("\ud800", "a lone surrogate (\\ud800)")]
+
+
+@pytest.mark.parametrize(("char", "named"), UNSTORABLE)
+async def test_a_nul_or_lone_surrogate_in_a_message_is_refused_not_a_crash(
+    char, named, upstream, user, api_key, conversation, connect
+):
+    # The request went upstream, then the turn's rows failed to save and the socket closed
+    # on the error. Refused now like an empty message, before anything is sent.
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(f"a{char}b")
+    frame = html.unescape(await socket.until(lambda f: "composer-error" in f))
+    assert f"The message holds {named}, which cannot be stored: nothing was sent." in frame
+    assert upstream.requests == []
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    # The socket is still open. A valid pair, escaped as "\\ud83d\\ude00", is one character.
+    await socket.send_prompt("Hi \U0001f600")
+    await socket.until(lambda f: "status-complete" in f)
+    prompt = await Message.objects.aget(conversation=conversation, role="user")
+    assert prompt.text == "Hi \U0001f600"
+    await socket.send(action="edit", message_id=prompt.pk, text=f"Hi{char}")
+    frame = html.unescape(await socket.until(lambda f: "composer-error" in f))
+    assert f"The message holds {named}, which cannot be stored: nothing was sent." in frame
+    assert len(upstream.requests) == 1
+    assert await Message.objects.filter(conversation=conversation).acount() == 2
+    await socket.close()
+
+
 async def test_a_message_id_too_large_for_an_int_is_refused_not_a_crash(
     upstream, user, api_key, conversation, connect
 ):

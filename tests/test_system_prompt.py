@@ -102,3 +102,54 @@ async def test_sending_with_a_system_prompt_over_the_limit_is_refused(user, conv
     saved = await database_sync_to_async(Conversation.objects.get)(pk=conversation.pk)
     assert saved.system_prompt == ""
     await socket.close()
+
+
+# PostgreSQL keeps no NUL in text or jsonb: the save was a 500 there (SQLite kept it). A lone
+# surrogate, which only a JSON escape over the socket can spell, no database keeps.
+NUL_REFUSAL = "The system prompt holds a NUL character (\\u0000), which cannot be stored."
+
+
+@pytest.mark.django_db
+def test_the_panel_and_a_preset_refuse_a_system_prompt_holding_a_nul_or_lone_surrogate(
+    panel, user, conversation
+):
+    response = panel.post(
+        f"/c/{conversation.pk}/settings/",
+        {"model": MODEL, "system_prompt": "Be\x00 brief.", "param:seed": "7"},
+        headers=HX,
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert system_prompt_error(page) == NUL_REFUSAL
+    assert "Nothing was saved: the system prompt cannot be stored." in page
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Be brief." and conversation.params == {"seed": 1}
+
+    response = panel.post(
+        f"/c/{conversation.pk}/presets/",
+        {"preset_name": "Nul", "model": MODEL, "system_prompt": "Be\x00 brief."},
+        headers=HX,
+    )
+    assert response.status_code == 200
+    assert f"Fix these first: {NUL_REFUSAL}" in html.unescape(response.content.decode())
+    assert not Preset.objects.filter(owner=user).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [("\x00", "a NUL character (\\u0000)"), ("\udfff", "a lone surrogate (\\udfff)")],
+)
+async def test_sending_a_system_prompt_holding_a_nul_or_lone_surrogate_is_refused(
+    char, named, upstream, user, api_key, conversation, connect
+):
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send(action="send", text="Hi", model=MODEL, system_prompt=f"Be{char} brief.")
+
+    frame = await socket.until(lambda f: 'id="system-prompt-error"' in f)
+    refusal = f"The system prompt holds {named}, which cannot be stored."
+    assert system_prompt_error(frame) == refusal
+    assert "Fix the highlighted settings: nothing was sent." in frame
+    assert upstream.requests == []
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    await socket.close()

@@ -90,6 +90,29 @@ async def test_every_tool_call_needs_a_result(upstream, user, api_key, conversat
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("char", ["\x00", "\ud800"])
+async def test_a_tool_result_holding_a_nul_or_lone_surrogate_is_refused(
+    char, upstream, user, api_key, conversation, connect
+):
+    # Saved as the tool message's text, which PostgreSQL (NUL) or no database (a lone
+    # surrogate) takes: the save failed and the socket closed on the error.
+    upstream.default = Behaviour(tokens=[], tool_calls=[{"id": "call_a", "name": "f"}])
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt(
+        "Go", **{"param:tools": json.dumps([{"type": "function", "function": {"name": "f"}}])}
+    )
+    await socket.until(lambda f: "status-complete" in f)
+    asking = await reply_of(conversation)
+    await socket.send(
+        action="tool_results", message_id=str(asking.pk), **{"result:call_a": f"21{char}"}
+    )
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "A tool result holds a " in frame and "which cannot be stored" in frame
+    assert len(upstream.requests) == 1
+    assert await reply_of(conversation) == asking  # no tool message, no new reply
+
+
 def test_tool_calls_are_assembled_from_interleaved_and_out_of_order_deltas():
     run = runs.Run(runs.RunRequest(1, 1, "run.x", GEMMA_4_E4B, {}, None))
     deltas = [

@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import threading
 import time
 from asyncio import FIRST_COMPLETED
@@ -36,6 +37,7 @@ from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery, formats
 from playground.providers.specs import CHAT, Model
+from playground.storable import UNSTORABLE
 
 log = logging.getLogger(__name__)
 
@@ -633,6 +635,8 @@ class Run:
         schema_check = None
         if status == Message.Status.COMPLETE and not self.tool_calls:
             schema_check = check_reply(self.text.shown, self.request.body.get("response_format"))
+            # The path names a key read from the reply's escapes: "\\u0000" or "\\ud800" too.
+            schema_check = _storable_json(schema_check)
         # What the provider sent beyond the reply's text is made storable here, once, rather
         # than per streamed chunk (text and reasoning already are, for the checkpoints).
         return {
@@ -682,29 +686,34 @@ def _reply_context(message: Message) -> dict[str, Any]:
     return {"message": message, "awaiting_tools": awaiting}
 
 
+# storable.UNSTORABLE in JSON dumped with ensure_ascii=False: NUL escaped, a surrogate not.
+_UNSTORABLE_JSON = re.compile("\\\\u0000|[\ud800-\udfff]")
+
+
 def _storable(text: str) -> str:
-    """PostgreSQL refuses NUL in text and jsonb: a model that streams one would fail every
-    checkpoint and the final save. It is shown as U+FFFD, like any other character that
-    cannot be."""
-    return text.replace("\x00", "\ufffd")
+    """A model that streams NUL or a lone surrogate would fail every checkpoint and the final
+    save, and its frames could not be sent. Each is shown as U+FFFD, like any other character
+    that cannot be."""
+    return UNSTORABLE.sub("\ufffd", text)
 
 
 def _storable_json(value: Any) -> Any:
-    """_storable for a JSON value from the provider: PostgreSQL's jsonb refuses \\u0000 too,
-    in keys as in strings (a logprobs token, a usage field, a tool call's arguments). Looked
-    for in the dumped JSON first: a long reply's logprobs are walked only if one is there."""
-    if "\\u0000" not in json.dumps(value):
+    """_storable for a JSON value from the provider: jsonb refuses \\u0000 and a lone \\ud800
+    too, in keys as in strings (a logprobs token, a usage field, a tool call's arguments).
+    Looked for in the dumped JSON first: a long reply's logprobs are walked only if one is
+    there."""
+    if not _UNSTORABLE_JSON.search(json.dumps(value, ensure_ascii=False)):
         return value
-    return _without_nul(value)
+    return _without_unstorable(value)
 
 
-def _without_nul(value: Any) -> Any:
+def _without_unstorable(value: Any) -> Any:
     if isinstance(value, str):
         return _storable(value)
     if isinstance(value, list):
-        return [_without_nul(item) for item in value]
+        return [_without_unstorable(item) for item in value]
     if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+        return {_without_unstorable(key): _without_unstorable(item) for key, item in value.items()}
     return value
 
 

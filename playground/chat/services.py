@@ -29,6 +29,7 @@ from playground.providers.specs import (
     Model,
     Provider,
 )
+from playground.storable import unstorable
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000
@@ -350,10 +351,13 @@ def clean_settings(
     """The parameters, typed and within bounds, or InvalidParams naming every field to fix.
 
     A system prompt over MAX_SYSTEM_CHARS is refused (error key SYSTEM_PROMPT), never cut short:
-    whoever saves or sends it would not know its end was gone."""
+    whoever saves or sends it would not know its end was gone. So is one holding what cannot
+    be stored (a NUL, a lone surrogate: storable.py), rather than failing the save."""
     errors: dict[str, str] = {}
     if len(system_prompt) > MAX_SYSTEM_CHARS:
         errors[SYSTEM_PROMPT] = SYSTEM_PROMPT_TOO_LONG
+    elif what := unstorable(system_prompt):
+        errors[SYSTEM_PROMPT] = f"The system prompt holds {what}, which cannot be stored."
     try:
         # A name the model does not document is refused, not dropped: it is a typo or a
         # client out of date, and leaving it out silently would change the run unseen.
@@ -590,8 +594,7 @@ def prepare_turn(
         text = text.strip()
         if not text and not attachment_ids:
             raise TurnError("Write a message first.")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+        _check_message(text)
         model = apply_settings(
             conversation,
             user,
@@ -624,8 +627,7 @@ def prepare_turn(
         image_ids = [p["attachment"] for p in original.content_parts if p.get("type") == "image"]
         if not text and not image_ids:
             raise TurnError("Write a message first.")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+        _check_message(text)
         attached = _attachments_of(model, image_ids)
         parent = by_id.get(original.parent_id) if original.parent_id else None
         branch = _walk(by_id, parent) if parent is not None else []
@@ -666,6 +668,16 @@ def prepare_turn(
         new_prompt=regenerate_of is None,
         branching=branching,
     )
+
+
+def _check_message(text: str) -> None:
+    """TurnError for a message too long, or holding what no database here can store (it would
+    fail the turn's rows after its request had gone upstream)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise TurnError(f"The message is too long (over {MAX_PROMPT_CHARS:,} characters).")
+    what = unstorable(text)
+    if what:
+        raise TurnError(f"The message holds {what}, which cannot be stored: nothing was sent.")
 
 
 def _attachments_of(model: Model, ids: list[int]) -> list[Attachment]:
@@ -825,6 +837,9 @@ def submit_tool_results(
             raise TurnError(f"Give a result for every tool call ({', '.join(missing)}).")
         if any(len(r) > MAX_TOOL_RESULT_CHARS for r in results.values()):
             raise TurnError("A tool result is too long.")
+        what = unstorable(list(results.values()))
+        if what:
+            raise TurnError(f"A tool result holds {what}, which cannot be stored.")
         api_key, key = resolve_api_key(user, locked, model.provider)
         parent, created = asking, []
         for call in asking.tool_calls:

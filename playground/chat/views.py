@@ -31,6 +31,7 @@ from playground.chat.models import Attachment, Conversation, LastSettings, Messa
 from playground.chat.panel import closed_sections, settings_context
 from playground.chat.services import (
     SYSTEM_PROMPT,
+    SYSTEM_PROMPT_TOO_LONG,
     TurnError,
     clean_settings,
     sampling_values,
@@ -226,7 +227,8 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
     """The panel changed: validate, save what is valid, answer with per-field errors.
 
     Switching models redraws the panel, keeping the values that still apply. A system prompt
-    over the limit saves nothing: the user is still typing it, and sees why beside it."""
+    over the limit (or holding what cannot be stored) saves nothing: the user is still typing
+    it, and sees why beside it."""
     conversation = get_conversation_for_user(request.user, pk, run=True)
     data = form_values(request.POST)
     model = model_or_default(str(data.get("model", "")))
@@ -245,7 +247,9 @@ def conversation_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpRes
             context = settings_context(
                 model, values, exc.errors, system_prompt=system_prompt, fmt=fmt
             )
-            context["status"] = "Nothing was saved: the system prompt is too long."
+            too_long = exc.errors[SYSTEM_PROMPT] == SYSTEM_PROMPT_TOO_LONG
+            refused = "is too long" if too_long else "cannot be stored"
+            context["status"] = f"Nothing was saved: the system prompt {refused}."
             context["error"] = ""
             return render(request, f"{TEMPLATE}#param-errors", context)
         errors = {} if switched else exc.errors

@@ -39,6 +39,7 @@ from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import TurnError, rerun, submit_tool_results
 from playground.compare import access, contexts, drivers, engine
 from playground.prompts import variables as syntax
+from playground.storable import unstorable
 
 TEMPLATE = "compare/group.html"
 # Compare sends in flight in this process (see _send_all), kept from the garbage collector.
@@ -452,8 +453,8 @@ VARIABLE_FIELD = "var:"  # the Variables panel's fields, as in the playground's
 
 
 def _variable_values(data: dict[str, Any]) -> dict[str, str]:
-    """The Variables panel's values (fields `var:NAME`); ValueError if one is not text or is
-    too long."""
+    """The Variables panel's values (fields `var:NAME`); ValueError if one is not text, is
+    too long or holds what cannot be stored (storable.py)."""
     values = {}
     for key, value in data.items():
         if not (isinstance(key, str) and key.startswith(VARIABLE_FIELD)):
@@ -463,6 +464,12 @@ def _variable_values(data: dict[str, Any]) -> dict[str, str]:
             raise ValueError(f"The value of {{{{{name}}}}} must be text: nothing was sent.")
         if len(value) > syntax.MAX_VALUE_CHARS:
             raise ValueError(f"The value of {{{{{name}}}}} is too long: nothing was sent.")
+        what = unstorable(value)
+        if what:
+            raise ValueError(
+                f"The value of {{{{{name}}}}} holds {what}, which cannot be stored: "
+                "nothing was sent."
+            )
         values[name] = value
     return values
 

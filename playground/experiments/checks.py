@@ -19,6 +19,7 @@ from django.conf import settings
 
 from playground.providers import catalog
 from playground.providers.params import unsafe_schema
+from playground.storable import UNSTORABLE, unstorable
 
 SYNTAX = """contains: text
 not_contains: text
@@ -64,7 +65,10 @@ class Verdict:
     score: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As the item's verdicts store it. The reason may quote JSON read from a reply or the
+        judge's answer, whose escapes can spell a NUL or a lone surrogate (storable.py): each
+        is shown as U+FFFD, as in a reply, or the item's save would fail."""
+        return {**asdict(self), "reason": UNSTORABLE.sub("\ufffd", self.reason)}
 
 
 @dataclass
@@ -120,6 +124,9 @@ def _parse_one(kind: str, arg: str) -> dict[str, Any]:
             ) from None
         if not isinstance(schema, dict):
             raise CheckError("the schema must be a JSON object.")
+        what = unstorable(schema)  # its escapes can spell either; it is saved in jsonb
+        if what:
+            raise CheckError(f"the schema holds {what}, which cannot be stored.")
         problem = unsafe_schema(schema)
         if problem:
             raise CheckError(f"the schema: {problem}.")

@@ -17,13 +17,12 @@ from django.conf import settings
 from django.db import transaction
 
 from playground.experiments.models import Dataset, DatasetRow
+from playground.storable import unstorable
 
 RESERVED = ("expected", "notes")
 # fullmatch, never match with `$`: `$` also matches before a trailing newline ("a\n").
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_ERRORS = 20  # listed; the count says how many more
-# PostgreSQL keeps no NUL in text or jsonb: a row holding one would fail the save.
-NUL = "a NUL character (\\u0000) cannot be stored."
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -66,8 +65,11 @@ def parse(name: str, data: bytes) -> Parsed:
 def _check_names(names: list[str], errors: list[str], where: str) -> None:
     for i, name in enumerate(names, 1):
         if name not in RESERVED and not NAME.fullmatch(name):
+            # Not quoted if it holds a lone surrogate: no page could show it.
+            what = unstorable(name)
+            shown = f"a name holding {what}" if what else f"“{name[:40]}”"
             errors.append(
-                f"{where}, column {i}: “{name[:40]}” is not a variable name "
+                f"{where}, column {i}: {shown} is not a variable name "
                 "(letters, digits and _, not starting with a digit)."
             )
 
@@ -98,8 +100,10 @@ def _csv(text: str) -> Parsed:
                 )
                 continue
             for i, value in enumerate(values, 1):
-                if "\x00" in value:
-                    errors.append(f"Line {line}, column {i}: {NUL}")
+                # A NUL: the file was read as UTF-8, which spells no lone surrogate.
+                what = unstorable(value)
+                if what:
+                    errors.append(f"Line {line}, column {i}: {what} cannot be stored.")
             parsed.rows.append(_row(dict(zip(header, values, strict=True))))
     except csv.Error as exc:
         errors.append(f"Line {reader.line_num}: {exc}.")
@@ -132,8 +136,10 @@ def _jsonl(text: str) -> Parsed:
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 errors.append(f"Line {number}, field {i} ({key[:40]!r}): must be text or a number.")
                 continue
-            if isinstance(value, str) and "\x00" in value:
-                errors.append(f"Line {number}, field {i} ({key[:40]!r}): {NUL}")
+            # "\u0000" or a lone "\ud800": a row holding either would fail the save.
+            what = unstorable(value)
+            if what:
+                errors.append(f"Line {number}, field {i} ({key[:40]!r}): {what} cannot be stored.")
             values[key] = str(value)
         _check_names(list(record), errors, f"Line {number}")
         columns.update((k, None) for k in record if k not in RESERVED)

@@ -12,6 +12,7 @@ from playground.chat import services
 from playground.experiments import checks, datasets, runner
 from playground.experiments.models import Dataset
 from playground.providers import params
+from playground.storable import unstorable
 
 VARIANT_SYNTAX = """model-key
 model-key | {"temperature": 0.2}
@@ -228,8 +229,9 @@ class RowForm(forms.Form):
             isinstance(v, str | int | float) and not isinstance(v, bool) for v in value.values()
         ):
             raise forms.ValidationError("A JSON object of names to text.")
-        if any("\x00" in f"{k}{v}" for k, v in value.items()):
-            raise forms.ValidationError("A NUL character (\\u0000) cannot be stored.")
+        what = unstorable(value)
+        if what:
+            raise forms.ValidationError(f"{what[0].upper()}{what[1:]} cannot be stored.")
         for name in value:
             # As an upload's columns: each key becomes a column that {{name}} must reach.
             if name in datasets.RESERVED:

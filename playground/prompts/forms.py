@@ -12,6 +12,7 @@ from django.http import QueryDict
 from playground.chat.services import TurnError, clean_settings, get_model, pick_format
 from playground.prompts.models import NAME_MAX, PromptError, PromptVersion, clean_prompt_name
 from playground.providers import catalog, params
+from playground.storable import unstorable
 
 ROLES = [("user", "user"), ("assistant", "assistant")]
 MAX_MESSAGES = 20
@@ -78,6 +79,10 @@ class VersionForm(forms.Form):
                 continue
             if row.get("role") not in dict(ROLES):
                 raise forms.ValidationError("A message is from the user or the assistant.")
+            # Read from the request as they came, not through a CharField (which refuses NUL).
+            what = unstorable(content)
+            if what:
+                raise forms.ValidationError(f"A message holds {what}, which cannot be stored.")
             messages.append({"role": row["role"], "content": content})
         if len(messages) > MAX_MESSAGES:
             raise forms.ValidationError(f"A prompt has at most {MAX_MESSAGES} messages.")

@@ -33,6 +33,7 @@ from playground.prompts.models import (
 )
 from playground.providers import catalog
 from playground.providers.specs import CHAT
+from playground.storable import unstorable
 
 # Where the send receiver leaves its _Plan for the turn receiver, in the socket message. Only
 # a _Plan instance is trusted: JSON from a browser cannot make one, so no client forges it.
@@ -143,10 +144,17 @@ def prepare_send(
     for key in data:
         if isinstance(key, str) and key.startswith(VARIABLE_FIELD):
             value = _text(data, key)
+            name = key.removeprefix(VARIABLE_FIELD)
             if len(value) > syntax.MAX_VALUE_CHARS:
-                name = key.removeprefix(VARIABLE_FIELD)
                 raise TurnError(f"The value of {{{{{name}}}}} is too long: nothing was sent.")
-            values[key.removeprefix(VARIABLE_FIELD)] = value
+            # Remembered (jsonb) before the turn is written, so checked here, not by the turn.
+            what = unstorable(value)
+            if what:
+                raise TurnError(
+                    f"The value of {{{{{name}}}}} holds {what}, which cannot be stored: "
+                    "nothing was sent."
+                )
+            values[name] = value
     index = last_user_index(version)
     own_message = str(version.messages[index]["content"]) if index is not None else ""
     text_template = _text(data, "text").strip() or own_message

@@ -14,6 +14,7 @@ from typing import Any
 
 from playground.providers import formats
 from playground.providers.specs import CHAT, Model, Param
+from playground.storable import unstorable
 
 FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200
@@ -298,6 +299,16 @@ CLEANERS = {
 NOT_A_PARAMETER = "is not a parameter of this model"
 
 
+def _refuse_unstorable(value: Any) -> Any:
+    """The cleaned value, or ValueError if it holds what cannot be stored (storable.py): the
+    conversation's params and the request body are jsonb. In JSON text (a schema, tools) an
+    escape counts as the character it spells."""
+    what = unstorable(value)
+    if what:
+        raise ValueError(f"holds {what}, which cannot be stored")
+    return value
+
+
 def clean(
     model: Model, values: dict[str, Any], *, keep_unknown: bool = False, fmt: str = CHAT
 ) -> dict[str, Any]:
@@ -323,7 +334,7 @@ def clean(
             errors[name] = f"{name}: {field.disabled}"
             continue
         try:
-            cleaned[name] = CLEANERS[param.type](param, value)
+            cleaned[name] = _refuse_unstorable(CLEANERS[param.type](param, value))
         except ValueError as exc:
             errors[name] = f"{name} {exc}"
     if "tool_choice" in cleaned and "tools" not in cleaned:

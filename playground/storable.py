@@ -1,0 +1,37 @@
+"""What the databases cannot store, named once for every place that meets it.
+
+PostgreSQL keeps no NUL in text or jsonb (SQLite does). A lone UTF-16 surrogate, which a JSON
+escape such as "\\ud800" spells, no UTF-8 holds: text columns on SQLite and PostgreSQL, jsonb,
+an HTML page and a WebSocket frame all refuse it. A str read from JSON holds a valid pair as one
+character, so any surrogate in it is a lone one.
+
+A model's reply has them replaced (chat/runs.py: the reply is kept, and it is not the user's to
+fix); what a user sends is refused with unstorable()'s words, like any other bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: Any) -> str | None:
+    """What in `value` (text, or JSON: keys too) cannot be stored, as an error names it:
+    "a NUL character (\\u0000)" or "a lone surrogate (\\ud800)"; None when nothing."""
+    pending = [value]
+    while pending:  # not recursive: JSON may be nested as deep as its parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            found = UNSTORABLE.search(item)
+            if found is not None:
+                if found[0] == "\x00":
+                    return "a NUL character (\\u0000)"
+                return f"a lone surrogate (\\u{ord(found[0]):04x})"
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
