@@ -167,3 +167,52 @@ def test_the_provider_delay_holds_for_its_block_only_and_single_counts_both_bloc
     assert single_streams(args) == 80
     args.single_provider_ms = 0
     assert single_streams(args) == 40
+
+
+async def test_idle_measures_a_second_wave_beside_the_first(monkeypatch):
+    """The first wave may fill memory an earlier scenario freed; the second wave, opened
+    beside it, is what one more socket costs. Each wave is measured on its own."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bench import relay
+    from bench.relay import Bench
+
+    open_now: list[object] = []
+    kb_each = iter([0.0] * 50 + [10.0] * 20 + [40.0] * 20)  # the warm-up sockets, then two waves
+    held = {"kb": 0.0}
+
+    class Sock:
+        def __init__(self) -> None:
+            self.kb = next(kb_each)
+            held["kb"] += self.kb
+            open_now.append(self)
+
+        async def close(self) -> None:
+            open_now.remove(self)
+
+    async def hold_idle(url: str, cid: int, cookie: str) -> Sock:
+        return Sock()
+
+    class Meter:
+        def __init__(self, pids: list[int]) -> None:
+            pass
+
+        def rss(self) -> int:
+            return int(100 * 2**20 + held["kb"] * 1024)
+
+        def cpu_now(self) -> float:
+            return 0.0
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(relay.client, "hold_idle", hold_idle)
+    monkeypatch.setattr(relay, "ProcessMeter", Meter)
+    monkeypatch.setattr(relay.asyncio, "sleep", lambda seconds: real_sleep(0))
+    stack = SimpleNamespace(servers=[SimpleNamespace(url="ws://127.0.0.1:1", pid=1)])
+    bench = Bench(stack=stack, upstream=None, cookie="", conversations=list(range(90)))  # type: ignore[arg-type]
+    await bench.idle(20)
+    assert bench.raw["idle"] == {"kb_per_socket": [10.0, 40.0]}
+    assert open_now == []  # every socket closed at the end
+    (row,) = [r for r in bench.rows if r[1].startswith("RSS growth")]
+    assert row[2].startswith("10.0 KB (20/20 open") and "; 40.0 KB (20/20 open" in row[2]
+    assert bench.conversations == []
