@@ -35,3 +35,11 @@ def unstorable(value: Any) -> str | None:
         elif isinstance(item, list):
             pending.extend(item)
     return None
+
+
+def refusal(subject: str, value: Any) -> str | None:
+    """The words refusing `value`, a field read straight from a request (no form field, which
+    would refuse a NUL itself): "The title holds a NUL character (\\u0000), which cannot be
+    stored." for subject "The title"; None when it can be stored."""
+    what = unstorable(value)
+    return None if what is None else f"{subject} holds {what}, which cannot be stored."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from datetime import timedelta
 
@@ -92,6 +93,23 @@ def test_an_empty_title_is_refused(client, user, conversation):
     assert b"cannot be empty" in response.content
     conversation.refresh_from_db()
     assert conversation.title == ""
+
+
+def test_a_title_holding_a_nul_is_refused_not_a_crash(client, user, conversation):
+    # PostgreSQL keeps no NUL in text: the save was a 500 there (SQLite kept it).
+    conversation.title = "Kept"
+    conversation.save()
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/rename/", {"title": "New\x00title"}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200
+    assert has(response.content, "input", name="title")
+    assert "The title holds a NUL character (\\u0000), which cannot be stored." in html.unescape(
+        response.content.decode()
+    )
+    conversation.refresh_from_db()
+    assert conversation.title == "Kept"
 
 
 def test_delete_asks_for_confirmation_and_removes_everything(client, user, conversation):

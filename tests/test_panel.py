@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 
 from playground.accounts.models import Membership, Team
@@ -207,6 +209,26 @@ def test_a_preset_with_invalid_values_is_refused(client, user, conversation):
     )
     assert b"temperature must be between 0 and 2" in response.content
     assert not Preset.objects.exists()
+
+
+def test_a_preset_name_holding_a_nul_is_refused_when_saved_or_renamed(client, user, conversation):
+    # PostgreSQL keeps no NUL in text: both saves were a 500 there (SQLite kept it).
+    refused = "The preset name holds a NUL character (\\u0000), which cannot be stored."
+    client.force_login(user)
+    response = client.post(
+        f"/c/{conversation.pk}/presets/",
+        {"preset_name": "Co\x00ld", "model": "empiriolabs:gemma-4-e4b"},
+        headers=HX,
+    )
+    assert response.status_code == 200 and refused in html.unescape(response.content.decode())
+    assert not Preset.objects.exists()
+    preset = Preset.objects.create(owner=user, name="Warm", model="empiriolabs:gemma-4-e4b")
+    response = client.post(
+        f"/c/{conversation.pk}/presets/{preset.pk}/rename/", {"name": "Fro\x00zen"}, headers=HX
+    )
+    assert response.status_code == 200 and refused in html.unescape(response.content.decode())
+    preset.refresh_from_db()
+    assert preset.name == "Warm"
 
 
 def test_another_users_preset_cannot_be_touched(client, user, other_user, conversation):

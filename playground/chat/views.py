@@ -40,6 +40,7 @@ from playground.chat.services import (
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 from playground.providers.specs import CHAT
+from playground.storable import refusal
 
 TEMPLATE = "chat/playground.html"
 # An empty conversation untouched this long was abandoned. Not younger ones: another tab may
@@ -309,6 +310,8 @@ def preset_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     name = " ".join(str(data.get("preset_name", "")).split())[:100]
     if not name:
         return _presets(request, conversation, "Give the preset a name.")
+    if refused := refusal("The preset name", name):
+        return _presets(request, conversation, refused)
     model = model_or_default(str(data.get("model", "")))
     system_prompt = str(data.get("system_prompt", ""))
     asked = str(data.get("wire_format", "") or CHAT)
@@ -355,6 +358,8 @@ def preset_rename(request: AuthenticatedHttpRequest, pk: int, preset_pk: int) ->
     name = " ".join((request.headers.get("HX-Prompt") or request.POST.get("name", "")).split())
     if not name:
         return _presets(request, conversation, "A preset needs a name.")
+    if refused := refusal("The preset name", name):
+        return _presets(request, conversation, refused)
     preset.name = name[:100]
     try:
         preset.save(update_fields=["name", "updated"])
@@ -459,11 +464,11 @@ def conversation_rename(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     error = ""
     if request.method == "POST":
         title = " ".join(request.POST.get("title", "").split())[:200]
-        if title:
+        error = refusal("The title", title) or ("" if title else "A title cannot be empty.")
+        if not error:
             conversation.title = title
             conversation.save(update_fields=["title"])
             return render(request, f"{TEMPLATE}#sidebar-item", {"c": conversation})
-        error = "A title cannot be empty."
     return render(request, f"{TEMPLATE}#rename-form", {"c": conversation, "error": error})
 
 
