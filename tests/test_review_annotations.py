@@ -3,6 +3,7 @@ sets, review status (one and in bulk from History), and History's rating/label/s
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -226,6 +227,17 @@ def test_an_empty_or_huge_comment_is_refused(client, user, shared):
     assert not Comment.objects.exists()
 
 
+def test_a_comment_holding_a_nul_is_refused_not_a_crash(client, user, shared):
+    # PostgreSQL keeps no NUL in text: the save was a 500 there (SQLite kept it).
+    reply = reply_of(shared)
+    response = post(client, user, f"/review/m/{reply.pk}/comment/", {"text": "Fine\x00 @eve"})
+    assert response.status_code == 422
+    assert "The comment holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
+    assert not Comment.objects.exists() and not Mention.objects.exists()
+
+
 def test_a_mention_in_a_conversation_one_left_no_longer_counts(client, user, other_user, shared):
     post(client, user, f"/review/m/{reply_of(shared).pk}/comment/", {"text": "@eve zebra"})
     Membership.objects.get(user=other_user).delete()
@@ -265,6 +277,22 @@ def test_label_names_are_unique_per_space_and_colours_must_be_hex(client, user):
     bad = client.post("/review/labels/personal/", {"name": "Odd", "colour": "red;x"})
     assert bad.status_code == 400
     assert list(Label.objects.values_list("name", flat=True)) == ["Good"]
+
+
+def test_a_label_name_holding_a_nul_is_refused_when_made_or_renamed(client, user):
+    # The name is looked up (is it taken?) and saved: both fail on PostgreSQL with a NUL.
+    refused = "The label name holds a NUL character (\\u0000), which cannot be stored."
+    client.force_login(user)
+    made = client.post("/review/labels/personal/", {"name": "Go\x00od", "colour": "#00ff00"})
+    assert made.status_code == 400 and refused in html.unescape(made.content.decode())
+    assert not Label.objects.exists()
+    label = Label.objects.create(owner=user, name="Good", colour="#00ff00")
+    edited = client.post(
+        f"/review/labels/{label.pk}/edit/", {"name": "Be\x00tter", "colour": "#00ff00"}, follow=True
+    )
+    assert refused in html.unescape(edited.content.decode())
+    label.refresh_from_db()
+    assert label.name == "Good"
 
 
 def test_strangers_cannot_see_or_touch_a_teams_labels(client, team, django_user_model, user):

@@ -3,6 +3,7 @@ stepped through one item at a time, summed up per reviewer."""
 
 from __future__ import annotations
 
+import html
 from datetime import timedelta
 
 import pytest
@@ -178,6 +179,16 @@ def test_a_queue_needs_a_name_and_a_reviewer(client, user, other_user, team, fla
     assert not ReviewQueue.objects.exists()
 
 
+def test_a_queue_name_holding_a_nul_is_refused_not_a_crash(client, user, other_user, team, flagged):
+    # PostgreSQL keeps no NUL in text: the save was a 500 there (SQLite kept it).
+    response = make_queue(client, user, team, [other_user], name="Flagged\x00")
+    assert response.status_code == 400
+    assert "The queue name holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
+    assert not ReviewQueue.objects.exists()
+
+
 def test_a_personal_space_queue_is_its_owners_alone(client, user, other_user, flagged):
     client.force_login(user)
     data = {"space": "personal", "review": "flagged", "name": "Mine", "reviewer": [user.pk]}
@@ -261,6 +272,17 @@ def test_a_bad_score_is_refused_and_changes_nothing(client, other_user, queue):
         response = client.post(item_url(queue, 1), {"action": "score", "score": bad}, headers=HX)
         assert response.status_code == 400
     assert not Annotation.objects.exists()
+
+
+def test_a_comment_holding_a_nul_is_refused_and_changes_nothing(client, other_user, queue):
+    client.force_login(other_user)
+    data = {"action": "comment", "text": "Check\x00 this"}
+    response = client.post(item_url(queue, 1), data, headers=HX)
+    assert response.status_code == 400
+    assert "The comment holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
+    assert not Comment.objects.exists()
 
 
 def test_without_script_a_change_redirects_back_to_the_item(client, other_user, queue):

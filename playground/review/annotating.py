@@ -26,6 +26,7 @@ from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Conversation, Message
 from playground.review import live
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
+from playground.storable import refusal
 
 MAX_COMMENT = 5000
 # The largest row id (a signed 64-bit integer). A larger one in an `__in` list is not just
@@ -77,6 +78,8 @@ def create_label(user, team: Team | None, name: str, colour: str) -> Label:
         raise AnnotationError("Give the label a name.")
     if len(name) > 40:
         raise AnnotationError("A label name has at most 40 characters.")
+    if refused := refusal("The label name", name):
+        raise AnnotationError(refused)
     colour = colour.strip().lower()
     if not re.fullmatch(r"#[0-9a-f]{6}", colour):
         raise AnnotationError("Pick a colour (#rrggbb).")
@@ -94,6 +97,8 @@ def update_label(label: Label, name: str, colour: str) -> None:
     colour = colour.strip().lower()
     if not name or len(name) > 40:
         raise AnnotationError("A label name has 1 to 40 characters.")
+    if refused := refusal("The label name", name):
+        raise AnnotationError(refused)
     if not re.fullmatch(r"#[0-9a-f]{6}", colour):
         raise AnnotationError("Pick a colour (#rrggbb).")
     same = Label.objects.in_space(label.team_id, label.owner_id).filter(name__iexact=name)
@@ -166,6 +171,8 @@ def add_comment(user, message: Message, text: str) -> Comment:
         raise AnnotationError("Write a comment first.")
     if len(text) > MAX_COMMENT:
         raise AnnotationError(f"A comment has at most {MAX_COMMENT} characters.")
+    if refused := refusal("The comment", text):
+        raise AnnotationError(refused)
     names = mentioned_names(text)
     people = list(teammates(message.conversation).filter(username__in=names).exclude(pk=user.pk))
     with transaction.atomic():

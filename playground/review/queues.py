@@ -24,6 +24,7 @@ from playground.accounts.models import Membership, Team
 from playground.chat.models import Message
 from playground.review import annotating, history, search
 from playground.review.models import Annotation, QueueItem, ReviewQueue
+from playground.storable import refusal
 
 MAX_ITEMS = 1000  # replies per queue: a queue is a day's work, not an export
 MAX_NAME = 80
@@ -166,6 +167,8 @@ def create_queue(
         raise QueueError("Give the queue a name.")
     if len(name) > MAX_NAME:
         raise QueueError(f"A queue name has at most {MAX_NAME} characters.")
+    if refused := refusal("The queue name", name):
+        raise QueueError(refused)
     allowed = set(eligible_reviewers(space).values_list("pk", flat=True))
     reviewer_ids = list(dict.fromkeys(reviewer_ids))
     if not reviewer_ids:
