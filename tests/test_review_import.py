@@ -192,6 +192,43 @@ def test_a_list_or_object_where_text_belongs_is_refused_not_a_crash(
     assert not Conversation.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [("\x00", "a NUL character (\\u0000)"), ("\ud800", "a lone surrogate (\\ud800)")],
+)
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("x.json", lambda c: export_text([msg(1)], title=f"T{c}"), 'line 1: "conversation"'),
+        ("x.json", lambda c: export_text([msg(1), msg(2, 1, text=c)]), "line 3: this message"),
+        (
+            "x.json",
+            lambda c: export_text([msg(1, role="assistant", request_body={"messages": [], c: 1})]),
+            "line 2: this message",
+        ),
+        (
+            "x.json",
+            lambda c: export_text(
+                [{**msg(1), "comments": [{"author": "ada", "text": c, **NOTE_TIMES}]}]
+            ),
+            "line 2: this message",
+        ),
+        ("x.jsonl", lambda c: jl(ASK, {"messages": [turn("user", c)]}), "line 2: this line"),
+    ],
+)
+def test_a_file_holding_a_nul_or_lone_surrogate_is_refused_with_its_line(
+    client, user, char, named, name, content, where
+):
+    # Its JSON escapes spell either: PostgreSQL keeps no NUL in text or jsonb, and no database
+    # a lone surrogate, so the import failed with a 500 (on SQLite too, for a surrogate).
+    response = upload(client, user, name, content(char))
+    assert response.status_code == 400
+    assert f"{where} holds {named}, which cannot be stored." in html.unescape(
+        response.content.decode()
+    )
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
 def test_deep_nesting_is_refused(client, user):
     deep = "[" * 100 + "]" * 100
     text = export_text([msg(1)]).replace('"params": {}', f'"params": {{"a": {deep}}}')

@@ -27,6 +27,7 @@ from playground.chat.services import ATTACHMENT_SCHEME
 from playground.providers import catalog
 from playground.review import exports
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
+from playground.storable import refusal
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_MESSAGES = 5000
@@ -135,6 +136,9 @@ def parse_export(text: str) -> _Plan:
     head = data.get("conversation")
     if not isinstance(head, dict) or set(head) - _CONVERSATION_KEYS:
         raise Refused('line 1: "conversation" must be an object with the exported fields only.')
+    # JSON escapes spell a NUL or a lone surrogate, which the database refuses (storable.py).
+    if refused := refusal('"conversation"', head):
+        raise Refused(f"line 1: {refused}")
     for key, limit in (("title", 200), ("model", 200), ("system_prompt", None)):
         value = head.get(key, "")
         if not isinstance(value, str) or (limit and len(value) > limit):
@@ -181,6 +185,8 @@ def parse_export(text: str) -> _Plan:
 def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     if not isinstance(record, dict):
         raise Refused("a message must be an object.")
+    if refused := refusal("this message", record):
+        raise Refused(refused)
     unknown = set(record) - _MESSAGE_KEYS
     if unknown:
         raise Refused(f"unknown field {sorted(unknown)[0]!r}.")
@@ -552,6 +558,8 @@ def parse_jsonl(text: str) -> tuple[str, list[tuple[int, list[dict[str, Any]]]]]
                 raise Refused('each line must be an object with a "messages" list.')
             if set(line) - _LINE_KEYS:
                 raise Refused(f"unknown field {sorted(set(line) - _LINE_KEYS)[0]!r}.")
+            if refused := refusal("this line", line):
+                raise Refused(refused)
             turns: list[dict[str, Any]] = []
             prompt = ""
             for index, message in enumerate(line["messages"]):
