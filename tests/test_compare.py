@@ -4,6 +4,7 @@ through the normal run engine, streamed over one socket, stopped together."""
 from __future__ import annotations
 
 import asyncio
+import html
 from decimal import Decimal
 
 import pytest
@@ -106,6 +107,19 @@ def test_a_column_a_format_or_a_parameter_refuses_names_the_column_and_saves_not
     page = response.content.decode()
     assert "Column 1: temperature" in page
     assert "Column 2: Gemma 3n E4B is not served over Responses" in page
+    assert not RunGroup.objects.exists() and not Conversation.objects.exists()
+
+
+def test_a_title_holding_a_nul_is_refused_and_saves_nothing(user):
+    # PostgreSQL keeps no NUL in text: the group's and its columns' titles were a 500 there.
+    response = client_for(user).post(
+        "/compare/new/",
+        {"columns": "2", "title": "Brief\x00", "c1-model": MODEL, "c2-model": MODEL},
+    )
+    assert response.status_code == 400
+    assert "The title holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
     assert not RunGroup.objects.exists() and not Conversation.objects.exists()
 
 

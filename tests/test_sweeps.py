@@ -80,6 +80,17 @@ def test_a_value_out_of_range_names_its_cell(user):
     assert not RunGroup.objects.exists()
 
 
+@pytest.mark.parametrize(("field", "named"), [("title", "The title"), ("prompt", "The message")])
+def test_a_title_or_message_holding_a_nul_is_refused_and_saves_nothing(user, field, named):
+    # PostgreSQL keeps no NUL in text or jsonb (the spec keeps the message): a 500 there.
+    response = client_for(user).post("/compare/sweeps/new/", {**GRID, field: "Heat\x00"})
+    assert response.status_code == 400
+    assert f"{named} holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
+    assert not RunGroup.objects.exists() and not Conversation.objects.exists()
+
+
 def test_the_seed_is_swept_or_counted_not_both(user):
     response = client_for(user).post(
         "/compare/sweeps/new/", {**GRID, "axis2": "seed", "values2": "1, 2"}

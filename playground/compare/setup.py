@@ -24,6 +24,7 @@ from playground.prompts import library, variables
 from playground.prompts.models import PromptSession, PromptVersion
 from playground.providers import params
 from playground.providers.specs import CHAT, FORMAT_LABELS
+from playground.storable import refusal
 
 MIN_COLUMNS = 2
 SOURCE = " · prompt "  # in a column's title, before the prompt version it came from
@@ -172,6 +173,13 @@ def plan_columns(
     return checked
 
 
+def clean_title(title: str) -> str:
+    """The group's title as typed, or SetupError: its columns' and cells' titles start with it."""
+    if refused := refusal("The title", title):
+        raise SetupError([refused])
+    return title
+
+
 def _group(user, team, kind: str, title: str, spec: dict, members: list[dict]) -> RunGroup:
     """The group and one conversation per member, in one transaction. Each conversation is
     titled, so the sweep of abandoned empty conversations never takes a cell not yet run."""
@@ -237,6 +245,8 @@ def plan_sweep(
     experiment's size (batch runs through the tasks framework), not an interactive grid."""
     if not prompt.strip():
         raise SetupError(["Write the message every cell sends."])
+    if refused := refusal("The message", prompt):
+        raise SetupError([refused])
     try:
         column = resolve_prompt_version(column, user, team_id)
     except TurnError as exc:

@@ -97,6 +97,7 @@ def compare_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     errors: list[str] = []
     if request.method == "POST":
         try:
+            title = setup.clean_title(request.POST.get("title", ""))
             columns = [_column_from(request.POST, n) for n in range(1, count + 1)]
             repeat = _repeat(request.POST.get("repeat"))
             planned = setup.plan_columns(
@@ -112,7 +113,7 @@ def compare_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             errors = exc.errors
         else:
             team = space.team if space is not None else None
-            group = setup.create_compare(request.user, team, request.POST.get("title", ""), planned)
+            group = setup.create_compare(request.user, team, title, planned)
             return redirect("compare:group", pk=group.pk)
     context = _form_context(request, count, errors, "compare")
     return render(request, "compare/new.html", context, status=400 if errors else 200)
@@ -133,6 +134,7 @@ def sweep_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         post = request.POST
         try:
+            title = setup.clean_title(post.get("title", ""))
             column = _column_from(post, 1)
             seeds = int(post.get("seeds") or 0)
             axes = [(post.get(f"axis{n}", ""), post.get(f"values{n}", "")) for n in (1, 2)]
@@ -150,7 +152,7 @@ def sweep_new(request: AuthenticatedHttpRequest) -> HttpResponse:
             errors = exc.errors
         else:
             team = space.team if space is not None else None
-            group = setup.create_sweep(request.user, team, post.get("title", ""), spec, cells)
+            group = setup.create_sweep(request.user, team, title, spec, cells)
             return redirect("compare:group", pk=group.pk)
     context = _form_context(request, 1, errors, "sweep")
     return render(request, "compare/sweep_new.html", context, status=400 if errors else 200)
