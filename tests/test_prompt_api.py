@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 
 import pytest
 
@@ -145,6 +146,26 @@ def test_a_token_for_a_team_one_is_not_in_is_refused(client, user, other_user):
     client.force_login(user)
     response = client.post("/prompts/tokens/", {"name": "bot", "space": str(team.pk)})
     assert response.status_code == 400 and not AccessToken.objects.exists()
+
+
+def test_a_token_name_holding_a_nul_is_refused_not_a_crash(client, user):
+    # PostgreSQL keeps no NUL in text: the save was a 500 there (SQLite kept it).
+    client.force_login(user)
+    response = client.post("/prompts/tokens/", {"name": "bo\x00t", "space": "personal"})
+    assert response.status_code == 400
+    assert "The name holds a NUL character (\\u0000), which cannot be stored." in (
+        html.unescape(response.content.decode())
+    )
+    assert not AccessToken.objects.exists()
+
+
+def test_a_prompt_or_label_asked_for_with_a_nul_is_not_found_not_a_crash(client, user, prompt):
+    # No name or label holds one; PostgreSQL refused the lookup itself (a 500).
+    _, plaintext = AccessToken.issue(user, name="bot")
+    for url in ("/api/prompts/supp%00ort", "/api/prompts/support?label=produc%00tion"):
+        response = client.get(url, headers=bearer(plaintext))
+        assert response.status_code == 404, url
+        assert "error" in response.json()
 
 
 def test_access_tokens_are_reached_from_the_account_menu(client, user):

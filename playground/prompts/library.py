@@ -24,6 +24,7 @@ from django.http import Http404
 
 from playground.prompts import variables as syntax
 from playground.prompts.models import Prompt, PromptRun, PromptVersion, VariableValues
+from playground.storable import unstorable
 
 UndefinedVariables = syntax.UndefinedVariables
 
@@ -60,7 +61,9 @@ def resolve(
     LookupError with a message for the caller if there is none."""
     if label:
         # Labels are stored lowercase (models.clean_label_name): Production finds production.
-        found = prompt.labels.select_related("version").filter(name=label.strip().lower()).first()
+        # None holds what cannot be stored, and PostgreSQL refuses a NUL in a lookup.
+        labels = prompt.labels.select_related("version")
+        found = None if unstorable(label) else labels.filter(name=label.strip().lower()).first()
         if found is None:
             raise LookupError(f"The prompt {prompt.name} has no label {label!r}.")
         return found.version

@@ -35,6 +35,7 @@ from playground.prompts.models import (
     PromptVersion,
     hash_token,
 )
+from playground.storable import refusal, unstorable
 
 
 def _version(prompt: Prompt, number: int) -> PromptVersion:
@@ -367,6 +368,8 @@ def tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
         team = next((t for t in teams if str(t.pk) == space), None)
         if not name:
             error = "Give the token a name, so you can tell it apart later."
+        elif refused := refusal("The name", name):
+            error = refused
         elif space != "personal" and team is None:
             error = "Pick a space you belong to."
         else:
@@ -432,7 +435,9 @@ def api_prompt(request: HttpRequest, name: str) -> JsonResponse:
     now = timezone.now()
     if token.last_used is None or (now - token.last_used).total_seconds() > 60:
         AccessToken.objects.filter(pk=token.pk).update(last_used=now)
-    prompt = Prompt.objects.visible_to(token.user).in_space(token.team_id).filter(name=name).first()
+    # No prompt's name holds what cannot be stored, and PostgreSQL refuses a NUL in a lookup.
+    prompts = Prompt.objects.visible_to(token.user).in_space(token.team_id)
+    prompt = None if unstorable(name) else prompts.filter(name=name).first()
     if prompt is None:
         return _api_error(404, f"No prompt named {name!r} in this token's space.")
     label = request.GET.get("label") or None
