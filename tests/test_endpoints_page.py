@@ -185,6 +185,19 @@ def test_a_listed_context_that_only_looks_like_digits_is_ignored(admin_client, l
     assert (row.context_window, row.max_output) == (4096, None)
 
 
+def test_a_listed_model_id_holding_a_nul_is_refused_not_a_crash(admin_client, lab) -> None:
+    # The server's listing comes back in the page's form: PostgreSQL keeps no NUL in text,
+    # and nothing refused one in a picked id (a typed one is refused by its form field).
+    response = admin_client.post(
+        reverse("endpoint_models_add", args=[lab.pk]),
+        {"listed": ["ge\x00mma", "m"], "pick": ["ge\x00mma", "m"], "context_window": "4096"},
+    )
+    assert "The model id holds a NUL character (\\u0000), which cannot be stored." in text(
+        find(response.content, id="add-models")
+    )
+    assert not lab.models.exists()
+
+
 def test_probe_records_capabilities_and_the_servers_refusal(admin_client, lab, upstream) -> None:
     row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
     upstream.refuse = {"json_schema": "Input should be 'text' or 'json_object'"}

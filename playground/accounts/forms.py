@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 
 from playground.providers import netpolicy, specs
 from playground.providers.models import CustomEndpoint, EndpointModel
+from playground.storable import refusal
 
 KEY_SHAPE = re.compile(r"[\x21-\x7e]{8,500}")
 
@@ -167,6 +168,14 @@ class ModelIdsForm(forms.Form):
         pick = self.fields["pick"]
         assert isinstance(pick, forms.MultipleChoiceField)
         pick.choices = [(i, i) for i in listed or []]
+
+    def clean_pick(self) -> list[str]:
+        # The server's listing comes back from the page, choices and all: no CharField's
+        # validator refuses a NUL in it, as it does in the typed ids.
+        for model_id in self.cleaned_data["pick"]:
+            if refused := refusal("The model id", model_id):
+                raise forms.ValidationError(refused)
+        return self.cleaned_data["pick"]
 
     def clean_typed(self) -> list[str]:
         lines = [line.strip() for line in self.cleaned_data["typed"].splitlines()]
