@@ -43,3 +43,10 @@ def refusal(subject: str, value: Any) -> str | None:
     stored." for subject "The title"; None when it can be stored."""
     what = unstorable(value)
     return None if what is None else f"{subject} holds {what}, which cannot be stored."
+
+
+def sendable(text: str) -> str:
+    """`text` with each lone surrogate written as its escape ("\\ud800"), for words that quote
+    what a client sent (a hand-made field name in an error): a WebSocket frame or a page is
+    UTF-8, which holds none, so the words could not be sent at all."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -778,6 +778,29 @@ async def test_a_compare_send_holding_a_nul_or_lone_surrogate_is_refused(
     await socket.close()
 
 
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"var:na\ud800me": 5}, "{{na\\ud800me}} must be text"),
+        ({"var:na\ud800me": "Acme\x00"}, "{{na\\ud800me}} holds a NUL character"),
+        ({"result:c\ud800": 5, "action": "tool_results", "column": 0}, "result:c\\ud800"),
+    ],
+)
+async def test_an_error_naming_a_field_holding_a_lone_surrogate_can_still_be_sent(
+    fields, said, upstream, user, api_key
+):
+    # A hand-made field name is echoed in the error, and a frame is UTF-8, which holds no
+    # lone surrogate: the server could not send the error at all.
+    group = await database_sync_to_async(make_compare)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(**{"action": "send", "text": "Hi", **fields})
+    frame = await socket.until(lambda f: said in html.unescape(f.encode().decode()))
+    assert "composer-error" in frame
+    assert upstream.requests == [] and not await Message.objects.aexists()
+    await socket.close()
+
+
 # The send's cost: what a column adds to its time to first token (bench/compare.py)
 
 

@@ -396,6 +396,28 @@ async def test_a_parameter_holding_a_nul_or_lone_surrogate_is_refused_over_the_s
     await socket.close()
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("action", "fields", "said"),
+    [
+        ("send", {"text": "Hi", "model": GEMMA_4_E4B.key, "param:t\ud800p": "1"}, "t\\ud800p"),
+        ("tool_results", {"message_id": "1", "result:c\ud800": 5}, "result:c\\ud800"),
+    ],
+)
+async def test_an_error_naming_a_field_holding_a_lone_surrogate_can_still_be_sent(
+    action, fields, said, upstream, user, api_key, conversation, connect
+):
+    # A hand-made field name is echoed in the error ("Unknown parameter …"), and a frame is
+    # UTF-8, which holds no lone surrogate: the server could not send the error at all.
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send(action=action, **fields)
+    frame = await socket.until(lambda f: said in html.unescape(f.encode().decode()))
+    assert "error" in frame
+    assert upstream.requests == []
+    assert await Message.objects.acount() == 0
+    await socket.close()
+
+
 @pytest.mark.django_db
 def test_the_panel_keeps_the_valid_parameters_and_refuses_one_holding_a_nul(
     client, user, conversation

@@ -47,6 +47,7 @@ from playground.chat.services import (
     write_turn,
 )
 from playground.providers import params
+from playground.storable import sendable
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +466,8 @@ class ConversationConsumer(SlottedConsumer):
                 exc.errors,
                 kwargs.get("wire_format") or self.conversation.wire_format,
             )
-            unknown = params.unknown_names(exc.errors)
+            # A name is the client's own (`param:<name>`), quoted: sendable, as in _send_error.
+            unknown = [sendable(name) for name in params.unknown_names(exc.errors)]
             context["error"] = (
                 f"Unknown parameter {', '.join(unknown)}: nothing was sent."
                 if unknown
@@ -811,7 +813,9 @@ class ConversationConsumer(SlottedConsumer):
         await self.send(text_data=html)
 
     async def _send_error(self, text: str) -> None:
-        await self._send_partial("composer-error", {"error": text})
+        # An error may quote a field's name as the client spelt it ("result:\ud800"), which
+        # a frame (UTF-8) could not carry: the error would not reach the page at all.
+        await self._send_partial("composer-error", {"error": sendable(text)})
 
 
 async def close_all(code: int = shutdown.RESTART_CLOSE, wait: float = shutdown.CLOSE_WAIT) -> None:
