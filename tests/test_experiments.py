@@ -165,6 +165,23 @@ def test_a_nul_or_lone_surrogate_in_an_experiments_parameters_or_schema_is_a_for
     assert response.status_code == 302
 
 
+def test_an_unknown_parameter_named_with_a_lone_surrogate_is_a_form_error(client_for, user):
+    """The error names the parameter as the variant's JSON spelt it, and a page is UTF-8,
+    which holds no lone surrogate: the page could not be encoded (a 500)."""
+    dataset = make_experiment(user).dataset
+    data = {
+        "name": "Odd",
+        "dataset": dataset.pk,
+        "prompt": "{{country}}",
+        "variants": f'{MODEL} | {{"t\\ud800p": 1}}',
+        "repeats": 1,
+    }
+    response = client_for.post("/experiments/new/", data)
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "Variant line 1: t\\ud800p: is not a parameter of this model" in page
+
+
 def test_a_column_name_ending_in_a_newline_is_refused(client_for):
     """`$` also matches before a trailing newline, so `"a\\n"` passed the name check as `a`
     and became a column no `{{a}}` reaches. A CSV header is stripped; a JSONL key is not."""

@@ -12,7 +12,7 @@ from playground.chat import services
 from playground.experiments import checks, datasets, runner
 from playground.experiments.models import Dataset
 from playground.providers import params
-from playground.storable import unstorable
+from playground.storable import sendable, unstorable
 
 VARIANT_SYNTAX = """model-key
 model-key | {"temperature": 0.2}
@@ -59,7 +59,8 @@ def parse_variants(text: str, user=None, team_id: int | None = None) -> list[dic
         except services.TurnError as exc:
             raise forms.ValidationError(f"{where}: {exc}") from None
         except params.InvalidParams as exc:
-            problems = "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+            # A name is quoted as the JSON spelt it: a lone surrogate could not be in a page.
+            problems = "; ".join(f"{sendable(k)}: {v}" for k, v in exc.errors.items())
             raise forms.ValidationError(f"{where}: {problems}") from None
         variants.append(
             {
