@@ -186,7 +186,8 @@ def conversation_move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     try:
         conversation.move_to(team, request.user)
     except TeamError as exc:
-        return HttpResponse(str(exc), status=403)
+        # Plain text: the message names the team, whose name its owner chose.
+        return HttpResponse(str(exc), status=403, content_type="text/plain; charset=utf-8")
     set_space(request, team)
     messages.success(request, f"Moved to {team.name}: its members can see it now.")
     if request.htmx:
