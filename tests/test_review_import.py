@@ -476,3 +476,24 @@ def test_an_image_part_without_its_image_is_refused(client, user):
         client.get(f"/c/{imported(response).pk}/")
     assert response.status_code == 400
     assert "line 2: an image part names an image" in html.unescape(response.content.decode())
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ({}, "an image part names an image"),
+        ({"type": "text", "text": "x"}, "each content part must be an image part"),
+        ({"type": "audio", "attachment": HASH}, "each content part must be an image part"),
+        ({"type": "image", "attachment": HASH, "x": 1}, "each content part must be an image"),
+    ],
+)
+def test_a_content_part_that_is_no_image_part_is_refused(client, user, part, message):
+    # The transcript draws every content part as an image: any other part crashed the page
+    # (for everyone in the space), so only the image parts the playground writes come in.
+    attached = msg(1, content_parts=[part], attachments=[{"sha256": HASH}])
+    response = upload(client, user, "x.json", export_text([attached]))
+    if response.status_code == 302:
+        client.get(f"/c/{imported(response).pk}/")
+    assert response.status_code == 400
+    assert f"line 2: {message}" in html.unescape(response.content.decode())
+    assert not Conversation.objects.exists()

@@ -229,14 +229,17 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
         if not isinstance(image, dict) or not _SHA256.fullmatch(str(image.get("sha256", ""))):
             raise Refused('each of "attachments" needs a "sha256" of 64 hex digits.')
         plan.hashes.add(image["sha256"])
+    shape = 'each content part must be an image part {"type": "image", "attachment": sha256}.'
     for part in record.get("content_parts") or []:
-        if not isinstance(part, dict):
-            raise Refused('"content_parts" must hold objects.')
+        # The playground writes only image parts, and the transcript draws every part as
+        # one: any other part crashed the page.
+        if not isinstance(part, dict) or part.get("type", "image") != "image":
+            raise Refused(shape)
         # An image part without its image too: the transcript links every image part's.
-        if ("attachment" in part or part.get("type") == "image") and (
-            not isinstance(part.get("attachment"), str) or part["attachment"] not in plan.hashes
-        ):
+        if not isinstance(part.get("attachment"), str) or part["attachment"] not in plan.hashes:
             raise Refused("an image part names an image not in this message's attachments.")
+        if part.get("type") != "image" or len(part) != 2:
+            raise Refused(shape)
     _check_review(record)
     seen.add(ident)
     plan.messages.append(record)
