@@ -497,3 +497,26 @@ def test_a_content_part_that_is_no_image_part_is_refused(client, user, part, mes
     assert response.status_code == 400
     assert f"line 2: {message}" in html.unescape(response.content.decode())
     assert not Conversation.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("x.json", export_text([msg(1, text="a\x00b")]), "line 2: it holds a NUL character"),
+        (
+            "x.json",
+            export_text([msg(1), msg(2, parent=1, usage={"\\ud800": 1})]).replace("\\\\", "\\"),
+            "line 3: it holds a lone surrogate (\\ud800)",
+        ),
+        ("x.json", export_text([msg(1)], title="\\udfff").replace("\\\\", "\\"), "line 1:"),
+        ("x.jsonl", jl(ASK, {"messages": [turn("user", "\\udc00")]}).replace("\\\\", "\\"), "line 2:"),
+    ],
+)
+def test_what_no_database_can_store_is_refused_not_a_crash(client, user, name, content, message):
+    # A lone surrogate failed the save (a 500), or, in a JSON key, every later export; a NUL
+    # fails the save on PostgreSQL. storable.py names both.
+    response = upload(client, user, name, content)
+    assert response.status_code == 400
+    text = html.unescape(response.content.decode())
+    assert message in text and "cannot be stored" in text
+    assert not Conversation.objects.exists()

@@ -27,6 +27,7 @@ from playground.chat.services import ATTACHMENT_SCHEME
 from playground.providers import catalog
 from playground.review import exports
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
+from playground.storable import unstorable
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_MESSAGES = 5000
@@ -152,6 +153,10 @@ def parse_export(text: str) -> _Plan:
         or _when(review.get("set_at")) is None
     ):
         raise Refused('line 1: conversation "review" must have a known "status" and "set_at".')
+    try:
+        _check_storable(head)
+    except Refused as exc:
+        raise Refused(f"line 1: the conversation: {exc}") from None
     records = data.get("messages")
     if not isinstance(records, list):
         raise Refused('line 1: "messages" must be a list.')
@@ -184,6 +189,7 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     unknown = set(record) - _MESSAGE_KEYS
     if unknown:
         raise Refused(f"unknown field {sorted(unknown)[0]!r}.")
+    _check_storable(record)
     ident, parent = record.get("id"), record.get("parent")
     if not isinstance(ident, int) or isinstance(ident, bool) or ident in seen:
         raise Refused('"id" must be a whole number not used before in the file.')
@@ -243,6 +249,14 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     _check_review(record)
     seen.add(ident)
     plan.messages.append(record)
+
+
+def _check_storable(value: Any) -> None:
+    """No database (nor any later export or page) can hold a lone surrogate, and PostgreSQL
+    no NUL: refused here, not met as a failed save (see storable.py)."""
+    what = unstorable(value)
+    if what is not None:
+        raise Refused(f"it holds {what}, which cannot be stored.")
 
 
 def _check_request(body: Any) -> None:
@@ -555,6 +569,7 @@ def parse_jsonl(text: str) -> tuple[str, list[tuple[int, list[dict[str, Any]]]]]
                 raise Refused('each line must be an object with a "messages" list.')
             if set(line) - _LINE_KEYS:
                 raise Refused(f"unknown field {sorted(set(line) - _LINE_KEYS)[0]!r}.")
+            _check_storable(line)
             turns: list[dict[str, Any]] = []
             prompt = ""
             for index, message in enumerate(line["messages"]):
