@@ -520,3 +520,37 @@ def test_what_no_database_can_store_is_refused_not_a_crash(client, user, name, c
     text = html.unescape(response.content.decode())
     assert message in text and "cannot be stored" in text
     assert not Conversation.objects.exists()
+
+
+GEMMA = "empiriolabs:gemma-4-e4b"
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        # Regenerate and edit send the saved parameters as they are, after the model: a
+        # "model" there would have asked for another model than the one budgets and costs
+        # are counted for, and "n" for many replies at once, on the space's key.
+        ({"model": GEMMA, "params": {"model": "gpt-5", "n": 64}}, "model is not a parameter"),
+        ({"model": GEMMA, "params": {"temperature": "hot"}}, "temperature"),
+        ({"model": GEMMA, "system_prompt": "x" * 50_001}, "system prompt"),
+        ({"model": "elsewhere:model", "params": {"temperature": 0.5}}, "elsewhere:model"),
+    ],
+)
+def test_conversation_settings_are_checked_as_the_panel_checks_them(
+    client, user, head, message
+):
+    response = upload(client, user, "x.json", export_text([msg(1)], **head))
+    assert response.status_code == 400
+    text = html.unescape(response.content.decode())
+    assert "line 1: conversation settings" in text and message in text
+    assert not Conversation.objects.exists()
+
+
+def test_valid_settings_of_a_known_model_import_as_they_are(client, user):
+    params = {"temperature": 0.2, "seed": 7}
+    copy = imported(upload(client, user, "x.json", export_text([msg(1)], model=GEMMA, params=params)))
+    assert (copy.model, copy.params) == (GEMMA, params)
+    # A model this server does not offer comes in without parameters to check.
+    other = imported(upload(client, user, "x.json", export_text([msg(1)], model="elsewhere:m")))
+    assert (other.model, other.params) == ("elsewhere:m", {})

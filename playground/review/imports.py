@@ -23,8 +23,10 @@ from django.utils import timezone
 
 from playground.accounts.models import Team
 from playground.chat.models import FORMAT_LABELS, Attachment, Conversation, Message
-from playground.chat.services import ATTACHMENT_SCHEME
+from playground.chat.services import ATTACHMENT_SCHEME, clean_settings
 from playground.providers import catalog
+from playground.providers.formats import CHAT
+from playground.providers.params import NOT_A_PARAMETER, InvalidParams
 from playground.review import exports
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
 from playground.storable import unstorable
@@ -144,6 +146,7 @@ def parse_export(text: str) -> _Plan:
         raise Refused('line 1: conversation "params" must be an object.')
     if head.get("wire_format", "chat") not in tuple(FORMAT_LABELS):  # a dict: see ROLES
         raise Refused(f'line 1: conversation "wire_format" must be one of {_FORMATS}.')
+    _check_settings(head)
     review = head.get("review")
     if review is not None and (
         not isinstance(review, dict)
@@ -181,6 +184,34 @@ def parse_export(text: str) -> _Plan:
     if active is not None and active not in seen:
         raise Refused(f'line 1: "{exports.ACTIVE_LEAF}" names no message of the file.')
     return plan
+
+
+def _check_settings(head: dict[str, Any]) -> None:
+    """The model's parameters and the system prompt, checked as the settings panel checks
+    them: regenerating or editing a reply sends the saved parameters as they are, so an
+    unchecked name such as "model" or "n" would reach the provider on this space's key. A
+    model this server does not offer has no parameters to check them against, so it comes
+    in with none."""
+    key = head.get("model") or catalog.DEFAULT_MODEL_KEY
+    values = head.get("params", {})
+    try:
+        model = catalog.get_model(key)
+    except catalog.UnknownModel:
+        if values:
+            raise Refused(
+                f"line 1: conversation settings: the model {key!r} is not offered here, so "
+                'its parameters cannot be checked (empty "params" to import it).'
+            ) from None
+        return
+    try:
+        head["params"] = clean_settings(
+            model, head.get("system_prompt", ""), values, head.get("wire_format") or CHAT
+        )
+    except InvalidParams as exc:
+        first = sorted(exc.errors)[0]
+        error = exc.errors[first]
+        error = f"{first} {error}" if error == NOT_A_PARAMETER else error
+        raise Refused(f"line 1: conversation settings: {error}") from None
 
 
 def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
