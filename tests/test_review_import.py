@@ -509,7 +509,11 @@ def test_a_content_part_that_is_no_image_part_is_refused(client, user, part, mes
             "line 3: it holds a lone surrogate (\\ud800)",
         ),
         ("x.json", export_text([msg(1)], title="\\udfff").replace("\\\\", "\\"), "line 1:"),
-        ("x.jsonl", jl(ASK, {"messages": [turn("user", "\\udc00")]}).replace("\\\\", "\\"), "line 2:"),
+        (
+            "x.jsonl",
+            jl(ASK, {"messages": [turn("user", "\\udc00")]}).replace("\\\\", "\\"),
+            "line 2:",
+        ),
     ],
 )
 def test_what_no_database_can_store_is_refused_not_a_crash(client, user, name, content, message):
@@ -537,9 +541,7 @@ GEMMA = "empiriolabs:gemma-4-e4b"
         ({"model": "elsewhere:model", "params": {"temperature": 0.5}}, "elsewhere:model"),
     ],
 )
-def test_conversation_settings_are_checked_as_the_panel_checks_them(
-    client, user, head, message
-):
+def test_conversation_settings_are_checked_as_the_panel_checks_them(client, user, head, message):
     response = upload(client, user, "x.json", export_text([msg(1)], **head))
     assert response.status_code == 400
     text = html.unescape(response.content.decode())
@@ -549,7 +551,8 @@ def test_conversation_settings_are_checked_as_the_panel_checks_them(
 
 def test_valid_settings_of_a_known_model_import_as_they_are(client, user):
     params = {"temperature": 0.2, "seed": 7}
-    copy = imported(upload(client, user, "x.json", export_text([msg(1)], model=GEMMA, params=params)))
+    text = export_text([msg(1)], model=GEMMA, params=params)
+    copy = imported(upload(client, user, "x.json", text))
     assert (copy.model, copy.params) == (GEMMA, params)
     # A model this server does not offer comes in without parameters to check.
     other = imported(upload(client, user, "x.json", export_text([msg(1)], model="elsewhere:m")))
