@@ -25,8 +25,8 @@ from playground.accounts.models import Team
 from playground.chat.models import FORMAT_LABELS, Attachment, Conversation, Message
 from playground.chat.services import ATTACHMENT_SCHEME, clean_settings
 from playground.providers import catalog
-from playground.providers.formats import CHAT
 from playground.providers.params import NOT_A_PARAMETER, InvalidParams
+from playground.providers.specs import CHAT
 from playground.review import exports
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
 from playground.storable import unstorable
