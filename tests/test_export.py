@@ -63,6 +63,18 @@ def test_no_snippet_contains_a_key(settings):
             assert "https://api.empiriolabs.ai" in code
 
 
+def test_no_snippet_shows_the_credentials_of_a_proxy_url(settings):
+    # A deployment routes the provider through a gateway whose URL carries its password
+    # (PLAYGROUND_PROVIDER_BASE_URLS): every reader of a reply's code would see it.
+    settings.PLAYGROUND_PROVIDER_BASE_URLS = {
+        "empiriolabs": "https://gw:hunter2-GW@gateway.internal:8443/v1"
+    }
+    for fmt in GEMMA_4_E4B.formats:
+        for _, _, code in export.snippets(FORMAT_BODY, GEMMA_4_E4B, fmt):
+            assert "hunter2" not in code and "gw:" not in code
+            assert "https://gateway.internal:8443" in code
+
+
 # Parameters each of the other formats carries, in the playground's saved shape.
 FORMAT_BODY = {
     "model": "gemma-4-e4b",

@@ -37,7 +37,7 @@ REFUSED = [
     "tests/test_review_queues.py::test_a_queue_name_holding_a_nul_is_refused_not_a_crash",
     "tests/test_review_queues.py::test_a_comment_holding_a_nul_is_refused_and_changes_nothing",
     "tests/test_review_import.py::"
-    "test_a_file_holding_a_nul_or_lone_surrogate_is_refused_with_its_line",
+    "test_a_file_holding_a_nul_or_lone_surrogate_anywhere_is_refused_with_its_line",
     "tests/test_compare.py::test_a_title_holding_a_nul_is_refused_and_saves_nothing",
     "tests/test_sweeps.py::test_a_title_or_message_holding_a_nul_is_refused_and_saves_nothing",
     "tests/test_prompt_api.py::test_a_token_name_holding_a_nul_is_refused_not_a_crash",

@@ -199,24 +199,24 @@ def test_a_list_or_object_where_text_belongs_is_refused_not_a_crash(
 @pytest.mark.parametrize(
     ("name", "content", "where"),
     [
-        ("x.json", lambda c: export_text([msg(1)], title=f"T{c}"), 'line 1: "conversation"'),
-        ("x.json", lambda c: export_text([msg(1), msg(2, 1, text=c)]), "line 3: this message"),
+        ("x.json", lambda c: export_text([msg(1)], title=f"T{c}"), "line 1: the conversation: it"),
+        ("x.json", lambda c: export_text([msg(1), msg(2, 1, text=c)]), "line 3: it"),
         (
             "x.json",
             lambda c: export_text([msg(1, role="assistant", request_body={"messages": [], c: 1})]),
-            "line 2: this message",
+            "line 2: it",
         ),
         (
             "x.json",
             lambda c: export_text(
                 [{**msg(1), "comments": [{"author": "ada", "text": c, **NOTE_TIMES}]}]
             ),
-            "line 2: this message",
+            "line 2: it",
         ),
-        ("x.jsonl", lambda c: jl(ASK, {"messages": [turn("user", c)]}), "line 2: this line"),
+        ("x.jsonl", lambda c: jl(ASK, {"messages": [turn("user", c)]}), "line 2: it"),
     ],
 )
-def test_a_file_holding_a_nul_or_lone_surrogate_is_refused_with_its_line(
+def test_a_file_holding_a_nul_or_lone_surrogate_anywhere_is_refused_with_its_line(
     client, user, char, named, name, content, where
 ):
     # Its JSON escapes spell either: PostgreSQL keeps no NUL in text or jsonb, and no database
@@ -513,3 +513,84 @@ def test_an_image_part_without_its_image_is_refused(client, user):
         client.get(f"/c/{imported(response).pk}/")
     assert response.status_code == 400
     assert "line 2: an image part names an image" in html.unescape(response.content.decode())
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ({}, "an image part names an image"),
+        ({"type": "text", "text": "x"}, "each content part must be an image part"),
+        ({"type": "audio", "attachment": HASH}, "each content part must be an image part"),
+        ({"type": "image", "attachment": HASH, "x": 1}, "each content part must be an image"),
+    ],
+)
+def test_a_content_part_that_is_no_image_part_is_refused(client, user, part, message):
+    # The transcript draws every content part as an image: any other part crashed the page
+    # (for everyone in the space), so only the image parts the playground writes come in.
+    attached = msg(1, content_parts=[part], attachments=[{"sha256": HASH}])
+    response = upload(client, user, "x.json", export_text([attached]))
+    if response.status_code == 302:
+        client.get(f"/c/{imported(response).pk}/")
+    assert response.status_code == 400
+    assert f"line 2: {message}" in html.unescape(response.content.decode())
+    assert not Conversation.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("x.json", export_text([msg(1, text="a\x00b")]), "line 2: it holds a NUL character"),
+        (
+            "x.json",
+            export_text([msg(1), msg(2, parent=1, usage={"\\ud800": 1})]).replace("\\\\", "\\"),
+            "line 3: it holds a lone surrogate (\\ud800)",
+        ),
+        ("x.json", export_text([msg(1)], title="\\udfff").replace("\\\\", "\\"), "line 1:"),
+        (
+            "x.jsonl",
+            jl(ASK, {"messages": [turn("user", "\\udc00")]}).replace("\\\\", "\\"),
+            "line 2:",
+        ),
+    ],
+)
+def test_what_no_database_can_store_is_refused_not_a_crash(client, user, name, content, message):
+    # A lone surrogate failed the save (a 500), or, in a JSON key, every later export; a NUL
+    # fails the save on PostgreSQL. storable.py names both.
+    response = upload(client, user, name, content)
+    assert response.status_code == 400
+    text = html.unescape(response.content.decode())
+    assert message in text and "cannot be stored" in text
+    assert not Conversation.objects.exists()
+
+
+GEMMA = "empiriolabs:gemma-4-e4b"
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        # Regenerate and edit send the saved parameters as they are, after the model: a
+        # "model" there would have asked for another model than the one budgets and costs
+        # are counted for, and "n" for many replies at once, on the space's key.
+        ({"model": GEMMA, "params": {"model": "gpt-5", "n": 64}}, "model is not a parameter"),
+        ({"model": GEMMA, "params": {"temperature": "hot"}}, "temperature"),
+        ({"model": GEMMA, "system_prompt": "x" * 50_001}, "system prompt"),
+        ({"model": "elsewhere:model", "params": {"temperature": 0.5}}, "elsewhere:model"),
+    ],
+)
+def test_conversation_settings_are_checked_as_the_panel_checks_them(client, user, head, message):
+    response = upload(client, user, "x.json", export_text([msg(1)], **head))
+    assert response.status_code == 400
+    text = html.unescape(response.content.decode())
+    assert "line 1: conversation settings" in text and message in text
+    assert not Conversation.objects.exists()
+
+
+def test_valid_settings_of_a_known_model_import_as_they_are(client, user):
+    params = {"temperature": 0.2, "seed": 7}
+    text = export_text([msg(1)], model=GEMMA, params=params)
+    copy = imported(upload(client, user, "x.json", text))
+    assert (copy.model, copy.params) == (GEMMA, params)
+    # A model this server does not offer comes in without parameters to check.
+    other = imported(upload(client, user, "x.json", export_text([msg(1)], model="elsewhere:m")))
+    assert (other.model, other.params) == ("elsewhere:m", {})

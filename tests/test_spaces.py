@@ -137,6 +137,20 @@ def test_only_the_owner_moves_and_only_into_a_team_where_they_may_run(
     assert mine.team is None
 
 
+def test_a_refused_move_shows_the_team_name_as_text_not_markup(client, user, lab):
+    # The team's owner chose its name; a viewer's refusal must not turn it into markup.
+    Team.objects.filter(pk=lab.pk).update(name='<form action="/keys/"><b>Lab</b>')
+    Membership.objects.filter(team=lab, user=user).update(role=Membership.Role.VIEWER)
+    mine = Conversation.objects.create(owner=user, model=MODEL)
+    client.force_login(user)
+    response = client.post(f"/c/{mine.pk}/move/", {"team": lab.pk})
+    assert response.status_code == 403
+    body = response.content.decode()
+    as_text = response["Content-Type"].startswith("text/plain")
+    assert as_text or ("<form" not in body and "<b>" not in body)
+    assert "Lab" in body
+
+
 def test_presets_belong_to_the_conversations_space(client, user, other_user, lab):
     personal = Conversation.objects.create(owner=user, model=MODEL)
     shared = Conversation.objects.create(owner=user, team=lab, model=MODEL)

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from playground.providers import netpolicy, specs
 from playground.providers.models import CustomEndpoint, EndpointModel
-from playground.storable import refusal
+from playground.providers.storable import refusal
 
 KEY_SHAPE = re.compile(r"[\x21-\x7e]{8,500}")
 

@@ -47,7 +47,7 @@ from playground.chat.services import (
     write_turn,
 )
 from playground.providers import params
-from playground.storable import sendable
+from playground.providers.storable import sendable
 
 log = logging.getLogger(__name__)
 

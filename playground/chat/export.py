@@ -13,6 +13,7 @@ import pprint
 import re
 import shlex
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from playground.providers import catalog, formats
 from playground.providers.specs import CHAT, MESSAGES, RESPONSES, Model, Provider
@@ -78,7 +79,12 @@ def key_variable(provider: Provider) -> str:
 
 
 def _url(provider: Provider) -> str:
-    return catalog.endpoint(provider).base_url.rstrip("/")
+    """The base URL without a user:password part: a deployment may route a provider through
+    a gateway whose URL carries its password (PLAYGROUND_PROVIDER_BASE_URLS), and every
+    reader of a reply's code would see it. The reader's own credentials go in its place."""
+    parts = urlsplit(catalog.endpoint(provider).base_url.rstrip("/"))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _headers(provider: Provider, fmt: str) -> list[str]:

@@ -37,7 +37,7 @@ from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery, formats
 from playground.providers.specs import CHAT, Model
-from playground.storable import UNSTORABLE
+from playground.providers.storable import UNSTORABLE
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from playground.providers.specs import (
     Model,
     Provider,
 )
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 MAX_PROMPT_CHARS = 200_000
 MAX_SYSTEM_CHARS = 50_000

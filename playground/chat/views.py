@@ -40,7 +40,7 @@ from playground.chat.services import (
 from playground.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from playground.providers import catalog, params
 from playground.providers.specs import CHAT
-from playground.storable import refusal
+from playground.providers.storable import refusal
 
 TEMPLATE = "chat/playground.html"
 # An empty conversation untouched this long was abandoned. Not younger ones: another tab may
@@ -187,7 +187,8 @@ def conversation_move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     try:
         conversation.move_to(team, request.user)
     except TeamError as exc:
-        return HttpResponse(str(exc), status=403)
+        # Plain text: the message names the team, whose name its owner chose.
+        return HttpResponse(str(exc), status=403, content_type="text/plain; charset=utf-8")
     set_space(request, team)
     messages.success(request, f"Moved to {team.name}: its members can see it now.")
     if request.htmx:

@@ -39,7 +39,7 @@ from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import TurnError, rerun, submit_tool_results
 from playground.compare import access, contexts, drivers, engine
 from playground.prompts import variables as syntax
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 TEMPLATE = "compare/group.html"
 # Compare sends in flight in this process (see _send_all), kept from the garbage collector.
@@ -454,7 +454,7 @@ VARIABLE_FIELD = "var:"  # the Variables panel's fields, as in the playground's
 
 def _variable_values(data: dict[str, Any]) -> dict[str, str]:
     """The Variables panel's values (fields `var:NAME`); ValueError if one is not text, is
-    too long or holds what cannot be stored (storable.py)."""
+    too long or holds what cannot be stored (providers/storable.py)."""
     values = {}
     for key, value in data.items():
         if not (isinstance(key, str) and key.startswith(VARIABLE_FIELD)):

@@ -24,7 +24,7 @@ from playground.prompts import library, variables
 from playground.prompts.models import PromptSession, PromptVersion
 from playground.providers import params
 from playground.providers.specs import CHAT, FORMAT_LABELS
-from playground.storable import refusal
+from playground.providers.storable import refusal
 
 MIN_COLUMNS = 2
 SOURCE = " · prompt "  # in a column's title, before the prompt version it came from

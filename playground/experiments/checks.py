@@ -19,7 +19,7 @@ from django.conf import settings
 
 from playground.providers import catalog
 from playground.providers.params import unsafe_schema
-from playground.storable import UNSTORABLE, unstorable
+from playground.providers.storable import UNSTORABLE, unstorable
 
 SYNTAX = """contains: text
 not_contains: text
@@ -66,8 +66,9 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         """As the item's verdicts store it. The reason may quote JSON read from a reply or the
-        judge's answer, whose escapes can spell a NUL or a lone surrogate (storable.py): each
-        is shown as U+FFFD, as in a reply, or the item's save would fail."""
+        judge's answer, whose escapes can spell a NUL or a lone surrogate
+        (providers/storable.py): each is shown as U+FFFD, as in a reply, or the item's save
+        would fail."""
         return {**asdict(self), "reason": UNSTORABLE.sub("\ufffd", self.reason)}
 
 

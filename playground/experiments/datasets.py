@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from playground.experiments.models import Dataset, DatasetRow
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 RESERVED = ("expected", "notes")
 # fullmatch, never match with `$`: `$` also matches before a trailing newline ("a\n").

@@ -12,7 +12,7 @@ from playground.chat import services
 from playground.experiments import checks, datasets, runner
 from playground.experiments.models import Dataset
 from playground.providers import params
-from playground.storable import sendable, unstorable
+from playground.providers.storable import sendable, unstorable
 
 VARIANT_SYNTAX = """model-key
 model-key | {"temperature": 0.2}

@@ -12,7 +12,7 @@ from django.http import QueryDict
 from playground.chat.services import TurnError, clean_settings, get_model, pick_format
 from playground.prompts.models import NAME_MAX, PromptError, PromptVersion, clean_prompt_name
 from playground.providers import catalog, params
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 ROLES = [("user", "user"), ("assistant", "assistant")]
 MAX_MESSAGES = 20

@@ -24,7 +24,7 @@ from django.http import Http404
 
 from playground.prompts import variables as syntax
 from playground.prompts.models import Prompt, PromptRun, PromptVersion, VariableValues
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 UndefinedVariables = syntax.UndefinedVariables
 

@@ -33,7 +33,7 @@ from playground.prompts.models import (
 )
 from playground.providers import catalog
 from playground.providers.specs import CHAT
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 # Where the send receiver leaves its _Plan for the turn receiver, in the socket message. Only
 # a _Plan instance is trusted: JSON from a browser cannot make one, so no client forges it.

@@ -35,7 +35,7 @@ from playground.prompts.models import (
     PromptVersion,
     hash_token,
 )
-from playground.storable import refusal, unstorable
+from playground.providers.storable import refusal, unstorable
 
 
 def _version(prompt: Prompt, number: int) -> PromptVersion:

@@ -1261,12 +1261,14 @@ async def request_json(
     except ValueError:
         parsed = None
     ok = 200 <= response.status_code < 300
+    # Shown on the endpoint's page: a gateway may put the key it was sent in the address.
+    location = response.headers.get("location", "") if response.is_redirect else ""
     return Answer(
         status=response.status_code,
         payload=parsed,
         detail="" if ok else _provider_message(bytes(raw), api_key),
         elapsed_ms=round(elapsed, 1),
-        location=response.headers.get("location", "") if response.is_redirect else "",
+        location=scrub(location, api_key),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from playground.providers import formats
 from playground.providers.specs import CHAT, Model, Param
-from playground.storable import unstorable
+from playground.providers.storable import unstorable
 
 FORM_PREFIX = "param:"
 MAX_STOP_LENGTH = 200

@@ -24,9 +24,9 @@ from django.utils.safestring import SafeString, mark_safe
 from playground.accounts.models import Membership, Team
 from playground.chat.access import get_conversation_for_user
 from playground.chat.models import Conversation, Message
+from playground.providers.storable import refusal
 from playground.review import live
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
-from playground.storable import refusal
 
 MAX_COMMENT = 5000
 # The largest row id (a signed 64-bit integer). A larger one in an `__in` list is not just

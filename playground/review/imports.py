@@ -23,11 +23,13 @@ from django.utils import timezone
 
 from playground.accounts.models import Team
 from playground.chat.models import FORMAT_LABELS, Attachment, Conversation, Message
-from playground.chat.services import ATTACHMENT_SCHEME
+from playground.chat.services import ATTACHMENT_SCHEME, clean_settings
 from playground.providers import catalog
+from playground.providers.params import NOT_A_PARAMETER, InvalidParams
+from playground.providers.specs import CHAT
+from playground.providers.storable import unstorable
 from playground.review import exports
 from playground.review.models import Annotation, Comment, Label, Mention, ReviewStatus
-from playground.storable import refusal
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_MESSAGES = 5000
@@ -136,9 +138,6 @@ def parse_export(text: str) -> _Plan:
     head = data.get("conversation")
     if not isinstance(head, dict) or set(head) - _CONVERSATION_KEYS:
         raise Refused('line 1: "conversation" must be an object with the exported fields only.')
-    # JSON escapes spell a NUL or a lone surrogate, which the database refuses (storable.py).
-    if refused := refusal('"conversation"', head):
-        raise Refused(f"line 1: {refused}")
     for key, limit in (("title", 200), ("model", 200), ("system_prompt", None)):
         value = head.get(key, "")
         if not isinstance(value, str) or (limit and len(value) > limit):
@@ -147,6 +146,7 @@ def parse_export(text: str) -> _Plan:
         raise Refused('line 1: conversation "params" must be an object.')
     if head.get("wire_format", "chat") not in tuple(FORMAT_LABELS):  # a dict: see ROLES
         raise Refused(f'line 1: conversation "wire_format" must be one of {_FORMATS}.')
+    _check_settings(head)
     review = head.get("review")
     if review is not None and (
         not isinstance(review, dict)
@@ -156,6 +156,10 @@ def parse_export(text: str) -> _Plan:
         or _when(review.get("set_at")) is None
     ):
         raise Refused('line 1: conversation "review" must have a known "status" and "set_at".')
+    try:
+        _check_storable(head)
+    except Refused as exc:
+        raise Refused(f"line 1: the conversation: {exc}") from None
     records = data.get("messages")
     if not isinstance(records, list):
         raise Refused('line 1: "messages" must be a list.')
@@ -182,14 +186,41 @@ def parse_export(text: str) -> _Plan:
     return plan
 
 
+def _check_settings(head: dict[str, Any]) -> None:
+    """The model's parameters and the system prompt, checked as the settings panel checks
+    them: regenerating or editing a reply sends the saved parameters as they are, so an
+    unchecked name such as "model" or "n" would reach the provider on this space's key. A
+    model this server does not offer has no parameters to check them against, so it comes
+    in with none."""
+    key = head.get("model") or catalog.DEFAULT_MODEL_KEY
+    values = head.get("params", {})
+    try:
+        model = catalog.get_model(key)
+    except catalog.UnknownModel:
+        if values:
+            raise Refused(
+                f"line 1: conversation settings: the model {key!r} is not offered here, so "
+                'its parameters cannot be checked (empty "params" to import it).'
+            ) from None
+        return
+    try:
+        head["params"] = clean_settings(
+            model, head.get("system_prompt", ""), values, head.get("wire_format") or CHAT
+        )
+    except InvalidParams as exc:
+        first = sorted(exc.errors)[0]
+        error = exc.errors[first]
+        error = f"{first} {error}" if error == NOT_A_PARAMETER else error
+        raise Refused(f"line 1: conversation settings: {error}") from None
+
+
 def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
     if not isinstance(record, dict):
         raise Refused("a message must be an object.")
-    if refused := refusal("this message", record):
-        raise Refused(refused)
     unknown = set(record) - _MESSAGE_KEYS
     if unknown:
         raise Refused(f"unknown field {sorted(unknown)[0]!r}.")
+    _check_storable(record)
     ident, parent = record.get("id"), record.get("parent")
     if not isinstance(ident, int) or isinstance(ident, bool) or ident in seen:
         raise Refused('"id" must be a whole number not used before in the file.')
@@ -235,17 +266,28 @@ def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
         if not isinstance(image, dict) or not _SHA256.fullmatch(str(image.get("sha256", ""))):
             raise Refused('each of "attachments" needs a "sha256" of 64 hex digits.')
         plan.hashes.add(image["sha256"])
+    shape = 'each content part must be an image part {"type": "image", "attachment": sha256}.'
     for part in record.get("content_parts") or []:
-        if not isinstance(part, dict):
-            raise Refused('"content_parts" must hold objects.')
+        # The playground writes only image parts, and the transcript draws every part as
+        # one: any other part crashed the page.
+        if not isinstance(part, dict) or part.get("type", "image") != "image":
+            raise Refused(shape)
         # An image part without its image too: the transcript links every image part's.
-        if ("attachment" in part or part.get("type") == "image") and (
-            not isinstance(part.get("attachment"), str) or part["attachment"] not in plan.hashes
-        ):
+        if not isinstance(part.get("attachment"), str) or part["attachment"] not in plan.hashes:
             raise Refused("an image part names an image not in this message's attachments.")
+        if part.get("type") != "image" or len(part) != 2:
+            raise Refused(shape)
     _check_review(record)
     seen.add(ident)
     plan.messages.append(record)
+
+
+def _check_storable(value: Any) -> None:
+    """No database (nor any later export or page) can hold a lone surrogate, and PostgreSQL
+    no NUL: refused here, not met as a failed save (see storable.py)."""
+    what = unstorable(value)
+    if what is not None:
+        raise Refused(f"it holds {what}, which cannot be stored.")
 
 
 def _check_request(body: Any) -> None:
@@ -558,8 +600,7 @@ def parse_jsonl(text: str) -> tuple[str, list[tuple[int, list[dict[str, Any]]]]]
                 raise Refused('each line must be an object with a "messages" list.')
             if set(line) - _LINE_KEYS:
                 raise Refused(f"unknown field {sorted(set(line) - _LINE_KEYS)[0]!r}.")
-            if refused := refusal("this line", line):
-                raise Refused(refused)
+            _check_storable(line)
             turns: list[dict[str, Any]] = []
             prompt = ""
             for index, message in enumerate(line["messages"]):

@@ -22,9 +22,9 @@ from django.http import Http404
 
 from playground.accounts.models import Membership, Team
 from playground.chat.models import Message
+from playground.providers.storable import refusal
 from playground.review import annotating, history, search
 from playground.review.models import Annotation, QueueItem, ReviewQueue
-from playground.storable import refusal
 
 MAX_ITEMS = 1000  # replies per queue: a queue is a day's work, not an export
 MAX_NAME = 80

@@ -31,6 +31,7 @@ from playground.providers.client import (
     Usage,
     aclose_clients,
     get_client,
+    request_json,
     scrub,
     stream,
 )
@@ -785,6 +786,15 @@ async def test_a_key_echoed_by_the_provider_never_reaches_the_error(
     for text in (error.message, str(error), repr(error), repr(events[-1]), repr(events)):
         assert KEY not in text
     assert error.kind in {"auth", "bad_request", "not_found", "stream"}
+
+
+async def test_a_key_echoed_in_a_redirect_never_reaches_the_answer(upstream: FakeUpstream) -> None:
+    # Test connection shows where a server redirects; a gateway may put the key it got there.
+    upstream.script(Behaviour(status=302, headers={"Location": f"https://x.test/?key={KEY}"}))
+    endpoint = Endpoint(upstream.base_url)
+    answer = await request_json(endpoint, KEY, "POST", endpoint.chat_url, BODY)
+    assert answer.status == 302 and answer.location.startswith("https://x.test/?key=")
+    assert KEY not in answer.location and KEY not in repr(answer)
 
 
 def test_upstream_errors_survive_pickling() -> None:
