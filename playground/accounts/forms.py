@@ -172,10 +172,11 @@ class ModelIdsForm(forms.Form):
     def clean_pick(self) -> list[str]:
         # The server's listing comes back from the page, choices and all: no CharField's
         # validator refuses a NUL in it, as it does in the typed ids.
-        for model_id in self.cleaned_data["pick"]:
+        picked: list[str] = self.cleaned_data["pick"]
+        for model_id in picked:
             if refused := refusal("The model id", model_id):
                 raise forms.ValidationError(refused)
-        return self.cleaned_data["pick"]
+        return picked
 
     def clean_typed(self) -> list[str]:
         lines = [line.strip() for line in self.cleaned_data["typed"].splitlines()]
