@@ -194,3 +194,26 @@ async def test_a_reply_sent_with_other_parameters_is_marked_edited(
     run = await PromptRun.objects.aget(message=await reply_of(conversation))
     assert run.edited
     await socket.close()
+
+
+async def test_a_prompt_version_of_another_space_is_refused(upstream, user, api_key, connect):
+    """A version of a team's prompt sent from a personal conversation (the user may see
+    both) would record the reply against the team's prompt: its History filter, its reply
+    count and whether deleting archives it would then count a reply no member can see."""
+    from playground.accounts.models import Team
+
+    def _team_version():
+        team = Team.create(name="Support", owner=user)
+        prompt = Prompt.objects.create(owner=user, team=team, name="support")
+        return prompt.add_version(user, system_prompt="For {{company}}.", model=MODEL)
+
+    version = await database_sync_to_async(_team_version)()
+    conversation = await Conversation.objects.acreate(owner=user, model=MODEL)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("hi", prompt_version=str(version.pk), **{"var:company": "x"})
+
+    frame = await socket.until(lambda f: "composer-error" in f)
+    assert "another space" in frame
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    assert not await PromptRun.objects.aexists()
+    await socket.close()

@@ -140,6 +140,11 @@ def prepare_send(
         raise TurnError(
             "That prompt version is gone or not yours to use: reload the page."
         ) from None
+    # Its reply is recorded against the version: a prompt of another space would count (and
+    # filter History by) a reply its members cannot see. The compare's rule, as in
+    # compare/setup.py's resolve_prompt_version.
+    if version.prompt.team_id != conversation.team_id:
+        raise TurnError(f"{version} belongs to another space: pick a prompt of this one.")
     values: dict[str, str] = {}
     for key in data:
         if isinstance(key, str) and key.startswith(VARIABLE_FIELD):
