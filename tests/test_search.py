@@ -324,3 +324,14 @@ def test_migrate_puts_back_triggers_a_table_rebuild_dropped(client, user):
     emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
     assert schema.missing_triggers(connection) == []
     assert titles(hits(client, user, "pangolin")) == ["during the migration"]
+
+
+def test_a_reply_as_long_as_a_reply_may_be_is_saved_and_found(client, user):
+    # Counting to 300,000 is under the reply cap (2M characters) but makes PostgreSQL's
+    # tsvector of it 3 MB, past the 1 MB it can hold: the reply could not even be saved.
+    counted = " ".join(str(n) for n in range(1, 300_001))
+    c = conv(user, "Counting")
+    reply = say(c, f"Counting quokkas: {counted}")
+    reply.text += " the end"
+    reply.save(update_fields=["text"])
+    assert titles(hits(client, user, "quokkas")) == ["Counting"]

@@ -102,19 +102,40 @@ _SQLITE_TRIGGERS = {
         END""",
 }
 
-_MESSAGE_DOCUMENT = (
-    f"setweight(to_tsvector('{PG_CONFIG}', coalesce({{row}}.text, '')), 'A') || "
-    f"setweight(to_tsvector('{PG_CONFIG}', coalesce({{row}}.reasoning, '')), 'B')"
-)
-_CONVERSATION_DOCUMENT = (
-    f"setweight(to_tsvector('{PG_CONFIG}', coalesce({{row}}.title, '')), 'A') || "
-    f"setweight(to_tsvector('{PG_CONFIG}', coalesce({{row}}.system_prompt, '')), 'B')"
-)
+_MESSAGE_DOCUMENT = "review_document({row}.text, {row}.reasoning)"
+_CONVERSATION_DOCUMENT = "review_document({row}.title, {row}.system_prompt)"
+
+# A tsvector holds at most 1 MB: a reply may be 2 million characters (PLAYGROUND_MAX_REPLY_CHARS),
+# and counting to 300,000 makes a 3 MB one, whose error would refuse the reply's own write.
+# Such a document indexes as much of the text as fits, found by halving. Below SAFE_CHARS
+# (at most ~7 bytes of tsvector a character) it always fits, and skips the EXCEPTION block's
+# subtransaction, which every streamed checkpoint would otherwise pay.
+_PG_SAFE_CHARS = 100_000
+_PG_FUNCTIONS = [
+    f"""CREATE OR REPLACE FUNCTION review_document(first text, second text) RETURNS tsvector AS $$
+    DECLARE
+        cut integer := greatest(length(first), length(second));
+    BEGIN
+        IF coalesce(length(first), 0) + coalesce(length(second), 0) < {_PG_SAFE_CHARS} THEN
+            RETURN setweight(to_tsvector('{PG_CONFIG}', coalesce(first, '')), 'A')
+                || setweight(to_tsvector('{PG_CONFIG}', coalesce(second, '')), 'B');
+        END IF;
+        LOOP
+            BEGIN
+                RETURN setweight(to_tsvector('{PG_CONFIG}', left(coalesce(first, ''), cut)), 'A')
+                    || setweight(to_tsvector('{PG_CONFIG}', left(coalesce(second, ''), cut)), 'B');
+            EXCEPTION WHEN program_limit_exceeded THEN
+                cut := cut / 2;
+            END;
+        END LOOP;
+    END $$ LANGUAGE plpgsql""",
+]
 
 # No foreign keys to chat's tables: Django's flush truncates the tables it knows, and a
 # reference from an unmanaged table would make that fail. Delete triggers remove the rows
 # instead, and an insert overwrites any row left under a reused id.
 _PG_TABLES = [
+    *_PG_FUNCTIONS,
     """CREATE TABLE IF NOT EXISTS review_message_search (
         message_id bigint PRIMARY KEY,
         conversation_id bigint NOT NULL,
@@ -199,6 +220,17 @@ def install(connection: BaseDatabaseWrapper) -> None:
     rebuild(connection)
 
 
+def update_functions(connection: BaseDatabaseWrapper) -> None:
+    """Replace the PostgreSQL functions the triggers call with this version's: a database
+    installed earlier keeps its own until then. (Every statement is CREATE OR REPLACE or IF
+    NOT EXISTS.) No re-index: what the old ones indexed, the new ones index the same way."""
+    if not _is_postgres(connection):
+        return
+    with connection.cursor() as cursor:
+        for statement in _PG_TABLES:
+            cursor.execute(statement)
+
+
 def uninstall(connection: BaseDatabaseWrapper) -> None:
     with connection.cursor() as cursor:
         if _is_postgres(connection):
@@ -211,6 +243,7 @@ def uninstall(connection: BaseDatabaseWrapper) -> None:
                 cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
             cursor.execute("DROP FUNCTION IF EXISTS review_index_message()")
             cursor.execute("DROP FUNCTION IF EXISTS review_index_conversation()")
+            cursor.execute("DROP FUNCTION IF EXISTS review_document(text, text)")
             cursor.execute("DROP TABLE IF EXISTS review_message_search")
             cursor.execute("DROP TABLE IF EXISTS review_conversation_search")
         else:
