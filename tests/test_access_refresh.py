@@ -11,6 +11,7 @@ from channels.db import database_sync_to_async
 from django.db import connection
 
 from playground.chat import access, consumers
+from tests.test_access_revocation import open_socket
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -35,13 +36,6 @@ def checks(monkeypatch) -> list[bool]:
 
     monkeypatch.setattr(consumers, "check_access", counting)
     return made
-
-
-async def open_socket(connect, user, conversation_id):
-    ok, socket = await connect(user, conversation_id)
-    assert ok
-    await socket.drain()
-    return socket
 
 
 async def ask(socket) -> None:
