@@ -139,9 +139,7 @@ class ConversationConsumer(SlottedConsumer):
             # channel would stay in its groups and the other watchers would go on showing
             # this one. Said goodbye here, in a task of its own (this one is cancelled).
             if hasattr(self, "group"):
-                goodbye = asyncio.create_task(self.disconnect(1006), name="disconnect-late")
-                _orphaned.add(goodbye)
-                goodbye.add_done_callback(_orphaned.discard)
+                _keep_running(asyncio.create_task(self.disconnect(1006), name="disconnect-late"))
             raise
 
     async def connect(self) -> None:
@@ -239,10 +237,7 @@ class ConversationConsumer(SlottedConsumer):
         try:
             if self.cut_off:
                 return
-            epoch = access.epoch(self.user.pk or 0, self.conversation_id)
-            checked = await database_sync_to_async(check_access)(
-                self.user, self.scope.get("session"), self.conversation_id
-            )
+            epoch, checked = await self._check()
             if epoch != access.epoch(self.user.pk or 0, self.conversation_id):
                 return  # revoked meanwhile: the next use checks again, after the change
             if not self._keep(epoch, checked):
@@ -251,12 +246,16 @@ class ConversationConsumer(SlottedConsumer):
             self.refreshing = False
 
     async def _check_access(self, *, fresh: bool = False) -> bool:
-        epoch = access.epoch(self.user.pk or 0, self.conversation_id)
         self.allowed = False
+        return self._keep(*await self._check(fresh=fresh))
+
+    async def _check(self, *, fresh: bool = False) -> tuple[tuple[int, int], Any]:
+        """check_access's answer, with the epoch taken before it."""
+        epoch = access.epoch(self.user.pk or 0, self.conversation_id)
         checked = await database_sync_to_async(check_access)(
             self.user, self.scope.get("session"), self.conversation_id, fresh=fresh
         )
-        return self._keep(epoch, checked)
+        return epoch, checked
 
     def _keep(self, epoch: tuple[int, int], checked: tuple[Conversation, bool] | None) -> bool:
         # The epoch from before the check: a revocation during it makes the next use re-check.
@@ -844,16 +843,21 @@ async def outlive_socket(work: Coroutine[Any, Any, None], name: str) -> None:
         await asyncio.shield(task)
     except asyncio.CancelledError:
         if not task.done():
-            _orphaned.add(task)
-            task.add_done_callback(_orphaned.discard)
-            task.add_done_callback(_log_orphan_failure)
+            _keep_running(task)
         raise
 
 
+def _keep_running(task: asyncio.Task) -> None:
+    """Hold a task that outlives its socket until it ends (the loop keeps only weak
+    references), and log its failure: it has no one to raise to."""
+    _orphaned.add(task)
+    task.add_done_callback(_orphaned.discard)
+    task.add_done_callback(_log_orphan_failure)
+
+
 def _log_orphan_failure(task: asyncio.Task) -> None:
-    """A turn that outlived its socket has no one to raise to."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("a turn failed after its socket closed", exc_info=task.exception())
+        log.error("%s failed after its socket closed", task.get_name(), exc_info=task.exception())
 
 
 def check_access(user, session, conversation_id: int, *, fresh: bool = False):
