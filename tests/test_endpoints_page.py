@@ -130,6 +130,34 @@ def test_a_metadata_url_is_refused_on_save(admin_client, url) -> None:
     assert not CustomEndpoint.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:8000/v1?x=1", "no query string"),
+        ("http://127.0.0.1:8000/v1#frag", "no fragment"),
+        ("http://127.0.0.1:70000/v1", "port must be between 1 and 65535"),
+    ],
+)
+def test_a_url_every_request_would_get_wrong_is_refused_on_save(admin_client, url, said) -> None:
+    response = admin_client.post(
+        reverse("endpoints"),
+        {"name": "x", "slug": "x", "base_url": url, "param_groups": ["openai"]},
+    )
+    assert response.status_code == 200
+    assert said in response.content.decode()
+    assert not CustomEndpoint.objects.exists()
+
+
+def test_a_port_out_of_range_saved_earlier_is_named_by_test_connection(admin_client) -> None:
+    # A row saved before the check: the test names the port, not a 500.
+    bad = CustomEndpoint.objects.create(
+        slug="bad", name="Bad", base_url="http://127.0.0.1:70000/v1"
+    )
+    response = admin_client.post(reverse("endpoint_test", args=[bad.pk]))
+    assert response.status_code == 200
+    assert "port 70000" in response.content.decode()
+
+
 def test_both_sampling_extras_cannot_be_ticked(admin_client, upstream) -> None:
     response = admin_client.post(
         reverse("endpoints"),

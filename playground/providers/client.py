@@ -791,6 +791,9 @@ def _failure_from_transport(exc: Exception, timeouts: Timeouts, attempt: int) ->
     if refused is not None:
         # The address policy said no: asking again cannot change that.
         return _Failure(UpstreamError("connection", str(refused)))
+    bad_port = _cause(exc, netpolicy.InvalidPort)
+    if bad_port is not None:
+        return _Failure(UpstreamError("connection", str(bad_port)))  # the URL must change
     unresolved = _cause(exc, netpolicy.NameNotResolved)
     if unresolved is not None:
         return _Failure(UpstreamError("connection", str(unresolved)), retry)
@@ -1276,6 +1279,9 @@ def _connection_problem(exc: Exception, timeout: float) -> ConnectionProblem:
     refused = _cause(exc, netpolicy.AddressRefused)
     if refused is not None:
         return ConnectionProblem("address", str(refused))
+    bad_port = _cause(exc, netpolicy.InvalidPort)
+    if bad_port is not None:
+        return ConnectionProblem("url", str(bad_port))
     unresolved = _cause(exc, netpolicy.NameNotResolved)
     if unresolved is not None:
         return ConnectionProblem("dns", str(unresolved))

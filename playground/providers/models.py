@@ -57,6 +57,23 @@ class CustomEndpoint(models.Model):
             raise ValidationError(
                 {"base_url": "Put no credentials in the URL: tick 'requires a key' instead."}
             )
+        # Every request is the base URL plus a path: a query or fragment would end up before it.
+        if parts.query or "?" in self.base_url:
+            raise ValidationError(
+                {"base_url": "Give the URL with no query string (nothing from '?' on)."}
+            )
+        if parts.fragment or "#" in self.base_url:
+            raise ValidationError(
+                {"base_url": "Give the URL with no fragment (nothing from '#' on)."}
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise ValidationError(
+                {"base_url": "The port must be between 1 and 65535 (a whole number)."}
+            )
 
     @property
     def host(self) -> str:

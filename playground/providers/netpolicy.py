@@ -80,6 +80,11 @@ class NameNotResolved(httpcore.ConnectError):
     """DNS has no address for the endpoint's host."""
 
 
+class InvalidPort(httpcore.ConnectError):
+    """The endpoint's URL names a port no TCP connection can have (a row saved before the
+    check on save): refused here, where the socket would raise OverflowError instead."""
+
+
 def unwrap(address: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 spelling carries, or the address itself."""
     if isinstance(address, ipaddress.IPv4Address):
@@ -188,6 +193,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        if not 0 < port < 65536:
+            raise InvalidPort(
+                f"The endpoint URL names port {port}; a port is between 1 and 65535: "
+                "correct the base URL."
+            )
         try:
             async with asyncio.timeout(timeout):
                 addresses = await resolve(host, port)

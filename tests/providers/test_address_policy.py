@@ -304,3 +304,18 @@ async def test_tls_to_the_checked_address_still_verifies_the_urls_name(
         async with netpolicy.guarded_client(OPEN, verify=trusting) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get(f"https://127.0.0.1:{port}/v1/models")
+
+
+async def test_a_port_out_of_range_is_a_connection_error_not_a_crash() -> None:
+    # A row saved before the URL's port was checked on save: the socket would raise
+    # OverflowError, which no caller expects.
+    backend = netpolicy.GuardedBackend(OPEN)
+    with pytest.raises(netpolicy.InvalidPort, match="port 70000"):
+        await backend.connect_tcp("127.0.0.1", 70000)
+    endpoint = Endpoint("http://127.0.0.1:70000/v1", policy=OPEN)
+    with pytest.raises(ConnectionProblem) as caught:
+        await request_json(endpoint, None, "GET", endpoint.url("models"), timeout=1.0)
+    assert caught.value.reason == "url" and "port 70000" in caught.value.message
+    events = [e async for e in stream(endpoint, None, BODY, timeouts=FAST)]
+    assert len(events) == 1 and isinstance(events[0], StreamError)
+    assert "port 70000" in events[0].error.message
