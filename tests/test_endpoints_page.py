@@ -376,3 +376,51 @@ def test_a_json_schema_saved_before_the_probe_refused_it_is_shown_as_refused(lab
     assert "not accepted" in text(chosen)  # not an unset-looking panel that every send fails
     assert "not accepted" in text(find(page, id="param-error-response_format"))
     assert has(page, class_="schema-fields")
+
+
+UNREADABLE = "cannot be decrypted"
+
+
+@pytest.fixture
+def unreadable_key(admin, lab) -> ApiKey:
+    """The admin's key for the lab, stored under an encryption secret no longer known."""
+    lab.requires_key = True
+    lab.save()
+    stored = ApiKey.store(provider=lab.slug, plaintext=LAB_KEY, user=admin)
+    ApiKey.objects.filter(pk=stored.pk).update(ciphertext="not-a-token")
+    return stored
+
+
+def test_a_key_that_cannot_be_decrypted_is_named_by_test_connection(
+    admin_client, lab, upstream, unreadable_key
+) -> None:
+    upstream.require_key = LAB_KEY
+    response = admin_client.post(reverse("endpoint_test", args=[lab.pk]))
+    verdict = text(find(response.content, id="verdict"))
+    assert UNREADABLE in verdict and "save it again" in verdict
+    assert "refused the key" not in verdict and "No key of yours" not in verdict
+    assert not upstream.requests
+
+
+def test_a_key_that_cannot_be_decrypted_is_named_by_discover(
+    admin_client, lab, upstream, unreadable_key
+) -> None:
+    response = admin_client.post(reverse("endpoint_discover", args=[lab.pk]))
+    page = response.content.decode()
+    assert UNREADABLE in page and "save it again" in page
+    assert "gemma-3-4b-it" not in page
+    assert not upstream.requests
+
+
+def test_a_key_that_cannot_be_decrypted_is_named_by_probe(
+    admin_client, lab, upstream, unreadable_key
+) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
+    response = admin_client.post(
+        reverse("endpoint_model_probe", args=[lab.pk, row.pk]), follow=True
+    )
+    page = response.content.decode()
+    assert UNREADABLE in page and "save it again" in page
+    assert not upstream.requests
+    row.refresh_from_db()
+    assert row.probed_at is None

@@ -57,9 +57,22 @@ def _target(custom: CustomEndpoint) -> Endpoint:
     return Endpoint(base_url=custom.base_url, policy=catalog.address_policy())
 
 
+UNREADABLE_KEY = (
+    "Your stored key for this endpoint cannot be decrypted (was the encryption secret "
+    "changed?): save it again in this endpoint's form. Nothing was sent to the server."
+)
+
+
+class UnreadableKey(Exception):
+    """The admin's stored key cannot be decrypted: sending without it would get a verdict
+    that blames the server, or says no key is stored, so nothing is sent."""
+
+
 @sensitive_variables("key")
 def _admins_key(user: User | AnonymousUser, custom: CustomEndpoint) -> str | None:
-    """The admin's own stored key for this endpoint, for set-up requests; never shown."""
+    """The admin's own stored key for this endpoint, for set-up requests; never shown.
+
+    Raises UnreadableKey when one is stored but cannot be decrypted."""
     if not custom.requires_key:
         return None
     stored = ApiKey.objects.for_user(user).filter(provider=custom.slug).first()
@@ -68,7 +81,7 @@ def _admins_key(user: User | AnonymousUser, custom: CustomEndpoint) -> str | Non
     try:
         return stored.reveal()
     except KeyDecryptionError:
-        return None
+        raise UnreadableKey(UNREADABLE_KEY) from None
 
 
 def _page(request: HttpRequest, custom: CustomEndpoint | None, **extra: Any) -> HttpResponse:
@@ -165,9 +178,13 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @sensitive_variables("key")
-def _load(request: HttpRequest, pk: int) -> tuple[CustomEndpoint, str | None]:
+def _load(request: HttpRequest, pk: int) -> tuple[CustomEndpoint, str | None, str]:
+    """The endpoint, the admin's key for it, and why that key cannot be used ("" if it can)."""
     custom = endpoint_for_admin(request.user, pk)
-    return custom, _admins_key(request.user, custom)
+    try:
+        return custom, _admins_key(request.user, custom), ""
+    except UnreadableKey as exc:
+        return custom, None, str(exc)
 
 
 @login_required
@@ -175,7 +192,10 @@ def _load(request: HttpRequest, pk: int) -> tuple[CustomEndpoint, str | None]:
 @sensitive_variables("key")
 async def endpoint_test(request: HttpRequest, pk: int) -> HttpResponse:
     """Test connection: one request, and a verdict naming what worked or the exact failure."""
-    custom, key = await sync_to_async(_load)(request, pk)
+    custom, key, unreadable = await sync_to_async(_load)(request, pk)
+    if unreadable:
+        verdict = discovery.Verdict(False, "key", unreadable)
+        return await sync_to_async(_page)(request, custom, verdict=verdict)
     verdict = await discovery.test_connection(_target(custom), key)
     if custom.requires_key and key is None and verdict.ok:
         verdict = discovery.Verdict(
@@ -195,7 +215,9 @@ async def endpoint_test(request: HttpRequest, pk: int) -> HttpResponse:
 @sensitive_variables("key")
 async def endpoint_discover(request: HttpRequest, pk: int) -> HttpResponse:
     """Discover models: GET /models fills the list the admin picks from."""
-    custom, key = await sync_to_async(_load)(request, pk)
+    custom, key, unreadable = await sync_to_async(_load)(request, pk)
+    if unreadable:
+        return await sync_to_async(_page)(request, custom, discover_error=unreadable)
     try:
         listed = await discovery.discover(_target(custom), key)
     except (ConnectionProblem, ValueError) as exc:
@@ -269,9 +291,15 @@ def endpoint_model_delete(request: HttpRequest, pk: int, model_pk: int) -> HttpR
 
 
 @sensitive_variables("key")
-def _load_model(request: HttpRequest, pk: int, model_pk: int) -> tuple[EndpointModel, str | None]:
+def _load_model(
+    request: HttpRequest, pk: int, model_pk: int
+) -> tuple[EndpointModel, str | None, str]:
+    """As _load, for one of the endpoint's models."""
     row = model_for_admin(request.user, pk, model_pk)
-    return row, _admins_key(request.user, row.endpoint)
+    try:
+        return row, _admins_key(request.user, row.endpoint), ""
+    except UnreadableKey as exc:
+        return row, None, str(exc)
 
 
 def _record_probe(request: HttpRequest, row: EndpointModel, results: dict[str, Any]) -> None:
@@ -292,7 +320,10 @@ def _record_probe(request: HttpRequest, row: EndpointModel, results: dict[str, A
 @sensitive_variables("key")
 async def endpoint_model_probe(request: HttpRequest, pk: int, model_pk: int) -> HttpResponse:
     """Probe: tiny requests find out what the server accepts for this model; recorded."""
-    row, key = await sync_to_async(_load_model)(request, pk, model_pk)
+    row, key, unreadable = await sync_to_async(_load_model)(request, pk, model_pk)
+    if unreadable:
+        await sync_to_async(messages.error)(request, f"{row.model_id}: {unreadable}")
+        return redirect("endpoint", pk)
     results = await discovery.probe(_target(row.endpoint), key, row.model_id)
     await sync_to_async(_record_probe)(request, row, results)
     return redirect("endpoint", pk)
