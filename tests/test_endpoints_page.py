@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from playground.accounts.models import ApiKey
+from playground.accounts.models import ApiKey, Team
 from playground.chat.models import Conversation
 from playground.chat.panel import settings_context
 from playground.providers import catalog, specs
@@ -424,3 +425,40 @@ def test_a_key_that_cannot_be_decrypted_is_named_by_probe(
     assert not upstream.requests
     row.refresh_from_db()
     assert row.probed_at is None
+
+
+@pytest.fixture
+def keys_filed_under_lab(admin, user, lab) -> None:
+    """Keys for the lab of the admin, a user and a team, and the user's key for another
+    provider, which must outlive the lab."""
+    team = Team.create(name="Team", owner=user)
+    for owner in ({"user": admin}, {"user": user}, {"team": team}):
+        ApiKey.store(provider=lab.slug, plaintext=LAB_KEY, **owner)
+    ApiKey.store(provider="empiriolabs", plaintext=LAB_KEY, user=user)
+
+
+def remaining_keys() -> list[str]:
+    return sorted(ApiKey.objects.values_list("provider", flat=True))
+
+
+def test_removing_an_endpoint_removes_the_keys_filed_under_its_id(
+    admin_client, lab, keys_filed_under_lab
+) -> None:
+    # No one could see them any more, and a later endpoint given the same id would be sent them.
+    admin_client.post(reverse("endpoint_delete", args=[lab.pk]))
+    assert not CustomEndpoint.objects.exists()
+    assert remaining_keys() == ["empiriolabs"]
+
+
+def test_the_django_admins_bulk_delete_removes_the_keys_too(
+    admin_client, lab, upstream, keys_filed_under_lab
+) -> None:
+    other = CustomEndpoint.objects.create(slug="other", name="Other", base_url=upstream.base_url)
+    ApiKey.store(provider=other.slug, plaintext=LAB_KEY, user=User.objects.get(username="root"))
+    response = admin_client.post(
+        "/admin/providers/customendpoint/",
+        {"action": "delete_selected", "_selected_action": [lab.pk, other.pk], "post": "yes"},
+    )
+    assert response.status_code == 302
+    assert not CustomEndpoint.objects.exists()
+    assert remaining_keys() == ["empiriolabs"]

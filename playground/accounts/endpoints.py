@@ -168,7 +168,9 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
     custom = endpoint_for_admin(request.user, pk)
     name = custom.name
     custom.delete()
-    messages.success(request, f"{name} removed; its models are no longer offered.")
+    messages.success(
+        request, f"{name} removed; its models are no longer offered and its keys are deleted."
+    )
     return redirect("endpoints")
 
 
