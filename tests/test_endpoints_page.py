@@ -462,3 +462,46 @@ def test_the_django_admins_bulk_delete_removes_the_keys_too(
     assert response.status_code == 302
     assert not CustomEndpoint.objects.exists()
     assert remaining_keys() == ["empiriolabs"]
+
+
+# What an admin's own server can send that no database column (PostgreSQL: no NUL; any UTF-8:
+# no lone surrogate) or page can hold.
+UNFIT = "bad\x00 value \ud800 here"
+
+
+def test_a_probe_refusal_the_database_cannot_hold_is_stored_with_replacements(
+    admin_client, lab, upstream
+) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
+    upstream.refuse = {"json_schema": UNFIT}
+    response = admin_client.post(reverse("endpoint_model_probe", args=[lab.pk, row.pk]))
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert row.probe_results["json_schema"]["detail"].endswith("bad\ufffd value \ufffd here")
+    page = admin_client.get(reverse("endpoint", args=[lab.pk]))
+    assert page.status_code == 200 and "value \ufffd here" in page.content.decode()
+
+
+def test_a_probe_refused_outright_with_such_text_shows_it_replaced(
+    admin_client, lab, upstream
+) -> None:
+    row = EndpointModel.objects.create(endpoint=lab, model_id="gemma-3-4b-it")
+    upstream.refuse = {"messages": UNFIT}  # in every request: the first one is refused
+    response = admin_client.post(
+        reverse("endpoint_model_probe", args=[lab.pk, row.pk]), follow=True
+    )
+    assert response.status_code == 200
+    assert "bad\ufffd value \ufffd here" in response.content.decode()
+
+
+def test_a_listed_model_id_that_cannot_be_stored_is_left_out_with_a_reason(
+    admin_client, lab, upstream
+) -> None:
+    upstream.models = ["gemma-3-4b-it", "ge\x00mma", "lone\ud800"]
+    response = admin_client.post(reverse("endpoint_discover", args=[lab.pk]))
+    assert response.status_code == 200
+    picks = [attr(e, "value") for e in find_all(response.content, "input", name="pick")]
+    assert picks == ["gemma-3-4b-it"]
+    said = text(find(response.content, id="discover-refused"))
+    assert "holds a NUL character (\\u0000), which cannot be stored" in said
+    assert "holds a lone surrogate (\\ud800), which cannot be stored" in said

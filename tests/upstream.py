@@ -1011,7 +1011,11 @@ async def _send_json(
     if isinstance(body, str):
         data, ctype = body.encode(), "text/plain; charset=utf-8"
     else:
-        data, ctype = json.dumps(body, ensure_ascii=False).encode(), "application/json"
+        try:
+            data = json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate: sent as its JSON escape, "\ud800"
+            data = json.dumps(body).encode()
+        ctype = "application/json"
     headers = {
         "Content-Type": ctype,
         "Content-Length": str(len(data)),

@@ -25,6 +25,7 @@ from playground.accounts.models import ApiKey
 from playground.providers import catalog, discovery, specs
 from playground.providers.client import ConnectionProblem, Endpoint
 from playground.providers.models import CustomEndpoint, EndpointModel
+from playground.providers.storable import replaced, unstorable
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -224,10 +225,18 @@ async def endpoint_discover(request: HttpRequest, pk: int) -> HttpResponse:
         listed = await discovery.discover(_target(custom), key)
     except (ConnectionProblem, ValueError) as exc:
         return await sync_to_async(_page)(request, custom, discover_error=str(exc))
+    # An id no database column holds cannot be offered, nor sent in a page (a lone surrogate):
+    # left out, with the reason and the id as it can be shown.
+    refused = [
+        f"The server lists {replaced(m.id)!r}, left out: it holds {what}, which cannot be stored."
+        for m in listed
+        if (what := unstorable(m.id))
+    ]
+    listed = [m for m in listed if not unstorable(m.id)]
     known = {m async for m in custom.models.values_list("model_id", flat=True)}
     ids_form = ModelIdsForm(listed=[m.id for m in listed], initial={"pick": []})
     return await sync_to_async(_page)(
-        request, custom, listed=listed, known=known, ids_form=ids_form
+        request, custom, listed=listed, known=known, ids_form=ids_form, discover_refused=refused
     )
 
 

@@ -40,6 +40,7 @@ import httpx
 
 from playground.providers import netpolicy, readpace
 from playground.providers.sse import SSEDecoder, SSEEvent
+from playground.providers.storable import replaced
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -1269,9 +1270,10 @@ async def request_json(
     return Answer(
         status=response.status_code,
         payload=parsed,
-        detail="" if ok else _provider_message(bytes(raw), api_key),
+        # Shown on the page and kept with a probe's results: replaced, as storable.py says.
+        detail="" if ok else replaced(_provider_message(bytes(raw), api_key)),
         elapsed_ms=round(elapsed, 1),
-        location=scrub(location, api_key),
+        location=replaced(scrub(location, api_key)),
     )
 
 

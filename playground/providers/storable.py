@@ -50,3 +50,9 @@ def sendable(text: str) -> str:
     what a client sent (a hand-made field name in an error): a WebSocket frame or a page is
     UTF-8, which holds none, so the words could not be sent at all."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def replaced(text: str) -> str:
+    """`text` with each NUL and lone surrogate shown as U+FFFD: for words a server sent that
+    are kept or shown as they are (an endpoint's refusal text), not the user's to fix."""
+    return UNSTORABLE.sub("\ufffd", text)
