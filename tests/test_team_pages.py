@@ -166,6 +166,30 @@ def test_with_a_second_owner_the_first_may_step_down(client, user, other_user, l
     )
 
 
+def test_a_deactivated_owner_does_not_count_as_another_owner(client, user, other_user, carol, lab):
+    """Otherwise the team could be left with no owner who can sign in."""
+    gone = join(lab, other_user, Role.OWNER)
+    other_user.is_active = False
+    other_user.save()
+    join(lab, carol, Role.MEMBER)
+    me = lab.memberships.get(user=user)
+    client.force_login(user)
+    response = client.post(f"/teams/{lab.pk}/members/{me.pk}/role/", {"role": "admin"})
+    assert response.status_code == 400 and "last owner" in error_of(response)
+    response = client.post(f"/teams/{lab.pk}/leave/")
+    assert response.status_code == 400 and "last owner" in error_of(response)
+    assert role_of(lab, user) == Role.OWNER
+    with pytest.raises(TeamError, match="last owner"):
+        me.remove(by=gone)  # removed by the other owner, were they still able to act
+    assert role_of(lab, user) == Role.OWNER
+    # The active owner may still demote or remove the deactivated one.
+    assert (
+        client.post(f"/teams/{lab.pk}/members/{gone.pk}/role/", {"role": "member"}).status_code
+        == 302
+    )
+    assert role_of(lab, other_user) == Role.MEMBER
+
+
 def test_an_owner_removes_a_member_through_the_model(client, user, other_user, lab):
     """Removal is a model delete: the signals that cut off open sockets fire."""
     member = join(lab, other_user, Role.MEMBER)

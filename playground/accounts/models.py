@@ -76,9 +76,16 @@ class Team(models.Model):
             return Membership.objects.create(team=self, user=user, role=role)
 
     def _owners_besides(self, membership: Membership) -> int:
-        # Locked, so two owners demoting each other at once cannot both succeed.
-        owners = self.memberships.select_for_update().filter(role=Membership.Role.OWNER)
-        return sum(1 for m in owners if m.pk != membership.pk)
+        """The team's other owners who can still sign in: a deactivated owner cannot act for
+        the team, so counting one would let it be left with no owner at all."""
+        # Locked, so two owners demoting each other at once cannot both succeed (the
+        # memberships only: `of` keeps the joined user rows unlocked).
+        owners = (
+            self.memberships.select_for_update(of=("self",))
+            .filter(role=Membership.Role.OWNER, user__is_active=True)
+            .exclude(pk=membership.pk)
+        )
+        return len(owners)
 
 
 class Membership(models.Model):
