@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -216,6 +216,40 @@ def test_budgets_reset_at_midnight_and_on_the_first():
     day, tomorrow, month, next_month = budgets.periods(now)
     assert (day.day, tomorrow.month, tomorrow.day) == (31, 1, 1)
     assert (month.day, next_month.year, next_month.month, next_month.day) == (1, 2027, 1, 1)
+
+
+@pytest.mark.django_db
+def test_budget_periods_are_the_sites_whatever_the_readers_time_zone(client, user, other_user):
+    """Near midnight, the Usage page and the header count the day the refusal counts: the
+    site's (TIME_ZONE, UTC), not the reader's from the tz cookie (UTC+14 here)."""
+    from unittest import mock
+
+    lab = make_lab(other_user, user)
+    shared = Conversation.objects.create(owner=other_user, team=lab, model=MODEL)
+    now = datetime(2026, 12, 1, 23, 30, tzinfo=UTC)  # 2 Dec, 13:30 in Kiritimati
+    # Today in UTC, yesterday in Kiritimati (whose day began at 10:00 UTC).
+    seed_replies(shared, user, 9, when=datetime(2026, 12, 1, 5, 0, tzinfo=UTC))
+    Budget.set(team=lab, user=user, monthly_cost=None, daily_messages=10, by=other_user)
+    client.force_login(user)
+    client.cookies["tz"] = "Pacific/Kiritimati"
+    client.post("/space/", {"space": lab.pk})
+    with mock.patch("django.utils.timezone.now", return_value=now):
+        with timezone.override("Pacific/Kiritimati"):
+            day, tomorrow, month, _ = budgets.periods()
+            (limit,) = budgets.limits(user, lab.pk)
+        midnight = datetime(2026, 12, 1, tzinfo=UTC)
+        assert (day, tomorrow, month) == (midnight, midnight + timedelta(days=1), midnight)
+        assert limit.used == 9
+        page = client.get(f"/teams/{lab.pk}/usage/").content.decode()
+        assert "Your daily cap of 10 messages: 9 used (90 %)" in page
+        # The reset is shown in the reader's zone: UTC midnight is 14:00 there.
+        assert "resets on 2 Dec 2026 14:00" in page
+        assert "90 % of your daily cap of 10 messages used" in client.get("/keys/").content.decode()
+        seed_replies(shared, user, 1, when=now)  # the 10th: the page and the refusal agree
+        with timezone.override("Pacific/Kiritimati"):
+            assert [lim.used for lim in budgets.limits(user, lab.pk)] == [10]
+        with pytest.raises(budgets.BudgetExceeded, match="daily cap of 10"):
+            budgets.check(user, lab.pk, None)
 
 
 # --- the header warning and who sets budgets ----------------------------------------------

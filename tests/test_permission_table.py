@@ -30,6 +30,7 @@ from playground.review.models import (
     QueueItem,
     ReviewQueue,
     ReviewStatus,
+    ShareLink,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -406,6 +407,27 @@ def http_labels_read(w: World) -> bool:
 def http_labels_manage(w: World) -> bool:
     w.client.post(f"/review/labels/team/{w.team.pk}/", {"name": "Terse", "colour": "#f59e0b"})
     return Label.objects.filter(team=w.team, name="Terse").exists()
+
+
+def http_share_create(w: World) -> bool:
+    url = f"/review/c/{w.shared.pk}/share/"
+    w.client.post(url, {"expires": "never"})
+    w.client.post(f"{url}?message={w.reply.pk}", {"expires": "1d"})
+    made = ShareLink.objects.filter(conversation=w.shared, created_by=w.actor).count()
+    assert made in (0, 2), "a link of the conversation but not of its reply, or the other way"
+    return made == 2
+
+
+def http_share_revoke(w: World) -> bool:
+    from playground.review import sharing
+
+    link, _ = sharing.create(w.founder, w.shared)
+    page = w.client.get("/review/shared/").content.decode()
+    listed = f"/review/shared/{link.pk}/revoke/" in page
+    w.client.post(f"/review/shared/{link.pk}/revoke/")
+    revoked = ShareLink.objects.get(pk=link.pk).revoked is not None
+    assert listed == revoked, "the Shared links page lists what one may not revoke, or hides it"
+    return revoked
 
 
 def _queue(w: World, reviewer: User | None = None) -> ReviewQueue:

@@ -262,3 +262,29 @@ def test_the_transcript_offers_share_for_the_conversation_and_each_reply(client,
     body = client.get(f"/c/{conversation.pk}/").content.decode()
     assert f'href="/review/c/{conversation.pk}/share/"' in body
     assert f'href="/review/c/{conversation.pk}/share/?message={reply.pk}"' in body
+
+
+def test_a_viewer_may_not_publish_a_team_conversation_but_revokes_their_own_links(
+    client, user, other_user, team
+):
+    """A viewer is read-only: a share link publishes the conversation, so making one follows
+    sending. Links they made as a member stay theirs to revoke."""
+    conversation = Conversation.objects.create(owner=user, team=team, model="m", title="T")
+    reply = Message.objects.create(conversation=conversation, role="assistant", text="Hi")
+    url, token = make(client, other_user, conversation)  # made while a member
+    Membership.objects.filter(team=team, user=other_user).update(role="viewer")
+    client.force_login(other_user)
+    share = f"/review/c/{conversation.pk}/share/"
+    assert client.get(share).status_code == 403
+    assert client.post(share, {"expires": "never"}).status_code == 403
+    assert client.post(f"{share}?message={reply.pk}", {"expires": "never"}).status_code == 403
+    assert ShareLink.objects.count() == 1
+    body = client.get(f"/c/{conversation.pk}/").content.decode()
+    # No Share offered: not for the conversation, and each reply's is hidden with the
+    # other controls a viewer would be refused.
+    assert f'href="{share}"' not in body and "watch-only" in body
+    assert f'href="{share}?message={reply.pk}" class="share-reply run-only"' in body
+    link = ShareLink.objects.get(token_hash=sharing.hash_token(token))
+    assert client.post(f"/review/shared/{link.pk}/revoke/").status_code == 302
+    client.logout()
+    assert client.get(url).status_code == 404

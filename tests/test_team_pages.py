@@ -14,7 +14,7 @@ from django.db.models.signals import post_delete, post_save
 from django.test import Client
 from django.utils import timezone
 
-from playground.accounts.models import Invitation, Membership, Team
+from playground.accounts.models import Invitation, Membership, Team, TeamError
 from tests.html import find, text
 
 pytestmark = pytest.mark.django_db
@@ -166,6 +166,30 @@ def test_with_a_second_owner_the_first_may_step_down(client, user, other_user, l
     )
 
 
+def test_a_deactivated_owner_does_not_count_as_another_owner(client, user, other_user, carol, lab):
+    """Otherwise the team could be left with no owner who can sign in."""
+    gone = join(lab, other_user, Role.OWNER)
+    other_user.is_active = False
+    other_user.save()
+    join(lab, carol, Role.MEMBER)
+    me = lab.memberships.get(user=user)
+    client.force_login(user)
+    response = client.post(f"/teams/{lab.pk}/members/{me.pk}/role/", {"role": "admin"})
+    assert response.status_code == 400 and "last owner" in error_of(response)
+    response = client.post(f"/teams/{lab.pk}/leave/")
+    assert response.status_code == 400 and "last owner" in error_of(response)
+    assert role_of(lab, user) == Role.OWNER
+    with pytest.raises(TeamError, match="last owner"):
+        me.remove(by=gone)  # removed by the other owner, were they still able to act
+    assert role_of(lab, user) == Role.OWNER
+    # The active owner may still demote or remove the deactivated one.
+    assert (
+        client.post(f"/teams/{lab.pk}/members/{gone.pk}/role/", {"role": "member"}).status_code
+        == 302
+    )
+    assert role_of(lab, other_user) == Role.MEMBER
+
+
 def test_an_owner_removes_a_member_through_the_model(client, user, other_user, lab):
     """Removal is a model delete: the signals that cut off open sockets fire."""
     member = join(lab, other_user, Role.MEMBER)
@@ -297,6 +321,30 @@ def test_expired_revoked_and_unknown_links_are_refused(client, user, other_user,
     assert response.status_code == 404 and "not valid" in error_of(response)
     assert accept(client, "").status_code == 404
     assert role_of(lab, other_user) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "state"),
+    [
+        ({"revoked_at": timezone.now}, "revoked"),
+        ({"expires": lambda: timezone.now() - timedelta(seconds=1)}, "expired"),
+    ],
+)
+def test_a_link_revoked_or_expired_while_being_accepted_lets_nobody_in(
+    client, user, other_user, lab, change, state
+):
+    """The check passed on the row as read; the claim must still find the link pending."""
+    client.force_login(user)
+    token = invite(client, lab)
+    invitation = Invitation.find(token)
+    assert invitation is not None and invitation.state == "pending"
+    # Revoked (or expired) after the accepting request read the row, before its claim.
+    Invitation.objects.filter(pk=invitation.pk).update(**{k: f() for k, f in change.items()})
+    with pytest.raises(TeamError, match=f"This invitation is {state}: ask for a new one."):
+        invitation.accept(other_user)
+    assert role_of(lab, other_user) is None
+    fresh = Invitation.objects.get()
+    assert fresh.state == state and fresh.used_at is None and fresh.used_by is None
 
 
 def test_accepting_needs_login_and_the_csrf_token(user, other_user, lab):

@@ -76,9 +76,16 @@ class Team(models.Model):
             return Membership.objects.create(team=self, user=user, role=role)
 
     def _owners_besides(self, membership: Membership) -> int:
-        # Locked, so two owners demoting each other at once cannot both succeed.
-        owners = self.memberships.select_for_update().filter(role=Membership.Role.OWNER)
-        return sum(1 for m in owners if m.pk != membership.pk)
+        """The team's other owners who can still sign in: a deactivated owner cannot act for
+        the team, so counting one would let it be left with no owner at all."""
+        # Locked, so two owners demoting each other at once cannot both succeed (the
+        # memberships only: `of` keeps the joined user rows unlocked).
+        owners = (
+            self.memberships.select_for_update(of=("self",))
+            .filter(role=Membership.Role.OWNER, user__is_active=True)
+            .exclude(pk=membership.pk)
+        )
+        return len(owners)
 
 
 class Membership(models.Model):
@@ -256,13 +263,19 @@ class Invitation(models.Model):
                 raise TeamError(
                     "Whoever made this invitation can no longer invite: ask for a new one."
                 )
-            # Claimed with a conditional update: two people opening the link at once cannot
-            # both join.
-            claimed = Invitation.objects.filter(pk=self.pk, used_at__isnull=True).update(
-                used_at=timezone.now(), used_by=user
+            # Claimed with a conditional update on the row as it is now, not as read above:
+            # two people opening the link at once cannot both join, and a link revoked or
+            # expired meanwhile lets nobody in.
+            claimed = (
+                Invitation.objects.pending()
+                .filter(pk=self.pk)
+                .update(used_at=timezone.now(), used_by=user)
             )
             if not claimed:
-                raise TeamError("This invitation is used: ask for a new one.")
+                now = Invitation.objects.filter(pk=self.pk).first()  # gone with its team?
+                state = now.state if now is not None else "pending"
+                state = state if state != "pending" else "no longer valid"
+                raise TeamError(f"This invitation is {state}: ask for a new one.")
             return self.team.add_member(user, self.role)
 
 

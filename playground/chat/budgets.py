@@ -133,8 +133,10 @@ class Limit:
 
 def periods(now: datetime | None = None) -> tuple[datetime, datetime, datetime, datetime]:
     """Start of today, start of tomorrow, start of this month and of the next, in the site's
-    time zone: daily caps and monthly budgets reset at those boundaries."""
-    local = timezone.localtime(now or timezone.now())
+    time zone: daily caps and monthly budgets reset at those boundaries. Always the site's
+    (TIME_ZONE), never the reader's from the `tz` cookie: the Usage page and the header count
+    the same day as the refusal at turn start, where no reader's zone is active."""
+    local = timezone.localtime(now or timezone.now(), timezone.get_default_timezone())
     day = local.replace(hour=0, minute=0, second=0, microsecond=0)
     month = day.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)

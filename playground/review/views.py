@@ -63,8 +63,8 @@ SHARED_CSP = (
 @login_required
 def share_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Make a link to the conversation (or, with ?message=, one reply): the form, then the
-    link, shown once."""
-    conversation = get_conversation_for_user(request.user, pk)
+    link, shown once. Publishing follows sending: a team's viewers are read-only (403)."""
+    conversation = get_conversation_for_user(request.user, pk, run=True)
     message = None
     raw = request.POST.get("message") or request.GET.get("message")
     if raw:
