@@ -594,3 +594,54 @@ def test_valid_settings_of_a_known_model_import_as_they_are(client, user):
     # A model this server does not offer comes in without parameters to check.
     other = imported(upload(client, user, "x.json", export_text([msg(1)], model="elsewhere:m")))
     assert (other.model, other.params) == ("elsewhere:m", {})
+
+
+# -- a History selection (several conversations in one file) --------------------------------
+
+
+def download_selection(client, user, *conversations: Conversation) -> str:
+    client.force_login(user)
+    response = client.post("/review/bulk/", {"c": [c.pk for c in conversations], "export": "json"})
+    assert response.status_code == 200
+    return b"".join(response.streaming_content).decode()
+
+
+def test_a_history_selection_exported_as_json_imports_as_its_conversations(
+    client,
+    user,
+    tree,  # noqa: F811
+):
+    second = Conversation.objects.create(owner=user, title="Second", model=tree.model)
+    ask = Message.objects.create(conversation=second, role="user", text="Hi?", created_by=user)
+    Message.objects.create(conversation=second, role="assistant", parent=ask, text="Hello.")
+    first = download_selection(client, user, tree, second)
+    response = upload(client, user, "history-selection.json", first)
+    assert response.status_code == 302, html.unescape(response.content.decode())
+    copies = list(Conversation.objects.exclude(pk__in=[tree.pk, second.pk]).order_by("pk"))
+    assert [c.title for c in copies] == ["Trip", "Second"]
+    for original, copy in zip([tree, second], copies, strict=True):
+        texts = list(copy.messages.order_by("pk").values_list("role", "text"))
+        assert texts == list(original.messages.order_by("pk").values_list("role", "text"))
+    again = json.loads(download_selection(client, user, *copies))
+    assert [without_times(c) for c in again["conversations"]] == [
+        without_times(c) for c in json.loads(first)["conversations"]
+    ]
+
+
+def test_a_bad_conversation_in_a_selection_refuses_the_whole_file_naming_it(
+    client,
+    user,
+    tree,  # noqa: F811
+):
+    second = Conversation.objects.create(owner=user, title="Second", model=tree.model)
+    Message.objects.create(conversation=second, role="user", text="Hi?", created_by=user)
+    text = download_selection(client, user, tree, second)
+    laid_out = text.replace('"role": "user", "text": "Hi?"', '"role": "wizard", "text": "Hi?"')
+    response = upload(client, user, "history-selection.json", laid_out)
+    assert response.status_code == 400
+    line = text.splitlines().index(next(x for x in text.splitlines() if '"Hi?"' in x)) + 1
+    assert f'line {line}: "role" must be' in html.unescape(response.content.decode())
+    data = json.loads(laid_out)  # on one line: named by its place
+    response = upload(client, user, "history-selection.json", json.dumps(data))
+    assert "conversation 2, message 1" in html.unescape(response.content.decode())
+    assert Conversation.objects.count() == 2
