@@ -431,12 +431,17 @@ def _check_review(record: dict[str, Any]) -> None:
 
 
 class _Review:
-    """Matches the file's user names and labels to this server: authors must be people who
-    can see the target space (else the import is refused, naming the line); a label missing
+    """Matches the file's user names and labels to this server. An import writes in no one's
+    name but the importer's: their own ratings and comments come back as theirs, anyone
+    else's are left out (counted, so the page can say so), and the review status keeps who
+    set it only when that is the importer. People a kept comment mentions must be able to
+    see the target space (else the import is refused, naming the line); a label missing
     from the space's set is added when the importer may manage the set, else refused."""
 
     def __init__(self, user, team: Team | None) -> None:
         self.user, self.team = user, team
+        self.me = user.get_username()
+        self.ratings_left_out = self.comments_left_out = 0
         people = get_user_model().objects.filter(is_active=True)
         if team is None:
             people = people.filter(pk=user.pk)
@@ -476,17 +481,14 @@ class _Review:
         return self.labels[name.lower()]
 
     def check(self, plan: _Plan) -> None:
-        """Every name resolves, before anything is written."""
+        """Every name of what is kept resolves, before anything is written."""
         for index, record in enumerate(plan.messages):
-            for note in record.get("annotations") or []:
-                self.person(note["author"], plan, index)
-            for comment in record.get("comments") or []:
-                self.person(comment["author"], plan, index)
+            for comment in self.mine(record.get("comments")):
                 for name in comment.get("mentions") or []:
                     self.person(name, plan, index)
-        review = plan.conversation.get("review")
-        if review:
-            self.person(review.get("set_by"), plan, None)
+
+    def mine(self, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        return [row for row in rows or [] if row["author"] == self.me]
 
     def write(self, plan: _Plan, conversation: Conversation, made: dict[int, Message]) -> None:
         now = timezone.now()
@@ -495,15 +497,21 @@ class _Review:
             ReviewStatus.objects.create(
                 conversation=conversation,
                 status=review["status"],
-                set_by=self.person(review.get("set_by"), plan, None),
+                set_by=self.user if review.get("set_by") == self.me else None,
                 set_at=_when(review["set_at"]) or now,
             )
         for index, record in enumerate(plan.messages):
             message = made[record["id"]]
-            for note in record.get("annotations") or []:
+            notes, comments = (
+                self.mine(record.get("annotations")),
+                self.mine(record.get("comments")),
+            )
+            self.ratings_left_out += len(record.get("annotations") or []) - len(notes)
+            self.comments_left_out += len(record.get("comments") or []) - len(comments)
+            for note in notes:
                 annotation = Annotation.objects.create(
                     message=message,
-                    author=self.person(note["author"], plan, index),
+                    author=self.user,
                     thumbs=_THUMBS[note.get("thumbs")],
                     score=note.get("score"),
                 )
@@ -514,10 +522,10 @@ class _Review:
                 Annotation.objects.filter(pk=annotation.pk).update(
                     created=_when(note["created"]), updated=_when(note["updated"])
                 )
-            for found in record.get("comments") or []:
+            for found in comments:
                 comment = Comment.objects.create(
                     message=message,
-                    author=self.person(found["author"], plan, index),
+                    author=self.user,
                     text=found["text"],
                 )
                 Comment.objects.filter(pk=comment.pk).update(created=_when(found["created"]))
@@ -558,7 +566,30 @@ def _images(user, hashes: set[str]) -> dict[str, int]:
     return found
 
 
-def import_export(user, team: Team | None, text: str) -> list[Conversation]:
+@dataclass
+class Imported:
+    conversations: list[Conversation]
+    # Ratings and comments the file says someone else wrote: not written (see _Review).
+    ratings_left_out: int = 0
+    comments_left_out: int = 0
+
+    def notice(self) -> str:
+        """What was left out, in words; empty when nothing was."""
+        parts = [
+            f"{count} {what}{'s' if count != 1 else ''}"
+            for count, what in ((self.ratings_left_out, "rating"),
+                                (self.comments_left_out, "comment"))
+            if count
+        ]  # fmt: skip
+        if not parts:
+            return ""
+        return (
+            f"{' and '.join(parts)} by other people were left out: an import brings back "
+            "only your own."
+        )
+
+
+def import_export(user, team: Team | None, text: str) -> Imported:
     """A conversation's export, or every conversation of a History selection's, in one
     transaction: all of them or none."""
     plans = parse_export(text)
@@ -567,7 +598,8 @@ def import_export(user, team: Team | None, text: str) -> list[Conversation]:
         review.check(plan)
     with transaction.atomic():
         ids = _images(user, set().union(*(plan.hashes for plan in plans)))
-        return [_write(user, team, plan, ids, review) for plan in plans]
+        made = [_write(user, team, plan, ids, review) for plan in plans]
+    return Imported(made, review.ratings_left_out, review.comments_left_out)
 
 
 def _write(user, team: Team | None, plan: _Plan, ids: dict[str, int], review: _Review):

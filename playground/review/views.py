@@ -198,7 +198,10 @@ def import_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         if (upload.name or "").lower().endswith(".jsonl"):
             made = [imports.import_jsonl(request.user, team, text)]
         else:
-            made = imports.import_export(request.user, team, text)
+            result = imports.import_export(request.user, team, text)
+            made = result.conversations
+            if result.notice():
+                flash.info(request, result.notice())
     except imports.Refused as exc:
         context["error"] = str(exc)
         return render(request, "review/import.html", context, status=400)
