@@ -369,16 +369,25 @@ def test_annotations_comments_and_status_round_trip(client, user, other_user, re
     assert data["messages"][1]["comments"][0]["mentions"] == ["eve"]
     copy = imported(upload(client, user, "trip.json", first, space=str(reviewed.team_id)))
     _, second = download(client, user, copy, "json")
-    assert without_times(json.loads(second)) == without_times(json.loads(first))
-    # The review's own times are the file's, not the import's.
-    assert json.loads(second)["messages"][1]["annotations"] == notes
-    assert ReviewStatus.objects.get(conversation=copy).set_by == other_user
-    assert Annotation.objects.filter(message__conversation=copy).count() == 2
+    again = json.loads(second)
+    # The importer's own rating and comment come back as they were, with the file's times;
+    # eve's are left out (an import writes in no one else's name), and so is who set the
+    # status, which eve did.
+    assert again["messages"][1]["annotations"] == notes[:1]
+    assert again["messages"][1]["comments"] == data["messages"][1]["comments"][:1]
+    assert again["conversation"]["review"]["set_by"] is None
+    assert ReviewStatus.objects.get(conversation=copy).status == "flagged"
+    assert Annotation.objects.filter(message__conversation=copy).count() == 1
+    for export in (data, again):
+        export["conversation"]["review"]["set_by"] = None
+        export["messages"][1]["annotations"] = export["messages"][1]["comments"] = []
+    assert without_times(again) == without_times(data)
     # The copy's mention is kept but not news: eve's inbox still has only the original.
     assert Mention.objects.filter(user=other_user, read_at__isnull=True).count() == 1
 
 
-def test_import_refuses_annotations_by_people_outside_the_space(client, user, reviewed):
+def test_import_refuses_mentions_of_people_outside_the_space(client, user, reviewed):
+    """ada's comment mentions eve, who cannot see ada's personal space."""
     from playground.review.models import Annotation
 
     _, first = download(client, user, reviewed, "json")
@@ -391,8 +400,10 @@ def test_import_refuses_annotations_by_people_outside_the_space(client, user, re
 def test_a_label_missing_from_the_space_is_added_only_by_its_admins(
     client, user, other_user, reviewed
 ):
-    from playground.review.models import Label
+    from playground.review.models import Annotation, Label
 
+    theirs = Annotation.objects.get(author=other_user)
+    theirs.labels.set(Label.objects.filter(name="Terse"))
     _, first = download(client, user, reviewed, "json")
     Label.objects.filter(name="Terse").delete()
     refused = upload(client, other_user, "trip.json", first, space=str(reviewed.team_id))
@@ -594,3 +605,90 @@ def test_valid_settings_of_a_known_model_import_as_they_are(client, user):
     # A model this server does not offer comes in without parameters to check.
     other = imported(upload(client, user, "x.json", export_text([msg(1)], model="elsewhere:m")))
     assert (other.model, other.params) == ("elsewhere:m", {})
+
+
+# -- a History selection (several conversations in one file) --------------------------------
+
+
+def download_selection(client, user, *conversations: Conversation) -> str:
+    client.force_login(user)
+    response = client.post("/review/bulk/", {"c": [c.pk for c in conversations], "export": "json"})
+    assert response.status_code == 200
+    return b"".join(response.streaming_content).decode()
+
+
+def test_a_history_selection_exported_as_json_imports_as_its_conversations(
+    client,
+    user,
+    tree,  # noqa: F811
+):
+    second = Conversation.objects.create(owner=user, title="Second", model=tree.model)
+    ask = Message.objects.create(conversation=second, role="user", text="Hi?", created_by=user)
+    Message.objects.create(conversation=second, role="assistant", parent=ask, text="Hello.")
+    first = download_selection(client, user, tree, second)
+    response = upload(client, user, "history-selection.json", first)
+    assert response.status_code == 302, html.unescape(response.content.decode())
+    copies = list(Conversation.objects.exclude(pk__in=[tree.pk, second.pk]).order_by("pk"))
+    assert [c.title for c in copies] == ["Trip", "Second"]
+    for original, copy in zip([tree, second], copies, strict=True):
+        texts = list(copy.messages.order_by("pk").values_list("role", "text"))
+        assert texts == list(original.messages.order_by("pk").values_list("role", "text"))
+    again = json.loads(download_selection(client, user, *copies))
+    assert [without_times(c) for c in again["conversations"]] == [
+        without_times(c) for c in json.loads(first)["conversations"]
+    ]
+
+
+def test_a_bad_conversation_in_a_selection_refuses_the_whole_file_naming_it(
+    client,
+    user,
+    tree,  # noqa: F811
+):
+    second = Conversation.objects.create(owner=user, title="Second", model=tree.model)
+    Message.objects.create(conversation=second, role="user", text="Hi?", created_by=user)
+    text = download_selection(client, user, tree, second)
+    laid_out = text.replace('"role": "user", "text": "Hi?"', '"role": "wizard", "text": "Hi?"')
+    response = upload(client, user, "history-selection.json", laid_out)
+    assert response.status_code == 400
+    line = text.splitlines().index(next(x for x in text.splitlines() if '"Hi?"' in x)) + 1
+    assert f'line {line}: "role" must be' in html.unescape(response.content.decode())
+    data = json.loads(laid_out)  # on one line: named by its place
+    response = upload(client, user, "history-selection.json", json.dumps(data))
+    assert "conversation 2, message 1" in html.unescape(response.content.decode())
+    assert Conversation.objects.count() == 2
+
+
+# -- who wrote a review: an import writes in no one's name but the importer's ----------------
+
+
+def test_an_import_cannot_put_words_in_a_teammates_name(client, user, other_user):
+    """A crafted file names eve, a member of the space, as the author of a rating, a comment
+    and the review status: they come in as no one's but the importer's own."""
+    from playground.review.models import Annotation, Comment, ReviewStatus
+
+    team = Team.create(name="Lab", owner=user)
+    team.add_member(other_user, Membership.Role.MEMBER)
+    when = "2026-01-01T00:00:00+00:00"
+    reply = {
+        **msg(2, parent=1, role="assistant"),
+        "annotations": [
+            {"author": "eve", "thumbs": "down", "score": 1, "created": when, "updated": when},
+            {"author": "ada", "thumbs": "up", "created": when, "updated": when},
+        ],
+        "comments": [
+            {"author": "eve", "text": "I made this up.", "created": when},
+            {"author": "ada", "text": "Looks fine.", "mentions": ["eve"], "created": when},
+        ],
+    }
+    review = {"status": "approved", "set_by": "eve", "set_at": when}
+    text = export_text([msg(1), reply], review=review)
+    response = upload(client, user, "forged.json", text, space=str(team.pk))
+    copy = imported(response)
+    assert not Annotation.objects.filter(author=other_user).exists()
+    assert not Comment.objects.filter(author=other_user).exists()
+    assert list(Annotation.objects.values_list("author__username", "thumbs")) == [("ada", 1)]
+    assert list(Comment.objects.values_list("author__username", "text")) == [("ada", "Looks fine.")]
+    status = ReviewStatus.objects.get(conversation=copy)
+    assert (status.status, status.set_by) == ("approved", None)
+    page = html.unescape(client.get(response["Location"]).content.decode())
+    assert "1 rating and 1 comment by other people were left out" in page

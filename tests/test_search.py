@@ -335,3 +335,23 @@ def test_a_reply_as_long_as_a_reply_may_be_is_saved_and_found(client, user):
     reply.text += " the end"
     reply.save(update_fields=["text"])
     assert titles(hits(client, user, "quokkas")) == ["Counting"]
+
+
+def test_a_search_of_only_common_words_says_why_when_it_finds_nothing(client, user):
+    conv(user, "Style")
+    say(conv(user, "Grammar"), "The rules of grammar and style.")
+    response = hits(client, user, 'the of "and"')
+    assert response.status_code == 200
+    body = response.content.decode()
+    if connection.vendor == "postgresql":  # its stop words: the query is empty
+        assert titles(response) == []
+        assert "These words are too common to search for" in body
+    else:  # FTS5 has no stop words: they match like any other
+        assert titles(response) == ["Grammar"]
+        assert "too common" not in body
+    # With one rarer word the common ones are only left out, and no hint is needed.
+    response = hits(client, user, "the grammar")
+    assert titles(response) == ["Grammar"] and "too common" not in response.content.decode()
+    response = hits(client, user, "the nothingmatches")
+    assert "Nothing matches this search." in response.content.decode()
+    assert "too common" not in response.content.decode()

@@ -6,7 +6,7 @@ named by their SHA-256 (in `attachments`, in `content_parts` and in a saved requ
 `attachment:` references), so the file means the same on another server. Nothing secret is in
 a conversation's rows (keys live in accounts.ApiKey). User names appear only where the
 review needs a who: each annotation's and comment's author, the people a comment mentions and
-who set the review status (review/imports.py maps them back to accounts of the target space).
+who set the review status (review/imports.py keeps only what the importer wrote, as theirs).
 """
 
 from __future__ import annotations

@@ -324,6 +324,9 @@ class Row:
 class Page:
     rows: list[Row]
     next_url: str
+    # The search is made only of words the backend leaves out as too common (PostgreSQL's
+    # stop words), so it can find nothing: the page says so instead of "Nothing matches".
+    too_common: bool = False
 
 
 def filtered(user: Any, form: HistoryForm) -> ConversationQuerySet:
@@ -379,7 +382,8 @@ def page(user: Any, form: HistoryForm, after: Cursor | None = None) -> Page:
     if len(found) > PAGE_SIZE:
         after_shown = str(Cursor.after(shown[-1]))
         next_url = f"{reverse('review:history')}?{form.query_string(after=after_shown)}"
-    return Page(rows, next_url)
+    too_common = query is not None and not rows and engine.too_common(query)
+    return Page(rows, next_url, too_common)
 
 
 def _deletable_groups(user: Any, ids: set[int]) -> dict[int, RunGroup]:

@@ -1,4 +1,5 @@
-"""Import a conversation: the JSON export of review/exports.py, or OpenAI chat JSONL.
+"""Import a conversation: the JSON export of review/exports.py (one conversation's, or a
+History selection's), or OpenAI chat JSONL.
 
 Everything is checked before anything is written, and the writing is one transaction: a file
 is imported whole or not at all. A refusal names the line it is about.
@@ -102,6 +103,7 @@ _CONVERSATION_KEYS = {
 }  # fmt: skip
 _ANNOTATION_KEYS = {"author", "thumbs", "score", "labels", "created", "updated"}
 _COMMENT_KEYS = {"author", "text", "mentions", "created"}
+_SELECTION_KEYS = {"format", "version", "conversations"}
 _COLOUR = re.compile(r"#[0-9a-f]{6}")
 _FORMATS = ", ".join(FORMAT_LABELS)
 _THUMBS = {"up": 1, "down": -1, None: None}
@@ -113,6 +115,26 @@ class _Plan:
     messages: list[dict[str, Any]] = field(default_factory=list)  # in file order
     hashes: set[str] = field(default_factory=set)
     active_leaf: int | None = None  # the file's number of the shown branch's leaf
+    # Where its parts are, to word a refusal: the file's text, this conversation's number in a
+    # selection (None: a file of one), how many messages of the file come before its own, and
+    # how many the file has in all.
+    text: str = ""
+    number: int | None = None
+    offset: int = 0
+    total: int = 0
+
+    @property
+    def at(self) -> str:
+        """Where the conversation's own fields are."""
+        return "line 1" if self.number is None else f"conversation {self.number}"
+
+    def where(self, index: int) -> str:
+        """Where its message `index` is: its line, for a file laid out as the export writes
+        it (a message a line), else its place in the file."""
+        lines = _message_lines(self.text)
+        if len(lines) == self.total:
+            return f"line {lines[self.offset + index]}"
+        return ("" if self.number is None else f"{self.at}, ") + f"message {index + 1}"
 
 
 def _message_lines(text: str) -> list[int]:
@@ -129,24 +151,59 @@ def _message_lines(text: str) -> list[int]:
     return found
 
 
-def parse_export(text: str) -> _Plan:
+def parse_export(text: str) -> list[_Plan]:
+    """A conversation's export, or a History selection's (its conversations' exports in a
+    list): a plan per conversation, in file order."""
     data = _loads(text)
+    if isinstance(data, dict) and data.get("format") == exports.SELECTION_FORMAT:
+        if data.get("version") != exports.VERSION:
+            raise Refused(f"line 1: export version {data.get('version')!r} is not supported.")
+        documents = data.get("conversations")
+        if not isinstance(documents, list) or not documents or set(data) - _SELECTION_KEYS:
+            raise Refused('line 1: "conversations" must be a list of conversation exports.')
+        numbered: list[tuple[int | None, Any]] = list(enumerate(documents, start=1))
+    else:
+        numbered = [(None, data)]
+    counts = [
+        len(d["messages"]) if isinstance(d, dict) and isinstance(d.get("messages"), list) else 0
+        for _, d in numbered
+    ]
+    if sum(counts) > MAX_MESSAGES:
+        raise Refused(f"line 1: more than {MAX_MESSAGES} messages.")
+    plans: list[_Plan] = []
+    for (number, document), offset in zip(numbered, _running(counts), strict=True):
+        plan = _Plan(conversation={}, text=text, number=number, offset=offset, total=sum(counts))
+        plans.append(_parse_document(document, plan))
+    return plans
+
+
+def _running(counts: list[int]) -> list[int]:
+    """How many messages come before each conversation's."""
+    offsets, before = [], 0
+    for count in counts:
+        offsets.append(before)
+        before += count
+    return offsets
+
+
+def _parse_document(data: Any, plan: _Plan) -> _Plan:
+    at = plan.at
     if not isinstance(data, dict) or data.get("format") != exports.FORMAT:
-        raise Refused(f'line 1: not a Playground export (no "format": "{exports.FORMAT}").')
+        raise Refused(f'{at}: not a Playground export (no "format": "{exports.FORMAT}").')
     if data.get("version") != exports.VERSION:
-        raise Refused(f"line 1: export version {data.get('version')!r} is not supported.")
+        raise Refused(f"{at}: export version {data.get('version')!r} is not supported.")
     head = data.get("conversation")
     if not isinstance(head, dict) or set(head) - _CONVERSATION_KEYS:
-        raise Refused('line 1: "conversation" must be an object with the exported fields only.')
+        raise Refused(f'{at}: "conversation" must be an object with the exported fields only.')
     for key, limit in (("title", 200), ("model", 200), ("system_prompt", None)):
         value = head.get(key, "")
         if not isinstance(value, str) or (limit and len(value) > limit):
-            raise Refused(f'line 1: conversation "{key}" must be text of at most {limit} chars.')
+            raise Refused(f'{at}: conversation "{key}" must be text of at most {limit} chars.')
     if not isinstance(head.get("params", {}), dict):
-        raise Refused('line 1: conversation "params" must be an object.')
+        raise Refused(f'{at}: conversation "params" must be an object.')
     if head.get("wire_format", "chat") not in tuple(FORMAT_LABELS):  # a dict: see ROLES
-        raise Refused(f'line 1: conversation "wire_format" must be one of {_FORMATS}.')
-    _check_settings(head)
+        raise Refused(f'{at}: conversation "wire_format" must be one of {_FORMATS}.')
+    _check_settings(head, at)
     review = head.get("review")
     if review is not None and (
         not isinstance(review, dict)
@@ -155,38 +212,33 @@ def parse_export(text: str) -> _Plan:
         or not isinstance(review.get("set_by"), str | None)
         or _when(review.get("set_at")) is None
     ):
-        raise Refused('line 1: conversation "review" must have a known "status" and "set_at".')
+        raise Refused(f'{at}: conversation "review" must have a known "status" and "set_at".')
     try:
         _check_storable(head)
     except Refused as exc:
-        raise Refused(f"line 1: the conversation: {exc}") from None
+        raise Refused(f"{at}: the conversation: {exc}") from None
     records = data.get("messages")
     if not isinstance(records, list):
-        raise Refused('line 1: "messages" must be a list.')
+        raise Refused(f'{at}: "messages" must be a list.')
     if len(records) > MAX_MESSAGES:
-        raise Refused(f"line 1: more than {MAX_MESSAGES} messages.")
-    plan = _Plan(conversation=head)
+        raise Refused(f"{at}: more than {MAX_MESSAGES} messages.")
+    plan.conversation = head
     active = data.get(exports.ACTIVE_LEAF)
     if active is not None and (not isinstance(active, int) or isinstance(active, bool)):
-        raise Refused(f'line 1: "{exports.ACTIVE_LEAF}" must be a message id or null.')
+        raise Refused(f'{at}: "{exports.ACTIVE_LEAF}" must be a message id or null.')
     plan.active_leaf = active
     seen: set[int] = set()
-    lines: list[int] | None = None
     for index, record in enumerate(records):
         try:
             _check_message(record, seen, plan)
         except Refused as exc:
-            if lines is None:
-                lines = _message_lines(text)
-            laid_out = len(lines) == len(records)
-            where = f"line {lines[index]}" if laid_out else f"message {index + 1}"
-            raise Refused(f"{where}: {exc}") from None
+            raise Refused(f"{plan.where(index)}: {exc}") from None
     if active is not None and active not in seen:
-        raise Refused(f'line 1: "{exports.ACTIVE_LEAF}" names no message of the file.')
+        raise Refused(f'{at}: "{exports.ACTIVE_LEAF}" names no message of the file.')
     return plan
 
 
-def _check_settings(head: dict[str, Any]) -> None:
+def _check_settings(head: dict[str, Any], at: str) -> None:
     """The model's parameters and the system prompt, checked as the settings panel checks
     them: regenerating or editing a reply sends the saved parameters as they are, so an
     unchecked name such as "model" or "n" would reach the provider on this space's key. A
@@ -199,7 +251,7 @@ def _check_settings(head: dict[str, Any]) -> None:
     except catalog.UnknownModel:
         if values:
             raise Refused(
-                f"line 1: conversation settings: the model {key!r} is not offered here, so "
+                f"{at}: conversation settings: the model {key!r} is not offered here, so "
                 'its parameters cannot be checked (empty "params" to import it).'
             ) from None
         return
@@ -211,7 +263,7 @@ def _check_settings(head: dict[str, Any]) -> None:
         first = sorted(exc.errors)[0]
         error = exc.errors[first]
         error = f"{first} {error}" if error == NOT_A_PARAMETER else error
-        raise Refused(f"line 1: conversation settings: {error}") from None
+        raise Refused(f"{at}: conversation settings: {error}") from None
 
 
 def _check_message(record: Any, seen: set[int], plan: _Plan) -> None:
@@ -379,12 +431,17 @@ def _check_review(record: dict[str, Any]) -> None:
 
 
 class _Review:
-    """Matches the file's user names and labels to this server: authors must be people who
-    can see the target space (else the import is refused, naming the line); a label missing
+    """Matches the file's user names and labels to this server. An import writes in no one's
+    name but the importer's: their own ratings and comments come back as theirs, anyone
+    else's are left out (counted, so the page can say so), and the review status keeps who
+    set it only when that is the importer. People a kept comment mentions must be able to
+    see the target space (else the import is refused, naming the line); a label missing
     from the space's set is added when the importer may manage the set, else refused."""
 
-    def __init__(self, user, team: Team | None, plan: _Plan, text: str) -> None:
-        self.user, self.team, self.text, self.plan = user, team, text, plan
+    def __init__(self, user, team: Team | None) -> None:
+        self.user, self.team = user, team
+        self.me = user.get_username()
+        self.ratings_left_out = self.comments_left_out = 0
         people = get_user_model().objects.filter(is_active=True)
         if team is None:
             people = people.filter(pk=user.pk)
@@ -398,82 +455,83 @@ class _Review:
             for label in Label.objects.in_space(team.pk if team else None, user.pk)
         }
 
-    def where(self, index: int) -> str:
-        lines = _message_lines(self.text)
-        if len(lines) == len(self.plan.messages):
-            return f"line {lines[index]}"
-        return f"message {index + 1}"
-
-    def person(self, name: str | None, index: int | None):
+    def person(self, name: str | None, plan: _Plan, index: int | None):
         if name is None:
             return None
         if name not in self.people:
-            where = self.where(index) if index is not None else "line 1"
+            where = plan.where(index) if index is not None else plan.at
             raise Refused(f"{where}: {name!r} has no account in the space imported into.")
         return self.people[name]
 
-    def label(self, found: dict[str, str], index: int) -> Label:
+    def label(self, found: dict[str, str], plan: _Plan, index: int) -> Label:
         name = found["name"]
         if name.lower() not in self.labels:
             from playground.review.annotating import MAX_LABELS, can_manage_labels
 
             if not can_manage_labels(self.user, self.team):
                 raise Refused(
-                    f"{self.where(index)}: the label {name!r} is not in this space's label set "
+                    f"{plan.where(index)}: the label {name!r} is not in this space's label set "
                     "(its admins can add it)."
                 )
             if len(self.labels) >= MAX_LABELS:
-                raise Refused(f"{self.where(index)}: a space has at most {MAX_LABELS} labels.")
+                raise Refused(f"{plan.where(index)}: a space has at most {MAX_LABELS} labels.")
             self.labels[name.lower()] = Label.objects.create(
                 team=self.team, owner=self.user, name=name, colour=found["colour"]
             )
         return self.labels[name.lower()]
 
-    def check(self) -> None:
-        """Every name resolves, before anything is written."""
-        for index, record in enumerate(self.plan.messages):
-            for note in record.get("annotations") or []:
-                self.person(note["author"], index)
-            for comment in record.get("comments") or []:
-                self.person(comment["author"], index)
+    def check(self, plan: _Plan) -> None:
+        """Every name of what is kept resolves, before anything is written."""
+        for index, record in enumerate(plan.messages):
+            for comment in self.mine(record.get("comments")):
                 for name in comment.get("mentions") or []:
-                    self.person(name, index)
-        review = self.plan.conversation.get("review")
-        if review:
-            self.person(review.get("set_by"), None)
+                    self.person(name, plan, index)
 
-    def write(self, conversation: Conversation, made: dict[int, Message]) -> None:
+    def mine(self, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        return [row for row in rows or [] if row["author"] == self.me]
+
+    def write(self, plan: _Plan, conversation: Conversation, made: dict[int, Message]) -> None:
         now = timezone.now()
-        review = self.plan.conversation.get("review")
+        review = plan.conversation.get("review")
         if review:
             ReviewStatus.objects.create(
                 conversation=conversation,
                 status=review["status"],
-                set_by=self.person(review.get("set_by"), None),
+                set_by=self.user if review.get("set_by") == self.me else None,
                 set_at=_when(review["set_at"]) or now,
             )
-        for index, record in enumerate(self.plan.messages):
+        for index, record in enumerate(plan.messages):
             message = made[record["id"]]
-            for note in record.get("annotations") or []:
+            notes, comments = (
+                self.mine(record.get("annotations")),
+                self.mine(record.get("comments")),
+            )
+            self.ratings_left_out += len(record.get("annotations") or []) - len(notes)
+            self.comments_left_out += len(record.get("comments") or []) - len(comments)
+            for note in notes:
                 annotation = Annotation.objects.create(
                     message=message,
-                    author=self.person(note["author"], index),
+                    author=self.user,
                     thumbs=_THUMBS[note.get("thumbs")],
                     score=note.get("score"),
                 )
-                annotation.labels.set([self.label(x, index) for x in note.get("labels") or []])
+                annotation.labels.set(
+                    [self.label(x, plan, index) for x in note.get("labels") or []]
+                )
                 # auto_now(_add) set the import time; the file's times are the real ones.
                 Annotation.objects.filter(pk=annotation.pk).update(
                     created=_when(note["created"]), updated=_when(note["updated"])
                 )
-            for found in record.get("comments") or []:
+            for found in comments:
                 comment = Comment.objects.create(
-                    message=message, author=self.person(found["author"], index), text=found["text"]
+                    message=message,
+                    author=self.user,
+                    text=found["text"],
                 )
                 Comment.objects.filter(pk=comment.pk).update(created=_when(found["created"]))
                 # Imported mentions are old news: kept, but not put in anyone's inbox again.
                 Mention.objects.bulk_create(
-                    Mention(comment=comment, user=self.person(name, index), read_at=now)
+                    Mention(comment=comment, user=self.person(name, plan, index), read_at=now)
                     for name in dict.fromkeys(found.get("mentions") or [])
                 )
 
@@ -508,60 +566,89 @@ def _images(user, hashes: set[str]) -> dict[str, int]:
     return found
 
 
-def import_export(user, team: Team | None, text: str) -> Conversation:
-    plan = parse_export(text)
-    head = plan.conversation
-    review = _Review(user, team, plan, text)
-    review.check()
-    with transaction.atomic():
-        ids = _images(user, plan.hashes)
-        conversation = Conversation.objects.create(
-            owner=user,
-            team=team,
-            title=head.get("title", ""),
-            model=head.get("model") or catalog.DEFAULT_MODEL_KEY,
-            system_prompt=head.get("system_prompt", ""),
-            params=head.get("params", {}),
-            wire_format=head.get("wire_format") or "chat",
+@dataclass
+class Imported:
+    conversations: list[Conversation]
+    # Ratings and comments the file says someone else wrote: not written (see _Review).
+    ratings_left_out: int = 0
+    comments_left_out: int = 0
+
+    def notice(self) -> str:
+        """What was left out, in words; empty when nothing was."""
+        parts = [
+            f"{count} {what}{'s' if count != 1 else ''}"
+            for count, what in ((self.ratings_left_out, "rating"),
+                                (self.comments_left_out, "comment"))
+            if count
+        ]  # fmt: skip
+        if not parts:
+            return ""
+        return (
+            f"{' and '.join(parts)} by other people were left out: an import brings back "
+            "only your own."
         )
-        made: dict[int, Message] = {}
-        for record in plan.messages:
-            values = {
-                key: record[key]
-                for key in _TYPES
-                if record.get(key) is not None
-                and key not in {"attachments", "content_parts", "created", "cost"}
-            }
-            values.update({k: "" for k in _REQUIRED_BLANK if values.get(k) is None})
-            status = record.get("status", Message.Status.COMPLETE)
-            if status == Message.Status.STREAMING:  # no run behind it here
-                status = Message.Status.INTERRUPTED
-            values["request_body"] = _request_with_ids(record.get("request_body"), ids)
-            message = Message.objects.create(
-                conversation=conversation,
-                parent=made[record["parent"]] if record.get("parent") is not None else None,
-                role=record["role"],
-                status=status,
-                cost=Decimal(record["cost"]) if record.get("cost") is not None else None,
-                content_parts=[
-                    {**part, "attachment": ids[part["attachment"]]}
-                    if "attachment" in part
-                    else part
-                    for part in record.get("content_parts") or []
-                ],
-                # A reply keeps the figures it had where it ran, but no space or author:
-                # it spent nothing here, so no Usage page or budget counts it.
-                created_by=user if record["role"] == Message.Role.USER else None,
-                **values,
-            )
-            hashes = [image["sha256"] for image in record.get("attachments") or []]
-            if hashes:
-                message.attachments.set([ids[sha] for sha in hashes])
-            made[record["id"]] = message
-        if plan.active_leaf is not None:
-            conversation.active_leaf = made[plan.active_leaf]
-            conversation.save(update_fields=["active_leaf"])
-        review.write(conversation, made)
+
+
+def import_export(user, team: Team | None, text: str) -> Imported:
+    """A conversation's export, or every conversation of a History selection's, in one
+    transaction: all of them or none."""
+    plans = parse_export(text)
+    review = _Review(user, team)
+    for plan in plans:
+        review.check(plan)
+    with transaction.atomic():
+        ids = _images(user, set().union(*(plan.hashes for plan in plans)))
+        made = [_write(user, team, plan, ids, review) for plan in plans]
+    return Imported(made, review.ratings_left_out, review.comments_left_out)
+
+
+def _write(user, team: Team | None, plan: _Plan, ids: dict[str, int], review: _Review):
+    head = plan.conversation
+    conversation = Conversation.objects.create(
+        owner=user,
+        team=team,
+        title=head.get("title", ""),
+        model=head.get("model") or catalog.DEFAULT_MODEL_KEY,
+        system_prompt=head.get("system_prompt", ""),
+        params=head.get("params", {}),
+        wire_format=head.get("wire_format") or "chat",
+    )
+    made: dict[int, Message] = {}
+    for record in plan.messages:
+        values = {
+            key: record[key]
+            for key in _TYPES
+            if record.get(key) is not None
+            and key not in {"attachments", "content_parts", "created", "cost"}
+        }
+        values.update({k: "" for k in _REQUIRED_BLANK if values.get(k) is None})
+        status = record.get("status", Message.Status.COMPLETE)
+        if status == Message.Status.STREAMING:  # no run behind it here
+            status = Message.Status.INTERRUPTED
+        values["request_body"] = _request_with_ids(record.get("request_body"), ids)
+        message = Message.objects.create(
+            conversation=conversation,
+            parent=made[record["parent"]] if record.get("parent") is not None else None,
+            role=record["role"],
+            status=status,
+            cost=Decimal(record["cost"]) if record.get("cost") is not None else None,
+            content_parts=[
+                {**part, "attachment": ids[part["attachment"]]} if "attachment" in part else part
+                for part in record.get("content_parts") or []
+            ],
+            # A reply keeps the figures it had where it ran, but no space or author:
+            # it spent nothing here, so no Usage page or budget counts it.
+            created_by=user if record["role"] == Message.Role.USER else None,
+            **values,
+        )
+        hashes = [image["sha256"] for image in record.get("attachments") or []]
+        if hashes:
+            message.attachments.set([ids[sha] for sha in hashes])
+        made[record["id"]] = message
+    if plan.active_leaf is not None:
+        conversation.active_leaf = made[plan.active_leaf]
+        conversation.save(update_fields=["active_leaf"])
+    review.write(plan, conversation, made)
     return conversation
 
 

@@ -126,6 +126,10 @@ class SearchBackend(Protocol):
     def snippets(self, query: Query, conversation_ids: list[int]) -> dict[int, list[Snippet]]:
         """Highlighted snippets of the matches in these conversations, newest first."""
 
+    def too_common(self, query: Query) -> bool:
+        """Whether the backend leaves every word of the query out as too common (a stop
+        word), so that it can match nothing whatever is stored."""
+
 
 def _keep(found: dict[int, list[Snippet]], conversation_id: int, snippet: Snippet) -> None:
     if len(found[conversation_id]) < SNIPPETS_PER_CONVERSATION:
@@ -147,6 +151,9 @@ def _choose(found: dict[int, list[Snippet]], matches: list[tuple[int, int]]) -> 
 class Fts5Backend:
     # A word in at least this many messages is "common" (see `snippets`).
     RARE = 1000
+
+    def too_common(self, query: Query) -> bool:
+        return False  # FTS5 has no stop words: "the" is a word like any other
 
     def matching(
         self, query: Query, candidates: ConversationQuerySet, wanted: int
@@ -255,6 +262,19 @@ class PostgresBackend:
     RARE = 1000
     # How many of the newest candidates a common word is looked for among first.
     WINDOW = 500
+
+    def too_common(self, query: Query) -> bool:
+        """plainto_tsquery drops the configuration's stop words ("the", "of", "and"); ANDed
+        with other terms they are only left out, but a query of nothing else is empty and
+        matches no document (numnode 0)."""
+        terms = [("plainto_tsquery", w) for w in query.words]
+        terms += [("phraseto_tsquery", p) for p in query.phrases]
+        sql = " && ".join(f"{function}(%s::regconfig, %s)" for function, _ in terms)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT numnode({sql})", [v for _, t in terms for v in (schema.PG_CONFIG, t)]
+            )
+            return cursor.fetchone()[0] == 0
 
     def matching(
         self, query: Query, candidates: ConversationQuerySet, wanted: int

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_not_required, login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -195,10 +196,17 @@ def import_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         text = imports.decode(upload.read())
         team = Team.objects.get(pk=int(space)) if space else None
         if (upload.name or "").lower().endswith(".jsonl"):
-            conversation = imports.import_jsonl(request.user, team, text)
+            made = [imports.import_jsonl(request.user, team, text)]
         else:
-            conversation = imports.import_export(request.user, team, text)
+            result = imports.import_export(request.user, team, text)
+            made = result.conversations
+            if result.notice():
+                flash.info(request, result.notice())
     except imports.Refused as exc:
         context["error"] = str(exc)
         return render(request, "review/import.html", context, status=400)
-    return redirect("conversation", pk=conversation.pk)
+    if len(made) == 1:
+        return redirect("conversation", pk=made[0].pk)
+    # A History selection: its conversations are where it came from.
+    flash.success(request, f"Imported {len(made)} conversations.")
+    return redirect("review:history")
