@@ -17,15 +17,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playground.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.template.loader import get_template  # noqa: E402
 
 from playground import serving  # noqa: E402
 from playground.chat import shutdown  # noqa: E402
-from playground.origin import SameOriginValidator  # noqa: E402
-from playground.pacing import HandshakePacer  # noqa: E402
+from playground.gate import SocketGate  # noqa: E402
 from playground.providers import client  # noqa: E402
 from playground.routing import websocket_urlpatterns  # noqa: E402
 
@@ -34,12 +31,8 @@ application = ProtocolTypeRouter(
         # Static files are served by WhiteNoise's middleware inside Django (settings.py).
         "http": django_asgi_app,
         # A few sockets open at a time (pacing.py); ALLOWED_HOSTS first, then the Origin
-        # must be this very host and port.
-        "websocket": HandshakePacer(
-            AllowedHostsOriginValidator(
-                SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
-            )
-        ),
+        # must be this very host and port; then the session's user and the route (gate.py).
+        "websocket": SocketGate(websocket_urlpatterns),
     }
 )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import is_same_domain
 
@@ -61,17 +60,3 @@ def same_origin(scope: dict[str, Any]) -> bool:
     if parts.netloc == host.lower():
         return True
     return _trusted(f"{parts.scheme}://{parts.netloc}", parts.scheme, parts.netloc)
-
-
-class SameOriginValidator:
-    """ASGI middleware: deny a WebSocket whose Origin is not the site it was opened on."""
-
-    def __init__(self, application) -> None:
-        self.application = application
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "websocket":
-            raise ValueError("SameOriginValidator only guards WebSocket connections")
-        if same_origin(scope):
-            return await self.application(scope, receive, send)
-        return await WebsocketDenier()(scope, receive, send)

@@ -32,33 +32,32 @@ def _gate() -> asyncio.Semaphore:
     return gate
 
 
-class HandshakePacer:
-    """ASGI middleware for the websocket side: holds a socket's opening (everything up to the
-    first frame it sends, or its close) to a few at a time."""
+class PacedSend:
+    """A socket's `send` while it holds its turn to open: the turn passes on once its first
+    frame (or its close) is out, or when release() is called (the socket is over)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    __slots__ = ("gate", "send")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        gate = _gate()
-        await gate.acquire()
-        held = True
+    def __init__(self, send: Any, gate: asyncio.Semaphore) -> None:
+        self.send: Any = send
+        self.gate: asyncio.Semaphore | None = gate
 
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                gate.release()
-
-        async def paced_send(message: dict[str, Any]) -> None:
-            try:
-                await send(message)
-            finally:
-                # Open (its first frame is out) or refused: the next socket may start.
-                if message["type"] in ("websocket.send", "websocket.close"):
-                    release()
-
+    async def __call__(self, message: dict[str, Any]) -> None:
         try:
-            await self.app(scope, receive, paced_send)
+            await self.send(message)
         finally:
-            release()
+            # Open (its first frame is out) or refused: the next socket may start.
+            if message["type"] in ("websocket.send", "websocket.close"):
+                self.release()
+
+    def release(self) -> None:
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            gate.release()
+
+
+async def wait_turn(send: Any) -> PacedSend:
+    """Wait until this socket may open; release() the PacedSend when the socket is over."""
+    gate = _gate()
+    await gate.acquire()
+    return PacedSend(send, gate)

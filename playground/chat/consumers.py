@@ -151,7 +151,7 @@ class ConversationConsumer(SlottedConsumer):
     async def _open(self) -> bool:
         """Authorize, join the conversation's group, accept and send the transcript; False
         (and the socket refused) for a user who may not watch it."""
-        # AuthMiddlewareStack sets the user; without it the socket is simply anonymous.
+        # gate.py sets the user; without it the socket is simply anonymous.
         self.user = self.scope.get("user") or AnonymousUser()
         self.conversation_id = self.scope["url_route"]["kwargs"]["pk"]
         # Per streaming message: [text length shown, reasoning length shown], or a buffer of
