@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from copy import deepcopy
 from typing import Any, Generic, TypeVar
 
@@ -62,6 +63,25 @@ class Mailbox(Generic[T]):
             self.items = deque()
         self.items.append(item)
         self._wake()
+
+    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
+        """`waiter` gets a result when an item arrives (it may wait on other mailboxes too)."""
+        if self.items:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+
+    def remove_waiter(self, waiter: asyncio.Future[None]) -> None:
+        if self.waiters:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+            if not self.waiters:
+                self.waiters = None
+        if self.items and self.waiters:
+            self._wake()  # in case `waiter` took a wake-up meant for a receiver still waiting
 
     def _wake(self) -> None:
         while self.waiters:
@@ -146,6 +166,29 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
             raise ChannelFull(channel)
         box.put_nowait((time.time() + self.expiry, _copied(message)))
 
+    def receive_nowait(self, channel: str) -> dict | None:
+        """The channel's next message, or None: receive() without the wait."""
+        self._clean_expired()
+        box = self.channels.get(channel)
+        if box is None or box.empty():
+            return None
+        _, message = box.get_nowait()
+        if box.idle:
+            del self.channels[channel]
+        return message
+
+    def mailbox(self, channel: str) -> Mailbox[tuple[float, dict[str, Any]]]:
+        """The channel's mailbox, made if need be: wait on it, then forget_if_idle()."""
+        box = self.channels.get(channel)
+        if box is None:
+            self.require_valid_channel_name(channel)
+            box = self.channels[channel] = Mailbox()
+        return box
+
+    def forget_if_idle(self, channel: str, box: Mailbox[Any]) -> None:
+        if box.idle and self.channels.get(channel) is box:
+            del self.channels[channel]
+
     async def receive(self, channel: str) -> dict:
         self.require_valid_channel_name(channel)
         self._clean_expired()
@@ -167,3 +210,38 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
             # A socket too slow to keep up drops the frame and catches up from a snapshot.
             with contextlib.suppress(ChannelFull):
                 await self.send(channel, message)  # send() copies it per recipient
+
+
+async def dispatch_both(
+    inbox: Mailbox[dict[str, Any]],
+    layer: EmbeddedChannelLayer,
+    channel: str,
+    dispatch: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Pass what arrives on a socket (Daphne's Mailbox: serving.py) and on its channel to
+    `dispatch`, one at a time, until dispatch raises: channels' await_many_dispatch for these
+    two, with one future per wait instead of a task per source and asyncio.wait's machinery
+    (about 3 KB per open socket, for as long as it is open). When both have messages, they
+    take turns, so neither can hold the other up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        dispatched = False
+        if not inbox.empty():
+            await dispatch(inbox.get_nowait())
+            dispatched = True
+        message = layer.receive_nowait(channel)
+        if message is not None:
+            await dispatch(message)
+            dispatched = True
+        if dispatched:
+            continue
+        box = layer.mailbox(channel)
+        waiter = loop.create_future()
+        inbox.add_waiter(waiter)
+        box.add_waiter(waiter)
+        try:
+            await waiter
+        finally:
+            inbox.remove_waiter(waiter)
+            box.remove_waiter(waiter)
+            layer.forget_if_idle(channel, box)

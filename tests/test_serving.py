@@ -9,10 +9,13 @@ import tracemalloc
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from daphne import server
 
 from playground import serving
 from playground.layers import Mailbox
+from tests.conftest import ORIGIN, session_cookie
+from tests.test_gate import awaited_frames
 
 # Daphne 4.2.3's Server.create_application, which serving.create_application copies: a new
 # Daphne that changes it fails here, so that the copy is looked at again.
@@ -86,3 +89,42 @@ async def test_an_idle_connections_queue_holds_a_fraction_of_an_asyncio_queue():
 
     ours, theirs = await measure(Mailbox), await measure(asyncio.Queue)
     assert ours < theirs / 2, (ours, theirs)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_socket_under_daphnes_code_path_waits_on_both_sources_at_once(user, conversation):
+    """The real application, started as Daphne starts it: an open socket waits in
+    layers.dispatch_both (one future), not in channels' await_many_dispatch (two tasks)."""
+    from channels.db import database_sync_to_async
+
+    from playground.asgi import application
+
+    cookie = await database_sync_to_async(session_cookie)(user)
+    replies: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def handle_reply(protocol, message):
+        replies.append(message)
+        arrived.set()
+
+    fake = SimpleNamespace(
+        connections={"protocol": {}}, application=application, handle_reply=handle_reply
+    )
+    scope = {
+        "type": "websocket",
+        "path": f"/ws/conversations/{conversation.pk}/",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"origin", ORIGIN), (b"cookie", cookie)],
+    }
+    queue = serving.create_application(fake, "protocol", scope)
+    queue.put_nowait({"type": "websocket.connect"})
+    async with asyncio.timeout(5):
+        while not any("transcript" in m.get("text", "") for m in replies):
+            arrived.clear()
+            await arrived.wait()
+    assert replies[0]["type"] == "websocket.accept"
+    task = fake.connections["protocol"]["application_instance"]
+    frames = awaited_frames(task)
+    assert "dispatch_both" in frames, frames
+    assert "await_many_dispatch" not in frames, frames
+    queue.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(task, 5)

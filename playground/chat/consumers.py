@@ -8,6 +8,7 @@ group to the browser, applying each delta only beyond what this socket has alrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -21,7 +22,9 @@ from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import aclose_old_connections, database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
@@ -46,6 +49,7 @@ from playground.chat.services import (
     with_branch_nav,
     write_turn,
 )
+from playground.layers import EmbeddedChannelLayer, Mailbox, dispatch_both
 from playground.providers import params
 from playground.providers.storable import sendable
 
@@ -111,7 +115,19 @@ class SlottedConsumer(AsyncWebsocketConsumer):
         # Every way out (disconnect, an exception in a handler, the server cancelling an
         # instance that outlived its socket) ends here, so no slot is ever lost.
         try:
-            await super().__call__(scope, receive, send)
+            layer = get_channel_layer(self.channel_layer_alias)
+            inbox = getattr(receive, "__self__", None)
+            if isinstance(inbox, Mailbox) and isinstance(layer, EmbeddedChannelLayer):
+                # Under Daphne with the embedded layer: AsyncConsumer.__call__ with one wait
+                # for both sources instead of a task for each (layers.dispatch_both).
+                self.scope = scope
+                self.channel_layer = layer
+                self.channel_name = await layer.new_channel()
+                self.base_send = send
+                with contextlib.suppress(StopConsumer):
+                    await dispatch_both(inbox, layer, self.channel_name, self.dispatch)
+            else:
+                await super().__call__(scope, receive, send)
         finally:
             self._give_back_slot()
 
