@@ -303,3 +303,42 @@ async def test_a_sweep_that_would_go_over_a_budget_is_refused_before_any_cell_ru
     assert upstream.requests == [] and not drivers.is_running(group.pk)
     assert not await Message.objects.filter(conversation__group=group).aexists()
     await socket.close()
+
+
+async def test_a_shutdown_mid_sweep_interrupts_its_cells_and_starts_no_more(
+    upstream, user, api_key, settings, monkeypatch
+):
+    """SIGTERM while a sweep runs: the running cells end interrupted, and the driver starts
+    no further cell (its slots free up as the shutdown interrupts them), so none is left
+    "streaming" once the process exits. The cells not started stay pending, as after Stop:
+    Run sweep runs them once the server is back."""
+    from playground.chat import runs, shutdown
+
+    monkeypatch.setattr(shutdown, "draining", False)
+    settings.PLAYGROUND_SHUTDOWN_GRACE = 0.2
+    settings.PLAYGROUND_COMPARE = {**settings.PLAYGROUND_COMPARE, "SWEEP_CONCURRENCY": 2}
+    upstream.default = Behaviour(n_tokens=400, interval=0.02)
+    group = await database_sync_to_async(make_sweep)(user)
+    ok, socket = await open_group(user, group.pk)
+    await socket.drain()
+    await socket.send(action="start")
+    await socket.until(lambda f: f.startswith("+t"))
+    replies = Message.objects.filter(conversation__group=group, role="assistant")
+    try:
+        await asyncio.wait_for(shutdown.drain(), 15)
+        await asyncio.sleep(0.5)  # a driver still going would have started its next cells
+        assert not await replies.filter(status="streaming").aexists()
+        statuses = [m.status async for m in replies]
+        assert 1 <= len(statuses) <= 2
+        assert set(statuses) == {"interrupted"}
+        assert not drivers.is_running(group.pk)
+        pending = await database_sync_to_async(engine.pending_cells)(group)
+        assert len(pending) == 8 - len(statuses)  # to be run later with Run sweep
+    finally:
+        drivers.cancel_sweep(group.pk)
+        for run in list(runs._running.values()):
+            run.interrupt()
+        await engine.wait_sweep(group.pk)
+        for message_id in list(runs._active):
+            await runs.wait(message_id)
+        await socket.close()

@@ -4,7 +4,8 @@ Daphne (Twisted) stops the reactor at once on SIGTERM or SIGINT: every socket dr
 1006, the text streamed since the last checkpoint is lost, and the replies stay "streaming"
 until the stale sweep finds them. Instead, on the first signal this process
 
-1. takes no new turns (sockets that ask are told the server is restarting),
+1. takes no new turns (sockets that ask are told the server is restarting; a sweep's driver
+   starts no further cell, the rest stay pending as after Stop),
 2. gives the running replies PLAYGROUND_SHUTDOWN_GRACE seconds to finish, and the turns
    already taken (their rows being written, their runs not started yet) the same to start,
 3. interrupts the rest: each is saved with the text its watchers were shown, status

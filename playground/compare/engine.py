@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.views.decorators.debug import sensitive_variables
 
 from playground.accounts.models import ApiKey
-from playground.chat import budgets, runs
+from playground.chat import budgets, runs, shutdown
 from playground.chat.models import Conversation, Message, RunGroup
 from playground.chat.services import (
     PreparedTurn,
@@ -352,8 +352,10 @@ async def _drive(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -
 
     async def one(cell: Conversation) -> None:
         async with slots:
-            if refused or group.pk in drivers.stopping:
-                return  # a budget ran out, or Stop: the cells after it are not sent
+            if refused or group.pk in drivers.stopping or shutdown.draining:
+                # A budget ran out, Stop, or the server is shutting down: the cells after it
+                # are not sent (they stay pending for the next Run sweep).
+                return
             try:
                 task = await _start_cell(cell, user, prompt, layer)
             except TurnError as exc:
@@ -372,12 +374,24 @@ async def _drive(group: RunGroup, user, layer, on_error: Callable[[str], Any]) -
 async def _start_cell(cell: Conversation, user, prompt: str, layer) -> asyncio.Task | None:
     """Start one cell through the normal turn: prepare, begin, write, start. Waits for a
     free run slot while the user's other replies fill the cap. None: already started
-    (another driver took it)."""
+    (another driver took it), or not started because the server is shutting down."""
     limit = settings.PLAYGROUND_RUN["MAX_RUNS_PER_USER"]
     for _ in range(ATTEMPTS_AT_CAP):
+        if shutdown.draining:
+            return None
         if await database_sync_to_async(streaming_count)(user) < limit:
             break
         await asyncio.sleep(0.5)
+    # Checked and counted as a turn under way in one step (no await between): a shutdown
+    # either sees this cell, waits for it to start its run and interrupts that, or this cell
+    # sees the shutdown and stays pending.
+    if shutdown.draining:
+        return None
+    with shutdown.turn_under_way():
+        return await _write_cell(cell, user, prompt, layer)
+
+
+async def _write_cell(cell: Conversation, user, prompt: str, layer) -> asyncio.Task | None:
     channel = await layer.new_channel()
 
     def prepare() -> PreparedTurn | None:
