@@ -149,6 +149,48 @@ def test_a_url_every_request_would_get_wrong_is_refused_on_save(admin_client, ur
     assert not CustomEndpoint.objects.exists()
 
 
+UNSPLITTABLE = ["http://[::1/v1", "http://::1]/v1", "http://[abc]/v1", "http://a\u2100b/v1"]
+
+
+@pytest.mark.parametrize("url", UNSPLITTABLE)
+def test_a_url_python_cannot_split_is_a_validation_error_on_the_model(url) -> None:
+    # full_clean() on the model (the Django admin, any model form) runs clean() even after
+    # the field's own check failed: a plain error on base_url, not a ValueError (a 500).
+    from django.core.exceptions import ValidationError
+
+    endpoint = CustomEndpoint(slug="x", name="X", base_url=url, param_groups=["openai"])
+    with pytest.raises(ValidationError) as caught:
+        endpoint.full_clean()
+    assert set(caught.value.message_dict) == {"base_url"}
+
+
+@pytest.mark.parametrize("url", UNSPLITTABLE)
+def test_a_url_python_cannot_split_is_refused_by_the_pages_not_a_500(
+    admin_client, lab, url
+) -> None:
+    fields = {"name": "x", "slug": "x", "base_url": url, "param_groups": ["openai"]}
+    response = admin_client.post(reverse("endpoints"), fields)
+    assert response.status_code == 200
+    assert "Enter a valid URL." in response.content.decode()
+    response = admin_client.post(reverse("endpoint", args=[lab.pk]), {**fields, "slug": "lab"})
+    assert response.status_code == 200
+    assert "Enter a valid URL." in response.content.decode()
+    response = admin_client.post(
+        "/admin/providers/customendpoint/add/",
+        {
+            **fields,
+            "param_groups": '["openai"]',
+            "models-TOTAL_FORMS": "0",
+            "models-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    assert "Enter a valid URL." in response.content.decode()
+    assert list(CustomEndpoint.objects.values_list("slug", "base_url")) == [
+        ("lab", lab.base_url)
+    ]
+
+
 def test_a_port_out_of_range_saved_earlier_is_named_by_test_connection(admin_client) -> None:
     # A row saved before the check: the test names the port, not a 500.
     bad = CustomEndpoint.objects.create(

@@ -50,7 +50,11 @@ class CustomEndpoint(models.Model):
                     "the repetition penalty under different names."
                 }
             )
-        parts = urlsplit(self.base_url or "")
+        try:
+            parts = urlsplit(self.base_url or "")
+        except ValueError as exc:  # an unclosed [IPv6 bracket, characters NFKC turns into '/'
+            # full_clean() runs this even when the field's own check refused the URL.
+            raise ValidationError({"base_url": f"That URL cannot be read: {exc}."}) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValidationError({"base_url": "Give an http:// or https:// URL with a host."})
         if parts.username or parts.password:
