@@ -189,3 +189,19 @@ async def test_dispatch_both_holds_a_fraction_of_await_many_dispatch():
 
     light, stock = await measure(ours), await measure(channels_own)
     assert light < stock / 2, (light, stock)
+
+
+async def test_a_cancelled_getter_is_cancelled_even_after_a_woken_one_was():
+    """Two getters: one woken by a put and cancelled before it ran, the other cancelled while
+    waiting. Both end cancelled, and the item stays for the next get."""
+    box: Mailbox = Mailbox()
+    woken = asyncio.create_task(box.get())
+    waiting = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    box.put_nowait("item")
+    waiting.cancel()
+    woken.cancel()
+    results = await asyncio.gather(woken, waiting, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    assert box.get_nowait() == "item"
+    assert box.idle
