@@ -159,6 +159,26 @@ def test_a_port_out_of_range_saved_earlier_is_named_by_test_connection(admin_cli
     assert "port 70000" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("http://127.0.0.1:8000/v1", 8000),
+        ("http://gpu-box/v1", 80),
+        ("https://gpu-box/v1", 443),
+        ("http://127.0.0.1:65535/v1", 65535),
+        # Rows saved before the check on save: no port a connection can have, not a crash.
+        ("http://127.0.0.1:70000/v1", None),
+        ("http://127.0.0.1:0/v1", None),
+        ("http://127.0.0.1:abc/v1", None),
+        ("http://[::1/v1", None),
+    ],
+)
+def test_the_port_of_a_url_is_none_when_no_connection_could_use_it(url, port) -> None:
+    endpoint = CustomEndpoint(slug="x", name="X", base_url=url)
+    assert endpoint.port == port
+    assert isinstance(endpoint.host, str)
+
+
 def test_both_sampling_extras_cannot_be_ticked(admin_client, upstream) -> None:
     response = admin_client.post(
         reverse("endpoints"),

@@ -463,3 +463,57 @@ def test_a_request_is_built_from_the_same_branch_as_the_history(user, api_key, c
         {"role": "assistant", "content": "B"},
         {"role": "user", "content": "Next"},
     ]
+
+
+@pytest.mark.parametrize("held", ["send", "rerun", "prepare"])
+async def test_a_turn_being_written_when_the_server_shuts_down_ends_interrupted(
+    upstream, user, api_key, conversation, connect, monkeypatch, settings, held
+):
+    """SIGTERM while a turn's rows are being written (or its request read): the turn took
+    its place before the shutdown looked for running replies, so the shutdown waits for it
+    and interrupts its run, rather than leaving the reply "streaming" for the stale sweep."""
+    from playground.chat import consumers, shutdown
+
+    monkeypatch.setattr(shutdown, "draining", False)
+    settings.PLAYGROUND_SHUTDOWN_GRACE = 0.3
+    ok, socket = await connect(user, conversation.pk)
+    await socket.drain()
+    if held == "rerun":
+        await socket.send_prompt("Once")
+        await socket.until(lambda f: "status-complete" in f)
+        first = await settled_reply(conversation)
+    upstream.default = Behaviour(n_tokens=400, interval=0.02)
+    if held == "prepare":
+        entered, gate = threading.Event(), threading.Event()
+        real = consumers.prepare_turn
+
+        def prepare_turn(*args, **kwargs):
+            entered.set()
+            assert gate.wait(5)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(consumers, "prepare_turn", prepare_turn)
+    else:
+        entered, gate = hold_reply_row(monkeypatch)
+    if held == "rerun":
+        await socket.send(action="rerun", message_id=first.pk)
+    else:
+        await socket.send_prompt("Long")
+    assert await asyncio.to_thread(entered.wait, 5)
+    draining = asyncio.create_task(shutdown.drain())
+    try:
+        await asyncio.sleep(0.2)  # the shutdown has looked for the running replies
+        gate.set()
+        await asyncio.wait_for(asyncio.shield(draining), 15)
+        reply = await Message.objects.filter(conversation=conversation, role="assistant").alast()
+        assert reply is not None
+        assert reply.status == Message.Status.INTERRUPTED
+        assert reply.error == runs.RESTARTED
+        assert runs._active == {}
+    finally:
+        gate.set()
+        await asyncio.wait([draining], timeout=15)
+        for run in list(runs._running.values()):
+            run.interrupt()
+        for message_id in list(runs._active):
+            await runs.wait(message_id)

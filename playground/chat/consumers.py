@@ -853,8 +853,10 @@ shutdown.when_draining(close_all)
 async def outlive_socket(work: Coroutine[Any, Any, None], name: str) -> None:
     """Await `work` (a turn: its rows, then its run) as a task that a cancelled socket
     leaves running to its end: the rows are written on the database thread all the same,
-    and a run that never starts would leave its reply "streaming" until the stale sweep."""
-    task = asyncio.create_task(work, name=name)
+    and a run that never starts would leave its reply "streaming" until the stale sweep.
+    A shutdown waits for it too, then interrupts its run (shutdown.turn_task): called in the
+    same step as the check of shutdown.draining."""
+    task = shutdown.turn_task(asyncio.create_task(work, name=name))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:

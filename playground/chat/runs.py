@@ -37,7 +37,7 @@ from playground.chat.models import Conversation, Message
 from playground.chat.structured import check_reply
 from playground.providers import catalog, client, discovery, formats
 from playground.providers.specs import CHAT, Model
-from playground.providers.storable import UNSTORABLE
+from playground.providers.storable import replaced
 
 log = logging.getLogger(__name__)
 
@@ -372,17 +372,19 @@ class Run:
             await events.aclose()
 
     def _apply(self, event: client.Event) -> None:
+        # A model that streams NUL or a lone surrogate would fail every checkpoint and the final
+        # save, and its frames could not be sent: each is shown as U+FFFD (storable.replaced).
         match event:
             case client.TextDelta(text=text):
                 self._first_token()
                 self.chunks += 1
                 self.first_text_at = self.first_text_at or time.monotonic()
-                self.text.pending += _storable(text)
+                self.text.pending += replaced(text)
             case client.ReasoningDelta(text=text):
                 self._first_token()
                 self.chunks += 1
                 self.first_reasoning_at = self.first_reasoning_at or time.monotonic()
-                self.reasoning.pending += _storable(text)
+                self.reasoning.pending += replaced(text)
             case client.ThinkingSignature(signature=signature):
                 thought = len(self.reasoning.shown) + len(self.reasoning.pending)
                 chars = thought - sum(block["chars"] for block in self.signatures)
@@ -396,10 +398,10 @@ class Run:
                     event.index,
                     {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
                 )
-                call["id"] = _storable(event.id or call["id"])
-                call["function"]["name"] += _storable(event.name or "")
+                call["id"] = replaced(event.id or call["id"])
+                call["function"]["name"] += replaced(event.name or "")
                 # Valid JSON escapes a NUL inside a string, so a bare one is never data.
-                call["function"]["arguments"] += _storable(event.arguments)
+                call["function"]["arguments"] += replaced(event.arguments)
             case client.LogprobsDelta(content=content):
                 self.logprobs.extend(content)
             case client.Usage(raw=raw):
@@ -647,10 +649,10 @@ class Run:
             "tool_calls": _storable_json([self.tool_calls[i] for i in sorted(self.tool_calls)]),
             "logprobs": _storable_json(self.logprobs) or None,
             # A provider's own reason, cut to its column: PostgreSQL refuses a longer one.
-            "finish_reason": _storable(self.finish_reason)[:FINISH_REASON_MAX],
-            "error": _storable(error.get(status, "")),
+            "finish_reason": replaced(self.finish_reason)[:FINISH_REASON_MAX],
+            "error": replaced(error.get(status, "")),
             "notes": notes,
-            "response_id": _storable(self.response_id),
+            "response_id": replaced(self.response_id),
             "usage": _storable_json(self.usage),
             "input_tokens": _count((self.usage or {}).get("prompt_tokens")),
             "output_tokens": completion,
@@ -690,18 +692,11 @@ def _reply_context(message: Message) -> dict[str, Any]:
 _UNSTORABLE_JSON = re.compile("\\\\u0000|[\ud800-\udfff]")
 
 
-def _storable(text: str) -> str:
-    """A model that streams NUL or a lone surrogate would fail every checkpoint and the final
-    save, and its frames could not be sent. Each is shown as U+FFFD, like any other character
-    that cannot be."""
-    return UNSTORABLE.sub("\ufffd", text)
-
-
 def _storable_json(value: Any) -> Any:
-    """_storable for a JSON value from the provider: jsonb refuses \\u0000 and a lone \\ud800
-    too, in keys as in strings (a logprobs token, a usage field, a tool call's arguments).
-    Looked for in the dumped JSON first: a long reply's logprobs are walked only if one is
-    there."""
+    """storable.replaced for a JSON value from the provider: jsonb refuses \\u0000 and a lone
+    \\ud800 too, in keys as in strings (a logprobs token, a usage field, a tool call's
+    arguments). Looked for in the dumped JSON first: a long reply's logprobs are walked only if
+    one is there."""
     if not _UNSTORABLE_JSON.search(json.dumps(value, ensure_ascii=False)):
         return value
     return _without_unstorable(value)
@@ -709,7 +704,7 @@ def _storable_json(value: Any) -> Any:
 
 def _without_unstorable(value: Any) -> Any:
     if isinstance(value, str):
-        return _storable(value)
+        return replaced(value)
     if isinstance(value, list):
         return [_without_unstorable(item) for item in value]
     if isinstance(value, dict):

@@ -5,7 +5,8 @@ Daphne (Twisted) stops the reactor at once on SIGTERM or SIGINT: every socket dr
 until the stale sweep finds them. Instead, on the first signal this process
 
 1. takes no new turns (sockets that ask are told the server is restarting),
-2. gives the running replies PLAYGROUND_SHUTDOWN_GRACE seconds to finish,
+2. gives the running replies PLAYGROUND_SHUTDOWN_GRACE seconds to finish, and the turns
+   already taken (their rows being written, their runs not started yet) the same to start,
 3. interrupts the rest: each is saved with the text its watchers were shown, status
    "interrupted" and a plain message, and every watcher is sent the finished reply,
 4. closes every socket with 4012, which the page shows ("restarting") before it reconnects,
@@ -19,10 +20,11 @@ process is killed first and the stale sweep has to find its replies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 from typing import Any, cast
 
@@ -44,6 +46,30 @@ _signals = 0
 _closers: list[Callable[[], Awaitable[None]]] = []
 _hurry: asyncio.Event | None = None
 _task: asyncio.Task | None = None
+# Turns taken before draining began that may still start runs: a task writing a turn's rows,
+# say. Each must be added in the same step of the loop as its check of `draining` (no await
+# between), so that drain() either sees it or it sees `draining`.
+_turns: set[object] = set()
+# How often drain() looks again whether the replies and turns are done.
+POLL = 0.05
+
+
+def turn_task(task: asyncio.Task) -> asyncio.Task:
+    """Count `task` as a turn under way until it ends (see _turns)."""
+    _turns.add(task)
+    task.add_done_callback(_turns.discard)
+    return task
+
+
+@contextlib.contextmanager
+def turn_under_way() -> Iterator[None]:
+    """Count the enclosed code as a turn under way (see _turns)."""
+    token = object()
+    _turns.add(token)
+    try:
+        yield
+    finally:
+        _turns.discard(token)
 
 
 def when_draining(close: Callable[[], Awaitable[None]]) -> None:
@@ -105,33 +131,43 @@ async def drain(hurry: asyncio.Event | None = None) -> None:
 
     draining = True
     grace = settings.PLAYGROUND_SHUTDOWN_GRACE
-    pending = [t for t in runs._active.values() if not t.done()]
+    busy = _busy(runs)
     log.warning(
-        "shutting down: %d replies streaming, %.0f s to finish",
-        len(pending),
-        grace if pending else 0,
+        "shutting down: %d replies streaming, %d turns starting, %.0f s to finish",
+        len(_streaming(runs)),
+        len(_turns),
+        grace if busy else 0,
     )
-    if pending:
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(pending))]
-        if hurry is not None:
-            waits.append(asyncio.ensure_future(hurry.wait()))
-        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in waits:
-            waiting.cancel()
+    # Polled: a turn under way starts its run later, which then has what is left of the grace.
+    deadline = time.monotonic() + grace
+    while _busy(runs) and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+        await asyncio.sleep(POLL)
     await _interrupt_all(runs)
     for close in _closers:
         await close()
 
 
+def _streaming(runs) -> list[asyncio.Task]:
+    return [t for t in runs._active.values() if not t.done()]
+
+
+def _busy(runs) -> bool:
+    return bool(_turns) or bool(_streaming(runs))
+
+
 async def _interrupt_all(runs) -> None:
     """Interrupt every run still going and wait for its final save. A run started a moment
-    ago may not have its stream yet, so this asks again until all are done."""
+    ago may not have its stream yet, and a turn under way starts its run once its rows are
+    written, so this asks again until all are done."""
     deadline = time.monotonic() + SAVE_WAIT
     while time.monotonic() < deadline:
-        left = [t for t in runs._active.values() if not t.done()]
-        if not left:
+        if not _busy(runs):
             return
         for run in list(runs._running.values()):
             run.interrupt()
-        await asyncio.wait(left, timeout=0.1)
-    log.error("shutdown: %d replies did not save in time", len(runs._active))
+        await asyncio.sleep(POLL)
+    log.error(
+        "shutdown: %d replies did not save in time, %d turns did not start",
+        len(_streaming(runs)),
+        len(_turns),
+    )

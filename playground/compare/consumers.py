@@ -186,7 +186,10 @@ class GroupConsumer(ConversationConsumer):
         if not self.can_run:
             await self._send_error("You can watch this compare but not run it.")
             return
-        await handler(data)
+        # Until the handler has handed its turn to a task a shutdown waits for (see
+        # shutdown.turn_under_way): one that began meanwhile waits for this one.
+        with shutdown.turn_under_way():
+            await handler(data)
 
     async def _send_all(self, data: dict[str, Any]) -> None:
         if self.run_group.kind != RunGroup.Kind.COMPARE:
@@ -206,6 +209,7 @@ class GroupConsumer(ConversationConsumer):
             self._send_to_columns(text, _ints(data.get("attachment")), values),
             name="compare-send",
         )
+        shutdown.turn_task(task)
         _sending.add(task)
         task.add_done_callback(_sending.discard)
 

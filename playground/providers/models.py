@@ -77,12 +77,23 @@ class CustomEndpoint(models.Model):
 
     @property
     def host(self) -> str:
-        return urlsplit(self.base_url).hostname or ""
+        try:
+            return urlsplit(self.base_url).hostname or ""
+        except ValueError:  # an unclosed [IPv6 bracket
+            return ""
 
     @property
-    def port(self) -> int:
-        parts = urlsplit(self.base_url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+    def port(self) -> int | None:
+        """The TCP port requests go to, or None when the URL names none a connection can have
+        (a row saved before the check on save: out of range, 0, not a number)."""
+        try:
+            parts = urlsplit(self.base_url)
+            port = parts.port
+        except ValueError:
+            return None
+        if port is None:
+            return 443 if parts.scheme == "https" else 80
+        return port if 0 < port < 65536 else None
 
     def groups(self) -> tuple[str, ...]:
         groups = self.param_groups if isinstance(self.param_groups, list) else []
