@@ -111,8 +111,10 @@ class Mailbox(Generic[T]):
             try:
                 await waiter
             except BaseException:
-                with contextlib.suppress(ValueError):
-                    self.waiters.remove(waiter)
+                # Another getter may have emptied the list (None) since this one was woken.
+                if self.waiters:
+                    with contextlib.suppress(ValueError):
+                        self.waiters.remove(waiter)
                 if self.items and not waiter.cancelled():
                     self._wake()  # woken, then cancelled: the item is the next one's
                 raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import tracemalloc
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +14,7 @@ from daphne import server
 from playground import serving
 from playground.layers import Mailbox
 from tests.conftest import ORIGIN, session_cookie
+from tests.memory import bytes_held
 from tests.test_gate import awaited_frames
 
 # Daphne 4.2.3's Server.create_application, which serving.create_application copies: a new
@@ -72,22 +72,13 @@ async def test_messages_reach_the_application_in_order_and_replies_come_back():
 
 
 async def test_an_idle_connections_queue_holds_a_fraction_of_an_asyncio_queue():
-    async def measure(make) -> float:
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
-            queues = [make() for _ in range(200)]
-            waiting = [asyncio.create_task(q.get()) for q in queues]
-            await asyncio.sleep(0)
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
-        return sum(s.size_diff for s in after.compare_to(before, "filename")) / 200
+    def waiting_on(make):
+        return lambda n: asyncio.create_task(make().get())
 
-    ours, theirs = await measure(Mailbox), await measure(asyncio.Queue)
+    ours, theirs = (
+        await bytes_held(waiting_on(Mailbox)),
+        await bytes_held(waiting_on(asyncio.Queue)),
+    )
     assert ours < theirs / 2, (ours, theirs)
 
 
