@@ -186,9 +186,7 @@ def test_a_url_python_cannot_split_is_refused_by_the_pages_not_a_500(
     )
     assert response.status_code == 200
     assert "Enter a valid URL." in response.content.decode()
-    assert list(CustomEndpoint.objects.values_list("slug", "base_url")) == [
-        ("lab", lab.base_url)
-    ]
+    assert list(CustomEndpoint.objects.values_list("slug", "base_url")) == [("lab", lab.base_url)]
 
 
 def test_a_port_out_of_range_saved_earlier_is_named_by_test_connection(admin_client) -> None:
