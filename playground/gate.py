@@ -20,7 +20,6 @@ The checks themselves are channels' and this project's own functions, unchanged.
 
 from __future__ import annotations
 
-import contextlib
 from importlib import import_module
 from typing import Any, cast
 from urllib.parse import urlparse
@@ -37,12 +36,15 @@ from playground.origin import same_origin
 
 
 def _origin(scope: dict[str, Any]) -> Any:
-    """The Origin header as channels' OriginValidator parses it (the last one wins)."""
+    """The Origin header as channels' OriginValidator parses it (the last one wins); None,
+    which is refused, for one no URL parser reads (`http://[::1`), where channels' raised."""
     parsed = None
     for name, value in scope.get("headers", []):
         if name == b"origin":
-            with contextlib.suppress(UnicodeDecodeError):
+            try:
                 parsed = urlparse(value.decode("latin1"))
+            except ValueError:  # UnicodeDecodeError included
+                return None
     return parsed
 
 

@@ -84,3 +84,11 @@ async def test_an_origin_outside_allowed_hosts_is_refused_before_the_same_origin
 def test_a_router_inside_the_gate_is_refused():
     with pytest.raises(ImproperlyConfigured):
         SocketGate([path("ws/", URLRouter([path("x/", ConversationConsumer.as_asgi())]))])
+
+
+@pytest.mark.parametrize("origin", [b"http://[::1", b"http://127.0.0.1:8000\xff"])
+async def test_an_origin_no_url_parser_reads_is_refused_not_an_error(
+    user, conversation, connect, origin
+):
+    connected, _ = await connect(user, conversation.pk, origin=origin)
+    assert not connected
