@@ -421,6 +421,18 @@ def test_bulk_returns_to_the_same_filters_and_only_to_history(client, user, shar
     assert ReviewStatus.objects.get().status == "approved"
 
 
+def test_bulk_with_a_referer_no_url_parser_reads_falls_back_to_the_form(client, user, shared):
+    client.force_login(user)
+    response = client.post(
+        "/review/bulk/",
+        {"c": [shared.pk], "status": "approved", "back": "?review=flagged"},
+        headers={"Referer": "http://[::1/review/?review=none"},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/review/?review=flagged"
+    assert ReviewStatus.objects.get().status == "approved"
+
+
 def test_history_rows_show_thumbs_and_the_mean_score(client, user, other_user, shared):
     reply = reply_of(shared)
     Annotation.objects.create(message=reply, author=user, thumbs=1, score=4)

@@ -172,7 +172,10 @@ def bulk(request: AuthenticatedHttpRequest) -> HttpResponse:
     ids = _selection(request)
     # The Referer has the filters as they are now (htmx pushes each change into the URL);
     # the form's own copy is from when the page loaded.
-    referer = urlsplit(request.headers.get("Referer", "")).query
+    try:
+        referer = urlsplit(request.headers.get("Referer", "")).query
+    except ValueError:  # not a URL any parser reads (`http://[::1`): the form's copy, then
+        referer = ""
     back = reverse("review:history") + _back_query(referer or request.POST.get("back", ""))
     if not ids:
         flash.error(request, "Select at least one conversation first.")
