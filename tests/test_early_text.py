@@ -168,6 +168,34 @@ async def test_text_that_arrives_during_the_write_is_shown_early_too(
     await socket.close()
 
 
+async def test_the_provisional_rows_reach_the_socket_before_the_write_starts(
+    upstream, user, api_key, conversation, connect, monkeypatch
+):
+    """Daphne writes a sent frame on a later turn of the event loop; a write started at once
+    on the database thread takes the GIL first and the frame waits (consumers.socket_written).
+    Here: the turn lets the loop write the frame before it hands the rows to the thread."""
+    upstream.default = Behaviour(tokens=["Hello", " you"], interval=0.05)
+    order: list[str] = []
+    written, write = consumers.socket_written, consumers.write_turn
+
+    async def flushed() -> None:
+        await written()
+        order.append("frame written")
+
+    def writing(prepared, user, **kwargs):
+        order.append("write started")
+        return write(prepared, user, **kwargs)
+
+    monkeypatch.setattr(consumers, "socket_written", flushed)
+    monkeypatch.setattr(consumers, "write_turn", writing)
+    ok, socket = await connect(user, conversation.pk)
+    await socket.send_prompt("Hello")
+    await socket.until(lambda f: "status-complete" in f)
+    assert any(PROVISIONAL in f for f in socket.frames)
+    assert order == ["frame written", "write started"]
+    await socket.close()
+
+
 async def test_a_provider_slower_than_the_wait_gets_the_rows_first(
     upstream, user, api_key, conversation, connect, settings
 ):

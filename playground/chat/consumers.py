@@ -552,6 +552,8 @@ class ConversationConsumer(SlottedConsumer):
             if early is not None:
                 await run.arrived(settings.PLAYGROUND_RUN["EARLY_TEXT_WAIT"])
                 await self._show_early(prepared, early)
+                if early.shown:
+                    await socket_written()
             writing = asyncio.ensure_future(
                 database_sync_to_async(_write_and_render)(prepared, self.user, early)
             )
@@ -959,6 +961,17 @@ PROVISIONAL_IDS = ("sending-prompt", "sending-reply")
 PROVISIONAL_GONE = "".join(
     f'<article id="msg-{pk}" hx-swap-oob="delete"></article>' for pk in PROVISIONAL_IDS
 )
+
+
+async def socket_written() -> None:
+    """Return once what was just sent on a socket has been written to it. Daphne's send only
+    queues the frame: Twisted writes it when the event loop next finds the socket writable.
+    A turn that then starts its write on the database thread would have that thread take the
+    GIL first, and the frame wait for it (about 2 ms a turn, every other turn, in bench.relay's
+    one-stream return leg). Two turns of the loop: the one in which the writer is found ready,
+    and the one that runs it."""
+    for _ in range(2):
+        await asyncio.sleep(0)
 
 
 def provisional_html(prepared: PreparedTurn, early: runs.EarlyText, user) -> str:
