@@ -964,8 +964,9 @@ PROVISIONAL_GONE = "".join(
 
 
 async def socket_written() -> None:
-    """Return once what was just sent on a socket has been written to it. Daphne's send only
-    queues the frame: Twisted writes it when the event loop next finds the socket writable.
+    """Let the event loop go round twice, in which Twisted writes what was just sent on a
+    socket (when the socket can take it). Daphne's send only queues the frame: Twisted writes
+    it when the event loop next finds the socket writable.
     A turn that then starts its write on the database thread would have that thread take the
     GIL first, and the frame wait for it (about 2 ms a turn, every other turn, in bench.relay's
     one-stream return leg). Two turns of the loop: the one in which the writer is found ready,
