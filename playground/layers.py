@@ -105,22 +105,13 @@ class Mailbox(Generic[T]):
     async def get(self) -> T:
         while not self.items:
             waiter = asyncio.get_running_loop().create_future()
-            if self.waiters is None:
-                self.waiters = []
-            self.waiters.append(waiter)
+            self.add_waiter(waiter)
             try:
                 await waiter
-            except BaseException:
-                # Another getter may have emptied the list (None) since this one was woken.
-                if self.waiters:
-                    with contextlib.suppress(ValueError):
-                        self.waiters.remove(waiter)
-                if self.items and not waiter.cancelled():
-                    self._wake()  # woken, then cancelled: the item is the next one's
-                raise
             finally:
-                if not self.waiters:
-                    self.waiters = None
+                # Woken and then cancelled, or woken after another getter took the item: the
+                # wake-up passes to the next getter still waiting, if any.
+                self.remove_waiter(waiter)
         return self.get_nowait()
 
     @property
@@ -160,10 +151,7 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
     async def send(self, channel: str, message: dict) -> None:
         assert isinstance(message, dict), "message is not a dict"
         assert "__asgi_channel__" not in message
-        box = self.channels.get(channel)
-        if box is None:
-            self.require_valid_channel_name(channel)
-            box = self.channels[channel] = Mailbox()
+        box = self.mailbox(channel)
         if box.qsize() >= self.get_capacity(channel):
             raise ChannelFull(channel)
         box.put_nowait((time.time() + self.expiry, _copied(message)))
@@ -175,8 +163,7 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
         if box is None or box.empty():
             return None
         _, message = box.get_nowait()
-        if box.idle:
-            del self.channels[channel]
+        self.forget_if_idle(channel, box)
         return message
 
     def mailbox(self, channel: str) -> Mailbox[tuple[float, dict[str, Any]]]:
@@ -194,14 +181,11 @@ class EmbeddedChannelLayer(InMemoryChannelLayer):
     async def receive(self, channel: str) -> dict:
         self.require_valid_channel_name(channel)
         self._clean_expired()
-        box = self.channels.get(channel)
-        if box is None:
-            box = self.channels[channel] = Mailbox()
+        box = self.mailbox(channel)
         try:
             _, message = await box.get()
         finally:
-            if box.idle and self.channels.get(channel) is box:
-                del self.channels[channel]
+            self.forget_if_idle(channel, box)
         return message
 
     async def group_send(self, group: str, message: dict) -> None:
